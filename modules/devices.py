@@ -1,0 +1,60 @@
+"""Pick the compute device and precisions from A1111's flags (GPU with fp16 when there is one, CPU fp32 otherwise)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    device: torch.device
+    dtype: torch.dtype
+    vae_dtype: torch.dtype
+    attention: str = "sdpa"  # "sdpa" (PyTorch scaled_dot_product_attention) or "xformers"
+    offload: str = "none"  # "none", "model" (--medvram) or "sequential" (--lowvram)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def from_flags(
+    use_cpu: list[str] | None = None,
+    no_half: bool = False,
+    no_half_vae: bool = False,
+    precision: str | None = None,
+    xformers: bool = False,
+    medvram: bool = False,
+    lowvram: bool = False,
+    device_id: str | None = None,
+) -> DeviceConfig:
+    """fp16 only on CUDA: half precision on CPU is slow and loses accuracy for no memory win that matters."""
+    cpu_forced = bool(use_cpu) and any(x in ("all", "sd") for x in use_cpu)
+    if torch.cuda.is_available() and not cpu_forced:
+        device = torch.device(f"cuda:{device_id}" if device_id else "cuda")
+        full = no_half or precision == "full"
+        dtype = torch.float32 if full else torch.float16
+        vae_dtype = torch.float32 if (full or no_half_vae) else dtype
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() and not cpu_forced:
+        device = torch.device("mps")
+        dtype = torch.float32 if no_half else torch.float16
+        vae_dtype = torch.float32 if (no_half or no_half_vae) else dtype
+    else:
+        device, dtype, vae_dtype = torch.device("cpu"), torch.float32, torch.float32
+    attention = "xformers" if xformers and device.type == "cuda" else "sdpa"
+    offload = "sequential" if lowvram and device.type == "cuda" else ("model" if medvram and device.type == "cuda" else "none")
+    return DeviceConfig(device=device, dtype=dtype, vae_dtype=vae_dtype, attention=attention, offload=offload)
+
+
+def cpu() -> DeviceConfig:
+    return DeviceConfig(device=torch.device("cpu"), dtype=torch.float32, vae_dtype=torch.float32)
+
+
+def torch_gc() -> None:
+    """Give freed model memory back (CUDA caching allocator) after a model is dropped."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,349 @@
+"""Saving images the way A1111 does: numbered file names, infotext inside the file, grids.
+
+- Samples: ``outputs/txt2img-images/2024-07-27/00012-1234567890.png``; the 5-digit number continues from the largest
+  leading integer among the files already in that folder. Grids: ``grid-0000.png`` (4 digits).
+- The infotext goes into the PNG ``parameters`` text chunk; JPEG and WebP get it as EXIF UserComment encoded as
+  piexif's ``UserComment.dump(text, encoding="unicode")`` does (``b"UNICODE\\0"`` + UTF-16-BE, stored with the
+  EXIF type UNDEFINED), so A1111's "PNG Info" and other piexif readers find it; GIF gets a ``comment``.
+- Files are encoded in memory and then written atomically (:mod:`modules.fileio`): a crash never leaves a half
+  image, and a picked number is never taken twice, even by two saves racing (a lock in-process, and a
+  no-overwrite rename across processes).
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import logging
+import math
+import os
+import re
+import struct
+import threading
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from PIL import Image, ImageColor, PngImagePlugin
+
+from modules.fileio import atomic_write_bytes
+
+__all__ = [
+    "save_image",
+    "save_grid",
+    "dated_dir",
+    "image_grid",
+    "grid_rows",
+    "read_infotext",
+    "image_to_png_bytes",
+    "encode_image",
+    "get_next_sequence_number",
+    "exif_user_comment",
+    "decode_user_comment",
+]
+
+log = logging.getLogger(__name__)
+
+JPEG_QUALITY = 80  # A1111 option jpeg_quality
+GRID_BACKGROUND = "#ffffff"  # A1111 option grid_background_color
+_MAX_NAME_TRIES = 500  # as A1111: give up after this many taken numbers in a row
+
+_save_lock = threading.Lock()
+
+EXIF_IFD_POINTER = 0x8769
+EXIF_USER_COMMENT = 0x9286
+_UNICODE_PREFIX = b"UNICODE\x00"
+_ASCII_PREFIX = b"ASCII\x00\x00\x00"
+_JIS_PREFIX = b"JIS\x00\x00\x00\x00\x00"
+_UNDEFINED_PREFIX = b"\x00" * 8
+_JPEG_APP1_MAX = 65533  # payload bytes an APP1 segment can hold
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# EXIF UserComment
+
+
+def exif_user_comment(text: str) -> bytes:
+    """A complete EXIF block (``b"Exif\\0\\0"`` + big-endian TIFF) holding only a UserComment, as piexif writes it.
+
+    Pillow would store ``bytes`` with type BYTE, which piexif (A1111's reader) loads as a tuple and fails on, so
+    the block is built by hand with type UNDEFINED (7).
+    """
+    payload = _UNICODE_PREFIX + text.encode("utf-16-be")
+    ifd0_offset = 8
+    ifd0_size = 2 + 12 + 4
+    exif_ifd_offset = ifd0_offset + ifd0_size
+    exif_ifd_size = 2 + 12 + 4
+    data_offset = exif_ifd_offset + exif_ifd_size
+    tiff = b"MM\x00\x2a" + struct.pack(">I", ifd0_offset)
+    tiff += struct.pack(">H", 1) + struct.pack(">HHII", EXIF_IFD_POINTER, 4, 1, exif_ifd_offset) + struct.pack(">I", 0)
+    tiff += struct.pack(">H", 1) + struct.pack(">HHII", EXIF_USER_COMMENT, 7, len(payload), data_offset)
+    tiff += struct.pack(">I", 0)
+    tiff += payload
+    return b"Exif\x00\x00" + tiff
+
+
+def decode_user_comment(raw: Any) -> str | None:
+    """Decode an EXIF UserComment value: the 8-byte charset prefix (UNICODE, ASCII, JIS or undefined) + text.
+
+    UNICODE is UTF-16, big-endian as piexif/A1111 write it; little-endian (written by some Windows tools) is
+    recognised by its byte pattern or a BOM. Unknown prefixes are read as UTF-8, as A1111 falls back to.
+    """
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return raw.rstrip("\x00") or None
+    if isinstance(raw, (tuple, list)):
+        try:
+            raw = bytes(raw)
+        except (TypeError, ValueError):
+            return None
+    if not isinstance(raw, (bytes, bytearray)):
+        return None
+    raw = bytes(raw)
+    prefix, payload = raw[:8], raw[8:]
+    if prefix == _UNICODE_PREFIX:
+        if payload[:2] == b"\xff\xfe":
+            text = payload[2:].decode("utf-16-le", errors="replace")
+        elif payload[:2] == b"\xfe\xff":
+            text = payload[2:].decode("utf-16-be", errors="replace")
+        elif len(payload) >= 2 and payload[0] != 0 and payload[1] == 0:
+            text = payload.decode("utf-16-le", errors="replace")
+        else:
+            text = payload.decode("utf-16-be", errors="replace")
+    elif prefix == _ASCII_PREFIX:
+        text = payload.decode("utf-8", errors="ignore")
+    elif prefix == _JIS_PREFIX:
+        text = payload.decode("shift_jis", errors="ignore")
+    elif prefix == _UNDEFINED_PREFIX:
+        text = payload.decode("utf-8", errors="ignore")
+    else:
+        text = raw.decode("utf-8", errors="ignore")
+    text = text.rstrip("\x00")
+    return text or None
+
+
+def _exif_user_comment_of(image: Image.Image) -> str | None:
+    if "exif" not in (image.info or {}):
+        return None
+    try:
+        raw = image.getexif().get_ifd(EXIF_IFD_POINTER).get(EXIF_USER_COMMENT)
+    except Exception:  # malformed EXIF from some other program: no infotext, not an error
+        return None
+    return decode_user_comment(raw)
+
+
+def read_infotext(image: Image.Image) -> str | None:
+    """The infotext of an image: PNG ``parameters`` text, else EXIF UserComment (JPEG/WebP), else GIF ``comment``."""
+    info = image.info or {}
+    params = info.get("parameters")
+    if isinstance(params, bytes):
+        params = params.decode("utf-8", errors="ignore")
+    if isinstance(params, str):
+        return params
+    comment = _exif_user_comment_of(image)
+    if comment:
+        return comment
+    gif_comment = info.get("comment")
+    if isinstance(gif_comment, bytes):
+        gif_comment = gif_comment.decode("utf-8", errors="ignore")
+    if isinstance(gif_comment, str) and gif_comment:
+        return gif_comment
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Encoding
+
+
+def _extension(fmt: str) -> str:
+    ext = fmt.lower().lstrip(".")
+    if "." + ext not in Image.registered_extensions():
+        raise ValueError(f"unsupported image format: {fmt!r}")
+    return ext
+
+
+def _png_info(infotext: str | None, extra: Mapping[str, Any] | None) -> PngImagePlugin.PngInfo | None:
+    items: dict[str, str] = {}
+    for key, value in (extra or {}).items():
+        if isinstance(key, str) and value is not None:
+            items[key] = str(value)
+    if infotext is not None:
+        items["parameters"] = infotext
+    if not items:
+        return None
+    info = PngImagePlugin.PngInfo()
+    for key, value in items.items():
+        info.add_text(key, value)  # tEXt, or iTXt when the text is not Latin-1
+    return info
+
+
+def encode_image(image: Image.Image, fmt: str, infotext: str | None, *, quality: int = JPEG_QUALITY,
+                 webp_lossless: bool = False, pnginfo: Mapping[str, Any] | None = None) -> bytes:
+    """Encode ``image`` as ``fmt`` (png, jpg/jpeg, webp, gif, ...) with the infotext embedded, in memory.
+
+    Conversions as A1111: RGBA -> RGB for JPEG/WebP, 16-bit greyscale scaled to 8 bits. ``pnginfo`` adds more
+    PNG text chunks (``parameters`` is always the infotext).
+    """
+    ext = _extension(fmt)
+    image_format = Image.registered_extensions()["." + ext]
+    buf = io.BytesIO()
+    if ext == "png":
+        image.save(buf, format=image_format, pnginfo=_png_info(infotext, pnginfo))
+    elif ext in ("jpg", "jpeg", "webp"):
+        if image.mode == "I;16":
+            image = image.point(lambda p: p * 0.0038910505836576).convert("RGB" if ext == "webp" else "L")
+        elif image.mode == "RGBA" or image.mode not in ("RGB", "L", "CMYK", "RGBA"):
+            image = image.convert("RGB")
+        kwargs: dict[str, Any] = {"quality": quality}
+        if ext == "webp":
+            kwargs["lossless"] = webp_lossless
+        if infotext is not None:
+            exif = exif_user_comment(infotext)
+            if ext != "webp" and len(exif) > _JPEG_APP1_MAX:
+                log.warning("infotext too long for JPEG EXIF (%d bytes); saving without it", len(exif))
+            else:
+                kwargs["exif"] = exif
+        image.save(buf, format=image_format, **kwargs)
+    elif ext == "gif":
+        image.save(buf, format=image_format, comment=infotext or "")
+    else:
+        image.save(buf, format=image_format, quality=quality)
+    return buf.getvalue()
+
+
+def image_to_png_bytes(image: Image.Image, infotext: str | None = None) -> bytes:
+    """PNG bytes for the HTTP API (A1111 returns these base64-encoded): the image's own string ``info`` items as
+    text chunks, plus ``parameters`` = ``infotext`` when given."""
+    extra = {k: v for k, v in (image.info or {}).items() if isinstance(k, str) and isinstance(v, str)}
+    if infotext is None:
+        infotext = extra.pop("parameters", None)
+    else:
+        extra.pop("parameters", None)
+    return encode_image(image, "png", infotext, pnginfo=extra)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Naming and saving
+
+
+def dated_dir(root: str | os.PathLike, day: datetime.date | None = None) -> Path:
+    """``root/YYYY-MM-DD`` (A1111's default ``[date]`` folder); today when ``day`` is None. Not created here."""
+    day = day or datetime.date.today()
+    return Path(root) / day.strftime("%Y-%m-%d")
+
+
+def get_next_sequence_number(directory: str | os.PathLike, basename: str = "") -> int:
+    """A1111's counter: 1 + the largest leading integer of the file names in ``directory`` (0 if none).
+
+    With a ``basename`` (``"grid"``) only names starting with ``basename-`` count, and the number after it is used.
+    """
+    prefix = f"{basename}-" if basename else ""
+    result = -1
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        stem = os.path.splitext(name[len(prefix):])[0]
+        try:
+            result = max(int(stem.split("-")[0]), result)
+        except ValueError:
+            pass
+    return result + 1
+
+
+_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
+
+
+def _clean_suffix(suffix: str | None) -> str:
+    if not suffix:
+        return ""
+    suffix = _UNSAFE.sub("_", suffix)
+    return suffix if suffix.startswith("-") else "-" + suffix
+
+
+def _save_numbered(directory: Path, basename: str, decoration: str, ext: str, data: bytes) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    with _save_lock:
+        start = get_next_sequence_number(directory, basename)
+        for i in range(_MAX_NAME_TRIES):
+            number = f"{start + i:05}" if basename == "" else f"{basename}-{start + i:04}"
+            path = directory / f"{number}{decoration}.{ext}"
+            if path.exists():
+                continue
+            try:
+                return atomic_write_bytes(path, data, overwrite=False)
+            except FileExistsError:  # taken by another process between the check and the write
+                continue
+    raise FileExistsError(f"no free file name in {directory} after {_MAX_NAME_TRIES} tries")
+
+
+def save_image(image: Image.Image, directory: str | os.PathLike, seed: int, infotext: str | None,
+               fmt: str = "png", basename_suffix: str | None = None, *, quality: int = JPEG_QUALITY,
+               webp_lossless: bool = False, pnginfo: Mapping[str, Any] | None = None) -> Path:
+    """Save as ``directory/NNNNN-SEED[-suffix].ext`` with the infotext embedded; returns the path.
+
+    The directory is created if missing. ``basename_suffix`` is appended after the seed, with a ``-`` added if it
+    lacks one (A1111's ``-before-highres-fix`` style). The file appears complete or not at all.
+    """
+    ext = _extension(fmt)
+    data = encode_image(image, ext, infotext, quality=quality, webp_lossless=webp_lossless, pnginfo=pnginfo)
+    return _save_numbered(Path(directory), "", f"-{seed}{_clean_suffix(basename_suffix)}", ext, data)
+
+
+def save_grid(image: Image.Image, directory: str | os.PathLike, infotext: str | None, fmt: str = "png", *,
+              quality: int = JPEG_QUALITY) -> Path:
+    """Save a grid as ``directory/grid-NNNN.ext`` (4 digits, continuing from existing grids); returns the path."""
+    ext = _extension(fmt)
+    data = encode_image(image, ext, infotext, quality=quality)
+    return _save_numbered(Path(directory), "grid", "", ext, data)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Grids
+
+
+def grid_rows(n: int, rows: int | None = None, batch_size: int | None = None, *, n_rows: int = -1,
+              prevent_empty_spots: bool = False) -> tuple[int, int]:
+    """A1111's grid shape for ``n`` images as ``(rows, cols)``.
+
+    ``rows`` given: used as is. Else the ``n_rows`` option: > 0 fixed, 0 = the batch size, -1 (default) =
+    ``round(sqrt(n))`` (or, with ``prevent_empty_spots``, the largest divisor of ``n`` up to ``sqrt(n)``).
+    Rows are capped at ``n``; cols = ``ceil(n / rows)``.
+    """
+    if n <= 0:
+        raise ValueError("a grid needs at least one image")
+    if rows is None:
+        if n_rows > 0:
+            rows = n_rows
+        elif n_rows == 0:
+            rows = batch_size or 1
+        elif prevent_empty_spots:
+            rows = max(1, math.floor(math.sqrt(n)))
+            while n % rows != 0:
+                rows -= 1
+        else:
+            rows = round(math.sqrt(n))
+    rows = max(1, min(int(rows), n))
+    return rows, math.ceil(n / rows)
+
+
+def image_grid(images: Sequence[Image.Image], rows: int | None = None, batch_size: int | None = None, *,
+               n_rows: int = -1, prevent_empty_spots: bool = False, background: str = GRID_BACKGROUND) -> Image.Image:
+    """Paste ``images`` left to right, top to bottom into one RGB image (A1111 ``images.image_grid``).
+
+    Shape from :func:`grid_rows`. Every cell is as large as the largest image; smaller images are centred. The
+    background (empty cells) is A1111's default ``grid_background_color``, white.
+    """
+    images = list(images)
+    rows, cols = grid_rows(len(images), rows, batch_size, n_rows=n_rows, prevent_empty_spots=prevent_empty_spots)
+    w, h = (max(sizes) for sizes in zip(*(img.size for img in images)))
+    grid = Image.new("RGB", size=(cols * w, rows * h), color=ImageColor.getcolor(background, "RGB"))
+    for i, img in enumerate(images):
+        img_w, img_h = img.size
+        w_offset = 0 if img_w == w else (w - img_w) // 2
+        h_offset = 0 if img_h == h else (h - img_h) // 2
+        grid.paste(img, box=(i % cols * w + w_offset, i // cols * h + h_offset))
+    return grid

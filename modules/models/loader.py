@@ -1,0 +1,324 @@
+"""Build a checkpoint's diffusers components from an A1111 single file or a diffusers folder, always offline.
+
+Components are created empty (meta tensors) from the configs `detect` derived, then filled with the file's tensors
+after diffusers' own LDM→diffusers key conversion. No code path asks a hub for anything: the configs come from the
+file and the shipped templates, the tokenizer from open-clip-torch's BPE file.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from modules.devices import DeviceConfig
+from modules.models import detect as detect_mod
+from modules.models.detect import ModelSpec, UnsupportedModelError
+from modules.models.tokenizer import EOS, build_clip_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """A checkpoint or VAE could not be loaded; the message names the file and says why."""
+
+
+class UnsafeCheckpointError(ModelLoadError):
+    """A pickle (.ckpt/.pt) that would run code when unpickled."""
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-sample model: diffusers components plus what infotext and the sampler need to know."""
+
+    name: str
+    title: str
+    filename: Path
+    spec: ModelSpec
+    unet: Any
+    vae: Any
+    text_encoder: Any | None
+    text_encoder_2: Any | None
+    tokenizer: Any | None
+    tokenizer_2: Any | None
+    scheduler_config: dict
+    device_config: DeviceConfig
+    shorthash: str | None = None
+    vae_name: str | None = None
+    vae_hash: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.device_config.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.device_config.dtype
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.spec.is_sdxl
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading files
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a `.safetensors` or a pickle checkpoint (`.ckpt/.pt/.bin`) safely into CPU tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path.name}: file not found")
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelLoadError(f"{path.name}: not a readable .safetensors file (truncated or corrupt: {e})") from None
+    else:
+        try:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise UnsafeCheckpointError(
+                f"{path.name}: refused to load: the pickle wants to run code or build objects that are not plain "
+                f"tensors ({str(e).splitlines()[0][:200]}). Convert it to .safetensors from a trusted source."
+            ) from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+            raise ModelLoadError(f"{path.name}: not a readable checkpoint (truncated or corrupt: {e})") from None
+        if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+            sd = sd["state_dict"]
+        if not isinstance(sd, Mapping):
+            raise ModelLoadError(f"{path.name}: the file holds no state dict")
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building components
+
+
+def _cast(sd: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
+
+
+def _fill(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str, name: str, dtype: torch.dtype):
+    """Load converted tensors into an empty model; a missing tensor is an error, spare ones are dropped."""
+    expected = model.state_dict().keys()
+    missing = [k for k in expected if k not in sd]
+    if missing:
+        raise ModelLoadError(f"{name}: {what} is missing {len(missing)} tensors (e.g. {missing[0]})")
+    model.load_state_dict(_cast({k: sd[k] for k in expected}, dtype), strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def _empty(cls, config):
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return cls(config) if not isinstance(config, dict) else cls.from_config(config)
+
+
+def build_unet(spec: ModelSpec, sd: Mapping, name: str, dtype: torch.dtype):
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    converted = convert_ldm_unet_checkpoint(sd, spec.unet)
+    return _fill(_empty(UNet2DConditionModel, spec.unet), converted, "the UNet", name, dtype)
+
+
+def build_vae(config: dict, sd: Mapping, name: str, dtype: torch.dtype):
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    if any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in sd):
+        converted = dict(sd)  # already diffusers layout (a VAE saved by diffusers)
+    else:
+        converted = convert_ldm_vae_checkpoint(sd, config)
+    return _fill(_empty(AutoencoderKL, config), converted, "the VAE", name, dtype)
+
+
+def build_text_encoder(config: dict, sd: Mapping, prefix: str, layout: str, name: str, dtype: torch.dtype):
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cls = CLIPTextModelWithProjection if config.get("_class_name") == "CLIPTextModelWithProjection" else CLIPTextModel
+    te_config = CLIPTextConfig(**{k: v for k, v in config.items() if not k.startswith("_") and k != "architectures"})
+    model = _empty(cls, te_config)
+    if layout == "clip_l":
+        sub = {k: v for k, v in sd.items() if k.startswith(prefix + "transformer.")}
+        converted = convert_ldm_clip_checkpoint(sub)
+    else:
+        sub = {k: v for k, v in sd.items() if k.startswith(prefix + "model.")}
+        converted = convert_open_clip_checkpoint(model, sub, prefix=prefix + "model.")
+    if not hasattr(model, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
+        converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
+    return _fill(model, converted, f"the text encoder ({prefix})", name, dtype)
+
+
+def _tokenizer_for(te_config: dict) -> Any:
+    # SD1.x/CLIP-L pads with the end token; OpenCLIP encoders (SD2, SDXL's bigG) pad with "!" (id 0).
+    pad = EOS if te_config.get("hidden_act") == "quick_gelu" else "!"
+    return build_clip_tokenizer(pad)
+
+
+def _finish(model: torch.nn.Module | None, device_config: DeviceConfig, dtype: torch.dtype):
+    if model is None:
+        return None
+    if any(p.dtype != dtype for p in model.parameters() if p.is_floating_point()):
+        model = model.to(dtype=dtype)
+    return model.to(device=device_config.device)
+
+
+def _apply_attention(unet, device_config: DeviceConfig) -> None:
+    if device_config.attention == "xformers":
+        try:
+            unet.enable_xformers_memory_efficient_attention()
+        except Exception as e:  # xformers missing or built for another torch: SDPA still works
+            log.warning("xformers unavailable (%s); using PyTorch SDPA attention", e)
+
+
+def load_single_file(path: Path, device_config: DeviceConfig, *, name: str | None = None,
+                     title: str | None = None, shorthash: str | None = None,
+                     vae_path: Path | None = None) -> LoadedModel:
+    """Load an A1111-layout `.safetensors`/`.ckpt` checkpoint."""
+    path = Path(path)
+    name = name or path.name
+    sd = read_state_dict(path)
+    spec = detect_mod.detect(sd, name=name, prediction_hint=detect_mod.prediction_hint_from_yaml(path))
+    dt, vdt = device_config.dtype, device_config.vae_dtype
+    unet = build_unet(spec, sd, name, dt)
+    vae = build_vae(spec.vae, sd, name, vdt)
+    encoders = {
+        key: build_text_encoder(cfg, sd, spec.te_prefixes[key], spec.te_layouts[key], name, dt)
+        for key, cfg in spec.text_encoders.items()
+    }
+    del sd
+    model = LoadedModel(
+        name=name,
+        title=title or name,
+        filename=path,
+        spec=spec,
+        unet=_finish(unet, device_config, dt),
+        vae=_finish(vae, device_config, vdt),
+        text_encoder=_finish(encoders.get("text_encoder"), device_config, dt),
+        text_encoder_2=_finish(encoders.get("text_encoder_2"), device_config, dt),
+        tokenizer=_tokenizer_for(spec.text_encoders["text_encoder"]) if "text_encoder" in encoders else None,
+        tokenizer_2=_tokenizer_for(spec.text_encoders["text_encoder_2"]) if "text_encoder_2" in encoders else None,
+        scheduler_config=spec.scheduler,
+        device_config=device_config,
+        shorthash=shorthash,
+    )
+    _apply_attention(model.unet, device_config)
+    if vae_path is not None:
+        replace_vae(model, vae_path)
+    return model
+
+
+def load_diffusers_folder(path: Path, device_config: DeviceConfig, *, name: str | None = None,
+                          title: str | None = None, shorthash: str | None = None,
+                          vae_path: Path | None = None) -> LoadedModel:
+    """Load a diffusers folder (`model_index.json`, `unet/`, `vae/`, `text_encoder*/`) from disk only."""
+    import json
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    path = Path(path)
+    name = name or path.name
+    dt, vdt = device_config.dtype, device_config.vae_dtype
+    kw = dict(local_files_only=True)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dt, **kw)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=vdt, **kw)
+        te = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dt, **kw) \
+            if (path / "text_encoder").is_dir() else None
+        te2 = CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", torch_dtype=dt, **kw) \
+            if (path / "text_encoder_2").is_dir() else None
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise ModelLoadError(f"{name}: cannot load diffusers folder: {e}") from None
+    ucfg = dict(unet.config)
+    if ucfg.get("addition_embed_type") == "text_time":
+        family = "sdxl" if te is not None else "sdxl_refiner"
+    elif te is not None and te.config.hidden_act != "quick_gelu":
+        family = "sd2"
+    else:
+        family = "sd1"
+    sched_file = path / "scheduler" / "scheduler_config.json"
+    scheduler = json.loads(sched_file.read_text()) if sched_file.is_file() else detect_mod.load_template(family, "scheduler")
+    prediction = scheduler.get("prediction_type") or ("v_prediction" if family == "sd2" else "epsilon")
+    scheduler["prediction_type"] = prediction
+    te_cfgs = {}
+    if te is not None:
+        te_cfgs["text_encoder"] = te.config.to_dict()
+    if te2 is not None:
+        te_cfgs["text_encoder_2"] = te2.config.to_dict()
+    spec = ModelSpec(family=family, inpainting=ucfg["in_channels"] == 9, prediction_type=prediction,
+                     unet=ucfg, vae=dict(vae.config), text_encoders=te_cfgs, scheduler=scheduler)
+    model = LoadedModel(
+        name=name, title=title or name, filename=path, spec=spec,
+        unet=_finish(unet.eval().requires_grad_(False), device_config, dt),
+        vae=_finish(vae.eval().requires_grad_(False), device_config, vdt),
+        text_encoder=_finish(te.eval().requires_grad_(False), device_config, dt) if te is not None else None,
+        text_encoder_2=_finish(te2.eval().requires_grad_(False), device_config, dt) if te2 is not None else None,
+        tokenizer=_tokenizer_for(te_cfgs["text_encoder"]) if te is not None else None,
+        tokenizer_2=_tokenizer_for(te_cfgs["text_encoder_2"]) if te2 is not None else None,
+        scheduler_config=scheduler, device_config=device_config, shorthash=shorthash,
+    )
+    _apply_attention(model.unet, device_config)
+    if vae_path is not None:
+        replace_vae(model, vae_path)
+    return model
+
+
+def load_vae_file(path: Path, family: str, device_config: DeviceConfig):
+    """A standalone VAE (`models/VAE/*.safetensors|.pt|.ckpt`), config derived from its own shapes."""
+    sd = read_state_dict(Path(path))
+    prefix = detect_mod.vae_prefix(sd)
+    template = detect_mod.load_template(family, "vae")
+    if prefix is None:
+        if any(k.startswith("encoder.down_blocks.") for k in sd):
+            return build_vae(template, sd, Path(path).name, device_config.vae_dtype).to(device_config.device)
+        raise ModelLoadError(f"{Path(path).name}: not a VAE (no encoder.conv_in weight)")
+    config = detect_mod.vae_config_from_ldm(sd, template, prefix)
+    sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return build_vae(config, sd, Path(path).name, device_config.vae_dtype).to(device_config.device)
+
+
+def replace_vae(model: LoadedModel, vae_path: Path | None, vae_name: str | None = None, vae_hash: str | None = None):
+    """Swap in an external VAE (or None: the checkpoint's own one is kept in `extra['own_vae']`)."""
+    own = model.extra.setdefault("own_vae", model.vae)
+    if vae_path is None:
+        model.vae, model.vae_name, model.vae_hash = own, None, None
+        return
+    model.vae = load_vae_file(vae_path, model.family, model.device_config)
+    model.vae_name = vae_name or Path(vae_path).stem
+    model.vae_hash = vae_hash
+
+
+def load_model(path: Path, device_config: DeviceConfig, **kw) -> LoadedModel:
+    """Entry point: a diffusers folder or a single file; errors are ModelLoadError/UnsupportedModelError."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return load_diffusers_folder(path, device_config, **kw)
+        return load_single_file(path, device_config, **kw)
+    except UnsupportedModelError:
+        raise
+    except ModelLoadError:
+        raise
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"{path.name}: {e}") from None

@@ -1,0 +1,736 @@
+"""Turn a typed request into finished images: seeds, conditioning, the sampling loop, decoding, saving, infotext.
+
+txt2img, img2img, inpaint and the hires pass all go through `_sample_batch` and the one loop in
+`modules.sampling.loop`. Random draws happen in the same order as diffusers' own pipelines, which is what the
+parity tests check; A1111's seed semantics (image i of a batch == a single run with seed+i) follow from drawing every
+image's noise from its own generator.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from modules import images as images_mod
+from modules import infotext as infotext_mod
+from modules import masking, rng
+from modules.jobs import JobState
+from modules.models.loader import LoadedModel
+from modules.request_types import GenerationRequest, Img2ImgRequest, RequestError, Txt2ImgRequest
+from modules.resize import LATENT_RESIZE, resize_image
+from modules.sampling import conditioning as cond_mod
+from modules.sampling import samplers
+from modules.sampling.loop import InpaintLatents, Interrupted, SamplingJob, Skipped, StepInfo, sample
+from modules.version import VERSION
+
+log = logging.getLogger(__name__)
+
+LATENT_UPSCALE_MODES = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+PIXEL_UPSCALERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST, "None": None}
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+
+
+@dataclass
+class OutputDirs:
+    samples: Path
+    grids: Path
+
+
+@dataclass
+class ProcessingContext:
+    """What one generation needs besides the request: the model, effective options, where to save, progress."""
+
+    model: LoadedModel
+    options: dict[str, Any]
+    outputs: OutputDirs | None
+    state: JobState = field(default_factory=JobState)
+    preview: Callable[[torch.Tensor], Image.Image] | None = None
+
+    def opt(self, name: str, default: Any = None) -> Any:
+        return self.options.get(name, default)
+
+
+@dataclass
+class GenerationResult:
+    """What A1111's `Processed` carries, typed."""
+
+    images: list[Image.Image]
+    infotexts: list[str]
+    all_prompts: list[str]
+    all_negative_prompts: list[str]
+    all_seeds: list[int]
+    all_subseeds: list[int]
+    seed: int
+    subseed: int
+    subseed_strength: float
+    width: int
+    height: int
+    sampler_name: str
+    scheduler: str
+    cfg_scale: float
+    steps: int
+    batch_size: int
+    n_iter: int
+    denoising_strength: float | None
+    sd_model_name: str
+    sd_model_hash: str | None
+    sd_vae_name: str | None
+    sd_vae_hash: str | None
+    clip_skip: int
+    prompt: str
+    negative_prompt: str
+    extra_generation_params: dict[str, Any] = field(default_factory=dict)
+    index_of_first_image: int = 0
+    saved_paths: list[Path] = field(default_factory=list)
+    grid_path: Path | None = None
+    interrupted: bool = False
+    skipped_batches: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def info(self) -> str:
+        return self.infotexts[0] if self.infotexts else ""
+
+    def js(self) -> dict[str, Any]:
+        """A1111's `Processed.js()` dictionary (the HTTP API's `info`)."""
+        return {
+            "prompt": self.prompt,
+            "all_prompts": self.all_prompts,
+            "negative_prompt": self.negative_prompt,
+            "all_negative_prompts": self.all_negative_prompts,
+            "seed": self.seed,
+            "all_seeds": self.all_seeds,
+            "subseed": self.subseed,
+            "all_subseeds": self.all_subseeds,
+            "subseed_strength": self.subseed_strength,
+            "width": self.width,
+            "height": self.height,
+            "sampler_name": self.sampler_name,
+            "scheduler": self.scheduler,
+            "cfg_scale": self.cfg_scale,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "n_iter": self.n_iter,
+            "denoising_strength": self.denoising_strength,
+            "sd_model_name": self.sd_model_name,
+            "sd_model_hash": self.sd_model_hash,
+            "sd_vae_name": self.sd_vae_name,
+            "sd_vae_hash": self.sd_vae_hash,
+            "clip_skip": self.clip_skip,
+            "extra_generation_params": self.extra_generation_params,
+            "index_of_first_image": self.index_of_first_image,
+            "infotexts": self.infotexts,
+            "styles": [],
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+            "is_using_inpainting_conditioning": False,
+            "version": VERSION,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small pieces
+
+
+def _resolve_sampler(name: str | None, scheduler: str | None):
+    try:
+        return samplers.resolve(name, scheduler)
+    except ValueError as e:
+        raise RequestError(str(e)) from None
+
+
+def _round8(v: int, factor: int) -> int:
+    return max(factor, int(v) // factor * factor)
+
+
+def image_processor(model: LoadedModel):
+    from diffusers.image_processor import VaeImageProcessor
+
+    return VaeImageProcessor(vae_scale_factor=model.vae_scale_factor)
+
+
+def mask_processor(model: LoadedModel):
+    from diffusers.image_processor import VaeImageProcessor
+
+    return VaeImageProcessor(vae_scale_factor=model.vae_scale_factor, do_normalize=False, do_binarize=True,
+                             do_convert_grayscale=True)
+
+
+def decode(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
+    """Latents → images in [-1, 1]; a fp16 VAE that overflows to NaN is retried in fp32 (as A1111 does)."""
+    vae = model.vae
+    scaled = latents / vae.config.scaling_factor
+    with torch.inference_mode():
+        out = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
+        if vae.dtype == torch.float16 and torch.isnan(out).any():
+            log.warning("VAE produced NaNs in fp16; decoding this batch in fp32 (use --no-half-vae to always do so)")
+            vae.to(torch.float32)
+            out = vae.decode(scaled.to(torch.float32), return_dict=False)[0]
+            vae.to(torch.float16)
+    return out.float()
+
+
+def encode(model: LoadedModel, pixels: torch.Tensor, generators) -> torch.Tensor:
+    """Images in [-1, 1] (B,3,H,W) → scaled latents, each image sampled with its own generator (diffusers' order)."""
+    vae = model.vae
+    out = []
+    with torch.inference_mode():
+        for i in range(pixels.shape[0]):
+            dist = vae.encode(pixels[i:i + 1].to(device=model.device, dtype=vae.dtype)).latent_dist
+            g = generators[i] if generators else None
+            out.append(dist.sample(generator=g))
+    return (vae.config.scaling_factor * torch.cat(out)).to(model.dtype)
+
+
+def _advance(generators, shape) -> None:
+    """Consume one latent-sized draw per generator, where diffusers' inpaint pipeline encodes a masked image."""
+    for g in generators or []:
+        torch.randn(shape, generator=g, device=g.device)
+
+
+def _timesteps(scheduler, total: int, run: int, device) -> torch.Tensor:
+    """The last `run` of `total` scheduler steps (diffusers' get_timesteps arithmetic)."""
+    scheduler.set_timesteps(total, device=device)
+    t_start = max(total - run, 0)
+    order = getattr(scheduler, "order", 1)
+    ts = scheduler.timesteps[t_start * order:]
+    if t_start and hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start * order)
+    return ts
+
+
+def img2img_steps(steps: int, strength: float, fix_steps: bool) -> tuple[int, int]:
+    """(schedule length, steps actually run): A1111 runs int(steps*strength) of `steps`, or with
+    `img2img_fix_steps` (and in the hires pass) exactly `steps` of a longer schedule."""
+    if fix_steps:
+        total = int(steps / min(strength, 0.999)) if strength > 0 else 0
+        return max(total, steps), steps if strength > 0 else 0
+    return steps, min(int(steps * strength), steps)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One batch through the loop
+
+
+@dataclass
+class BatchPlan:
+    """Everything `_sample_batch` needs for one batch (seeds, conditioning, where the latents start)."""
+
+    seeds: list[int]
+    subseeds: list[int]
+    width: int
+    height: int
+    total_steps: int
+    run_steps: int
+    init_latents: torch.Tensor | None = None
+    inpaint: dict | None = None
+    always_add_noise: bool = True
+
+
+class Generation:
+    """One request being processed; holds the per-request pieces shared by all its batches."""
+
+    def __init__(self, ctx: ProcessingContext, req: GenerationRequest):
+        self.ctx, self.req, self.model = ctx, req, ctx.model
+        self.sampler, self.schedule = _resolve_sampler(req.effective_sampler, req.scheduler)
+        self.clip_skip = int(ctx.opt("CLIP_stop_at_last_layers", 1) or 1)
+        self.randn_source = ctx.opt("randn_source", "GPU")
+        self.ensd = int(ctx.opt("eta_noise_seed_delta", 0) or 0)
+        self._cond_cache: dict[tuple, cond_mod.Conditioning] = {}
+
+    # -- conditioning ------------------------------------------------------------------------------------------
+
+    def conditioning(self, prompts: list[str]) -> cond_mod.Conditioning:
+        key = (tuple(prompts), self.clip_skip)
+        if key not in self._cond_cache:
+            self._cond_cache = {key: cond_mod.encode(self.model, prompts, self.clip_skip), **self._cond_cache}
+            if len(self._cond_cache) > 4:
+                self._cond_cache.pop(next(reversed(self._cond_cache)))
+        return self._cond_cache[key]
+
+    # -- sampling ----------------------------------------------------------------------------------------------
+
+    def make_rng(self, plan: BatchPlan, latent_shape) -> rng.ImageRNG:
+        req = self.req
+        return rng.ImageRNG(
+            latent_shape, plan.seeds, plan.subseeds, req.subseed_strength,
+            req.seed_resize_from_h if req.seed_resize_from_h > 0 else 0,
+            req.seed_resize_from_w if req.seed_resize_from_w > 0 else 0,
+            source=self.randn_source, device=self.model.device, eta_noise_seed_delta=self.ensd,
+            latent_factor=self.model.vae_scale_factor,
+        )
+
+    def sample_batch(self, plan: BatchPlan, prompts: list[str], negatives: list[str],
+                     sampler=None, schedule=None, encode_pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Run one batch and return its final latents. `encode_pixels` (img2img) is encoded with each image's
+        generator before the noise is drawn, as diffusers' img2img/inpaint pipelines do."""
+        model, req = self.model, self.req
+        sampler, schedule = sampler or self.sampler, schedule or self.schedule
+        f = model.vae_scale_factor
+        channels = model.vae.config.latent_channels
+        shape = (channels, plan.height // f, plan.width // f)
+        bundle = samplers.build_scheduler(sampler, schedule, model.scheduler_config, seed=plan.seeds[0])
+        scheduler = bundle.scheduler
+        timesteps = _timesteps(scheduler, plan.total_steps, plan.run_steps, model.device)
+        image_rng = self.make_rng(plan, shape)
+        gens = image_rng.generators
+
+        inpaint = plan.inpaint
+        image_latents = plan.init_latents
+        strength_max = plan.run_steps >= plan.total_steps and not plan.always_add_noise
+        if encode_pixels is not None and not (strength_max and inpaint is not None and model.spec.inpainting):
+            image_latents = encode(model, encode_pixels, gens)
+            if inpaint is not None and inpaint.get("post_encode"):
+                image_latents = inpaint["post_encode"](image_latents)
+        noise = image_rng.first().to(model.dtype)
+
+        if image_latents is None or strength_max:
+            latents = noise * scheduler.init_noise_sigma
+        else:
+            latent_timestep = timesteps[:1].repeat(len(plan.seeds))
+            latents = scheduler.add_noise(image_latents, noise, latent_timestep)
+
+        inpaint_latents = None
+        if inpaint is not None:
+            mask = inpaint["latent_mask"].to(device=model.device, dtype=model.dtype)
+            if model.spec.inpainting:
+                masked = encode(model, inpaint["masked_pixels"], gens)
+                inpaint_latents = InpaintLatents(mask=mask, masked_image_latents=masked)
+            else:
+                _advance(gens, (1,) + shape)
+                inpaint_latents = InpaintLatents(mask=mask, image_latents=image_latents, noise=noise)
+
+        cond = self.conditioning(prompts)
+        uncond = self.conditioning(negatives)
+        job = SamplingJob(
+            unet=model.unet, scheduler=scheduler, timesteps=timesteps, latents=latents, cond=cond, uncond=uncond,
+            cfg_scale=req.cfg_scale,
+            step_kwargs=bundle.step_kwargs(generator=gens, eta=self._eta(bundle)),
+            inpaint=inpaint_latents, on_step=self._on_step,
+        )
+        if model.is_sdxl:
+            aest = model.family == "sdxl_refiner"
+            crop = (int(self.ctx.opt("sdxl_crop_top", 0) or 0), int(self.ctx.opt("sdxl_crop_left", 0) or 0))
+            job.time_ids = cond_mod.sdxl_time_ids(model, plan.width, plan.height, crop=crop,
+                                                  aesthetic=6.0 if aest else None, batch=len(plan.seeds))
+            job.uncond_time_ids = cond_mod.sdxl_time_ids(model, plan.width, plan.height, crop=crop,
+                                                         aesthetic=2.5 if aest else None, batch=len(plan.seeds))
+        state = self.ctx.state
+        state.sampling_steps = len(timesteps)
+        state.sampling_step = 0
+        if len(timesteps) == 0:
+            return image_latents if image_latents is not None else latents
+        return sample(job)
+
+    def _eta(self, bundle) -> float | None:
+        if self.req.eta is not None:
+            return self.req.eta
+        if bundle.accepts_eta:
+            return float(self.ctx.opt("eta_ddim", 0.0) or 0.0)
+        return None
+
+    def _on_step(self, info: StepInfo) -> None:
+        state = self.ctx.state
+        state.sampling_step = info.step
+        state.current_latent = info.latents
+        if state.interrupted:
+            raise Interrupted()
+        if state.skipped:
+            raise Skipped()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Infotext
+
+
+def infotext_params(gen: Generation, index: int, all_seeds, all_subseeds, width: int, height: int,
+                    extra: dict[str, Any], denoising: float | None = None) -> dict[str, Any]:
+    req, model = gen.req, gen.model
+    params: dict[str, Any] = {
+        "Steps": req.steps,
+        "Sampler": gen.sampler.name,
+        "Schedule type": gen.schedule.label,
+        "CFG scale": req.cfg_scale,
+        "Seed": all_seeds[index],
+        "Size": f"{width}x{height}",
+        "Model hash": model.shorthash,
+        "Model": Path(model.name).stem if not model.filename.is_dir() else model.name,
+        "VAE hash": model.vae_hash,
+        "VAE": model.vae_name,
+    }
+    if req.subseed_strength > 0:
+        params["Variation seed"] = all_subseeds[index]
+        params["Variation seed strength"] = req.subseed_strength
+    if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
+        params["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
+    params["Denoising strength"] = denoising
+    if gen.clip_skip > 1:
+        params["Clip skip"] = gen.clip_skip
+    if gen.ensd:
+        params["ENSD"] = gen.ensd
+    if gen.randn_source != "GPU":
+        params["RNG"] = gen.randn_source
+    params.update(extra)
+    params["Version"] = VERSION
+    return params
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Request → result
+
+
+def _seeds(req: GenerationRequest) -> tuple[int, int, list[int], list[int]]:
+    seed = rng.resolve_seed(req.seed)
+    subseed = rng.resolve_seed(req.subseed)
+    all_seeds, all_subseeds = rng.batch_seeds(seed, subseed, req.subseed_strength, req.batch_size * req.n_iter)
+    return seed, subseed, all_seeds, all_subseeds
+
+
+def _run(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, height: int, extra: dict[str, Any],
+         denoising: float | None) -> GenerationResult:
+    """The batch loop shared by txt2img and img2img: n_iter batches, progress, saving, interrupt/skip, grid."""
+    req, model, state = gen.req, gen.model, ctx.state
+    started = time.time()
+    seed, subseed, all_seeds, all_subseeds = _seeds(req)
+    total = req.batch_size * req.n_iter
+    all_prompts = [req.prompt] * total
+    all_negatives = [req.negative_prompt] * total
+    save = ctx.outputs is not None and not req.do_not_save_samples and ctx.opt("samples_save", True)
+    fmt = ctx.opt("samples_format", "png")
+
+    result = GenerationResult(
+        images=[], infotexts=[], all_prompts=all_prompts, all_negative_prompts=all_negatives, all_seeds=all_seeds,
+        all_subseeds=all_subseeds, seed=seed, subseed=subseed, subseed_strength=req.subseed_strength, width=width,
+        height=height, sampler_name=gen.sampler.name, scheduler=gen.schedule.label, cfg_scale=req.cfg_scale,
+        steps=req.steps, batch_size=req.batch_size, n_iter=req.n_iter, denoising_strength=denoising,
+        sd_model_name=Path(model.name).stem, sd_model_hash=model.shorthash, sd_vae_name=model.vae_name,
+        sd_vae_hash=model.vae_hash, clip_skip=gen.clip_skip, prompt=req.prompt, negative_prompt=req.negative_prompt,
+        extra_generation_params=dict(extra),
+    )
+    state.job_count = req.n_iter
+    for n in range(req.n_iter):
+        if state.interrupted:
+            result.interrupted = True
+            break
+        lo, hi = n * req.batch_size, (n + 1) * req.batch_size
+        try:
+            pictures = batch_fn(n, all_seeds[lo:hi], all_subseeds[lo:hi], all_prompts[lo:hi], all_negatives[lo:hi])
+        except Skipped:
+            result.skipped_batches += 1
+            state.next_job()
+            continue
+        except Interrupted:
+            result.interrupted = True
+            break
+        for i, image in enumerate(pictures):
+            index = lo + i
+            params = infotext_params(gen, index, all_seeds, all_subseeds, width, height, extra, denoising)
+            text = infotext_mod.create_infotext(all_prompts[index], all_negatives[index], params)
+            result.images.append(image)
+            result.infotexts.append(text)
+            if save:
+                path = images_mod.save_image(image, ctx.outputs.samples, all_seeds[index],
+                                             text if ctx.opt("enable_pnginfo", True) else None, fmt)
+                result.saved_paths.append(path)
+        state.next_job()
+
+    _grid(ctx, req, result)
+    result.elapsed = time.time() - started
+    return result
+
+
+def _grid(ctx: ProcessingContext, req: GenerationRequest, result: GenerationResult) -> None:
+    """A1111 makes a grid for a multi-image job; returned first (index_of_first_image = 1) and saved."""
+    if len(result.images) < 2:
+        return
+    want_return = ctx.opt("return_grid", True)
+    want_save = ctx.outputs is not None and ctx.opt("grid_save", True) and not req.do_not_save_grid
+    if not (want_return or want_save):
+        return
+    grid = images_mod.image_grid(result.images, batch_size=req.batch_size, n_rows=int(ctx.opt("n_rows", -1)))
+    text = result.infotexts[0]
+    if want_save:
+        result.grid_path = images_mod.save_grid(grid, ctx.outputs.grids, text if ctx.opt("enable_pnginfo", True)
+                                                else None, ctx.opt("grid_format", "png"))
+    if want_return:
+        result.images.insert(0, grid)
+        result.infotexts.insert(0, text)
+        result.index_of_first_image = 1
+
+
+def _to_pil(model: LoadedModel, pixels: torch.Tensor) -> list[Image.Image]:
+    return image_processor(model).postprocess(pixels, output_type="pil")
+
+
+def txt2img(ctx: ProcessingContext, req: Txt2ImgRequest) -> GenerationResult:
+    model = ctx.model
+    gen = Generation(ctx, req)
+    f = model.vae_scale_factor
+    width, height = _round8(req.width, f), _round8(req.height, f)
+    extra: dict[str, Any] = {}
+    hires = HiresPlan.from_request(req, width, height, f) if req.enable_hr else None
+    if hires is not None:
+        extra.update(hires.infotext())
+
+    def batch(n, seeds, subseeds, prompts, negatives):
+        plan = BatchPlan(seeds, subseeds, width, height, req.steps, req.steps)
+        latents = gen.sample_batch(plan, prompts, negatives)
+        if hires is not None:
+            return hires.run(gen, latents, seeds, subseeds, prompts, negatives)
+        return _to_pil(model, decode(model, latents))
+
+    return _run(ctx, gen, batch, width, height, extra, hires.denoising if hires else None)
+
+
+@dataclass
+class HiresPlan:
+    target_w: int
+    target_h: int
+    upscaler: str
+    steps: int
+    denoising: float
+    scale: float
+    resize_x: int
+    resize_y: int
+    crop: tuple[int, int] | None = None
+
+    @classmethod
+    def from_request(cls, req: Txt2ImgRequest, width: int, height: int, f: int) -> "HiresPlan":
+        upscaler = req.hr_upscaler or "Latent"
+        if upscaler not in LATENT_UPSCALE_MODES and upscaler not in PIXEL_UPSCALERS:
+            valid = ", ".join([*LATENT_UPSCALE_MODES, *PIXEL_UPSCALERS])
+            raise RequestError(f"hr_upscaler {upscaler!r} is not available; valid: {valid}")
+        rx, ry = req.hr_resize_x, req.hr_resize_y
+        crop = None
+        if rx == 0 and ry == 0:
+            tw, th = int(width * req.hr_scale), int(height * req.hr_scale)
+        elif ry == 0:
+            tw, th = rx, rx * height // width
+        elif rx == 0:
+            tw, th = ry * width // height, ry
+        else:
+            tw, th = rx, ry
+            src_ratio, dst_ratio = width / height, rx / ry
+            if src_ratio < dst_ratio:
+                cover = (rx, rx * height // width)
+            else:
+                cover = (ry * width // height, ry)
+            crop = cover
+        steps = req.hr_second_pass_steps or req.steps
+        denoising = req.denoising_strength if req.denoising_strength is not None else 0.7
+        return cls(_round8(tw, f), _round8(th, f), upscaler, steps, denoising, req.hr_scale, rx, ry, crop)
+
+    def infotext(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.resize_x or self.resize_y:
+            out["Hires resize"] = f"{self.target_w}x{self.target_h}"
+        else:
+            out["Hires upscale"] = self.scale
+        out["Hires steps"] = self.steps
+        out["Hires upscaler"] = self.upscaler
+        return out
+
+    def _resize_latents(self, latents: torch.Tensor, f: int) -> torch.Tensor:
+        mode, antialias = LATENT_UPSCALE_MODES[self.upscaler]
+        if self.crop is None:
+            return torch.nn.functional.interpolate(latents.float(), size=(self.target_h // f, self.target_w // f),
+                                                   mode=mode, antialias=antialias).to(latents.dtype)
+        cw, ch = self.crop
+        big = torch.nn.functional.interpolate(latents.float(), size=(ch // f, cw // f), mode=mode,
+                                              antialias=antialias).to(latents.dtype)
+        top, left = (ch // f - self.target_h // f) // 2, (cw // f - self.target_w // f) // 2
+        return big[:, :, top:top + self.target_h // f, left:left + self.target_w // f]
+
+    def _resize_pixels(self, image: Image.Image) -> Image.Image:
+        resample = PIXEL_UPSCALERS[self.upscaler] or Image.Resampling.LANCZOS
+        if self.crop is None:
+            return image.resize((self.target_w, self.target_h), resample)
+        big = image.resize(self.crop, resample)
+        left, top = (self.crop[0] - self.target_w) // 2, (self.crop[1] - self.target_h) // 2
+        return big.crop((left, top, left + self.target_w, top + self.target_h))
+
+    def run(self, gen: Generation, latents, seeds, subseeds, prompts, negatives) -> list[Image.Image]:
+        """Upscale the first pass and run it again as img2img with the same seeds (A1111's hires fix)."""
+        model, req = gen.model, gen.req
+        f = model.vae_scale_factor
+        total, run = img2img_steps(self.steps, self.denoising, fix_steps=True)
+        plan = BatchPlan(seeds, subseeds, self.target_w, self.target_h, total, run)
+        hr_prompts = [req.hr_prompt] * len(prompts) if req.hr_prompt else prompts
+        hr_negatives = [req.hr_negative_prompt] * len(negatives) if req.hr_negative_prompt else negatives
+        sampler, schedule = gen.sampler, gen.schedule
+        if req.hr_sampler_name or req.hr_scheduler:
+            sampler, schedule = _resolve_sampler(req.hr_sampler_name or gen.sampler.name,
+                                                 req.hr_scheduler or gen.schedule.label)
+        gen.ctx.state.textinfo = "Hires pass"
+        if self.upscaler in LATENT_UPSCALE_MODES:
+            plan.init_latents = self._resize_latents(latents, f)
+            out = gen.sample_batch(plan, hr_prompts, hr_negatives, sampler, schedule)
+        else:
+            first = _to_pil(model, decode(model, latents))
+            pixels = image_processor(model).preprocess([self._resize_pixels(im) for im in first])
+            out = gen.sample_batch(plan, hr_prompts, hr_negatives, sampler, schedule, encode_pixels=pixels)
+        return _to_pil(model, decode(model, out))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# img2img and inpaint
+
+
+def _flatten(image: Image.Image, background: str) -> Image.Image:
+    """Transparent init images are put on the img2img background colour (A1111's images.flatten)."""
+    if image.mode in ("RGBA", "LA", "P"):
+        image = image.convert("RGBA")
+        bg = Image.new("RGBA", image.size, background)
+        bg.alpha_composite(image)
+        return bg.convert("RGB")
+    return image.convert("RGB")
+
+
+@dataclass
+class InpaintSetup:
+    mask_for_overlay: Image.Image
+    overlay_source: list[Image.Image]
+    processing_mask: Image.Image
+    paste_to: tuple[int, int, int, int] | None
+
+
+def img2img(ctx: ProcessingContext, req: Img2ImgRequest) -> GenerationResult:
+    model = ctx.model
+    gen = Generation(ctx, req)
+    f = model.vae_scale_factor
+    width, height = _round8(req.width, f), _round8(req.height, f)
+    background = ctx.opt("img2img_background_color", "#ffffff")
+    inits = [_flatten(im, background) for im in req.init_images]
+    extra: dict[str, Any] = {}
+    setup = None
+    if req.mask is not None:
+        setup = _inpaint_setup(req, inits, width, height)
+        extra.update({"Mask blur": req.mask_blur_x})
+        if setup.paste_to is not None:
+            extra["Inpaint area"] = "Only masked"
+            extra["Masked area padding"] = req.inpaint_full_res_padding
+        extra["Masked content"] = MASKED_CONTENT[req.inpainting_fill]
+        if req.inpainting_mask_invert:
+            extra["Mask mode"] = "Inpaint not masked"
+    if req.resize_mode == LATENT_RESIZE and setup is None:
+        prepared = [im.resize((_round8(im.width, f), _round8(im.height, f)), Image.Resampling.LANCZOS) for im in inits]
+    else:
+        prepared = [_prepare_init(im, req, setup, width, height) for im in inits]
+    total, run = img2img_steps(req.steps, req.denoising_strength, bool(ctx.opt("img2img_fix_steps", False)))
+    processor = image_processor(model)
+
+    def batch(n, seeds, subseeds, prompts, negatives):
+        k = len(seeds)
+        picked = [prepared[(n * k + i) % len(prepared)] for i in range(k)]
+        pixels = processor.preprocess(picked)
+        plan = BatchPlan(seeds, subseeds, width, height, total, run, always_add_noise=setup is None)
+        if req.resize_mode == LATENT_RESIZE and setup is None:
+            plan.init_latents = _latent_resize_init(gen, pixels, seeds, subseeds, width, height)
+            latents = gen.sample_batch(plan, prompts, negatives)
+        else:
+            if setup is not None:
+                plan.inpaint = _inpaint_tensors(gen, req, setup, pixels, seeds, width, height)
+            latents = gen.sample_batch(plan, prompts, negatives, encode_pixels=pixels)
+        out = _to_pil(model, decode(model, latents))
+        if setup is not None:
+            out = [_apply_overlay(im, setup, (n * k + i) % len(setup.overlay_source)) for i, im in enumerate(out)]
+        return out
+
+    return _run(ctx, gen, batch, width, height, extra, req.denoising_strength)
+
+
+def _latent_resize_init(gen: Generation, pixels, seeds, subseeds, width, height) -> torch.Tensor:
+    """Resize mode 3: encode at the image's own size, then resize the latents (bilinear, as A1111)."""
+    model = gen.model
+    f = model.vae_scale_factor
+    image_rng = gen.make_rng(BatchPlan(seeds, subseeds, pixels.shape[-1], pixels.shape[-2], 1, 1),
+                             (model.vae.config.latent_channels, pixels.shape[-2] // f, pixels.shape[-1] // f))
+    latents = encode(model, pixels, image_rng.generators)
+    return torch.nn.functional.interpolate(latents.float(), size=(height // f, width // f), mode="bilinear").to(
+        model.dtype)
+
+
+def _inpaint_setup(req: Img2ImgRequest, inits: list[Image.Image], width: int, height: int) -> InpaintSetup:
+    size = inits[0].size
+    mask = masking.prepare_mask(req.mask, size, bool(req.inpainting_mask_invert), req.mask_blur_x, req.mask_blur_y)
+    if req.inpaint_full_res:
+        region = masking.crop_region(mask, req.inpaint_full_res_padding)
+        if region is not None:
+            region = masking.expand_crop_region(region, width, height, mask.width, mask.height)
+            x1, y1, x2, y2 = region
+            processing_mask = resize_image(2, mask.crop(region), width, height)
+            return InpaintSetup(mask, inits, processing_mask, (x1, y1, x2 - x1, y2 - y1))
+        log.warning("Only masked: the mask is blank, inpainting the whole picture")
+    resized = resize_image(req.resize_mode, mask, width, height)
+    overlay_mask = Image.fromarray(np.clip(np.asarray(resized, dtype=np.float32) * 2, 0, 255).astype(np.uint8))
+    sources = [resize_image(req.resize_mode, im, width, height) for im in inits]
+    return InpaintSetup(overlay_mask, sources, resized, None)
+
+
+def _prepare_init(image: Image.Image, req: Img2ImgRequest, setup: InpaintSetup | None, width: int,
+                  height: int) -> Image.Image:
+    if setup is not None and setup.paste_to is not None:
+        x, y, w, h = setup.paste_to
+        image = resize_image(2, image.crop((x, y, x + w, y + h)), width, height)
+    else:
+        image = resize_image(req.resize_mode, image, width, height)
+    if setup is not None and req.inpainting_fill == 0:
+        image = masking.fill(image, setup.processing_mask)
+    return image
+
+
+def _inpaint_tensors(gen: Generation, req: Img2ImgRequest, setup: InpaintSetup, pixels: torch.Tensor,
+                     seeds: list[int], width: int, height: int) -> dict:
+    """Latent mask and masked image as diffusers' inpaint pipeline builds them; masked content 2/3 as A1111."""
+    model = gen.model
+    f = model.vae_scale_factor
+    mask_condition = mask_processor(model).preprocess(setup.processing_mask, height=height, width=width)
+    mask_condition = mask_condition.repeat(pixels.shape[0], 1, 1, 1)
+    masked_pixels = pixels * (mask_condition < 0.5)
+    latent_mask = torch.nn.functional.interpolate(mask_condition, size=(height // f, width // f))
+
+    post = None
+    if req.inpainting_fill in (2, 3):
+        def post(latents: torch.Tensor) -> torch.Tensor:
+            m = latent_mask.to(device=latents.device, dtype=latents.dtype)
+            if req.inpainting_fill == 3:
+                return latents * (1 - m)
+            fresh = rng.ImageRNG(latents.shape[1:], seeds, source=gen.randn_source, device=model.device,
+                                 latent_factor=f).first().to(latents.dtype)
+            return latents * (1 - m) + fresh * m
+    return {"latent_mask": latent_mask, "masked_pixels": masked_pixels, "post_encode": post}
+
+
+def _apply_overlay(image: Image.Image, setup: InpaintSetup, index: int) -> Image.Image:
+    """Paste the generated picture back and composite the untouched original over it (A1111's apply_overlay)."""
+    original = setup.overlay_source[index]
+    if setup.paste_to is not None:
+        x, y, w, h = setup.paste_to
+        base = original.convert("RGB").copy()
+        base.paste(resize_image(1, image, w, h), (x, y))
+        image = base
+    return masking.composite(original, image, setup.mask_for_overlay)
+
+
+def run_request(ctx: ProcessingContext, req: GenerationRequest) -> GenerationResult:
+    if isinstance(req, Img2ImgRequest):
+        return img2img(ctx, req)
+    if isinstance(req, Txt2ImgRequest):
+        return txt2img(ctx, req)
+    raise RequestError(f"unknown request type {type(req).__name__}")
+
+
+__all__ = ["GenerationResult", "ProcessingContext", "OutputDirs", "txt2img", "img2img", "run_request",
+           "RequestError", "Txt2ImgRequest", "Img2ImgRequest"]

@@ -1,0 +1,117 @@
+"""The one sampling loop for txt2img, img2img, inpaint and the hires pass.
+
+Built on diffusers' model components and schedulers, in the same order of arithmetic as diffusers' own pipelines
+(so that the plain case reproduces them to the pixel), with per-step control the pipelines don't give: a step
+callback for progress and live previews, interrupt/skip, and hooks for per-step conditioning and extensions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from modules.sampling.conditioning import Conditioning
+
+
+class Interrupted(Exception):
+    """The user pressed Interrupt: stop and keep what is finished."""
+
+
+class Skipped(Exception):
+    """The user pressed Skip: drop the current batch and go on with the next."""
+
+
+@dataclass
+class InpaintLatents:
+    """What inpainting adds to the loop.
+
+    mask: (B,1,h,w) latent-resolution mask, 1 = repaint. For 9-channel models `masked_image_latents` is fed to the
+    UNet; for 4-channel models the known region is re-noised from `image_latents` with `noise` after every step.
+    """
+
+    mask: torch.Tensor
+    masked_image_latents: torch.Tensor | None = None
+    image_latents: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+
+
+@dataclass
+class StepInfo:
+    step: int  # 1-based count of finished steps
+    total: int
+    latents: torch.Tensor
+    timestep: torch.Tensor
+
+
+@dataclass
+class SamplingJob:
+    unet: torch.nn.Module
+    scheduler: object
+    timesteps: torch.Tensor
+    latents: torch.Tensor
+    cond: Conditioning
+    uncond: Conditioning | None
+    cfg_scale: float
+    step_kwargs: dict = field(default_factory=dict)
+    time_ids: torch.Tensor | None = None
+    uncond_time_ids: torch.Tensor | None = None
+    inpaint: InpaintLatents | None = None
+    conditioning_at: Callable[[int], tuple[Conditioning, Conditioning | None]] | None = None
+    on_step: Callable[[StepInfo], None] | None = None
+    cfg_hooks: list[Callable] = field(default_factory=list)
+
+    @property
+    def use_cfg(self) -> bool:
+        return self.uncond is not None and self.cfg_scale > 1.0
+
+
+def _unet_inputs(job: SamplingJob, cond: Conditioning, uncond: Conditioning | None):
+    if job.use_cfg:
+        embeds = torch.cat([uncond.embeds, cond.embeds])
+        pooled = None if cond.pooled is None else torch.cat([uncond.pooled, cond.pooled])
+        time_ids = None if job.time_ids is None else torch.cat([job.uncond_time_ids, job.time_ids])
+    else:
+        embeds, pooled, time_ids = cond.embeds, cond.pooled, job.time_ids
+    added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
+    return embeds, added
+
+
+def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tensor:
+    """One classifier-free-guided UNet evaluation (diffusers' order: uncond + g * (cond - uncond))."""
+    cond, uncond = job.conditioning_at(step) if job.conditioning_at else (job.cond, job.uncond)
+    embeds, added = _unet_inputs(job, cond, uncond)
+    x = torch.cat([latents] * 2) if job.use_cfg else latents
+    x = job.scheduler.scale_model_input(x, t)
+    if job.inpaint is not None and job.inpaint.masked_image_latents is not None:
+        mask, masked = job.inpaint.mask, job.inpaint.masked_image_latents
+        if job.use_cfg:
+            mask, masked = torch.cat([mask] * 2), torch.cat([masked] * 2)
+        x = torch.cat([x, mask, masked], dim=1)
+    noise_pred = job.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+    if job.use_cfg:
+        noise_uncond, noise_cond = noise_pred.chunk(2)
+        noise_pred = noise_uncond + job.cfg_scale * (noise_cond - noise_uncond)
+    for hook in job.cfg_hooks:
+        noise_pred = hook(noise_pred, latents, t, step) or noise_pred
+    return noise_pred
+
+
+@torch.inference_mode()
+def sample(job: SamplingJob) -> torch.Tensor:
+    """Run the scheduler over `job.timesteps` and return the final latents."""
+    latents = job.latents
+    timesteps = job.timesteps
+    total = len(timesteps)
+    inpaint4 = job.inpaint is not None and job.inpaint.masked_image_latents is None
+    for i, t in enumerate(timesteps):
+        noise_pred = denoise(job, latents, t, i)
+        latents = job.scheduler.step(noise_pred, t, latents, **job.step_kwargs, return_dict=False)[0]
+        if inpaint4:
+            known = job.inpaint.image_latents
+            if i < total - 1:
+                known = job.scheduler.add_noise(known, job.inpaint.noise, torch.tensor([timesteps[i + 1]]))
+            latents = (1 - job.inpaint.mask) * known + job.inpaint.mask * latents
+        if job.on_step is not None:
+            job.on_step(StepInfo(step=i + 1, total=total, latents=latents, timestep=t))
+    return latents
