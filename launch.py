@@ -1,0 +1,140 @@
+"""Start the web UI: ``python launch.py [A1111 flags]`` (flags also come from ``$COMMANDLINE_ARGS``).
+
+1. parse the flags (a bad flag: one ``launch.py: error: ...`` line, exit status 2);
+2. unless ``--skip-install``: if a package named in requirements.txt is missing (or its installed version does
+   not satisfy the pin), run ``pip install -r requirements.txt`` once; nothing is run when all are present;
+3. ``HF_HUB_OFFLINE=1`` (models are never downloaded) unless the user set it;
+4. create the data folders and start the server (modules/server.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from modules import cmd_args  # noqa: E402  (standard library only: safe before the requirements check)
+from modules.paths import Paths  # noqa: E402
+
+REQUIREMENTS = ROOT / "requirements.txt"
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def _requirement_lines(path: Path, seen: set | None = None) -> list[str]:
+    seen = seen if seen is not None else set()
+    path = path.resolve()
+    if path in seen or not path.is_file():
+        return []
+    seen.add(path)
+    lines = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith(("-r ", "--requirement ")):
+            lines += _requirement_lines(path.parent / line.split(None, 1)[1].strip(), seen)
+            continue
+        if line.startswith("-"):  # pip options (--index-url, -e ..., --extra-index-url)
+            continue
+        lines.append(line)
+    return lines
+
+
+def missing_requirements(path: Path = REQUIREMENTS) -> list[str]:
+    """The requirement lines of ``path`` that the current environment does not satisfy (quick: metadata only)."""
+    import importlib.metadata as md
+
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:  # pragma: no cover - packaging is nearly always there; fall back to presence checks
+        Requirement = None  # type: ignore[assignment]
+
+    missing = []
+    for line in _requirement_lines(path):
+        name, spec, marker_ok = None, None, True
+        if Requirement is not None:
+            try:
+                req = Requirement(line)
+            except InvalidRequirement:
+                req = None
+            if req is not None:
+                name, spec = req.name, req.specifier
+                marker_ok = req.marker is None or req.marker.evaluate()
+        if name is None:
+            m = _NAME.match(line)
+            if not m:
+                continue
+            name = m.group(1)
+            marker_ok = ";" not in line  # cannot evaluate markers without packaging: do not force an install
+        if not marker_ok:
+            continue
+        try:
+            version = md.version(name)
+        except md.PackageNotFoundError:
+            missing.append(line)
+            continue
+        if spec is not None and str(spec) and not spec.contains(version, prereleases=True):
+            missing.append(line)
+    return missing
+
+
+def prepare_environment(requirements: Path = REQUIREMENTS) -> int:
+    """Install requirements if some are missing. Returns 0, or 1 if pip failed."""
+    if not requirements.is_file():
+        return 0
+    missing = missing_requirements(requirements)
+    if not missing:
+        return 0
+    print(f"Installing requirements ({', '.join(missing)})", flush=True)
+    rc = subprocess.call([sys.executable, "-m", "pip", "install", "-r", str(requirements)])
+    if rc != 0:
+        print(f"launch.py: error: installing requirements failed (pip exit status {rc}); install them by hand "
+              f"or start with --skip-install", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _setup_logging(ns) -> None:
+    level = getattr(logging, ns.loglevel) if ns.loglevel else logging.INFO
+    logging.basicConfig(level=logging.WARNING if not ns.loglevel else level,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("modules").setLevel(level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = cmd_args.parse_args(argv)
+    _setup_logging(ns)
+
+    if not ns.skip_install:
+        rc = prepare_environment()
+        if rc:
+            return rc
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+    paths = Paths.from_args(ns)
+    try:
+        paths.ensure_dirs()
+    except OSError as e:
+        print(f"launch.py: error: cannot create data folders: {e}", file=sys.stderr)
+        return 1
+
+    from modules import server
+
+    return server.serve(ns, paths=paths)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,124 @@
+"""The backend service the UI, the HTTP API and the CLI share: settings, models, one generation at a time.
+
+Created once at start-up from the parsed flags; everything it holds is passed in, nothing is global.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modules import devices, images, processing
+from modules.hashes import HashCache
+from modules.jobs import JobQueue, JobState
+from modules.models.manager import ModelManager
+from modules.models.registry import CheckpointRegistry
+from modules.paths import Paths
+from modules.processing import GenerationResult, OutputDirs, ProcessingContext
+from modules.request_types import GenerationRequest, Img2ImgRequest, RequestError, Txt2ImgRequest
+from modules.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Engine:
+    paths: Paths
+    settings: Settings
+    device_config: devices.DeviceConfig
+    registry: CheckpointRegistry
+    models: ModelManager
+    state: JobState
+    queue: JobQueue
+
+    @classmethod
+    def create(cls, paths: Paths, settings: Settings | None = None, device_config: devices.DeviceConfig | None = None,
+               no_hashing: bool = False) -> "Engine":
+        paths.ensure_dirs()
+        settings = settings if settings is not None else Settings.load(paths.config_file)
+        device_config = device_config or devices.cpu()
+        registry = CheckpointRegistry(paths, HashCache(paths.cache_file), no_hashing=no_hashing)
+        registry.refresh()
+        models = ModelManager(registry, settings, paths, device_config)
+        return cls(paths, settings, device_config, registry, models, JobState(), JobQueue())
+
+    @classmethod
+    def from_args(cls, ns, paths: Paths | None = None) -> "Engine":
+        dc = devices.from_flags(use_cpu=ns.use_cpu, no_half=ns.no_half, no_half_vae=ns.no_half_vae,
+                                precision=ns.precision, xformers=ns.xformers, medvram=ns.medvram or ns.medvram_sdxl,
+                                lowvram=ns.lowvram, device_id=ns.device_id)
+        return cls.create(paths or Paths.from_args(ns), device_config=dc, no_hashing=ns.no_hashing)
+
+    # -- generation ------------------------------------------------------------------------------------------------
+
+    def txt2img(self, req: Txt2ImgRequest | dict) -> GenerationResult:
+        if isinstance(req, dict):
+            req = Txt2ImgRequest.from_dict(req)
+        return self.generate(req)
+
+    def img2img(self, req: Img2ImgRequest | dict) -> GenerationResult:
+        if isinstance(req, dict):
+            req = Img2ImgRequest.from_dict(req)
+        return self.generate(req)
+
+    def generate(self, req: GenerationRequest) -> GenerationResult:
+        """Wait for our turn, then run the request. Bad requests raise RequestError before any work is done."""
+        req.validate()
+        with self.queue.turn():
+            self.state.begin(req.mode, req.n_iter)
+            try:
+                with self._overrides(req.override_settings, req.override_settings_restore_afterwards) as options:
+                    model = self.models.get(options.get("sd_model_checkpoint") if req.override_settings.get(
+                        "sd_model_checkpoint") else None)
+                    ctx = ProcessingContext(model=model, options=options, outputs=self._outputs(req))
+                    ctx.state = self.state
+                    return processing.run_request(ctx, req)
+            finally:
+                self.state.end()
+
+    @contextmanager
+    def _overrides(self, overrides: dict[str, Any], restore: bool):
+        """Options for one job: the settings plus `override_settings` (validated; kept afterwards if asked)."""
+        options = self.settings.as_dict()
+        checked = {}
+        for name, value in (overrides or {}).items():
+            try:
+                checked[name] = self.settings.validate(name, value) if name in self.settings else value
+            except ValueError as e:
+                raise RequestError(f"override_settings: {e}") from None
+        options.update(checked)
+        previous_vae = self.settings.get("sd_vae", "Automatic")
+        if "sd_vae" in checked:
+            self.settings.set("sd_vae", checked["sd_vae"])
+        try:
+            yield options
+        finally:
+            if restore:
+                if "sd_vae" in checked:
+                    self.settings.set("sd_vae", previous_vae)
+            elif checked:
+                self.settings.update({k: v for k, v in checked.items() if k in self.settings})
+                self.settings.save()
+
+    def _outputs(self, req: GenerationRequest) -> OutputDirs:
+        root = self.paths.outputs_dir
+        kind = "img2img" if isinstance(req, Img2ImgRequest) else "txt2img"
+        custom_samples = self.settings.get("outdir_samples", "")
+        custom_grids = self.settings.get("outdir_grids", "")
+        samples = self.paths.resolve_data_path(custom_samples) if custom_samples else root / f"{kind}-images"
+        grids = self.paths.resolve_data_path(custom_grids) if custom_grids else root / f"{kind}-grids"
+        if self.settings.get("save_to_dirs", True):
+            samples = images.dated_dir(samples)
+        if self.settings.get("grid_save_to_dirs", True):
+            grids = images.dated_dir(grids)
+        return OutputDirs(samples=samples, grids=grids)
+
+    # -- control ---------------------------------------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        self.state.interrupt()
+
+    def skip(self) -> None:
+        self.state.skip()

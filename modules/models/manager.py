@@ -1,0 +1,157 @@
+"""Which checkpoint is loaded: look-up by title/name/hash, a RAM cache of `sd_checkpoints_limit` models, the VAE.
+
+Dropping a model releases every reference to it (and CUDA's cached blocks), so switching back and forth does not
+grow memory.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from modules.devices import DeviceConfig, torch_gc
+from modules.models import loader
+from modules.models.loader import LoadedModel, ModelLoadError
+from modules.models.registry import CheckpointInfo, CheckpointRegistry, find_vae_for_checkpoint, list_vaes
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(LookupError):
+    """No checkpoint matches the requested title, name or hash."""
+
+
+class ModelManager:
+    def __init__(self, registry: CheckpointRegistry, settings, paths, device_config: DeviceConfig):
+        self.registry, self.settings, self.paths, self.device_config = registry, settings, paths, device_config
+        self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.RLock()
+        self.on_loaded: list = []
+
+    # -- look-up -------------------------------------------------------------------------------------------------
+
+    def resolve(self, title: str | None = None) -> CheckpointInfo:
+        """The checkpoint for `title` (title, name, stem or hash), else the configured one, else the first."""
+        if not len(self.registry):
+            self.registry.refresh()
+        if title:
+            info = self.registry.get(title)
+            if info is None:
+                self.registry.refresh()
+                info = self.registry.get(title)
+            if info is None:
+                names = ", ".join(self.registry.titles()) or "none found"
+                raise ModelNotFoundError(f"checkpoint {title!r} not found; available: {names}")
+            return info
+        configured = self.settings.get("sd_model_checkpoint", None)
+        if configured:
+            info = self.registry.get(configured)
+            if info is not None:
+                return info
+            log.warning("configured checkpoint %r not found; using the first available one", configured)
+        infos = self.registry.list()
+        if not infos:
+            dirs = ", ".join(str(d) for d in self.paths.ckpt_dirs)
+            raise ModelNotFoundError(f"no checkpoints found: put a .safetensors/.ckpt file or a diffusers folder in {dirs}")
+        return infos[0]
+
+    # -- loading -------------------------------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._cache.values())
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return next(reversed(self._cache.values()), None)
+
+    def get(self, title: str | None = None) -> LoadedModel:
+        """Return a loaded model, loading (and evicting the least recently used beyond the limit) as needed."""
+        info = self.resolve(title)
+        with self._lock:
+            key = str(info.filename)
+            model = self._cache.get(key)
+            if model is None:
+                model = self._load(info)
+                self._cache[key] = model
+                self._evict(keep=key)
+                for cb in self.on_loaded:
+                    cb(model)
+            else:
+                self._cache.move_to_end(key)
+            self.apply_vae(model, info)
+            return model
+
+    def select(self, title: str) -> LoadedModel:
+        """Load `title` and make it the configured checkpoint (persisted in config.json)."""
+        model = self.get(title)
+        self.settings.set("sd_model_checkpoint", model.title)
+        self.settings.save()
+        return model
+
+    def _load(self, info: CheckpointInfo) -> LoadedModel:
+        if not info.is_diffusers:
+            self.registry.ensure_hash(info)
+        limit = max(1, int(self.settings.get("sd_checkpoints_limit", 1) or 1))
+        while len(self._cache) >= limit:  # free RAM before reading the next file, not after
+            self._drop(next(iter(self._cache)))
+        log.info("Loading checkpoint %s", info.title)
+        return loader.load_model(info.filename, self.device_config, name=info.name, title=info.title,
+                                 shorthash=info.shorthash)
+
+    def _evict(self, keep: str) -> None:
+        limit = max(1, int(self.settings.get("sd_checkpoints_limit", 1) or 1))
+        while len(self._cache) > limit:
+            oldest = next(iter(self._cache))
+            if oldest == keep:
+                break
+            self._drop(oldest)
+
+    def _drop(self, key: str) -> None:
+        model = self._cache.pop(key, None)
+        if model is not None:
+            model.extra.clear()
+            del model
+        torch_gc()
+
+    def unload(self) -> None:
+        with self._lock:
+            for key in list(self._cache):
+                self._drop(key)
+
+    def reload(self) -> LoadedModel:
+        with self._lock:
+            current = self.current
+            title = current.title if current else None
+            self.unload()
+            return self.get(title)
+
+    # -- VAE -----------------------------------------------------------------------------------------------------
+
+    def vae_choices(self) -> list[str]:
+        return ["Automatic", "None"] + [v.name for v in list_vaes(self.paths)]
+
+    def apply_vae(self, model: LoadedModel, info: CheckpointInfo) -> None:
+        """Honour `sd_vae`: "Automatic" (a VAE named like the checkpoint), "None" (the checkpoint's own), or a
+        file from models/VAE."""
+        choice = self.settings.get("sd_vae", "Automatic") or "Automatic"
+        vaes = list_vaes(self.paths)
+        if choice == "Automatic":
+            vae = find_vae_for_checkpoint(info, vaes)
+        elif choice == "None":
+            vae = None
+        else:
+            vae = next((v for v in vaes if v.name == choice or Path(v.name).stem == choice), None)
+            if vae is None:
+                log.warning("VAE %r not found; using the checkpoint's own VAE", choice)
+        wanted = str(vae.filename) if vae else None
+        if model.extra.get("vae_path") == wanted:
+            return
+        try:
+            loader.replace_vae(model, vae.filename if vae else None, vae_name=Path(vae.name).stem if vae else None)
+        except ModelLoadError as e:
+            log.error("VAE %s could not be loaded (%s); using the checkpoint's own VAE", vae.name, e)
+            loader.replace_vae(model, None)
+            wanted = None
+        model.extra["vae_path"] = wanted

@@ -1,0 +1,162 @@
+"""Where things live on disk (A1111's layout), resolved once from the command-line flags.
+
+Layout (``<data>`` is ``--data-dir``, default the program folder; ``<models>`` is ``--models-dir``, default
+``<data>/models``)::
+
+    <models>/Stable-diffusion   checkpoints (+ --ckpt-dir)         <models>/VAE   VAEs (+ --vae-dir)
+    <models>/Lora               LoRA (or --lora-dir)                <models>/LyCORIS, <models>/hypernetworks
+    <data>/embeddings           textual inversion (or --embeddings-dir)
+    <data>/outputs/{txt2img-images,txt2img-grids,img2img-images,img2img-grids,extras-images,init-images}
+    <data>/extensions           extensions
+    <data>/config.json (--ui-settings-file)  <data>/ui-config.json (--ui-config-file)  <data>/styles.csv (--styles-file)
+    <data>/cache.json           sha256 cache                        <data>/params.txt  last infotext
+    <data>/log/images           "Save" button target                <data>/tmp         scratch space
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Paths", "REPO_ROOT", "OUTPUT_SUBDIRS"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: A1111's output folders under ``<data>/outputs`` (option name → folder name).
+OUTPUT_SUBDIRS = {
+    "txt2img_samples": "txt2img-images",
+    "txt2img_grids": "txt2img-grids",
+    "img2img_samples": "img2img-images",
+    "img2img_grids": "img2img-grids",
+    "extras_samples": "extras-images",
+    "init_images": "init-images",
+}
+
+
+def _p(value, default: Path) -> Path:
+    return Path(value).expanduser().absolute() if value else default
+
+
+@dataclass(frozen=True)
+class Paths:
+    data_dir: Path
+    models_dir: Path
+    ckpt_dirs: list[Path]  # <models>/Stable-diffusion first, then --ckpt-dir
+    vae_dirs: list[Path]  # <models>/VAE first, then --vae-dir
+    lora_dir: Path
+    embeddings_dir: Path
+    outputs_dir: Path
+    config_file: Path
+    cache_file: Path
+    styles_file: Path
+    ui_config_file: Path
+    extensions_dir: Path
+    hypernetwork_dir: Path = None  # type: ignore[assignment]  (filled in __post_init__)
+    lycoris_dir: Path = None  # type: ignore[assignment]
+    extensions_builtin_dir: Path = REPO_ROOT / "extensions-builtin"
+    styles_files: list[Path] = field(default_factory=list)  # every --styles-file (styles_file is the first)
+    ckpt_file: Path | None = None  # --ckpt
+
+    def __post_init__(self):
+        if self.hypernetwork_dir is None:
+            object.__setattr__(self, "hypernetwork_dir", self.models_dir / "hypernetworks")
+        if self.lycoris_dir is None:
+            object.__setattr__(self, "lycoris_dir", self.models_dir / "LyCORIS")
+        if not self.styles_files:
+            object.__setattr__(self, "styles_files", [self.styles_file])
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> "Paths":
+        """Resolve every path from parsed flags (missing attributes count as "not given")."""
+        get = lambda name: getattr(ns, name, None)  # noqa: E731
+        data = _p(get("data_dir"), REPO_ROOT)
+        models = _p(get("models_dir"), data / "models")
+        ckpt_dirs = [models / "Stable-diffusion"]
+        if get("ckpt_dir"):
+            extra = _p(get("ckpt_dir"), ckpt_dirs[0])
+            if extra not in ckpt_dirs:
+                ckpt_dirs.append(extra)
+        vae_dirs = [models / "VAE"]
+        if get("vae_dir"):
+            extra = _p(get("vae_dir"), vae_dirs[0])
+            if extra not in vae_dirs:
+                vae_dirs.append(extra)
+        styles = [_p(s, data / "styles.csv") for s in (get("styles_file") or [])]
+        if isinstance(get("styles_file"), str):  # a Namespace built by hand with a single string
+            styles = [_p(get("styles_file"), data / "styles.csv")]
+        styles = styles or [data / "styles.csv"]
+        return cls(
+            data_dir=data,
+            models_dir=models,
+            ckpt_dirs=ckpt_dirs,
+            vae_dirs=vae_dirs,
+            lora_dir=_p(get("lora_dir"), models / "Lora"),
+            embeddings_dir=_p(get("embeddings_dir"), data / "embeddings"),
+            outputs_dir=data / "outputs",
+            config_file=_p(get("ui_settings_file"), data / "config.json"),
+            cache_file=data / "cache.json",
+            styles_file=styles[0],
+            ui_config_file=_p(get("ui_config_file"), data / "ui-config.json"),
+            extensions_dir=data / "extensions",
+            hypernetwork_dir=_p(get("hypernetwork_dir"), models / "hypernetworks"),
+            styles_files=styles,
+            ckpt_file=_p(get("ckpt"), None) if get("ckpt") else None,
+        )
+
+    # --- derived locations -------------------------------------------------------------------------------------
+
+    def output_dir(self, kind: str) -> Path:
+        """``outputs/<folder>`` for ``kind`` in :data:`OUTPUT_SUBDIRS` (e.g. ``"txt2img_samples"``)."""
+        return self.outputs_dir / OUTPUT_SUBDIRS[kind]
+
+    @property
+    def txt2img_samples_dir(self) -> Path:
+        return self.output_dir("txt2img_samples")
+
+    @property
+    def txt2img_grids_dir(self) -> Path:
+        return self.output_dir("txt2img_grids")
+
+    @property
+    def img2img_samples_dir(self) -> Path:
+        return self.output_dir("img2img_samples")
+
+    @property
+    def img2img_grids_dir(self) -> Path:
+        return self.output_dir("img2img_grids")
+
+    @property
+    def extras_samples_dir(self) -> Path:
+        return self.output_dir("extras_samples")
+
+    @property
+    def save_dir(self) -> Path:
+        """Target of the UI's Save button (A1111 ``outdir_save``: ``log/images``)."""
+        return self.data_dir / "log" / "images"
+
+    @property
+    def params_file(self) -> Path:
+        return self.data_dir / "params.txt"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    def model_subdir(self, name: str) -> Path:
+        """``<models>/<name>``, e.g. ``model_subdir("ESRGAN")``."""
+        return self.models_dir / name
+
+    def resolve_data_path(self, value: str | Path) -> Path:
+        """A path from a setting (``outputs/txt2img-images``): relative paths are relative to the data dir."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.data_dir / path
+
+    def ensure_dirs(self) -> None:
+        """Create the folders the program writes to or that users are expected to fill (idempotent)."""
+        dirs = [self.data_dir, self.models_dir, self.ckpt_dirs[0], self.vae_dirs[0], self.lora_dir,
+                self.embeddings_dir, self.outputs_dir, self.extensions_dir,
+                *(self.outputs_dir / sub for sub in OUTPUT_SUBDIRS.values()),
+                self.config_file.parent, self.cache_file.parent, self.ui_config_file.parent, self.styles_file.parent]
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,159 @@
+"""The HTTP server: builds the start-up state, the FastAPI app, and runs uvicorn.
+
+``create_app(ctx)`` returns the FastAPI app (the UI and ``/sdapi/v1`` are mounted on it by their own modules);
+``serve(ns)`` binds the socket first (so a busy port is a one-line error), prints gradio's
+``Running on local URL:  http://127.0.0.1:7860`` line, and serves until Ctrl+C / SIGTERM.
+No generation code lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from modules.engine import Engine
+from modules.paths import Paths
+
+__all__ = ["AppContext", "build_context", "create_app", "serve", "bind_host"]
+
+log = logging.getLogger(__name__)
+
+_PLACEHOLDER = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Stable Diffusion web UI</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 4em auto">
+<h1>Stable Diffusion web UI</h1>
+<p>The server is running. The user interface is coming soon.</p>
+</body></html>
+"""
+
+
+@dataclass
+class AppContext:
+    """Start-up state shared by the UI and the API (created once, passed in)."""
+
+    args: argparse.Namespace
+    engine: Engine
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def paths(self) -> Paths:
+        return self.engine.paths
+
+    @property
+    def settings(self):
+        return self.engine.settings
+
+    @property
+    def checkpoints(self):
+        return self.engine.registry
+
+
+def build_context(ns: argparse.Namespace, paths: Paths | None = None) -> AppContext:
+    """The engine (paths created, settings loaded, checkpoints listed); hashing goes on in the background."""
+    engine = Engine.from_args(ns, paths=paths)
+    engine.registry.hash_all_in_background()
+    return AppContext(args=ns, engine=engine)
+
+
+def create_app(ctx: AppContext | None) -> FastAPI:
+    """The app: ``GET /`` (placeholder page until the UI is mounted), ``GET /healthz``. ``app.state.ctx`` = ctx."""
+    app = FastAPI(title="Stable Diffusion web UI", docs_url="/docs", redoc_url=None)
+    app.state.ctx = ctx
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(_PLACEHOLDER)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    return app
+
+
+def bind_host(ns: argparse.Namespace) -> str:
+    """``--server-name`` if given, else 0.0.0.0 with ``--listen``, else 127.0.0.1."""
+    if getattr(ns, "server_name", None):
+        return ns.server_name
+    return "0.0.0.0" if getattr(ns, "listen", False) else "127.0.0.1"
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, type_, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                       flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        if sys.platform != "win32":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(addr)
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(ns: argparse.Namespace, ctx: AppContext | None = None, paths: Paths | None = None) -> int:
+    """Build the context and app, bind, print the URL, serve. Returns the process exit status."""
+    import uvicorn
+
+    host, port = bind_host(ns), ns.port
+    try:
+        sock = _bind(host, port)
+    except OSError as e:
+        print(f"launch.py: error: cannot listen on {host}:{port}: {e.strerror or e} "
+              f"(is another instance running? choose another port with --port)", file=sys.stderr)
+        return 1
+
+    try:
+        ctx = ctx or build_context(ns, paths)
+    except OSError as e:
+        sock.close()
+        print(f"launch.py: error: {e}", file=sys.stderr)
+        return 1
+    app = create_app(ctx)
+
+    if not _is_loopback(host) and not (getattr(ns, "gradio_auth", None) or getattr(ns, "api_auth", None)):
+        print(f"WARNING: listening on {host}:{port} without a password: anyone who can reach this computer can "
+              f"use it. Set --gradio-auth user:password (and --api-auth for the API) to require a login.",
+              file=sys.stderr, flush=True)
+
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    url = f"http://{shown}:{port}"
+    n = len(ctx.checkpoints)
+    print(f"Found {n} checkpoint{'s' if n != 1 else ''} in {', '.join(str(d) for d in ctx.paths.ckpt_dirs)}",
+          flush=True)
+    print(f"Running on local URL:  {url}", flush=True)
+    if getattr(ns, "autolaunch", False):
+        try:
+            import webbrowser
+            webbrowser.open(url)
+        except Exception:  # no browser is not an error
+            pass
+
+    config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=getattr(ns, "timeout_keep_alive", 30),
+                            access_log=False)
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    return 0
