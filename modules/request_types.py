@@ -98,9 +98,6 @@ class GenerationRequest:
         for f in dataclasses.fields(cls):
             if f.name in data:
                 kwargs[f.name] = _coerce(f.name, data[f.name], hints[f.name], image_base)
-        if "mask_blur" in data and data["mask_blur"] is not None and issubclass(cls, Img2ImgRequest):
-            blur = _coerce("mask_blur", data["mask_blur"], int, image_base)
-            kwargs["mask_blur_x"] = kwargs["mask_blur_y"] = blur
         req = cls(**kwargs)
         req.validate()
         return req
@@ -151,6 +148,7 @@ class Img2ImgRequest(GenerationRequest):
     denoising_strength: float = 0.75
     image_cfg_scale: float | None = None
     mask: Image.Image | None = None
+    mask_blur: int | None = None
     mask_blur_x: int = 4
     mask_blur_y: int = 4
     mask_round: bool = True
@@ -164,9 +162,9 @@ class Img2ImgRequest(GenerationRequest):
 
     mode = "img2img"
 
-    @property
-    def mask_blur(self) -> int:
-        return self.mask_blur_x
+    def __post_init__(self):
+        if self.mask_blur is not None:  # A1111: mask_blur sets both directions
+            self.mask_blur_x = self.mask_blur_y = int(self.mask_blur)
 
     def validate(self) -> None:
         super().validate()

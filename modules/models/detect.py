@@ -150,9 +150,10 @@ def unet_config_from_ldm(sd: Mapping, template: dict, head_convention: str, num_
     for level in levels:
         first = level[0]
         channels.append(_shape(sd, p + f"input_blocks.{first}.0.out_layers.3.weight")[0])
-        tb = _indices(sd, p + f"input_blocks.{first}.1.transformer_blocks.")
-        down_types.append("CrossAttnDownBlock2D" if tb else "DownBlock2D")
-        depths.append(len(tb) if tb else 1)
+        # Depth per layer: distilled models may prune transformer blocks unevenly within a level.
+        tb = [len(_indices(sd, p + f"input_blocks.{i}.1.transformer_blocks.")) for i in level]
+        down_types.append("CrossAttnDownBlock2D" if any(tb) else "DownBlock2D")
+        depths.append((tb[0] if len(set(tb)) == 1 else tb) if any(tb) else 1)
 
     out_blocks = _indices(sd, p + "output_blocks.")
     per_up = len(out_blocks) // len(levels)
@@ -198,8 +199,9 @@ def unet_config_from_ldm(sd: Mapping, template: dict, head_convention: str, num_
             # Distilled SDXL (SSD-1B, Vega) prune transformer layers per up block unevenly.
             cfg["reverse_transformer_layers_per_block"] = [d if t == "CrossAttnUpBlock2D" else [1] * per_up
                                                            for d, t in zip(up_depths, up_types)]
-        if mid_tb and len(mid_tb) != depths[-1]:
-            raise UnsupportedModelError(f"mid block depth {len(mid_tb)} differs from the last level's {depths[-1]}")
+        last = depths[-1][0] if isinstance(depths[-1], list) else depths[-1]  # diffusers' mid block takes [-1]([0])
+        if mid_tb and len(mid_tb) != last:
+            raise UnsupportedModelError(f"mid block depth {len(mid_tb)} differs from the last level's {last}")
 
     label = p + "label_emb.0.0.weight"
     if label in sd:
@@ -262,6 +264,8 @@ def detect(sd: Mapping, name: str = "model", prediction_hint: str | None = None)
         raise UnsupportedModelError(f"unsupported model {name}: no Stable Diffusion UNet in it{what}")
     try:
         return _detect(sd, prediction_hint)
+    except UnsupportedModelError as e:  # the reasons _detect gives do not know the file's name
+        raise UnsupportedModelError(f"unsupported model {name}: {e}") from None
     except (KeyError, IndexError) as e:
         raise UnsupportedModelError(f"unsupported model {name}: unrecognised layout ({e})") from None
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -92,19 +91,112 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise ModelLoadError(f"{path.name}: not a readable .safetensors file (truncated or corrupt: {e})") from None
     else:
         try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(_ckpt_safe_globals()):
+                sd = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
+            detail = _unpickling_detail(e)
+            referenced = _pickle_globals(path)
+            suspicious = sorted(referenced - _HARMLESS_GLOBALS)
+            if not suspicious and (referenced or "global" not in detail.lower()):  # damaged, not a call to anything
+                raise ModelLoadError(f"{path.name}: not a readable checkpoint (truncated or corrupt: {detail})") from None
+            if suspicious:
+                detail = f"it references {', '.join(suspicious[:5])}"
             raise UnsafeCheckpointError(
                 f"{path.name}: refused to load: the pickle wants to run code or build objects that are not plain "
-                f"tensors ({str(e).splitlines()[0][:200]}). Convert it to .safetensors from a trusted source."
+                f"tensors ({detail}). Convert it to .safetensors from a trusted source."
             ) from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-            raise ModelLoadError(f"{path.name}: not a readable checkpoint (truncated or corrupt: {e})") from None
+        except MemoryError:
+            raise
+        except Exception as e:  # torch.load raises RuntimeError/EOFError/KeyError/... on damaged or foreign files
+            raise ModelLoadError(f"{path.name}: not a readable checkpoint (truncated or corrupt: "
+                                 f"{type(e).__name__}: {str(e)[:300]})") from None
         if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
             sd = sd["state_dict"]
         if not isinstance(sd, Mapping):
             raise ModelLoadError(f"{path.name}: the file holds no state dict")
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+class _InertCallback:
+    """Stands in for PyTorch Lightning's ModelCheckpoint callback pickled into old `.ckpt` files: keeps its state as
+    data, runs nothing."""
+
+    def __setstate__(self, state):
+        self.__dict__["state"] = state
+
+
+def _ckpt_safe_globals() -> list:
+    """Non-tensor objects real `.ckpt` files carry besides the weights, as A1111's restricted unpickler accepts them:
+    numpy scalars/arrays (e.g. `global_step`), sets, encoded bytes and Lightning's ModelCheckpoint (inert). None of
+    them can run code; everything else is still refused by `torch.load(weights_only=True)`."""
+    import codecs
+
+    import numpy as np
+
+    multiarray = getattr(np, "_core", None) or np.core
+    multiarray = multiarray.multiarray
+    allowed = [np.dtype, np.ndarray, set, (codecs.encode, "_codecs.encode"),
+               (_InertCallback, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint")]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # pickled by numpy 1.x / 2.x
+        allowed += [(multiarray.scalar, f"{module}.scalar"), (multiarray._reconstruct, f"{module}._reconstruct")]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return allowed
+
+
+# Globals that torch's own checkpoints reference (allowed by weights_only, or by _ckpt_safe_globals).
+_HARMLESS_GLOBALS = {
+    "collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_device_tensor_from_numpy", "torch.FloatStorage", "torch.HalfStorage", "torch.BFloat16Storage",
+    "torch.DoubleStorage", "torch.LongStorage", "torch.IntStorage", "torch.ByteStorage", "torch.float32",
+    "torch.float16", "torch.bfloat16", "numpy.dtype", "numpy.ndarray", "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar", "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+    "_codecs.encode", "builtins.set", "__builtin__.set", "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+}
+
+
+def _pickle_globals(path: Path, limit: int = 64 << 20) -> set[str]:
+    """Best effort: `module.name` of every global a pickle references (a torch zip's `data.pkl`, or a raw pickle),
+    read without unpickling. Tells a malicious pickle that torch's unpickler stopped early (e.g. at a protocol-4
+    opcode) from a merely damaged file."""
+    import io
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                blobs = [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
+        else:
+            with open(path, "rb") as f:
+                blobs = [f.read(limit)]
+    except Exception:  # noqa: BLE001 - unreadable: nothing to report
+        return set()
+    found: set[str] = set()
+    for blob in blobs:
+        stream, strings = io.BytesIO(blob), []
+        try:
+            while stream.tell() < len(blob):  # legacy torch files are several pickles in a row
+                for op, arg, _pos in pickletools.genops(stream):
+                    if op.name in ("GLOBAL", "INST"):
+                        found.add(str(arg).replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.add(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+        except Exception:  # noqa: BLE001 - the tensor bytes after a legacy pickle, or damage: stop here
+            pass
+    return found
+
+
+def _unpickling_detail(e: Exception) -> str:
+    """The informative line of torch's weights-only error (e.g. 'Unsupported global: GLOBAL posix.system ...')."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "GLOBAL" in ln or "Unsupported" in ln or "Can only build" in ln:
+            return ln.removeprefix("WeightsUnpickler error:").strip()[:300]
+    return (lines[-1] if lines else type(e).__name__)[:300]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -320,5 +412,5 @@ def load_model(path: Path, device_config: DeviceConfig, **kw) -> LoadedModel:
         raise
     except ModelLoadError:
         raise
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"{path.name}: {e}") from None
+    except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise ModelLoadError(f"{path.name}: {type(e).__name__}: {e}") from None

@@ -149,9 +149,17 @@ class ModelManager:
         if model.extra.get("vae_path") == wanted:
             return
         try:
-            loader.replace_vae(model, vae.filename if vae else None, vae_name=Path(vae.name).stem if vae else None)
+            # A1111's infotext: "VAE: <file name>" (pasting it back selects that VAE), "VAE hash: <sha256[:10]>".
+            loader.replace_vae(model, vae.filename if vae else None, vae_name=vae.name if vae else None,
+                               vae_hash=self._vae_hash(vae) if vae else None)
         except ModelLoadError as e:
             log.error("VAE %s could not be loaded (%s); using the checkpoint's own VAE", vae.name, e)
             loader.replace_vae(model, None)
             wanted = None
         model.extra["vae_path"] = wanted
+
+    def _vae_hash(self, vae) -> str | None:
+        if self.registry.no_hashing:
+            return None
+        sha = self.registry.hash_cache.sha256(vae.filename, vae.hash_key)
+        return sha[:10] if sha else None

@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny random-weight models of the real architectures, written once per test session in the
+real on-disk formats (A1111 single-file `.safetensors` / `.ckpt`, a diffusers folder), loaded through the same
+code a user's checkpoint goes through."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# The files each family is written as (file name in models/Stable-diffusion → family).
+MODEL_FILES = {
+    "sd1.safetensors": "sd1",
+    "sd1-inpainting.safetensors": "sd1_inpaint",
+    "sd2-v.safetensors": "sd2",
+    "sdxl.safetensors": "sdxl",
+    "sdxl-refiner.safetensors": "sdxl_refiner",
+    "sd1-ckpt.ckpt": "sd1",
+}
+
+
+@dataclass
+class TinyModels:
+    """Where the session's tiny models live, and the diffusers components they were written from."""
+
+    data_dir: Path
+    ckpt_dir: Path
+    components: dict[str, dict]
+
+    def path(self, name: str) -> Path:
+        return self.ckpt_dir / name
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> TinyModels:
+    from tests.tiny_models import build_tiny, write_diffusers_folder, write_single_file
+
+    data = tmp_path_factory.mktemp("data")
+    ckpt_dir = data / "models" / "Stable-diffusion"
+    ckpt_dir.mkdir(parents=True)
+    components = {}
+    for name, family in MODEL_FILES.items():
+        comps = components.setdefault(family, build_tiny(family))
+        write_single_file(comps, family, ckpt_dir / name)
+    # SD2.x eps vs v cannot be told from shapes: A1111 reads a .yaml beside the checkpoint.
+    (ckpt_dir / "sd2-v.yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
+    write_diffusers_folder(components["sd1"], ckpt_dir / "sd1-diffusers", family="sd1")
+    return TinyModels(data_dir=data, ckpt_dir=ckpt_dir, components=components)
+
+
+@pytest.fixture(scope="session")
+def load_tiny(tiny_models):
+    """Load a tiny checkpoint by file name through the user's loading path (cached per session)."""
+    from modules import devices
+    from modules.models import loader
+
+    cache = {}
+
+    def load(name: str):
+        if name not in cache:
+            cache[name] = loader.load_model(tiny_models.path(name), devices.cpu(), name=name, shorthash="0123456789")
+        return cache[name]
+
+    return load
+
+
+@pytest.fixture
+def data_dir(tmp_path, tiny_models) -> Path:
+    """A fresh A1111 data dir whose models/Stable-diffusion links to the session's tiny checkpoints."""
+    ckpt = tmp_path / "models" / "Stable-diffusion"
+    ckpt.mkdir(parents=True)
+    for name in ("sd1.safetensors", "sdxl.safetensors"):
+        os.symlink(tiny_models.path(name), ckpt / name)
+    return tmp_path
+
+
+@pytest.fixture
+def engine(data_dir):
+    from modules.engine import Engine
+    from modules.paths import Paths
+    from modules import cmd_args
+
+    ns = cmd_args.parse_args(["--data-dir", str(data_dir), "--skip-install"], env={})
+    return Engine.create(Paths.from_args(ns))

@@ -1,0 +1,318 @@
+"""The engine as a user meets it: seeds, batches, infotext, saved files, img2img steps, inpaint, hires fix,
+interrupt/skip, and clear errors for bad requests."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from modules import images as images_mod
+from modules import infotext
+from modules.request_types import RequestError
+
+BASE = {"prompt": "a cat", "negative_prompt": "ugly", "steps": 3, "width": 64, "height": 64, "cfg_scale": 7,
+        "sampler_name": "Euler a", "do_not_save_grid": True}
+
+
+def arr(im: Image.Image) -> np.ndarray:
+    return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+
+def same_picture(a: Image.Image, b: Image.Image) -> bool:
+    """Equal up to float rounding: a batch of 3 runs the UNet with other matrix shapes than a batch of 1, and a
+    random tiny model amplifies the last-bit differences into a pixel level or two."""
+    d = np.abs(arr(a) - arr(b))
+    return int(d.max()) <= 3 and float(d.mean()) < 0.2
+
+
+def _init() -> Image.Image:
+    x = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
+    return Image.fromarray(x)
+
+
+def _mask() -> Image.Image:
+    m = np.zeros((64, 64), np.uint8)
+    m[20:44, 20:44] = 255
+    return Image.fromarray(m)
+
+
+# -- seeds -------------------------------------------------------------------------------------------------------
+
+
+def test_batch_image_equals_single_run_with_seed_plus_i(engine):
+    batch = engine.txt2img({**BASE, "seed": 100, "batch_size": 3, "do_not_save_samples": True})
+    assert batch.all_seeds == [100, 101, 102]
+    imgs = batch.images[batch.index_of_first_image:]
+    single = engine.txt2img({**BASE, "seed": 102, "do_not_save_samples": True})
+    assert same_picture(imgs[2], single.images[0])
+    assert not np.array_equal(arr(imgs[0]), arr(imgs[1]))
+
+
+def test_n_iter_batches_continue_the_seeds(engine):
+    r = engine.txt2img({**BASE, "seed": 7, "batch_size": 2, "n_iter": 2, "do_not_save_samples": True,
+                        "do_not_save_grid": False})
+    assert r.all_seeds == [7, 8, 9, 10]
+    assert r.index_of_first_image == 1 and len(r.images) == 5  # grid first, then the four images
+    assert r.images[0].size == (128, 128)
+    third = engine.txt2img({**BASE, "seed": 9, "do_not_save_samples": True})
+    assert same_picture(r.images[3], third.images[0])
+
+
+def test_random_seed_is_reported_and_reproducible(engine):
+    r = engine.txt2img({**BASE, "seed": -1, "do_not_save_samples": True})
+    assert 0 <= r.seed < 4294967294
+    again = engine.txt2img({**BASE, "seed": r.seed, "do_not_save_samples": True})
+    assert np.array_equal(arr(r.images[0]), arr(again.images[0]))
+
+
+def test_variation_seed_strength_ends(engine):
+    base = engine.txt2img({**BASE, "seed": 5, "do_not_save_samples": True}).images[0]
+    other = engine.txt2img({**BASE, "seed": 77, "do_not_save_samples": True}).images[0]
+    s0 = engine.txt2img({**BASE, "seed": 5, "subseed": 77, "subseed_strength": 0.0, "do_not_save_samples": True})
+    mid = engine.txt2img({**BASE, "seed": 5, "subseed": 77, "subseed_strength": 0.5, "do_not_save_samples": True})
+    assert np.array_equal(arr(s0.images[0]), arr(base))
+    assert not np.array_equal(arr(mid.images[0]), arr(base)) and not np.array_equal(arr(mid.images[0]), arr(other))
+    assert "Variation seed: 77, Variation seed strength: 0.5" in mid.infotexts[0]
+
+
+def test_resize_seed_from_same_size_is_a_no_op_and_other_size_changes(engine):
+    base = engine.txt2img({**BASE, "seed": 3, "do_not_save_samples": True}).images[0]
+    same = engine.txt2img({**BASE, "seed": 3, "seed_resize_from_w": 64, "seed_resize_from_h": 64,
+                           "do_not_save_samples": True})
+    other = engine.txt2img({**BASE, "seed": 3, "seed_resize_from_w": 32, "seed_resize_from_h": 48,
+                            "do_not_save_samples": True})
+    assert np.array_equal(arr(same.images[0]), arr(base))
+    assert not np.array_equal(arr(other.images[0]), arr(base))
+    assert "Seed resize from: 32x48" in other.infotexts[0]
+
+
+def test_img2img_and_inpaint_batches_follow_seeds(engine):
+    req = {**BASE, "init_images": [_init()], "denoising_strength": 0.6, "do_not_save_samples": True}
+    for extra in ({}, {"mask": _mask(), "mask_blur": 0}):
+        batch = engine.img2img({**req, **extra, "seed": 50, "batch_size": 2})
+        single = engine.img2img({**req, **extra, "seed": 51})
+        assert same_picture(batch.images[-1], single.images[0])
+
+
+# -- infotext and files -------------------------------------------------------------------------------------------
+
+
+def test_infotext_exact_text(engine):
+    r = engine.txt2img({**BASE, "seed": 1234, "sampler_name": "DPM++ 2M Karras", "do_not_save_samples": True})
+    model = engine.models.current
+    assert r.infotexts[0] == (
+        "a cat\nNegative prompt: ugly\n"
+        f"Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 64x64, "
+        f"Model hash: {model.shorthash}, Model: sd1, Version: {infotext_version()}"
+    )
+    parsed = infotext.parse_generation_parameters(r.infotexts[0])
+    fields = infotext.infotext_to_request_fields(parsed)
+    assert fields["prompt"] == "a cat" and fields["negative_prompt"] == "ugly"
+    assert (fields["width"], fields["height"], fields["seed"], fields["steps"]) == (64, 64, 1234, 3)
+    assert fields["sampler_name"] == "DPM++ 2M" and fields["scheduler"] == "Karras"
+
+
+def infotext_version() -> str:
+    from modules.version import VERSION
+
+    return VERSION
+
+
+def test_saved_files_names_and_pnginfo(engine):
+    r = engine.txt2img({**BASE, "seed": 42, "batch_size": 2, "do_not_save_grid": False})
+    names = [p.name for p in r.saved_paths]
+    assert names == ["00000-42.png", "00001-43.png"]
+    day_dir = r.saved_paths[0].parent
+    assert day_dir.parent == engine.paths.outputs_dir / "txt2img-images"
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", day_dir.name)
+    with Image.open(r.saved_paths[1]) as im:
+        assert images_mod.read_infotext(im) == r.infotexts[2]
+    assert r.grid_path is not None and r.grid_path.name == "grid-0000.png"
+    r2 = engine.txt2img({**BASE, "seed": 9})
+    assert r2.saved_paths[0].name == "00002-9.png"
+    assert not list(day_dir.glob(".*"))  # no temp files left behind
+
+
+def test_override_settings_apply_to_one_job(engine):
+    r = engine.txt2img({**BASE, "seed": 1, "override_settings": {"samples_format": "jpg",
+                                                                 "CLIP_stop_at_last_layers": 2}})
+    assert r.saved_paths[0].suffix == ".jpg"
+    assert "Clip skip: 2" in r.infotexts[0]
+    assert engine.settings.get("samples_format") == "png"
+    with pytest.raises(RequestError, match="CLIP_stop_at_last_layers"):
+        engine.txt2img({**BASE, "override_settings": {"CLIP_stop_at_last_layers": 99}})
+
+
+# -- img2img -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strength,fix,expected", [(0.5, False, 5), (0.75, False, 7), (0.5, True, 10),
+                                                    (0.0, False, 0)])
+def test_img2img_step_count_follows_a1111(engine, strength, fix, expected):
+    steps_seen = []
+    original = engine.state.next_job
+
+    def spy():
+        steps_seen.append(engine.state.sampling_steps)
+        original()
+
+    engine.state.next_job = spy
+    engine.img2img({**BASE, "steps": 10, "init_images": [_init()], "denoising_strength": strength,
+                    "do_not_save_samples": True, "override_settings": {"img2img_fix_steps": fix}})
+    assert steps_seen == [expected]
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2, 3])
+def test_img2img_resize_modes_give_requested_size(engine, mode):
+    wide = Image.new("RGB", (96, 48), (200, 30, 30))
+    r = engine.img2img({**BASE, "init_images": [wide], "resize_mode": mode, "width": 64, "height": 80,
+                        "denoising_strength": 0.5, "do_not_save_samples": True})
+    assert r.images[0].size == (64, 80)
+
+
+def test_inpaint_only_masked_keeps_everything_outside_the_mask(engine):
+    big = Image.fromarray(np.random.RandomState(0).randint(0, 255, (96, 128, 3)).astype(np.uint8))
+    m = np.zeros((96, 128), np.uint8)
+    m[30:60, 40:80] = 255
+    r = engine.img2img({**BASE, "init_images": [big], "mask": Image.fromarray(m), "mask_blur": 4,
+                        "inpaint_full_res": True, "inpaint_full_res_padding": 8, "inpainting_fill": 0,
+                        "denoising_strength": 0.8, "do_not_save_samples": True})
+    out = arr(r.images[0])
+    assert out.shape == (96, 128, 3)
+    outside = np.ones((96, 128), bool)
+    outside[30 - 12:60 + 12, 40 - 12:80 + 12] = False  # the blurred edge may blend
+    assert np.array_equal(out[outside], arr(big)[outside])
+    assert not np.array_equal(out[35:55, 45:75], arr(big)[35:55, 45:75])
+    assert "Inpaint area: Only masked" in r.infotexts[0] and "Masked content: fill" in r.infotexts[0]
+
+
+@pytest.mark.parametrize("fill", [2, 3])
+def test_inpaint_latent_fill_modes_run(engine, fill):
+    r = engine.img2img({**BASE, "init_images": [_init()], "mask": _mask(), "inpainting_fill": fill,
+                        "inpaint_full_res": False, "do_not_save_samples": True})
+    assert r.images[0].size == (64, 64)
+    assert f"Masked content: {('latent noise', 'latent nothing')[fill - 2]}" in r.infotexts[0]
+
+
+# -- hires fix -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_hires_fix_upscales_and_records_parameters(engine, upscaler):
+    r = engine.txt2img({**BASE, "seed": 11, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": upscaler,
+                        "hr_second_pass_steps": 2, "denoising_strength": 0.5, "do_not_save_samples": True})
+    assert r.images[0].size == (96, 96)
+    text = r.infotexts[0]
+    assert "Size: 64x64" in text and "Denoising strength: 0.5" in text
+    assert f"Hires upscale: 1.5, Hires steps: 2, Hires upscaler: {upscaler}" in text
+
+
+def test_hires_resize_to_exact_size(engine):
+    r = engine.txt2img({**BASE, "enable_hr": True, "hr_resize_x": 96, "hr_resize_y": 128,
+                        "do_not_save_samples": True})
+    assert r.images[0].size == (96, 128)
+
+
+# -- interrupt and skip ------------------------------------------------------------------------------------------
+
+
+def test_interrupt_keeps_finished_images_and_skip_drops_the_current(engine):
+    calls = {"n": 0}
+    original = engine.state.next_job
+
+    def interrupt_after_first():
+        calls["n"] += 1
+        original()
+        if calls["n"] == 1:
+            engine.interrupt()
+
+    engine.state.next_job = interrupt_after_first
+    r = engine.txt2img({**BASE, "seed": 1, "n_iter": 3, "do_not_save_samples": True})
+    assert r.interrupted and len(r.images) == 1 and r.infotexts[0].count("Seed: 1,") == 1
+    engine.state.next_job = original
+
+    seen = {"step": 0}
+    import modules.processing as processing
+
+    real_on_step = processing.Generation._on_step
+
+    def skip_first_batch(self, info):
+        seen["step"] += 1
+        if seen["step"] == 1:
+            self.ctx.state.skip()
+        real_on_step(self, info)
+
+    processing.Generation._on_step = skip_first_batch
+    try:
+        r = engine.txt2img({**BASE, "seed": 1, "n_iter": 2, "do_not_save_samples": True, "do_not_save_grid": True})
+    finally:
+        processing.Generation._on_step = real_on_step
+    assert not r.interrupted and r.skipped_batches == 1
+    assert len(r.images) == 1 and "Seed: 2," in r.infotexts[0]
+
+
+# -- bad requests --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("patch,message", [
+    ({"sampler_name": "Bogus sampler"}, "Bogus sampler"),
+    ({"steps": 0}, "steps"),
+    ({"width": 10}, "width"),
+    ({"steps": "many"}, "steps"),
+    ({"hr_upscaler": "Nope", "enable_hr": True}, "hr_upscaler"),
+])
+def test_bad_requests_are_clear_errors(engine, patch, message):
+    with pytest.raises(RequestError, match=message):
+        engine.txt2img({**BASE, **patch})
+    assert engine.txt2img({**BASE, "do_not_save_samples": True}).images  # the engine still works
+
+
+def test_unknown_sampler_lists_valid_names(engine):
+    with pytest.raises(RequestError) as e:
+        engine.txt2img({**BASE, "sampler_name": "k_bogus"})
+    assert "DPM++ 2M" in str(e.value) and "Euler a" in str(e.value)
+
+
+def test_legacy_and_alias_sampler_names(engine):
+    a = engine.txt2img({**BASE, "seed": 3, "sampler_name": "k_euler_a", "do_not_save_samples": True})
+    b = engine.txt2img({**BASE, "seed": 3, "sampler_name": "Euler a", "do_not_save_samples": True})
+    assert np.array_equal(arr(a.images[0]), arr(b.images[0]))
+
+
+def test_img2img_without_image_is_an_error(engine):
+    with pytest.raises(RequestError, match="init_images"):
+        engine.img2img({**BASE})
+
+
+# -- the command-line client ---------------------------------------------------------------------------------------
+
+
+def test_cli_txt2img_and_img2img(data_dir, tmp_path):
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({**BASE, "seed": 21, "batch_size": 2}))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "modules.cli", "txt2img", "--data-dir", str(data_dir), "--request", str(req),
+           "--out", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert info["all_seeds"] == [21, 22] and info["index_of_first_image"] == 1 and len(info["infotexts"]) == 3
+    assert sorted(f.name for f in out.iterdir()) == ["00000-21.png", "00001-22.png"]
+
+    _init().save(tmp_path / "init.png")
+    req.write_text(json.dumps({**BASE, "seed": 5, "init_images": ["init.png"], "denoising_strength": 0.5}))
+    cmd[3] = "img2img"
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert p.returncode == 0, p.stderr
+    assert "Denoising strength: 0.5" in json.loads(p.stdout)["infotexts"][0]
+
+    req.write_text(json.dumps({**BASE, "init_images": ["missing.png"]}))
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert p.returncode != 0
+    assert p.stderr.strip().count("\n") == 0 and "init_images" in p.stderr and "Traceback" not in p.stderr
