@@ -285,7 +285,8 @@ class Generation:
         scheduler = bundle.scheduler
         timesteps = _timesteps(scheduler, plan.total_steps, plan.run_steps, model.device)
         image_rng = self.make_rng(plan, shape)
-        gens = image_rng.generators
+        # The NV source has no torch generators; step noise then comes from CPU generators of the same seeds.
+        gens = image_rng.generators or [torch.Generator("cpu").manual_seed(s) for s in plan.seeds]
 
         inpaint = plan.inpaint
         image_latents = plan.init_latents

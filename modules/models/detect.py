@@ -250,11 +250,12 @@ def vae_prefix(sd: Mapping) -> str | None:
 
 
 def _prediction_type(family: str, sd: Mapping, hint: str | None) -> str:
+    """epsilon or v_prediction; "probe" for an SD 2.x file with no hint (the loader then tests the UNet)."""
     if hint:
         return hint
     if "v_pred" in sd:
         return "v_prediction"
-    return "v_prediction" if family == "sd2" else "epsilon"
+    return "probe" if family == "sd2" else "epsilon"
 
 
 def detect(sd: Mapping, name: str = "model", prediction_hint: str | None = None) -> ModelSpec:

@@ -283,6 +283,19 @@ def _apply_attention(unet, device_config: DeviceConfig) -> None:
             log.warning("xformers unavailable (%s); using PyTorch SDPA attention", e)
 
 
+@torch.inference_mode()
+def probe_v_prediction(unet) -> str:
+    """A1111's test for SD 2.x files without a .yaml: a v-model's output on a flat grey input at t=999 is far
+    below the input, an epsilon model's is not."""
+    if unet.config.in_channels != 4:
+        return "epsilon"
+    p = next(unet.parameters())
+    x = torch.ones((1, 4, 8, 8), dtype=p.dtype, device=p.device) * 0.5
+    context = torch.ones((1, 2, unet.config.cross_attention_dim), dtype=p.dtype, device=p.device) * 0.5
+    out = unet(x, torch.tensor([999], device=p.device), encoder_hidden_states=context).sample
+    return "v_prediction" if (out - x).float().mean().item() < -1 else "epsilon"
+
+
 def load_single_file(path: Path, device_config: DeviceConfig, *, name: str | None = None,
                      title: str | None = None, shorthash: str | None = None,
                      vae_path: Path | None = None) -> LoadedModel:
@@ -293,6 +306,9 @@ def load_single_file(path: Path, device_config: DeviceConfig, *, name: str | Non
     spec = detect_mod.detect(sd, name=name, prediction_hint=detect_mod.prediction_hint_from_yaml(path))
     dt, vdt = device_config.dtype, device_config.vae_dtype
     unet = build_unet(spec, sd, name, dt)
+    if spec.prediction_type == "probe":
+        spec.prediction_type = probe_v_prediction(unet)
+        spec.scheduler["prediction_type"] = spec.prediction_type
     vae = build_vae(spec.vae, sd, name, vdt)
     encoders = {
         key: build_text_encoder(cfg, sd, spec.te_prefixes[key], spec.te_layouts[key], name, dt)
