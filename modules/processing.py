@@ -19,7 +19,7 @@ from PIL import Image
 
 from modules import images as images_mod
 from modules import infotext as infotext_mod
-from modules import masking, rng
+from modules import masking, preview, rng
 from modules.jobs import JobState
 from modules.models.loader import LoadedModel
 from modules.request_types import GenerationRequest, Img2ImgRequest, RequestError, Txt2ImgRequest
@@ -346,6 +346,10 @@ class Generation:
         state = self.ctx.state
         state.sampling_step = info.step
         state.current_latent = info.latents
+        every = int(self.ctx.opt("show_progress_every_n_steps", 10) or 0)
+        if self.ctx.opt("live_previews_enable", True) and every > 0 and info.step % every == 0:
+            state.current_image = preview.cheap_approximation(info.latents[0], self.model.is_sdxl)
+            state.current_image_step = info.step
         if state.interrupted:
             raise Interrupted()
         if state.skipped:

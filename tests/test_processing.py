@@ -316,3 +316,26 @@ def test_cli_txt2img_and_img2img(data_dir, tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
     assert p.returncode != 0
     assert p.stderr.strip().count("\n") == 0 and "init_images" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_progress_and_live_preview_during_sampling(engine):
+    seen = []
+    import modules.processing as processing
+
+    real_on_step = processing.Generation._on_step
+
+    def spy(self, info):
+        real_on_step(self, info)
+        state = self.ctx.state
+        seen.append((state.sampling_step, state.sampling_steps, state.progress(), state.current_image_step))
+
+    processing.Generation._on_step = spy
+    try:
+        engine.txt2img({**BASE, "steps": 4, "do_not_save_samples": True,
+                        "override_settings": {"show_progress_every_n_steps": 2}})
+    finally:
+        processing.Generation._on_step = real_on_step
+    assert [s[:2] for s in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert [round(s[2], 2) for s in seen] == [0.25, 0.5, 0.75, 1.0]
+    assert [s[3] for s in seen] == [-1, 2, 2, 4]
+    assert engine.state.current_image is None or engine.state.current_image.size == (32, 32)
