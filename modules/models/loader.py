@@ -98,7 +98,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             referenced = _pickle_globals(path)
             suspicious = sorted(referenced - _HARMLESS_GLOBALS)
             if not suspicious and (referenced or "global" not in detail.lower()):  # damaged, not a call to anything
-                raise ModelLoadError(f"{path.name}: not a readable checkpoint (truncated or corrupt: {detail})") from None
+                raise ModelLoadError(
+                    f"{path.name}: not a readable checkpoint (truncated or corrupt: {detail})") from None
             if suspicious:
                 detail = f"it references {', '.join(suspicious[:5])}"
             raise UnsafeCheckpointError(
@@ -148,7 +149,8 @@ def _ckpt_safe_globals() -> list:
 # Globals that torch's own checkpoints reference (allowed by weights_only, or by _ckpt_safe_globals).
 _HARMLESS_GLOBALS = {
     "collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
-    "torch._utils._rebuild_device_tensor_from_numpy", "torch.FloatStorage", "torch.HalfStorage", "torch.BFloat16Storage",
+    "torch._utils._rebuild_device_tensor_from_numpy", "torch.FloatStorage", "torch.HalfStorage",
+    "torch.BFloat16Storage",
     "torch.DoubleStorage", "torch.LongStorage", "torch.IntStorage", "torch.ByteStorage", "torch.float32",
     "torch.float16", "torch.bfloat16", "numpy.dtype", "numpy.ndarray", "numpy.core.multiarray.scalar",
     "numpy._core.multiarray.scalar", "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",

@@ -27,6 +27,7 @@ class ModelManager:
         self.registry, self.settings, self.paths, self.device_config = registry, settings, paths, device_config
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
+        self._last_used: str | None = None  # filename of the model most recently handed out
         self.on_loaded: list = []
 
     # -- look-up -------------------------------------------------------------------------------------------------
@@ -49,8 +50,14 @@ class ModelManager:
             info = self.registry.get(configured)
             if info is not None:
                 return info
-            log.warning("configured checkpoint %r not found; using the first available one", configured)
+            log.warning("configured checkpoint %r not found; using the one in use or the first available one",
+                        configured)
         infos = self.registry.list()
+        # Nothing configured: keep to the model in use rather than the first file listed (which may be one that
+        # just failed to load; trying it unloaded the model in use).
+        last = next((i for i in infos if str(i.filename) == self._last_used), None)
+        if last is not None:
+            return last
         if not infos:
             dirs = ", ".join(str(d) for d in self.paths.ckpt_dirs)
             raise ModelNotFoundError(f"no checkpoints found: put a .safetensors/.ckpt file or a diffusers folder in {dirs}")
@@ -81,6 +88,7 @@ class ModelManager:
             else:
                 self._cache.move_to_end(key)
             self.apply_vae(model, info)
+            self._last_used = key
             return model
 
     def select(self, title: str) -> LoadedModel:
