@@ -179,6 +179,38 @@ class DecodeInputs:
         del self.vae.decode  # back to the class method
 
 
+class ModelTimer:
+    """--breakdown: wall time spent inside the shared models (UNet, text encoder, VAE decode), so the rest, the
+    per-request overhead of each side's own code, can be compared apart from the (noisy) model compute."""
+
+    def __init__(self, model):
+        self.targets = [(model.unet, "forward", "unet"), (model.text_encoder, "forward", "text_encoder"),
+                        (model.vae, "decode", "vae_decode")]
+        self.acc: dict[str, float] = {}
+
+    def __enter__(self):
+        for obj, attr, name in self.targets:
+            setattr(obj, attr, self._wrap(getattr(obj, attr), name))
+        return self
+
+    def _wrap(self, fn, name):
+        def timed(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.acc[name] = self.acc.get(name, 0.0) + time.perf_counter() - t
+        return timed
+
+    def __exit__(self, *exc):
+        for obj, attr, _ in self.targets:
+            delattr(obj, attr)
+
+    def take(self) -> dict[str, float]:
+        out, self.acc = self.acc, {}
+        return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Memory
 
@@ -263,6 +295,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--cache-dir", default="/tmp/sdbench", help="where the random SD1.5 checkpoint is written once")
     p.add_argument("--file-dtype", choices=["fp16", "fp32"], default="fp16", help="dtype of the cached file")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the shared models' calls and report each side's time outside them")
     p.add_argument("--no-rss", action="store_true", help="skip the per-side subprocess RSS measurement")
     p.add_argument("--rss-runs", type=int, default=1, help="generations per RSS subprocess")
     p.add_argument("--_make-model", action="store_true", help=argparse.SUPPRESS)
@@ -314,39 +348,65 @@ def main(argv=None) -> int:
     latent_diff = float((rec.seen[0] - rec.seen[1]).abs().max()) if len(rec.seen) == 2 else float("nan")
     diffs = [max_pixel_diff(warm["ours"], warm["theirs"])]
 
-    times: dict[str, list[float]] = {"ours": [], "theirs": []}
+    times: dict[str, list[float]] = {"ours": [], "theirs": []}  # wall seconds per image
+    cpu: dict[str, list[float]] = {"ours": [], "theirs": []}  # process CPU seconds (all threads) per image
     gpu_peak: dict[str, int] = {"ours": 0, "theirs": 0}
+    got: dict[str, list] = {}
+    inside: dict[str, list[dict]] = {"ours": [], "theirs": []}
+    timer = ModelTimer(sides.model) if args.breakdown else None
+    if timer:
+        timer.__enter__()
     for r in range(args.rounds):
-        got = {}
         for side in ("ours", "theirs"):
             gc.collect()
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             sync(args.device)
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()
             got[side] = sides.run(side)
             sync(args.device)
-            dt = time.perf_counter() - t
+            dt, dc = time.perf_counter() - t, time.process_time() - c
             if cuda:
                 gpu_peak[side] = max(gpu_peak[side], torch.cuda.max_memory_allocated())
             times[side].append(dt / args.batch)
+            cpu[side].append(dc / args.batch)
+            if timer:
+                parts = timer.take()
+                parts["other"] = dt - sum(parts.values())
+                inside[side].append({k: v / args.batch for k, v in parts.items()})
         diffs.append(max_pixel_diff(got["ours"], got["theirs"]))
-        print(f"round {r + 1}: ours {times['ours'][-1]:7.3f}s/img   diffusers {times['theirs'][-1]:7.3f}s/img   "
-              f"max|px diff| {diffs[-1]}", flush=True)
+        print(f"round {r + 1}: ours {times['ours'][-1]:7.3f}s/img (cpu {cpu['ours'][-1]:7.3f}s)   "
+              f"diffusers {times['theirs'][-1]:7.3f}s/img (cpu {cpu['theirs'][-1]:7.3f}s)   "
+              f"ratio {times['ours'][-1] / times['theirs'][-1]:.3f}   max|px diff| {diffs[-1]}", flush=True)
+    del got
+    if timer:
+        timer.__exit__(None, None, None)
 
     img = np.asarray(warm["ours"][0], dtype=np.float32)
-    print(f"\nsame output: max |pixel diff| {max(diffs)} (0-255) over {len(diffs)} pairs; final-latent max |diff| "
-          f"{latent_diff:.3g}; image mean {img.mean():.1f}, std {img.std():.1f}")
-    rounds_ok = args.rounds > 0
-    if rounds_ok:
-        mo, mt = statistics.median(times["ours"]), statistics.median(times["theirs"])
-        print(f"per-image time (median of {args.rounds}): ours {mo:.3f}s   diffusers {mt:.3f}s   "
-              f"ratio ours/diffusers {mo / mt:.3f}  ({(mo / mt - 1) * 100:+.1f}%)")
-        print(f"  min: ours {min(times['ours']):.3f}s   diffusers {min(times['theirs']):.3f}s   "
-              f"ratio {min(times['ours']) / min(times['theirs']):.3f}")
-    if cuda and rounds_ok:
-        print(f"peak CUDA memory allocated during a request: ours {gpu_peak['ours'] / 2**20:.0f} MiB   "
-              f"diffusers {gpu_peak['theirs'] / 2**20:.0f} MiB")
+    print(f"\nsame output: max |pixel diff| {max(diffs)} (0-255) over {len(diffs)} pairs (warm-up included); "
+          f"final-latent max |diff| {latent_diff:.3g} (warm-up pair); image mean {img.mean():.1f}, std {img.std():.1f}")
+    if args.rounds > 0:
+        med = statistics.median
+        for label, data in (("wall", times), ("cpu ", cpu)):
+            mo, mt = med(data["ours"]), med(data["theirs"])
+            pair = med([o / t for o, t in zip(data["ours"], data["theirs"])])
+            print(f"per-image {label} time, median of {args.rounds}: ours {mo:.3f}s   diffusers {mt:.3f}s   "
+                  f"ratio ours/diffusers {mo / mt:.3f} ({(mo / mt - 1) * 100:+.1f}%)   "
+                  f"median of per-round ratios {pair:.3f}")
+        spread = max(max(v) / min(v) for v in times.values())
+        if spread > 1.10:
+            print(f"  note: wall times of one side vary by up to {(spread - 1) * 100:.0f}% between rounds (other "
+                  "processes on the machine?); a ratio within that noise says nothing. The per-round "
+                  "ratios, more --rounds, --threads 1 and --breakdown help.")
+        if timer:
+            print("  breakdown, median s/img (wall inside the shared models; 'other' = everything else):")
+            for side in ("ours", "theirs"):
+                keys = ["text_encoder", "unet", "vae_decode", "other"]
+                cells = "  ".join(f"{k} {med([d.get(k, 0.0) for d in inside[side]]):8.3f}" for k in keys)
+                print(f"    {'ours     ' if side == 'ours' else 'diffusers'}: {cells}")
+        if cuda:
+            print(f"peak CUDA memory allocated during a request: ours {gpu_peak['ours'] / 2**20:.0f} MiB   "
+                  f"diffusers {gpu_peak['theirs'] / 2**20:.0f} MiB")
 
     if not args.no_rss:
         del sides, warm
