@@ -12,6 +12,7 @@ import argparse
 import logging
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ _PLACEHOLDER = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Stable Diffusion web UI</title></head>
 <body style="font-family: sans-serif; max-width: 40em; margin: 4em auto">
 <h1>Stable Diffusion web UI</h1>
-<p>The server is running. The user interface is coming soon.</p>
+<p>The server is running with the API only (--nowebui); see <a href="/docs">/docs</a>.</p>
 </body></html>
 """
 
@@ -67,14 +68,39 @@ def create_app(ctx: AppContext | None) -> FastAPI:
     app = FastAPI(title="Stable Diffusion web UI", docs_url="/docs", redoc_url=None)
     app.state.ctx = ctx
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index() -> HTMLResponse:
-        return HTMLResponse(_PLACEHOLDER)
-
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    @app.middleware("http")
+    async def process_time(request, call_next):
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception as e:  # a bug, not bad input: still a JSON answer with the header
+            log.exception("error on %s %s", request.method, request.url.path)
+            response = JSONResponse(status_code=500, content={"error": type(e).__name__, "detail": str(e),
+                                                              "body": "", "errors": ""})
+        response.headers["X-Process-Time"] = f"{time.perf_counter() - started:.4f}"
+        return response
+
+    # /sdapi/v1 (A1111's HTTP API) with --api, or alone with --nowebui; before the UI's catch-all mount.
+    if ctx is not None and (getattr(ctx.args, "api", False) or getattr(ctx.args, "nowebui", False)):
+        from modules import api
+
+        api.mount(app, ctx)
+
+    ui = ctx is not None and not getattr(ctx.args, "nowebui", False)
+    if not ui:
+        @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+        def index() -> HTMLResponse:
+            return HTMLResponse(_PLACEHOLDER)
+
+    # The UI is mounted last: its catch-all mount at "/" would shadow routes added after it.
+    if ui:
+        from webui.app import mount
+
+        mount(app, ctx.engine, ctx.args)
     return app
 
 

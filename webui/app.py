@@ -1,0 +1,175 @@
+"""The Gradio app: quick-settings bar, the tabs, and mounting on the server's FastAPI app.
+
+UI code only: every action calls the engine (`modules/`), which holds all generation logic.
+"""
+from __future__ import annotations
+
+import html
+import logging
+import os
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from modules.engine import Engine  # noqa: E402
+from webui import generation_tabs, other_tabs  # noqa: E402
+from webui.runner import USER_ERRORS, error_html  # noqa: E402
+from webui.ui_config import UiConfig  # noqa: E402
+
+log = logging.getLogger(__name__)
+ASSETS = Path(__file__).parent / "assets"
+
+CTRL_ENTER_JS = """
+<script>
+document.addEventListener('keydown', (e) => {
+  if (!(e.key === 'Enter' && (e.ctrlKey || e.metaKey))) return;
+  const tabs = ['txt2img', 'img2img'];
+  for (const t of tabs) {
+    const btn = document.getElementById(t + '_generate');
+    if (btn && btn.offsetParent !== null) { e.preventDefault(); btn.click(); return; }
+  }
+});
+</script>
+"""
+
+
+def _quicksettings(engine: Engine):
+    with gr.Row(elem_id="quicksettings", equal_height=True):
+        current = engine.settings.get("sd_model_checkpoint", None)
+        titles = engine.registry.titles()
+        value = current if current in titles else (titles[0] if titles else None)
+        ckpt = gr.Dropdown(titles, value=value, label="Stable Diffusion checkpoint",
+                           elem_id="setting_sd_model_checkpoint", scale=4)
+        refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", size="sm", min_width=40, scale=0)
+        vae = gr.Dropdown(engine.models.vae_choices(), value=engine.settings.get("sd_vae", "Automatic"),
+                          label="SD VAE", elem_id="setting_sd_vae", scale=2)
+        clip = gr.Slider(1, 12, value=engine.settings.get("CLIP_stop_at_last_layers", 1), step=1, label="Clip skip",
+                         elem_id="setting_CLIP_stop_at_last_layers", scale=2)
+    status = gr.HTML(elem_id="quicksettings_status")
+
+    def switch(title, progress=gr.Progress()):
+        if not title:
+            return gr.update(), ""
+        progress(0.1, desc=f"Loading {title}")
+        try:
+            model = engine.models.select(title)
+        except USER_ERRORS as e:
+            return gr.update(), error_html(f"Could not load {title}: {e}")
+        return gr.update(value=model.title), f"<div class='sd-note'>Loaded {html.escape(model.title)}</div>"
+
+    def set_option(name):
+        def apply(value):
+            try:
+                engine.settings.set(name, value)
+                engine.settings.save()
+            except (ValueError, OSError) as e:
+                return error_html(str(e))
+            return ""
+        return apply
+
+    def do_refresh():
+        engine.registry.refresh()
+        return gr.update(choices=engine.registry.titles()), gr.update(choices=engine.models.vae_choices())
+
+    ckpt.input(switch, ckpt, [ckpt, status], concurrency_id="generate", show_progress="full")
+    vae.input(set_option("sd_vae"), vae, status, queue=False)
+    clip.release(set_option("CLIP_stop_at_last_layers"), clip, status, queue=False)
+    refresh.click(do_refresh, None, [ckpt, vae], queue=False)
+    return ckpt
+
+
+def create_ui(engine: Engine) -> gr.Blocks:
+    cfg = UiConfig(engine.paths.ui_config_file)
+    with gr.Blocks(title="Stable Diffusion", analytics_enabled=False, fill_width=True) as demo:
+        ckpt = _quicksettings(engine)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                t2i = generation_tabs.build_txt2img(engine, cfg)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                i2i = generation_tabs.build_img2img(engine, cfg)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                extras = other_tabs.build_extras()
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                png = other_tabs.build_pnginfo()
+            with gr.Tab("Models", id="models", elem_id="tab_models"):
+                other_tabs.build_models(engine, ckpt)
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                other_tabs.build_settings(engine)
+        _wire_sending(t2i, i2i, extras, png, tabs)
+    cfg.save()
+    return demo
+
+
+def _selected_image(images, index):
+    if not images:
+        return None
+    index = index if isinstance(index, int) and 0 <= index < len(images) else 0
+    item = images[index]
+    path = item[0] if isinstance(item, (list, tuple)) else item
+    if isinstance(path, dict):
+        path = path.get("image", {}).get("path") if isinstance(path.get("image"), dict) else path.get("image")
+    from PIL import Image
+
+    if isinstance(path, Image.Image):
+        return path
+    with Image.open(path) as im:
+        im.load()
+        return im.copy()
+
+
+def _wire_sending(t2i, i2i, extras, png, tabs):
+    """The "send to" buttons: the selected image (and its parameters) go to another tab, which is then shown."""
+
+    def params_updates(target, infotexts, index):
+        text = infotexts[index] if infotexts and index < len(infotexts) else ""
+        return generation_tabs.paste_updates(target, text)
+
+    def to_img2img(images, infotexts, index):
+        return [_selected_image(images, index), gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img_tab"),
+                "img2img"] + params_updates(i2i, infotexts, index)
+
+    def to_inpaint(images, infotexts, index):
+        image = _selected_image(images, index)
+        editor = {"background": image, "layers": [], "composite": None} if image is not None else None
+        return [editor, gr.Tabs(selected="img2img"), gr.Tabs(selected="inpaint_tab"),
+                "inpaint"] + params_updates(i2i, infotexts, index)
+
+    def to_extras(images, index):
+        return _selected_image(images, index), gr.Tabs(selected="extras")
+
+    subtabs, mode = i2i.extra["subtabs"], i2i.extra["mode"]
+    for src in (t2i, i2i):
+        ins = [src.gallery, src.infotexts, src.selected]
+        src.extra["send_img2img"].click(to_img2img, ins, [i2i.extra["init"], tabs, subtabs, mode] + i2i.components)
+        src.extra["send_inpaint"].click(to_inpaint, ins, [i2i.extra["inpaint"], tabs, subtabs, mode] + i2i.components)
+        src.extra["send_extras"].click(to_extras, [src.gallery, src.selected], [extras["image"], tabs])
+
+    png["to_txt2img"].click(lambda text: [gr.Tabs(selected="txt2img")] + generation_tabs.paste_updates(t2i, text),
+                            png["text"], [tabs] + t2i.components)
+    png["to_img2img"].click(lambda image, text: [gr.Tabs(selected="img2img"), image.convert("RGB") if image else None]
+                            + generation_tabs.paste_updates(i2i, text),
+                            [png["image"], png["text"]], [tabs, i2i.extra["init"]] + i2i.components)
+
+
+def auth_pairs(spec: str | None) -> list[tuple[str, str]] | None:
+    """`--gradio-auth user:pass,user2:pass2` → [(user, pass), ...]."""
+    if not spec:
+        return None
+    pairs = []
+    for item in spec.split(","):
+        if ":" in item:
+            user, password = item.strip().split(":", 1)
+            pairs.append((user, password))
+    return pairs or None
+
+
+def mount(app, engine: Engine, args) -> None:
+    """Mount the UI at `/` of the server's FastAPI app (after the API routes, which must come first)."""
+    demo = create_ui(engine)
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    css = (ASSETS / "style.css").read_text(encoding="utf-8")
+    gr.mount_gradio_app(app, demo, path="/", auth=auth_pairs(getattr(args, "gradio_auth", None)),
+                        css=css, head=CTRL_ENTER_JS, footer_links=["api", "settings"], run_history=False,
+                        show_error=True)

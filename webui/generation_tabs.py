@@ -1,0 +1,378 @@
+"""The txt2img and img2img tabs: A1111's controls and elem_ids, wired to the engine's typed requests.
+
+Every control that maps to a request field is listed in `Controls.fields` as (A1111 field name, component), so
+building a request, pasting an infotext (↙) and sending parameters between tabs all use one table.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from modules import infotext as infotext_mod
+from modules import outpaint
+from modules.models.tokenizer import build_clip_tokenizer
+from modules.processing import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
+from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest
+from modules.resize import RESIZE_MODES
+from modules.sampling import samplers
+from webui.runner import run_streaming
+from webui.ui_config import UiConfig
+
+MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
+INPAINT_AREAS = ["Whole picture", "Only masked"]
+MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
+_tokenizer = None
+
+
+def token_count(text: str) -> str:
+    """A1111's counter: tokens used / capacity of the 75-token chunks needed."""
+    global _tokenizer
+    if _tokenizer is None:
+        _tokenizer = build_clip_tokenizer()
+    n = max(0, len(_tokenizer(text or "", truncation=False).input_ids) - 2)
+    return f"{n}/{max(1, math.ceil(n / 75)) * 75}"
+
+
+@dataclass
+class Controls:
+    tab: str
+    prompt: Any = None
+    negative: Any = None
+    fields: list[tuple[str, Any]] = field(default_factory=list)
+    seed: Any = None
+    gallery: Any = None
+    infotexts: Any = None
+    info: Any = None
+    progress: Any = None
+    preview: Any = None
+    generate: Any = None
+    selected: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, name: str, component):
+        self.fields.append((name, component))
+        return component
+
+    @property
+    def components(self) -> list:
+        return [c for _, c in self.fields]
+
+    def values_to_dict(self, values) -> dict[str, Any]:
+        return {name: value for (name, _), value in zip(self.fields, values)}
+
+
+def _prompt_row(c: Controls, cfg: UiConfig):
+    tab = c.tab
+    with gr.Row(elem_id=f"{tab}_toprow"):
+        with gr.Column(scale=6):
+            c.prompt = c.add("prompt", gr.Textbox(label="Prompt", lines=3, placeholder="Prompt (Ctrl+Enter to generate)",
+                                                  elem_id=f"{tab}_prompt", show_label=False))
+            counter = gr.HTML(token_count(""), elem_id=f"{tab}_token_counter", elem_classes=["token-counter"])
+            c.negative = c.add("negative_prompt", gr.Textbox(label="Negative prompt", lines=2,
+                                                             placeholder="Negative prompt", show_label=False,
+                                                             elem_id=f"{tab}_neg_prompt"))
+            neg_counter = gr.HTML(token_count(""), elem_id=f"{tab}_negative_token_counter",
+                                  elem_classes=["token-counter"])
+        with gr.Column(scale=1, min_width=180):
+            c.generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate")
+            with gr.Row():
+                c.extra["interrupt"] = gr.Button("Interrupt", elem_id=f"{tab}_interrupt", size="sm")
+                c.extra["skip"] = gr.Button("Skip", elem_id=f"{tab}_skip", size="sm")
+            with gr.Row():
+                c.extra["paste"] = gr.Button("↙️", elem_id=f"{tab}_paste", size="sm")
+    c.prompt.change(token_count, c.prompt, counter, show_progress="hidden", queue=False)
+    c.negative.change(token_count, c.negative, neg_counter, show_progress="hidden", queue=False)
+
+
+def _sampling_params(c: Controls, cfg: UiConfig, engine, is_img2img: bool):
+    tab = c.tab
+    names = samplers.sampler_names()
+    default_sampler = cfg.value(f"{tab}/Sampling method", samplers.UI_DEFAULT_SAMPLER)
+    with gr.Row():
+        c.add("sampler_name", gr.Dropdown(names, value=default_sampler, label="Sampling method",
+                                          elem_id=f"{tab}_sampling"))
+        c.add("scheduler", gr.Dropdown(samplers.schedule_type_labels(), value="Automatic", label="Schedule type",
+                                       elem_id=f"{tab}_scheduler"))
+        c.add("steps", gr.Slider(1, 150, value=cfg.value(f"{tab}/Sampling steps", 20), step=1,
+                                 label="Sampling steps", elem_id=f"{tab}_steps"))
+    with gr.Row():
+        with gr.Column(scale=4):
+            width = c.add("width", gr.Slider(64, 2048, value=cfg.value(f"{tab}/Width", 512), step=8, label="Width",
+                                             elem_id=f"{tab}_width"))
+            height = c.add("height", gr.Slider(64, 2048, value=cfg.value(f"{tab}/Height", 512), step=8,
+                                               label="Height", elem_id=f"{tab}_height"))
+        swap = gr.Button("⇅", elem_id=f"{tab}_res_switch_btn", size="sm", min_width=40, scale=0)
+        with gr.Column(scale=2):
+            c.add("n_iter", gr.Slider(1, 100, value=cfg.value(f"{tab}/Batch count", 1), step=1, label="Batch count",
+                                      elem_id=f"{tab}_batch_count"))
+            c.add("batch_size", gr.Slider(1, 8, value=cfg.value(f"{tab}/Batch size", 1), step=1, label="Batch size",
+                                          elem_id=f"{tab}_batch_size"))
+    swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False, show_progress="hidden")
+    c.add("cfg_scale", gr.Slider(1.0, 30.0, value=cfg.value(f"{tab}/CFG Scale", 7.0), step=0.5, label="CFG Scale",
+                                 elem_id=f"{tab}_cfg_scale"))
+    if is_img2img:
+        c.add("denoising_strength", gr.Slider(0.0, 1.0, value=cfg.value(f"{tab}/Denoising strength", 0.75),
+                                              step=0.01, label="Denoising strength",
+                                              elem_id=f"{tab}_denoising_strength"))
+    with gr.Row():
+        c.seed = c.add("seed", gr.Number(value=-1, label="Seed", precision=0, elem_id=f"{tab}_seed", scale=4))
+        rnd = gr.Button("🎲️", elem_id=f"{tab}_random_seed", size="sm", min_width=40, scale=0)
+        reuse = gr.Button("♻️", elem_id=f"{tab}_reuse_seed", size="sm", min_width=40, scale=0)
+    rnd.click(lambda: -1, None, c.seed, queue=False, show_progress="hidden")
+    c.extra["reuse_seed"] = reuse
+    with gr.Accordion("Extra", open=False, elem_id=f"{tab}_subseed_show"):
+        with gr.Row():
+            c.add("subseed", gr.Number(value=-1, label="Variation seed", precision=0, elem_id=f"{tab}_subseed"))
+            c.add("subseed_strength", gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
+                                                elem_id=f"{tab}_subseed_strength"))
+        with gr.Row():
+            c.add("seed_resize_from_w", gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                                  elem_id=f"{tab}_seed_resize_from_w"))
+            c.add("seed_resize_from_h", gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                                  elem_id=f"{tab}_seed_resize_from_h"))
+
+
+def _hires(c: Controls, cfg: UiConfig):
+    tab = c.tab
+    upscalers = list(LATENT_UPSCALE_MODES) + [u for u in PIXEL_UPSCALERS if u != "None"]
+    with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hr"):
+        c.add("enable_hr", gr.Checkbox(label="Enable hires. fix", value=False, elem_id=f"{tab}_enable_hr"))
+        with gr.Row():
+            c.add("hr_upscaler", gr.Dropdown(upscalers, value="Latent", label="Upscaler", elem_id=f"{tab}_hr_upscaler"))
+            c.add("hr_second_pass_steps", gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                    elem_id=f"{tab}_hires_steps"))
+            c.add("denoising_strength", gr.Slider(0.0, 1.0, value=0.7, step=0.01, label="Denoising strength",
+                                                  elem_id=f"{tab}_denoising_strength"))
+        with gr.Row():
+            c.add("hr_scale", gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by", elem_id=f"{tab}_hr_scale"))
+            c.add("hr_resize_x", gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+                                           elem_id=f"{tab}_hr_resize_x"))
+            c.add("hr_resize_y", gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                           elem_id=f"{tab}_hr_resize_y"))
+
+
+def _results(c: Controls):
+    tab = c.tab
+    c.progress = gr.HTML("", elem_id=f"{tab}_progress", elem_classes=["sd-progress-wrap"])
+    c.preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id=f"{tab}_live_preview",
+                         format="png", height=160)
+    c.gallery = gr.Gallery(label="Output", columns=4, format="png", elem_id=f"{tab}_gallery", height=480,
+                           object_fit="contain", preview=True)
+    c.infotexts = gr.State([])
+    c.selected = gr.State(0)
+    with gr.Row():
+        c.extra["send_img2img"] = gr.Button("🖼️ img2img", elem_id=f"{tab}_send_to_img2img", size="sm")
+        c.extra["send_inpaint"] = gr.Button("🎨️ inpaint", elem_id=f"{tab}_send_to_inpaint", size="sm")
+        c.extra["send_extras"] = gr.Button("📐 extras", elem_id=f"{tab}_send_to_extras", size="sm")
+    c.info = gr.HTML("", elem_id=f"html_info_{tab}")
+
+    def on_select(infotexts, evt: gr.SelectData):
+        index = evt.index if isinstance(evt.index, int) else 0
+        text = infotexts[index] if infotexts and index < len(infotexts) else ""
+        from webui.runner import info_html
+
+        return index, info_html(text) if text else gr.update()
+
+    c.gallery.select(on_select, [c.infotexts], [c.selected, c.info], queue=False, show_progress="hidden")
+
+
+def _common_wiring(c: Controls, engine, run_fn, extra_inputs: list):
+    outputs = [c.gallery, c.infotexts, c.info, c.progress, c.preview, c.extra["last_seed"]]
+    event = c.generate.click(run_fn, c.components + extra_inputs, outputs, concurrency_id="generate",
+                             concurrency_limit=None, show_progress="hidden")
+    c.prompt.submit(run_fn, c.components + extra_inputs, outputs, concurrency_id="generate",
+                    concurrency_limit=None, show_progress="hidden")
+    c.extra["interrupt"].click(lambda: engine.interrupt(), None, None, queue=False)
+    c.extra["skip"].click(lambda: engine.skip(), None, None, queue=False)
+    c.extra["reuse_seed"].click(lambda s: s if s is not None else -1, c.extra["last_seed"], c.seed, queue=False,
+                                show_progress="hidden")
+    c.extra["paste"].click(lambda text: paste_updates(c, text), c.prompt, c.components, queue=False,
+                           show_progress="hidden")
+    return event
+
+
+def paste_updates(c: Controls, text: str) -> list:
+    """A1111's ↙: infotext in the prompt box → every control it names (others left alone)."""
+    if not text or not text.strip():
+        return [gr.update() for _ in c.fields]
+    fields = infotext_mod.infotext_to_request_fields(infotext_mod.parse_generation_parameters(text))
+    return [gr.update(value=fields[name]) if name in fields else gr.update() for name, _ in c.fields]
+
+
+def _clean(values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    for key in ("seed", "subseed"):
+        if out.get(key) is None:
+            out[key] = -1
+    for key in ("steps", "n_iter", "batch_size", "width", "height", "hr_second_pass_steps", "hr_resize_x",
+                "hr_resize_y", "seed_resize_from_w", "seed_resize_from_h"):
+        if isinstance(out.get(key), float):
+            out[key] = int(out[key])
+    if out.get("scheduler") in (None, ""):
+        out["scheduler"] = "Automatic"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_txt2img(engine, cfg: UiConfig) -> Controls:
+    c = Controls(tab="txt2img")
+    c.extra["last_seed"] = gr.State(None)
+    _prompt_row(c, cfg)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, elem_id="txt2img_settings"):
+            _sampling_params(c, cfg, engine, is_img2img=False)
+            _hires(c, cfg)
+        with gr.Column(scale=1, elem_id="txt2img_results"):
+            _results(c)
+
+    def run(*values):
+        data = _clean(c.values_to_dict(values))
+        yield from run_streaming(engine, lambda: Txt2ImgRequest.from_dict(data), "txt2img")
+
+    _common_wiring(c, engine, run, [])
+    return c
+
+
+def build_img2img(engine, cfg: UiConfig) -> Controls:
+    c = Controls(tab="img2img")
+    c.extra["last_seed"] = gr.State(None)
+    mode = gr.State("img2img")
+    _prompt_row(c, cfg)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, elem_id="img2img_settings"):
+            with gr.Tabs(elem_id="mode_img2img") as subtabs:
+                with gr.Tab("img2img", id="img2img_tab", elem_id="img2img_img2img_tab") as t1:
+                    init = gr.Image(label="Image for img2img", type="pil", format="png", elem_id="img2img_image",
+                                    sources=["upload", "clipboard"], height=360, image_mode="RGBA")
+                with gr.Tab("Sketch", id="sketch_tab", elem_id="img2img_img2img_sketch_tab") as t2:
+                    sketch = gr.ImageEditor(label="Sketch", type="pil", format="png", elem_id="img2img_sketch",
+                                            sources=["upload", "clipboard"], height=360, layers=False,
+                                            brush=gr.Brush(default_size=12, color_mode="defaults"))
+                with gr.Tab("Inpaint", id="inpaint_tab", elem_id="img2img_inpaint_tab") as t3:
+                    inpaint = gr.ImageEditor(label="Image for inpainting with mask", type="pil", format="png",
+                                             elem_id="img2maskimg", sources=["upload", "clipboard"], height=360,
+                                             layers=False, transforms=(),
+                                             brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"))
+                with gr.Tab("Inpaint upload", id="inpaint_upload_tab", elem_id="img2img_inpaint_upload_tab") as t4:
+                    upload_image = gr.Image(label="Image", type="pil", format="png", elem_id="img_inpaint_base",
+                                            sources=["upload", "clipboard"], height=240)
+                    upload_mask = gr.Image(label="Mask", type="pil", format="png", elem_id="img_inpaint_mask",
+                                           sources=["upload", "clipboard"], height=240)
+            for tab, name in ((t1, "img2img"), (t2, "sketch"), (t3, "inpaint"), (t4, "inpaint_upload")):
+                tab.select(lambda n=name: n, None, mode, queue=False, show_progress="hidden")
+            c.add("resize_mode", gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index",
+                                          label="Resize mode", elem_id="resize_mode"))
+            with gr.Accordion("Inpaint options", open=True, elem_id="img2img_inpaint_controls"):
+                c.add("mask_blur", gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur"))
+                c.add("inpainting_mask_invert", gr.Radio(MASK_MODES, value=MASK_MODES[0], type="index",
+                                                         label="Mask mode", elem_id="img2img_mask_mode"))
+                c.add("inpainting_fill", gr.Radio(MASKED_CONTENT, value="original", type="index",
+                                                  label="Masked content", elem_id="img2img_inpainting_fill"))
+                with gr.Row():
+                    c.add("inpaint_full_res", gr.Radio(INPAINT_AREAS, value=INPAINT_AREAS[0], type="index",
+                                                       label="Inpaint area", elem_id="img2img_inpaint_full_res"))
+                    c.add("inpaint_full_res_padding", gr.Slider(0, 256, value=32, step=4,
+                                                                label="Only masked padding, pixels",
+                                                                elem_id="img2img_inpaint_full_res_padding"))
+            _sampling_params(c, cfg, engine, is_img2img=True)
+            with gr.Accordion("Outpaint", open=False, elem_id="img2img_outpaint"):
+                with gr.Row():
+                    out_left = gr.Number(value=0, precision=0, label="Left", elem_id="img2img_outpaint_left")
+                    out_right = gr.Number(value=128, precision=0, label="Right", elem_id="img2img_outpaint_right")
+                    out_up = gr.Number(value=0, precision=0, label="Up", elem_id="img2img_outpaint_up")
+                    out_down = gr.Number(value=0, precision=0, label="Down", elem_id="img2img_outpaint_down")
+                outpaint_btn = gr.Button("Outpaint", elem_id="img2img_outpaint_button")
+        with gr.Column(scale=1, elem_id="img2img_results"):
+            _results(c)
+
+    images_in = [mode, init, sketch, inpaint, upload_image, upload_mask]
+
+    def build_request(values, images, outpaint_px=None):
+        data = _clean(c.values_to_dict(values))
+        data["mask_blur"] = int(data.get("mask_blur") or 0)
+        data["inpaint_full_res_padding"] = int(data.get("inpaint_full_res_padding") or 0)
+        image, mask = _mode_inputs(*images)
+        if image is None:
+            raise RequestError("No image: upload or paste an image first")
+        if outpaint_px is not None:
+            image, mask = outpaint.extend_canvas(image, mask, *outpaint_px)
+            data["width"], data["height"] = outpaint.processing_size(image.size)
+            data["inpainting_fill"] = 0
+            data["inpaint_full_res"] = False
+            data["mask_blur"] = max(4, data["mask_blur"])
+        data["init_images"] = [image]
+        if mask is None:
+            data.pop("mask_blur", None)
+        data["mask"] = mask
+        return Img2ImgRequest.from_dict(data)
+
+    def run(*values):
+        n = len(c.fields)
+        yield from run_streaming(engine, lambda: build_request(values[:n], values[n:]), "img2img")
+
+    def run_outpaint(*values):
+        n = len(c.fields)
+        px = [int(v or 0) for v in values[n + len(images_in):]]
+        yield from run_streaming(engine, lambda: build_request(values[:n], values[n:n + len(images_in)], px),
+                                 "img2img")
+
+    _common_wiring(c, engine, run, images_in)
+    outputs = [c.gallery, c.infotexts, c.info, c.progress, c.preview, c.extra["last_seed"]]
+    outpaint_btn.click(run_outpaint, c.components + images_in + [out_left, out_right, out_up, out_down], outputs,
+                       concurrency_id="generate", concurrency_limit=None, show_progress="hidden")
+    c.extra.update(init=init, sketch=sketch, inpaint=inpaint, subtabs=subtabs, mode=mode)
+    return c
+
+
+def _mode_inputs(mode, init, sketch, inpaint, upload_image, upload_mask):
+    """(init image, mask or None) for the active img2img sub-tab."""
+    if mode == "sketch":
+        return _editor_composite(sketch), None
+    if mode == "inpaint":
+        if not inpaint or inpaint.get("background") is None:
+            return None, None
+        background = inpaint["background"].convert("RGB")
+        mask = _editor_mask(inpaint, background.size)
+        if mask is None:
+            raise RequestError("Paint a mask over the part of the image to change (the brush), then generate")
+        return background, mask
+    if mode == "inpaint_upload":
+        if upload_image is None:
+            return None, None
+        if upload_mask is None:
+            raise RequestError("Inpaint upload needs a mask image too")
+        return upload_image.convert("RGB"), upload_mask
+    return init, None
+
+
+def _editor_composite(value) -> Image.Image | None:
+    if not value:
+        return None
+    if value.get("composite") is not None:
+        return value["composite"]
+    return value.get("background")
+
+
+def _editor_mask(value, size) -> Image.Image | None:
+    """The painted strokes of a gr.ImageEditor as an L mask (white = repaint)."""
+    layers = [layer for layer in (value.get("layers") or []) if layer is not None]
+    if not layers:
+        return None
+    mask = Image.new("L", size, 0)
+    for layer in layers:
+        alpha = layer.convert("RGBA").getchannel("A")
+        if alpha.size != size:
+            alpha = alpha.resize(size)
+        mask.paste(255, (0, 0), alpha.point(lambda v: 255 if v > 0 else 0))
+    return mask if mask.getbbox() else None
+
+
+def random_seed() -> int:
+    return random.randrange(4294967294)
