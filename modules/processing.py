@@ -22,6 +22,7 @@ from modules import infotext as infotext_mod
 from modules import masking, preview, rng
 from modules.jobs import JobState
 from modules.models.loader import LoadedModel
+from modules.networks import extra_networks
 from modules.request_types import GenerationRequest, Img2ImgRequest, RequestError, Txt2ImgRequest
 from modules.resize import LATENT_RESIZE, resize_image
 from modules.sampling import conditioning as cond_mod
@@ -58,6 +59,8 @@ class ProcessingContext:
     outputs: OutputDirs | None
     state: JobState = field(default_factory=JobState)
     preview: Callable[[torch.Tensor], Image.Image] | None = None
+    embeddings: Any = None  # modules.networks.embeddings.EmbeddingDatabase (textual inversion), if any
+    loras: Any = None  # modules.networks.lora.LoraRegistry
 
     def opt(self, name: str, default: Any = None) -> Any:
         return self.options.get(name, default)
@@ -99,6 +102,7 @@ class GenerationResult:
     interrupted: bool = False
     skipped_batches: int = 0
     elapsed: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def info(self) -> str:
@@ -194,6 +198,17 @@ def encode(model: LoadedModel, pixels: torch.Tensor, generators) -> torch.Tensor
     return (vae.config.scaling_factor * torch.cat(out)).to(model.dtype)
 
 
+def unmasked_conditioning(model: LoadedModel, batch: int, width: int, height: int) -> InpaintLatents:
+    """A 9-channel inpainting model used without a mask (txt2img, plain img2img): A1111 conditions it on a mask of
+    ones and the latents of a mid-grey picture, i.e. "repaint everything"."""
+    f = model.vae_scale_factor
+    grey = torch.zeros((1, 3, height, width), device=model.device, dtype=model.vae.dtype)
+    with torch.inference_mode():
+        latents = model.vae.encode(grey).latent_dist.mode() * model.vae.config.scaling_factor
+    mask = torch.ones((batch, 1, height // f, width // f), device=model.device, dtype=model.dtype)
+    return InpaintLatents(mask=mask, masked_image_latents=latents.to(model.dtype).repeat(batch, 1, 1, 1))
+
+
 def _advance(generators, shape) -> None:
     """Consume one latent-sized draw per generator, where diffusers' inpaint pipeline encodes a masked image."""
     for g in generators or []:
@@ -249,16 +264,38 @@ class Generation:
         self.randn_source = ctx.opt("randn_source", "GPU")
         self.ensd = int(ctx.opt("eta_noise_seed_delta", 0) or 0)
         self._cond_cache: dict[tuple, cond_mod.Conditioning] = {}
+        self.text_options = cond_mod.TextOptions.from_options(ctx.opt)
+        self.use_old_scheduling = bool(ctx.opt("use_old_scheduling", False))
+        self.embeddings = ctx.embeddings
+        if self.embeddings is not None:
+            self.embeddings.load(self.model)  # picks up new/changed files, checks them against this model
+        self.used_embeddings: dict = {}  # name → Embedding, for "TI hashes"
+        texts = [req.prompt or "", req.negative_prompt or "", getattr(req, "hr_prompt", "") or "",
+                 getattr(req, "hr_negative_prompt", "") or ""]
+        self.prompt_params: dict[str, Any] = {}
+        if self.text_options.emphasis != "Original" and any("(" in t or "[" in t for t in texts):
+            self.prompt_params["Emphasis"] = self.text_options.emphasis
 
     # -- conditioning ------------------------------------------------------------------------------------------
 
     def conditioning(self, prompts: list[str]) -> cond_mod.Conditioning:
         key = (tuple(prompts), self.clip_skip)
         if key not in self._cond_cache:
-            self._cond_cache = {key: cond_mod.encode(self.model, prompts, self.clip_skip), **self._cond_cache}
-            if len(self._cond_cache) > 4:
+            encoded = cond_mod.encode(self.model, prompts, self.clip_skip, options=self.text_options,
+                                      embeddings=self.embeddings, used=self.used_embeddings)
+            self._cond_cache = {key: encoded, **self._cond_cache}
+            if len(self._cond_cache) > 16:
                 self._cond_cache.pop(next(reversed(self._cond_cache)))
         return self._cond_cache[key]
+
+    def prompt_schedule(self, prompts: list[str], negatives: list[str], hires: bool = False) -> cond_mod.PromptSchedule:
+        """Per-step conditioning for one batch: A1111's schedules over the request's steps (in the hires pass: the
+        first pass's steps as base and the hires steps, so `[a:b:1.5]`-style fractions and step numbers past the first
+        pass apply there)."""
+        req = self.req
+        hires_steps = (getattr(req, "hr_second_pass_steps", 0) or req.steps) if hires else None
+        return cond_mod.PromptSchedule(self.conditioning, prompts, negatives, req.steps, hires_steps,
+                                       self.use_old_scheduling)
 
     # -- sampling ----------------------------------------------------------------------------------------------
 
@@ -312,14 +349,19 @@ class Generation:
             else:
                 _advance(gens, (1,) + shape)
                 inpaint_latents = InpaintLatents(mask=mask, image_latents=image_latents, noise=noise)
+        elif model.spec.inpainting:
+            inpaint_latents = unmasked_conditioning(model, len(plan.seeds), plan.width, plan.height)
 
-        cond = self.conditioning(prompts)
-        uncond = self.conditioning(negatives)
+        hires = isinstance(req, Txt2ImgRequest) and req.enable_hr and (
+            plan.init_latents is not None or encode_pixels is not None)  # txt2img's second sampling is hires
+        prompt_schedule = self.prompt_schedule(prompts, negatives, hires=hires)
+        cond, uncond = prompt_schedule.at(0)
         job = SamplingJob(
             unet=model.unet, scheduler=scheduler, timesteps=timesteps, latents=latents, cond=cond, uncond=uncond,
             cfg_scale=req.cfg_scale,
             step_kwargs=bundle.step_kwargs(generator=gens, eta=self._eta(bundle)),
             inpaint=inpaint_latents, on_step=self._on_step,
+            conditioning_at=prompt_schedule.at if prompt_schedule.varies else None,
         )
         if model.is_sdxl:
             aest = model.family == "sdxl_refiner"
@@ -388,6 +430,11 @@ def infotext_params(gen: Generation, index: int, all_seeds, all_subseeds, width:
     if gen.randn_source != "GPU":
         params["RNG"] = gen.randn_source
     params.update(extra)
+    if gen.used_embeddings and gen.ctx.opt("textual_inversion_add_hashes_to_infotext", True):
+        from modules.networks.embeddings import ti_hashes
+
+        params["TI hashes"] = ti_hashes(gen.used_embeddings)
+    params.update(gen.prompt_params)
     params["Version"] = VERSION
     return params
 
@@ -414,6 +461,8 @@ def _run(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, height: 
     all_negatives = [req.negative_prompt] * total
     save = ctx.outputs is not None and not req.do_not_save_samples and ctx.opt("samples_save", True)
     fmt = ctx.opt("samples_format", "png")
+    networks = extra_networks.activate(ctx, model, all_prompts)  # tags stripped; LoRAs patched in (or removed)
+    extra = {**extra, **networks.infotext}
 
     result = GenerationResult(
         images=[], infotexts=[], all_prompts=all_prompts, all_negative_prompts=all_negatives, all_seeds=all_seeds,
@@ -422,7 +471,7 @@ def _run(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, height: 
         steps=req.steps, batch_size=req.batch_size, n_iter=req.n_iter, denoising_strength=denoising,
         sd_model_name=Path(model.name).stem, sd_model_hash=model.shorthash, sd_vae_name=model.vae_name,
         sd_vae_hash=model.vae_hash, clip_skip=gen.clip_skip, prompt=req.prompt, negative_prompt=req.negative_prompt,
-        extra_generation_params=dict(extra),
+        extra_generation_params=dict(extra), warnings=list(networks.warnings),
     )
     state.job_count = req.n_iter
     for n in range(req.n_iter):
@@ -431,7 +480,8 @@ def _run(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, height: 
             break
         lo, hi = n * req.batch_size, (n + 1) * req.batch_size
         try:
-            pictures = batch_fn(n, all_seeds[lo:hi], all_subseeds[lo:hi], all_prompts[lo:hi], all_negatives[lo:hi])
+            pictures = batch_fn(n, all_seeds[lo:hi], all_subseeds[lo:hi], networks.prompts[lo:hi],
+                                all_negatives[lo:hi])
         except Skipped:
             result.skipped_batches += 1
             state.next_job()

@@ -339,3 +339,19 @@ def test_progress_and_live_preview_during_sampling(engine):
     assert [round(s[2], 2) for s in seen] == [0.25, 0.5, 0.75, 1.0]
     assert [s[3] for s in seen] == [-1, 2, 2, 4]
     assert engine.state.current_image is None or engine.state.current_image.size == (32, 32)
+
+
+def test_inpainting_model_also_does_txt2img_and_plain_img2img(tmp_path, tiny_models):
+    """A 9-channel model without a mask is conditioned on "repaint everything", as A1111 does."""
+    from modules import cmd_args
+    from modules.engine import Engine
+    from modules.paths import Paths
+
+    ckpt = tmp_path / "models" / "Stable-diffusion"
+    ckpt.mkdir(parents=True)
+    (ckpt / "inp.safetensors").symlink_to(tiny_models.path("sd1-inpainting.safetensors"))
+    eng = Engine.create(Paths.from_args(cmd_args.parse_args(["--data-dir", str(tmp_path)], env={})))
+    r = eng.txt2img({**BASE, "do_not_save_samples": True})
+    assert r.images[0].size == (64, 64)
+    r = eng.img2img({**BASE, "init_images": [_init()], "do_not_save_samples": True})
+    assert r.images[0].size == (64, 64)

@@ -1,0 +1,619 @@
+"""A1111's HTTP API, ``/sdapi/v1/*``, on the FastAPI app (``--api``, or alone with ``--nowebui``).
+
+Every generation goes through ``engine.generate`` (one job at a time, first come first served, shared with the UI)
+from a worker thread (sync endpoints run in FastAPI's thread pool), so progress / interrupt / skip answer while a job
+runs. Bad input is a 4xx JSON error ``{"error", "detail", "body", "errors"}``; nothing here reads local files.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Body, Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modules import images as images_mod
+from modules import infotext as infotext_mod
+from modules.api import models
+from modules.models.manager import ModelNotFoundError
+from modules.models.registry import list_vaes
+from modules.processing import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
+from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest, decode_image
+from modules.sampling import samplers
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/sdapi/v1"
+MAX_URL_IMAGE_BYTES = 50 * 1024 * 1024
+MAX_DIM = 8192  # the largest width/height anything here will produce
+SEED_LIMIT = 2 ** 62
+SECRET_FLAGS = ("api_auth", "gradio_auth")
+
+
+class ApiError(Exception):
+    """A bad request: ``status`` and a reason for the client."""
+
+    def __init__(self, status: int, detail: str, error: str | None = None):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+        self.error = error or {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+                               422: "UnprocessableEntity"}.get(status, "HTTPException")
+
+
+def error_response(status: int, error: str, detail: Any, errors: Any = "", headers: dict | None = None):
+    return JSONResponse(status_code=status, headers=headers,
+                        content={"error": error, "detail": detail, "body": "", "errors": errors})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images in and out
+
+
+def encode_png(image: Image.Image, infotext: str | None = None) -> str:
+    return base64.b64encode(images_mod.image_to_png_bytes(image, infotext)).decode("ascii")
+
+
+def _blocked_address(host: str) -> str | None:
+    """Why `host` may not be fetched (it resolves to a loopback/private/link-local/... address), or None."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        return f"cannot resolve {host!r}: {e}"
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        if getattr(addr, "ipv4_mapped", None):
+            addr = addr.ipv4_mapped
+        if (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved or addr.is_multicast
+                or addr.is_unspecified):
+            return f"{host!r} resolves to a local address ({addr})"
+    return None
+
+
+def fetch_url_image(url: str, settings, field: str) -> str:
+    """The base64 of an http(s) image, if the option `api_enable_requests` allows it and the host is public."""
+    if not settings.get("api_enable_requests", True):
+        raise ApiError(422, f"{field}: image URLs are disabled (option api_enable_requests)")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ApiError(422, f"{field}: not an http(s) URL")
+    why = _blocked_address(parts.hostname)  # never to loopback/private addresses, whatever the options say
+    if why:
+        raise ApiError(422, f"{field}: URL refused: {why}")
+    import httpx
+
+    headers = {"user-agent": settings.get("api_useragent", "") or "sd-webui"}
+    try:
+        with httpx.stream("GET", url, headers=headers, timeout=30, follow_redirects=False) as r:
+            if r.status_code != 200:
+                raise ApiError(422, f"{field}: fetching the URL gave HTTP {r.status_code}")
+            data = bytearray()
+            for chunk in r.iter_bytes():
+                data += chunk
+                if len(data) > MAX_URL_IMAGE_BYTES:
+                    raise ApiError(422, f"{field}: the image at the URL is larger than {MAX_URL_IMAGE_BYTES} bytes")
+    except httpx.HTTPError as e:
+        raise ApiError(422, f"{field}: cannot fetch the URL: {e}") from None
+    return base64.b64encode(bytes(data)).decode("ascii")
+
+
+def _image_value(value: Any, settings, field: str) -> Any:
+    if isinstance(value, str) and value.lower().startswith(("http://", "https://")):
+        return fetch_url_image(value, settings, field)
+    return value
+
+
+def decode_b64_image(value: Any, field: str = "image") -> Image.Image:
+    if isinstance(value, str) and value.lower().startswith(("http://", "https://")):
+        raise ApiError(422, f"{field}: URL images are accepted only by txt2img/img2img")
+    try:
+        return decode_image(value, field)
+    except RequestError as e:
+        raise ApiError(422, str(e)) from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Request checks not in the dataclasses (things that would otherwise fail deep inside a job)
+
+
+_INT_LIMITS = {
+    "seed": (-SEED_LIMIT, SEED_LIMIT), "subseed": (-SEED_LIMIT, SEED_LIMIT),
+    "seed_resize_from_h": (-1, MAX_DIM), "seed_resize_from_w": (-1, MAX_DIM),
+    "firstphase_width": (0, MAX_DIM), "firstphase_height": (0, MAX_DIM),
+    "hr_resize_x": (0, MAX_DIM), "hr_resize_y": (0, MAX_DIM), "hr_second_pass_steps": (0, 1000),
+    "mask_blur": (0, 512), "mask_blur_x": (0, 512), "mask_blur_y": (0, 512),
+    "inpaint_full_res_padding": (0, MAX_DIM), "inpainting_mask_invert": (0, 1),
+}
+_FLOAT_LIMITS = {
+    "eta": (0.0, 10.0), "s_min_uncond": (0.0, 100.0), "s_churn": (0.0, 100.0), "s_tmax": (0.0, 1e4),
+    "s_tmin": (0.0, 1e4), "s_noise": (0.0, 10.0), "hr_scale": (0.0, 16.0), "refiner_switch_at": (0.0, 1.0),
+    "image_cfg_scale": (0.0, 100.0), "initial_noise_multiplier": (0.0, 10.0),
+}
+
+
+def check_request(req) -> None:
+    """Range checks the dataclasses leave to processing, and the sampler / upscaler / script names."""
+    for name, (lo, hi) in _INT_LIMITS.items():
+        v = getattr(req, name, None)
+        if v is not None and not lo <= v <= hi:
+            raise ApiError(422, f"{name} must be between {lo} and {hi}, got {v}")
+    for name, (lo, hi) in _FLOAT_LIMITS.items():
+        v = getattr(req, name, None)
+        if v is not None and not lo <= v <= hi:
+            raise ApiError(422, f"{name} must be between {lo} and {hi}, got {v}")
+    try:
+        samplers.resolve(req.effective_sampler, req.scheduler)
+        if getattr(req, "hr_sampler_name", None):
+            samplers.resolve(req.hr_sampler_name, req.hr_scheduler or req.scheduler, strict=False)
+    except ValueError as e:
+        raise ApiError(400, str(e), "SamplerNotFound") from None
+    if isinstance(req, Txt2ImgRequest) and req.enable_hr:
+        up = req.hr_upscaler or "Latent"
+        if up not in LATENT_UPSCALE_MODES and up not in PIXEL_UPSCALERS:
+            valid = ", ".join([*LATENT_UPSCALE_MODES, *PIXEL_UPSCALERS])
+            raise ApiError(400, f"hr_upscaler {up!r} not found; available: {valid}")
+        w = req.hr_resize_x or req.width * req.hr_scale
+        h = req.hr_resize_y or req.height * req.hr_scale
+        if w > MAX_DIM or h > MAX_DIM:
+            raise ApiError(422, f"hires fix target {int(w)}x{int(h)} is larger than {MAX_DIM}")
+    if req.script_name:
+        raise ApiError(422, f"script {req.script_name!r} not found (no scripts are installed)", "ScriptNotFound")
+    if req.alwayson_scripts:
+        names = ", ".join(repr(k) for k in req.alwayson_scripts)
+        raise ApiError(422, f"always-on script(s) {names} not found (no scripts are installed)", "ScriptNotFound")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The routes
+
+
+class Api:
+    def __init__(self, app: FastAPI, ctx):
+        self.app, self.ctx = app, ctx
+        self.engine = ctx.engine
+        self.args = ctx.args
+        self.credentials: dict[str, str] = {}
+        auth = getattr(self.args, "api_auth", None)
+        if auth:
+            for cred in auth.split(","):
+                cred = cred.strip()
+                if cred:
+                    user, _, password = cred.partition(":")
+                    self.credentials[user] = password
+        deps = [Depends(self.auth)] if self.credentials else []
+        self.router = APIRouter(prefix=PREFIX, dependencies=deps, tags=["sdapi"])
+        r = self.router
+        r.add_api_route("/txt2img", self.txt2img, methods=["POST"], response_model=models.TextToImageResponse)
+        r.add_api_route("/img2img", self.img2img, methods=["POST"], response_model=models.ImageToImageResponse)
+        r.add_api_route("/extra-single-image", self.extras_single, methods=["POST"],
+                        response_model=models.ExtrasSingleImageResponse)
+        r.add_api_route("/extra-batch-images", self.extras_batch, methods=["POST"],
+                        response_model=models.ExtrasBatchImagesResponse)
+        r.add_api_route("/png-info", self.pnginfo, methods=["POST"], response_model=models.PNGInfoResponse)
+        r.add_api_route("/progress", self.progress, methods=["GET"], response_model=models.ProgressResponse)
+        r.add_api_route("/interrupt", self.interrupt, methods=["POST"])
+        r.add_api_route("/skip", self.skip, methods=["POST"])
+        r.add_api_route("/options", self.get_options, methods=["GET"])
+        r.add_api_route("/options", self.set_options, methods=["POST"])
+        r.add_api_route("/cmd-flags", self.cmd_flags, methods=["GET"])
+        r.add_api_route("/samplers", self.samplers, methods=["GET"])
+        r.add_api_route("/schedulers", self.schedulers, methods=["GET"])
+        r.add_api_route("/upscalers", self.upscalers, methods=["GET"])
+        r.add_api_route("/latent-upscale-modes", self.latent_upscale_modes, methods=["GET"])
+        r.add_api_route("/sd-models", self.sd_models, methods=["GET"])
+        r.add_api_route("/sd-vae", self.sd_vae, methods=["GET"])
+        r.add_api_route("/hypernetworks", self.empty_list, methods=["GET"])
+        r.add_api_route("/face-restorers", self.empty_list, methods=["GET"])
+        r.add_api_route("/realesrgan-models", self.empty_list, methods=["GET"])
+        r.add_api_route("/prompt-styles", self.empty_list, methods=["GET"])
+        r.add_api_route("/loras", self.empty_list, methods=["GET"])
+        r.add_api_route("/embeddings", self.embeddings, methods=["GET"])
+        r.add_api_route("/scripts", self.scripts, methods=["GET"])
+        r.add_api_route("/script-info", self.empty_list, methods=["GET"])
+        r.add_api_route("/extensions", self.empty_list, methods=["GET"])
+        r.add_api_route("/memory", self.memory, methods=["GET"])
+        r.add_api_route("/refresh-checkpoints", self.refresh_checkpoints, methods=["POST"])
+        r.add_api_route("/refresh-vae", self.nothing, methods=["POST"])
+        r.add_api_route("/refresh-loras", self.nothing, methods=["POST"])
+        r.add_api_route("/refresh-embeddings", self.nothing, methods=["POST"])
+        r.add_api_route("/unload-checkpoint", self.unload_checkpoint, methods=["POST"])
+        r.add_api_route("/reload-checkpoint", self.reload_checkpoint, methods=["POST"])
+        if getattr(self.args, "api_server_stop", False):
+            r.add_api_route("/server-stop", self.server_stop, methods=["POST"])
+            r.add_api_route("/server-kill", self.server_stop, methods=["POST"])
+        app.include_router(self.router)
+
+    # -- auth --------------------------------------------------------------------------------------------------
+
+    def auth(self, credentials: HTTPBasicCredentials | None = Depends(HTTPBasic(auto_error=False))) -> bool:
+        if credentials is not None and credentials.username in self.credentials:
+            expected = self.credentials[credentials.username].encode("utf-8")
+            if secrets.compare_digest(credentials.password.encode("utf-8"), expected):
+                return True
+        raise ApiError(401, "Incorrect username or password", "Unauthorized")
+
+    # -- generation ----------------------------------------------------------------------------------------------
+
+    def _build(self, cls, body, image_fields: tuple[str, ...]):
+        data = body.model_dump(exclude_unset=True)
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        # null means "the default" for fields whose default is not null
+        data = {k: v for k, v in data.items() if v is not None or defaults.get(k, None) is None}
+        raw_images = {k: data.get(k) for k in image_fields}
+        settings = self.engine.settings
+        for name in image_fields:
+            value = data.get(name)
+            if isinstance(value, list):
+                data[name] = [_image_value(v, settings, name) for v in value]
+            elif value is not None:
+                data[name] = _image_value(value, settings, name)
+        if data.get("infotext"):
+            self._apply_infotext(data)
+        save = bool(data.get("save_images", False))
+        data["do_not_save_samples"] = data["do_not_save_grid"] = not save
+        try:
+            req = cls.from_dict(data)
+        except RequestError as e:
+            raise ApiError(422, str(e), "RequestError") from None
+        check_request(req)
+        return req, raw_images
+
+    def _apply_infotext(self, data: dict) -> None:
+        """A1111: fields the request did not set come from the infotext, and so do settings it implies."""
+        try:
+            params = infotext_mod.parse_generation_parameters(data["infotext"])
+        except Exception as e:  # a malformed infotext is the client's problem
+            raise ApiError(422, f"infotext: cannot parse it: {e}") from None
+        for name, value in infotext_mod.infotext_to_request_fields(params).items():
+            data.setdefault(name, value)
+        if "Prompt" in params and "prompt" not in data:
+            data["prompt"] = params["Prompt"]
+        if "Negative prompt" in params and "negative_prompt" not in data:
+            data["negative_prompt"] = params["Negative prompt"]
+        overrides = dict(data.get("override_settings") or {})
+        settings = self.engine.settings
+        for option, value in infotext_mod.infotext_to_override_settings(params).items():
+            if option in overrides or settings.get(option, None) == value:
+                continue
+            if option == "sd_model_checkpoint":
+                if settings.get("disable_weights_auto_swap", True):
+                    continue
+                info = self.engine.registry.get(str(value))
+                if info is None:
+                    continue
+                value = info.title
+            overrides[option] = value
+        if overrides:
+            data["override_settings"] = overrides
+
+    def _run(self, req):
+        try:
+            return self.engine.generate(req)
+        except ModelNotFoundError as e:
+            raise ApiError(400, str(e), "ModelNotFound") from None
+        except RequestError as e:
+            raise ApiError(422, str(e), "RequestError") from None
+
+    def _response(self, req, result, echo_images: dict | None = None) -> dict:
+        params = req.to_dict()
+        if echo_images is not None:
+            params.update(echo_images)
+        images = []
+        if req.send_images:
+            texts = result.infotexts
+            for i, image in enumerate(result.images):
+                if len(texts) == len(result.images):
+                    text = texts[i]
+                else:  # the grid (first) carries the first image's infotext
+                    j = i - result.index_of_first_image
+                    text = texts[j] if 0 <= j < len(texts) else (texts[0] if texts else None)
+                images.append(encode_png(image, text))
+        return {"images": images, "parameters": jsonable_encoder(params),
+                "info": json.dumps(jsonable_encoder(result.js()))}
+
+    def txt2img(self, body: models.StableDiffusionTxt2ImgProcessingAPI):
+        req, _ = self._build(Txt2ImgRequest, body, ())
+        return self._response(req, self._run(req))
+
+    def img2img(self, body: models.StableDiffusionImg2ImgProcessingAPI):
+        if not body.init_images:
+            raise ApiError(404, "Init image not found", "NotFound")
+        req, raw = self._build(Img2ImgRequest, body, ("init_images", "mask"))
+        echo = raw if req.include_init_images else {"init_images": None, "mask": None}
+        return self._response(req, self._run(req), echo)
+
+    # -- progress and control ------------------------------------------------------------------------------------
+
+    async def progress(self, skip_current_image: bool = False):
+        st = self.engine.state
+        if not st.active:
+            return {"progress": 0, "eta_relative": 0,
+                    "state": self._state_dict(st), "current_image": None, "textinfo": st.textinfo}
+        progress = st.progress()
+        current = None
+        image = st.current_image
+        if not skip_current_image and isinstance(image, Image.Image):
+            try:
+                current = encode_png(image)
+            except Exception:  # a preview being replaced under us: skip it this time
+                current = None
+        return {"progress": progress, "eta_relative": st.eta(), "state": self._state_dict(st),
+                "current_image": current, "textinfo": st.textinfo}
+
+    @staticmethod
+    def _state_dict(st) -> dict:
+        return {"skipped": st.skipped, "interrupted": st.interrupted, "stopping_generation": False,
+                "job": st.job, "job_count": st.job_count, "job_timestamp": st.job_timestamp, "job_no": st.job_no,
+                "sampling_step": st.sampling_step, "sampling_steps": st.sampling_steps}
+
+    async def interrupt(self):
+        self.engine.interrupt()
+        return {}
+
+    async def skip(self):
+        self.engine.skip()
+
+    # -- options -------------------------------------------------------------------------------------------------
+
+    def get_options(self):
+        return jsonable_encoder(self.engine.settings.as_dict())
+
+    def set_options(self, req: dict[str, Any] = Body(...)):
+        settings = self.engine.settings
+        values = dict(req)
+        checkpoint = values.pop("sd_model_checkpoint", None)
+        checked = {}
+        for name, value in values.items():
+            if name in settings and name not in _registered():
+                checked[name] = value  # an option some extension stored: kept as given
+                continue
+            try:
+                checked[name] = settings.validate(name, value)
+            except ValueError as e:
+                raise ApiError(400, str(e), "InvalidOption") from None
+        if checkpoint is not None:
+            if not isinstance(checkpoint, str) or not checkpoint:
+                raise ApiError(400, f"sd_model_checkpoint must be a checkpoint title, got {checkpoint!r}")
+            try:
+                info = self.engine.models.resolve(checkpoint)
+            except ModelNotFoundError as e:
+                raise ApiError(400, str(e), "ModelNotFound") from None
+            with self.engine.queue.turn():  # never swap the model under a running job
+                try:
+                    self.engine.models.select(info.title)
+                except ModelNotFoundError as e:
+                    raise ApiError(400, str(e), "ModelNotFound") from None
+        if checked:
+            settings.update(checked, allow_unknown=True)
+            settings.save()
+        return None
+
+    def cmd_flags(self):
+        out = {}
+        for k, v in vars(self.args).items():
+            if k in SECRET_FLAGS and v:
+                v = "<hidden>"
+            try:
+                out[k] = jsonable_encoder(v)
+            except Exception:
+                out[k] = str(v)
+        return out
+
+    # -- lists ---------------------------------------------------------------------------------------------------
+
+    def samplers(self):
+        return samplers.list_samplers_api()
+
+    def schedulers(self):
+        return samplers.list_schedulers_api()
+
+    def upscalers(self):
+        return [{"name": name, "model_name": None, "model_path": None, "model_url": None,
+                 "scale": 4} for name in PIXEL_UPSCALERS]
+
+    def latent_upscale_modes(self):
+        return [{"name": name} for name in LATENT_UPSCALE_MODES]
+
+    def sd_models(self):
+        return [{"title": i.title, "model_name": i.model_name, "hash": i.shorthash, "sha256": i.sha256,
+                 "filename": str(i.filename), "config": str(i.config) if i.config else None}
+                for i in self.engine.registry.list()]
+
+    def sd_vae(self):
+        return [{"model_name": v.model_name, "filename": str(v.filename)} for v in list_vaes(self.engine.paths)]
+
+    def empty_list(self):
+        return []
+
+    def embeddings(self):
+        return {"loaded": {}, "skipped": {}}
+
+    def scripts(self):
+        return {"txt2img": [], "img2img": []}
+
+    def nothing(self):
+        return None
+
+    def memory(self):
+        try:
+            import psutil
+
+            vm = psutil.virtual_memory()
+            proc = psutil.Process(os.getpid()).memory_info()
+            ram = {"free": vm.available, "used": proc.rss, "total": vm.total}
+        except Exception as e:
+            ram = {"error": str(e)}
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                free, total = torch.cuda.mem_get_info()
+                cuda = {"system": {"free": free, "used": total - free, "total": total},
+                        "active": {"current": torch.cuda.memory_allocated(),
+                                   "peak": torch.cuda.max_memory_allocated()}}
+            else:
+                cuda = {"error": "unavailable"}
+        except Exception as e:
+            cuda = {"error": str(e)}
+        return {"ram": ram, "cuda": cuda}
+
+    # -- models --------------------------------------------------------------------------------------------------
+
+    def refresh_checkpoints(self):
+        self.engine.registry.refresh()
+        self.engine.registry.hash_all_in_background()
+
+    def unload_checkpoint(self):
+        with self.engine.queue.turn():
+            self.engine.models.unload()
+        return {}
+
+    def reload_checkpoint(self):
+        with self.engine.queue.turn():
+            try:
+                self.engine.models.reload()
+            except ModelNotFoundError as e:
+                raise ApiError(400, str(e), "ModelNotFound") from None
+        return {}
+
+    # -- extras and PNG info -------------------------------------------------------------------------------------
+
+    def _upscale(self, image: Image.Image, req: models.ExtrasBaseRequest) -> tuple[Image.Image, str | None, str]:
+        for name in (req.upscaler_1, req.upscaler_2):
+            if name not in PIXEL_UPSCALERS:
+                raise ApiError(400, f"upscaler {name!r} not found; available: {', '.join(PIXEL_UPSCALERS)}")
+        if req.gfpgan_visibility > 0 or req.codeformer_visibility > 0:
+            raise ApiError(422, "face restoration (GFPGAN/CodeFormer) is not available")
+        info = images_mod.read_infotext(image)
+        if req.resize_mode == 1:
+            tw, th = req.upscaling_resize_w, req.upscaling_resize_h
+            scale = max(tw / image.width, th / image.height)
+        else:
+            scale = req.upscaling_resize
+            tw, th = int(image.width * scale), int(image.height * scale)
+        sw, sh = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        if max(sw, sh, tw, th) > MAX_DIM:
+            raise ApiError(422, f"the upscaled image would be {sw}x{sh}; the limit is {MAX_DIM} per side")
+        out = image
+        params = {}
+        if req.upscaler_1 != "None":
+            work = image.convert("RGB") if image.mode not in ("RGB", "RGBA") else image
+            out = work.resize((sw, sh), PIXEL_UPSCALERS[req.upscaler_1])
+            if req.upscaler_2 != "None" and req.extras_upscaler_2_visibility > 0:
+                second = work.resize((sw, sh), PIXEL_UPSCALERS[req.upscaler_2])
+                out = Image.blend(out.convert("RGB"), second.convert("RGB"), req.extras_upscaler_2_visibility)
+                params["Postprocess upscaler 2"] = req.upscaler_2
+            if req.resize_mode == 1 and req.upscaling_crop and (sw, sh) != (tw, th):
+                left, top = (sw - tw) // 2, (sh - th) // 2
+                out = out.crop((left, top, left + tw, top + th))
+            params = {"Postprocess upscale by" if req.resize_mode == 0 else "Postprocess upscale to":
+                      req.upscaling_resize if req.resize_mode == 0 else f"{tw}x{th}",
+                      "Postprocess upscaler": req.upscaler_1, **params}
+        html = ", ".join(f"{k}: {v}" for k, v in params.items())
+        if html:  # A1111 keeps `parameters` and adds a `postprocessing` text chunk
+            out.info = {**{k: v for k, v in (image.info or {}).items() if isinstance(v, str)}, "postprocessing": html}
+        return out, info, f"<p>{html}</p>" if html else ""
+
+    def extras_single(self, req: models.ExtrasSingleImageRequest):
+        if not req.image:
+            raise ApiError(404, "Image not found", "NotFound")
+        image = decode_b64_image(req.image, "image")
+        out, info, html = self._upscale(image, req)
+        return {"html_info": html, "image": encode_png(out, info)}
+
+    def extras_batch(self, req: models.ExtrasBatchImagesRequest):
+        results, html = [], ""
+        for i, item in enumerate(req.imageList):
+            image = decode_b64_image(item.data, f"imageList[{i}]")
+            out, info, html = self._upscale(image, req)
+            results.append(encode_png(out, info))
+        return {"html_info": html, "images": results}
+
+    def pnginfo(self, req: models.PNGInfoRequest):
+        if not req.image.strip():
+            return {"info": "", "items": {}, "parameters": {}}
+        image = decode_b64_image(req.image, "image")
+        info = images_mod.read_infotext(image) or ""
+        items = {k: v for k, v in (image.info or {}).items() if isinstance(k, str) and isinstance(v, (str, int, float))
+                 and k != "parameters"}
+        if info:
+            items["parameters"] = info
+        params = infotext_mod.parse_generation_parameters(info) if info else {}
+        return {"info": info, "items": jsonable_encoder(items), "parameters": jsonable_encoder(params)}
+
+    # -- server --------------------------------------------------------------------------------------------------
+
+    def server_stop(self):
+        def stop():
+            time.sleep(0.3)
+            self.engine.interrupt()
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=stop, daemon=True).start()
+        return JSONResponse("Stopping.")
+
+
+def _registered() -> set[str]:
+    from modules.settings import OPTIONS
+
+    return set(OPTIONS)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Errors
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith(PREFIX)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        headers = {"WWW-Authenticate": "Basic"} if e.status == 401 else None
+        return error_response(e.status, e.error, e.detail, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError):
+        if not _is_api(request):
+            return await request_validation_exception_handler(request, e)
+        errs = e.errors()
+        detail = "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'body'}: "
+                           f"{err.get('msg', '')}" for err in errs)
+        try:
+            safe = jsonable_encoder([{k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in errs])
+        except Exception:
+            safe = ""
+        return error_response(422, "RequestValidationError", detail, safe)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        if not _is_api(request):
+            return await http_exception_handler(request, e)
+        return error_response(e.status_code, "HTTPException", e.detail, headers=getattr(e, "headers", None))
+    # Anything else (a bug, not bad input) becomes a JSON 500 in server.py's X-Process-Time middleware.
+
+
+def mount(app: FastAPI, ctx) -> Api:
+    """Add ``/sdapi/v1`` to `app` (and the JSON error handlers for it)."""
+    _install_error_handlers(app)
+    api = Api(app, ctx)
+    app.state.api = api
+    return api

@@ -1,0 +1,314 @@
+"""The web UI in a real browser: Playwright drives Debian's Chromium against `launch.py` serving tiny models.
+
+Screenshots of each tab (light and dark) are written to $SD_TEST_ARTIFACTS (default: the pytest tmp dir).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ROOT = Path(__file__).resolve().parent.parent
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
+expect = playwright_api.expect
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, data_dir: Path, log: Path):
+        self.data_dir, self.log = data_dir, log
+        self.proc = None
+        self.url = ""
+
+    def start(self, *extra: str):
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "GRADIO_TEMP_DIR": str(self.data_dir / "tmp-gradio")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "launch.py", "--skip-install", "--port", str(port), "--data-dir", str(self.data_dir),
+             *extra], cwd=ROOT, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 120
+        import urllib.request
+
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("server did not start")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def ui_data(tmp_path_factory, tiny_models) -> Path:
+    data = tmp_path_factory.mktemp("ui-data")
+    ckpt = data / "models" / "Stable-diffusion"
+    ckpt.mkdir(parents=True)
+    for name in ("sd1.safetensors", "sd1-inpainting.safetensors"):
+        shutil.copy(tiny_models.path(name), ckpt / name)
+    # Small defaults so that every generation in these tests is quick.
+    (data / "ui-config.json").write_text(json.dumps({
+        "txt2img/Width/value": 64, "txt2img/Height/value": 64, "txt2img/Sampling steps/value": 3,
+        "img2img/Width/value": 64, "img2img/Height/value": 64, "img2img/Sampling steps/value": 3}))
+    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
+    return data
+
+
+@pytest.fixture(scope="module")
+def server(ui_data, tmp_path_factory):
+    srv = Server(ui_data, tmp_path_factory.mktemp("logs") / "server.log").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    pg.set_default_timeout(60000)
+    pg.goto(server.url)
+    pg.wait_for_selector("#txt2img_prompt textarea")
+    yield pg
+    pg.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Path:
+    path = Path(os.environ.get("SD_TEST_ARTIFACTS") or tmp_path_factory.mktemp("screenshots"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def set_number(page, elem_id: str, value):
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def pick(page, elem_id: str, option: str):
+    page.click(f"#{elem_id} input[role=combobox]")
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def generate(page, tab="txt2img"):
+    page.click(f"#{tab}_generate")
+    expect(page.locator(f"#html_info_{tab}")).to_contain_text("Steps:", timeout=90000)
+    return page.locator(f"#html_info_{tab}").inner_text()
+
+
+def newest_output(data: Path, kind="txt2img") -> Path:
+    files = sorted((data / "outputs" / f"{kind}-images").rglob("*.png"), key=lambda p: p.stat().st_mtime)
+    return files[-1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_generate_shows_image_and_infotext(page, ui_data):
+    page.fill("#txt2img_prompt textarea", "a photo of a cat")
+    expect(page.locator("#txt2img_token_counter")).to_have_text("5/75")
+    pick(page, "txt2img_sampling", "Euler a")
+    set_number(page, "txt2img_steps", 4)
+    page.locator("#txt2img_seed input").fill("4321")
+    text = generate(page)
+    assert "a photo of a cat" in text
+    assert "Steps: 4, Sampler: Euler a" in text and "Seed: 4321" in text and "Size: 64x64" in text
+    expect(page.locator("#txt2img_gallery img").first).to_be_visible()
+    saved = newest_output(ui_data)
+    assert saved.name.endswith("-4321.png")
+    with Image.open(saved) as im:
+        assert "Seed: 4321" in im.info["parameters"]
+
+
+def test_ctrl_enter_generates_and_paste_fills_controls(page):
+    page.fill("#txt2img_prompt textarea", "red fox\nNegative prompt: blurry\nSteps: 5, Sampler: DDIM, "
+              "CFG scale: 4.5, Seed: 99, Size: 64x64")
+    page.click("#txt2img_paste")
+    expect(page.locator("#txt2img_prompt textarea")).to_have_value("red fox")
+    expect(page.locator("#txt2img_neg_prompt textarea")).to_have_value("blurry")
+    expect(page.locator("#txt2img_steps input[type=number]")).to_have_value("5")
+    expect(page.locator("#txt2img_seed input")).to_have_value("99")
+    page.locator("#txt2img_prompt textarea").press("Control+Enter")
+    expect(page.locator("#html_info_txt2img")).to_contain_text("Sampler: DDIM", timeout=90000)
+    text = page.locator("#html_info_txt2img").inner_text()
+    assert "Seed: 99" in text and "CFG scale: 4.5" in text and "Negative prompt: blurry" in text
+
+
+def test_interrupt_keeps_finished_images(page):
+    page.fill("#txt2img_prompt textarea", "long run")
+    set_number(page, "txt2img_steps", 150)
+    set_number(page, "txt2img_batch_count", 3)
+    page.click("#txt2img_generate")
+    expect(page.locator("#txt2img_progress")).to_contain_text("Step", timeout=60000)
+    page.click("#txt2img_interrupt")
+    expect(page.locator("#html_info_txt2img")).to_contain_text("Interrupted", timeout=120000)
+
+
+def test_error_is_shown_and_server_keeps_working(page):
+    page.get_by_role("tab", name="img2img").click()
+    page.fill("#img2img_prompt textarea", "nothing to start from")
+    page.click("#img2img_generate")
+    expect(page.locator("#html_info_img2img .sd-error")).to_contain_text("upload", timeout=30000)
+    page.get_by_role("tab", name="txt2img").click()
+    page.fill("#txt2img_prompt textarea", "still alive")
+    assert "still alive" in generate(page)
+
+
+def test_inpaint_with_painted_mask_keeps_outside_pixels(page, ui_data, tmp_path):
+    init = Image.fromarray(np.random.RandomState(1).randint(0, 255, (64, 64, 3)).astype(np.uint8))
+    src = tmp_path / "init.png"
+    init.save(src)
+    page.get_by_role("tab", name="img2img").click()
+    page.get_by_role("tab", name="Inpaint", exact=True).click()
+    page.locator("#img2maskimg input[type=file]").set_input_files(str(src))
+    canvas = page.locator("#img2maskimg canvas").first
+    expect(canvas).to_be_visible()
+    page.wait_for_timeout(1500)
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 10, cy)
+    page.mouse.down()
+    page.mouse.move(cx, cy + 2)
+    page.mouse.move(cx + 10, cy)
+    page.mouse.up()
+    page.fill("#img2img_prompt textarea", "a red ball")
+    page.get_by_label("Whole picture").check()
+    set_number(page, "img2img_mask_blur", 0)
+    text = generate(page, "img2img")
+    assert "Mask blur: 0" in text and "Masked content: original" in text
+    out = np.asarray(Image.open(newest_output(ui_data, "img2img")).convert("RGB"), np.int16)
+    changed = np.abs(out - np.asarray(init, np.int16)).max(axis=2) > 0
+    assert changed.any(), "the painted area was repainted"
+    ys, xs = np.nonzero(changed)
+    assert (ys.max() - ys.min()) < 60 or (xs.max() - xs.min()) < 60  # not the whole picture
+    assert changed[0, 0] == False and changed[63, 63] == False  # noqa: E712 corners are outside the stroke
+
+
+def test_outpaint_extends_the_canvas(page, ui_data, tmp_path):
+    init = Image.fromarray(np.full((64, 64, 3), 120, np.uint8))
+    src = tmp_path / "small.png"
+    init.save(src)
+    page.get_by_role("tab", name="img2img").click()
+    page.locator("#img2img_image input[type=file]").set_input_files(str(src))
+    page.fill("#img2img_prompt textarea", "wider")
+    page.locator("#img2img_outpaint").get_by_text("Outpaint").first.click()
+    page.locator("#img2img_outpaint_right input").fill("32")
+    page.locator("#img2img_outpaint_right input").press("Tab")
+    page.click("#img2img_outpaint_button")
+    expect(page.locator("#html_info_img2img")).to_contain_text("Size: 96x64", timeout=90000)
+    with Image.open(newest_output(ui_data, "img2img")) as im:
+        assert im.size == (96, 64)
+        left = np.asarray(im.convert("RGB"), np.int16)[:, :40]
+    # The original is kept, except the 8-pixel overlap band and the mask blur that blend the seam.
+    assert np.array_equal(left, np.full_like(left, 120))
+
+
+def test_png_info_reads_a_saved_file(page, ui_data):
+    page.fill("#txt2img_prompt textarea", "for png info")
+    page.locator("#txt2img_seed input").fill("777")
+    generate(page)
+    saved = newest_output(ui_data)
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(saved))
+    expect(page.locator("#pnginfo_generation_info")).to_contain_text("Seed: 777", timeout=30000)
+    page.click("#pnginfo_send_to_txt2img")
+    expect(page.locator("#txt2img_prompt textarea")).to_have_value("for png info")
+
+
+def test_switch_checkpoint_and_models_tab(page):
+    pick(page, "setting_sd_model_checkpoint", next(o for o in ["sd1-inpainting.safetensors"]) + "")
+    expect(page.locator("#quicksettings_status")).to_contain_text("Loaded sd1-inpainting", timeout=60000)
+    page.fill("#txt2img_prompt textarea", "on the other model")
+    assert "Model: sd1-inpainting" in generate(page)
+    page.get_by_role("tab", name="Models").click()
+    expect(page.locator("#models_checkpoints")).to_contain_text("SD 1.x inpainting")
+    pick(page, "setting_sd_model_checkpoint", "sd1.safetensors")
+    expect(page.locator("#quicksettings_status")).to_contain_text("Loaded sd1.safetensors", timeout=60000)
+
+
+def pick(page, elem_id: str, option: str):  # noqa: F811 - also matches titles with a hash suffix
+    page.click(f"#{elem_id} input[role=combobox]")
+    page.get_by_role("option", name=re.compile("^" + re.escape(option))).first.click()
+
+
+def test_setting_survives_restart(ui_data, browser, tmp_path):
+    srv = Server(ui_data, tmp_path / "restart.log").start()
+    try:
+        pg = browser.new_page(viewport={"width": 1280, "height": 900})
+        pg.goto(srv.url)
+        pg.get_by_role("tab", name="Settings").click()
+        pg.get_by_role("tab", name="Saving images").click()
+        pick(pg, "setting_samples_format", "jpg")
+        pg.click("#settings_submit")
+        expect(pg.locator("#settings_result")).to_contain_text("samples_format")
+        pg.close()
+    finally:
+        srv.stop()
+    assert json.loads((ui_data / "config.json").read_text())["samples_format"] == "jpg"
+    srv = Server(ui_data, tmp_path / "restart2.log").start()
+    try:
+        pg = browser.new_page()
+        pg.goto(srv.url)
+        pg.get_by_role("tab", name="Settings").click()
+        pg.get_by_role("tab", name="Saving images").click()
+        expect(pg.locator("#setting_samples_format input[role=combobox]")).to_have_value("jpg")
+        pg.close()
+    finally:
+        srv.stop()
+        cfg = json.loads((ui_data / "config.json").read_text())
+        cfg["samples_format"] = "png"
+        (ui_data / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_screenshots_of_every_tab(browser, server, artifacts, theme):
+    pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    pg.goto(f"{server.url}/?__theme={theme}")
+    pg.wait_for_selector("#txt2img_prompt textarea")
+    for tab in ("txt2img", "img2img", "Extras", "PNG Info", "Models", "Settings"):
+        pg.get_by_role("tab", name=tab, exact=True).first.click()
+        pg.wait_for_timeout(400)
+        pg.screenshot(path=str(artifacts / f"{tab.replace(' ', '_')}-{theme}.png"), full_page=True)
+    pg.set_viewport_size({"width": 390, "height": 844})
+    pg.get_by_role("tab", name="txt2img", exact=True).first.click()
+    pg.screenshot(path=str(artifacts / f"phone-{theme}.png"), full_page=True)
+    pg.close()
+    assert len(list(artifacts.glob(f"*-{theme}.png"))) == 7
