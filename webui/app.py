@@ -98,8 +98,18 @@ def create_ui(engine: Engine) -> gr.Blocks:
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 other_tabs.build_settings(engine)
         _wire_sending(t2i, i2i, extras, png, tabs)
+        demo.load(lambda: _current_checkpoint(engine), None, ckpt, queue=False, show_progress="hidden")
     cfg.save()
     return demo
+
+
+def _current_checkpoint(engine: Engine):
+    """A page opened later shows the checkpoint in use now, not the one at start-up."""
+    model = engine.models.current
+    titles = engine.registry.titles()
+    title = model.title if model else engine.settings.get("sd_model_checkpoint", None)
+    info = engine.registry.get(title) if title else None
+    return gr.update(choices=titles, value=info.title if info else (titles[0] if titles else None))
 
 
 def _selected_image(images, index):
