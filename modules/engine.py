@@ -15,6 +15,8 @@ from modules.hashes import HashCache
 from modules.jobs import JobQueue, JobState
 from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointRegistry
+from modules.networks.embeddings import EmbeddingDatabase
+from modules.networks.lora import LoraRegistry
 from modules.paths import Paths
 from modules.processing import GenerationResult, OutputDirs, ProcessingContext
 from modules.request_types import GenerationRequest, Img2ImgRequest, RequestError, Txt2ImgRequest
@@ -32,6 +34,8 @@ class Engine:
     models: ModelManager
     state: JobState
     queue: JobQueue
+    loras: Any = None  # modules.networks.lora.LoraRegistry (models/Lora + models/LyCORIS)
+    embeddings: Any = None  # modules.networks.embeddings.EmbeddingDatabase (embeddings/, textual inversion)
 
     @classmethod
     def create(cls, paths: Paths, settings: Settings | None = None, device_config: devices.DeviceConfig | None = None,
@@ -42,7 +46,11 @@ class Engine:
         registry = CheckpointRegistry(paths, HashCache(paths.cache_file), no_hashing=no_hashing)
         registry.refresh()
         models = ModelManager(registry, settings, paths, device_config)
-        return cls(paths, settings, device_config, registry, models, JobState(), JobQueue())
+        loras = LoraRegistry.from_paths(paths, registry.hash_cache)
+        loras.refresh()
+        engine = cls(paths, settings, device_config, registry, models, JobState(), JobQueue(), loras)
+        engine.embeddings = EmbeddingDatabase(paths.embeddings_dir)
+        return engine
 
     @classmethod
     def from_args(cls, ns, paths: Paths | None = None) -> "Engine":
@@ -72,7 +80,8 @@ class Engine:
                 with self._overrides(req.override_settings, req.override_settings_restore_afterwards) as options:
                     model = self.models.get(options.get("sd_model_checkpoint") if req.override_settings.get(
                         "sd_model_checkpoint") else None)
-                    ctx = ProcessingContext(model=model, options=options, outputs=self._outputs(req))
+                    ctx = ProcessingContext(model=model, options=options, outputs=self._outputs(req), loras=self.loras,
+                                            embeddings=self.embeddings)
                     ctx.state = self.state
                     return processing.run_request(ctx, req)
             finally:

@@ -80,6 +80,8 @@ def _unet_inputs(job: SamplingJob, cond: Conditioning, uncond: Conditioning | No
 def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tensor:
     """One classifier-free-guided UNet evaluation (diffusers' order: uncond + g * (cond - uncond))."""
     cond, uncond = job.conditioning_at(step) if job.conditioning_at else (job.cond, job.uncond)
+    if getattr(cond, "owners", None):
+        return _denoise_multi(job, latents, t, step, cond, uncond)
     embeds, added = _unet_inputs(job, cond, uncond)
     x = torch.cat([latents] * 2) if job.use_cfg else latents
     x = job.scheduler.scale_model_input(x, t)
@@ -92,6 +94,50 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
     if job.use_cfg:
         noise_uncond, noise_cond = noise_pred.chunk(2)
         noise_pred = noise_uncond + job.cfg_scale * (noise_cond - noise_uncond)
+    for hook in job.cfg_hooks:
+        noise_pred = hook(noise_pred, latents, t, step) or noise_pred
+    return noise_pred
+
+
+def _denoise_multi(job: SamplingJob, latents: torch.Tensor, t, step: int, cond, uncond) -> torch.Tensor:
+    """`AND` prompts (a MultiConditioning): one UNet row per prompt part, combined as A1111's CFGDenoiser:
+    noise[b] = uncond[b] + sum_k w_k * cfg * (cond_k - uncond[b]) over the parts k of image b."""
+    owners = torch.tensor(cond.owners, device=latents.device)
+    weights = cond.weights
+    batch = latents.shape[0]
+    use_cfg = job.use_cfg
+    rows = [latents[owners]]
+    embeds, pooled = [cond.embeds], [cond.pooled]
+    time_ids = None if job.time_ids is None else [job.time_ids[owners]]
+    if use_cfg:
+        rows.insert(0, latents)
+        embeds.insert(0, uncond.embeds)
+        pooled.insert(0, uncond.pooled)
+        if time_ids is not None:
+            time_ids.insert(0, job.uncond_time_ids)
+    x = job.scheduler.scale_model_input(torch.cat(rows), t)
+    if job.inpaint is not None and job.inpaint.masked_image_latents is not None:
+        mask, masked = job.inpaint.mask[owners], job.inpaint.masked_image_latents[owners]
+        if use_cfg:
+            mask = torch.cat([job.inpaint.mask, mask])
+            masked = torch.cat([job.inpaint.masked_image_latents, masked])
+        x = torch.cat([x, mask, masked], dim=1)
+    added = None if cond.pooled is None else {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(time_ids)}
+    out = job.unet(x, t, encoder_hidden_states=torch.cat(embeds), added_cond_kwargs=added, return_dict=False)[0]
+    if use_cfg:
+        noise_uncond, noise_cond = out[:batch], out[batch:]
+        noise_pred = noise_uncond.clone()
+        for k, (b, w) in enumerate(zip(cond.owners, weights)):
+            noise_pred[b] += (noise_cond[k] - noise_uncond[b]) * (w * job.cfg_scale)
+    else:  # no uncond to guide against: the weighted mean of the parts
+        noise_pred = torch.zeros_like(latents, dtype=out.dtype)
+        total = [0.0] * batch
+        for k, (b, w) in enumerate(zip(cond.owners, weights)):
+            noise_pred[b] += out[k] * w
+            total[b] += w
+        for b in range(batch):
+            if total[b]:
+                noise_pred[b] /= total[b]
     for hook in job.cfg_hooks:
         noise_pred = hook(noise_pred, latents, t, step) or noise_pred
     return noise_pred
