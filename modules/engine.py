@@ -16,6 +16,7 @@ from modules.jobs import JobQueue, JobState
 from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointRegistry
 from modules.networks.embeddings import EmbeddingDatabase
+from modules.styles import StyleDatabase
 from modules.networks.lora import LoraRegistry
 from modules.paths import Paths
 from modules.processing import GenerationResult, OutputDirs, ProcessingContext
@@ -36,6 +37,7 @@ class Engine:
     queue: JobQueue
     loras: Any = None  # modules.networks.lora.LoraRegistry (models/Lora + models/LyCORIS)
     embeddings: Any = None  # modules.networks.embeddings.EmbeddingDatabase (embeddings/, textual inversion)
+    styles: Any = None  # modules.styles.StyleDatabase (styles.csv)
 
     @classmethod
     def create(cls, paths: Paths, settings: Settings | None = None, device_config: devices.DeviceConfig | None = None,
@@ -50,6 +52,7 @@ class Engine:
         loras.refresh()
         engine = cls(paths, settings, device_config, registry, models, JobState(), JobQueue(), loras)
         engine.embeddings = EmbeddingDatabase(paths.embeddings_dir)
+        engine.styles = StyleDatabase.from_paths(paths)
         return engine
 
     @classmethod
@@ -74,6 +77,8 @@ class Engine:
     def generate(self, req: GenerationRequest) -> GenerationResult:
         """Wait for our turn, then run the request. Bad requests raise RequestError before any work is done."""
         req.validate()
+        if req.styles and self.styles is not None:
+            self.styles.apply_to_request(req)
         with self.queue.turn():
             self.state.begin(req.mode, req.n_iter)
             try:

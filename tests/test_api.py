@@ -502,3 +502,37 @@ def test_api_only_auth_and_server_stop(tmp_path, tiny_models):
         assert srv.proc.returncode is not None
     finally:
         srv.stop()
+
+
+def test_loras_embeddings_and_styles_are_listed(api):
+    import torch
+    from safetensors.torch import save_file
+
+    data = api.data_dir
+    (data / "models" / "Lora").mkdir(parents=True, exist_ok=True)
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(32, 4)},
+              str(data / "models" / "Lora" / "tiny_style.safetensors"))
+    (data / "embeddings").mkdir(exist_ok=True)
+    save_file({"emb_params": torch.randn(2, 64)}, str(data / "embeddings" / "mytoken.safetensors"))
+    save_file({"emb_params": torch.randn(1, 999)}, str(data / "embeddings" / "wrongwidth.safetensors"))
+    (data / "styles.csv").write_text("name,prompt,negative_prompt\nnoir,\"film noir, {prompt}\",color\n")
+
+    assert api.post("/refresh-loras").status_code == 200
+    loras = api.get("/loras").json()
+    assert [entry["name"] for entry in loras] == ["tiny_style"]
+    assert api.post("/refresh-embeddings").status_code == 200
+    emb = api.get("/embeddings").json()
+    assert emb["loaded"]["mytoken"]["vectors"] == 2 and "wrongwidth" in emb["skipped"]
+    assert api.get("/prompt-styles").json() == [{"name": "noir", "prompt": "film noir, {prompt}",
+                                                  "negative_prompt": "color"}]
+
+
+def test_request_caps_are_configurable(api):
+    assert api.post("/options", json={"api_max_steps": 10}).status_code == 200
+    try:
+        r = api.post("/txt2img", json={"steps": 20, "width": 64, "height": 64})
+        assert r.status_code == 422 and "api_max_steps" in r.json()["detail"]
+    finally:
+        assert api.post("/options", json={"api_max_steps": 150}).status_code == 200
+    assert api.post("/txt2img", json={"steps": 2, "width": 64, "height": 64}).status_code == 200

@@ -355,3 +355,17 @@ def test_inpainting_model_also_does_txt2img_and_plain_img2img(tmp_path, tiny_mod
     assert r.images[0].size == (64, 64)
     r = eng.img2img({**BASE, "init_images": [_init()], "do_not_save_samples": True})
     assert r.images[0].size == (64, 64)
+
+
+def test_styles_from_styles_csv_apply_to_requests(data_dir):
+    from modules import cmd_args
+    from modules.engine import Engine
+    from modules.paths import Paths
+
+    (data_dir / "styles.csv").write_text('name,prompt,negative_prompt\nfilm,"analog film, {prompt}, grain",lowres\n'
+                                         'sharp,"highly detailed",\n')
+    eng = Engine.create(Paths.from_args(cmd_args.parse_args(["--data-dir", str(data_dir)], env={})))
+    assert eng.styles.names() == ["film", "sharp"]
+    r = eng.txt2img({**BASE, "prompt": "a cat", "negative_prompt": "ugly", "styles": ["film", "sharp"],
+                     "do_not_save_samples": True})
+    assert r.infotexts[0].startswith("analog film, a cat, grain, highly detailed\nNegative prompt: ugly, lowres\n")

@@ -20,6 +20,7 @@ from modules.processing import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
 from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest
 from modules.resize import RESIZE_MODES
 from modules.sampling import samplers
+from webui import extra_networks_panel
 from webui.runner import run_streaming
 from webui.ui_config import UiConfig
 
@@ -66,7 +67,7 @@ class Controls:
         return {name: value for (name, _), value in zip(self.fields, values)}
 
 
-def _prompt_row(c: Controls, cfg: UiConfig):
+def _prompt_row(c: Controls, cfg: UiConfig, engine):
     tab = c.tab
     with gr.Row(elem_id=f"{tab}_toprow"):
         with gr.Column(scale=6):
@@ -85,8 +86,37 @@ def _prompt_row(c: Controls, cfg: UiConfig):
                 c.extra["skip"] = gr.Button("Skip", elem_id=f"{tab}_skip", size="sm")
             with gr.Row():
                 c.extra["paste"] = gr.Button("↙️", elem_id=f"{tab}_paste", size="sm")
+    _styles_row(c, engine)
     c.prompt.change(token_count, c.prompt, counter, show_progress="hidden", queue=False)
     c.negative.change(token_count, c.negative, neg_counter, show_progress="hidden", queue=False)
+
+
+def _styles_row(c: Controls, engine):
+    """A1111's styles: chosen styles are applied at generation; 📋 writes them into the prompt; 💾 saves one."""
+    from modules.styles import PromptStyle
+
+    tab = c.tab
+    db = engine.styles
+    with gr.Row(elem_id=f"{tab}_styles_row"):
+        styles = c.add("styles", gr.Dropdown(db.names(), value=[], multiselect=True, label="Styles",
+                                             elem_id=f"{tab}_styles", scale=4))
+        apply = gr.Button("📋 Apply", elem_id=f"{tab}_style_apply", size="sm", scale=0, min_width=80)
+        name = gr.Textbox(label="New style name", elem_id=f"{tab}_style_name", scale=2, max_lines=1)
+        save = gr.Button("💾 Save", elem_id=f"{tab}_style_create", size="sm", scale=0, min_width=80)
+
+    def do_apply(prompt, negative, chosen):
+        new_prompt, new_negative = db.apply(prompt or "", negative or "", chosen or [])
+        return new_prompt, new_negative, []
+
+    def do_save(title, prompt, negative):
+        title = (title or "").strip()
+        if not title:
+            return gr.update(), gr.update()
+        db.save_style(PromptStyle(title, prompt or "", negative or ""))
+        return gr.update(choices=db.names()), ""
+
+    apply.click(do_apply, [c.prompt, c.negative, styles], [c.prompt, c.negative, styles], queue=False)
+    save.click(do_save, [name, c.prompt, c.negative], [styles, name], queue=False)
 
 
 def _sampling_params(c: Controls, cfg: UiConfig, engine, is_img2img: bool):
@@ -224,7 +254,8 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
 def build_txt2img(engine, cfg: UiConfig) -> Controls:
     c = Controls(tab="txt2img")
     c.extra["last_seed"] = gr.State(None)
-    _prompt_row(c, cfg)
+    _prompt_row(c, cfg, engine)
+    extra_networks_panel.build_extra_networks(engine, c.tab, c.prompt)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, elem_id="txt2img_settings"):
             _sampling_params(c, cfg, engine, is_img2img=False)
@@ -244,7 +275,8 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
     c = Controls(tab="img2img")
     c.extra["last_seed"] = gr.State(None)
     mode = gr.State("img2img")
-    _prompt_row(c, cfg)
+    _prompt_row(c, cfg, engine)
+    extra_networks_panel.build_extra_networks(engine, c.tab, c.prompt)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, elem_id="img2img_settings"):
             with gr.Tabs(elem_id="mode_img2img") as subtabs:

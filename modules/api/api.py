@@ -146,8 +146,16 @@ _FLOAT_LIMITS = {
 }
 
 
-def check_request(req) -> None:
-    """Range checks the dataclasses leave to processing, and the sampler / upscaler / script names."""
+def check_request(req, settings=None) -> None:
+    """Range checks the dataclasses leave to processing, the configurable caps (api_max_steps, api_max_batch_size,
+    api_max_n_iter), and the sampler / upscaler / script names."""
+    if settings is not None:
+        for name, option in (("steps", "api_max_steps"), ("batch_size", "api_max_batch_size"),
+                             ("n_iter", "api_max_n_iter")):
+            cap = int(settings.get(option, 0) or 0)
+            v = getattr(req, name, None)
+            if cap and v is not None and v > cap:
+                raise ApiError(422, f"{name} {v} is more than this server allows ({option} = {cap})")
     for name, (lo, hi) in _INT_LIMITS.items():
         v = getattr(req, name, None)
         if v is not None and not lo <= v <= hi:
@@ -220,8 +228,8 @@ class Api:
         r.add_api_route("/hypernetworks", self.empty_list, methods=["GET"])
         r.add_api_route("/face-restorers", self.empty_list, methods=["GET"])
         r.add_api_route("/realesrgan-models", self.empty_list, methods=["GET"])
-        r.add_api_route("/prompt-styles", self.empty_list, methods=["GET"])
-        r.add_api_route("/loras", self.empty_list, methods=["GET"])
+        r.add_api_route("/prompt-styles", self.prompt_styles, methods=["GET"])
+        r.add_api_route("/loras", self.loras, methods=["GET"])
         r.add_api_route("/embeddings", self.embeddings, methods=["GET"])
         r.add_api_route("/scripts", self.scripts, methods=["GET"])
         r.add_api_route("/script-info", self.empty_list, methods=["GET"])
@@ -229,8 +237,8 @@ class Api:
         r.add_api_route("/memory", self.memory, methods=["GET"])
         r.add_api_route("/refresh-checkpoints", self.refresh_checkpoints, methods=["POST"])
         r.add_api_route("/refresh-vae", self.nothing, methods=["POST"])
-        r.add_api_route("/refresh-loras", self.nothing, methods=["POST"])
-        r.add_api_route("/refresh-embeddings", self.nothing, methods=["POST"])
+        r.add_api_route("/refresh-loras", self.refresh_loras, methods=["POST"])
+        r.add_api_route("/refresh-embeddings", self.refresh_embeddings, methods=["POST"])
         r.add_api_route("/unload-checkpoint", self.unload_checkpoint, methods=["POST"])
         r.add_api_route("/reload-checkpoint", self.reload_checkpoint, methods=["POST"])
         if getattr(self.args, "api_server_stop", False):
@@ -270,7 +278,7 @@ class Api:
             req = cls.from_dict(data)
         except RequestError as e:
             raise ApiError(422, str(e), "RequestError") from None
-        check_request(req)
+        check_request(req, self.engine.settings)
         return req, raw_images
 
     def _apply_infotext(self, data: dict) -> None:
@@ -441,7 +449,39 @@ class Api:
         return []
 
     def embeddings(self):
-        return {"loaded": {}, "skipped": {}}
+        db = self.engine.embeddings
+        if db is None:
+            return {"loaded": {}, "skipped": {}}
+        db.load(self.engine.models.current)
+
+        def describe(e):
+            return {"step": e.step, "sd_checkpoint": e.sd_checkpoint, "sd_checkpoint_name": e.sd_checkpoint_name,
+                    "shape": e.shape, "vectors": e.vectors}
+
+        return {"loaded": {n: describe(e) for n, e in db.word_embeddings.items()},
+                "skipped": {n: describe(e) for n, e in db.skipped_embeddings.items()}}
+
+    def refresh_embeddings(self):
+        if self.engine.embeddings is not None:
+            self.engine.embeddings.refresh(self.engine.models.current)
+
+    def loras(self):
+        registry = self.engine.loras
+        if registry is None:
+            return []
+        return [{"name": f.name, "alias": f.alias, "path": str(f.path), "metadata": {}} for f in registry.list()]
+
+    def refresh_loras(self):
+        if self.engine.loras is not None:
+            self.engine.loras.refresh()
+
+    def prompt_styles(self):
+        db = self.engine.styles
+        if db is None:
+            return []
+        db.reload()  # styles.csv may have been edited by hand, as in A1111
+        return [{"name": st.name, "prompt": st.prompt, "negative_prompt": st.negative_prompt}
+                for st in db.styles.values()]
 
     def scripts(self):
         return {"txt2img": [], "img2img": []}
