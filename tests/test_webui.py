@@ -199,6 +199,7 @@ def test_inpaint_with_painted_mask_keeps_outside_pixels(page, ui_data, tmp_path)
     page.get_by_role("tab", name="img2img").click()
     page.get_by_role("tab", name="Inpaint", exact=True).click()
     page.locator("#img2maskimg input[type=file]").set_input_files(str(src))
+    expect(page.locator("#img2maskimg").get_by_text("Upload an image")).to_be_hidden()  # the picture is in
     canvas = page.locator("#img2maskimg canvas").first
     expect(canvas).to_be_visible()
     page.wait_for_timeout(1500)
@@ -228,6 +229,7 @@ def test_outpaint_extends_the_canvas(page, ui_data, tmp_path):
     init.save(src)
     page.get_by_role("tab", name="img2img").click()
     page.locator("#img2img_image input[type=file]").set_input_files(str(src))
+    expect(page.locator("#img2img_image img").first).to_be_visible()  # the upload has landed
     page.fill("#img2img_prompt textarea", "wider")
     page.locator("#img2img_outpaint").get_by_text("Outpaint").first.click()
     page.locator("#img2img_outpaint_right input").fill("32")
