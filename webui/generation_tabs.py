@@ -192,6 +192,7 @@ def _results(c: Controls):
     c.preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id=f"{tab}_live_preview",
                          format="png", height=160)
     c.gallery = gr.Gallery(label="Output", columns=4, format="png", elem_id=f"{tab}_gallery", height=480,
+                           interactive=False,
                            object_fit="contain", preview=True)
     c.infotexts = gr.State([])
     c.selected = gr.State(0)
