@@ -232,7 +232,17 @@ def paste_updates(c: Controls, text: str) -> list:
     if not text or not text.strip():
         return [gr.update() for _ in c.fields]
     fields = infotext_mod.infotext_to_request_fields(infotext_mod.parse_generation_parameters(text))
-    return [gr.update(value=fields[name]) if name in fields else gr.update() for name, _ in c.fields]
+    return [gr.update(value=_ui_value(comp, fields[name])) if name in fields else gr.update()
+            for name, comp in c.fields]
+
+
+def _ui_value(component, value):
+    """Request values → what the control shows: index radios (resize mode, masked content...) take their label."""
+    if isinstance(component, gr.Radio) and getattr(component, "type", None) == "index" and not isinstance(value, str):
+        labels = [choice[0] if isinstance(choice, (list, tuple)) else choice for choice in component.choices]
+        index = int(value)
+        return labels[index] if 0 <= index < len(labels) else labels[0]
+    return value
 
 
 def _clean(values: dict[str, Any]) -> dict[str, Any]:
