@@ -75,8 +75,8 @@ def build_extras():
             out = postprocessing.upscale(img, name, factor, int(w or 0), int(h or 0))
         except USER_ERRORS as e:
             return None, error_html(str(e))
-        out.image.info["parameters"] = out.infotext
-        return out.image, info_html(out.infotext)
+        text = "\n".join(t for t in (out.original_infotext, out.params_text) if t)
+        return out.image, info_html(text)
 
     run.click(go, [image, scale, to_w, to_h, upscaler], [result, info], concurrency_id="generate")
     return {"image": image}

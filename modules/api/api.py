@@ -33,6 +33,7 @@ from modules import infotext as infotext_mod
 from modules.api import models
 from modules.models.manager import ModelNotFoundError
 from modules.models.registry import list_vaes
+from modules import postprocessing
 from modules.processing import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
 from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest, decode_image
 from modules.sampling import samplers
@@ -534,40 +535,20 @@ class Api:
     # -- extras and PNG info -------------------------------------------------------------------------------------
 
     def _upscale(self, image: Image.Image, req: models.ExtrasBaseRequest) -> tuple[Image.Image, str | None, str]:
-        for name in (req.upscaler_1, req.upscaler_2):
-            if name not in PIXEL_UPSCALERS:
-                raise ApiError(400, f"upscaler {name!r} not found; available: {', '.join(PIXEL_UPSCALERS)}")
         if req.gfpgan_visibility > 0 or req.codeformer_visibility > 0:
             raise ApiError(422, "face restoration (GFPGAN/CodeFormer) is not available")
-        info = images_mod.read_infotext(image)
-        if req.resize_mode == 1:
-            tw, th = req.upscaling_resize_w, req.upscaling_resize_h
-            scale = max(tw / image.width, th / image.height)
-        else:
-            scale = req.upscaling_resize
-            tw, th = int(image.width * scale), int(image.height * scale)
-        sw, sh = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-        if max(sw, sh, tw, th) > MAX_DIM:
-            raise ApiError(422, f"the upscaled image would be {sw}x{sh}; the limit is {MAX_DIM} per side")
-        out = image
-        params = {}
-        if req.upscaler_1 != "None":
-            work = image.convert("RGB") if image.mode not in ("RGB", "RGBA") else image
-            out = work.resize((sw, sh), PIXEL_UPSCALERS[req.upscaler_1])
-            if req.upscaler_2 != "None" and req.extras_upscaler_2_visibility > 0:
-                second = work.resize((sw, sh), PIXEL_UPSCALERS[req.upscaler_2])
-                out = Image.blend(out.convert("RGB"), second.convert("RGB"), req.extras_upscaler_2_visibility)
-                params["Postprocess upscaler 2"] = req.upscaler_2
-            if req.resize_mode == 1 and req.upscaling_crop and (sw, sh) != (tw, th):
-                left, top = (sw - tw) // 2, (sh - th) // 2
-                out = out.crop((left, top, left + tw, top + th))
-            params = {"Postprocess upscale by" if req.resize_mode == 0 else "Postprocess upscale to":
-                      req.upscaling_resize if req.resize_mode == 0 else f"{tw}x{th}",
-                      "Postprocess upscaler": req.upscaler_1, **params}
-        html = ", ".join(f"{k}: {v}" for k, v in params.items())
-        if html:  # A1111 keeps `parameters` and adds a `postprocessing` text chunk
-            out.info = {**{k: v for k, v in (image.info or {}).items() if isinstance(v, str)}, "postprocessing": html}
-        return out, info, f"<p>{html}</p>" if html else ""
+        to_size = req.resize_mode == 1
+        try:
+            done = postprocessing.upscale(
+                image, req.upscaler_1, req.upscaling_resize, req.upscaling_resize_w if to_size else 0,
+                req.upscaling_resize_h if to_size else 0, upscaler_2=req.upscaler_2,
+                upscaler_2_visibility=req.extras_upscaler_2_visibility, crop=req.upscaling_crop)
+        except postprocessing.UnknownUpscalerError as e:
+            raise ApiError(400, str(e)) from None
+        except ValueError as e:
+            raise ApiError(422, str(e)) from None
+        text = done.params_text
+        return done.image, done.original_infotext, f"<p>{text}</p>" if text else ""
 
     def extras_single(self, req: models.ExtrasSingleImageRequest):
         if not req.image:
