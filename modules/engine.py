@@ -22,6 +22,7 @@ from modules.paths import Paths
 from modules.processing import GenerationResult, OutputDirs, ProcessingContext
 from modules.request_types import GenerationRequest, Img2ImgRequest, RequestError, Txt2ImgRequest
 from modules.settings import Settings
+from modules.upscaling import UpscalerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class Engine:
     loras: Any = None  # modules.networks.lora.LoraRegistry (models/Lora + models/LyCORIS)
     embeddings: Any = None  # modules.networks.embeddings.EmbeddingDatabase (embeddings/, textual inversion)
     styles: Any = None  # modules.styles.StyleDatabase (styles.csv)
+    scripts: Any = None  # modules.scripts.ScriptRunners, once extensions are loaded (modules/extension_runtime.py)
+    extension_errors: list = None  # type: ignore[assignment]  messages about extensions that failed to load
+    upscalers: Any = None  # modules.upscaling.UpscalerRegistry (Lanczos, Nearest, models/ESRGAN, …)
 
     @classmethod
     def create(cls, paths: Paths, settings: Settings | None = None, device_config: devices.DeviceConfig | None = None,
@@ -53,6 +57,7 @@ class Engine:
         engine = cls(paths, settings, device_config, registry, models, JobState(), JobQueue(), loras)
         engine.embeddings = EmbeddingDatabase(paths.embeddings_dir)
         engine.styles = StyleDatabase.from_paths(paths)
+        engine.upscalers = UpscalerRegistry.from_paths(paths, device_config, settings)
         return engine
 
     @classmethod
@@ -74,23 +79,38 @@ class Engine:
             req = Img2ImgRequest.from_dict(req)
         return self.generate(req)
 
-    def generate(self, req: GenerationRequest) -> GenerationResult:
-        """Wait for our turn, then run the request. Bad requests raise RequestError before any work is done."""
+    def generate(self, req: GenerationRequest, script_args: list | None = None) -> GenerationResult:
+        """Wait for our turn, then run the request (with the tab's scripts when extensions are loaded).
+
+        `script_args`: the UI's flat script-arguments list; API requests name scripts in `script_name` /
+        `alwayson_scripts` instead. Bad requests raise RequestError before any work is done."""
         req.validate()
         if req.styles and self.styles is not None:
             self.styles.apply_to_request(req)
         with self.queue.turn():
             self.state.begin(req.mode, req.n_iter)
             try:
-                with self._overrides(req.override_settings, req.override_settings_restore_afterwards) as options:
-                    model = self.models.get(options.get("sd_model_checkpoint") if req.override_settings.get(
-                        "sd_model_checkpoint") else None)
-                    ctx = ProcessingContext(model=model, options=options, outputs=self._outputs(req), loras=self.loras,
-                                            embeddings=self.embeddings)
-                    ctx.state = self.state
-                    return processing.run_request(ctx, req)
+                if self.scripts is None:
+                    if req.script_name or req.alwayson_scripts:
+                        raise RequestError("scripts are not available (extensions are not loaded)")
+                    return self.process(req)
+                from modules.processing_compat import run_with_scripts
+
+                return run_with_scripts(self, self.scripts.for_mode(req.mode), req, script_args)
             finally:
                 self.state.end()
+
+    def process(self, req: GenerationRequest, hooks: processing.ProcessingHooks = processing.NO_HOOKS
+                ) -> GenerationResult:
+        """Run one request now (the caller holds the queue turn): its override_settings, its model, the loop."""
+        with self._overrides(req.override_settings, req.override_settings_restore_afterwards) as options:
+            model = self.models.get(options.get("sd_model_checkpoint") if req.override_settings.get(
+                "sd_model_checkpoint") else None)
+            ctx = ProcessingContext(model=model, options=options, outputs=self._outputs(req), loras=self.loras,
+                                    embeddings=self.embeddings, upscalers=self.upscalers,
+                                    upscale=self.upscalers.upscale_to if self.upscalers else None, hooks=hooks)
+            ctx.state = self.state
+            return processing.run_request(ctx, req)
 
     @contextmanager
     def _overrides(self, overrides: dict[str, Any], restore: bool):

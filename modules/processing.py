@@ -27,6 +27,7 @@ from modules.request_types import GenerationRequest, Img2ImgRequest, RequestErro
 from modules.resize import LATENT_RESIZE, resize_image
 from modules.sampling import conditioning as cond_mod
 from modules.sampling import samplers
+from modules.sampling import loop as loop_hooks
 from modules.sampling.loop import InpaintLatents, Interrupted, SamplingJob, Skipped, StepInfo, sample
 from modules.version import VERSION
 
@@ -51,6 +52,61 @@ class OutputDirs:
 
 
 @dataclass
+class RunState:
+    """The parts of a job that extensions may change before and between batches (A1111's `p.all_prompts`,
+    `p.all_seeds`, `p.n_iter`, `p.extra_generation_params`, …). `_run` reads them back after every hook."""
+
+    all_prompts: list[str]
+    all_negative_prompts: list[str]
+    all_seeds: list[int]
+    all_subseeds: list[int]
+    batch_size: int
+    n_iter: int
+    extra: dict[str, Any]
+    iteration: int = 0
+    prompts: list[str] = field(default_factory=list)
+    negative_prompts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)
+
+
+class ProcessingHooks:
+    """Where extensions take part in a generation (implemented by `modules.scripts`); these defaults do nothing,
+    so a job without extensions runs exactly as before."""
+
+    def process(self, run: RunState) -> None:
+        """Prompts and seeds of the whole job are known; nothing has been sampled yet."""
+
+    def before_batch(self, run: RunState) -> None:
+        """`run.prompts`/`seeds` of batch `run.iteration` are set; they may be edited in place."""
+
+    def process_batch(self, run: RunState) -> None:
+        """Extra networks of this batch are active; sampling starts next."""
+
+    def sampling(self) -> "loop_hooks.SamplingHooks | None":
+        """Per-step hooks for the sampling loop (A1111's cfg_denoiser callbacks), or None."""
+        return None
+
+    def after_batch(self, run: RunState, images: list[Image.Image]) -> list[Image.Image]:
+        """The batch's decoded pictures; may return replacements."""
+        return images
+
+    def image(self, run: RunState, index: int, image: Image.Image) -> Image.Image:
+        """One finished picture before it is saved; may return a replacement."""
+        return image
+
+    def before_hires(self, run: RunState) -> None:
+        """The first pass is done; the hires pass starts next."""
+
+    def save_image(self, save: Callable[..., Path], image: Image.Image, infotext: str | None, **kw) -> Path:
+        """Save one picture (extensions see it before and after, and may change its metadata)."""
+        return save(image, infotext=infotext, **kw)
+
+
+NO_HOOKS = ProcessingHooks()
+
+
+@dataclass
 class ProcessingContext:
     """What one generation needs besides the request: the model, effective options, where to save, progress."""
 
@@ -61,6 +117,9 @@ class ProcessingContext:
     preview: Callable[[torch.Tensor], Image.Image] | None = None
     embeddings: Any = None  # modules.networks.embeddings.EmbeddingDatabase (textual inversion), if any
     loras: Any = None  # modules.networks.lora.LoraRegistry
+    hooks: ProcessingHooks = NO_HOOKS
+    upscale: Callable[[Image.Image, str, int, int], Image.Image] | None = None  # pixel upscaler by name, if any
+    upscalers: Any = None  # modules.upscaling.UpscalerRegistry: hires fix's model upscalers (ESRGAN…) by name
 
     def opt(self, name: str, default: Any = None) -> Any:
         return self.options.get(name, default)
@@ -267,6 +326,8 @@ class Generation:
         self.text_options = cond_mod.TextOptions.from_options(ctx.opt)
         self.use_old_scheduling = bool(ctx.opt("use_old_scheduling", False))
         self.embeddings = ctx.embeddings
+        self.hooks = ctx.hooks
+        self.run: RunState | None = None
         if self.embeddings is not None:
             self.embeddings.load(self.model)  # picks up new/changed files, checks them against this model
         self.used_embeddings: dict = {}  # name → Embedding, for "TI hashes"
@@ -361,7 +422,7 @@ class Generation:
             cfg_scale=req.cfg_scale,
             step_kwargs=bundle.step_kwargs(generator=gens, eta=self._eta(bundle)),
             inpaint=inpaint_latents, on_step=self._on_step,
-            conditioning_at=prompt_schedule.at if prompt_schedule.varies else None,
+            conditioning_at=prompt_schedule.at if prompt_schedule.varies else None, hooks=self.hooks.sampling(),
         )
         if model.is_sdxl:
             aest = model.family == "sdxl_refiner"
@@ -453,35 +514,45 @@ def _seeds(req: GenerationRequest) -> tuple[int, int, list[int], list[int]]:
 def _run(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, height: int, extra: dict[str, Any],
          denoising: float | None) -> GenerationResult:
     """The batch loop shared by txt2img and img2img: n_iter batches, progress, saving, interrupt/skip, grid."""
-    req, model, state = gen.req, gen.model, ctx.state
+    req, model, state, hooks = gen.req, gen.model, ctx.state, ctx.hooks
     started = time.time()
     seed, subseed, all_seeds, all_subseeds = _seeds(req)
     total = req.batch_size * req.n_iter
-    all_prompts = [req.prompt] * total
-    all_negatives = [req.negative_prompt] * total
+    run = RunState([req.prompt] * total, [req.negative_prompt] * total, all_seeds, all_subseeds, req.batch_size,
+                   req.n_iter, dict(extra))
+    hooks.process(run)
+    gen.run = run
+    all_prompts, all_negatives = run.all_prompts, run.all_negative_prompts
     save = ctx.outputs is not None and not req.do_not_save_samples and ctx.opt("samples_save", True)
     fmt = ctx.opt("samples_format", "png")
     networks = extra_networks.activate(ctx, model, all_prompts)  # tags stripped; LoRAs patched in (or removed)
-    extra = {**extra, **networks.infotext}
+    run.extra.update(networks.infotext)
 
     result = GenerationResult(
-        images=[], infotexts=[], all_prompts=all_prompts, all_negative_prompts=all_negatives, all_seeds=all_seeds,
-        all_subseeds=all_subseeds, seed=seed, subseed=subseed, subseed_strength=req.subseed_strength, width=width,
-        height=height, sampler_name=gen.sampler.name, scheduler=gen.schedule.label, cfg_scale=req.cfg_scale,
-        steps=req.steps, batch_size=req.batch_size, n_iter=req.n_iter, denoising_strength=denoising,
-        sd_model_name=Path(model.name).stem, sd_model_hash=model.shorthash, sd_vae_name=model.vae_name,
-        sd_vae_hash=model.vae_hash, clip_skip=gen.clip_skip, prompt=req.prompt, negative_prompt=req.negative_prompt,
-        extra_generation_params=dict(extra), warnings=list(networks.warnings),
+        images=[], infotexts=[], all_prompts=all_prompts, all_negative_prompts=all_negatives,
+        all_seeds=run.all_seeds, all_subseeds=run.all_subseeds, seed=run.all_seeds[0] if run.all_seeds else seed,
+        subseed=run.all_subseeds[0] if run.all_subseeds else subseed, subseed_strength=req.subseed_strength,
+        width=width, height=height, sampler_name=gen.sampler.name, scheduler=gen.schedule.label,
+        cfg_scale=req.cfg_scale, steps=req.steps, batch_size=run.batch_size, n_iter=run.n_iter,
+        denoising_strength=denoising, sd_model_name=Path(model.name).stem, sd_model_hash=model.shorthash,
+        sd_vae_name=model.vae_name, sd_vae_hash=model.vae_hash, clip_skip=gen.clip_skip, prompt=req.prompt,
+        negative_prompt=req.negative_prompt, extra_generation_params=run.extra, warnings=list(networks.warnings),
     )
-    state.job_count = req.n_iter
-    for n in range(req.n_iter):
+    state.job_count = run.n_iter
+    for n in range(run.n_iter):
         if state.interrupted:
             result.interrupted = True
             break
-        lo, hi = n * req.batch_size, (n + 1) * req.batch_size
+        lo, hi = n * run.batch_size, (n + 1) * run.batch_size
+        run.iteration = n
+        run.prompts, run.negative_prompts = list(networks.prompts[lo:hi]), list(all_negatives[lo:hi])
+        run.seeds, run.subseeds = list(run.all_seeds[lo:hi]), list(run.all_subseeds[lo:hi])
+        hooks.before_batch(run)
+        if not run.prompts:
+            break
+        hooks.process_batch(run)
         try:
-            pictures = batch_fn(n, all_seeds[lo:hi], all_subseeds[lo:hi], networks.prompts[lo:hi],
-                                all_negatives[lo:hi])
+            pictures = batch_fn(n, run.seeds, run.subseeds, run.prompts, run.negative_prompts)
         except Skipped:
             result.skipped_batches += 1
             state.next_job()
@@ -489,15 +560,19 @@ def _run(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, height: 
         except Interrupted:
             result.interrupted = True
             break
+        pictures = hooks.after_batch(run, pictures)
         for i, image in enumerate(pictures):
             index = lo + i
-            params = infotext_params(gen, index, all_seeds, all_subseeds, width, height, extra, denoising)
+            image = hooks.image(run, i, image)
+            params = infotext_params(gen, index, run.all_seeds, run.all_subseeds, width, height, run.extra,
+                                     denoising)
             text = infotext_mod.create_infotext(all_prompts[index], all_negatives[index], params)
             result.images.append(image)
             result.infotexts.append(text)
             if save:
-                path = images_mod.save_image(image, ctx.outputs.samples, all_seeds[index],
-                                             text if ctx.opt("enable_pnginfo", True) else None, fmt)
+                path = hooks.save_image(images_mod.save_image, image,
+                                        text if ctx.opt("enable_pnginfo", True) else None,
+                                        directory=ctx.outputs.samples, seed=run.all_seeds[index], fmt=fmt)
                 result.saved_paths.append(path)
         state.next_job()
 
@@ -535,7 +610,7 @@ def txt2img(ctx: ProcessingContext, req: Txt2ImgRequest) -> GenerationResult:
     f = model.vae_scale_factor
     width, height = _round8(req.width, f), _round8(req.height, f)
     extra: dict[str, Any] = {}
-    hires = HiresPlan.from_request(req, width, height, f) if req.enable_hr else None
+    hires = HiresPlan.from_request(req, width, height, f, ctx.upscalers) if req.enable_hr else None
     if hires is not None:
         extra.update(hires.infotext())
 
@@ -562,10 +637,12 @@ class HiresPlan:
     crop: tuple[int, int] | None = None
 
     @classmethod
-    def from_request(cls, req: Txt2ImgRequest, width: int, height: int, f: int) -> "HiresPlan":
+    def from_request(cls, req: Txt2ImgRequest, width: int, height: int, f: int, upscalers=None) -> "HiresPlan":
+        """`upscalers` (a modules.upscaling.UpscalerRegistry) adds the model upscalers to the valid names."""
         upscaler = req.hr_upscaler or "Latent"
-        if upscaler not in LATENT_UPSCALE_MODES and upscaler not in PIXEL_UPSCALERS:
-            valid = ", ".join([*LATENT_UPSCALE_MODES, *PIXEL_UPSCALERS])
+        pixel = upscalers.names() if upscalers is not None else list(PIXEL_UPSCALERS)
+        if upscaler not in LATENT_UPSCALE_MODES and upscaler not in pixel:
+            valid = ", ".join([*LATENT_UPSCALE_MODES, *pixel])
             raise RequestError(f"hr_upscaler {upscaler!r} is not available; valid: {valid}")
         rx, ry = req.hr_resize_x, req.hr_resize_y
         crop = None
@@ -608,11 +685,17 @@ class HiresPlan:
         top, left = (ch // f - self.target_h // f) // 2, (cw // f - self.target_w // f) // 2
         return big[:, :, top:top + self.target_h // f, left:left + self.target_w // f]
 
-    def _resize_pixels(self, image: Image.Image) -> Image.Image:
-        resample = PIXEL_UPSCALERS[self.upscaler] or Image.Resampling.LANCZOS
+    def _resize_pixels(self, image: Image.Image, ctx: ProcessingContext) -> Image.Image:
+        """Built-in resamplers here; model upscalers through the registry (native scale, then Lanczos, tiled by the
+        job's ESRGAN_tile options)."""
+        size = self.crop or (self.target_w, self.target_h)
+        if self.upscaler in PIXEL_UPSCALERS or ctx.upscalers is None:
+            big = image.resize(size, PIXEL_UPSCALERS.get(self.upscaler) or Image.Resampling.LANCZOS)
+        else:
+            big = ctx.upscalers.upscale_to(image, self.upscaler, *size, tile=ctx.opt("ESRGAN_tile"),
+                                           overlap=ctx.opt("ESRGAN_tile_overlap"))
         if self.crop is None:
-            return image.resize((self.target_w, self.target_h), resample)
-        big = image.resize(self.crop, resample)
+            return big
         left, top = (self.crop[0] - self.target_w) // 2, (self.crop[1] - self.target_h) // 2
         return big.crop((left, top, left + self.target_w, top + self.target_h))
 
@@ -629,12 +712,13 @@ class HiresPlan:
             sampler, schedule = _resolve_sampler(req.hr_sampler_name or gen.sampler.name,
                                                  req.hr_scheduler or gen.schedule.label)
         gen.ctx.state.textinfo = "Hires pass"
+        gen.hooks.before_hires(gen.run)
         if self.upscaler in LATENT_UPSCALE_MODES:
             plan.init_latents = self._resize_latents(latents, f)
             out = gen.sample_batch(plan, hr_prompts, hr_negatives, sampler, schedule)
         else:
             first = _to_pil(model, decode(model, latents))
-            pixels = image_processor(model).preprocess([self._resize_pixels(im) for im in first])
+            pixels = image_processor(model).preprocess([self._resize_pixels(im, gen.ctx) for im in first])
             out = gen.sample_batch(plan, hr_prompts, hr_negatives, sampler, schedule, encode_pixels=pixels)
         return _to_pil(model, decode(model, out))
 
@@ -789,3 +873,16 @@ def run_request(ctx: ProcessingContext, req: GenerationRequest) -> GenerationRes
 
 __all__ = ["GenerationResult", "ProcessingContext", "OutputDirs", "txt2img", "img2img", "run_request",
            "RequestError", "Txt2ImgRequest", "Img2ImgRequest"]
+
+
+_COMPAT_NAMES = ("StableDiffusionProcessing", "StableDiffusionProcessingTxt2Img", "StableDiffusionProcessingImg2Img",
+                 "Processed", "process_images", "fix_seed", "get_fixed_seed", "create_infotext")
+
+
+def __getattr__(name: str):
+    """A1111's names (`process_images`, `Processed`, `p` classes) for extensions, from modules/processing_compat."""
+    if name in _COMPAT_NAMES:
+        from modules import processing_compat
+
+        return getattr(processing_compat, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

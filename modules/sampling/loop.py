@@ -44,6 +44,25 @@ class StepInfo:
     timestep: torch.Tensor
 
 
+class SamplingHooks:
+    """Per-step extension points (A1111's cfg_denoiser, cfg_denoised and cfg_after_cfg callbacks).
+
+    Our loop predicts noise (or v) with diffusers' schedulers where A1111's k-diffusion denoiser works on
+    denoised x0; hooks see the model output in the scheduler's own prediction space and `sigma` from the
+    scheduler's sigma table where it has one (else the timestep)."""
+
+    def before_model(self, x: torch.Tensor, sigma, step: int, total: int, cond: Conditioning,
+                     uncond: Conditioning | None, image_cond) -> tuple[torch.Tensor, Conditioning,
+                                                                       Conditioning | None]:
+        return x, cond, uncond
+
+    def after_model(self, out: torch.Tensor, step: int, total: int) -> torch.Tensor:
+        return out
+
+    def after_cfg(self, noise_pred: torch.Tensor, step: int, total: int) -> torch.Tensor:
+        return noise_pred
+
+
 @dataclass
 class SamplingJob:
     unet: torch.nn.Module
@@ -60,6 +79,7 @@ class SamplingJob:
     conditioning_at: Callable[[int], tuple[Conditioning, Conditioning | None]] | None = None
     on_step: Callable[[StepInfo], None] | None = None
     cfg_hooks: list[Callable] = field(default_factory=list)
+    hooks: SamplingHooks | None = None
 
     @property
     def use_cfg(self) -> bool:
@@ -80,8 +100,13 @@ def _unet_inputs(job: SamplingJob, cond: Conditioning, uncond: Conditioning | No
 def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tensor:
     """One classifier-free-guided UNet evaluation (diffusers' order: uncond + g * (cond - uncond))."""
     cond, uncond = job.conditioning_at(step) if job.conditioning_at else (job.cond, job.uncond)
+    total = len(job.timesteps)
+    if job.hooks is not None and not getattr(cond, "owners", None):
+        image_cond = job.inpaint.masked_image_latents if job.inpaint is not None else None
+        latents, cond, uncond = job.hooks.before_model(latents, _sigma(job, step, t), step, total, cond, uncond,
+                                                       image_cond)
     if getattr(cond, "owners", None):
-        return _denoise_multi(job, latents, t, step, cond, uncond)
+        return _after_cfg(job, _denoise_multi(job, latents, t, step, cond, uncond), step)
     embeds, added = _unet_inputs(job, cond, uncond)
     x = torch.cat([latents] * 2) if job.use_cfg else latents
     x = job.scheduler.scale_model_input(x, t)
@@ -91,12 +116,28 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
             mask, masked = torch.cat([mask] * 2), torch.cat([masked] * 2)
         x = torch.cat([x, mask, masked], dim=1)
     noise_pred = job.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+    if job.hooks is not None:
+        noise_pred = job.hooks.after_model(noise_pred, step, total)
     if job.use_cfg:
         noise_uncond, noise_cond = noise_pred.chunk(2)
         noise_pred = noise_uncond + job.cfg_scale * (noise_cond - noise_uncond)
     for hook in job.cfg_hooks:
         noise_pred = hook(noise_pred, latents, t, step) or noise_pred
-    return noise_pred
+    return _after_cfg(job, noise_pred, step)
+
+
+def _sigma(job: SamplingJob, step: int, t):
+    sigmas = getattr(job.scheduler, "sigmas", None)
+    index = getattr(job.scheduler, "step_index", None)
+    if sigmas is not None and index is not None and index < len(sigmas):
+        return sigmas[index]
+    return t
+
+
+def _after_cfg(job: SamplingJob, noise_pred: torch.Tensor, step: int) -> torch.Tensor:
+    if job.hooks is None:
+        return noise_pred
+    return job.hooks.after_cfg(noise_pred, step, len(job.timesteps))
 
 
 def _denoise_multi(job: SamplingJob, latents: torch.Tensor, t, step: int, cond, uncond) -> torch.Tensor:

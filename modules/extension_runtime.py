@@ -1,0 +1,71 @@
+"""Start the extension system for a running server: bind the A1111 shims, import the enabled extensions'
+scripts, register their settings, and give the engine its script runners.
+
+Kept apart from `Engine.create` so the engine stays usable without extensions (tests, the CLI)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modules import extensions, script_callbacks, scripts, shared
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtensionRuntime:
+    """What the UI needs besides the runners: the loaded extensions (for their javascript and style.css)."""
+
+    extensions: list = field(default_factory=list)
+
+    def javascript_files(self) -> list[Path]:
+        return [f for ext in self.extensions for f in ext.javascript_files()]
+
+    def css_files(self) -> list[Path]:
+        return [ext.style_css for ext in self.extensions if ext.style_css is not None]
+
+
+def start(engine, args: argparse.Namespace | None = None) -> ExtensionRuntime:
+    """Load every enabled extension once; failures are collected in `engine.extension_errors`, never raised."""
+    shared.bind(engine, args)
+    script_callbacks.clear_callbacks()
+    found = extensions.discover_configured(engine.paths, engine.settings, args)
+    for ext in found:
+        for warning in getattr(ext, "warnings", []) or []:
+            log.warning("%s", warning)
+    active = extensions.active(found)
+    scripts.load_scripts(active)
+    script_callbacks.ui_settings_callback()  # extension options exist before the first generation, UI or not
+    runners = scripts.ScriptRunners()
+    runners.initialize()
+    engine.scripts = runners
+    engine.extension_errors = errors(engine)
+    names = ", ".join(e.name for e in active) or "none"
+    log.info("Extensions loaded: %s", names)
+    return ExtensionRuntime(active)
+
+
+def errors(engine=None) -> list[str]:
+    """Load errors, then errors raised by callbacks and hooks so far (newest last)."""
+    return [*scripts.load_errors, *script_callbacks.errors]
+
+
+def run_preload(parser: argparse.ArgumentParser, paths, settings=None, args=None) -> None:
+    """Each enabled extension's `preload.py`: `preload(parser)` adds its command-line flags before argv is parsed."""
+    from modules.settings import Settings
+
+    settings = settings if settings is not None else Settings.load(paths.config_file)
+    for ext in extensions.active(extensions.discover_configured(paths, settings, args)):
+        if ext.preload_file is None:
+            continue
+        try:
+            module = scripts.load_module(ext.preload_file)
+            preload = getattr(module, "preload", None)
+            if preload is not None:
+                preload(parser)
+        except Exception as e:  # noqa: BLE001 - a broken preload must not stop the app
+            message = f"{ext.name}: preload.py failed: {type(e).__name__}: {e}"
+            scripts.load_errors.append(message)
+            log.error("%s", message)

@@ -1,0 +1,182 @@
+"""Compatibility shim: A1111's `modules.shared` for extensions (`opts`, `cmd_opts`, `state`, `sd_model`, `device`,
+`OptionInfo`). Our own code never uses it; everything here points at the engine bound at start-up
+(`bind(engine, args)` from modules/extension_runtime.py)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any, Callable
+
+from modules import settings as settings_mod
+
+log = logging.getLogger("sd")
+
+engine = None  # modules.engine.Engine, once bound
+cmd_opts = argparse.Namespace()
+state = None  # modules.jobs.JobState
+demo = None  # the Gradio Blocks, once the UI is built
+hide_dirs: dict = {}
+
+
+class OptionInfo(settings_mod.OptionInfo):
+    """A1111's `OptionInfo(default, label, component, component_args, onchange, section=(id, label), …)`."""
+
+    def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None,
+                 refresh=None, comment_before="", comment_after="", infotext=None, restrict_api=False,
+                 category_id=None, **_ignored):
+        args = component_args() if callable(component_args) else dict(component_args or {})
+        section_id = section[0] if isinstance(section, (tuple, list)) and section else (section or "other")
+        super().__init__(default=default, label=label, section=section_id or "other", choices=args.get("choices"),
+                         minimum=args.get("minimum"), maximum=args.get("maximum"), infotext=infotext)
+        self.component = component
+        self.component_args = component_args
+        self.onchange = onchange
+        self.section_label = section[1] if isinstance(section, (tuple, list)) and len(section) > 1 else None
+        self.comment_before = comment_before
+        self.comment_after = comment_after
+        self.refresh = refresh
+        self.do_not_save = False
+
+    def link(self, label, url):
+        self.comment_before += f"[<a href='{url}' target='_blank'>{label}</a>]"
+        return self
+
+    def js(self, label, js_func):
+        return self
+
+    def info(self, info):
+        self.comment_after += f"<span class='info'>({info})</span>"
+        return self
+
+    def html(self, html):
+        self.comment_after += html
+        return self
+
+    def needs_restart(self):
+        self.restart_required = True
+        return self
+
+    def needs_reload_ui(self):
+        return self
+
+
+class OptionHTML(OptionInfo):
+    def __init__(self, text):
+        super().__init__(str(text).strip(), label="")
+        self.do_not_save = True
+
+
+def options_section(section_identifier, options_dict: dict) -> dict:
+    for v in options_dict.values():
+        if isinstance(v, OptionInfo) and isinstance(section_identifier, (tuple, list)):
+            v.section = section_identifier[0]
+    return options_dict
+
+
+class Options:
+    """`shared.opts`: attribute access to the engine's settings plus A1111's `add_option`, `set`, `onchange`."""
+
+    def __init__(self, settings=None):
+        object.__setattr__(self, "_settings", settings)
+
+    def _s(self):
+        if self._settings is None:
+            raise RuntimeError("shared.opts is not ready yet (no engine is bound)")
+        return self._settings
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        info = settings_mod.OPTIONS.get(name)
+        if self._settings is None:
+            if info is not None:
+                return info.default
+            raise AttributeError(name)
+        if info is None and name not in self._s().as_dict():
+            raise AttributeError(f"shared.opts has no option {name!r}")
+        return self._s().get(name, info.default if info is not None else None)
+
+    def __setattr__(self, name: str, value) -> None:
+        self.set(name, value)
+
+    def add_option(self, key: str, info: settings_mod.OptionInfo) -> None:
+        if not isinstance(info, settings_mod.OptionInfo):
+            raise TypeError(f"option {key!r}: expected OptionInfo")
+        settings_mod.register_option(key, info, replace=True)
+        onchange = getattr(info, "onchange", None)
+        if onchange is not None and self._settings is not None:
+            self._s().on_change(key, lambda *_: onchange())
+
+    def set(self, key: str, value, is_api: bool = False, run_callbacks: bool = True) -> bool:
+        changed = self._s().set(key, value, allow_unknown=True)
+        return bool(changed) if changed is not None else True
+
+    def get_default(self, key: str):
+        info = settings_mod.OPTIONS.get(key)
+        return info.default if info is not None else None
+
+    def onchange(self, key: str, func: Callable, call: bool = True) -> None:
+        self._s().on_change(key, lambda *_: func())
+        if call:
+            func()
+
+    def save(self, filename=None) -> None:
+        self._s().save(filename)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self._s().as_dict()
+
+    @property
+    def data_labels(self) -> dict[str, settings_mod.OptionInfo]:
+        return settings_mod.OPTIONS
+
+    def __contains__(self, key: str) -> bool:
+        return key in settings_mod.OPTIONS
+
+
+opts = Options()
+
+
+class _TotalTqdm:
+    """A1111's console progress over a whole job; our progress is the job state, so this only keeps counts."""
+
+    def __init__(self):
+        self.total = 0
+
+    def updateTotal(self, new_total):  # noqa: N802 - A1111's name
+        self.total = new_total
+
+    def update(self):
+        pass
+
+    def clear(self):
+        pass
+
+
+total_tqdm = _TotalTqdm()
+
+
+def bind(bound_engine, args: argparse.Namespace | None = None) -> None:
+    """Point the shim at the running engine (called once at start-up)."""
+    global engine, cmd_opts, state
+    engine = bound_engine
+    cmd_opts = args if args is not None else argparse.Namespace()
+    state = bound_engine.state
+    object.__setattr__(opts, "_settings", bound_engine.settings)
+
+
+def __getattr__(name: str):
+    if name == "sd_model":
+        return engine.models.current if engine is not None else None
+    if name == "device":
+        import torch
+
+        return engine.device_config.device if engine is not None else torch.device("cpu")
+    if name in ("models_path", "data_path", "script_path"):
+        from modules.paths import REPO_ROOT
+
+        if name == "script_path" or engine is None:
+            return str(REPO_ROOT)
+        return str(engine.paths.models_dir if name == "models_path" else engine.paths.data_dir)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,205 @@
+"""Fixture extensions for the extension-runtime tests: each a local git repository, installed through the real
+install-from-URL path. One per hook family, plus a broken one."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+PROMPT_EDITOR = {
+    "scripts/prompt_suffix.py": '''
+import gradio as gr
+from modules import scripts
+
+
+class PromptSuffix(scripts.Script):
+    def title(self):
+        return "Prompt suffix"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        with gr.Accordion("Prompt suffix", open=False):
+            enabled = gr.Checkbox(False, label="Add suffix", elem_id=self.elem_id("enabled"))
+            suffix = gr.Textbox("", label="Suffix", elem_id=self.elem_id("suffix"))
+        return [enabled, suffix]
+
+    def process(self, p, enabled, suffix):
+        if enabled and suffix:
+            p.all_prompts = [prompt + ", " + suffix for prompt in p.all_prompts]
+            p.extra_generation_params["Prompt suffix"] = suffix
+
+    def postprocess_image(self, p, pp, enabled, suffix):
+        if enabled and suffix == "invert":
+            from PIL import ImageOps
+            pp.image = ImageOps.invert(pp.image.convert("RGB"))
+''',
+    "metadata.ini": "[Extension]\nName = prompt-suffix\n",
+}
+
+CALLBACKS = {
+    "scripts/callbacks.py": '''
+import json
+from pathlib import Path
+
+from fastapi import FastAPI
+import gradio as gr
+from modules import script_callbacks, shared
+
+SEEN = {"steps": 0, "saved": [], "denoised": 0, "after_cfg": 0}
+LOG = Path(__file__).resolve().parent.parent / "seen.json"
+
+
+def on_cfg_denoiser(params):
+    SEEN["steps"] += 1
+    assert params.total_sampling_steps > 0
+    if shared.opts.callbacks_zero_latents:
+        params.x = params.x * 0
+
+
+def on_cfg_denoised(params):
+    SEEN["denoised"] += 1
+
+
+def on_after_cfg(params):
+    SEEN["after_cfg"] += 1
+
+
+def on_image_saved(params):
+    SEEN["saved"].append(params.filename)
+    LOG.write_text(json.dumps(SEEN))
+
+
+def on_before_image_saved(params):
+    params.pnginfo["fixture"] = "callbacks were here"
+
+
+def on_ui_settings():
+    shared.opts.add_option("callbacks_zero_latents", shared.OptionInfo(
+        False, "Zero the latents before every model call", section=("callbacks", "Callbacks fixture")))
+
+
+def on_app_started(demo, app: FastAPI):
+    @app.get("/fixture/seen")
+    def seen():
+        return SEEN
+
+
+def on_ui_tabs():
+    with gr.Blocks(analytics_enabled=False) as tab:
+        gr.Markdown("Hello from the fixture tab", elem_id="fixture_tab_text")
+    return [(tab, "Fixture tab", "fixture_tab")]
+
+
+script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
+script_callbacks.on_cfg_denoised(on_cfg_denoised)
+script_callbacks.on_cfg_after_cfg(on_after_cfg)
+script_callbacks.on_image_saved(on_image_saved)
+script_callbacks.on_before_image_saved(on_before_image_saved)
+script_callbacks.on_ui_settings(on_ui_settings)
+script_callbacks.on_app_started(on_app_started)
+script_callbacks.on_ui_tabs(on_ui_tabs)
+''',
+    "javascript/fixture.js": "window.fixtureExtensionLoaded = 'yes';\n",
+    "style.css": "#fixture_tab_text { color: rgb(1, 2, 3); }\n",
+    "preload.py": '''
+def preload(parser):
+    parser.add_argument("--fixture-flag", type=str, default=None, help="added by a fixture extension")
+''',
+}
+
+BROKEN = {
+    "scripts/broken.py": "import module_that_does_not_exist\n",
+    "scripts/raises.py": '''
+from modules import scripts
+
+
+class Raises(scripts.Script):
+    def title(self):
+        return "Raises"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def process(self, p):
+        raise RuntimeError("this hook always fails")
+''',
+}
+
+ORDERED = {
+    "scripts/a_first.py": '''
+from modules import scripts
+ORDER = []
+
+
+class A(scripts.Script):
+    def title(self):
+        return "Order A"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def process(self, p):
+        p.extra_generation_params["Order"] = p.extra_generation_params.get("Order", "") + "A"
+''',
+    "scripts/b_second.py": '''
+from modules import scripts
+
+
+class B(scripts.Script):
+    def title(self):
+        return "Order B"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def process(self, p):
+        p.extra_generation_params["Order"] = p.extra_generation_params.get("Order", "") + "B"
+''',
+    "metadata.ini": "[Extension]\nName = ordered\n\n[scripts/a_first.py]\nAfter = scripts/b_second.py\n",
+}
+
+SELECTABLE = {
+    "scripts/twice.py": '''
+import gradio as gr
+from modules import scripts
+from modules.processing import process_images, Processed
+import copy
+
+
+class Twice(scripts.Script):
+    def title(self):
+        return "Run twice"
+
+    def ui(self, is_img2img):
+        return [gr.Number(2, label="Times", precision=0, elem_id=self.elem_id("times"))]
+
+    def run(self, p, times):
+        images, infotexts = [], []
+        for i in range(int(times)):
+            q = copy.copy(p)
+            q.seed = p.seed + i
+            res = process_images(q)
+            images += res.images
+            infotexts += res.infotexts
+        return Processed(p, images, p.seed, infotexts[0], infotexts=infotexts)
+''',
+}
+
+
+def git(cwd: Path, *args: str) -> str:
+    out = subprocess.run(["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args], cwd=cwd,
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def make_repo(path: Path, files: dict[str, str]) -> str:
+    """A git repository with `files` committed; returns its file:// URL."""
+    path.mkdir(parents=True)
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text.lstrip("\n"))
+    git(path, "init", "-q", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "first")
+    return path.as_uri()

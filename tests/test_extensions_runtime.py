@@ -1,0 +1,137 @@
+"""The extension runtime: fixture extensions (local git repositories installed through install-from-URL) hook
+into generation the way A1111 extensions do, and a broken one never stops the app or a generation."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from modules import cmd_args, extension_runtime, extensions, script_callbacks, scripts
+from modules.engine import Engine
+from modules.paths import Paths
+from tests import ext_fixtures
+
+BASE = {"prompt": "a cat", "steps": 3, "width": 64, "height": 64, "seed": 11, "cfg_scale": 5.0,
+        "sampler_name": "Euler", "do_not_save_samples": True, "do_not_save_grid": True}
+
+
+@pytest.fixture(scope="module")
+def ext_engine(tiny_models, tmp_path_factory):
+    """An engine with the fixture extensions installed from git URLs and loaded (built-in scripts left out)."""
+    import dataclasses
+    import os
+
+    tmp = tmp_path_factory.mktemp("extensions-runtime")
+    data = tmp / "data"
+    (data / "models" / "Stable-diffusion").mkdir(parents=True)
+    os.symlink(tiny_models.path("sd1.safetensors"), data / "models" / "Stable-diffusion" / "sd1.safetensors")
+    ns = cmd_args.parse_args(["--data-dir", str(data), "--skip-install"], env={})
+    paths = dataclasses.replace(Paths.from_args(ns), extensions_builtin_dir=tmp / "no-builtin")
+    paths.ensure_dirs()
+    for name, files in (("prompt-suffix", ext_fixtures.PROMPT_EDITOR), ("callbacks", ext_fixtures.CALLBACKS),
+                        ("broken", ext_fixtures.BROKEN), ("ordered", ext_fixtures.ORDERED),
+                        ("selectable", ext_fixtures.SELECTABLE)):
+        url = ext_fixtures.make_repo(tmp / "origins" / name, files)
+        extensions.install_from_url(paths, url, run_installer=False)
+    engine = Engine.create(paths)
+    extension_runtime.start(engine, ns)
+    from webui import script_ui
+
+    script_ui.compute_defaults(engine.scripts)
+    yield engine
+    script_callbacks.clear_callbacks()
+
+
+def test_scripts_load_in_order_and_broken_ones_are_reported(ext_engine):
+    runner = ext_engine.scripts.txt2img
+    titles = [scripts._title(s) for s in runner.alwayson_scripts]
+    assert titles.index("Order B") < titles.index("Order A")  # metadata.ini: a_first.py After b_second.py
+    assert runner.titles == ["Run twice"]
+    assert any("broken" in e and "module_that_does_not_exist" in e for e in ext_engine.extension_errors)
+
+
+def test_always_on_script_edits_prompt_and_infotext_and_a_failing_hook_does_not_stop_it(ext_engine):
+    result = ext_engine.txt2img({**BASE, "alwayson_scripts": {"Prompt suffix": {"args": [True, "sunset"]}}})
+    assert len(result.images) == 1
+    assert result.all_prompts == ["a cat, sunset"]
+    assert "a cat, sunset" in result.infotexts[0]
+    assert "Prompt suffix: sunset" in result.infotexts[0]
+    assert "Order: BA" in result.infotexts[0]
+    assert any("raises.py" in e and "this hook always fails" in e for e in script_callbacks.errors)
+    plain = ext_engine.txt2img(dict(BASE))  # the script's defaults (unchecked) leave the prompt alone
+    assert plain.all_prompts == ["a cat"]
+
+
+def test_postprocess_image_replaces_the_picture(ext_engine):
+    normal = ext_engine.txt2img(dict(BASE)).images[0]
+    inverted = ext_engine.txt2img({**BASE, "alwayson_scripts": {"prompt suffix": {"args": [True, "invert"]}}})
+    # same seed, a different prompt: the picture differs, and the hook's inversion is what comes back
+    assert inverted.images[0].size == normal.size
+    assert inverted.images[0].getpixel((0, 0)) != normal.getpixel((0, 0))
+
+
+def test_cfg_callbacks_run_every_step_and_can_change_the_latents(ext_engine):
+    seen = _callbacks_module_state()
+    before = seen["steps"]
+    first = ext_engine.txt2img(dict(BASE)).images[0]
+    assert seen["steps"] - before == 3 and seen["denoised"] >= 3 and seen["after_cfg"] >= 3
+    ext_engine.settings.set("callbacks_zero_latents", True)  # the option an extension registered
+    try:
+        zeroed = ext_engine.txt2img(dict(BASE)).images[0]
+    finally:
+        ext_engine.settings.set("callbacks_zero_latents", False)
+    assert list(first.getdata()) != list(zeroed.getdata())
+
+
+def _callbacks_module_state():
+    for c in script_callbacks.callback_map["callbacks_cfg_denoiser"]:
+        return c.callback.__globals__["SEEN"]
+    raise AssertionError("the cfg_denoiser callback was not registered")
+
+
+def test_image_saved_callbacks_see_the_file_and_can_add_metadata(ext_engine):
+    result = ext_engine.txt2img({**BASE, "do_not_save_samples": False})
+    seen = _callbacks_module_state()
+    assert seen["saved"] and seen["saved"][-1] == str(result.saved_paths[0])
+    with Image.open(result.saved_paths[0]) as im:
+        assert im.info.get("fixture") == "callbacks were here"
+        assert "a cat" in im.info.get("parameters", "")
+
+
+def test_selectable_script_runs_instead_of_the_plain_generation(ext_engine):
+    result = ext_engine.txt2img({**BASE, "script_name": "run twice", "script_args": [3]})
+    images = result.images[result.index_of_first_image:]
+    assert len(images) == 3
+    assert len({tuple(im.getdata()) for im in images}) == 3  # three different seeds
+
+
+def test_unknown_script_names_are_request_errors(ext_engine):
+    from modules.request_types import RequestError
+
+    with pytest.raises(RequestError, match="script 'nope' not found"):
+        ext_engine.txt2img({**BASE, "script_name": "nope"})
+    with pytest.raises(RequestError, match="always-on script 'nope' not found"):
+        ext_engine.txt2img({**BASE, "alwayson_scripts": {"nope": {"args": []}}})
+
+
+def test_extension_setting_is_registered_before_any_ui(ext_engine):
+    from modules.settings import OPTIONS
+
+    assert "callbacks_zero_latents" in OPTIONS
+    assert ext_engine.settings.get("callbacks_zero_latents") is False
+
+
+def test_preload_adds_command_line_flags(ext_engine):
+    parser = cmd_args.build_parser()
+    extension_runtime.run_preload(parser, ext_engine.paths, ext_engine.settings)
+    ns = cmd_args.parse_args(["--fixture-flag", "x"], env={}, parser=parser)
+    assert ns.fixture_flag == "x"
+
+
+def test_shared_facade_points_at_the_engine(ext_engine):
+    from modules import shared
+
+    assert shared.opts.samples_format == ext_engine.settings.get("samples_format")
+    assert shared.state is ext_engine.state
+    assert json.dumps(shared.cmd_opts.data_dir)
