@@ -16,7 +16,7 @@ from PIL import Image
 from modules import infotext as infotext_mod
 from modules import outpaint
 from modules.models.tokenizer import build_clip_tokenizer
-from modules.processing import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
+from modules.processing import LATENT_UPSCALE_MODES
 from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest
 from modules.resize import RESIZE_MODES
 from modules.sampling import samplers
@@ -167,9 +167,9 @@ def _sampling_params(c: Controls, cfg: UiConfig, engine, is_img2img: bool):
                                                   elem_id=f"{tab}_seed_resize_from_h"))
 
 
-def _hires(c: Controls, cfg: UiConfig):
+def _hires(c: Controls, cfg: UiConfig, engine):
     tab = c.tab
-    upscalers = list(LATENT_UPSCALE_MODES) + [u for u in PIXEL_UPSCALERS if u != "None"]
+    upscalers = list(LATENT_UPSCALE_MODES) + [u for u in engine.upscalers.names() if u != "None"]
     with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hr"):
         c.add("enable_hr", gr.Checkbox(label="Enable hires. fix", value=False, elem_id=f"{tab}_enable_hr"))
         with gr.Row():
@@ -270,7 +270,7 @@ def build_txt2img(engine, cfg: UiConfig) -> Controls:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, elem_id="txt2img_settings"):
             _sampling_params(c, cfg, engine, is_img2img=False)
-            _hires(c, cfg)
+            _hires(c, cfg, engine)
         with gr.Column(scale=1, elem_id="txt2img_results"):
             _results(c)
 

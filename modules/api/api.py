@@ -147,9 +147,9 @@ _FLOAT_LIMITS = {
 }
 
 
-def check_request(req, settings=None) -> None:
+def check_request(req, settings=None, upscaler_names=None) -> None:
     """Range checks the dataclasses leave to processing, the configurable caps (api_max_steps, api_max_batch_size,
-    api_max_n_iter), and the sampler / upscaler / script names."""
+    api_max_n_iter), and the sampler / upscaler / script names (`upscaler_names`: the engine's pixel upscalers)."""
     if settings is not None:
         for name, option in (("steps", "api_max_steps"), ("batch_size", "api_max_batch_size"),
                              ("n_iter", "api_max_n_iter")):
@@ -173,8 +173,9 @@ def check_request(req, settings=None) -> None:
         raise ApiError(400, str(e), "SamplerNotFound") from None
     if isinstance(req, Txt2ImgRequest) and req.enable_hr:
         up = req.hr_upscaler or "Latent"
-        if up not in LATENT_UPSCALE_MODES and up not in PIXEL_UPSCALERS:
-            valid = ", ".join([*LATENT_UPSCALE_MODES, *PIXEL_UPSCALERS])
+        pixel = list(upscaler_names) if upscaler_names is not None else list(PIXEL_UPSCALERS)
+        if up not in LATENT_UPSCALE_MODES and up not in pixel:
+            valid = ", ".join([*LATENT_UPSCALE_MODES, *pixel])
             raise ApiError(400, f"hr_upscaler {up!r} not found; available: {valid}")
         w = req.hr_resize_x or req.width * req.hr_scale
         h = req.hr_resize_y or req.height * req.hr_scale
@@ -234,7 +235,7 @@ class Api:
         r.add_api_route("/embeddings", self.embeddings, methods=["GET"])
         r.add_api_route("/scripts", self.scripts, methods=["GET"])
         r.add_api_route("/script-info", self.empty_list, methods=["GET"])
-        r.add_api_route("/extensions", self.empty_list, methods=["GET"])
+        r.add_api_route("/extensions", self.extensions, methods=["GET"])
         r.add_api_route("/memory", self.memory, methods=["GET"])
         r.add_api_route("/refresh-checkpoints", self.refresh_checkpoints, methods=["POST"])
         r.add_api_route("/refresh-vae", self.nothing, methods=["POST"])
@@ -279,7 +280,7 @@ class Api:
             req = cls.from_dict(data)
         except RequestError as e:
             raise ApiError(422, str(e), "RequestError") from None
-        check_request(req, self.engine.settings)
+        check_request(req, self.engine.settings, self.engine.upscalers.names())
         return req, raw_images
 
     def _apply_infotext(self, data: dict) -> None:
@@ -432,8 +433,7 @@ class Api:
         return samplers.list_schedulers_api()
 
     def upscalers(self):
-        return [{"name": name, "model_name": None, "model_path": None, "model_url": None,
-                 "scale": 4} for name in PIXEL_UPSCALERS]
+        return [u.to_api() for u in self.engine.upscalers.list()]
 
     def latent_upscale_modes(self):
         return [{"name": name} for name in LATENT_UPSCALE_MODES]
@@ -448,6 +448,13 @@ class Api:
 
     def empty_list(self):
         return []
+
+    def extensions(self):
+        """Installed extensions (built-in first), A1111's shape; ``enabled`` follows the options and the flags."""
+        from modules import extensions
+
+        return extensions.api_items(extensions.discover_configured(self.engine.paths, self.engine.settings,
+                                                                   self.args))
 
     def embeddings(self):
         db = self.engine.embeddings
@@ -536,16 +543,18 @@ class Api:
 
     def _upscale(self, image: Image.Image, req: models.ExtrasBaseRequest) -> tuple[Image.Image, str | None, str]:
         if req.gfpgan_visibility > 0 or req.codeformer_visibility > 0:
-            raise ApiError(422, "face restoration (GFPGAN/CodeFormer) is not available")
+            raise ApiError(422, postprocessing.FACE_RESTORATION_NOTE)
         to_size = req.resize_mode == 1
         try:
-            done = postprocessing.upscale(
-                image, req.upscaler_1, req.upscaling_resize, req.upscaling_resize_w if to_size else 0,
-                req.upscaling_resize_h if to_size else 0, upscaler_2=req.upscaler_2,
-                upscaler_2_visibility=req.extras_upscaler_2_visibility, crop=req.upscaling_crop)
+            with self.engine.queue.turn():  # one GPU job at a time, as A1111's queue_lock
+                done = postprocessing.upscale(
+                    image, req.upscaler_1, req.upscaling_resize, req.upscaling_resize_w if to_size else 0,
+                    req.upscaling_resize_h if to_size else 0, upscaler_2=req.upscaler_2,
+                    upscaler_2_visibility=req.extras_upscaler_2_visibility, crop=req.upscaling_crop,
+                    registry=self.engine.upscalers)
         except postprocessing.UnknownUpscalerError as e:
             raise ApiError(400, str(e)) from None
-        except ValueError as e:
+        except ValueError as e:  # bad sizes, and UpscalerLoadError: a model file that is not an upscaler
             raise ApiError(422, str(e)) from None
         text = done.params_text
         return done.image, done.original_infotext, f"<p>{text}</p>" if text else ""
