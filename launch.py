@@ -4,7 +4,11 @@
 2. unless ``--skip-install``: if a package named in requirements.txt is missing (or its installed version does
    not satisfy the pin), run ``pip install -r requirements.txt`` once; nothing is run when all are present;
 3. ``HF_HUB_OFFLINE=1`` (models are never downloaded) unless the user set it;
-4. create the data folders and start the server (modules/server.py).
+4. create the data folders; unless ``--skip-install``, run each enabled extension's ``install.py``;
+5. start the server (modules/server.py).
+
+``import launch`` inside an extension's install.py gives A1111's helpers (``is_installed``, ``run_pip``, ``run``, ...,
+from modules/launch_utils.py).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ if str(ROOT) not in sys.path:
 
 from modules import cmd_args  # noqa: E402  (standard library only: safe before the requirements check)
 from modules.paths import Paths  # noqa: E402
+from modules.launch_utils import (  # noqa: E402,F401  (what extensions' install.py call as launch.*)
+    commit_hash, git, git_tag, is_installed, python, run, run_pip)
 
 REQUIREMENTS = ROOT / "requirements.txt"
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
@@ -101,6 +107,29 @@ def prepare_environment(requirements: Path = REQUIREMENTS) -> int:
     return 0
 
 
+def _run_extension_installers(ns, paths: Paths) -> None:
+    """Each enabled extension's install.py (A1111 runs them at every launch); a failure is reported, not fatal."""
+    from modules import extensions
+    from modules.settings import Settings
+
+    found = extensions.discover_configured(paths, Settings.load(paths.config_file), ns)
+    for message in extensions.run_installers(extensions.active(found)):
+        print(f"launch.py: warning: {message}", file=sys.stderr)
+
+
+def no_checkpoint_hint(paths: Paths) -> str | None:
+    """A1111 downloads SD 1.5 when there is no checkpoint; we never download on our own (and never block start-up):
+    we say where a checkpoint goes and how to download one."""
+    from modules.models.registry import CheckpointRegistry
+
+    if CheckpointRegistry(paths, no_hashing=True).refresh():
+        return None
+    return (f"No checkpoint found in {paths.ckpt_dirs[0]}. Put a .safetensors/.ckpt file (or a diffusers folder) "
+            f"there, or download one in the web UI: Models tab > Download a model (a direct URL, or a Hugging Face "
+            f"repo id such as stable-diffusion-v1-5/stable-diffusion-v1-5 with the file "
+            f"v1-5-pruned-emaonly.safetensors). Start with --no-download-sd-model to hide this message.")
+
+
 def _setup_logging(ns) -> None:
     level = getattr(logging, ns.loglevel) if ns.loglevel else logging.INFO
     logging.basicConfig(level=logging.WARNING if not ns.loglevel else level,
@@ -127,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"launch.py: error: cannot create data folders: {e}", file=sys.stderr)
         return 1
+
+    if not ns.skip_install:
+        _run_extension_installers(ns, paths)
+
+    hint = None if ns.no_download_sd_model else no_checkpoint_hint(paths)
+    if hint:
+        print(hint, flush=True)
 
     from modules import server
 

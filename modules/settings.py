@@ -471,6 +471,11 @@ _section("postprocessing", {
     "postprocessing_operation_order": _O([], "Postprocessing operation order"),
 })
 
+_section("extensions", {
+    "extensions_index_url": _O("https://raw.githubusercontent.com/AUTOMATIC1111/stable-diffusion-webui-extensions/"
+                               "master/index.json", "Extension index for the Available tab (URL or local file)"),
+})
+
 _section("hidden", {
     "disabled_extensions": _O([], "Disable these extensions"),
     "disable_all_extensions": _O("none", "Disable all extensions (preserves the list of disabled extensions)",

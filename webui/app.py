@@ -14,7 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from modules.engine import Engine  # noqa: E402
-from webui import generation_tabs, other_tabs  # noqa: E402
+from webui import extensions_tab, generation_tabs, models_tab, other_tabs, train_tab  # noqa: E402
 from webui.runner import USER_ERRORS, error_html  # noqa: E402
 from webui.ui_config import UiConfig  # noqa: E402
 
@@ -39,7 +39,7 @@ def _quicksettings(engine: Engine):
     with gr.Row(elem_id="quicksettings", equal_height=True):
         current = engine.settings.get("sd_model_checkpoint", None)
         titles = engine.registry.titles()
-        value = current if current in titles else (titles[0] if titles else None)
+        value = current if current in titles else _default_title(engine, titles)
         ckpt = gr.Dropdown(titles, value=value, label="Stable Diffusion checkpoint",
                            elem_id="setting_sd_model_checkpoint", scale=4)
         refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", size="sm", min_width=40, scale=0)
@@ -80,24 +80,71 @@ def _quicksettings(engine: Engine):
     return ckpt
 
 
-def create_ui(engine: Engine) -> gr.Blocks:
+def _default_title(engine: Engine, titles: list[str]) -> str | None:
+    """The checkpoint a generation would use now (a real one before the bundled demo model)."""
+    try:
+        return engine.models.resolve().title
+    except LookupError:
+        return titles[0] if titles else None
+
+
+def _demo_note_html(note: dict | None) -> str:
+    if not note:
+        return ""
+    return f"<div class='sd-note' id='demo_model_note'>ℹ️ {html.escape(note.get('description', 'demo model'))}</div>"
+
+
+def _wire_demo_defaults(engine: Engine, cfg: UiConfig, ckpt, note, t2i, i2i, demo: gr.Blocks) -> None:
+    """With the bundled demo model selected, say what it is and use its native size and CFG; back to the UI
+    defaults when a real checkpoint replaces it at the demo's size."""
+    tabs = [(dict(c.fields), c.tab) for c in (t2i, i2i)]
+    sizes = [fields[k] for fields, _ in tabs for k in ("width", "height")]
+    outputs = [note] + [fields[k] for fields, _ in tabs for k in ("width", "height", "cfg_scale")]
+
+    demo_sizes = set()
+
+    def apply(title, *current):
+        info = engine.models.demo_note(title or None)
+        if info:
+            size, scale = int(info.get("default_size", 64)), float(info.get("default_cfg", 5.0))
+            demo_sizes.add(size)
+            return [_demo_note_html(info)] + [size, size, scale] * len(tabs)
+        updates = [_demo_note_html(None)]
+        for i, (_, tab) in enumerate(tabs):
+            w, h = current[2 * i], current[2 * i + 1]
+            at_demo_size = w == h and w in demo_sizes
+            updates += [cfg.value(f"{tab}/Width", 512) if at_demo_size else gr.update(),
+                        cfg.value(f"{tab}/Height", 512) if at_demo_size else gr.update(), gr.update()]
+        return updates
+
+    ckpt.change(apply, [ckpt] + sizes, outputs, queue=False, show_progress="hidden")
+    demo.load(apply, [ckpt] + sizes, outputs, queue=False, show_progress="hidden")
+
+
+def create_ui(engine: Engine, args=None) -> gr.Blocks:
     cfg = UiConfig(engine.paths.ui_config_file)
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False, fill_width=True) as demo:
         ckpt = _quicksettings(engine)
+        note = gr.HTML(_demo_note_html(engine.models.demo_note()), elem_id="quicksettings_demo_note")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = generation_tabs.build_txt2img(engine, cfg)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 i2i = generation_tabs.build_img2img(engine, cfg)
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
-                extras = other_tabs.build_extras()
+                extras = other_tabs.build_extras(engine)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = other_tabs.build_pnginfo()
             with gr.Tab("Models", id="models", elem_id="tab_models"):
-                other_tabs.build_models(engine, ckpt)
+                models_tab.build_models(engine, ckpt)
+            with gr.Tab("Train", id="train", elem_id="tab_train"):
+                train_tab.build_train(engine)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 other_tabs.build_settings(engine)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                extensions_tab.build_extensions(engine, args, demo)
         _wire_sending(t2i, i2i, extras, png, tabs)
+        _wire_demo_defaults(engine, cfg, ckpt, note, t2i, i2i, demo)
         demo.load(lambda: _current_checkpoint(engine), None, ckpt, queue=False, show_progress="hidden")
     cfg.save()
     return demo
@@ -177,7 +224,7 @@ def auth_pairs(spec: str | None) -> list[tuple[str, str]] | None:
 
 def mount(app, engine: Engine, args) -> None:
     """Mount the UI at `/` of the server's FastAPI app (after the API routes, which must come first)."""
-    demo = create_ui(engine)
+    demo = create_ui(engine, args)
     demo.queue(default_concurrency_limit=1, max_size=64)
     css = (ASSETS / "style.css").read_text(encoding="utf-8")
     gr.mount_gradio_app(app, demo, path="/", auth=auth_pairs(getattr(args, "gradio_auth", None)),

@@ -1,4 +1,4 @@
-"""PNG Info, Extras, Models and Settings tabs."""
+"""PNG Info, Extras and Settings tabs (the Models tab is webui/models_tab.py)."""
 from __future__ import annotations
 
 import html
@@ -11,7 +11,6 @@ import gradio as gr
 from modules import images as images_mod
 from modules import infotext as infotext_mod
 from modules import postprocessing
-from modules.models import detect
 from modules.settings import OPTIONS
 from webui.runner import USER_ERRORS, error_html, info_html
 
@@ -46,110 +45,118 @@ def build_pnginfo():
     return {"image": image, "text": text, "to_txt2img": to_txt2img, "to_img2img": to_img2img}
 
 
-def build_extras():
+def build_extras(engine):
+    """A1111's Extras: single image, batch (uploads) or batch from a folder; upscaler 1 and 2, scale by or to."""
+    names = engine.upscalers.names()
     with gr.Row(equal_height=False):
         with gr.Column():
-            image = gr.Image(label="Source", type="pil", format="png", elem_id="extras_image",
-                             sources=["upload", "clipboard"], height=360, image_mode=None)
-            with gr.Tabs():
-                with gr.Tab("Scale by", elem_id="extras_scale_by_tab"):
-                    scale = gr.Slider(1.0, 8.0, value=2.0, step=0.05, label="Resize", elem_id="extras_upscaling_resize")
-                with gr.Tab("Scale to", elem_id="extras_scale_to_tab"):
-                    with gr.Row():
-                        to_w = gr.Number(value=0, precision=0, label="Width", elem_id="extras_upscaling_resize_w")
-                        to_h = gr.Number(value=0, precision=0, label="Height", elem_id="extras_upscaling_resize_h")
-            upscaler = gr.Dropdown(list(postprocessing.UPSCALERS), value="Lanczos", label="Upscaler 1",
-                                   elem_id="extras_upscaler_1")
-            gr.Markdown("Face restoration (GFPGAN/CodeFormer) and model upscalers (ESRGAN…) are not included yet.",
-                        elem_classes=["sd-note"])
+            mode, resize_mode = gr.State("single"), gr.State("by")
+            with gr.Tabs(elem_id="mode_extras"):
+                with gr.Tab("Single Image", id="single", elem_id="extras_single_tab") as single_tab:
+                    image = gr.Image(label="Source", type="pil", format="png", elem_id="extras_image",
+                                     sources=["upload", "clipboard"], height=360, image_mode=None)
+                with gr.Tab("Batch Process", id="batch", elem_id="extras_batch_process_tab") as batch_tab:
+                    files = gr.File(label="Batch Process", file_count="multiple", file_types=["image"],
+                                    type="filepath", elem_id="extras_image_batch")
+                with gr.Tab("Batch from Directory", id="folder", elem_id="extras_batch_directory_tab") as dir_tab:
+                    input_dir = gr.Textbox(label="Input directory", elem_id="extras_batch_input_dir",
+                                           placeholder="A directory on the same machine where the server is running.")
+                    output_dir = gr.Textbox(label="Output directory", elem_id="extras_batch_output_dir",
+                                            placeholder="Leave blank to save images to the default path.")
+                    show_results = gr.Checkbox(label="Show result images", value=True,
+                                               elem_id="extras_show_extras_results")
             run = gr.Button("Generate", variant="primary", elem_id="extras_generate")
+            with gr.Tabs(elem_id="extras_resize_mode"):
+                with gr.Tab("Scale by", elem_id="extras_scale_by_tab") as by_tab:
+                    scale = gr.Slider(1.0, 8.0, value=4.0, step=0.05, label="Resize", elem_id="extras_upscaling_resize")
+                with gr.Tab("Scale to", elem_id="extras_scale_to_tab") as to_tab:
+                    with gr.Row():
+                        to_w = gr.Number(value=512, precision=0, label="Width", elem_id="extras_upscaling_resize_w")
+                        to_h = gr.Number(value=512, precision=0, label="Height", elem_id="extras_upscaling_resize_h")
+                        crop = gr.Checkbox(label="Crop to fit", value=True, elem_id="extras_upscaling_crop")
+            with gr.Row():
+                upscaler_1 = gr.Dropdown(names, value="Lanczos", label="Upscaler 1", elem_id="extras_upscaler_1")
+                refresh = gr.Button("🔄", elem_id="extras_upscaler_refresh", size="sm", min_width=40, scale=0)
+            with gr.Row():
+                upscaler_2 = gr.Dropdown(names, value="None", label="Upscaler 2", elem_id="extras_upscaler_2")
+                visibility = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="Upscaler 2 visibility",
+                                       elem_id="extras_upscaler_2_visibility")
+            gr.Markdown(postprocessing.FACE_RESTORATION_NOTE, elem_classes=["sd-note"])
         with gr.Column():
-            result = gr.Image(label="Result", type="pil", format="png", elem_id="extras_result", interactive=False,
-                              height=360)
+            gallery = gr.Gallery(label="Result", format="png", elem_id="extras_gallery", interactive=False,
+                                 height=420, object_fit="contain", columns=3)
             info = gr.HTML(elem_id="html_info_extras")
 
-    def go(img, factor, w, h, name):
-        if img is None:
-            return None, error_html("Upload an image first")
-        try:
-            out = postprocessing.upscale(img, name, factor, int(w or 0), int(h or 0))
-        except USER_ERRORS as e:
-            return None, error_html(str(e))
-        text = "\n".join(t for t in (out.original_infotext, out.params_text) if t)
-        return out.image, info_html(text)
+    for tab, value in ((single_tab, "single"), (batch_tab, "batch"), (dir_tab, "folder")):
+        tab.select(lambda v=value: v, None, mode, queue=False, show_progress="hidden")
+    for tab, value in ((by_tab, "by"), (to_tab, "to")):
+        tab.select(lambda v=value: v, None, resize_mode, queue=False, show_progress="hidden")
 
-    run.click(go, [image, scale, to_w, to_h, upscaler], [result, info], concurrency_id="generate")
+    def go(mode, img, paths, in_dir, out_dir, show, resize, factor, w, h, crop, up1, up2, vis):
+        to_size = resize == "to"
+        opts = postprocessing.UpscaleOptions(up1, factor, int(w or 0) if to_size else 0,
+                                             int(h or 0) if to_size else 0, up2, vis, crop)
+        try:
+            named = _extras_inputs(mode, img, paths, in_dir)
+            outdir = (engine.paths.resolve_data_path(out_dir.strip()) if mode == "folder" and out_dir.strip()
+                      else postprocessing.extras_output_dir(engine.paths, engine.settings))
+            done = []
+            with engine.queue.turn():
+                for item in postprocessing.upscale_many(engine.upscalers, named, opts):
+                    postprocessing.save_upscaled(item, outdir, engine.settings, upscaler_name=up1)
+                    done.append(item if mode != "folder" or show else None)
+        except (*USER_ERRORS, OSError) as e:
+            return [], error_html(str(e))
+        return _extras_result(done, outdir)
+
+    inputs = [mode, image, files, input_dir, output_dir, show_results, resize_mode, scale, to_w, to_h, crop,
+              upscaler_1, upscaler_2, visibility]
+    run.click(go, inputs, [gallery, info], concurrency_id="generate")
+    refresh.click(lambda: [gr.update(choices=engine.upscalers.names())] * 2, None, [upscaler_1, upscaler_2],
+                  queue=False)
     return {"image": image}
 
 
-def _checkpoint_rows(engine) -> list[list[Any]]:
-    rows = []
-    for info in engine.registry.list():
-        size = f"{info.size / 2**20:.1f} MiB" if info.size else ""
-        rows.append([info.title, info.shorthash or "(hashing…)", family_label(info.filename), size,
-                     str(info.filename)])
-    return rows
+def _extras_inputs(mode: str, image, paths, input_dir: str):
+    """(name, image) pairs for the chosen Extras mode; a clear ValueError when there is nothing to work on."""
+    if mode == "single":
+        if image is None:
+            raise ValueError("Upload an image first")
+        return [(None, image)]
+    if mode == "batch":
+        if not paths:
+            raise ValueError("Add images to the batch first")
+        return (_open_upload(p) for p in paths)
+    if not (input_dir or "").strip():
+        raise ValueError("Enter an input directory")
+    return postprocessing.images_in_folder(input_dir.strip())
 
 
-def family_label(path: Path) -> str:
-    """The family read from a .safetensors header (shapes only, no weights loaded); '—' where that can't be done."""
-    path = Path(path)
-    if path.is_dir():
-        return "diffusers folder"
-    if path.suffix.lower() != ".safetensors":
-        return "—"
+def _open_upload(path) -> tuple[str, Any]:
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        from safetensors import safe_open
-
-        class Shape:
-            def __init__(self, shape):
-                self.shape = tuple(shape)
-
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {k: Shape(f.get_slice(k).get_shape()) for k in f.keys()}
-        spec = detect.detect(shapes, name=path.name, prediction_hint=detect.prediction_hint_from_yaml(path))
-        return spec.label if spec.prediction_type != "probe" else spec.label.replace("(probe)", "")
-    except Exception as e:  # an unreadable file is shown as such, not an error page
-        return f"unreadable: {str(e)[:120]}"
+        with Image.open(path) as im:
+            im.load()
+            image = im.copy()
+            image.info = dict(im.info)
+    except (UnidentifiedImageError, OSError):
+        raise ValueError(f"{Path(path).name} is not an image") from None
+    return Path(path).name, image
 
 
-def build_models(engine, on_loaded):
-    gr.Markdown("### Checkpoints")
-    table = gr.Dataframe(headers=["Title", "Hash", "Family", "Size", "File"], value=_checkpoint_rows(engine),
-                         interactive=False, elem_id="models_checkpoints", wrap=True)
-    with gr.Row():
-        refresh = gr.Button("🔄 Refresh", elem_id="models_refresh")
-        choice = gr.Dropdown(engine.registry.titles(), label="Checkpoint", elem_id="models_checkpoint_choice")
-        load = gr.Button("Load", variant="primary", elem_id="models_load")
-    status = gr.HTML(elem_id="models_status")
-    gr.Markdown("### VAEs")
-    vae_table = gr.Dataframe(headers=["Name", "File"], value=_vae_rows(engine), interactive=False,
-                             elem_id="models_vaes")
-
-    def do_refresh():
-        engine.registry.refresh()
-        engine.registry.hash_all_in_background()
-        return _checkpoint_rows(engine), gr.update(choices=engine.registry.titles()), _vae_rows(engine)
-
-    def do_load(title):
-        if not title:
-            return error_html("Choose a checkpoint first"), gr.update()
-        try:
-            model = engine.models.select(title)
-        except USER_ERRORS as e:
-            return error_html(str(e)), gr.update()
-        return f"<div class='sd-note'>Loaded {html.escape(model.title)} ({html.escape(model.spec.label)})</div>", \
-            gr.update(value=model.title)
-
-    refresh.click(do_refresh, None, [table, choice, vae_table])
-    load.click(do_load, choice, [status, on_loaded], concurrency_id="generate")
-    return {"refresh": refresh}
-
-
-def _vae_rows(engine):
-    from modules.models.registry import list_vaes
-
-    return [[v.name, str(v.filename)] for v in list_vaes(engine.paths)]
+def _extras_result(done: list, outdir: Path):
+    shown = [d for d in done if d is not None]
+    if not done:
+        return [], error_html("No images found")
+    last = shown[-1] if shown else None
+    sizes = f"{last.image.width}x{last.image.height}" if last else ""
+    if len(done) == 1 and last is not None:
+        note = f"Result: {sizes}, saved as {last.path}"
+    else:
+        note = f"{len(done)} images upscaled{' (last ' + sizes + ')' if sizes else ''}, saved to {outdir}"
+    extra = f"<div class='sd-note' id='extras_result_note'>{html.escape(note)}</div>"
+    return [d.image for d in shown], info_html(last.infotext if last else "", extra)
 
 
 def build_settings(engine):
