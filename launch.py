@@ -137,8 +137,22 @@ def _setup_logging(ns) -> None:
     logging.getLogger("modules").setLevel(level)
 
 
+def parse_with_extension_flags(argv: list[str] | None = None):
+    """Parse the flags, including those extensions add in their preload.py (found from a first, lenient parse
+    that only needs --data-dir and the extension switches)."""
+    from modules import extension_runtime
+
+    parser = cmd_args.build_parser()
+    try:
+        first, _ = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+        extension_runtime.run_preload(parser, Paths.from_args(first), args=first)
+    except SystemExit:  # a malformed flag: the real parse below reports it
+        parser = cmd_args.build_parser()
+    return cmd_args.parse_args(argv, parser=parser)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ns = cmd_args.parse_args(argv)
+    ns = parse_with_extension_flags(argv)
     _setup_logging(ns)
 
     if not ns.skip_install:

@@ -84,6 +84,13 @@ def create_app(ctx: AppContext | None) -> FastAPI:
         response.headers["X-Process-Time"] = f"{time.perf_counter() - started:.4f}"
         return response
 
+    runtime = None
+    if ctx is not None:  # extensions: scripts, callbacks and their settings, before any request is served
+        from modules import extension_runtime
+
+        runtime = extension_runtime.start(ctx.engine, ctx.args)
+        ctx.extra["extensions"] = runtime
+
     # /sdapi/v1 (A1111's HTTP API) with --api, or alone with --nowebui; before the UI's catch-all mount.
     if ctx is not None and (getattr(ctx.args, "api", False) or getattr(ctx.args, "nowebui", False)):
         from modules import api
@@ -96,11 +103,18 @@ def create_app(ctx: AppContext | None) -> FastAPI:
         def index() -> HTMLResponse:
             return HTMLResponse(_PLACEHOLDER)
 
+        if ctx is not None:
+            from modules import script_callbacks
+            from webui import script_ui  # the scripts' argument defaults come from their controls
+
+            script_ui.compute_defaults(ctx.engine.scripts)
+            script_callbacks.app_started_callback(None, app)
+
     # The UI is mounted last: its catch-all mount at "/" would shadow routes added after it.
     if ui:
         from webui.app import mount
 
-        mount(app, ctx.engine, ctx.args)
+        mount(app, ctx.engine, ctx.args, runtime)
     return app
 
 
@@ -165,6 +179,9 @@ def serve(ns: argparse.Namespace, ctx: AppContext | None = None, paths: Paths | 
     n = len(ctx.checkpoints)
     print(f"Found {n} checkpoint{'s' if n != 1 else ''} in {', '.join(str(d) for d in ctx.paths.ckpt_dirs)}",
           flush=True)
+    demo = ctx.engine.models.demo_note()
+    if demo:
+        print(f"Checkpoint: {demo.get('description', 'demo model')}", flush=True)
     print(f"Running on local URL:  {url}", flush=True)
     if getattr(ns, "autolaunch", False):
         try:

@@ -100,7 +100,9 @@ script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_app_started(on_app_started)
 script_callbacks.on_ui_tabs(on_ui_tabs)
 ''',
-    "javascript/fixture.js": "window.fixtureExtensionLoaded = 'yes';\n",
+    "javascript/fixture.js": "window.fixtureExtensionLoaded = 'yes';\n"
+                             "onUiLoaded(function() { window.fixtureUiLoaded = !!gradioApp().querySelector("
+                             "'#txt2img_prompt'); });\n",
     "style.css": "#fixture_tab_text { color: rgb(1, 2, 3); }\n",
     "preload.py": '''
 def preload(parser):

@@ -135,3 +135,48 @@ def test_shared_facade_points_at_the_engine(ext_engine):
     assert shared.opts.samples_format == ext_engine.settings.get("samples_format")
     assert shared.state is ext_engine.state
     assert json.dumps(shared.cmd_opts.data_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Through the server: API routing, app_started routes, javascript/css and tabs in the page
+
+
+@pytest.fixture(scope="module")
+def client(ext_engine):
+    from fastapi.testclient import TestClient
+
+    from modules.server import AppContext, create_app
+
+    ns = cmd_args.parse_args(["--data-dir", str(ext_engine.paths.data_dir), "--skip-install", "--api"], env={})
+    app = create_app(AppContext(args=ns, engine=ext_engine))
+    with TestClient(app) as c:
+        yield c
+
+
+def test_api_lists_and_routes_scripts(client):
+    assert "run twice" in client.get("/sdapi/v1/scripts").json()["txt2img"]
+    info = {s["name"]: s for s in client.get("/sdapi/v1/script-info").json() if not s["is_img2img"]}
+    assert [a["label"] for a in info["prompt suffix"]["args"]] == ["Add suffix", "Suffix"]
+    assert info["prompt suffix"]["is_alwayson"] is True
+    r = client.post("/sdapi/v1/txt2img", json={**BASE, "alwayson_scripts": {"Prompt suffix": {"args": [True, "dusk"]}}})
+    assert r.status_code == 200, r.text
+    assert json.loads(r.json()["info"])["all_prompts"] == ["a cat, dusk"]
+    r = client.post("/sdapi/v1/txt2img", json={**BASE, "script_name": "no such script"})
+    assert r.status_code == 422 and "no such script" in r.json()["detail"]
+
+
+def test_app_started_route_and_extension_setting_are_served(client):
+    r = client.get("/fixture/seen")  # added in on_app_started: not shadowed by the UI's catch-all mount
+    assert r.status_code == 200 and "steps" in r.json()
+    assert client.get("/sdapi/v1/options").json()["callbacks_zero_latents"] is False
+
+
+def test_page_carries_extension_javascript_css_tab_and_script_controls(client):
+    page = client.get("/").text + client.get("/config").text  # gradio puts head and css into the config
+    assert "window.fixtureExtensionLoaded = 'yes'" in page
+    assert "function gradioApp()" in page
+    config = page
+    assert "rgb(1, 2, 3)" in page  # the extension's style.css
+    assert "fixture_tab_text" in config and "Fixture tab" in config  # on_ui_tabs
+    assert "script_txt2img_prompt_suffix_suffix" in config  # the always-on script's controls
+    assert "script_list" in config  # the Script dropdown

@@ -5,16 +5,19 @@ UI code only: every action calls the engine (`modules/`), which holds all genera
 from __future__ import annotations
 
 import html
+import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
+from modules import script_callbacks, scripts  # noqa: E402
 from modules.engine import Engine  # noqa: E402
-from webui import extensions_tab, generation_tabs, models_tab, other_tabs, train_tab  # noqa: E402
+from webui import gradio_compat, extensions_tab, generation_tabs, models_tab, other_tabs, train_tab  # noqa: E402
 from webui.runner import USER_ERRORS, error_html  # noqa: E402
 from webui.ui_config import UiConfig  # noqa: E402
 
@@ -123,13 +126,16 @@ def _wire_demo_defaults(engine: Engine, cfg: UiConfig, ckpt, note, t2i, i2i, dem
 
 def create_ui(engine: Engine, args=None) -> gr.Blocks:
     cfg = UiConfig(engine.paths.ui_config_file)
+    gradio_compat.install()
+    script_callbacks.before_ui_callback()
+    extension_tabs = script_callbacks.ui_tabs_callback()
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False, fill_width=True) as demo:
         ckpt = _quicksettings(engine)
         note = gr.HTML(_demo_note_html(engine.models.demo_note()), elem_id="quicksettings_demo_note")
         with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"), _current_scripts(engine, "txt2img"):
                 t2i = generation_tabs.build_txt2img(engine, cfg)
-            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"), _current_scripts(engine, "img2img"):
                 i2i = generation_tabs.build_img2img(engine, cfg)
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 extras = other_tabs.build_extras(engine)
@@ -139,6 +145,7 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
                 models_tab.build_models(engine, ckpt)
             with gr.Tab("Train", id="train", elem_id="tab_train"):
                 train_tab.build_train(engine)
+            _extension_tabs(extension_tabs)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 other_tabs.build_settings(engine)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
@@ -148,6 +155,28 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
         demo.load(lambda: _current_checkpoint(engine), None, ckpt, queue=False, show_progress="hidden")
     cfg.save()
     return demo
+
+
+@contextmanager
+def _current_scripts(engine: Engine, mode: str):
+    """While a generation tab is built, its scripts get the component hooks (A1111's scripts_current)."""
+    previous = scripts.scripts_current
+    scripts.scripts_current = engine.scripts.for_mode(mode) if engine.scripts is not None else None
+    try:
+        yield
+    finally:
+        scripts.scripts_current = previous
+
+
+def _extension_tabs(tabs: list) -> None:
+    """Tabs extensions returned from on_ui_tabs: (blocks, title, elem_id)."""
+    for item in tabs:
+        try:
+            blocks, title, elem_id = item[0], item[1], item[2]
+            with gr.Tab(title, id=elem_id, elem_id=f"tab_{elem_id}"):
+                blocks.render()
+        except Exception as e:  # noqa: BLE001 - a broken extension tab must not stop the page
+            script_callbacks.report_error("ui_tabs", str(item[1] if len(item) > 1 else item), e)
 
 
 def _current_checkpoint(engine: Engine):
@@ -222,11 +251,41 @@ def auth_pairs(spec: str | None) -> list[tuple[str, str]] | None:
     return pairs or None
 
 
-def mount(app, engine: Engine, args) -> None:
-    """Mount the UI at `/` of the server's FastAPI app (after the API routes, which must come first)."""
+def mount(app, engine: Engine, args, runtime=None) -> None:
+    """Mount the UI at `/` of the server's FastAPI app (after the API routes, which must come first).
+
+    Extensions' `on_app_started(demo, app)` run before the mount, so the routes they add are matched before the
+    UI's catch-all; their javascript and style.css go into the page."""
     demo = create_ui(engine, args)
     demo.queue(default_concurrency_limit=1, max_size=64)
+    script_callbacks.app_started_callback(demo, app)
     css = (ASSETS / "style.css").read_text(encoding="utf-8")
+    head = CTRL_ENTER_JS + page_globals(engine)
+    if runtime is not None:
+        css += "".join(f"\n/* {path} */\n{_read(path)}" for path in runtime.css_files())
+        head += "".join(f"\n<script>/* {path.name} */\n{_read(path)}\n</script>" for path in runtime.javascript_files())
     gr.mount_gradio_app(app, demo, path="/", auth=auth_pairs(getattr(args, "gradio_auth", None)),
-                        css=css, head=CTRL_ENTER_JS, footer_links=["api", "settings"], run_history=False,
+                        css=css, head=head, footer_links=["api", "settings"], run_history=False,
                         show_error=True)
+
+
+def _read(path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        log.error("could not read %s: %s", path, e)
+        return ""
+
+
+def page_globals(engine: Engine) -> str:
+    """A1111's page-side globals extension scripts call: gradioApp(), onUiLoaded/onUiUpdate/…, opts."""
+    options = {}
+    for name, value in engine.settings.as_dict().items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        options[name] = value
+    script = (ASSETS / "a1111_globals.js").read_text(encoding="utf-8")
+    script = script.replace("__OPTS__", json.dumps(options).replace("</", "<\\/"))
+    return f"\n<script>\n{script}\n</script>"

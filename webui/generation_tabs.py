@@ -21,6 +21,7 @@ from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest
 from modules.resize import RESIZE_MODES
 from modules.sampling import samplers
 from webui import extra_networks_panel
+from webui import script_ui
 from webui.runner import run_streaming
 from webui.ui_config import UiConfig
 
@@ -271,15 +272,30 @@ def build_txt2img(engine, cfg: UiConfig) -> Controls:
         with gr.Column(scale=1, elem_id="txt2img_settings"):
             _sampling_params(c, cfg, engine, is_img2img=False)
             _hires(c, cfg, engine)
+            script_controls = _scripts(engine, is_img2img=False)
         with gr.Column(scale=1, elem_id="txt2img_results"):
             _results(c)
 
     def run(*values):
-        data = _clean(c.values_to_dict(values))
-        yield from run_streaming(engine, lambda: Txt2ImgRequest.from_dict(data), "txt2img")
+        n = len(c.fields)
+        data = _clean(c.values_to_dict(values[:n]))
+        yield from run_streaming(engine, lambda: Txt2ImgRequest.from_dict(data), "txt2img",
+                                 _script_args(script_controls, values[n:]))
 
-    _common_wiring(c, engine, run, [])
+    _common_wiring(c, engine, run, script_controls.inputs if script_controls else [])
+    c.extra["scripts"] = script_controls
     return c
+
+
+def _scripts(engine, is_img2img: bool):
+    """The tab's always-on scripts and the "Script" dropdown (when extensions are loaded)."""
+    if engine.scripts is None:
+        return None
+    return script_ui.build(engine.scripts.for_mode("img2img" if is_img2img else "txt2img"), is_img2img)
+
+
+def _script_args(controls, values) -> list | None:
+    return script_ui.ui_values_to_args(controls, list(values)) if controls is not None else None
 
 
 def build_img2img(engine, cfg: UiConfig) -> Controls:
@@ -332,6 +348,7 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
                     out_up = gr.Number(value=0, precision=0, label="Up", elem_id="img2img_outpaint_up")
                     out_down = gr.Number(value=0, precision=0, label="Down", elem_id="img2img_outpaint_down")
                 outpaint_btn = gr.Button("Outpaint", elem_id="img2img_outpaint_button")
+            script_controls = _scripts(engine, is_img2img=True)
         with gr.Column(scale=1, elem_id="img2img_results"):
             _results(c)
 
@@ -357,8 +374,9 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
         return Img2ImgRequest.from_dict(data)
 
     def run(*values):
-        n = len(c.fields)
-        yield from run_streaming(engine, lambda: build_request(values[:n], values[n:]), "img2img")
+        n, m = len(c.fields), len(c.fields) + len(images_in)
+        yield from run_streaming(engine, lambda: build_request(values[:n], values[n:m]), "img2img",
+                                 _script_args(script_controls, values[m:]))
 
     def run_outpaint(*values):
         n = len(c.fields)
@@ -366,7 +384,8 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
         yield from run_streaming(engine, lambda: build_request(values[:n], values[n:n + len(images_in)], px),
                                  "img2img")
 
-    _common_wiring(c, engine, run, images_in)
+    _common_wiring(c, engine, run, images_in + (script_controls.inputs if script_controls else []))
+    c.extra["scripts"] = script_controls
     outputs = [c.gallery, c.infotexts, c.info, c.progress, c.preview, c.extra["last_seed"]]
     outpaint_btn.click(run_outpaint, c.components + images_in + [out_left, out_right, out_up, out_down], outputs,
                        concurrency_id="generate", concurrency_limit=None, show_progress="hidden")

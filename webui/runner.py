@@ -53,7 +53,8 @@ def info_html(infotext: str, extra: str = "") -> str:
     return f"<div class='sd-infotext'>{body}</div>{extra}"
 
 
-def run_streaming(engine: Engine, build: Callable[[], Any], kind: str) -> Iterator[tuple]:
+def run_streaming(engine: Engine, build: Callable[[], Any], kind: str,
+                  script_args: list | None = None) -> Iterator[tuple]:
     """Yield (gallery, infotexts, info_html, progress_html, preview, seed) while the job runs, then the result.
 
     `build` makes the typed request (raising RequestError on bad input) so that errors surface in the page.
@@ -67,7 +68,7 @@ def run_streaming(engine: Engine, build: Callable[[], Any], kind: str) -> Iterat
 
     def work():
         try:
-            box["result"] = engine.generate(req)
+            box["result"] = engine.generate(req, script_args)
         except USER_ERRORS as e:
             box["error"] = str(e)
         except Exception as e:  # out of memory, a broken extension...: show it, keep the server alive

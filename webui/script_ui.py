@@ -60,6 +60,8 @@ def build(runner: scripts.ScriptRunner, is_img2img: bool) -> ScriptControls:
     if groups:
         dropdown.change(show, dropdown, groups, queue=False, show_progress="hidden")
     controls = [per_script.get(id(s), []) for s in runner.scripts]
+    for script, group in zip(runner.scripts, controls):
+        script.controls = group
     runner.layout([len(c) for c in controls], [[_default(x) for x in c] for c in controls])
     inputs = [dropdown] + [c for group in controls for c in group]
     runner.inputs = inputs
@@ -85,6 +87,9 @@ def _default(component) -> Any:
 def compute_defaults(runners: scripts.ScriptRunners) -> None:
     """Without the web UI (--nowebui) the API still needs each script's argument slice and default values:
     build the controls once in a throwaway Blocks, as A1111 does."""
+    from webui import gradio_compat
+
+    gradio_compat.install()
     with gr.Blocks(analytics_enabled=False):
         build(runners.txt2img, False)
         build(runners.img2img, True)

@@ -147,7 +147,7 @@ _FLOAT_LIMITS = {
 }
 
 
-def check_request(req, settings=None, upscaler_names=None) -> None:
+def check_request(req, settings=None, upscaler_names=None, runners=None) -> None:
     """Range checks the dataclasses leave to processing, the configurable caps (api_max_steps, api_max_batch_size,
     api_max_n_iter), and the sampler / upscaler / script names (`upscaler_names`: the engine's pixel upscalers)."""
     if settings is not None:
@@ -181,11 +181,27 @@ def check_request(req, settings=None, upscaler_names=None) -> None:
         h = req.hr_resize_y or req.height * req.hr_scale
         if w > MAX_DIM or h > MAX_DIM:
             raise ApiError(422, f"hires fix target {int(w)}x{int(h)} is larger than {MAX_DIM}")
-    if req.script_name:
-        raise ApiError(422, f"script {req.script_name!r} not found (no scripts are installed)", "ScriptNotFound")
-    if req.alwayson_scripts:
-        names = ", ".join(repr(k) for k in req.alwayson_scripts)
-        raise ApiError(422, f"always-on script(s) {names} not found (no scripts are installed)", "ScriptNotFound")
+    runner = runners.for_mode(req.mode) if runners is not None else None
+    if req.script_name and (runner is None or not runner.selectable_index(req.script_name)):
+        valid = ", ".join(runner.titles) if runner is not None and runner.titles else "none installed"
+        raise ApiError(422, f"script {req.script_name!r} not found; available: {valid}", "ScriptNotFound")
+    for title in req.alwayson_scripts or {}:
+        script = runner.script(title) if runner is not None else None
+        if script is None or not script.alwayson:
+            raise ApiError(422, f"always-on script {title!r} not found", "ScriptNotFound")
+
+
+def _arg_info(component) -> dict:
+    """A1111's ScriptArg: what a UI component tells about the argument it stands for."""
+    def plain(value):
+        return value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
+
+    choices = getattr(component, "choices", None)
+    if choices:
+        choices = [c[0] if isinstance(c, (list, tuple)) else c for c in choices]
+    return {"label": getattr(component, "label", None), "value": plain(getattr(component, "value", None)),
+            "minimum": getattr(component, "minimum", None), "maximum": getattr(component, "maximum", None),
+            "step": getattr(component, "step", None), "choices": choices}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,7 +250,7 @@ class Api:
         r.add_api_route("/loras", self.loras, methods=["GET"])
         r.add_api_route("/embeddings", self.embeddings, methods=["GET"])
         r.add_api_route("/scripts", self.scripts, methods=["GET"])
-        r.add_api_route("/script-info", self.empty_list, methods=["GET"])
+        r.add_api_route("/script-info", self.script_info, methods=["GET"])
         r.add_api_route("/extensions", self.extensions, methods=["GET"])
         r.add_api_route("/memory", self.memory, methods=["GET"])
         r.add_api_route("/refresh-checkpoints", self.refresh_checkpoints, methods=["POST"])
@@ -280,7 +296,7 @@ class Api:
             req = cls.from_dict(data)
         except RequestError as e:
             raise ApiError(422, str(e), "RequestError") from None
-        check_request(req, self.engine.settings, self.engine.upscalers.names())
+        check_request(req, self.engine.settings, self.engine.upscalers.names(), self.engine.scripts)
         return req, raw_images
 
     def _apply_infotext(self, data: dict) -> None:
@@ -492,7 +508,28 @@ class Api:
                 for st in db.styles.values()]
 
     def scripts(self):
-        return {"txt2img": [], "img2img": []}
+        """Selectable scripts per tab (A1111: lower-case titles)."""
+        runners = self.engine.scripts
+        if runners is None:
+            return {"txt2img": [], "img2img": []}
+        return {"txt2img": [t.lower() for t in runners.txt2img.titles],
+                "img2img": [t.lower() for t in runners.img2img.titles]}
+
+    def script_info(self):
+        """Every script with its arguments as its UI shows them (label, default, range, choices)."""
+        runners = self.engine.scripts
+        if runners is None:
+            return []
+        out = []
+        for runner in (runners.txt2img, runners.img2img):
+            for script in runner.scripts:
+                try:
+                    name = str(script.title()).lower()
+                except Exception:  # noqa: BLE001 - a broken title() is skipped, not a 500
+                    continue
+                out.append({"name": name, "is_alwayson": bool(script.alwayson), "is_img2img": runner.is_img2img,
+                            "args": [_arg_info(c) for c in (script.controls or [])]})
+        return out
 
     def nothing(self):
         return None

@@ -1,0 +1,70 @@
+"""Fixture extensions in a real browser: their javascript runs with A1111's page globals, their tab and
+always-on controls are on the page, and a selectable script chosen in the Script dropdown runs from the UI."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from modules import extensions
+from modules.paths import Paths
+from modules import cmd_args
+from tests import ext_fixtures
+from tests.test_webui import Server, artifacts, generate, pick, set_number  # noqa: F401 (fixture)
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+
+
+@pytest.fixture(scope="module")
+def ext_server(tmp_path_factory, tiny_models):
+    data = tmp_path_factory.mktemp("ext-ui-data")
+    ckpt = data / "models" / "Stable-diffusion"
+    ckpt.mkdir(parents=True)
+    shutil.copy(tiny_models.path("sd1.safetensors"), ckpt / "sd1.safetensors")
+    (data / "ui-config.json").write_text(json.dumps({
+        "txt2img/Width/value": 64, "txt2img/Height/value": 64, "txt2img/Sampling steps/value": 2}))
+    paths = Paths.from_args(cmd_args.parse_args(["--data-dir", str(data)], env={}))
+    paths.ensure_dirs()
+    origins = tmp_path_factory.mktemp("origins")
+    for name, files in (("prompt-suffix", ext_fixtures.PROMPT_EDITOR), ("callbacks", ext_fixtures.CALLBACKS),
+                        ("selectable", ext_fixtures.SELECTABLE), ("broken", ext_fixtures.BROKEN)):
+        extensions.install_from_url(paths, ext_fixtures.make_repo(origins / name, files), run_installer=False)
+    srv = Server(data, tmp_path_factory.mktemp("logs") / "server.log").start("--fixture-flag", "on")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def page(ext_server):
+    from tests.test_webui import CHROMIUM, FLAGS
+
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        pg = browser.new_page(viewport={"width": 1280, "height": 1000})
+        pg.set_default_timeout(60000)
+        pg.goto(ext_server.url)
+        pg.wait_for_selector("#txt2img_prompt textarea")
+        yield pg
+        browser.close()
+
+
+def test_extension_javascript_tab_and_scripts_in_the_page(page, artifacts):
+    assert page.evaluate("window.fixtureExtensionLoaded") == "yes"
+    page.wait_for_function("window.fixtureUiLoaded === true")  # onUiLoaded fired with the page built
+    assert page.evaluate("typeof opts === 'object' && opts.samples_format === 'png'")
+    page.get_by_role("button", name="Prompt suffix").click()  # the always-on script's own accordion
+    expect(page.locator("#script_txt2img_prompt_suffix_suffix")).to_be_visible()
+
+    pick(page, "script_list", "Run twice")
+    expect(page.locator("#script_txt2img_run_twice_times")).to_be_visible()
+    set_number(page, "script_txt2img_run_twice_times", 2)
+    generate(page)
+    expect(page.locator("#txt2img_gallery img")).to_have_count(2, timeout=60000)
+    page.screenshot(path=str(artifacts / "extensions-script.png"), full_page=True)
+
+    page.get_by_role("tab", name="Fixture tab").click()
+    text = page.locator("#fixture_tab_text")
+    expect(text).to_contain_text("Hello from the fixture tab")
+    assert "rgb(1, 2, 3)" in text.evaluate("e => getComputedStyle(e).color")
