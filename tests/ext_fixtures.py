@@ -205,3 +205,10 @@ def make_repo(path: Path, files: dict[str, str]) -> str:
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "first")
     return path.as_uri()
+
+
+def readme_example() -> dict[str, str]:
+    """The complete example in extensions/README.md, so the documentation is tested as written."""
+    text = (Path(__file__).resolve().parent.parent / "extensions" / "README.md").read_text(encoding="utf-8")
+    code = text.split("`extensions/sd-webui-signature/scripts/signature.py`:", 1)[1].split("```python", 1)[1]
+    return {"scripts/signature.py": code.split("```", 1)[0]}

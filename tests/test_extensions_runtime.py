@@ -31,7 +31,7 @@ def ext_engine(tiny_models, tmp_path_factory):
     paths.ensure_dirs()
     for name, files in (("prompt-suffix", ext_fixtures.PROMPT_EDITOR), ("callbacks", ext_fixtures.CALLBACKS),
                         ("broken", ext_fixtures.BROKEN), ("ordered", ext_fixtures.ORDERED),
-                        ("selectable", ext_fixtures.SELECTABLE)):
+                        ("selectable", ext_fixtures.SELECTABLE), ("sd-webui-signature", ext_fixtures.readme_example())):
         url = ext_fixtures.make_repo(tmp / "origins" / name, files)
         extensions.install_from_url(paths, url, run_installer=False)
     engine = Engine.create(paths)
@@ -180,3 +180,10 @@ def test_page_carries_extension_javascript_css_tab_and_script_controls(client):
     assert "fixture_tab_text" in config and "Fixture tab" in config  # on_ui_tabs
     assert "script_txt2img_prompt_suffix_suffix" in config  # the always-on script's controls
     assert "script_list" in config  # the Script dropdown
+
+
+def test_the_readme_example_works_as_documented(ext_engine, client):
+    result = ext_engine.txt2img({**BASE, "alwayson_scripts": {"signature": {"args": [True, "oil painting"]}}})
+    assert result.all_prompts == ["a cat, oil painting"]
+    assert "Signature: me" in result.infotexts[0]
+    assert client.get("/signature/text").json() == {"text": "me"}
