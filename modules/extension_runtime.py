@@ -41,6 +41,8 @@ def start(engine, args: argparse.Namespace | None = None) -> ExtensionRuntime:
     runners = scripts.ScriptRunners()
     runners.initialize()
     engine.scripts = runners
+    if script_callbacks.model_loaded_callback not in engine.models.on_loaded:
+        engine.models.on_loaded.append(script_callbacks.model_loaded_callback)
     engine.extension_errors = errors(engine)
     names = ", ".join(e.name for e in active) or "none"
     log.info("Extensions loaded: %s", names)

@@ -14,7 +14,7 @@ import gradio as gr
 from PIL import Image
 
 from modules import infotext as infotext_mod
-from modules import outpaint
+from modules import outpaint, script_callbacks
 from modules.models.tokenizer import build_clip_tokenizer
 from modules.processing import LATENT_UPSCALE_MODES
 from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest
@@ -232,7 +232,9 @@ def paste_updates(c: Controls, text: str) -> list:
     """A1111's ↙: infotext in the prompt box → every control it names (others left alone)."""
     if not text or not text.strip():
         return [gr.update() for _ in c.fields]
-    fields = infotext_mod.infotext_to_request_fields(infotext_mod.parse_generation_parameters(text))
+    params = infotext_mod.parse_generation_parameters(text)
+    script_callbacks.infotext_pasted_callback(text, params)  # extensions may add or change parameters
+    fields = infotext_mod.infotext_to_request_fields(params)
     return [gr.update(value=_ui_value(comp, fields[name])) if name in fields else gr.update()
             for name, comp in c.fields]
 
