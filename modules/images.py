@@ -20,6 +20,7 @@ import os
 import re
 import struct
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -347,3 +348,76 @@ def image_grid(images: Sequence[Image.Image], rows: int | None = None, batch_siz
         h_offset = 0 if img_h == h else (h - img_h) // 2
         grid.paste(img, box=(i % cols * w + w_offset, i // cols * h + h_offset))
     return grid
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tiles (A1111 ``images.split_grid`` / ``combine_grid``: SD upscale, Poor man's outpainting)
+
+
+@dataclass
+class Grid:
+    """Overlapping tiles of one image. ``tiles`` is A1111's mutable layout, ``[[y, h, [[x, w, tile], …]], …]``, so
+    scripts can replace each ``tile`` (item 2) with its processed version before :func:`combine_grid`."""
+
+    tiles: list
+    tile_w: int
+    tile_h: int
+    image_w: int
+    image_h: int
+    overlap: int
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Evenly spread tile offsets covering ``length`` with neighbours sharing at least ``overlap`` px."""
+    if tile >= length:
+        return [0]
+    step = tile - overlap
+    if step <= 0:
+        raise ValueError(f"tile overlap ({overlap}) must be smaller than the tile size ({tile})")
+    count = math.ceil((length - overlap) / step)
+    spacing = (length - tile) / (count - 1) if count > 1 else 0
+    return [min(int(i * spacing), length - tile) for i in range(count)]
+
+
+def split_grid(image: Image.Image, tile_w: int = 512, tile_h: int = 512, overlap: int = 64) -> Grid:
+    """Cut ``image`` into ``tile_w``×``tile_h`` tiles (each the full size, the last ones shifted back inside)."""
+    w, h = image.size
+    tiles = []
+    for y in _tile_starts(h, tile_h, overlap):
+        row = [[x, tile_w, image.crop((x, y, x + tile_w, y + tile_h))] for x in _tile_starts(w, tile_w, overlap)]
+        tiles.append([y, tile_h, row])
+    return Grid(tiles, tile_w, tile_h, w, h, overlap)
+
+
+def _ramp(length: int, across: int, horizontal: bool) -> Image.Image:
+    """An L mask fading 0→255 over ``length`` px (along x if ``horizontal``, else along y), ``across`` px wide."""
+    vertical = Image.linear_gradient("L").resize((across, length), Image.Resampling.BILINEAR)
+    return vertical.transpose(Image.Transpose.TRANSPOSE) if horizontal else vertical
+
+
+def combine_grid(grid: Grid) -> Image.Image:
+    """Paste the tiles back; where neighbours overlap, the later tile fades in linearly over the overlap."""
+    result = Image.new("RGB", (grid.image_w, grid.image_h))
+    overlap = grid.overlap
+    for y, h, row in grid.tiles:
+        strip = Image.new("RGB", (grid.image_w, h))
+        for x, w, tile in row:
+            shared = min(overlap, w) if x > 0 else 0
+            if shared:
+                strip.paste(tile.crop((0, 0, shared, h)), (x, 0), _ramp(shared, h, horizontal=True))
+            strip.paste(tile.crop((shared, 0, w, h)), (x + shared, 0))
+        shared = min(overlap, h) if y > 0 else 0
+        if shared:
+            result.paste(strip.crop((0, 0, grid.image_w, shared)), (0, y), _ramp(shared, grid.image_w,
+                                                                                   horizontal=False))
+        result.paste(strip.crop((0, shared, grid.image_w, h)), (0, y + shared))
+    return result
+
+
+def __getattr__(name: str):
+    """A1111's grid-label names (``GridAnnotation``, ``draw_grid_annotations``, ``draw_prompt_matrix``)."""
+    if name in ("GridAnnotation", "draw_grid_annotations", "draw_prompt_matrix"):
+        from modules import grid_labels
+
+        return getattr(grid_labels, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -132,10 +132,23 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
 class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
     request_class = Img2ImgRequest
 
+    @property
+    def image_mask(self):
+        """A1111's name for the request's `mask`."""
+        return self._req.mask
+
+    @image_mask.setter
+    def image_mask(self, value) -> None:
+        self._req.mask = value
+
 
 def processing_object(req: GenerationRequest, engine=None) -> StableDiffusionProcessing:
     cls = StableDiffusionProcessingImg2Img if isinstance(req, Img2ImgRequest) else StableDiffusionProcessingTxt2Img
-    return cls(req, engine=engine)
+    p = cls(req, engine=engine)
+    if engine is not None:  # where scripts save what they assemble themselves (grids, combined tiles)
+        dirs = engine._outputs(req)
+        p.outpath_samples, p.outpath_grids = str(dirs.samples), str(dirs.grids)
+    return p
 
 
 class Processed(GenerationResult):
@@ -216,11 +229,32 @@ def process_images(p: StableDiffusionProcessing) -> GenerationResult:
     runner = p.scripts
     if runner is not None:
         runner.before_process(p)
+    per_image = _take_per_image_lists(p)
     fix_seed(p)
-    result = p.engine.process(p.request, hooks=ScriptHooks(p))
+    try:
+        result = p.engine.process(p.request, hooks=ScriptHooks(p, per_image))
+    finally:
+        for name, values in per_image.items():
+            setattr(p, name, values)
     if runner is not None:
         runner.postprocess(p, result)
     return result
+
+
+_PER_IMAGE_FIELDS = {"prompt": "all_prompts", "negative_prompt": "all_negative_prompts", "seed": "all_seeds",
+                     "subseed": "all_subseeds"}
+
+
+def _take_per_image_lists(p) -> dict[str, list]:
+    """A1111 lets scripts set `p.prompt`, `p.negative_prompt`, `p.seed` or `p.subseed` to one value per image
+    (Prompt matrix); the request keeps the first and the list becomes `all_prompts`/`all_seeds`/…"""
+    taken = {}
+    for name in _PER_IMAGE_FIELDS:
+        value = getattr(p, name)
+        if isinstance(value, (list, tuple)):
+            taken[name] = list(value)
+            setattr(p, name, value[0] if value else ("" if "prompt" in name else -1))
+    return taken
 
 
 def run_with_scripts(engine, runner, req: GenerationRequest, script_args: list | None = None) -> GenerationResult:
@@ -267,9 +301,10 @@ def _to_image(x: torch.Tensor) -> Image.Image:
 class ScriptHooks(ProcessingHooks):
     """Runs the always-on scripts' hooks and the extension callbacks at the batch loop's hook points."""
 
-    def __init__(self, p: StableDiffusionProcessing):
+    def __init__(self, p: StableDiffusionProcessing, per_image: dict[str, list] | None = None):
         self.p = p
         self.runner = p.scripts
+        self.per_image = per_image or {}
 
     def _batch_kwargs(self, run: RunState) -> dict:
         p = self.p
@@ -279,6 +314,8 @@ class ScriptHooks(ProcessingHooks):
         p = self.p
         p.all_prompts, p.all_negative_prompts = run.all_prompts, run.all_negative_prompts
         p.all_seeds, p.all_subseeds = run.all_seeds, run.all_subseeds
+        for name, values in self.per_image.items():
+            setattr(p, _PER_IMAGE_FIELDS[name], [get_fixed_seed(v) for v in values] if "seed" in name else values)
         p.extra_generation_params.update(run.extra)
         run.extra = p.extra_generation_params
         if self.runner is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from modules import settings as settings_mod
@@ -166,7 +167,36 @@ def bind(bound_engine, args: argparse.Namespace | None = None) -> None:
     object.__setattr__(opts, "_settings", bound_engine.settings)
 
 
+class _EngineUpscaler:
+    """A1111's `Upscaler` as scripts call it: `upscale(img, scale, data_path)` with the engine's registry."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def upscale(self, img, scale, selected_model=None):
+        return engine.upscalers.upscale(img, self.name, float(scale))
+
+
+@dataclass
+class UpscalerData:
+    """An item of A1111's `shared.sd_upscalers`: `.name`, `.scaler.upscale(img, scale, data_path)`."""
+
+    name: str
+    scaler: _EngineUpscaler
+    data_path: str | None = None
+    scale: int = 4
+
+
+def list_checkpoint_tiles(use_short: bool = False) -> list[str]:
+    """The checkpoint titles (`name.safetensors [hash]`), A1111's `shared_items.list_checkpoint_tiles`."""
+    return engine.registry.titles() if engine is not None else []
+
+
 def __getattr__(name: str):
+    if name == "sd_upscalers":
+        infos = engine.upscalers.list() if engine is not None and engine.upscalers is not None else []
+        return [UpscalerData(i.name, _EngineUpscaler(i.name), str(i.path) if i.path else None, i.scale)
+                for i in infos]
     if name == "sd_model":
         return engine.models.current if engine is not None else None
     if name == "device":
