@@ -58,3 +58,13 @@ def torch_gc() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def __getattr__(name: str):
+    """A1111's `devices.device` / `devices.dtype` for extensions: the running engine's choice."""
+    if name in ("device", "dtype", "dtype_vae"):
+        from modules import shared
+
+        config = shared.engine.device_config if shared.engine is not None else cpu()
+        return {"device": config.device, "dtype": config.dtype, "dtype_vae": config.vae_dtype}[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

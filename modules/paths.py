@@ -160,3 +160,21 @@ class Paths:
                 self.config_file.parent, self.cache_file.parent, self.ui_config_file.parent, self.styles_file.parent]
         for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
+
+
+def __getattr__(name: str):
+    """A1111's module-level paths (`models_path`, `data_path`, `script_path`, `extensions_dir`, …) for extensions,
+    from the running engine's paths (modules/shared.py binds it at start-up)."""
+    if name in ("script_path", "models_path", "data_path", "extensions_dir", "extensions_builtin_dir"):
+        from modules import shared
+
+        if name == "script_path":
+            return str(REPO_ROOT)
+        engine = shared.engine
+        if engine is None:
+            raise AttributeError(f"modules.paths.{name} is not known before start-up")
+        value = {"models_path": engine.paths.models_dir, "data_path": engine.paths.data_dir,
+                 "extensions_dir": engine.paths.extensions_dir,
+                 "extensions_builtin_dir": engine.paths.extensions_builtin_dir}[name]
+        return str(value)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

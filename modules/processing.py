@@ -538,7 +538,7 @@ def _run(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, height: 
         sd_vae_name=model.vae_name, sd_vae_hash=model.vae_hash, clip_skip=gen.clip_skip, prompt=req.prompt,
         negative_prompt=req.negative_prompt, extra_generation_params=run.extra, warnings=list(networks.warnings),
     )
-    state.job_count = run.n_iter
+    state.job_count = max(state.job_count, state.job_no + run.n_iter)  # a script may have set the whole total
     for n in range(run.n_iter):
         if state.interrupted:
             result.interrupted = True
@@ -585,8 +585,10 @@ def _grid(ctx: ProcessingContext, req: GenerationRequest, result: GenerationResu
     """A1111 makes a grid for a multi-image job; returned first (index_of_first_image = 1) and saved."""
     if len(result.images) < 2:
         return
+    if req.do_not_save_grid:  # A1111: neither saved nor returned (the API sets it unless save_images)
+        return
     want_return = ctx.opt("return_grid", True)
-    want_save = ctx.outputs is not None and ctx.opt("grid_save", True) and not req.do_not_save_grid
+    want_save = ctx.outputs is not None and ctx.opt("grid_save", True)
     if not (want_return or want_save):
         return
     grid = images_mod.image_grid(result.images, batch_size=req.batch_size, n_rows=int(ctx.opt("n_rows", -1)))

@@ -390,11 +390,18 @@ class ScriptRunners:
 
 
 def load_module(path: str | os.PathLike):
-    """Import one script file (not registered in sys.modules, as A1111 does)."""
+    """Import one script file under its file name, as A1111 does. It is also put in sys.modules while it runs
+    (dataclasses and typing look their module up there), and stays there until a file of the same name loads."""
     path = str(path)
-    spec = importlib.util.spec_from_file_location(os.path.basename(path), path)
+    name = os.path.basename(path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
     return module
 
 

@@ -87,7 +87,9 @@ def create_app(ctx: AppContext | None) -> FastAPI:
     runtime = None
     if ctx is not None:  # extensions: scripts, callbacks and their settings, before any request is served
         from modules import extension_runtime
+        from webui import gradio_compat  # what extension scripts import from gradio's side, before they load
 
+        gradio_compat.install()
         runtime = extension_runtime.start(ctx.engine, ctx.args)
         ctx.extra["extensions"] = runtime
 

@@ -22,6 +22,7 @@ class PromptSuffix(scripts.Script):
         with gr.Accordion("Prompt suffix", open=False):
             enabled = gr.Checkbox(False, label="Add suffix", elem_id=self.elem_id("enabled"))
             suffix = gr.Textbox("", label="Suffix", elem_id=self.elem_id("suffix"))
+        self.infotext_fields = [(suffix, "Prompt suffix"), (enabled, lambda params: "Prompt suffix" in params)]
         return [enabled, suffix]
 
     def process(self, p, enabled, suffix):
@@ -159,6 +160,37 @@ class B(scripts.Script):
         p.extra_generation_params["Order"] = p.extra_generation_params.get("Order", "") + "B"
 ''',
     "metadata.ini": "[Extension]\nName = ordered\n\n[scripts/a_first.py]\nAfter = scripts/b_second.py\n",
+}
+
+IMPORTS = {
+    "scripts/uses_a1111_modules.py": '''
+from __future__ import annotations
+
+import dataclasses
+
+from modules import devices, images, paths, scripts, sd_models, shared
+from modules.generation_parameters_copypaste import parse_generation_parameters
+from modules.infotext_utils import create_infotext
+from modules.processing import StableDiffusionProcessingImg2Img, fix_seed, process_images
+from modules.ui_components import FormRow, ToolButton
+
+FOUND = {"models_path": paths.models_path, "device": str(devices.device),
+         "checkpoints": sorted(sd_models.checkpoints_list), "cmd_opts_data_dir": shared.cmd_opts.data_dir,
+         "parsed": parse_generation_parameters("a cat\\nSteps: 3, Sampler: Euler, Seed: 5")["Seed"]}
+
+
+@dataclasses.dataclass
+class Found:
+    size: "int" = 1
+
+
+class Hidden(scripts.Script):
+    def title(self):
+        return "Hidden"
+
+    def show(self, is_img2img):
+        return False
+''',
 }
 
 SELECTABLE = {

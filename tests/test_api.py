@@ -256,11 +256,16 @@ def test_list_routes(api):
     assert {m["name"] for m in api.get("/latent-upscale-modes").json()} >= {"Latent", "Latent (nearest-exact)"}
     assert api.get("/sd-vae").json() == []
     assert api.get("/embeddings").json() == {"loaded": {}, "skipped": {}}
-    for route in ("hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles", "loras", "script-info",
-                  "extensions"):
+    for route in ("hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles", "loras"):
         r = api.get(f"/{route}")
         assert r.status_code == 200 and r.json() == [], route
-    assert api.get("/scripts").json() == {"txt2img": [], "img2img": []}
+    scripts = api.get("/scripts").json()
+    assert set(scripts) == {"txt2img", "img2img"} and all(t == t.lower() for t in scripts["txt2img"])
+    info = api.get("/script-info").json()
+    assert {s["name"] for s in info if not s["is_alwayson"] and not s["is_img2img"]} == set(scripts["txt2img"])
+    assert all(set(s) == {"name", "is_alwayson", "is_img2img", "args"} for s in info)
+    built_in = [e for e in api.get("/extensions").json() if e["name"] == "builtin-scripts"]
+    assert built_in and built_in[0]["enabled"] is True
     mem = api.get("/memory").json()
     assert mem["ram"]["total"] > 0 and "cuda" in mem
     # A1111: server-stop exists only with --api-server-stop

@@ -56,6 +56,12 @@ def test_extension_javascript_tab_and_scripts_in_the_page(page, artifacts):
     assert page.evaluate("typeof opts === 'object' && opts.samples_format === 'png'")
     page.get_by_role("button", name="Prompt suffix").click()  # the always-on script's own accordion
     expect(page.locator("#script_txt2img_prompt_suffix_suffix")).to_be_visible()
+    # ↙ paste fills the script's own controls from its infotext key (A1111's infotext_fields)
+    page.fill("#txt2img_prompt textarea", "a dog\nSteps: 2, Sampler: Euler, Seed: 3, Prompt suffix: dusk")
+    page.click("#txt2img_paste")
+    expect(page.locator("#script_txt2img_prompt_suffix_suffix textarea")).to_have_value("dusk")
+    expect(page.locator("#script_txt2img_prompt_suffix_enabled input")).to_be_checked()
+    page.fill("#txt2img_prompt textarea", "a cat")
 
     pick(page, "script_list", "Run twice")
     expect(page.locator("#script_txt2img_run_twice_times")).to_be_visible()

@@ -31,10 +31,14 @@ def ext_engine(tiny_models, tmp_path_factory):
     paths.ensure_dirs()
     for name, files in (("prompt-suffix", ext_fixtures.PROMPT_EDITOR), ("callbacks", ext_fixtures.CALLBACKS),
                         ("broken", ext_fixtures.BROKEN), ("ordered", ext_fixtures.ORDERED),
-                        ("selectable", ext_fixtures.SELECTABLE), ("sd-webui-signature", ext_fixtures.readme_example())):
+                        ("selectable", ext_fixtures.SELECTABLE), ("sd-webui-signature", ext_fixtures.readme_example()),
+                        ("imports", ext_fixtures.IMPORTS)):
         url = ext_fixtures.make_repo(tmp / "origins" / name, files)
         extensions.install_from_url(paths, url, run_installer=False)
     engine = Engine.create(paths)
+    from webui import gradio_compat
+
+    gradio_compat.install()  # as the server does before extensions load
     extension_runtime.start(engine, ns)
     from webui import script_ui
 
@@ -187,3 +191,14 @@ def test_the_readme_example_works_as_documented(ext_engine, client):
     assert result.all_prompts == ["a cat, oil painting"]
     assert "Signature: me" in result.infotexts[0]
     assert client.get("/signature/text").json() == {"text": "me"}
+
+
+def test_scripts_can_import_the_a1111_module_names_they_use(ext_engine):
+    assert not [e for e in ext_engine.extension_errors if "uses_a1111_modules" in e]
+    module = next(d.module for d in scripts.scripts_data if d.path.endswith("uses_a1111_modules.py"))
+    found = module.FOUND
+    assert found["models_path"] == str(ext_engine.paths.models_dir)
+    assert found["device"] == "cpu"
+    assert any(t.startswith("sd1.safetensors") for t in found["checkpoints"])
+    assert found["cmd_opts_data_dir"] == str(ext_engine.paths.data_dir)
+    assert found["parsed"] == "5"  # A1111 parses values as text

@@ -223,8 +223,17 @@ def _common_wiring(c: Controls, engine, run_fn, extra_inputs: list):
     c.extra["skip"].click(lambda: engine.skip(), None, None, queue=False)
     c.extra["reuse_seed"].click(lambda s: s if s is not None else -1, c.extra["last_seed"], c.seed, queue=False,
                                 show_progress="hidden")
-    c.extra["paste"].click(lambda text: paste_updates(c, text), c.prompt, c.components, queue=False,
-                           show_progress="hidden")
+    scripts = c.extra.get("scripts")
+    script_outputs = [comp for comp, _ in scripts.paste_fields] if scripts is not None else []
+
+    def paste(text):
+        updates = paste_updates(c, text)
+        if script_outputs:
+            params = infotext_mod.parse_generation_parameters(text) if text and text.strip() else {}
+            updates += scripts.paste_updates(params)
+        return updates
+
+    c.extra["paste"].click(paste, c.prompt, c.components + script_outputs, queue=False, show_progress="hidden")
     return event
 
 
@@ -284,8 +293,8 @@ def build_txt2img(engine, cfg: UiConfig) -> Controls:
         yield from run_streaming(engine, lambda: Txt2ImgRequest.from_dict(data), "txt2img",
                                  _script_args(script_controls, values[n:]))
 
-    _common_wiring(c, engine, run, script_controls.inputs if script_controls else [])
     c.extra["scripts"] = script_controls
+    _common_wiring(c, engine, run, script_controls.inputs if script_controls else [])
     return c
 
 
@@ -386,8 +395,8 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
         yield from run_streaming(engine, lambda: build_request(values[:n], values[n:n + len(images_in)], px),
                                  "img2img")
 
-    _common_wiring(c, engine, run, images_in + (script_controls.inputs if script_controls else []))
     c.extra["scripts"] = script_controls
+    _common_wiring(c, engine, run, images_in + (script_controls.inputs if script_controls else []))
     outputs = [c.gallery, c.infotexts, c.info, c.progress, c.preview, c.extra["last_seed"]]
     outpaint_btn.click(run_outpaint, c.components + images_in + [out_left, out_right, out_up, out_down], outputs,
                        concurrency_id="generate", concurrency_limit=None, show_progress="hidden")

@@ -16,6 +16,18 @@ log = logging.getLogger(__name__)
 @dataclass
 class ScriptControls:
     inputs: list = field(default_factory=list)  # [dropdown, *every script's components]
+    paste_fields: list = field(default_factory=list)  # (component, infotext key or fn(params) → value)
+
+    def paste_updates(self, params: dict) -> list:
+        """Values for the scripts' own controls from pasted generation parameters (A1111's infotext_fields)."""
+        updates = []
+        for component, key in self.paste_fields:
+            try:
+                value = key(params) if callable(key) else params.get(key)
+            except Exception:  # noqa: BLE001 - a script's paste function must not break pasting
+                value = None
+            updates.append(gr.update(value=value) if value is not None else gr.update())
+        return updates
 
     def split(self, values) -> list:
         return list(values[-len(self.inputs):]) if self.inputs else []
@@ -65,7 +77,9 @@ def build(runner: scripts.ScriptRunner, is_img2img: bool) -> ScriptControls:
     runner.layout([len(c) for c in controls], [[_default(x) for x in c] for c in controls])
     inputs = [dropdown] + [c for group in controls for c in group]
     runner.inputs = inputs
-    return ScriptControls(inputs)
+    paste = [(comp, key) for script in runner.scripts for comp, key in (getattr(script, "infotext_fields", None) or [])
+             if isinstance(comp, gr.components.Component)]
+    return ScriptControls(inputs, paste)
 
 
 class _nothing:
