@@ -203,6 +203,7 @@ def test_inpaint_with_painted_mask_keeps_outside_pixels(page, ui_data, tmp_path)
     canvas = page.locator("#img2maskimg canvas").first
     expect(canvas).to_be_visible()
     page.wait_for_timeout(1500)
+    canvas.scroll_into_view_if_needed()  # the mouse only draws on what is inside the viewport
     box = canvas.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(cx - 10, cy)
