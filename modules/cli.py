@@ -3,6 +3,9 @@
 REQUEST.json holds the same fields as A1111's /sdapi/v1/txt2img and /img2img (images as file paths, relative to
 the request file, or base64). Images are written, the result info is printed as JSON; a bad request exits with
 status 2 and one line on stderr.
+
+`python -m modules.cli train-lora|train-embedding --config CONFIG.json|.toml [--dataset-dir DIR] [--ckpt NAME]`
+trains a LoRA or a textual-inversion embedding (see `modules/training/command.py`).
 """
 from __future__ import annotations
 
@@ -13,18 +16,22 @@ import os
 import sys
 from pathlib import Path
 
+from modules.training.command import MODES as TRAIN_MODES, add_arguments as add_training_arguments
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m modules.cli", description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["txt2img", "img2img"])
-    p.add_argument("--request", required=True, type=Path, help="JSON file with A1111 request fields")
+    p.add_argument("mode", choices=["txt2img", "img2img", *TRAIN_MODES])
+    p.add_argument("--request", type=Path, help="txt2img/img2img: JSON file with A1111 request fields")
     p.add_argument("--data-dir", type=Path, default=None, help="A1111 data dir (models/, outputs/, config.json)")
     p.add_argument("--models-dir", type=Path, default=None)
-    p.add_argument("--ckpt", default=None, help="checkpoint title, name or hash to use (default: the configured one)")
+    p.add_argument("--ckpt", "--checkpoint", default=None,
+                   help="checkpoint title, name or hash to use (default: the configured one)")
     p.add_argument("--out", type=Path, default=None, help="also write the images here")
     p.add_argument("--use-cpu", nargs="*", default=[])
     p.add_argument("--no-half", action="store_true")
     p.add_argument("--no-half-vae", action="store_true")
+    add_training_arguments(p)
     return p
 
 
@@ -37,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.mode in TRAIN_MODES:
+        from modules.training import command
+
+        return command.run(args, _engine(args))
+    if args.request is None:
+        return _fail("--request is required for txt2img/img2img")
     try:
         data = json.loads(args.request.read_text())
     except OSError as e:
@@ -44,12 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     except json.JSONDecodeError as e:
         return _fail(f"{args.request} is not valid JSON: {e}")
 
-    from modules import cmd_args, devices, images
-    from modules.engine import Engine
+    from modules import images
     from modules.models.loader import ModelLoadError
     from modules.models.detect import UnsupportedModelError
     from modules.models.manager import ModelNotFoundError
-    from modules.paths import Paths
     from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest
 
     cls = Txt2ImgRequest if args.mode == "txt2img" else Img2ImgRequest
@@ -58,14 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except RequestError as e:
         return _fail(str(e))
 
-    flags = ["--skip-install"]
-    if args.data_dir:
-        flags += ["--data-dir", str(args.data_dir)]
-    if args.models_dir:
-        flags += ["--models-dir", str(args.models_dir)]
-    ns = cmd_args.parse_args(flags, env={})
-    dc = devices.from_flags(use_cpu=args.use_cpu, no_half=args.no_half, no_half_vae=args.no_half_vae)
-    engine = Engine.create(Paths.from_args(ns), device_config=dc)
+    engine = _engine(args)
     try:
         if args.ckpt:
             engine.models.get(args.ckpt)
@@ -87,6 +91,21 @@ def main(argv: list[str] | None = None) -> int:
     info["interrupted"] = result.interrupted
     print(json.dumps(info, indent=2, ensure_ascii=False))
     return 0
+
+
+def _engine(args):
+    from modules import cmd_args, devices
+    from modules.engine import Engine
+    from modules.paths import Paths
+
+    flags = ["--skip-install"]
+    if args.data_dir:
+        flags += ["--data-dir", str(args.data_dir)]
+    if args.models_dir:
+        flags += ["--models-dir", str(args.models_dir)]
+    ns = cmd_args.parse_args(flags, env={})
+    dc = devices.from_flags(use_cpu=args.use_cpu, no_half=args.no_half, no_half_vae=args.no_half_vae)
+    return Engine.create(Paths.from_args(ns), device_config=dc)
 
 
 if __name__ == "__main__":
