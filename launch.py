@@ -13,6 +13,8 @@ from modules/launch_utils.py).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
@@ -144,10 +146,12 @@ def parse_with_extension_flags(argv: list[str] | None = None):
 
     parser = cmd_args.build_parser()
     try:
-        first, _ = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+        with contextlib.redirect_stderr(io.StringIO()):  # a malformed flag: the real parse below reports it once
+            first, _ = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit:
+        first = None
+    if first is not None:
         extension_runtime.run_preload(parser, Paths.from_args(first), args=first)
-    except SystemExit:  # a malformed flag: the real parse below reports it
-        parser = cmd_args.build_parser()
     return cmd_args.parse_args(argv, parser=parser)
 
 
