@@ -302,7 +302,8 @@ def test_cli_txt2img_and_img2img(data_dir, tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
     assert p.returncode == 0, p.stderr
     info = json.loads(p.stdout)
-    assert info["all_seeds"] == [21, 22] and info["index_of_first_image"] == 1 and len(info["infotexts"]) == 3
+    # do_not_save_grid: no grid is saved or returned (A1111)
+    assert info["all_seeds"] == [21, 22] and info["index_of_first_image"] == 0 and len(info["infotexts"]) == 2
     assert sorted(f.name for f in out.iterdir()) == ["00000-21.png", "00001-22.png"]
 
     _init().save(tmp_path / "init.png")
