@@ -18,6 +18,9 @@ from typing import Mapping
 CONFIG_ROOT = Path(__file__).parent / "configs"
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
+# safetensors metadata key holding a JSON architecture (unet/vae/text_encoder configs, prediction type, UI
+# defaults) for models whose sizes no template knows, e.g. the bundled demo model (`modules/training/demo_recipe`).
+ARCHITECTURE_KEY = "sd_webui_architecture"
 
 FAMILY_LABELS = {
     "sd1": "SD 1.x",
@@ -44,6 +47,11 @@ class ModelSpec:
     scheduler: dict = field(default_factory=dict)
     te_prefixes: dict[str, str] = field(default_factory=dict)
     te_layouts: dict[str, str] = field(default_factory=dict)
+    embedded: dict = field(default_factory=dict)  # the file's ARCHITECTURE_KEY metadata, when it has one
+
+    @property
+    def is_demo(self) -> bool:
+        return bool(self.embedded.get("demo"))
 
     @property
     def label(self) -> str:
@@ -258,17 +266,36 @@ def _prediction_type(family: str, sd: Mapping, hint: str | None) -> str:
     return "probe" if family == "sd2" else "epsilon"
 
 
-def detect(sd: Mapping, name: str = "model", prediction_hint: str | None = None) -> ModelSpec:
-    """Return the ModelSpec of an A1111-layout state dict, or raise UnsupportedModelError naming `name`."""
+def detect(sd: Mapping, name: str = "model", prediction_hint: str | None = None,
+           embedded: Mapping | None = None) -> ModelSpec:
+    """Return the ModelSpec of an A1111-layout state dict, or raise UnsupportedModelError naming `name`.
+
+    `embedded`: an architecture the file carries (ARCHITECTURE_KEY); it overrides what the shapes gave."""
     if not any(k.startswith(UNET_PREFIX) for k in sd):
         what = _guess_other(sd)
         raise UnsupportedModelError(f"unsupported model {name}: no Stable Diffusion UNet in it{what}")
     try:
-        return _detect(sd, prediction_hint)
+        spec = _detect(sd, prediction_hint)
+        if embedded:
+            apply_embedded(spec, embedded)
+        return spec
     except UnsupportedModelError as e:  # the reasons _detect gives do not know the file's name
         raise UnsupportedModelError(f"unsupported model {name}: {e}") from None
     except (KeyError, IndexError) as e:
         raise UnsupportedModelError(f"unsupported model {name}: unrecognised layout ({e})") from None
+
+
+def apply_embedded(spec: ModelSpec, embedded: Mapping) -> None:
+    """Overlay a file's own architecture on the derived configs: it knows what shapes cannot (head counts, norm
+    groups, latent scale, sample size). The family and key layout still come from the shapes."""
+    for part, config in (("unet", spec.unet), ("vae", spec.vae), *spec.text_encoders.items()):
+        extra = embedded.get(part)
+        if isinstance(extra, Mapping):
+            config.update(extra)
+    prediction = embedded.get("prediction_type")
+    if prediction in ("epsilon", "v_prediction"):
+        spec.prediction_type = spec.scheduler["prediction_type"] = prediction
+    spec.embedded = dict(embedded)
 
 
 def _guess_other(sd: Mapping) -> str:

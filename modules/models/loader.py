@@ -118,6 +118,29 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
+def read_embedded_architecture(path: Path) -> dict | None:
+    """The architecture a `.safetensors` file carries in its metadata (detect.ARCHITECTURE_KEY), or None."""
+    import json
+
+    from safetensors import safe_open
+
+    if Path(path).suffix.lower() != ".safetensors":
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get(detect_mod.ARCHITECTURE_KEY)
+    except Exception:  # noqa: BLE001 - unreadable header: read_state_dict reports it
+        return None
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        log.warning("%s: ignoring malformed %s metadata", Path(path).name, detect_mod.ARCHITECTURE_KEY)
+        return None
+    return data if isinstance(data, dict) else None
+
+
 class _InertCallback:
     """Stands in for PyTorch Lightning's ModelCheckpoint callback pickled into old `.ckpt` files: keeps its state as
     data, runs nothing."""
@@ -305,7 +328,8 @@ def load_single_file(path: Path, device_config: DeviceConfig, *, name: str | Non
     path = Path(path)
     name = name or path.name
     sd = read_state_dict(path)
-    spec = detect_mod.detect(sd, name=name, prediction_hint=detect_mod.prediction_hint_from_yaml(path))
+    spec = detect_mod.detect(sd, name=name, prediction_hint=detect_mod.prediction_hint_from_yaml(path),
+                             embedded=read_embedded_architecture(path))
     dt, vdt = device_config.dtype, device_config.vae_dtype
     unet = build_unet(spec, sd, name, dt)
     if spec.prediction_type == "probe":

@@ -18,6 +18,13 @@ from modules.models.registry import CheckpointInfo, CheckpointRegistry, find_vae
 log = logging.getLogger(__name__)
 
 
+def embedded_architecture(info: CheckpointInfo) -> dict:
+    """The architecture a checkpoint file carries in its metadata ({} for none); reads only the file's header."""
+    if info.is_diffusers:
+        return {}
+    return loader.read_embedded_architecture(info.filename) or {}
+
+
 class ModelNotFoundError(LookupError):
     """No checkpoint matches the requested title, name or hash."""
 
@@ -61,7 +68,18 @@ class ModelManager:
         if not infos:
             dirs = ", ".join(str(d) for d in self.paths.ckpt_dirs)
             raise ModelNotFoundError(f"no checkpoints found: put a .safetensors/.ckpt file or a diffusers folder in {dirs}")
-        return infos[0]
+        # The bundled demo model is the choice only when it is the only checkpoint there is.
+        return next((i for i in infos if not embedded_architecture(i).get("demo")), infos[0])
+
+    def demo_note(self, title: str | None = None) -> dict | None:
+        """The architecture metadata of `title` (else the default checkpoint) when it is the bundled demo model
+        (`description`, `default_size`, `default_cfg`), else None."""
+        try:
+            info = self.resolve(title)
+        except ModelNotFoundError:
+            return None
+        arch = embedded_architecture(info)
+        return arch if arch.get("demo") else None
 
     # -- loading -------------------------------------------------------------------------------------------------
 
@@ -105,8 +123,11 @@ class ModelManager:
         while len(self._cache) >= limit:  # free RAM before reading the next file, not after
             self._drop(next(iter(self._cache)))
         log.info("Loading checkpoint %s", info.title)
-        return loader.load_model(info.filename, self.device_config, name=info.name, title=info.title,
-                                 shorthash=info.shorthash)
+        model = loader.load_model(info.filename, self.device_config, name=info.name, title=info.title,
+                                  shorthash=info.shorthash)
+        if model.spec.is_demo:
+            log.warning("%s is the %s", info.title, model.spec.embedded.get("description", "demo model"))
+        return model
 
     def _evict(self, keep: str) -> None:
         limit = max(1, int(self.settings.get("sd_checkpoints_limit", 1) or 1))

@@ -1,0 +1,128 @@
+"""The bundled demo checkpoint (trained from scratch by `modules.training.demo_recipe`) understands its prompts.
+
+Same file the user gets, loaded through the engine like any checkpoint: what a prompt says (colours, shapes),
+negative prompts, prompt editing, emphasis, img2img and inpainting must show in the pictures.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from modules.training.shapes import COLOURS, Scene, all_scenes, centre_rgb, draw, nearest_colour, read_scene
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "models" / "Stable-diffusion" / "demo-shapes.safetensors"
+BASE = {"steps": 20, "cfg_scale": 5, "width": 64, "height": 64, "sampler_name": "Euler",
+        "do_not_save_samples": True, "do_not_save_grid": True}
+
+pytestmark = pytest.mark.skipif(not DEMO.is_file(), reason="demo checkpoint missing: python -m modules.training.demo_recipe")
+
+
+@pytest.fixture(scope="module")
+def demo_engine(tmp_path_factory):
+    from modules import cmd_args
+    from modules.engine import Engine
+    from modules.paths import Paths
+
+    data = tmp_path_factory.mktemp("demo-data")
+    (data / "models" / "Stable-diffusion").mkdir(parents=True)
+    os.symlink(DEMO, data / "models" / "Stable-diffusion" / DEMO.name)
+    ns = cmd_args.parse_args(["--data-dir", str(data), "--skip-install"], env={})
+    return Engine.create(Paths.from_args(ns))
+
+
+def txt2img(engine, prompt: str, seed: int, **extra) -> Image.Image:
+    return engine.txt2img({**BASE, "prompt": prompt, "seed": seed, **extra}).images[0]
+
+
+def img2img(engine, init: Image.Image, prompt: str, seed: int, strength: float, **extra) -> Image.Image:
+    return engine.img2img({**BASE, "prompt": prompt, "seed": seed, "init_images": [init],
+                           "denoising_strength": strength, **extra}).images[0]
+
+
+def hue_lean(rgb, towards: str, away: str) -> float:
+    """How much closer `rgb` is to palette colour `towards` than to `away` (positive: leans to `towards`)."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    return float(np.linalg.norm(rgb - COLOURS[away]) - np.linalg.norm(rgb - COLOURS[towards]))
+
+
+def foreground_centroid(image: Image.Image, background: str) -> np.ndarray:
+    a = np.asarray(image.convert("RGB"), dtype=np.float64)
+    mask = np.linalg.norm(a - COLOURS[background], axis=-1) > 80
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()])
+
+
+def test_loads_as_the_demo_model_with_its_embedded_architecture(demo_engine):
+    model = demo_engine.models.get()
+    assert model.spec.is_demo and model.spec.family == "sd1"
+    assert "draws coloured shapes" in model.spec.embedded["description"]
+    assert model.vae.config.norm_num_groups == 16  # only the embedded config knows this
+    assert model.unet.config.sample_size * model.vae_scale_factor == model.spec.embedded["default_size"] == 64
+    assert DEMO.stat().st_size <= 16 * 2**20
+
+
+def test_txt2img_draws_the_colours_the_prompt_names(demo_engine):
+    scenes = all_scenes()[::4]
+    misses = []
+    for i, scene in enumerate(scenes):
+        seen = read_scene(txt2img(demo_engine, scene.caption, seed=100 + i))
+        if (seen.colour, seen.background) != (scene.colour, scene.background):
+            misses.append(f"{scene.caption}: saw {seen.colour} on {seen.background}")
+    assert len(misses) <= 0.05 * len(scenes), misses
+
+
+def test_negative_prompt_removes_the_colour_it_names(demo_engine):
+    prompt = "a red circle on a white background"
+    plain = [nearest_colour(centre_rgb(txt2img(demo_engine, prompt, seed))) for seed in (1, 2, 3)]
+    negated = [nearest_colour(centre_rgb(txt2img(demo_engine, prompt, seed, negative_prompt="red")))
+               for seed in (1, 2, 3)]
+    assert plain.count("red") == 3
+    assert "red" not in negated
+
+
+def test_prompt_editing_ends_with_the_second_colour(demo_engine):
+    red_then_blue = centre_rgb(txt2img(demo_engine, "a [red:blue:0.5] square on a white background", seed=5))
+    blue_then_red = centre_rgb(txt2img(demo_engine, "a [blue:red:0.5] square on a white background", seed=5))
+    assert hue_lean(red_then_blue, "blue", "red") > 0
+    assert hue_lean(blue_then_red, "red", "blue") > 0
+
+
+def test_emphasis_moves_the_colour(demo_engine):
+    strong = centre_rgb(txt2img(demo_engine, "a (red:1.4) yellow circle on a black background", seed=3))
+    weak = centre_rgb(txt2img(demo_engine, "a (red:0.6) yellow circle on a black background", seed=3))
+    assert hue_lean(strong, "red", "yellow") - hue_lean(weak, "red", "yellow") > 30
+
+
+def _off_centre_circle() -> Image.Image:
+    """A red circle in the upper left, where the training pictures never put one."""
+    img = Image.new("RGB", (64, 64), COLOURS["blue"])
+    ImageDraw.Draw(img).ellipse([6, 6, 30, 30], fill=COLOURS["red"])
+    return img
+
+
+def test_img2img_low_strength_keeps_the_place_high_strength_follows_the_prompt(demo_engine):
+    init = _off_centre_circle()
+    prompt = "a green square on a yellow background"
+    low = img2img(demo_engine, init, prompt, seed=7, strength=0.3)
+    high = img2img(demo_engine, init, prompt, seed=7, strength=0.9)
+    assert np.linalg.norm(foreground_centroid(low, "blue") - foreground_centroid(init, "blue")) < 4
+    seen = read_scene(high)
+    assert (seen.colour, seen.background) == ("green", "yellow")
+
+
+def test_inpainting_a_masked_square_green_changes_only_that_region(demo_engine):
+    init = draw(Scene("circle", "white", "black"), np.random.default_rng(0))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:44, 20:44] = 255
+    out = img2img(demo_engine, init, "a green square on a black background", seed=11, strength=1.0,
+                  mask=Image.fromarray(mask), mask_blur=2, inpainting_fill=1, inpaint_full_res=False)
+    a, b = np.asarray(out, dtype=np.int16), np.asarray(init, dtype=np.int16)
+    assert nearest_colour(np.median(a[26:38, 26:38].reshape(-1, 3), axis=0)) == "green"
+    outside = np.ones((64, 64), bool)
+    outside[14:50, 14:50] = False
+    assert np.abs(a[outside] - b[outside]).mean() < 3
