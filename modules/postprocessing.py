@@ -17,7 +17,7 @@ from modules.fileio import atomic_write_bytes
 from modules.upscaling import UnknownUpscalerError, UpscalerRegistry
 
 __all__ = ["FACE_RESTORATION_NOTE", "MAX_DIM", "UnknownUpscalerError", "Upscaled", "UpscaleOptions", "upscale",
-           "upscale_many", "save_upscaled", "images_in_folder", "extras_output_dir"]
+           "upscale_many", "save_upscaled", "images_in_folder", "read_image", "extras_output_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,15 @@ def upscale_many(registry: UpscalerRegistry, named_images: Iterable[tuple[str | 
 # Files
 
 
+def read_image(path: str | Path) -> Image.Image:
+    """An image read completely (the file is closed again), with its text chunks (the infotext) kept."""
+    with Image.open(path) as im:
+        im.load()
+        image = im.copy()
+        image.info = dict(im.info)
+    return image
+
+
 def images_in_folder(folder: str | Path) -> Iterator[tuple[str, Image.Image]]:
     """Batch from a directory: every image file in `folder` (sorted by name; other files are skipped)."""
     folder = Path(folder).expanduser()
@@ -129,10 +138,7 @@ def images_in_folder(folder: str | Path) -> Iterator[tuple[str, Image.Image]]:
         raise ValueError(f"input directory {str(folder)!r} does not exist")
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         try:
-            with Image.open(path) as im:
-                im.load()
-                image = im.copy()
-                image.info = dict(im.info)
+            image = read_image(path)
         except (UnidentifiedImageError, OSError):
             log.info("Extras batch: skipping %s (not an image)", path)
             continue

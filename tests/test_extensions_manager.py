@@ -17,6 +17,7 @@ from modules import cmd_args, extensions, launch_utils
 from modules.extensions import ExtensionError
 from modules.paths import Paths
 from modules.settings import Settings
+from tests.ext_fixtures import git
 
 INSTALL_PY = """\
 import os, pathlib, launch
@@ -24,12 +25,6 @@ here = pathlib.Path(os.path.dirname(os.path.abspath(__file__)))
 ok = launch.is_installed("numpy") and not launch.is_installed("no-such-package-4f2a")
 (here / "installed.txt").write_text(f"{ok} {os.getcwd()}")
 """
-
-
-def git(cwd: Path, *args: str) -> str:
-    out = subprocess.run(["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args], cwd=cwd,
-                         check=True, capture_output=True, text=True)
-    return out.stdout.strip()
 
 
 def make_repo(path: Path, files: dict[str, str]) -> Path:

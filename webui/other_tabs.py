@@ -133,16 +133,12 @@ def _extras_inputs(mode: str, image, paths, input_dir: str):
 
 
 def _open_upload(path) -> tuple[str, Any]:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            image = im.copy()
-            image.info = dict(im.info)
+        return Path(path).name, postprocessing.read_image(path)
     except (UnidentifiedImageError, OSError):
         raise ValueError(f"{Path(path).name} is not an image") from None
-    return Path(path).name, image
 
 
 def _extras_result(done: list, outdir: Path):
