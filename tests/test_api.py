@@ -526,6 +526,7 @@ def test_loras_embeddings_and_styles_are_listed(api):
     assert api.post("/refresh-loras").status_code == 200
     loras = api.get("/loras").json()
     assert [entry["name"] for entry in loras] == ["tiny_style"]
+    assert api.post("/reload-checkpoint").status_code == 200  # widths are checked against the loaded model
     assert api.post("/refresh-embeddings").status_code == 200
     emb = api.get("/embeddings").json()
     assert emb["loaded"]["mytoken"]["vectors"] == 2 and "wrongwidth" in emb["skipped"]
