@@ -244,3 +244,33 @@ def readme_example() -> dict[str, str]:
     text = (Path(__file__).resolve().parent.parent / "extensions" / "README.md").read_text(encoding="utf-8")
     code = text.split("`extensions/sd-webui-signature/scripts/signature.py`:", 1)[1].split("```python", 1)[1]
     return {"scripts/signature.py": code.split("```", 1)[0]}
+
+
+def extension_engine(tiny_models, tmp: Path, extensions: dict[str, dict[str, str]], builtin: bool = False):
+    """An engine over a data folder with the tiny SD1 model, `extensions` (name → files) installed from local git
+    repositories through install-from-URL, loaded as the server loads them, with the scripts' argument defaults
+    laid out. `builtin`: also load the program's extensions-builtin folder."""
+    import dataclasses
+    import os
+
+    from modules import cmd_args, extension_runtime
+    from modules import extensions as manager
+    from modules.engine import Engine
+    from modules.paths import Paths
+    from webui import gradio_compat, script_ui
+
+    data = tmp / "data"
+    (data / "models" / "Stable-diffusion").mkdir(parents=True)
+    os.symlink(tiny_models.path("sd1.safetensors"), data / "models" / "Stable-diffusion" / "sd1.safetensors")
+    ns = cmd_args.parse_args(["--data-dir", str(data), "--skip-install"], env={})
+    paths = Paths.from_args(ns)
+    if not builtin:
+        paths = dataclasses.replace(paths, extensions_builtin_dir=tmp / "no-builtin")
+    paths.ensure_dirs()
+    for name, files in extensions.items():
+        manager.install_from_url(paths, make_repo(tmp / "origins" / name, files), run_installer=False)
+    engine = Engine.create(paths)
+    gradio_compat.install()  # as the server does before extensions load
+    extension_runtime.start(engine, ns)
+    script_ui.compute_defaults(engine.scripts)
+    return engine, ns

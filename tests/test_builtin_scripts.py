@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from modules import cmd_args, extension_runtime, script_callbacks
-from modules.engine import Engine
-from modules.paths import Paths
+from modules import cmd_args, script_callbacks
 from modules.request_types import RequestError
 
 BASE = {"prompt": "a red circle", "negative_prompt": "blue", "steps": 2, "width": 64, "height": 64, "seed": 7,
@@ -37,20 +35,9 @@ def xyz_args(**given) -> list:
 @pytest.fixture(scope="module")
 def script_engine(tiny_models, tmp_path_factory):
     """An engine with the real extensions-builtin folder loaded (the built-in scripts) and a tiny SD1 model."""
-    import os
+    from tests.ext_fixtures import extension_engine
 
-    tmp = tmp_path_factory.mktemp("builtin-scripts")
-    data = tmp / "data"
-    (data / "models" / "Stable-diffusion").mkdir(parents=True)
-    os.symlink(tiny_models.path("sd1.safetensors"), data / "models" / "Stable-diffusion" / "sd1.safetensors")
-    ns = cmd_args.parse_args(["--data-dir", str(data), "--skip-install"], env={})
-    paths = Paths.from_args(ns)
-    paths.ensure_dirs()
-    engine = Engine.create(paths)
-    extension_runtime.start(engine, ns)
-    from webui import script_ui
-
-    script_ui.compute_defaults(engine.scripts)
+    engine, _ = extension_engine(tiny_models, tmp_path_factory.mktemp("builtin-scripts"), {}, builtin=True)
     yield engine
     script_callbacks.clear_callbacks()
 

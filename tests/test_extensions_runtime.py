@@ -7,9 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from modules import cmd_args, extension_runtime, extensions, script_callbacks, scripts
-from modules.engine import Engine
-from modules.paths import Paths
+from modules import cmd_args, extension_runtime, script_callbacks, scripts
 from tests import ext_fixtures
 
 BASE = {"prompt": "a cat", "steps": 3, "width": 64, "height": 64, "seed": 11, "cfg_scale": 5.0,
@@ -19,30 +17,10 @@ BASE = {"prompt": "a cat", "steps": 3, "width": 64, "height": 64, "seed": 11, "c
 @pytest.fixture(scope="module")
 def ext_engine(tiny_models, tmp_path_factory):
     """An engine with the fixture extensions installed from git URLs and loaded (built-in scripts left out)."""
-    import dataclasses
-    import os
-
-    tmp = tmp_path_factory.mktemp("extensions-runtime")
-    data = tmp / "data"
-    (data / "models" / "Stable-diffusion").mkdir(parents=True)
-    os.symlink(tiny_models.path("sd1.safetensors"), data / "models" / "Stable-diffusion" / "sd1.safetensors")
-    ns = cmd_args.parse_args(["--data-dir", str(data), "--skip-install"], env={})
-    paths = dataclasses.replace(Paths.from_args(ns), extensions_builtin_dir=tmp / "no-builtin")
-    paths.ensure_dirs()
-    for name, files in (("prompt-suffix", ext_fixtures.PROMPT_EDITOR), ("callbacks", ext_fixtures.CALLBACKS),
-                        ("broken", ext_fixtures.BROKEN), ("ordered", ext_fixtures.ORDERED),
-                        ("selectable", ext_fixtures.SELECTABLE), ("sd-webui-signature", ext_fixtures.readme_example()),
-                        ("imports", ext_fixtures.IMPORTS)):
-        url = ext_fixtures.make_repo(tmp / "origins" / name, files)
-        extensions.install_from_url(paths, url, run_installer=False)
-    engine = Engine.create(paths)
-    from webui import gradio_compat
-
-    gradio_compat.install()  # as the server does before extensions load
-    extension_runtime.start(engine, ns)
-    from webui import script_ui
-
-    script_ui.compute_defaults(engine.scripts)
+    engine, _ = ext_fixtures.extension_engine(tiny_models, tmp_path_factory.mktemp("extensions-runtime"), {
+        "prompt-suffix": ext_fixtures.PROMPT_EDITOR, "callbacks": ext_fixtures.CALLBACKS,
+        "broken": ext_fixtures.BROKEN, "ordered": ext_fixtures.ORDERED, "selectable": ext_fixtures.SELECTABLE,
+        "sd-webui-signature": ext_fixtures.readme_example(), "imports": ext_fixtures.IMPORTS})
     yield engine
     script_callbacks.clear_callbacks()
 
