@@ -38,15 +38,11 @@ def ext_server(tmp_path_factory, tiny_models):
 
 @pytest.fixture
 def page(ext_server):
-    from tests.test_webui import CHROMIUM, FLAGS
+    from tests.test_webui import CHROMIUM, FLAGS, open_ui
 
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        pg = browser.new_page(viewport={"width": 1280, "height": 1000})
-        pg.set_default_timeout(60000)
-        pg.goto(ext_server.url)
-        pg.wait_for_selector("#txt2img_prompt textarea")
-        yield pg
+        yield open_ui(browser, ext_server.url, height=1000)
         browser.close()
 
 

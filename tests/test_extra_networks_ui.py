@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.test_webui import CHROMIUM, FLAGS, Server, expect, playwright_api  # noqa: F401 - skips without chromium
+from tests.test_webui import CHROMIUM, FLAGS, Server, expect, open_ui, playwright_api  # noqa: F401 - skips without chromium
 from tests.test_lora import Q, Builder
 
 from webui import extra_networks_panel as panel
@@ -62,11 +62,7 @@ def en_page(en_data, tmp_path_factory):
     try:
         with playwright_api.sync_playwright() as p:
             b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            pg = b.new_page(viewport={"width": 1280, "height": 1000})
-            pg.set_default_timeout(60000)
-            pg.goto(srv.url)
-            pg.wait_for_selector("#txt2img_prompt textarea")
-            yield pg
+            yield open_ui(b, srv.url, height=1000)
             b.close()
     finally:
         srv.stop()

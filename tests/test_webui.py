@@ -100,12 +100,18 @@ def browser():
         b.close()
 
 
+def open_ui(browser, url: str, height: int = 900):
+    """A new page on the UI, waited for until the txt2img prompt is there."""
+    pg = browser.new_page(viewport={"width": 1280, "height": height})
+    pg.set_default_timeout(60000)
+    pg.goto(url)
+    pg.wait_for_selector("#txt2img_prompt textarea")
+    return pg
+
+
 @pytest.fixture
 def page(browser, server):
-    pg = browser.new_page(viewport={"width": 1280, "height": 900})
-    pg.set_default_timeout(60000)
-    pg.goto(server.url)
-    pg.wait_for_selector("#txt2img_prompt textarea")
+    pg = open_ui(browser, server.url)
     yield pg
     pg.close()
 
