@@ -19,6 +19,8 @@ DEMO = ROOT / "models" / "Stable-diffusion" / "demo-shapes.safetensors"
 BASE = {"steps": 20, "cfg_scale": 5, "width": 64, "height": 64, "sampler_name": "Euler",
         "do_not_save_samples": True, "do_not_save_grid": True}
 
+TI_STEPS, TI_LR = 80, 0.02
+
 pytestmark = pytest.mark.skipif(not DEMO.is_file(), reason="demo checkpoint missing: python -m modules.training.demo_recipe")
 
 
@@ -61,7 +63,7 @@ def test_loads_as_the_demo_model_with_its_embedded_architecture(demo_engine):
     model = demo_engine.models.get()
     assert model.spec.is_demo and model.spec.family == "sd1"
     assert "draws coloured shapes" in model.spec.embedded["description"]
-    assert model.vae.config.norm_num_groups == 16  # only the embedded config knows this
+    assert model.vae.config.norm_num_groups == 4  # only the embedded config knows this
     assert model.unet.config.sample_size * model.vae_scale_factor == model.spec.embedded["default_size"] == 64
     assert DEMO.stat().st_size <= 16 * 2**20
 
@@ -126,3 +128,34 @@ def test_inpainting_a_masked_square_green_changes_only_that_region(demo_engine):
     outside = np.ones((64, 64), bool)
     outside[14:50, 14:50] = False
     assert np.abs(a[outside] - b[outside]).mean() < 3
+
+
+def test_textual_inversion_token_learns_its_training_colour(demo_engine, tmp_path):
+    """A one-vector embedding trained on yellow shapes (initialised from "white") draws yellow where it is used."""
+    import torch
+
+    from modules.training.config import EmbeddingTrainingConfig
+    from modules.training.embedding_trainer import train_embedding
+    from modules.training.session import engine_session
+
+    folder = tmp_path / "yellow"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, scene in enumerate(s for s in all_scenes() if s.colour == "yellow"):
+        draw(scene, rng).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"{scene.shape} on a {scene.background} background")
+    prompt = "a zqcol square on a black background"
+    before = nearest_colour(centre_rgb(txt2img(demo_engine, prompt, seed=4)))
+    config = EmbeddingTrainingConfig(dataset_dir=str(folder), output_name="zqcol", num_vectors=1, init_text="white",
+                                     template="a [name] [filewords]", steps=TI_STEPS, batch_size=4, resolution=64,
+                                     learning_rate=TI_LR, seed=1, resume=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with engine_session(demo_engine, "train-embedding", None) as session:
+            train_embedding(session, config)
+    finally:
+        torch.set_num_threads(threads)
+    demo_engine.embeddings.load(demo_engine.models.get())
+    after = [nearest_colour(centre_rgb(txt2img(demo_engine, prompt, seed))) for seed in (4, 5, 6)]
+    assert before != "yellow" and after.count("yellow") >= 2, (before, after)

@@ -42,12 +42,13 @@ class Recipe:
     vae_steps: int = 900
     vae_batch: int = 32
     vae_lr: float = 1e-3
-    unet_steps: int = 2400
-    unet_batch: int = 48
+    unet_steps: int = 4000
+    unet_batch: int = 64
     unet_lr: float = 1e-3
     empty_rate: float = 0.1
     offset_noise: float = 0.1
     ema_decay: float = 0.999
+    min_snr_gamma: float = 5.0
     default_cfg: float = 5.0
     threads: int = 2
 
@@ -79,7 +80,30 @@ def write_checkpoint(path: Path, unet, vae, text_encoder, metadata: dict) -> Pat
     return path
 
 
-def run(recipe: Recipe, out: Path) -> dict:
+def _vae_knobs(recipe: Recipe, arch: scratch.Architecture) -> dict:
+    knobs = {k: getattr(recipe, k) for k in ("seed", "images", "size", "vae_steps", "vae_batch", "vae_lr", "threads")}
+    return {**knobs, "architecture": json.dumps(arch.vae, sort_keys=True)}
+
+
+def trained_vae(arch: scratch.Architecture, pixels, recipe: Recipe, cache: Path | None):
+    """Train the VAE, or load it from `cache` when that file came from the same VAE settings (the stage is
+    deterministic, so this only saves its minutes when trying UNet settings); returns (vae, seconds)."""
+    vae = scratch.build_vae(arch)
+    if cache is not None and cache.is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        if saved.get("knobs") == _vae_knobs(recipe, arch):
+            vae.load_state_dict(saved["state"])
+            log.info("VAE loaded from %s (trained in %.0f s)", cache, saved["seconds"])
+            return vae.eval().requires_grad_(False), saved["seconds"]
+        log.info("VAE cache %s is for other settings; training", cache)
+    report = scratch.train_vae(vae, pixels, recipe.vae_steps, recipe.vae_batch, recipe.vae_lr, seed=recipe.seed)
+    if cache is not None:
+        with atomic_path(cache) as tmp:
+            torch.save({"knobs": _vae_knobs(recipe, arch), "state": vae.state_dict(), "seconds": report.seconds}, tmp)
+    return vae, report.seconds
+
+
+def run(recipe: Recipe, out: Path, vae_cache: Path | None = None) -> dict:
     """Train and write; returns the figures (seconds per stage, PSNR, loss, file size)."""
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
@@ -92,10 +116,9 @@ def run(recipe: Recipe, out: Path) -> dict:
     held_out, _ = shapes.make_dataset(512, recipe.seed + 1, recipe.size)
     log.info("drew %d pictures in %.1f s", len(pixels), time.perf_counter() - started)
 
-    vae = scratch.build_vae(arch)
-    vae_report = scratch.train_vae(vae, pixels, recipe.vae_steps, recipe.vae_batch, recipe.vae_lr, seed=recipe.seed)
+    vae, vae_seconds = trained_vae(arch, pixels, recipe, vae_cache)
     psnr = scratch.reconstruction_psnr(vae, held_out)
-    log.info("VAE: %.0f s, held-out PSNR %.1f dB", vae_report.seconds, psnr)
+    log.info("VAE: %.0f s, held-out PSNR %.1f dB", vae_seconds, psnr)
 
     means, stds = scratch.encode_moments(vae, pixels)
     scale = scratch.scaling_factor(means, stds)
@@ -107,12 +130,13 @@ def run(recipe: Recipe, out: Path) -> dict:
     unet, text_encoder = scratch.build_unet(arch), scratch.build_text_encoder(arch)
     unet_report = scratch.train_unet_and_text_encoder(
         unet, text_encoder, means, stds, scale, caption_ids, empty_ids, recipe.unet_steps, recipe.unet_batch,
-        recipe.unet_lr, recipe.empty_rate, recipe.offset_noise, recipe.ema_decay, seed=recipe.seed + 2)
+        recipe.unet_lr, recipe.empty_rate, recipe.offset_noise, recipe.ema_decay,
+        min_snr_gamma=recipe.min_snr_gamma, seed=recipe.seed + 2)
     log.info("UNet + text encoder: %.0f s, final loss %.4f", unet_report.seconds, unet_report.final_loss)
 
     write_checkpoint(out, unet, vae, text_encoder, architecture_metadata(arch, vae, recipe))
     figures = {
-        "vae_seconds": round(vae_report.seconds), "vae_psnr_db": round(psnr, 2),
+        "vae_seconds": round(vae_seconds), "vae_psnr_db": round(psnr, 2),
         "unet_te_seconds": round(unet_report.seconds), "unet_final_loss": round(unet_report.final_loss, 4),
         "total_seconds": round(time.perf_counter() - started), "file_bytes": out.stat().st_size,
         "parameters": {name: sum(p.numel() for p in m.parameters())
@@ -125,13 +149,15 @@ def run(recipe: Recipe, out: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Train the bundled demo checkpoint from scratch (CPU).")
     parser.add_argument("--out", type=Path, default=Path("models/Stable-diffusion/demo-shapes.safetensors"))
+    parser.add_argument("--vae-cache", type=Path, default=None,
+                        help="reuse (or write) the trained VAE here when only the UNet settings change")
     defaults = Recipe()
     for name, value in asdict(defaults).items():
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     recipe = Recipe(**{name: getattr(args, name) for name in asdict(defaults)})
-    return run(recipe, args.out)
+    return run(recipe, args.out, args.vae_cache)
 
 
 if __name__ == "__main__":

@@ -111,11 +111,32 @@ def corner_rgb(image: Image.Image) -> np.ndarray:
     return _patch_colour(np.concatenate([c.reshape(-1, 3) for c in corners]))
 
 
+def _region_at_centre(mask: np.ndarray) -> np.ndarray:
+    """The 4-connected part of `mask` that holds the centre pixel (all of `mask` if the centre is not in it), so a
+    stray speck elsewhere does not stretch the shape's bounding box."""
+    h, w = mask.shape
+    region = np.zeros_like(mask)
+    region[h // 2, w // 2] = mask[h // 2, w // 2]
+    if not region.any():
+        return mask
+    while True:
+        grown = region.copy()
+        grown[1:] |= region[:-1]
+        grown[:-1] |= region[1:]
+        grown[:, 1:] |= region[:, :-1]
+        grown[:, :-1] |= region[:, 1:]
+        grown &= mask
+        if np.array_equal(grown, region):
+            return region
+        region = grown
+
+
 def fill_ratio(image: Image.Image) -> float:
-    """Fraction of the foreground's bounding box the foreground covers (foreground: far from the corner colour)."""
+    """Fraction of the shape's bounding box the shape covers (the shape: the region at the centre that is far
+    from the corner colour)."""
     a = np.asarray(image.convert("RGB"), dtype=np.float64)
     distance = np.sqrt(((a - corner_rgb(image)) ** 2).sum(-1))
-    mask = distance > 60
+    mask = _region_at_centre(distance > 60)
     rows = np.flatnonzero(mask.sum(1) >= 2)
     cols = np.flatnonzero(mask.sum(0) >= 2)
     if rows.size == 0 or cols.size == 0:
