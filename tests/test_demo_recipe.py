@@ -53,6 +53,10 @@ def test_recipe_writes_a_checkpoint_the_engine_loads_as_the_demo(tmp_path):
     demo_recipe.main(["--out", str(again), "--vae-cache", str(cache), *TOY])
     assert again.read_bytes() == out.read_bytes()  # the cached VAE is the one training gives: same file
 
+    cache.write_bytes(b"not a torch file")  # a broken cache is retrained and replaced, not a crash
+    demo_recipe.main(["--out", str(again), "--vae-cache", str(cache), *TOY])
+    assert again.read_bytes() == out.read_bytes() and cache.stat().st_size > 1000
+
 
 def test_reader_reads_every_drawn_scene_back_and_ignores_a_stray_speck():
     """The accuracy bench and the demo tests judge pictures with this reader, so it must be right on the data."""

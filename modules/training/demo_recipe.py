@@ -90,12 +90,18 @@ def trained_vae(arch: scratch.Architecture, pixels, recipe: Recipe, cache: Path 
     deterministic, so this only saves its minutes when trying UNet settings); returns (vae, seconds)."""
     vae = scratch.build_vae(arch)
     if cache is not None and cache.is_file():
-        saved = torch.load(cache, map_location="cpu", weights_only=True)
-        if saved.get("knobs") == _vae_knobs(recipe, arch):
-            vae.load_state_dict(saved["state"])
+        try:
+            saved = torch.load(cache, map_location="cpu", weights_only=True)
+            matches = isinstance(saved, dict) and saved.get("knobs") == _vae_knobs(recipe, arch)
+            if matches:
+                vae.load_state_dict(saved["state"])
+        except Exception as e:  # unreadable or foreign file: it is only a cache, so train and replace it
+            log.warning("VAE cache %s is unreadable (%s); training", cache, e)
+            matches = False
+        if matches:
             log.info("VAE loaded from %s (trained in %.0f s)", cache, saved["seconds"])
             return vae.eval().requires_grad_(False), saved["seconds"]
-        log.info("VAE cache %s is for other settings; training", cache)
+        log.info("VAE cache %s is not for these settings; training", cache)
     report = scratch.train_vae(vae, pixels, recipe.vae_steps, recipe.vae_batch, recipe.vae_lr, seed=recipe.seed)
     if cache is not None:
         with atomic_path(cache) as tmp:
