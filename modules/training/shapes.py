@@ -114,21 +114,11 @@ def corner_rgb(image: Image.Image) -> np.ndarray:
 def _region_at_centre(mask: np.ndarray) -> np.ndarray:
     """The 4-connected part of `mask` that holds the centre pixel (all of `mask` if the centre is not in it), so a
     stray speck elsewhere does not stretch the shape's bounding box."""
-    h, w = mask.shape
-    region = np.zeros_like(mask)
-    region[h // 2, w // 2] = mask[h // 2, w // 2]
-    if not region.any():
-        return mask
-    while True:
-        grown = region.copy()
-        grown[1:] |= region[:-1]
-        grown[:-1] |= region[1:]
-        grown[:, 1:] |= region[:, :-1]
-        grown[:, :-1] |= region[:, 1:]
-        grown &= mask
-        if np.array_equal(grown, region):
-            return region
-        region = grown
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(mask)
+    at_centre = labels[mask.shape[0] // 2, mask.shape[1] // 2]
+    return labels == at_centre if at_centre else mask
 
 
 def fill_ratio(image: Image.Image) -> float:
