@@ -107,6 +107,7 @@ def _use_cpu(value: str) -> str:
 def build_parser() -> ArgumentParser:
     """A new parser with A1111's flags (names, defaults, value types)."""
     p = ArgumentParser(prog=PROG, description="Stable Diffusion web UI (A1111-compatible flags)",
+                       conflict_handler="resolve",  # an extension's preload may redefine a flag, as on A1111
                        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=40, width=120))
 
     # Paths and models
@@ -159,6 +160,10 @@ def build_parser() -> ArgumentParser:
         help="allow installing extensions from the UI even with --listen")
     add("--disable-all-extensions", action="store_true", help="do not load any extension")
     add("--disable-extra-extensions", action="store_true", help="load only the built-in extensions")
+    add("--safe-mode", action="store_true",
+        help="start with every third-party extension off (for this run only; to find one that breaks the app)")
+    add("--hide-ui-dir-config", action="store_true",
+        help="hide the output-folder settings in the UI and refuse changing them through the API")
     add("--freeze-settings", action="store_true", help="do not allow settings to be changed")
     add("--test-server", action="store_true", help="configure the server for the test suite")
 

@@ -67,4 +67,6 @@ def __getattr__(name: str):
 
         config = shared.engine.device_config if shared.engine is not None else cpu()
         return {"device": config.device, "dtype": config.dtype, "dtype_vae": config.vae_dtype}[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from modules import a1111
+
+    return a1111.names_from(__name__)(name)

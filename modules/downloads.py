@@ -40,6 +40,7 @@ KINDS = {
     "vae": ("VAE", (".safetensors", ".pt", ".ckpt")),
     "embedding": ("Embedding", (".safetensors", ".pt", ".bin", ".png", ".webp")),
     "upscaler": ("Upscaler", (".pth", ".pt", ".safetensors")),
+    "other": ("model", ()),  # any file an extension downloads for itself (A1111's modelloader.load_file_from_url)
 }
 
 _HF_HOSTS = ("huggingface.co", "hf.co")
@@ -166,7 +167,7 @@ def _http_error(response: httpx.Response, url: str) -> DownloadError:
 
 def _check_extension(name: str, kind: str) -> None:
     label, exts = KINDS[kind]
-    if not name.lower().endswith(exts):
+    if exts and not name.lower().endswith(exts):
         raise DownloadError(f"{name}: a {label} file must end with {', '.join(exts)} to be listed; "
                             f"enter a file name")
 

@@ -9,9 +9,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modules import extensions, script_callbacks, scripts, shared
+from modules import extension_faults, extensions, script_callbacks, scripts, shared
 
 log = logging.getLogger(__name__)
+PRELOAD_FAILED = "preload.py failed"
 
 
 @dataclass
@@ -31,27 +32,35 @@ def start(engine, args: argparse.Namespace | None = None) -> ExtensionRuntime:
     """Load every enabled extension once; failures are collected in `engine.extension_errors`, never raised."""
     shared.bind(engine, args)
     script_callbacks.clear_callbacks()
+    extension_faults.faults.clear(keep=(PRELOAD_FAILED,))  # preload ran before this, while flags were parsed
+    extension_faults.faults.roots = [Path(engine.paths.extensions_dir).resolve(),
+                                     Path(engine.paths.extensions_builtin_dir).resolve()]
     found = extensions.discover_configured(engine.paths, engine.settings, args)
     for ext in found:
         for warning in getattr(ext, "warnings", []) or []:
             log.warning("%s", warning)
     active = extensions.active(found)
+    from modules.a1111 import extensions_names
+
+    extensions_names.set_discovered(found)
+    # A1111's order: import every script, instantiate them (runners), then the settings callbacks — a script's
+    # __init__ may register settings or callbacks that on_ui_settings expects.
     scripts.load_scripts(active)
-    script_callbacks.ui_settings_callback()  # extension options exist before the first generation, UI or not
     runners = scripts.ScriptRunners()
     runners.initialize()
     engine.scripts = runners
+    script_callbacks.ui_settings_callback()  # extension options exist before the first generation, UI or not
     if script_callbacks.model_loaded_callback not in engine.models.on_loaded:
         engine.models.on_loaded.append(script_callbacks.model_loaded_callback)
-    engine.extension_errors = errors(engine)
+    engine.extension_errors = extension_faults.faults.messages  # live: later failures show up too
     names = ", ".join(e.name for e in active) or "none"
     log.info("Extensions loaded: %s", names)
     return ExtensionRuntime(active)
 
 
 def errors(engine=None) -> list[str]:
-    """Load errors, then errors raised by callbacks and hooks so far (newest last)."""
-    return [*scripts.load_errors, *script_callbacks.errors]
+    """Every extension failure so far, one line each (newest last)."""
+    return list(extension_faults.faults.messages)
 
 
 def run_preload(parser: argparse.ArgumentParser, paths, settings=None, args=None) -> None:
@@ -68,6 +77,4 @@ def run_preload(parser: argparse.ArgumentParser, paths, settings=None, args=None
             if preload is not None:
                 preload(parser)
         except Exception as e:  # noqa: BLE001 - a broken preload must not stop the app
-            message = f"{ext.name}: preload.py failed: {type(e).__name__}: {e}"
-            scripts.load_errors.append(message)
-            log.error("%s", message)
+            extension_faults.faults.record(PRELOAD_FAILED, e, source=ext.preload_file, extension=ext.name)

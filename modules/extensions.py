@@ -298,7 +298,7 @@ def disable_mode(settings=None, args=None) -> str:
     """``none``/``extra``/``all`` from the flags (``--disable-all-extensions`` wins) and the option."""
     if args is not None and getattr(args, "disable_all_extensions", False):
         return "all"
-    if args is not None and getattr(args, "disable_extra_extensions", False):
+    if args is not None and (getattr(args, "disable_extra_extensions", False) or getattr(args, "safe_mode", False)):
         return "extra"
     mode = settings.get("disable_all_extensions", "none") if settings is not None else "none"
     return mode if mode in ("none", "extra", "all") else "none"
@@ -549,3 +549,10 @@ def normalize_url(url: str | None) -> str:
     url = re.sub(r"^[a-z+]+://", "", url)
     url = re.sub(r"^git@([^:]+):", r"\1/", url)
     return url[:-4] if url.endswith(".git") else url
+
+
+def __getattr__(name: str):
+    """A1111's module-level `extensions` list and helpers, for extensions (modules/a1111/extensions_names.py)."""
+    from modules import a1111
+
+    return a1111.names_from(__name__)(name)

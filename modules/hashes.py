@@ -201,3 +201,10 @@ class HashCache:
             # longer matches the file and is recomputed next time instead of being silently wrong.
             self.store(title, value, stat[0], stat[1], use_addnet_hash=use_addnet_hash)
             return value
+
+
+def __getattr__(name: str):
+    """A1111's names beyond ours, for extensions (modules/a1111/hashes_names.py)."""
+    from modules import a1111
+
+    return a1111.names_from(__name__)(name)

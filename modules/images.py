@@ -420,4 +420,6 @@ def __getattr__(name: str):
         from modules import grid_labels
 
         return getattr(grid_labels, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from modules import a1111
+
+    return a1111.names_from(__name__)(name)

@@ -57,6 +57,38 @@ class JobState:
     def interrupt(self) -> None:
         self.interrupted = True
 
+    # A1111's State names, which extensions call (`shared.state`).
+
+    @property
+    def stopping_generation(self) -> bool:
+        return self.interrupted
+
+    def stop_generating(self) -> None:
+        self.interrupt()
+
+    def nextjob(self) -> None:
+        self.next_job()
+
+    def assign_current_image(self, image) -> None:
+        """An extension's own preview (shown by the progress bar like ours)."""
+        self.current_image = image
+        self.current_image_step = self.sampling_step
+
+    def set_current_image(self) -> None:
+        """A1111 decodes a preview here; ours are made by the sampling loop."""
+
+    def do_set_current_image(self) -> None:
+        """See set_current_image."""
+
+    @property
+    def current_image_sampling_step(self) -> int:
+        return self.current_image_step
+
+    def dict(self) -> dict:
+        return {"skipped": self.skipped, "interrupted": self.interrupted, "stopping_generation": self.interrupted,
+                "job": self.job, "job_count": self.job_count, "job_timestamp": self.job_timestamp,
+                "job_no": self.job_no, "sampling_step": self.sampling_step, "sampling_steps": self.sampling_steps}
+
     def skip(self) -> None:
         self.skipped = True
 

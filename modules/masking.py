@@ -110,3 +110,10 @@ def composite(original: Image.Image, generated: Image.Image, mask: Image.Image) 
     out = base.copy()
     out.paste(original.convert("RGB"), (0, 0), keep)
     return out
+
+
+def __getattr__(name: str):
+    """A1111's names beyond ours, for extensions (modules/a1111/masking_names.py)."""
+    from modules import a1111
+
+    return a1111.names_from(__name__)(name)

@@ -168,11 +168,12 @@ class GenerationResult:
         return self.infotexts[0] if self.infotexts else ""
 
     def js(self) -> dict[str, Any]:
-        """A1111's `Processed.js()` dictionary (the HTTP API's `info`)."""
+        """A1111's `Processed.js()` dictionary (the HTTP API's `info`): `prompt` is the first prompt as generated,
+        after scripts (wildcards, dynamic prompts) rewrote `all_prompts`."""
         return {
-            "prompt": self.prompt,
+            "prompt": self.all_prompts[0] if self.all_prompts else self.prompt,
             "all_prompts": self.all_prompts,
-            "negative_prompt": self.negative_prompt,
+            "negative_prompt": self.all_negative_prompts[0] if self.all_negative_prompts else self.negative_prompt,
             "all_negative_prompts": self.all_negative_prompts,
             "seed": self.seed,
             "all_seeds": self.all_seeds,
@@ -887,4 +888,6 @@ def __getattr__(name: str):
         from modules import processing_compat
 
         return getattr(processing_compat, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from modules import a1111
+
+    return a1111.names_from(__name__)(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+import sys
 from typing import Any
 
 import numpy as np
@@ -89,9 +90,11 @@ class StableDiffusionProcessing:
 
     @property
     def sd_model(self):
+        from modules.a1111.sd_model import view
+
         if self._sd_model is None and self.engine is not None:
-            return self.engine.models.current
-        return self._sd_model
+            return view(self.engine.models.current)
+        return view(self._sd_model)
 
     @sd_model.setter
     def sd_model(self, value) -> None:
@@ -231,11 +234,14 @@ def process_images(p: StableDiffusionProcessing) -> GenerationResult:
         runner.before_process(p)
     per_image = _take_per_image_lists(p)
     fix_seed(p)
+    hooks = ScriptHooks(p, per_image)
     try:
-        result = p.engine.process(p.request, hooks=ScriptHooks(p, per_image))
+        result = p.engine.process(p.request, hooks=hooks)
     finally:
         for name, values in per_image.items():
             setattr(p, name, values)
+        if hooks.activated_networks is not None:
+            sys.modules["modules.a1111.extra_networks"].deactivate(p, hooks.activated_networks)
     if runner is not None:
         runner.postprocess(p, result)
     return result
@@ -305,6 +311,7 @@ class ScriptHooks(ProcessingHooks):
         self.p = p
         self.runner = p.scripts
         self.per_image = per_image or {}
+        self.activated_networks: dict | None = None
 
     def _batch_kwargs(self, run: RunState) -> dict:
         p = self.p
@@ -344,11 +351,23 @@ class ScriptHooks(ProcessingHooks):
 
     def process_batch(self, run: RunState) -> None:
         p = self.p
+        self._activate_extension_networks()
         if self.runner is not None:
             self.runner.after_extra_networks_activate(p, **self._batch_kwargs(run))
             self.runner.process_batch(p, **self._batch_kwargs(run))
             self.runner.process_before_every_sampling(p, **self._batch_kwargs(run))
         run.prompts, run.negative_prompts, run.seeds, run.subseeds = p.prompts, p.negative_prompts, p.seeds, p.subseeds
+
+    def _activate_extension_networks(self) -> None:
+        """Network types extensions registered (`extra_networks.register_extra_network`) get A1111's
+        `activate(p, params)` for this batch's tags; `deactivate` runs when the job ends (process_images)."""
+        registry = sys.modules.get("modules.a1111.extra_networks")
+        if registry is None or not registry.extra_network_registry:
+            return
+        p = self.p
+        _, data = registry.parse_prompts(list(p.prompts or []))
+        registry.activate(p, data)
+        self.activated_networks = data
 
     def sampling(self) -> SamplingHooks | None:
         kinds = ("cfg_denoiser", "cfg_denoised", "cfg_after_cfg")

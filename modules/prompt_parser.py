@@ -236,3 +236,10 @@ def has_emphasis_syntax(text: str) -> bool:
 
 __all__ = ["parse_prompt_attention", "get_learned_conditioning_prompt_schedules", "get_multicond_prompt_list",
            "split_and", "SdConditioning", "schedule_parser", "re_AND", "re_weight", "re_attention", "re_break"]
+
+
+def __getattr__(name: str):
+    """A1111's names beyond ours, for extensions (modules/a1111/prompt_parser_names.py)."""
+    from modules import a1111
+
+    return a1111.names_from(__name__)(name)

@@ -13,6 +13,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from modules import extension_faults
+
 log = logging.getLogger(__name__)
 
 
@@ -105,7 +107,7 @@ NAMES = (
     "before_token_counter", "extra_noise",
 )
 callback_map: dict[str, list[ScriptCallback]] = {f"callbacks_{n}": [] for n in NAMES}
-errors: list[str] = []  # "script: what failed", shown in the Extensions tab and the log
+errors: list[str] = extension_faults.faults.messages  # "extension: what failed" (the Extensions tab shows them)
 current_script: str | None = None  # set by the script loader while a file is imported
 
 
@@ -124,9 +126,8 @@ def add_callback(callbacks: list[ScriptCallback], fun: Callable, *, name: str | 
 
 
 def report_error(where: str, script: str, exc: BaseException) -> None:
-    message = f"{os.path.basename(script)}: {where}: {type(exc).__name__}: {exc}"
-    errors.append(message)
-    log.error("Error in extension callback %s\n%s", message, "".join(traceback.format_exception(exc)).rstrip())
+    """Record an extension's failure (once per distinct failure; the log gets its traceback)."""
+    extension_faults.faults.record(where, exc, source=script)
 
 
 def _fire(kind: str, *args) -> list[Any]:
@@ -146,7 +147,6 @@ def has(kind: str) -> bool:
 def clear_callbacks() -> None:
     for callbacks in callback_map.values():
         callbacks.clear()
-    errors.clear()
 
 
 def remove_current_script_callbacks() -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modules import script_callbacks
+from modules import extension_faults, script_callbacks
 from modules.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class ScriptClassData:
 
 scripts_data: list[ScriptClassData] = []
 postprocessing_scripts_data: list[ScriptClassData] = []
-load_errors: list[str] = []  # "extension: what failed" (shown in the UI)
+load_errors: list[str] = script_callbacks.errors  # "extension: what failed" (shown in the Extensions tab)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -426,7 +426,6 @@ def load_scripts(extensions) -> None:
     global current_basedir
     scripts_data.clear()
     postprocessing_scripts_data.clear()
-    load_errors.clear()
     for ext in extensions:
         if not ext.enabled:
             continue
@@ -440,9 +439,7 @@ def load_scripts(extensions) -> None:
                 module = load_module(path)
                 _register_classes(module, str(path), root, ext.name)
             except Exception as e:  # noqa: BLE001 - a broken extension must not stop the app
-                message = f"{ext.name}: could not load {path.name}: {type(e).__name__}: {e}"
-                load_errors.append(message)
-                log.exception("Extension %s: error loading script %s", ext.name, path)
+                extension_faults.faults.record(f"could not load {path.name}", e, source=path, extension=ext.name)
             finally:
                 script_callbacks.current_script = None
                 current_basedir = str(REPO_ROOT)

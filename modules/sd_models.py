@@ -13,9 +13,16 @@ def _registry():
 
 def __getattr__(name: str):
     if name in ("checkpoints_list", "checkpoint_aliases"):
+        from modules.a1111.sd_model import CheckpointInfoView
+
         registry = _registry()
-        return {title: registry.get(title) for title in registry.titles()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        infos = {title: CheckpointInfoView(registry.get(title)) for title in registry.titles()}
+        if name == "checkpoint_aliases":
+            infos.update({alias: info for info in list(infos.values()) for alias in info.ids})
+        return infos
+    from modules import a1111
+
+    return a1111.names_from(__name__)(name)
 
 
 def checkpoint_tiles(use_short=False) -> list[str]:
@@ -27,16 +34,25 @@ def list_models() -> None:
 
 
 def get_closet_checkpoint_match(search_string: str):
-    registry = _registry()
-    return registry.get(search_string)
+    from modules.a1111.sd_model import CheckpointInfoView
+
+    info = _registry().get(search_string)
+    return CheckpointInfoView(info) if info is not None else None
 
 
 def select_checkpoint():
+    from modules.a1111.sd_model import CheckpointInfoView
+
     engine = shared.engine
-    return engine.models.resolve() if engine is not None else None
+    return CheckpointInfoView(engine.models.resolve()) if engine is not None else None
 
 
-def reload_model_weights(sd_model=None, info=None):
+def reload_model_weights(sd_model=None, info=None, forced_reload=False):
+    """Switch to `info`'s checkpoint (made the configured one, as A1111) or reload the current one."""
+    from modules.a1111.sd_model import view
+
     engine = shared.engine
     title = getattr(info, "title", None)
-    return engine.models.select(title) if title else engine.models.get()
+    if forced_reload and not title:
+        return view(engine.models.reload())
+    return view(engine.models.select(title) if title else engine.models.get())

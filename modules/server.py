@@ -89,7 +89,10 @@ def create_app(ctx: AppContext | None) -> FastAPI:
         from modules import extension_runtime
         from webui import gradio_compat  # what extension scripts import from gradio's side, before they load
 
+        from webui import a1111 as ui_a1111
+
         gradio_compat.install()
+        ui_a1111.install()  # modules.ui and the other gradio-side A1111 modules extensions import
         runtime = extension_runtime.start(ctx.engine, ctx.args)
         ctx.extra["extensions"] = runtime
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from modules import settings as settings_mod
@@ -158,12 +159,52 @@ class _TotalTqdm:
 total_tqdm = _TotalTqdm()
 
 
+def _a1111_cmd_opts(args: argparse.Namespace | None, paths) -> argparse.Namespace:
+    """A1111's `cmd_opts`: our parsed flags plus A1111's defaults for what extensions read — directory flags are
+    strings resolved under the data/models dirs (never None), flags we do not have take A1111's default."""
+    ns = argparse.Namespace(**vars(args)) if args is not None else argparse.Namespace()
+    models = Path(paths.models_dir)
+    dirs = {
+        "data_dir": paths.data_dir, "models_dir": paths.models_dir,
+        "ckpt_dir": paths.ckpt_dirs[-1], "vae_dir": paths.vae_dirs[-1], "lora_dir": paths.lora_dir,
+        "lyco_dir_backcompat": paths.lycoris_dir, "lyco_dir": paths.lycoris_dir,
+        "embeddings_dir": paths.embeddings_dir, "hypernetwork_dir": paths.hypernetwork_dir,
+        "controlnet_dir": models / "ControlNet", "controlnet_annotator_models_path": models / "ControlNetPreprocessor",
+        "codeformer_models_path": models / "Codeformer", "gfpgan_models_path": models / "GFPGAN",
+        "esrgan_models_path": models / "ESRGAN", "bsrgan_models_path": models / "BSRGAN",
+        "realesrgan_models_path": models / "RealESRGAN", "scunet_models_path": models / "ScuNET",
+        "swinir_models_path": models / "SwinIR", "ldsr_models_path": models / "LDSR", "dat_models_path": models / "DAT",
+        "ui_config_file": paths.ui_config_file, "ui_settings_file": paths.config_file,
+        "textual_inversion_templates_dir": Path(paths.data_dir) / "textual_inversion_templates",
+        "localizations_dir": Path(paths.data_dir) / "localizations",
+    }
+    for name, value in dirs.items():
+        if getattr(ns, name, None) is None:
+            setattr(ns, name, str(value))
+    for name, value in _A1111_FLAG_DEFAULTS.items():
+        if not hasattr(ns, name):
+            setattr(ns, name, value)
+    return ns
+
+
+# A1111 flags this web UI does not have, with A1111's defaults (what extensions find when they read them).
+_A1111_FLAG_DEFAULTS = {
+    "always_batch_cond_uncond": False, "ui_debug_mode": False, "no_gradio_queue": False, "gradio_debug": False,
+    "administrator": False, "disable_extension_access": False, "tls_keyfile": None, "tls_certfile": None,
+    "ngrok": None, "gradio_img2img_tool": None, "gradio_inpaint_tool": None, "gradio_allowed_path": [],
+    "disable_model_loading_ram_optimization": False, "clip_models_path": None, "lowram": False,
+    "disable_console_progressbars": False, "enable_console_prompts": False, "api_log": False, "nowebui": False,
+    "hide_ui_dir_config": False, "safe_mode": False, "add_stop_route": False, "skip_load_model_at_start": False,
+}
+
+
 def bind(bound_engine, args: argparse.Namespace | None = None) -> None:
     """Point the shim at the running engine (called once at start-up)."""
     global engine, cmd_opts, state
     engine = bound_engine
-    cmd_opts = args if args is not None else argparse.Namespace()
+    cmd_opts = _a1111_cmd_opts(args, bound_engine.paths)
     state = bound_engine.state
+    hide_dirs["visible"] = not getattr(cmd_opts, "hide_ui_dir_config", False)
     object.__setattr__(opts, "_settings", bound_engine.settings)
 
 
@@ -192,13 +233,29 @@ def list_checkpoint_tiles(use_short: bool = False) -> list[str]:
     return engine.registry.titles() if engine is not None else []
 
 
+_NAMES_ELSEWHERE = ("options_templates", "listfiles", "walk_files", "face_restorers", "interrogator", "mem_mon",
+                    "sd_upscalers_list", "html", "html_path", "reload_gradio_theme", "restricted_opts", "natural_sort_key",
+                    "gradio_theme", "xformers_available", "loaded_hypernetworks", "clip_model", "settings_components",
+                    "tab_names", "parser", "batch_cond_uncond", "parallel_processing_allowed", "styles_filename",
+                    "config_filename", "sd_default_config", "sd_model_file", "weight_load_location", "latent_upscale_modes",
+                    "latent_upscale_default_mode", "list_samplers", "refresh_checkpoints", "device_cpu")
+
+
 def __getattr__(name: str):
     if name == "sd_upscalers":
         infos = engine.upscalers.list() if engine is not None and engine.upscalers is not None else []
         return [UpscalerData(i.name, _EngineUpscaler(i.name), str(i.path) if i.path else None, i.scale)
                 for i in infos]
     if name == "sd_model":
-        return engine.models.current if engine is not None else None
+        from modules.a1111.sd_model import view
+
+        return view(engine.models.current) if engine is not None else None
+    if name == "prompt_styles":
+        return engine.styles if engine is not None else None
+    if name in _NAMES_ELSEWHERE:
+        from modules.a1111 import shared_names
+
+        return getattr(shared_names, name)
     if name == "device":
         import torch
 

@@ -684,3 +684,10 @@ def mount(app: FastAPI, ctx) -> Api:
     api = Api(app, ctx)
     app.state.api = api
     return api
+
+
+def __getattr__(name: str):
+    """A1111's helpers (`encode_pil_to_base64`, `decode_base64_to_image`, …) for extensions' own routes."""
+    from modules import a1111
+
+    return a1111.names_from(__name__)(name)

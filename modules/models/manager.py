@@ -25,6 +25,14 @@ def embedded_architecture(info: CheckpointInfo) -> dict:
     return loader.read_embedded_architecture(info.filename) or {}
 
 
+def _back_on_device(model: LoadedModel) -> None:
+    """Parts moved off the device (an extension's `lowvram.send_everything_to_cpu`) come back before use."""
+    for part in (model.unet, model.vae, model.text_encoder, model.text_encoder_2):
+        param = next(part.parameters(), None) if part is not None and hasattr(part, "parameters") else None
+        if param is not None and param.device.type != model.device.type:
+            part.to(model.device)
+
+
 class ModelNotFoundError(LookupError):
     """No checkpoint matches the requested title, name or hash."""
 
@@ -105,6 +113,7 @@ class ModelManager:
                     cb(model)
             else:
                 self._cache.move_to_end(key)
+                _back_on_device(model)
             self.apply_vae(model, info)
             self._last_used = key
             return model
