@@ -168,13 +168,25 @@ def app_started_callback(demo, app) -> None:
 
 
 def model_loaded_callback(sd_model) -> None:
-    _fire("model_loaded", sd_model)
+    from modules.a1111.sd_model import view
+
+    _fire("model_loaded", view(sd_model))  # A1111's names on the model (sd_checkpoint_info, is_sdxl, …)
 
 
 def ui_tabs_callback() -> list:
+    return [item for item, _ in ui_tabs_with_sources()]
+
+
+def ui_tabs_with_sources() -> list[tuple[Any, str]]:
+    """The tabs extensions return from on_ui_tabs, each with the file that registered it (for fault reports)."""
     tabs = []
-    for result in _fire("ui_tabs"):
-        tabs.extend(result or [])
+    for c in list(callback_map["callbacks_ui_tabs"]):
+        try:
+            result = c.callback()
+        except Exception as e:  # noqa: BLE001 - a broken tab must not stop the page
+            report_error("ui_tabs callback", c.script, e)
+            continue
+        tabs.extend((item, c.script) for item in (result or []))
     return tabs
 
 

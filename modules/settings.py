@@ -484,6 +484,14 @@ _section("hidden", {
 })
 
 
+# Where files are written: hidden in the UI and refused through the API with --hide-ui-dir-config (A1111's list).
+DIRECTORY_OPTIONS = frozenset({
+    "samples_filename_pattern", "directories_filename_pattern", "outdir_samples", "outdir_txt2img_samples",
+    "outdir_img2img_samples", "outdir_extras_samples", "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_grids",
+    "outdir_save", "outdir_init_images",
+})
+
+
 def infotext_to_option(key: str) -> str | None:
     """The option whose ``infotext`` key is ``key`` (e.g. ``"Clip skip"`` → ``"CLIP_stop_at_last_layers"``)."""
     for name, info in list(OPTIONS.items()):

@@ -38,6 +38,7 @@ class OptionInfo(settings_mod.OptionInfo):
         self.comment_after = comment_after
         self.refresh = refresh
         self.do_not_save = False
+        self.extension = None  # the extension that registered it (set by opts.add_option)
 
     def link(self, label, url):
         self.comment_before += f"[<a href='{url}' target='_blank'>{label}</a>]"
@@ -104,6 +105,10 @@ class Options:
     def add_option(self, key: str, info: settings_mod.OptionInfo) -> None:
         if not isinstance(info, settings_mod.OptionInfo):
             raise TypeError(f"option {key!r}: expected OptionInfo")
+        if getattr(info, "extension", None) is None:
+            from modules.a1111.unsupported import caller_extension
+
+            info.extension = caller_extension(2) or ""
         settings_mod.register_option(key, info, replace=True)
         onchange = getattr(info, "onchange", None)
         if onchange is not None and self._settings is not None:

@@ -257,6 +257,7 @@ def extension_engine(tiny_models, tmp: Path, extensions: dict[str, dict[str, str
     from modules import extensions as manager
     from modules.engine import Engine
     from modules.paths import Paths
+    from webui import a1111 as ui_a1111
     from webui import gradio_compat, script_ui
 
     data = tmp / "data"
@@ -271,6 +272,125 @@ def extension_engine(tiny_models, tmp: Path, extensions: dict[str, dict[str, str
         manager.install_from_url(paths, make_repo(tmp / "origins" / name, files), run_installer=False)
     engine = Engine.create(paths)
     gradio_compat.install()  # as the server does before extensions load
+    ui_a1111.install()
     extension_runtime.start(engine, ns)
     script_ui.compute_defaults(engine.scripts)
     return engine, ns
+
+
+# One fixture per class of failure real community extensions hit (issue 13), written for these tests.
+
+SETTINGS_IN_INIT = {
+    "scripts/settings_in_init.py": '''
+from modules import script_callbacks, scripts, shared
+
+
+def add_settings():
+    shared.opts.add_option("init_registered_option", shared.OptionInfo(
+        "from __init__", "Registered by a callback that Script.__init__ set up", section=("init", "Init fixture")))
+
+
+class SettingsInInit(scripts.Script):
+    def __init__(self):
+        script_callbacks.on_ui_settings(add_settings)
+
+    def title(self):
+        return "Settings in init"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+''',
+}
+
+WILDCARDS = {
+    "scripts/expand.py": '''
+import re
+
+from modules import scripts
+
+
+class Expand(scripts.Script):
+    """Rewrites every prompt after the request arrived (as wildcard / dynamic-prompt extensions do)."""
+
+    def title(self):
+        return "Expand braces"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def process(self, p):
+        p.all_prompts = [re.sub(r"\\{([^|}]*)\\|[^}]*\\}", r"\\1", x) for x in p.all_prompts]
+''',
+}
+
+IMPORT_TIME = {
+    "scripts/import_time.py": '''
+from pathlib import Path
+
+import gradio as gr
+from modules import call_queue, errors, lowvram, scripts, sd_samplers, sd_vae, shared
+from modules.api.api import encode_pil_to_base64, decode_base64_to_image
+from modules.sd_hijack import model_hijack
+from modules.ui import create_refresh_button
+from modules.ui_components import InputAccordion
+
+EMBEDDINGS = Path(shared.cmd_opts.embeddings_dir)   # A1111's flags are strings at import time
+SAMPLERS = [s.name for s in sd_samplers.samplers]
+''',
+}
+
+BAD_SETTINGS = {
+    "scripts/bad_settings.py": '''
+import gradio as gr
+from modules import script_callbacks, shared
+
+
+def broken_component(**kwargs):
+    raise RuntimeError("this component cannot be built")
+
+
+def on_ui_settings():
+    section = ("bad-settings", "Bad settings fixture")
+    shared.opts.add_option("fixture_checkbox_group", shared.OptionInfo(
+        [], "Pick some", gr.CheckboxGroup, {"choices": ["red", "green", "blue"]}, section=section))
+    shared.opts.add_option("fixture_broken_component", shared.OptionInfo(
+        "x", "Cannot be drawn", broken_component, section=section))
+
+
+script_callbacks.on_ui_settings(on_ui_settings)
+''',
+}
+
+FAILS_EVERYWHERE = {
+    "scripts/fails_everywhere.py": '''
+import gradio as gr
+from modules import script_callbacks, scripts
+
+
+class FailsEverywhere(scripts.Script):
+    def title(self):
+        return "Fails everywhere"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def process(self, p, *args):
+        raise RuntimeError("process hook is broken")
+
+    def postprocess_image(self, p, pp, *args):
+        raise RuntimeError("postprocess hook is broken")
+
+
+def on_ui_tabs():
+    raise RuntimeError("the tab cannot be built")
+
+
+def on_cfg_denoiser(params):
+    raise RuntimeError("denoiser callback is broken")
+
+
+script_callbacks.on_ui_tabs(on_ui_tabs)
+script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
+''',
+    "scripts/does_not_import.py": "import module_that_is_not_installed\n",
+}

@@ -14,6 +14,7 @@ from dataclasses import asdict
 
 import gradio as gr
 
+from modules import extension_faults
 from modules import extensions as ext_mod
 from modules.extensions import ExtensionError, IndexEntry, InstallerError
 
@@ -27,6 +28,8 @@ _STYLE = """<style>
   vertical-align: top; }
 .sd-ext-table td.sd-ext-desc { max-width: 40em; }
 .sd-ext-table .sd-ext-off { opacity: 0.55; }
+.sd-ext-table .sd-ext-failed { background: rgba(220, 38, 38, 0.12); }
+.sd-ext-table .sd-ext-failed td:first-child { border-left: 4px solid rgb(220, 38, 38); }
 .sd-ext-tag { display: inline-block; padding: 0 6px; margin: 1px 2px; border-radius: 8px; font-size: 0.85em;
   background: rgba(128,128,128,.18); }
 .sd-ext-behind { color: #d80; font-weight: 600; }
@@ -96,8 +99,12 @@ class ExtensionsView:
             update_html = (f"<span class='sd-ext-behind'>behind</span>" if update == "behind" else _e(update))
             state = "enabled" if ext.enabled else "disabled"
             warn = "".join(f"<div class='sd-error'>{_e(w)}</div>" for w in ext.warnings)
+            faults = extension_faults.faults.for_extension(ext.name)
+            warn += "".join(f"<div class='sd-error sd-ext-fault' title='{_e(f.traceback)}'>⚠ {_e(f.where)}: "
+                            f"{_e(f.message)}{f' (×{f.count})' if f.count > 1 else ''}</div>" for f in faults)
+            row_class = "sd-ext-failed" if faults else ("" if ext.enabled else "sd-ext-off")
             rows.append(
-                f"<tr class='{'' if ext.enabled else 'sd-ext-off'}'><td><b>{_e(ext.name)}</b>"
+                f"<tr class='{row_class}'><td><b>{_e(ext.name)}</b>"
                 f"{' <span class=sd-ext-tag>built-in</span>' if ext.is_builtin else ''}{warn}</td>"
                 f"<td>{_link(ext.remote)}</td><td>{_e(ext.branch)}</td><td><code>{_e(ext.version)}</code></td>"
                 f"<td>{_date(ext.commit_date)}</td><td>{state}</td><td>{update_html}</td></tr>")

@@ -11,7 +11,8 @@ import gradio as gr
 from modules import images as images_mod
 from modules import infotext as infotext_mod
 from modules import postprocessing
-from modules.settings import OPTIONS
+from modules import extension_faults
+from modules.settings import DIRECTORY_OPTIONS, OPTIONS
 from webui.runner import USER_ERRORS, error_html, info_html
 
 log = logging.getLogger(__name__)
@@ -155,11 +156,12 @@ def _extras_result(done: list, outdir: Path):
     return [d.image for d in shown], info_html(last.infotext if last else "", extra)
 
 
-def build_settings(engine):
+def build_settings(engine, args=None):
     components: list[tuple[str, Any]] = []
     sections: dict[str, list[str]] = {}
+    hide_dirs = bool(getattr(args, "hide_ui_dir_config", False))
     for name, info in OPTIONS.items():
-        if info.section == "hidden":
+        if info.section == "hidden" or (hide_dirs and name in DIRECTORY_OPTIONS):
             continue
         sections.setdefault(info.section, []).append(name)
     with gr.Row():
@@ -169,7 +171,12 @@ def build_settings(engine):
         for section, names in sections.items():
             with gr.Tab(section.replace("-", " ").replace("_", " ").capitalize(), elem_id=f"settings_{section}"):
                 for name in names:
-                    comp = _setting_component(engine, name)
+                    try:
+                        comp = _setting_component(engine, name)
+                    except Exception as e:  # noqa: BLE001 - one extension's bad setting must not stop the page
+                        extension_faults.faults.record(f"setting {name}", e,
+                                                       extension=getattr(OPTIONS[name], "extension", None) or "")
+                        continue
                     if comp is not None:
                         components.append((name, comp))
 
@@ -197,10 +204,17 @@ def _setting_component(engine, name: str):
     value = engine.settings.get(name, info.default)
     label = f"{info.label or name} ({name})"
     eid = f"setting_{name}"
+    if getattr(info, "component", None) is not None:  # an extension's option: its own component, as A1111 builds it
+        args = info.component_args() if callable(info.component_args) else dict(info.component_args or {})
+        return info.component(label=label, value=value, elem_id=eid, **args)
     kind = info.type or type(info.default)
     choices = info.get_choices() if hasattr(info, "get_choices") else None
     if kind is bool:
         return gr.Checkbox(value=bool(value), label=label, elem_id=eid)
+    if kind is list:
+        values = list(value or [])
+        return gr.Dropdown(list(dict.fromkeys([*(choices or []), *values])), value=values, multiselect=True,
+                           allow_custom_value=not choices, label=label, elem_id=eid)
     if choices:
         values = list(choices)
         if value not in values and value is not None:

@@ -36,6 +36,7 @@ from modules.models.registry import list_vaes
 from modules import postprocessing
 from modules.processing import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
 from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest, decode_image
+from modules.settings import DIRECTORY_OPTIONS
 from modules.sampling import samplers
 
 log = logging.getLogger(__name__)
@@ -404,6 +405,11 @@ class Api:
         values = dict(req)
         checkpoint = values.pop("sd_model_checkpoint", None)
         checked = {}
+        hidden = sorted(n for n in values if n in DIRECTORY_OPTIONS) if getattr(self.args, "hide_ui_dir_config",
+                                                                               False) else []
+        if hidden:
+            raise ApiError(403, f"{', '.join(hidden)}: output folders cannot be changed (--hide-ui-dir-config)",
+                           "Forbidden")
         for name, value in values.items():
             if name in settings and name not in _registered():
                 checked[name] = value  # an option some extension stored: kept as given

@@ -1,0 +1,95 @@
+"""Community-extension compatibility, one fixture extension per class of failure real extensions hit: A1111's
+start-up order, prompts rewritten by scripts, names used at import time, settings with their own components, and
+faults that disable only the broken piece (installed through the real install-from-URL path)."""
+from __future__ import annotations
+
+import pytest
+
+from modules import extension_faults, extension_runtime, script_callbacks
+from modules.settings import OPTIONS
+from tests import ext_fixtures
+
+BASE = {"prompt": "a {red|blue} circle", "steps": 2, "width": 64, "height": 64, "seed": 3, "cfg_scale": 5.0,
+        "sampler_name": "Euler", "do_not_save_samples": True, "do_not_save_grid": True}
+
+
+@pytest.fixture(scope="module")
+def compat_engine(tiny_models, tmp_path_factory):
+    engine, ns = ext_fixtures.extension_engine(tiny_models, tmp_path_factory.mktemp("extensions-compat"), {
+        "settings-in-init": ext_fixtures.SETTINGS_IN_INIT, "wildcards": ext_fixtures.WILDCARDS,
+        "import-time": ext_fixtures.IMPORT_TIME, "bad-settings": ext_fixtures.BAD_SETTINGS,
+        "fails-everywhere": ext_fixtures.FAILS_EVERYWHERE})
+    yield engine, ns
+    script_callbacks.clear_callbacks()
+
+
+def _faults(name):
+    return [f"{f.where}: {f.message}" for f in extension_faults.faults.for_extension(name)]
+
+
+def test_settings_registered_from_script_init_exist(compat_engine):
+    """A1111 creates the script instances before on_ui_settings runs, for the UI and --nowebui alike."""
+    assert OPTIONS["init_registered_option"].default == "from __init__"
+
+
+def test_names_used_at_import_time_resolve(compat_engine):
+    assert not _faults("import-time")
+
+
+def test_info_prompt_is_the_prompt_as_generated(compat_engine):
+    engine, _ = compat_engine
+    result = engine.txt2img(dict(BASE))
+    assert result.all_prompts == ["a red circle"]
+    assert result.js()["prompt"] == "a red circle"  # what /sdapi/v1/txt2img's info.prompt carries
+
+
+def test_a_broken_extension_fails_piece_by_piece_and_generation_completes(compat_engine):
+    engine, _ = compat_engine
+    result = engine.txt2img(dict(BASE))
+    assert len(result.images) == 1
+    faults = _faults("fails-everywhere")
+    assert any("could not load does_not_import.py" in f and "module_that_is_not_installed" in f for f in faults)
+    assert any("process" in f and "process hook is broken" in f for f in faults)
+    assert any("cfg_denoiser" in f and "denoiser callback is broken" in f for f in faults)
+    before = {f.where: f.count for f in extension_faults.faults.for_extension("fails-everywhere")}
+    engine.txt2img(dict(BASE))
+    after = {f.where: f.count for f in extension_faults.faults.for_extension("fails-everywhere")}
+    assert len(after) == len(before)  # the same failures again are counted, not listed (or logged) again
+    assert all(after[k] >= before[k] for k in before)
+
+
+def test_settings_tab_builds_extension_components_and_isolates_a_broken_one(compat_engine):
+    """The UI builds with an extension's CheckboxGroup option and one whose component raises."""
+    import gradio as gr
+
+    from webui import app as webui_app
+
+    engine, ns = compat_engine
+    demo = webui_app.create_ui(engine, ns)
+    group = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "setting_fixture_checkbox_group"]
+    assert group and isinstance(group[0], gr.CheckboxGroup) and group[0].value == []
+    assert any("setting fixture_broken_component" in f and "cannot be built" in f for f in _faults("bad-settings"))
+    assert any("tab" in f and "the tab cannot be built" in f for f in _faults("fails-everywhere"))
+
+
+def test_extensions_tab_shows_the_faulty_extension_in_red(compat_engine):
+    from webui.extensions_tab import ExtensionsView
+
+    engine, ns = compat_engine
+    view = ExtensionsView(engine, ns)
+    table = view.table_html(view.installed())
+    row = table.split("<b>fails-everywhere</b>")[0].rsplit("<tr", 1)[1]
+    assert "sd-ext-failed" in row
+    assert "process hook is broken" in table.split("<b>fails-everywhere</b>")[1].split("</tr>")[0]
+    ok_row = table.split("<b>wildcards</b>")[0].rsplit("<tr", 1)[1]
+    assert "sd-ext-failed" not in ok_row
+
+
+def test_safe_mode_starts_without_third_party_extensions(compat_engine, tmp_path):
+    from modules import cmd_args
+    from modules import extensions as manager
+
+    engine, ns = compat_engine
+    safe = cmd_args.parse_args(["--data-dir", str(engine.paths.data_dir), "--safe-mode"], env={})
+    found = manager.discover_configured(engine.paths, engine.settings, safe)
+    assert found and not [e for e in manager.active(found) if not e.is_builtin]
