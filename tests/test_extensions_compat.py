@@ -93,3 +93,29 @@ def test_safe_mode_starts_without_third_party_extensions(compat_engine, tmp_path
     safe = cmd_args.parse_args(["--data-dir", str(engine.paths.data_dir), "--safe-mode"], env={})
     found = manager.discover_configured(engine.paths, engine.settings, safe)
     assert found and not [e for e in manager.active(found) if not e.is_builtin]
+
+
+def test_hide_ui_dir_config_hides_and_protects_output_folders(compat_engine, tmp_path):
+    """--hide-ui-dir-config: the Settings tab has no output-folder fields and the API refuses changing them."""
+    from fastapi.testclient import TestClient
+
+    from modules import cmd_args, server
+    from webui import other_tabs
+    import gradio as gr
+
+    engine, _ = compat_engine
+    hidden = cmd_args.parse_args(["--data-dir", str(tmp_path), "--hide-ui-dir-config", "--nowebui"], env={})
+    with gr.Blocks() as demo:
+        other_tabs.build_settings(engine, hidden)
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    assert "setting_outdir_samples" not in ids and "setting_samples_format" in ids
+    with gr.Blocks() as demo:
+        other_tabs.build_settings(engine, None)
+    assert "setting_outdir_samples" in {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+
+    app = server.create_app(server.build_context(hidden))
+    with TestClient(app) as client:
+        refused = client.post("/sdapi/v1/options", json={"outdir_samples": "/etc"})
+        assert refused.status_code == 403 and "outdir_samples" in refused.json()["detail"]
+        assert client.post("/sdapi/v1/options", json={"samples_format": "jpg"}).status_code == 200
+    script_callbacks.clear_callbacks()
