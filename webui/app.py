@@ -133,9 +133,11 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
         ckpt = _quicksettings(engine)
         note = gr.HTML(_demo_note_html(engine.models.demo_note()), elem_id="quicksettings_demo_note")
         with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"), _current_scripts(engine, "txt2img"):
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"), \
+                    _current_scripts(engine, "txt2img"), gr.Column(elem_id="txt2img"):
                 t2i = generation_tabs.build_txt2img(engine, cfg)
-            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"), _current_scripts(engine, "img2img"):
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"), \
+                    _current_scripts(engine, "img2img"), gr.Column(elem_id="img2img"):
                 i2i = generation_tabs.build_img2img(engine, cfg)
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 extras = other_tabs.build_extras(engine)
@@ -255,18 +257,58 @@ def mount(app, engine: Engine, args, runtime=None) -> None:
     """Mount the UI at `/` of the server's FastAPI app (after the API routes, which must come first).
 
     Extensions' `on_app_started(demo, app)` run before the mount, so the routes they add are matched before the
-    UI's catch-all; their javascript and style.css go into the page."""
+    UI's catch-all; so is A1111's `/file=` route (webui/file_route.py). The page's head (our globals, the
+    extensions' javascript inline in load order, their style.css linked as `file=<path>?<mtime>`) is rebuilt on
+    every page load, so an edited extension file or a changed setting shows after a reload, as in A1111."""
+    from webui import file_route
+
     demo = create_ui(engine, args)
     demo.queue(default_concurrency_limit=1, max_size=64)
     script_callbacks.app_started_callback(demo, app)
-    css = (ASSETS / "style.css").read_text(encoding="utf-8")
-    head = CTRL_ENTER_JS + page_globals(engine)
-    if runtime is not None:
-        css += "".join(f"\n/* {path} */\n{_read(path)}" for path in runtime.css_files())
-        head += "".join(f"\n<script>/* {path.name} */\n{_read(path)}\n</script>" for path in runtime.javascript_files())
+    mounted = {}
+    file_route.add(app, engine.paths, engine.settings, gradio_app=lambda: mounted.get("ui"))
+
+    def head() -> str:
+        text = CTRL_ENTER_JS + page_globals(engine)
+        if runtime is not None:
+            text += "".join(f'\n<link rel="stylesheet" href="{html.escape(file_route.web_path(path, engine.paths))}">'
+                            for path in runtime.css_files())
+            text += "".join(f"\n<script>/* {html.escape(path.name)} */\n{_script_text(_read(path))}\n</script>"
+                            for path in runtime.javascript_files())
+        return text
+
     gr.mount_gradio_app(app, demo, path="/", auth=auth_pairs(getattr(args, "gradio_auth", None)),
-                        css=css, head=head, footer_links=["api", "settings"], run_history=False,
-                        show_error=True)
+                        css=(ASSETS / "style.css").read_text(encoding="utf-8"), head=head(),
+                        footer_links=["api", "settings"], run_history=False, show_error=True)
+    mounted["ui"] = next((r.app for r in reversed(app.routes) if getattr(r, "app", None) is not None
+                          and getattr(r.app, "get_blocks", None) is not None), None)
+    app.add_middleware(_FreshHead, demo=demo, head=head)
+
+
+class _FreshHead:
+    """ASGI middleware: before Gradio answers the page (`/`) or its config (`/config`), the page's head is rebuilt
+    (Gradio keeps the config it computed at start-up and puts its `head` into every page)."""
+
+    def __init__(self, app, demo: gr.Blocks, head):
+        self.app, self.demo, self.head = app, demo, head
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD"):
+            path = scope.get("path", "")
+            root = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root):]
+            if path in ("/", "", "/config", "/config/") and isinstance(getattr(self.demo, "config", None), dict):
+                try:
+                    self.demo.head = self.demo.config["head"] = self.head()
+                except Exception:  # noqa: BLE001 - an unreadable extension file must not stop the page
+                    log.exception("could not rebuild the page head")
+        await self.app(scope, receive, send)
+
+
+def _script_text(text: str) -> str:
+    """An inline script's text that cannot end its own <script> element early."""
+    return text.replace("</script", "<\\/script")
 
 
 def _read(path) -> str:

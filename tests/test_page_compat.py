@@ -1,0 +1,225 @@
+"""The page as A1111 extensions see it, over real HTTP against the launched server: the root `/file=` route (what it
+serves, what it refuses, --gradio-auth), each extension's style.css linked with its mtime (a rewrite shows on the
+next load), and in a browser the A1111 page globals a fixture extension's javascript calls."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from modules import cmd_args, extensions
+from modules.paths import Paths
+from tests import ext_fixtures
+from tests.test_webui import Server
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
+
+PAGE_JS = r"""
+window.pageCompat = {loaded: [], updates: 0, tabChanges: 0};
+onUiLoaded(function() { throw new Error("page-compat: this callback always fails"); });
+onUiLoaded(function() {
+    const r = window.pageCompat;
+    r.loaded.push("second");
+    const content = get_uiCurrentTabContent();
+    r.content = content ? content.id : null;
+    r.img2imgPrompt = !!gradioApp().getElementById("img2img_prompt");
+    r.extraRefresh = !!gradioApp().getElementById("txt2img_extra_refresh");
+    const area = gradioApp().querySelector("#txt2img_prompt textarea");
+    area.value = "one two three four five";
+    updateInput(area);
+});
+onUiUpdate(function(mutations) { window.pageCompat.updates += mutations.length ? 1 : 0; });
+onUiTabChange(function() {
+    window.pageCompat.tabChanges += 1;
+    window.pageCompat.lastTab = get_uiCurrentTabContent() ? get_uiCurrentTabContent().id : null;
+});
+"""
+
+FILES = {
+    "scripts/nothing.py": "X = 1\n",
+    "javascript/page.js": PAGE_JS,
+    "style.css": "#txt2img_prompt { outline: 1px solid rgb(4, 5, 6); }\n",
+}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, tiny_models):
+    root = tmp_path_factory.mktemp("page-compat")
+    data = root / "data"
+    ckpt = data / "models" / "Stable-diffusion"
+    ckpt.mkdir(parents=True)
+    shutil.copy(tiny_models.path("sd1.safetensors"), ckpt / "sd1.safetensors")
+    paths = Paths.from_args(cmd_args.parse_args(["--data-dir", str(data)], env={}))
+    paths.ensure_dirs()
+    extensions.install_from_url(paths, ext_fixtures.make_repo(root / "origins" / "page-ext", FILES),
+                                run_installer=False)
+    ext = paths.extensions_dir / "page-ext"
+    (ext / "images").mkdir()
+    (ext / "images" / "x.png").write_bytes(PNG)
+    secret = root / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("not for the web")
+    os.symlink(secret, ext / "leak.txt")
+    os.symlink(secret.parent, ext / "leakdir")
+    (paths.txt2img_samples_dir / "done.png").write_bytes(PNG[::-1])
+    srv = Server(data, root / "server.log").start("--api")
+    yield {"url": srv.url, "data": data, "ext": ext, "secret": secret, "root": root}
+    srv.stop()
+
+
+def raw_get(url: str, path: str, headers: dict | None = None):
+    """GET with the path sent exactly as written (no `..` folding by a client library)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read(), resp
+    finally:
+        conn.close()
+
+
+def test_file_route_serves_extension_assets_and_outputs(site):
+    status, body, resp = raw_get(site["url"], "/file=extensions/page-ext/images/x.png")
+    assert status == 200 and body == PNG
+    assert resp.getheader("content-type") == "image/png"
+    status, body, _ = raw_get(site["url"], "/file=" + urllib.parse.quote(str(site["ext"] / "images" / "x.png")))
+    assert status == 200 and body == PNG  # absolute paths, as A1111 writes them for folders elsewhere
+    status, body, _ = raw_get(site["url"], "/file=outputs/txt2img-images/done.png")
+    assert status == 200 and body == PNG[::-1]
+    assert raw_get(site["url"], "/file=extensions/page-ext/images/missing.png")[0] == 404
+
+
+@pytest.mark.parametrize("path", [
+    "/file=/etc/passwd",
+    "/file=extensions/page-ext/../../../../../../../../etc/passwd",
+    "/file=extensions/page-ext/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/file=extensions%2fpage-ext%2f..%2f..%2fconfig.json",
+    "/file=extensions/page-ext/leak.txt",  # a symlink in an extension folder to a file outside
+    "/file=extensions/page-ext/leakdir/secret.txt",
+    "/file=extensions/page-ext/.git/config",
+    "/file=config.json",
+    "/file=models/Stable-diffusion/sd1.safetensors",
+])
+def test_file_route_refuses_anything_else(site, path):
+    status, body, _ = raw_get(site["url"], path)
+    assert status == 403, (path, status, body[:200])
+    assert b"not for the web" not in body and b"root:" not in body
+
+
+def head_of(url: str) -> str:
+    status, body, _ = raw_get(url, "/config")
+    assert status == 200
+    return json.loads(body)["head"]
+
+
+def test_page_links_extension_css_with_its_mtime_and_a_reload_sees_a_rewrite(site):
+    css = site["ext"] / "style.css"
+    head = head_of(site["url"])
+    href = re.search(r'<link rel="stylesheet" href="(file=extensions/page-ext/style\.css\?([0-9.]+))">', head)
+    assert href, head[-2000:]
+    assert float(href.group(2)) == pytest.approx(os.path.getmtime(css))
+    status, body, _ = raw_get(site["url"], "/" + href.group(1))
+    assert status == 200 and body == css.read_bytes()
+    # our globals come first, then the extensions' javascript
+    assert 0 <= head.index("function gradioApp()") < head.index("page-compat: this callback always fails")
+    status, page, _ = raw_get(site["url"], "/")
+    assert status == 200 and b"file=extensions/page-ext/style.css?" in page
+
+    css.write_text("#txt2img_prompt { outline: 2px solid rgb(7, 8, 9); }\n")
+    later = os.path.getmtime(css) + 10
+    os.utime(css, (later, later))
+    again = re.search(r'href="file=extensions/page-ext/style\.css\?([0-9.]+)"', head_of(site["url"]))
+    assert float(again.group(1)) == pytest.approx(later)
+    assert raw_get(site["url"], "/file=extensions/page-ext/style.css?" + again.group(1))[1] == css.read_bytes()
+
+
+def test_file_route_needs_the_login_with_gradio_auth(site):
+    srv = Server(site["data"], site["root"] / "auth-server.log").start("--gradio-auth", "ann:secret-pw")
+    try:
+        status, body, _ = raw_get(srv.url, "/file=extensions/page-ext/images/x.png")
+        assert status == 401 and body != PNG
+        assert raw_get(srv.url, "/file=extensions/page-ext/style.css")[0] == 401
+        parts = urllib.parse.urlsplit(srv.url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        conn.request("POST", "/login", body=urllib.parse.urlencode({"username": "ann", "password": "secret-pw"}),
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200
+        cookies = "; ".join(c.split(";", 1)[0] for c in resp.headers.get_all("set-cookie"))
+        conn.close()
+        status, body, _ = raw_get(srv.url, "/file=extensions/page-ext/images/x.png", {"Cookie": cookies})
+        assert status == 200 and body == PNG
+        assert raw_get(srv.url, "/file=/etc/passwd", {"Cookie": cookies})[0] == 403
+    finally:
+        srv.stop()
+
+
+def test_extension_javascript_uses_the_a1111_page_globals(site):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    from tests.test_webui import CHROMIUM, FLAGS, open_ui
+
+    expect = playwright_api.expect
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            errors = []
+            page = open_ui(browser, site["url"])
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.reload()
+            page.wait_for_selector("#txt2img_prompt textarea")
+            page.wait_for_function("window.pageCompat && window.pageCompat.loaded.length === 1")
+            state = page.evaluate("window.pageCompat")
+            # the first onUiLoaded callback threw; the next still ran, with the page built as in A1111
+            assert state["loaded"] == ["second"]
+            assert any("page-compat: this callback always fails" in e for e in errors)
+            assert state["content"] == "tab_txt2img" and state["img2imgPrompt"] and state["extraRefresh"]
+            assert state["updates"] > 0
+            # updateInput: Gradio took the value (the server counted the prompt's tokens)
+            expect(page.locator("#txt2img_prompt textarea")).to_have_value("one two three four five")
+            expect(page.locator("#txt2img_token_counter")).not_to_contain_text("0/75")
+            expect(page.locator("#tabs > .tabitem#tab_txt2img")).to_be_visible()
+            outline = page.evaluate("getComputedStyle(document.querySelector('#txt2img_prompt')).outlineColor")
+            assert outline in ("rgb(4, 5, 6)", "rgb(7, 8, 9)")  # the linked style.css applies
+
+            for element_id in ("tabs", "tab_txt2img", "txt2img", "img2img", "quicksettings", "txt2img_prompt",
+                               "img2img_prompt", "txt2img_neg_prompt", "img2img_neg_prompt", "tab_img2img",
+                               "txt2img_extra_refresh", "txt2img_generate", "img2img_generate", "img2img_image",
+                               "setting_sd_model_checkpoint"):
+                assert page.evaluate(f"!!gradioApp().getElementById('{element_id}')"), element_id
+            assert page.evaluate("!!document.querySelector('#quicksettings #setting_sd_model_checkpoint')")
+
+            assert page.evaluate("switch_to_img2img('a', 2)") == ["a", 2]
+            expect(page.locator("#tab_img2img")).to_be_visible()
+            page.wait_for_function("window.pageCompat.lastTab === 'tab_img2img'")
+            assert page.evaluate("get_uiCurrentTabContent().id") == "tab_img2img"
+            assert page.evaluate("uiElementIsVisible(gradioApp().getElementById('img2img_prompt'))")
+            assert not page.evaluate("uiElementIsVisible(gradioApp().getElementById('txt2img_prompt'))")
+            assert page.evaluate("switch_to_txt2img(7)") == [7]
+            expect(page.locator("#tab_txt2img")).to_be_visible()
+
+            args = page.evaluate("submit(null, 'a cat', 3)")
+            assert args[0].startswith("task(") and args[1:] == ["a cat", 3]
+            assert len(page.evaluate("submit_img2img(null, null, 'x')")) == 3
+            assert page.evaluate("typeof titles === 'object' && typeof localization === 'object' && "
+                                 "typeof opts === 'object' && typeof executeCallbacks === 'function' && "
+                                 "typeof onOptionsChanged === 'function' && typeof onAfterUiUpdate === 'function'")
+
+            # requestProgress polls the server's progress (nothing runs: it ends after its inactivity timeout)
+            result = page.evaluate("""() => new Promise(resolve => {
+                const seen = [];
+                const box = gradioApp().getElementById('txt2img_gallery');
+                requestProgress('task(test)', box, box, () => resolve({seen: seen,
+                    barGone: !document.querySelector('.progressDiv')}), res => seen.push(res), 1);
+            })""")
+            assert result["seen"] and result["barGone"]
+            assert result["seen"][0]["active"] is False and "progress" in result["seen"][0]
+        finally:
+            browser.close()
