@@ -29,7 +29,10 @@ def ext_server(tmp_path_factory, tiny_models):
     paths.ensure_dirs()
     origins = tmp_path_factory.mktemp("origins")
     for name, files in (("prompt-suffix", ext_fixtures.PROMPT_EDITOR), ("callbacks", ext_fixtures.CALLBACKS),
-                        ("selectable", ext_fixtures.SELECTABLE), ("broken", ext_fixtures.BROKEN)):
+                        ("selectable", ext_fixtures.SELECTABLE), ("broken", ext_fixtures.BROKEN),
+                        ("settings-in-init", ext_fixtures.SETTINGS_IN_INIT), ("wildcards", ext_fixtures.WILDCARDS),
+                        ("import-time", ext_fixtures.IMPORT_TIME), ("bad-settings", ext_fixtures.BAD_SETTINGS),
+                        ("fails-everywhere", ext_fixtures.FAILS_EVERYWHERE)):
         extensions.install_from_url(paths, ext_fixtures.make_repo(origins / name, files), run_installer=False)
     srv = Server(data, tmp_path_factory.mktemp("logs") / "server.log").start("--fixture-flag", "on")
     yield srv
@@ -70,3 +73,24 @@ def test_extension_javascript_tab_and_scripts_in_the_page(page, artifacts):
     text = page.locator("#fixture_tab_text")
     expect(text).to_contain_text("Hello from the fixture tab")
     assert "rgb(1, 2, 3)" in text.evaluate("e => getComputedStyle(e).color")
+
+
+def test_every_tab_renders_with_every_fixture_extension_and_the_broken_one_is_red(page, artifacts):
+    """All fixture extensions at once (one fails at import, in a hook, a callback, a tab and a setting): every tab
+    opens, the extension's own settings component is there, and its row in the Extensions tab is red."""
+    for tab in ("img2img", "Extras", "PNG Info", "Models", "Train", "Settings", "Extensions", "txt2img"):
+        page.get_by_role("tab", name=tab, exact=True).first.click()
+        page.wait_for_timeout(300)
+        assert page.locator(".toast-body.error").count() == 0, tab
+        if tab == "Settings":  # the extension's option is drawn with its own component (a CheckboxGroup)
+            kinds = page.evaluate("""async () => (await (await fetch('config')).json()).components
+                .filter(c => c.props && c.props.elem_id === 'setting_fixture_checkbox_group').map(c => c.type)""")
+            assert kinds == ["checkboxgroup"]
+        if tab == "Extensions":
+            row = page.locator("tr.sd-ext-failed", has_text="fails-everywhere")
+            expect(row).to_be_visible()
+            expect(row).to_contain_text("process hook is broken")
+            page.screenshot(path=str(artifacts / "extensions-faults.png"), full_page=True)
+    page.fill("#txt2img_prompt textarea", "a {red|blue} cat")
+    generate(page)
+    expect(page.locator("#txt2img_gallery img")).to_have_count(1, timeout=60000)

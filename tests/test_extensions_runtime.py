@@ -158,7 +158,7 @@ def test_page_carries_extension_javascript_css_tab_and_script_controls(client):
     assert "window.fixtureExtensionLoaded = 'yes'" in page
     assert "function gradioApp()" in page
     config = page
-    assert "rgb(1, 2, 3)" in page  # the extension's style.css
+    assert "file=extensions/callbacks/style.css?" in page  # the extension's style.css, linked with its mtime
     assert "fixture_tab_text" in config and "Fixture tab" in config  # on_ui_tabs
     assert "script_txt2img_prompt_suffix_suffix" in config  # the always-on script's controls
     assert "script_list" in config  # the Script dropdown

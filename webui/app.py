@@ -128,7 +128,7 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
     cfg = UiConfig(engine.paths.ui_config_file)
     gradio_compat.install()
     script_callbacks.before_ui_callback()
-    extension_tabs = script_callbacks.ui_tabs_callback()
+    extension_tabs = script_callbacks.ui_tabs_with_sources()
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False, fill_width=True) as demo:
         ckpt = _quicksettings(engine)
         note = gr.HTML(_demo_note_html(engine.models.demo_note()), elem_id="quicksettings_demo_note")
@@ -149,7 +149,7 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
                 train_tab.build_train(engine)
             _extension_tabs(extension_tabs)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
-                other_tabs.build_settings(engine)
+                other_tabs.build_settings(engine, args)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                 extensions_tab.build_extensions(engine, args, demo)
         _wire_sending(t2i, i2i, extras, png, tabs)
@@ -171,14 +171,15 @@ def _current_scripts(engine: Engine, mode: str):
 
 
 def _extension_tabs(tabs: list) -> None:
-    """Tabs extensions returned from on_ui_tabs: (blocks, title, elem_id)."""
-    for item in tabs:
+    """Tabs extensions returned from on_ui_tabs: ((blocks, title, elem_id), the file that registered it)."""
+    for item, source in tabs:
+        title = str(item[1]) if isinstance(item, (list, tuple)) and len(item) > 1 else "?"
         try:
-            blocks, title, elem_id = item[0], item[1], item[2]
+            blocks, elem_id = item[0], item[2]
             with gr.Tab(title, id=elem_id, elem_id=f"tab_{elem_id}"):
                 blocks.render()
         except Exception as e:  # noqa: BLE001 - a broken extension tab must not stop the page
-            script_callbacks.report_error("ui_tabs", str(item[1] if len(item) > 1 else item), e)
+            script_callbacks.report_error(f"tab {title!r}", source, e)
 
 
 def _current_checkpoint(engine: Engine):
