@@ -27,6 +27,17 @@ from modules.upscaling import UpscalerRegistry
 log = logging.getLogger(__name__)
 
 
+def _sweep_temp_files(paths: Paths) -> None:
+    """Hidden temp files of writes a kill -9 interrupted (config.json, images, trained files) go at start."""
+    from modules import fileio
+
+    shallow = {Path(paths.config_file).parent, Path(paths.cache_file).parent, Path(paths.styles_file).parent}
+    removed = fileio.sweep_stale_temp_files(shallow, recursive=False)
+    removed += fileio.sweep_stale_temp_files([paths.outputs_dir, paths.models_dir, paths.embeddings_dir])
+    if removed:
+        log.info("Removed %d unfinished temporary file(s) left by an earlier run", len(removed))
+
+
 @dataclass
 class Engine:
     paths: Paths
@@ -47,6 +58,7 @@ class Engine:
     def create(cls, paths: Paths, settings: Settings | None = None, device_config: devices.DeviceConfig | None = None,
                no_hashing: bool = False) -> "Engine":
         paths.ensure_dirs()
+        _sweep_temp_files(paths)
         settings = settings if settings is not None else Settings.load(paths.config_file)
         device_config = device_config or devices.cpu()
         registry = CheckpointRegistry(paths, HashCache(paths.cache_file), no_hashing=no_hashing)

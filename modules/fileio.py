@@ -12,13 +12,65 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_open", "atomic_path"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_open", "atomic_path",
+           "sweep_stale_temp_files"]
 
 _TMP_SUFFIX = ".tmp"
+_TMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # what mkstemp(prefix=".NAME.", suffix=".tmp") makes
+
+
+def _read_umask() -> int:
+    """The process umask (read by setting and restoring it: there is no other portable way); read once at import,
+    before any writer thread runs."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _honour_umask(fd_or_path) -> None:
+    """mkstemp creates 0600 files; a finished file gets the mode a plain open() would give (0666 & ~umask)."""
+    if os.name != "posix":
+        return
+    mode = 0o666 & ~_UMASK
+    if isinstance(fd_or_path, int):
+        os.fchmod(fd_or_path, mode)
+    else:
+        os.chmod(fd_or_path, mode)
+
+
+def sweep_stale_temp_files(directories, min_age_s: float = 60.0, *, recursive: bool = True) -> list[Path]:
+    """Remove the hidden temporary files a killed process left behind (`.NAME.XXXXXXXX.tmp`) in `directories`
+    (and below, unless `recursive` is False); files younger than `min_age_s` may belong to a writer still running
+    and are kept."""
+    import time
+
+    removed = []
+    now = time.time()
+    for directory in directories:
+        root = Path(directory)
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")] if recursive else []
+            for name in filenames:
+                if not _TMP_NAME.match(name):
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    if now - path.stat().st_mtime >= min_age_s:
+                        path.unlink()
+                        removed.append(path)
+                except OSError:
+                    continue
+    return removed
 
 
 def _tmp_prefix(path: Path) -> str:
@@ -85,6 +137,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *, overwrite: bool = 
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
             yield f
             f.flush()
+            _honour_umask(f.fileno())
             os.fsync(f.fileno())
         _commit(tmp, path, overwrite)
     except BaseException:
@@ -108,6 +161,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     os.close(fd)
     try:
         yield Path(tmp)
+        _honour_umask(tmp)
         fd = os.open(tmp, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows fsync needs write access
         try:
             os.fsync(fd)

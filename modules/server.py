@@ -123,6 +123,25 @@ def create_app(ctx: AppContext | None) -> FastAPI:
     return app
 
 
+SHUTDOWN_GRACE_S = 2  # open streams (a page's heartbeat, progress polling) get this long after SIGTERM/SIGINT
+
+
+def _stopping_server(config, on_exit):
+    """uvicorn's server, stopping within seconds on SIGTERM/SIGINT whatever is connected: the running job is
+    interrupted (it ends at its next step and keeps what it finished), open streams get a short grace, then close.
+    Without the grace limit, an open browser tab's event stream held the port for minutes."""
+    import uvicorn
+
+    class StoppingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            try:
+                on_exit()
+            finally:
+                super().handle_exit(sig, frame)
+
+    return StoppingServer(config)
+
+
 def bind_host(ns: argparse.Namespace) -> str:
     """``--server-name`` if given, else 0.0.0.0 with ``--listen``, else 127.0.0.1."""
     if getattr(ns, "server_name", None):
@@ -196,8 +215,8 @@ def serve(ns: argparse.Namespace, ctx: AppContext | None = None, paths: Paths | 
             pass
 
     config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=getattr(ns, "timeout_keep_alive", 30),
-                            access_log=False)
-    server = uvicorn.Server(config)
+                            access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    server = _stopping_server(config, on_exit=ctx.engine.interrupt)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
