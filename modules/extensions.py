@@ -453,10 +453,14 @@ def _run_install_py(ext: Extension, timeout: float) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env["WEBUI_EXTENSION_DIR"] = str(ext.path)
+    from modules import launch_utils
+
     try:
-        result = subprocess.run([sys.executable, str(script)], cwd=str(REPO_ROOT), env=env, capture_output=True,
-                                text=True, timeout=timeout, stdin=subprocess.DEVNULL, encoding="utf-8",
-                                errors="replace")
+        with launch_utils.core_constraints_file() as constraints:
+            env["PIP_CONSTRAINT"] = " ".join(p for p in (env.get("PIP_CONSTRAINT", ""), constraints) if p)
+            result = subprocess.run([sys.executable, str(script)], cwd=str(REPO_ROOT), env=env, capture_output=True,
+                                    text=True, timeout=timeout, stdin=subprocess.DEVNULL, encoding="utf-8",
+                                    errors="replace")
     except subprocess.TimeoutExpired:
         raise ExtensionError(f"install.py of {ext.name} took longer than {timeout:g} s and was stopped") from None
     output = (result.stdout or "") + (result.stderr or "")

@@ -23,3 +23,27 @@ class ParamBinding:
 
 def register_paste_params_button(binding: ParamBinding) -> None:
     registered_param_bindings.append(binding)
+
+
+def create_override_settings_dict(text_pairs) -> dict:
+    """A1111: "Key: value" infotext pairs (e.g. from the Override settings box) → {option name: value}."""
+    from modules.settings import OPTIONS, infotext_to_option
+
+    res = {}
+    params = {}
+    for pair in text_pairs or []:
+        k, _, v = str(pair).partition(":")
+        params[k.strip()] = v.strip()
+    for key, value in params.items():
+        name = infotext_to_option(key)
+        if name is None or value == "":
+            continue
+        default = OPTIONS[name].default if name in OPTIONS else None
+        try:
+            if isinstance(default, bool):
+                res[name] = value.lower() in ("true", "1", "yes")
+            else:
+                res[name] = type(default)(value) if default is not None else value
+        except (TypeError, ValueError):
+            res[name] = value
+    return res

@@ -12,6 +12,7 @@ dependency of the extension cannot downgrade them either (pip then fails with it
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import importlib.util
 import os
@@ -140,6 +141,21 @@ def _core_constraints(core: set[str]) -> str:
         except md.PackageNotFoundError:
             continue
     return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def core_constraints_file():
+    """A pip constraints file pinning every core package at its installed version (removed afterwards). Given to
+    extension installers as PIP_CONSTRAINT, so even an install.py that runs pip itself cannot downgrade numpy or
+    transformers under the app."""
+    fd, path = tempfile.mkstemp(prefix="core-constraints-", suffix=".txt")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(_core_constraints(core_packages()))
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def run_pip(command: str | list[str], desc: str | None = None, live: bool = False) -> str:

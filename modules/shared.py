@@ -73,6 +73,8 @@ def options_section(section_identifier, options_dict: dict) -> dict:
     for v in options_dict.values():
         if isinstance(v, OptionInfo) and isinstance(section_identifier, (tuple, list)):
             v.section = section_identifier[0]
+            if len(section_identifier) > 1:
+                v.section_label = section_identifier[1]
     return options_dict
 
 
@@ -243,7 +245,8 @@ _NAMES_ELSEWHERE = ("options_templates", "listfiles", "walk_files", "face_restor
                     "gradio_theme", "xformers_available", "loaded_hypernetworks", "clip_model", "settings_components",
                     "tab_names", "parser", "batch_cond_uncond", "parallel_processing_allowed", "styles_filename",
                     "config_filename", "sd_default_config", "sd_model_file", "weight_load_location", "latent_upscale_modes",
-                    "latent_upscale_default_mode", "list_samplers", "refresh_checkpoints", "device_cpu")
+                    "latent_upscale_default_mode", "list_samplers", "refresh_checkpoints", "device_cpu", "State",
+                    "sd_model_changed", "opts_data")
 
 
 def __getattr__(name: str):

@@ -176,3 +176,32 @@ def test_call_queue_runs_gpu_work_as_a_job(bound):
 
     out = call_queue.wrap_gradio_call(broken, extra_outputs=[None])()
     assert out[0] is None and "bad input" in out[-1]
+
+
+def test_names_the_real_extension_trial_found_missing(bound):
+    """Names 26 real extensions reached for in the trial (docs/extensions-compat.md) resolve and work."""
+    import torch
+    from PIL import Image
+
+    from modules import (cmd_args, generation_parameters_copypaste, infotext_utils, memmon, processing, progress,
+                         sd_hijack_clip, sd_hijack_unet, sd_models_xl, sd_schedulers, sd_vae_approx, shared)
+
+    assert generation_parameters_copypaste is infotext_utils  # one module under both names, as in A1111
+    assert infotext_utils.create_override_settings_dict(["Clip skip: 2"]) == {"CLIP_stop_at_last_layers": 2}
+    assert isinstance(shared.state, shared.State)
+    assert cmd_args.parser.parse_args([]).port is None
+    a, b = torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 8, 8)
+    assert sd_hijack_unet.th.cat([a, b], dim=1).shape == (1, 5, 8, 8)
+    assert "Karras" in [s.label for s in sd_schedulers.schedulers]
+    mask = processing.create_binary_mask(Image.new("RGBA", (4, 4), (0, 0, 0, 200)))
+    assert mask.mode == "L" and mask.getpixel((0, 0)) == 255
+    task = progress.create_task_id("txt2img")
+    progress.add_task_to_queue(task)
+    progress.start_task(task)
+    assert progress.current_task == task
+    progress.finish_task(task)
+    assert progress.current_task is None and task in progress.finished_tasks
+    assert memmon.MemUsageMonitor().read()["total"] > 0
+    assert callable(sd_vae_approx.cheap_approximation) and callable(sd_models_xl.extend_sdxl)
+    with pytest.raises(NotImplementedError):
+        sd_hijack_clip.FrozenCLIPEmbedderWithCustomWords(None, None)

@@ -119,3 +119,23 @@ def test_hide_ui_dir_config_hides_and_protects_output_folders(compat_engine, tmp
         assert refused.status_code == 403 and "outdir_samples" in refused.json()["detail"]
         assert client.post("/sdapi/v1/options", json={"samples_format": "jpg"}).status_code == 200
     script_callbacks.clear_callbacks()
+
+
+def test_installers_that_run_pip_themselves_are_held_to_the_core_versions(tmp_path):
+    """install.py files often call pip directly (not launch.run_pip): pip still gets the core pins through
+    PIP_CONSTRAINT, so an extension cannot downgrade numpy or transformers under the app."""
+    import importlib.metadata as md
+
+    from modules import cmd_args
+    from modules import extensions as manager
+    from modules.paths import Paths
+
+    seen = tmp_path / "seen.txt"
+    files = {"install.py": "import os, pathlib\n"
+                           "pins = [pathlib.Path(p).read_text() for p in os.environ['PIP_CONSTRAINT'].split()]\n"
+                           f"pathlib.Path({str(seen)!r}).write_text(''.join(pins))\n"}
+    paths = Paths.from_args(cmd_args.parse_args(["--data-dir", str(tmp_path / "data")], env={}))
+    paths.ensure_dirs()
+    manager.install_from_url(paths, ext_fixtures.make_repo(tmp_path / "origin", files))
+    pins = seen.read_text().splitlines()
+    assert f"numpy=={md.version('numpy')}" in pins and f"transformers=={md.version('transformers')}" in pins

@@ -68,6 +68,8 @@ def site(tmp_path_factory, tiny_models):
     os.symlink(secret, ext / "leak.txt")
     os.symlink(secret.parent, ext / "leakdir")
     (paths.txt2img_samples_dir / "done.png").write_bytes(PNG[::-1])
+    paths.tmp_dir.mkdir(parents=True, exist_ok=True)
+    (paths.tmp_dir / "extensionPaths.txt").write_text("written by an extension for its page script")
     srv = Server(data, root / "server.log").start("--api")
     yield {"url": srv.url, "data": data, "ext": ext, "secret": secret, "root": root}
     srv.stop()
@@ -94,6 +96,8 @@ def test_file_route_serves_extension_assets_and_outputs(site):
     status, body, _ = raw_get(site["url"], "/file=outputs/txt2img-images/done.png")
     assert status == 200 and body == PNG[::-1]
     assert raw_get(site["url"], "/file=extensions/page-ext/images/missing.png")[0] == 404
+    status, body, _ = raw_get(site["url"], "/file=tmp/extensionPaths.txt")  # the data folder's tmp/
+    assert status == 200 and body.startswith(b"written by an extension")
 
 
 @pytest.mark.parametrize("path", [

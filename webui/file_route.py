@@ -31,9 +31,10 @@ def _gradio_temp_dir() -> Path:
 
 def allowed_roots(paths: Paths, settings=None) -> list[Path]:
     """Resolved folders whose files may be served: the extension folders (each extension's own folder too, so a
-    symlinked extension works), the outputs folders (also those the outdir_* settings name) and Gradio's temp."""
+    symlinked extension works), the outputs folders (also those the outdir_* settings name), Gradio's temp and the
+    data folder's `tmp/` (A1111 extensions write files there for their page scripts to fetch)."""
     roots = [paths.extensions_dir, paths.extensions_builtin_dir, paths.outputs_dir, paths.save_dir,
-             _gradio_temp_dir()]
+             _gradio_temp_dir(), paths.tmp_dir]
     for parent in (paths.extensions_dir, paths.extensions_builtin_dir):
         try:
             roots += [child for child in Path(parent).iterdir() if child.is_dir()]

@@ -4,8 +4,28 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageCms
 
-__all__ = ["create_random_tensors", "setup_color_correction", "apply_color_correction", "apply_overlay",
+__all__ = ["process_images_inner", "create_binary_mask", "create_random_tensors", "setup_color_correction", "apply_color_correction", "apply_overlay",
            "opt_C", "opt_f", "decode_latent_batch", "images_tensor_to_samples"]
+
+def process_images_inner(p):
+    """A1111's inner generation (without the scripts' before_process/postprocess); here the same engine run."""
+    from modules.processing_compat import ScriptHooks, fix_seed
+
+    fix_seed(p)
+    return p.engine.process(p.request, hooks=ScriptHooks(p))
+
+
+def create_binary_mask(image, round=True):  # noqa: A002 - A1111's name
+    """An "L" mask from an image: its alpha channel when it has a meaningful one, else its grey levels;
+    thresholded at half unless `round` is False."""
+    if image.mode == "RGBA" and image.getextrema()[-1] != (255, 255):
+        image = image.split()[-1].convert("L")
+        if round:
+            image = image.point(lambda x: 255 if x > 128 else 0)
+    else:
+        image = image.convert("L")
+    return image
+
 
 opt_C = 4
 opt_f = 8

@@ -56,6 +56,8 @@ def walk_files(path, allowed_extensions=None):
             yield os.path.join(root, filename)
 
 
+from modules.jobs import JobState as State  # noqa: E402,F401 - A1111's class of shared.state
+
 face_restorers: list = []  # GFPGAN/CodeFormer are not included (non-commercial licences)
 interrogator = Unsupported("shared.interrogator", "the CLIP interrogator is not included")
 clip_model = None
