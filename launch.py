@@ -145,9 +145,10 @@ def parse_with_extension_flags(argv: list[str] | None = None):
     from modules import extension_runtime
 
     parser = cmd_args.build_parser()
+    lenient = cmd_args.build_parser(add_help=False)  # --help is answered once, by the real parse below
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # a malformed flag: the real parse below reports it once
-            first, _ = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+            first, _ = lenient.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit:
         first = None
     if first is not None:

@@ -84,6 +84,19 @@ def _auth(value: str) -> str:
     return value
 
 
+def _auth_file(value: str) -> str:
+    """A file of ``user:password`` entries (commas or newlines between them), read now so that a missing or empty
+    file stops the start instead of leaving the server without a login."""
+    from modules.auth import read_login_file
+
+    path = _file(value)
+    try:
+        read_login_file(path)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return path
+
+
 def _non_negative_int(value: str) -> int:
     try:
         n = int(value)
@@ -104,9 +117,9 @@ def _use_cpu(value: str) -> str:
     return value
 
 
-def build_parser() -> ArgumentParser:
+def build_parser(add_help: bool = True) -> ArgumentParser:
     """A new parser with A1111's flags (names, defaults, value types)."""
-    p = ArgumentParser(prog=PROG, description="Stable Diffusion web UI (A1111-compatible flags)",
+    p = ArgumentParser(prog=PROG, description="Stable Diffusion web UI (A1111-compatible flags)", add_help=add_help,
                        conflict_handler="resolve",  # an extension's preload may redefine a flag, as on A1111
                        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=40, width=120))
 
@@ -146,10 +159,16 @@ def build_parser() -> ArgumentParser:
     add("--api", action="store_true", help="serve the HTTP API (/sdapi/v1) next to the UI")
     add("--nowebui", action="store_true", help="serve the HTTP API only, without the UI")
     add("--api-auth", type=_auth, default=None, help="HTTP basic auth for the API, user:password[,user2:pw2...]")
+    add("--api-auth-path", type=_auth_file, default=None,
+        help="file with user:password entries (separated by commas or newlines) for the API")
+    add("--auth", type=_auth, default=None, help="login for both the UI and the API, user:password[,user2:pw2...]")
+    add("--auth-path", type=_auth_file, default=None,
+        help="file with user:password entries for both the UI and the API")
     add("--api-server-stop", action="store_true", help="enable the server-stop/restart/kill API endpoints")
     add("--api-log", action="store_true", help="log every API request")
     add("--gradio-auth", type=_auth, default=None, help="UI login, user:password[,user2:pw2...]")
-    add("--gradio-auth-path", type=_file, default=None, help="file with user:password lines for the UI login")
+    add("--gradio-auth-path", type=_auth_file, default=None,
+        help="file with user:password entries (separated by commas or newlines) for the UI login")
     add("--cors-allow-origins", type=str, default=None, help="allowed CORS origins, comma-separated")
     add("--cors-allow-origins-regex", type=str, default=None, help="allowed CORS origins, as a regular expression")
     add("--timeout-keep-alive", type=_non_negative_int, default=30, help="HTTP keep-alive timeout in seconds")
@@ -162,8 +181,10 @@ def build_parser() -> ArgumentParser:
     add("--disable-extra-extensions", action="store_true", help="load only the built-in extensions")
     add("--safe-mode", action="store_true",
         help="start with every third-party extension off (for this run only; to find one that breaks the app)")
-    add("--hide-ui-dir-config", action="store_true",
-        help="hide the output-folder settings in the UI and refuse changing them through the API")
+    add("--hide-ui-dir-config", action=argparse.BooleanOptionalAction, default=None,
+        help="hide the output-folder settings in the UI and refuse changing them through the API (options and "
+             "override_settings); on by default with --listen, --share or a --server-name other computers reach, "
+             "--no-hide-ui-dir-config keeps them editable there")
     add("--freeze-settings", action="store_true", help="do not allow settings to be changed")
     add("--test-server", action="store_true", help="configure the server for the test suite")
 
@@ -224,8 +245,9 @@ def parse_args(argv: Sequence[str] | None = None, env: dict | None = None,
                parser: ArgumentParser | None = None) -> argparse.Namespace:
     """Parse ``argv`` (default ``sys.argv[1:]``) followed by ``$COMMANDLINE_ARGS`` and resolve dependent defaults.
 
-    After parsing, ``ns.port`` is always set (7860, or 7861 with ``--nowebui``), and
-    ``--skip-prepare-environment`` implies ``--skip-install``. Errors exit with status 2 and one line on stderr.
+    After parsing, ``ns.port`` is always set (7860, or 7861 with ``--nowebui``),
+    ``--skip-prepare-environment`` implies ``--skip-install``, and ``ns.hide_ui_dir_config`` is a bool (on by
+    default when other computers can connect). Errors exit with status 2 and one line on stderr.
     """
     parser = parser or build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -239,4 +261,15 @@ def parse_args(argv: Sequence[str] | None = None, env: dict | None = None,
         ns.port = DEFAULT_API_PORT if ns.nowebui else DEFAULT_PORT
     if ns.skip_prepare_environment:
         ns.skip_install = True
+    if getattr(ns, "hide_ui_dir_config", None) is None:  # other computers may not choose where files are written
+        from modules.auth import is_exposed
+
+        ns.hide_ui_dir_config = is_exposed(ns)
     return ns
+
+
+def __getattr__(name: str):
+    """A1111's module-level `parser` (extensions read flag defaults from it)."""
+    if name == "parser":
+        return build_parser()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

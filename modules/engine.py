@@ -149,15 +149,26 @@ class Engine:
                 self.settings.save()
 
     def _outputs(self, req: GenerationRequest) -> OutputDirs:
-        root = self.paths.outputs_dir
+        """Where the job's images and grids go, as in A1111: `outdir_samples`/`outdir_grids` when set, else the
+        tab's `outdir_<kind>_samples`/`_grids`; the request's `override_settings` of them count for this job."""
         kind = "img2img" if isinstance(req, Img2ImgRequest) else "txt2img"
-        custom_samples = self.settings.get("outdir_samples", "")
-        custom_grids = self.settings.get("outdir_grids", "")
-        samples = self.paths.resolve_data_path(custom_samples) if custom_samples else root / f"{kind}-images"
-        grids = self.paths.resolve_data_path(custom_grids) if custom_grids else root / f"{kind}-grids"
-        if self.settings.get("save_to_dirs", True):
+        options = self.settings.as_dict()
+        options.update({k: v for k, v in (req.override_settings or {}).items()
+                        if k.startswith("outdir_") or k.endswith("save_to_dirs")})
+
+        def folder(*names: str, default: Path) -> Path:
+            for name in names:
+                value = options.get(name)
+                if isinstance(value, str) and value.strip():
+                    return self.paths.resolve_data_path(value.strip())
+            return default
+
+        root = self.paths.outputs_dir
+        samples = folder("outdir_samples", f"outdir_{kind}_samples", default=root / f"{kind}-images")
+        grids = folder("outdir_grids", f"outdir_{kind}_grids", default=root / f"{kind}-grids")
+        if options.get("save_to_dirs", True):
             samples = images.dated_dir(samples)
-        if self.settings.get("grid_save_to_dirs", True):
+        if options.get("grid_save_to_dirs", True):
             grids = images.dated_dir(grids)
         return OutputDirs(samples=samples, grids=grids)
 

@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -65,8 +66,10 @@ def build_context(ns: argparse.Namespace, paths: Paths | None = None) -> AppCont
 
 def create_app(ctx: AppContext | None) -> FastAPI:
     """The app: ``GET /`` (placeholder page until the UI is mounted), ``GET /healthz``. ``app.state.ctx`` = ctx."""
-    app = FastAPI(title="Stable Diffusion web UI", docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="Stable Diffusion web UI", docs_url=None, redoc_url=None)
     app.state.ctx = ctx
+    _add_docs(app)
+    _add_origin_checks(app, ctx.args if ctx is not None else None)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
@@ -123,6 +126,53 @@ def create_app(ctx: AppContext | None) -> FastAPI:
     return app
 
 
+DOCS_ASSETS = "/docs-assets"
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from files installed with the `fastapi-offline` package (no CDN: works offline)."""
+    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        import fastapi_offline
+    except ImportError:  # an environment from before the requirement: the CDN page rather than none
+        log.warning("fastapi-offline is not installed: /docs loads Swagger UI from a CDN")
+        static = None
+    else:
+        static = Path(fastapi_offline.__file__).parent / "static"
+        app.mount(DOCS_ASSETS, StaticFiles(directory=static), name="docs-assets")
+    redirect = "/docs/oauth2-redirect"
+
+    assets = {} if static is None else {"swagger_js_url": f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                        "swagger_css_url": f"{DOCS_ASSETS}/swagger-ui.css",
+                                        "swagger_favicon_url": f"{DOCS_ASSETS}/favicon.png"}
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI",
+                                   oauth2_redirect_url=redirect, **assets)
+
+    @app.get(redirect, include_in_schema=False)
+    def docs_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+
+def _add_origin_checks(app: FastAPI, args) -> None:
+    """Refuse state-changing requests from other origins' pages (modules/auth.py); --cors-allow-origins[-regex]
+    name origins that may call, and get CORS answers (A1111's CORSMiddleware)."""
+    from modules.auth import CrossOriginGuard
+
+    origins = [o.strip() for o in (getattr(args, "cors_allow_origins", None) or "").split(",") if o.strip()]
+    regex = getattr(args, "cors_allow_origins_regex", None)
+    app.add_middleware(CrossOriginGuard, allow_origins=origins, allow_origin_regex=regex)
+    if origins or regex:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=regex, allow_methods=["*"],
+                           allow_credentials=True, allow_headers=["*"])
+
+
 SHUTDOWN_GRACE_S = 2  # open streams (a page's heartbeat, progress polling) get this long after SIGTERM/SIGINT
 
 
@@ -147,10 +197,6 @@ def bind_host(ns: argparse.Namespace) -> str:
     if getattr(ns, "server_name", None):
         return ns.server_name
     return "0.0.0.0" if getattr(ns, "listen", False) else "127.0.0.1"
-
-
-def _is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -191,10 +237,10 @@ def serve(ns: argparse.Namespace, ctx: AppContext | None = None, paths: Paths | 
         return 1
     app = create_app(ctx)
 
-    if not _is_loopback(host) and not (getattr(ns, "gradio_auth", None) or getattr(ns, "api_auth", None)):
-        print(f"WARNING: listening on {host}:{port} without a password: anyone who can reach this computer can "
-              f"use it. Set --gradio-auth user:password (and --api-auth for the API) to require a login.",
-              file=sys.stderr, flush=True)
+    from modules.auth import exposure_warnings
+
+    for warning in exposure_warnings(ns, host, port, app):  # one line per surface anyone may use
+        print(warning, file=sys.stderr, flush=True)
 
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     if ":" in shown:

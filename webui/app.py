@@ -8,6 +8,7 @@ import html
 import json
 import logging
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -242,16 +243,14 @@ def _wire_sending(t2i, i2i, extras, png, tabs):
                             [png["image"], png["text"]], [tabs, i2i.extra["init"]] + i2i.components)
 
 
-def auth_pairs(spec: str | None) -> list[tuple[str, str]] | None:
-    """`--gradio-auth user:pass,user2:pass2` → [(user, pass), ...]."""
-    if not spec:
-        return None
-    pairs = []
-    for item in spec.split(","):
-        if ":" in item:
-            user, password = item.strip().split(":", 1)
-            pairs.append((user, password))
-    return pairs or None
+def auth_pairs(args) -> list[tuple[str, str]] | None:
+    """The UI's logins as Gradio takes them, [(user, pass), ...], from --gradio-auth, --gradio-auth-path, --auth and
+    --auth-path (modules/auth.py reads all of them); a plain `user:pass,...` string is accepted too."""
+    from modules import auth
+
+    if args is None or isinstance(args, str):
+        return auth.parse_logins(args or "") or None
+    return list(auth.ui_logins(args).items()) or None
 
 
 def mount(app, engine: Engine, args, runtime=None) -> None:
@@ -278,12 +277,15 @@ def mount(app, engine: Engine, args, runtime=None) -> None:
                             for path in runtime.javascript_files())
         return text
 
-    gr.mount_gradio_app(app, demo, path="/", auth=auth_pairs(getattr(args, "gradio_auth", None)),
+    logins = auth_pairs(args)
+    gr.mount_gradio_app(app, demo, path="/", auth=logins,
                         css=(ASSETS / "style.css").read_text(encoding="utf-8"), head=head(),
                         footer_links=["api", "settings"], run_history=False, show_error=True)
     mounted["ui"] = next((r.app for r in reversed(app.routes) if getattr(r, "app", None) is not None
                           and getattr(r.app, "get_blocks", None) is not None), None)
     app.add_middleware(_FreshHead, demo=demo, head=head)
+    if logins:
+        app.add_middleware(_LoggedOutPage, gradio_app=lambda: mounted.get("ui"))
 
 
 class _FreshHead:
@@ -305,6 +307,61 @@ class _FreshHead:
                 except Exception:  # noqa: BLE001 - an unreadable extension file must not stop the page
                     log.exception("could not rebuild the page head")
         await self.app(scope, receive, send)
+
+
+_API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.S)
+_NO_API_INFO = b'window.gradio_api_info = {"named_endpoints":{},"unnamed_endpoints":{}};</script>'
+
+
+def logged_in(ui, scope_or_request) -> bool:
+    """Whether the request holds one of the mounted Gradio app's login tokens (always true without UI auth)."""
+    if ui is None or getattr(ui, "auth", None) is None:
+        return True
+    cookies = getattr(scope_or_request, "cookies", None)
+    if cookies is None:
+        from starlette.requests import HTTPConnection
+
+        cookies = HTTPConnection(scope_or_request).cookies
+    cookie_id = getattr(ui, "cookie_id", "")
+    token = cookies.get(f"access-token-{cookie_id}") or cookies.get(f"access-token-unsecure-{cookie_id}")
+    return token is not None and token in getattr(ui, "tokens", {})
+
+
+class _LoggedOutPage:
+    """ASGI middleware: with a UI login, the page a logged-out client gets (Gradio's login form) carries no API
+    description. Gradio 6 leaves the config out of that page but still embeds `window.gradio_api_info`, which
+    lists every event's parameters with their defaults: checkpoint titles, option values, output folders."""
+
+    def __init__(self, app, gradio_app):
+        self.app, self.gradio_app = app, gradio_app
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] != "http" or scope.get("method") not in ("GET", "HEAD")
+                or scope.get("path", "") not in ("/", "") or logged_in(self.gradio_app(), scope)):
+            await self.app(scope, receive, send)
+            return
+        # an uncompressed answer, so that it can be edited
+        scope = dict(scope, headers=[(k, v) for k, v in scope.get("headers", []) if k.lower() != b"accept-encoding"])
+        start, body = {}, bytearray()
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            body.extend(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            data = _API_INFO.sub(lambda m: _NO_API_INFO, bytes(body))
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            if scope.get("method") == "GET":
+                headers.append((b"content-length", str(len(data)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": data})
+
+        await self.app(scope, receive, capture)
 
 
 def _script_text(text: str) -> str:

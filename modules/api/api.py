@@ -28,6 +28,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modules import auth as auth_mod
 from modules import images as images_mod
 from modules import infotext as infotext_mod
 from modules.api import models
@@ -45,7 +46,7 @@ PREFIX = "/sdapi/v1"
 MAX_URL_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_DIM = 8192  # the largest width/height anything here will produce
 SEED_LIMIT = 2 ** 62
-SECRET_FLAGS = ("api_auth", "gradio_auth")
+SECRET_FLAGS = ("api_auth", "gradio_auth", "auth")
 
 
 class ApiError(Exception):
@@ -71,37 +72,93 @@ def encode_png(image: Image.Image, infotext: str | None = None) -> str:
     return base64.b64encode(images_mod.image_to_png_bytes(image, infotext)).decode("ascii")
 
 
-def _blocked_address(host: str) -> str | None:
-    """Why `host` may not be fetched (it resolves to a loopback/private/link-local/... address), or None."""
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as e:
-        return f"cannot resolve {host!r}: {e}"
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-        if getattr(addr, "ipv4_mapped", None):
-            addr = addr.ipv4_mapped
-        if (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved or addr.is_multicast
-                or addr.is_unspecified):
-            return f"{host!r} resolves to a local address ({addr})"
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are an IPv4 address
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: local-use translation, never public
+URL_TIMEOUT = 30
+
+
+def _embedded_v4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 form carries (mapped, 6to4, NAT64, IPv4-compatible), which is what it reaches."""
+    if addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    if addr.sixtofour:
+        return addr.sixtofour
+    if addr in _NAT64 or int(addr) >> 32 == 0:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
     return None
 
 
+def _local_reason(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why `addr` is not a public unicast address (loopback, private, shared 100.64.0.0/10, link-local, reserved,
+    multicast, or an IPv6 form embedding one of those), or None."""
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.scope_id:
+            addr = ipaddress.IPv6Address(str(addr).split("%", 1)[0])
+        if addr in _NAT64_LOCAL:
+            return "a local NAT64 address"
+        inner = _embedded_v4(addr)
+        if inner is not None and _local_reason(inner):
+            return f"an address embedding {inner}"
+    if not addr.is_global or addr.is_multicast or addr.is_unspecified:
+        return "a local address"
+    return None
+
+
+def _checked_address(host: str, port: int | None = None) -> tuple[str | None, str | None]:
+    """(address to connect to, None) when every address `host` resolves to is public, else (None, why).
+    The caller connects to that very address, so a second lookup (DNS rebinding) cannot lead elsewhere."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        return None, f"cannot resolve {host!r}: {e}"
+    addresses = []
+    for info in infos:
+        try:
+            addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        except ValueError:
+            return None, f"{host!r} resolves to an unusable address ({info[4][0]!r})"
+        why = _local_reason(addr)
+        if why:
+            return None, f"{host!r} resolves to {why} ({addr})"
+        addresses.append(addr)
+    if not addresses:
+        return None, f"cannot resolve {host!r}"
+    return str(addresses[0]), None
+
+
+def _blocked_address(host: str) -> str | None:
+    """Why `host` may not be fetched (it resolves to a loopback/private/shared/link-local/... address), or None."""
+    return _checked_address(host)[1]
+
+
 def fetch_url_image(url: str, settings, field: str) -> str:
-    """The base64 of an http(s) image, if the option `api_enable_requests` allows it and the host is public."""
+    """The base64 of an http(s) image, if the option `api_enable_requests` allows it and the host is public.
+
+    The host is resolved once; the connection goes to the address that was checked, with the URL's host name kept
+    in the Host header and as the TLS server name (so certificates are still verified against it)."""
     if not settings.get("api_enable_requests", True):
         raise ApiError(422, f"{field}: image URLs are disabled (option api_enable_requests)")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiError(422, f"{field}: not an http(s) URL")
-    why = _blocked_address(parts.hostname)  # never to loopback/private addresses, whatever the options say
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ApiError(422, f"{field}: not an http(s) URL (bad port)") from None
+    address, why = _checked_address(parts.hostname, port)  # never to local addresses, whatever the options say
     if why:
         raise ApiError(422, f"{field}: URL refused: {why}")
     import httpx
 
-    headers = {"user-agent": settings.get("api_useragent", "") or "sd-webui"}
+    literal = f"[{address}]" if ":" in address else address
+    target = parts._replace(netloc=f"{literal}:{port}").geturl()
+    host_header = parts.netloc.rpartition("@")[2]
+    headers = {"user-agent": settings.get("api_useragent", "") or "sd-webui", "host": host_header}
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    auth = (parts.username or "", parts.password or "") if parts.username else None
     try:
-        with httpx.stream("GET", url, headers=headers, timeout=30, follow_redirects=False) as r:
+        with httpx.Client(timeout=URL_TIMEOUT, follow_redirects=False, trust_env=False) as client, \
+                client.stream("GET", target, headers=headers, extensions=extensions, auth=auth) as r:
             if r.status_code != 200:
                 raise ApiError(422, f"{field}: fetching the URL gave HTTP {r.status_code}")
             data = bytearray()
@@ -214,14 +271,7 @@ class Api:
         self.app, self.ctx = app, ctx
         self.engine = ctx.engine
         self.args = ctx.args
-        self.credentials: dict[str, str] = {}
-        auth = getattr(self.args, "api_auth", None)
-        if auth:
-            for cred in auth.split(","):
-                cred = cred.strip()
-                if cred:
-                    user, _, password = cred.partition(":")
-                    self.credentials[user] = password
+        self.credentials: dict[str, str] = auth_mod.api_logins(self.args)  # --api-auth[-path], --auth[-path]
         deps = [Depends(self.auth)] if self.credentials else []
         self.router = APIRouter(prefix=PREFIX, dependencies=deps, tags=["sdapi"])
         r = self.router
@@ -282,6 +332,7 @@ class Api:
         # null means "the default" for fields whose default is not null
         data = {k: v for k, v in data.items() if v is not None or defaults.get(k, None) is None}
         raw_images = {k: data.get(k) for k in image_fields}
+        self._check_locked_options(data.get("override_settings"))
         settings = self.engine.settings
         for name in image_fields:
             value = data.get(name)
@@ -299,6 +350,16 @@ class Api:
             raise ApiError(422, str(e), "RequestError") from None
         check_request(req, self.engine.settings, self.engine.upscalers.names(), self.engine.scripts)
         return req, raw_images
+
+    def _check_locked_options(self, values) -> None:
+        """With --hide-ui-dir-config (the default with --listen), output folders and file-name patterns may not be
+        changed from outside, neither saved (options) nor for one request (override_settings): 403."""
+        if not isinstance(values, dict) or not getattr(self.args, "hide_ui_dir_config", False):
+            return
+        hidden = sorted(n for n in values if n in DIRECTORY_OPTIONS)
+        if hidden:
+            raise ApiError(403, f"{', '.join(hidden)}: output folders cannot be changed (--hide-ui-dir-config)",
+                           "Forbidden")
 
     def _apply_infotext(self, data: dict) -> None:
         """A1111: fields the request did not set come from the infotext, and so do settings it implies."""
@@ -405,11 +466,7 @@ class Api:
         values = dict(req)
         checkpoint = values.pop("sd_model_checkpoint", None)
         checked = {}
-        hidden = sorted(n for n in values if n in DIRECTORY_OPTIONS) if getattr(self.args, "hide_ui_dir_config",
-                                                                               False) else []
-        if hidden:
-            raise ApiError(403, f"{', '.join(hidden)}: output folders cannot be changed (--hide-ui-dir-config)",
-                           "Forbidden")
+        self._check_locked_options(values)
         for name, value in values.items():
             if name in settings and name not in _registered():
                 checked[name] = value  # an option some extension stored: kept as given
