@@ -29,6 +29,12 @@ class JobState:
     current_image: Any = None
     current_image_step: int = -1
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _timing: "_StepTiming" = field(default_factory=lambda: _StepTiming(), repr=False)
+
+    def __setattr__(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+        if name == "sampling_step" and "_timing" in self.__dict__:
+            self._timing.step(value)
 
     def begin(self, job: str, job_count: int = 1) -> None:
         with self._lock:
@@ -40,6 +46,7 @@ class JobState:
             self.current_latent = self.current_image = None
             self.current_image_step = -1
             self.time_start = time.time()
+            self._timing = _StepTiming()
 
     def end(self) -> None:
         with self._lock:
@@ -50,6 +57,7 @@ class JobState:
 
     def next_job(self) -> None:
         with self._lock:
+            self._timing.batch_done()
             self.job_no += 1
             self.sampling_step = 0
             self.skipped = False
@@ -107,12 +115,58 @@ class JobState:
         return min(max(done, 0.0), 1.0)
 
     def eta(self) -> float:
-        """Seconds left, extrapolated from the time spent so far."""
-        if self.time_start is None:
+        """Seconds left: the steps still to run times the measured time of one step, plus the measured time
+        between a batch's last step and the next batch (decoding, saving) for each batch still to finish.
+
+        Measured from the steps themselves, not from the time since the job began: that includes loading the
+        model and encoding prompts, which made the estimate at step 1 many times too high."""
+        if self.time_start is None or not self.sampling_steps:
             return 0.0
-        p = self.progress()
-        elapsed = time.time() - self.time_start
-        return elapsed / p - elapsed if p > 0 else 0.0
+        per_step = self._timing.per_step()
+        if per_step is None:
+            return 0.0
+        batches_left = max(self.job_count - self.job_no - 1, 0)
+        steps_left = max(self.sampling_steps - self.sampling_step, 0) + batches_left * self.sampling_steps
+        tail = self._timing.per_batch_tail() or 0.0
+        return steps_left * per_step + (batches_left + 1) * tail
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+class _StepTiming:
+    """When each sampling step of the current job ended: the durations of steps (and of what happens between a
+    batch's last step and the next batch), for `JobState.eta`."""
+
+    def __init__(self) -> None:
+        self.last_step: int | None = None
+        self.last_mark: float | None = None
+        self.step_total = 0.0
+        self.step_count = 0
+        self.tail_total = 0.0
+        self.tail_count = 0
+
+    def step(self, value) -> None:
+        now = _now()
+        if not isinstance(value, int) or value <= 0 or self.last_step is None or value <= self.last_step:
+            self.last_step, self.last_mark = (value if isinstance(value, int) else None), now  # a new sampling run
+            return
+        self.step_total += (now - self.last_mark) / (value - self.last_step)
+        self.step_count += 1
+        self.last_step, self.last_mark = value, now
+
+    def batch_done(self) -> None:
+        if self.last_mark is not None and self.step_count:
+            self.tail_total += _now() - self.last_mark
+            self.tail_count += 1
+        self.last_step = self.last_mark = None
+
+    def per_step(self) -> float | None:
+        return self.step_total / self.step_count if self.step_count else None
+
+    def per_batch_tail(self) -> float | None:
+        return self.tail_total / self.tail_count if self.tail_count else None
 
 
 class JobQueue:

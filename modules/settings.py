@@ -3,7 +3,9 @@
 * :data:`OPTIONS` maps each option name (A1111's names) to an :class:`OptionInfo` (default, label, section,
   choices, type, range, infotext key). Extensions add theirs with :func:`register_option`.
 * :class:`Settings` holds the values. ``Settings.load(path)``: a missing file gives the defaults; a corrupt file is
-  copied to ``config.json.bad`` (then ``.bad.1``, ...), a warning is logged, and the defaults are used. Keys that are
+  moved aside to ``config.json.bad`` (then ``.bad.1``, ...), a warning is logged, and the defaults are used. It is
+  moved, not copied (as A1111 does), so the next reader in the same start (extension preload, installers, the
+  engine) finds no file instead of backing it up and warning again. Keys that are
   not (yet) registered are kept as they are and written back on save, so extensions' options survive, and so does
   a known option whose stored value does not validate (the default is used in its place, with a warning).
 * ``set``/``update`` check and coerce values (``"3"`` → 3 for an int option, ``"true"`` → True, case-insensitive
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +27,12 @@ from typing import Any, Callable, Iterable, Mapping
 
 from modules.fileio import atomic_write_json
 
-__all__ = ["OptionInfo", "OPTIONS", "register_option", "Settings", "infotext_to_option"]
+__all__ = ["OptionInfo", "OPTIONS", "register_option", "Settings", "infotext_to_option", "section_title"]
 
 log = logging.getLogger(__name__)
 
 _MISSING = object()  # "not stored"
+_UNMOVABLE_WARNED: set = set()  # corrupt settings files that could not be moved aside, warned about once
 _REQUIRED = object()  # get(): no default given
 
 
@@ -492,6 +495,47 @@ DIRECTORY_OPTIONS = frozenset({
 })
 
 
+# A1111's titles for the settings sections (its shared_options.py); ids not listed here take the title an
+# extension gave with ``section=(id, title)``, else one made from the id.
+SECTION_TITLES = {
+    "saving-images": "Saving images/grids",
+    "saving-paths": "Paths for saving",
+    "saving-to-dirs": "Saving to a directory",
+    "upscaling": "Upscaling",
+    "face-restoration": "Face restoration",
+    "system": "System",
+    "API": "API",
+    "training": "Training",
+    "sd": "Stable Diffusion",
+    "sdxl": "Stable Diffusion XL",
+    "vae": "VAE",
+    "img2img": "img2img",
+    "optimizations": "Optimizations",
+    "compatibility": "Compatibility",
+    "interrogate": "Interrogate",
+    "extra_networks": "Extra Networks",
+    "ui": "User interface",
+    "infotext": "Infotext",
+    "live-previews": "Live previews",
+    "sampler-params": "Sampler parameters",
+    "postprocessing": "Postprocessing",
+    "extensions": "Extensions",
+    "other": "Other",
+}
+
+
+def section_title(section: str) -> str:
+    """The title shown for a settings section id."""
+    if section in SECTION_TITLES:
+        return SECTION_TITLES[section]
+    for info in list(OPTIONS.values()):
+        label = getattr(info, "section_label", None)
+        if info.section == section and isinstance(label, str) and label.strip():
+            return label.strip()
+    text = str(section).replace("-", " ").replace("_", " ").strip()
+    return text[:1].upper() + text[1:] if text else "Other"
+
+
 def infotext_to_option(key: str) -> str | None:
     """The option whose ``infotext`` key is ``key`` (e.g. ``"Clip skip"`` → ``"CLIP_stop_at_last_layers"``)."""
     for name, info in list(OPTIONS.items()):
@@ -518,7 +562,7 @@ class Settings:
 
     @classmethod
     def load(cls, path: str | Path) -> "Settings":
-        """Read ``path``. Missing → defaults. Unreadable/corrupt → backed up to ``<name>.bad``, warning, defaults."""
+        """Read ``path``. Missing → defaults. Unreadable/corrupt → moved to ``<name>.bad``, warning, defaults."""
         path = Path(path)
         settings = cls(path)
         try:
@@ -540,6 +584,11 @@ class Settings:
         return settings
 
     def _backup_corrupt(self, why: str) -> Path | None:
+        """Move the unusable file to the first free ``<name>.bad[.N]`` and say so once.
+
+        Moved, not copied: a file left in place is found corrupt again by every later load in this start (and
+        every later start), each making another backup and warning. When it cannot be moved, the warning is
+        given once per process for that file's state."""
         path = self._path
         backup = path.with_name(path.name + ".bad")
         n = 0
@@ -547,12 +596,21 @@ class Settings:
             n += 1
             backup = path.with_name(f"{path.name}.bad.{n}")
         try:
-            shutil.copy2(path, backup)
+            os.replace(path, backup)
         except OSError as e:
-            log.warning("settings file %s is unusable (%s); could not back it up (%s); using defaults",
+            try:
+                st = path.stat()
+                key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+            except OSError:
+                key = (str(path), None, None)
+            with _registry_lock:
+                if key in _UNMOVABLE_WARNED:
+                    return None
+                _UNMOVABLE_WARNED.add(key)
+            log.warning("settings file %s is unusable (%s); could not move it aside (%s); using defaults",
                         path, why, e)
             return None
-        log.warning("settings file %s is unusable (%s); a copy was kept as %s; using default settings",
+        log.warning("settings file %s is unusable (%s); it was moved to %s; using default settings",
                     path, why, backup)
         return backup
 

@@ -22,12 +22,13 @@ from modules.resize import RESIZE_MODES
 from modules.sampling import samplers
 from webui import extra_networks_panel
 from webui import script_ui
-from webui.runner import run_streaming
+from webui.runner import guard_image_input, run_streaming
 from webui.ui_config import UiConfig
 
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
 INPAINT_AREAS = ["Whole picture", "Only masked"]
 MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
+INPAINT_MODES = ("inpaint", "inpaint_upload")  # the img2img sub-tabs that show the inpaint options
 _tokenizer = None
 
 
@@ -215,10 +216,11 @@ def _results(c: Controls):
 
 def _common_wiring(c: Controls, engine, run_fn, extra_inputs: list):
     outputs = [c.gallery, c.infotexts, c.info, c.progress, c.preview, c.extra["last_seed"]]
+    # "multiple": a click while a run is going is queued behind it (Gradio's default "once" drops it).
     event = c.generate.click(run_fn, c.components + extra_inputs, outputs, concurrency_id="generate",
-                             concurrency_limit=None, show_progress="hidden")
+                             concurrency_limit=None, show_progress="hidden", trigger_mode="multiple")
     c.prompt.submit(run_fn, c.components + extra_inputs, outputs, concurrency_id="generate",
-                    concurrency_limit=None, show_progress="hidden")
+                    concurrency_limit=None, show_progress="hidden", trigger_mode="multiple")
     c.extra["interrupt"].click(lambda: engine.interrupt(), None, None, queue=False)
     c.extra["skip"].click(lambda: engine.skip(), None, None, queue=False)
     c.extra["reuse_seed"].click(lambda s: s if s is not None else -1, c.extra["last_seed"], c.seed, queue=False,
@@ -287,11 +289,11 @@ def build_txt2img(engine, cfg: UiConfig) -> Controls:
         with gr.Column(scale=1, elem_id="txt2img_results"):
             _results(c)
 
-    def run(*values):
+    def run(request: gr.Request, *values):
         n = len(c.fields)
         data = _clean(c.values_to_dict(values[:n]))
         yield from run_streaming(engine, lambda: Txt2ImgRequest.from_dict(data), "txt2img",
-                                 _script_args(script_controls, values[n:]))
+                                 _script_args(script_controls, values[n:]), request)
 
     c.extra["scripts"] = script_controls
     _common_wiring(c, engine, run, script_controls.inputs if script_controls else [])
@@ -335,11 +337,10 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
                                             sources=["upload", "clipboard"], height=240)
                     upload_mask = gr.Image(label="Mask", type="pil", format="png", elem_id="img_inpaint_mask",
                                            sources=["upload", "clipboard"], height=240)
-            for tab, name in ((t1, "img2img"), (t2, "sketch"), (t3, "inpaint"), (t4, "inpaint_upload")):
-                tab.select(lambda n=name: n, None, mode, queue=False, show_progress="hidden")
             c.add("resize_mode", gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index",
                                           label="Resize mode", elem_id="resize_mode"))
-            with gr.Accordion("Inpaint options", open=True, elem_id="img2img_inpaint_controls"):
+            with gr.Accordion("Inpaint options", open=True, elem_id="img2img_inpaint_controls",
+                              visible=False) as inpaint_controls:
                 c.add("mask_blur", gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur"))
                 c.add("inpainting_mask_invert", gr.Radio(MASK_MODES, value=MASK_MODES[0], type="index",
                                                          label="Mask mode", elem_id="img2img_mask_mode"))
@@ -351,6 +352,13 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
                     c.add("inpaint_full_res_padding", gr.Slider(0, 256, value=32, step=4,
                                                                 label="Only masked padding, pixels",
                                                                 elem_id="img2img_inpaint_full_res_padding"))
+            # Only the inpaint sub-tabs use these (as in A1111). A sub-tab click sets both; "send to inpaint"
+            # sets the mode, whose change shows them.
+            for tab, name in ((t1, "img2img"), (t2, "sketch"), (t3, "inpaint"), (t4, "inpaint_upload")):
+                tab.select(lambda n=name: (n, gr.update(visible=n in INPAINT_MODES)), None, [mode, inpaint_controls],
+                           queue=False, show_progress="hidden")
+            mode.change(lambda m: gr.update(visible=m in INPAINT_MODES), mode, inpaint_controls, queue=False,
+                        show_progress="hidden")
             _sampling_params(c, cfg, engine, is_img2img=True)
             with gr.Accordion("Outpaint", open=False, elem_id="img2img_outpaint"):
                 with gr.Row():
@@ -364,6 +372,8 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
             _results(c)
 
     images_in = [mode, init, sketch, inpaint, upload_image, upload_mask]
+    for image_input in images_in[1:]:
+        guard_image_input(image_input, c.info)
 
     def build_request(values, images, outpaint_px=None):
         data = _clean(c.values_to_dict(values))
@@ -384,22 +394,23 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
         data["mask"] = mask
         return Img2ImgRequest.from_dict(data)
 
-    def run(*values):
+    def run(request: gr.Request, *values):
         n, m = len(c.fields), len(c.fields) + len(images_in)
         yield from run_streaming(engine, lambda: build_request(values[:n], values[n:m]), "img2img",
-                                 _script_args(script_controls, values[m:]))
+                                 _script_args(script_controls, values[m:]), request)
 
-    def run_outpaint(*values):
+    def run_outpaint(request: gr.Request, *values):
         n = len(c.fields)
         px = [int(v or 0) for v in values[n + len(images_in):]]
         yield from run_streaming(engine, lambda: build_request(values[:n], values[n:n + len(images_in)], px),
-                                 "img2img")
+                                 "img2img", request=request)
 
     c.extra["scripts"] = script_controls
     _common_wiring(c, engine, run, images_in + (script_controls.inputs if script_controls else []))
     outputs = [c.gallery, c.infotexts, c.info, c.progress, c.preview, c.extra["last_seed"]]
     outpaint_btn.click(run_outpaint, c.components + images_in + [out_left, out_right, out_up, out_down], outputs,
-                       concurrency_id="generate", concurrency_limit=None, show_progress="hidden")
+                       concurrency_id="generate", concurrency_limit=None, show_progress="hidden",
+                       trigger_mode="multiple")
     c.extra.update(init=init, sketch=sketch, inpaint=inpaint, subtabs=subtabs, mode=mode)
     return c
 

@@ -7,15 +7,32 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.context import Context
 
 from modules import images as images_mod
 from modules import infotext as infotext_mod
 from modules import postprocessing
 from modules import extension_faults
-from modules.settings import DIRECTORY_OPTIONS, OPTIONS
-from webui.runner import USER_ERRORS, error_html, info_html
+from modules.settings import DIRECTORY_OPTIONS, OPTIONS, section_title
+from webui.runner import USER_ERRORS, error_html, guard_image_input, info_html, unreadable_upload
 
 log = logging.getLogger(__name__)
+
+
+def infotext_params_in_file(text: str) -> dict[str, str]:
+    """The parameters the infotext itself holds, as written (A1111's defaults for absent keys are not added;
+    `Size-1`/`Size-2` are shown as `Size: WxH` again)."""
+    params = infotext_mod.parse_generation_parameters(text, split_legacy_sampler=False, fill_defaults=False)
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        if key in ("Prompt", "Negative prompt"):
+            continue
+        if key.endswith(("-1", "-2")) and f"{key[:-2]}-1" in params and f"{key[:-2]}-2" in params:
+            base = key[:-2]
+            out.setdefault(base, f"{params[base + '-1']}x{params[base + '-2']}")
+            continue
+        out[key] = value
+    return out
 
 
 def pnginfo_html(image) -> tuple[str, str]:
@@ -24,11 +41,24 @@ def pnginfo_html(image) -> tuple[str, str]:
     text = images_mod.read_infotext(image)
     if not text:
         return "<div class='sd-note'>This image carries no generation parameters.</div>", ""
-    params = infotext_mod.parse_generation_parameters(text)
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in params.items() if k not in ("Prompt", "Negative prompt"))
+                   for k, v in infotext_params_in_file(text).items())
     head = info_html(text)
     return f"{head}<table class='sd-params'>{rows}</table>", text
+
+
+def _pnginfo_upload(payload):
+    """Read the uploaded file ourselves: a file that is not a picture gets "not an image: <name>"."""
+    from PIL import Image
+
+    if not payload:
+        return gr.update(), "", ""
+    name = unreadable_upload(payload)
+    if name is not None:
+        return None, error_html(f"not an image: {name}"), ""
+    with Image.open(payload["path"]) as im:
+        im.load()
+        return (gr.update(), *pnginfo_html(im))
 
 
 def build_pnginfo():
@@ -42,7 +72,9 @@ def build_pnginfo():
             with gr.Row():
                 to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_to_txt2img")
                 to_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_to_img2img")
-    image.change(pnginfo_html, image, [out, text], show_progress="hidden")
+    guard_image_input(image, on_upload=False)  # "Send to img2img" reads it
+    image.upload(_pnginfo_upload, image, [image, out, text], preprocess=False, show_progress="hidden")
+    image.clear(lambda: ("", ""), None, [out, text], queue=False, show_progress="hidden")
     return {"image": image, "text": text, "to_txt2img": to_txt2img, "to_img2img": to_img2img}
 
 
@@ -113,6 +145,7 @@ def build_extras(engine):
     inputs = [mode, image, files, input_dir, output_dir, show_results, resize_mode, scale, to_w, to_h, crop,
               upscaler_1, upscaler_2, visibility]
     run.click(go, inputs, [gallery, info], concurrency_id="generate")
+    guard_image_input(image, info)
     refresh.click(lambda: [gr.update(choices=engine.upscalers.names())] * 2, None, [upscaler_1, upscaler_2],
                   queue=False)
     return {"image": image}
@@ -156,7 +189,10 @@ def _extras_result(done: list, outdir: Path):
     return [d.image for d in shown], info_html(last.infotext if last else "", extra)
 
 
-def build_settings(engine, args=None):
+def build_settings(engine, args=None, demo=None):
+    """A1111's Settings tab. The page always shows what is saved: every page load fills the fields from
+    engine.settings (not the values at UI build), and Apply writes only the fields the user changed since then
+    (compared with what the page was given), so a stale field never writes an old value back."""
     components: list[tuple[str, Any]] = []
     sections: dict[str, list[str]] = {}
     hide_dirs = bool(getattr(args, "hide_ui_dir_config", False))
@@ -169,7 +205,7 @@ def build_settings(engine, args=None):
     result = gr.HTML(elem_id="settings_result")
     with gr.Tabs(elem_id="settings"):
         for section, names in sections.items():
-            with gr.Tab(section.replace("-", " ").replace("_", " ").capitalize(), elem_id=f"settings_{section}"):
+            with gr.Tab(section_title(section), elem_id=f"settings_{section}"):
                 for name in names:
                     try:
                         comp = _setting_component(engine, name)
@@ -179,51 +215,134 @@ def build_settings(engine, args=None):
                         continue
                     if comp is not None:
                         components.append((name, comp))
+    names = [name for name, _ in components]
+    shown = gr.State({name: _page_value(engine, name)[0] for name in names})
 
-    def do_apply(*values):
+    def fill():
+        """What is saved now, for every field (and the current choices of the dropdowns)."""
+        values, updates = {}, []
+        for name, comp in components:
+            value, choices = _page_value(engine, name)
+            values[name] = value
+            if choices is not None and isinstance(comp, gr.Dropdown) and not getattr(comp, "multiselect", False):
+                updates.append(gr.update(value=value, choices=choices))
+            else:
+                updates.append(gr.update(value=value))
+        return [*updates, values]
+
+    def do_apply(page_was, *values):
+        page_was = page_was or {}
         changed = {}
         for (name, _), value in zip(components, values):
-            current = engine.settings.get(name, None)
-            if value != current and not (value in ("", None) and current in ("", None)):
-                changed[name] = value
+            if name in page_was and _same(value, page_was[name]):
+                continue  # not touched on this page: whatever is saved stays
+            stored = _stored_value(name, value)
+            if not _same(stored, engine.settings.get(name, None)):
+                changed[name] = stored
+        shown_now = dict(page_was)
         if not changed:
-            return "<div class='sd-note'>Nothing changed.</div>"
+            shown_now.update({n: v for n, v in zip(names, values)})
+            return "<div class='sd-note'>Nothing changed.</div>", shown_now
         try:
             engine.settings.update(changed)
             engine.settings.save()
         except (ValueError, OSError) as e:
-            return error_html(str(e))
-        return f"<div class='sd-note'>{len(changed)} settings changed: {html.escape(', '.join(changed))}</div>"
+            return error_html(str(e)), gr.update()
+        shown_now.update({n: v for n, v in zip(names, values)})
+        note = f"{len(changed)} settings changed: {html.escape(', '.join(changed))}"
+        return f"<div class='sd-note'>{note}</div>", shown_now
 
-    apply.click(do_apply, [c for _, c in components], result)
+    apply.click(do_apply, [shown, *[c for _, c in components]], [result, shown])
+    demo = demo if demo is not None else Context.root_block
+    if demo is not None:
+        demo.load(fill, None, [*[c for _, c in components], shown], queue=False, show_progress="hidden")
     return {"apply": apply}
 
 
-def _setting_component(engine, name: str):
+QUICK_SETTINGS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")  # webui/app.py's bar
+
+
+def _same(a, b) -> bool:
+    """Equal as settings: "" and None alike (an empty text box), 1 and 1.0 alike, lists element by element."""
+    if a in ("", None) and b in ("", None):
+        return True
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
+
+
+def _checkpoint_titles(engine) -> list[str]:
+    try:
+        return list(engine.registry.titles())
+    except Exception:  # noqa: BLE001 - a registry that cannot list must not stop the Settings tab
+        return []
+
+
+def _page_value(engine, name: str):
+    """(value the field shows, dropdown choices or None) for what is saved now."""
     info = OPTIONS[name]
     value = engine.settings.get(name, info.default)
-    label = f"{info.label or name} ({name})"
-    eid = f"setting_{name}"
-    if getattr(info, "component", None) is not None:  # an extension's option: its own component, as A1111 builds it
-        args = info.component_args() if callable(info.component_args) else dict(info.component_args or {})
-        return info.component(label=label, value=value, elem_id=eid, **args)
+    if name == "sd_model_checkpoint":
+        titles = _checkpoint_titles(engine)
+        entry = engine.registry.get(value) if value else None
+        if entry is None and not value and engine.models.current is not None:
+            entry = engine.registry.get(engine.models.current.title)
+        return (entry.title if entry is not None else (value or None)), titles + (
+            [value] if value and entry is None else [])
+    if name == "sd_vae":
+        choices = list(engine.models.vae_choices())
+        return value, choices + ([value] if value and value not in choices else [])
+    if getattr(info, "component", None) is not None:
+        return value, None
     kind = info.type or type(info.default)
     choices = info.get_choices() if hasattr(info, "get_choices") else None
     if kind is bool:
-        return gr.Checkbox(value=bool(value), label=label, elem_id=eid)
+        return bool(value), None
     if kind is list:
         values = list(value or [])
-        return gr.Dropdown(list(dict.fromkeys([*(choices or []), *values])), value=values, multiselect=True,
-                           allow_custom_value=not choices, label=label, elem_id=eid)
+        return values, list(dict.fromkeys([*(choices or []), *values]))
     if choices:
         values = list(choices)
         if value not in values and value is not None:
             values.append(value)
-        return gr.Dropdown(values, value=value, label=label, elem_id=eid)
+        return value, values
+    if kind is str or value is None:
+        return "" if value is None else value, None
+    return value, None
+
+
+def _stored_value(name: str, value):
+    """A field's value as the option stores it: an empty box of a nullable option is None."""
+    info = OPTIONS.get(name)
+    if info is not None and info.nullable and value in ("", None):
+        return None
+    return value
+
+
+def _setting_component(engine, name: str):
+    info = OPTIONS[name]
+    value, choices = _page_value(engine, name)
+    label = f"{info.label or name} ({name})"
+    # The quick-settings bar has A1111's `setting_<name>` ids for its fields; the copies here get their own.
+    eid = f"setting_{name}" if name not in QUICK_SETTINGS else f"setting_{name}_settings_tab"
+    if name in ("sd_model_checkpoint", "sd_vae"):  # the checkpoint / VAE lists, as in the quick settings
+        return gr.Dropdown(choices, value=value, label=label, elem_id=eid)
+    if getattr(info, "component", None) is not None:  # an extension's option: its own component, as A1111 builds it
+        args = info.component_args() if callable(info.component_args) else dict(info.component_args or {})
+        return info.component(label=label, value=value, elem_id=eid, **args)
+    kind = info.type or type(info.default)
+    if kind is bool:
+        return gr.Checkbox(value=value, label=label, elem_id=eid)
+    if kind is list:
+        has_choices = bool(info.get_choices())
+        return gr.Dropdown(choices, value=value, multiselect=True, allow_custom_value=not has_choices, label=label,
+                           elem_id=eid)
+    if choices:
+        return gr.Dropdown(choices, value=value, label=label, elem_id=eid)
     if kind in (int, float):
         if info.minimum is not None and info.maximum is not None and kind is int and info.maximum - info.minimum <= 4096:
             return gr.Slider(info.minimum, info.maximum, value=value, step=1, label=label, elem_id=eid)
         return gr.Number(value=value, label=label, elem_id=eid, precision=0 if kind is int else None)
     if kind is str or value is None:
-        return gr.Textbox(value="" if value is None else str(value), label=label, elem_id=eid)
+        return gr.Textbox(value=str(value), label=label, elem_id=eid)
     return None

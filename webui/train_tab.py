@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import gradio as gr
+from gradio.context import Context
 
 from modules.engine import Engine
 from modules.training import dataset as ds
@@ -28,6 +29,42 @@ def progress_html(progress: TrainingProgress | None, waiting: bool) -> str:
     pct = int(progress.fraction * 100)
     return (f"<div class='sd-progress' id='train_progress_bar'><div class='sd-progress-bar' style='width:{pct}%'>"
             f"</div><span class='sd-progress-text'>{html.escape(progress.text())}</span></div>")
+
+
+def native_size(engine: Engine, fallback: int = 512) -> int:
+    """The picture size the selected checkpoint was made for (training at another size wastes the run): the
+    loaded UNet's sample size times the VAE's scale, else what the file says (the demo model's `default_size`,
+    an embedded UNet config), else SDXL's 1024 when its header has SDXL's second text encoder, else `fallback`."""
+    from modules.models.manager import embedded_architecture
+
+    try:
+        info = engine.models.resolve()
+    except Exception:  # noqa: BLE001 - no checkpoint yet: the config's default
+        return fallback
+    model = next((m for m in engine.models.loaded if str(m.filename) == str(info.filename)), None)
+    if model is not None:
+        try:
+            scale = 2 ** (len(model.vae.config.block_out_channels) - 1)
+            return int(model.unet.config.sample_size) * scale
+        except (AttributeError, TypeError, ValueError):
+            pass
+    arch = embedded_architecture(info)
+    if arch.get("default_size"):
+        return int(arch["default_size"])
+    unet, vae = arch.get("unet") or {}, arch.get("vae") or {}
+    if isinstance(unet, dict) and unet.get("sample_size"):
+        channels = vae.get("block_out_channels") if isinstance(vae, dict) else None
+        return int(unet["sample_size"]) * (2 ** (len(channels) - 1) if channels else 8)
+    if str(info.filename).lower().endswith(".safetensors"):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(info.filename), framework="pt") as f:
+                if any(k.startswith("conditioner.embedders.1.") for k in f.keys()):
+                    return 1024
+        except Exception:  # noqa: BLE001 - an unreadable header: the loader reports it when it is used
+            pass
+    return fallback
 
 
 def note_html(text: str) -> str:
@@ -215,6 +252,10 @@ def build_train(engine: Engine) -> dict[str, Any]:
         return note_html("Nothing is training.")
 
     outputs = [progress, status, loss_plot, sample]
+    demo = Context.root_block
+    if demo is not None:  # each page load: the selected model's own size, not 512 for every model
+        demo.load(lambda: [native_size(engine)] * 2, None,
+                  [emb_controls["resolution"], lora_controls["resolution"]], queue=False, show_progress="hidden")
     create.click(do_create, [new_name, init_text, vectors, overwrite], [status, emb_name])
     emb_refresh.click(lambda: gr.update(choices=_embedding_names(engine)), None, emb_name, queue=False)
     emb_train.click(do_train_embedding, [emb_name, emb_template, emb_vectors] + list(emb_controls.values()),

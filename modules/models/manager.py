@@ -44,6 +44,7 @@ class ModelManager:
         self._lock = threading.RLock()
         self._last_used: str | None = None  # filename of the model most recently handed out
         self.on_loaded: list = []
+        self.loading: str | None = None  # the title being read from disk now (the UI says "Loading model …")
 
     # -- look-up -------------------------------------------------------------------------------------------------
 
@@ -126,14 +127,18 @@ class ModelManager:
         return model
 
     def _load(self, info: CheckpointInfo) -> LoadedModel:
-        if not info.is_diffusers:
-            self.registry.ensure_hash(info)
-        limit = max(1, int(self.settings.get("sd_checkpoints_limit", 1) or 1))
-        while len(self._cache) >= limit:  # free RAM before reading the next file, not after
-            self._drop(next(iter(self._cache)))
-        log.info("Loading checkpoint %s", info.title)
-        model = loader.load_model(info.filename, self.device_config, name=info.name, title=info.title,
-                                  shorthash=info.shorthash)
+        self.loading = info.title
+        try:
+            if not info.is_diffusers:
+                self.registry.ensure_hash(info)
+            limit = max(1, int(self.settings.get("sd_checkpoints_limit", 1) or 1))
+            while len(self._cache) >= limit:  # free RAM before reading the next file, not after
+                self._drop(next(iter(self._cache)))
+            log.info("Loading checkpoint %s", info.title)
+            model = loader.load_model(info.filename, self.device_config, name=info.name, title=info.title,
+                                      shorthash=info.shorthash)
+        finally:
+            self.loading = None
         if model.spec.is_demo:
             log.warning("%s is the %s", info.title, model.spec.embedded.get("description", "demo model"))
         return model

@@ -1,0 +1,138 @@
+"""What the page shows in a real browser (issue 14, items 13, 17, 18): "Loading model …" on the first load, a second
+Generate queued (not dropped), whole pictures in the gallery at any aspect ratio, "not an image: <name>" for a
+text file renamed .png with the form kept, inpaint options only on the inpaint sub-tabs, PNG Info's own fields."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from tests.test_webui import Server, artifacts, browser, expect, open_ui, set_number  # noqa: F401 - fixtures
+
+
+@pytest.fixture(scope="module")
+def feedback_data(tmp_path_factory, tiny_models) -> Path:
+    data = tmp_path_factory.mktemp("feedback-ui")
+    ckpt = data / "models" / "Stable-diffusion"
+    ckpt.mkdir(parents=True)
+    shutil.copy(tiny_models.path("sd1.safetensors"), ckpt / "sd1.safetensors")
+    (data / "ui-config.json").write_text(json.dumps({
+        "txt2img/Width/value": 64, "txt2img/Height/value": 64, "txt2img/Sampling steps/value": 2,
+        "img2img/Width/value": 64, "img2img/Height/value": 64, "img2img/Sampling steps/value": 2}))
+    return data
+
+
+@pytest.fixture(scope="module")
+def feedback_server(feedback_data, tmp_path_factory):
+    srv = Server(feedback_data, tmp_path_factory.mktemp("feedback-logs") / "server.log").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def page(browser, feedback_server):
+    pg = open_ui(browser, feedback_server.url)
+    yield pg
+    pg.close()
+
+
+def outputs(data: Path) -> list[Path]:
+    return sorted((data / "outputs" / "txt2img-images").rglob("*.png"))
+
+
+def developer_toasts(page) -> list[str]:
+    return [t for t in page.locator("[data-testid=toast-body]").all_inner_texts() if "preprocess" in t]
+
+
+def test_first_generation_says_loading_model_and_a_second_click_is_queued(page, feedback_data):
+    """Runs first in this module: the server has not loaded the model yet."""
+    before = len(outputs(feedback_data))
+    page.fill("#txt2img_prompt textarea", "first")
+    set_number(page, "txt2img_steps", 12)
+    page.click("#txt2img_generate")
+    expect(page.locator("#txt2img_progress")).to_contain_text("Loading model sd1.safetensors", timeout=30000)
+    assert "Step 0/0" not in page.locator("#txt2img_progress").inner_text()
+    page.click("#txt2img_generate")  # while the first runs: Gradio's default trigger mode dropped this click
+    expect(page.locator("#txt2img_progress")).to_contain_text("1 more queued", timeout=30000)
+    expect(page.locator("#txt2img_progress")).to_contain_text("ETA", timeout=60000)
+    for _ in range(240):  # both runs finish, each saving its picture
+        if len(outputs(feedback_data)) == before + 2:
+            break
+        page.wait_for_timeout(500)
+    assert len(outputs(feedback_data)) == before + 2
+    expect(page.locator("#txt2img_progress")).to_have_text("", timeout=30000)
+    expect(page.locator("#html_info_txt2img")).to_contain_text("Steps: 12", timeout=30000)
+
+
+@pytest.mark.parametrize("width,height", [(192, 64), (64, 192), (64, 64)])
+def test_gallery_shows_the_whole_picture(page, artifacts, width, height):
+    page.fill("#txt2img_prompt textarea", f"shape {width}x{height}")
+    set_number(page, "txt2img_width", width)
+    set_number(page, "txt2img_height", height)
+    set_number(page, "txt2img_steps", 1)
+    page.click("#txt2img_generate")
+    expect(page.locator("#html_info_txt2img")).to_contain_text(f"Size: {width}x{height}", timeout=90000)
+    img = page.locator("#txt2img_gallery .thumbnail-lg img").first
+    expect(img).to_be_visible()
+    page.wait_for_function("() => document.querySelector('#txt2img_gallery .thumbnail-lg img').complete")
+    box = page.locator("#txt2img_gallery .grid-wrap").bounding_box()
+    shown = img.bounding_box()
+    assert shown["y"] >= box["y"] - 1 and shown["y"] + shown["height"] <= box["y"] + box["height"] + 1
+    assert shown["x"] >= box["x"] - 1 and shown["x"] + shown["width"] <= box["x"] + box["width"] + 1
+    assert img.evaluate("e => getComputedStyle(e).objectFit") == "contain"
+    natural = img.evaluate("e => [e.naturalWidth, e.naturalHeight]")
+    scale = min(shown["width"] / natural[0], shown["height"] / natural[1])  # what "contain" draws at
+    assert 1 <= scale <= 256 / min(natural) + 0.01  # enlarged, but not blown up to the column width
+    page.locator("#txt2img_gallery").screenshot(path=str(artifacts / f"gallery-{width}x{height}.png"))
+
+
+def test_text_file_renamed_png_says_not_an_image_and_keeps_the_form(page, tmp_path, feedback_data):
+    bad = tmp_path / "notes.png"
+    bad.write_text("shopping list: eggs, milk\n")
+    page.get_by_role("tab", name="img2img", exact=True).click()
+    page.fill("#img2img_prompt textarea", "a red ball")
+    page.fill("#img2img_neg_prompt textarea", "blurry")
+    set_number(page, "img2img_steps", 7)
+    page.locator("#img2img_image input[type=file]").set_input_files(str(bad))
+    expect(page.locator("#html_info_img2img .sd-error")).to_have_text("⚠ not an image: notes.png", timeout=30000)
+    page.wait_for_timeout(500)
+    assert developer_toasts(page) == []
+    expect(page.locator("#img2img_image img")).to_have_count(0)  # the bad file was taken out again
+    expect(page.locator("#img2img_prompt textarea")).to_have_value("a red ball")
+    expect(page.locator("#img2img_neg_prompt textarea")).to_have_value("blurry")
+    expect(page.locator("#img2img_steps input[type=number]")).to_have_value("7")
+
+    page.click("#img2img_generate")
+    expect(page.locator("#html_info_img2img .sd-error")).to_contain_text("upload", timeout=30000)
+    assert developer_toasts(page) == []
+
+    page.get_by_role("tab", name="PNG Info", exact=True).click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(bad))
+    expect(page.locator("#pnginfo_generation_info")).to_contain_text("not an image: notes.png", timeout=30000)
+    good = tmp_path / "made.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a red ball\nSteps: 7, Sampler: Euler a, CFG scale: 5, Seed: 42, Size: 64x64")
+    Image.new("RGB", (64, 64), "red").save(good, pnginfo=info)
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(good))
+    expect(page.locator("#pnginfo_generation_info")).to_contain_text("Seed", timeout=30000)
+    rows = page.locator("#pnginfo_generation_info table").inner_text()
+    assert [line.split("\t")[0] for line in rows.splitlines()] == ["Steps", "Sampler", "CFG scale", "Seed", "Size"]
+    assert developer_toasts(page) == []
+
+
+def test_inpaint_options_show_only_on_inpaint_sub_tabs(page):
+    page.get_by_role("tab", name="img2img", exact=True).click()
+    controls = page.locator("#img2img_inpaint_controls")
+    subtab = page.locator("#mode_img2img [role=tab]")
+    expect(page.locator("#img2img_image")).to_be_visible()
+    expect(controls).to_be_hidden()
+    for name, shown in (("Sketch", False), ("Inpaint", True), ("Inpaint upload", True), ("img2img", False)):
+        subtab.get_by_text(name, exact=True).click()
+        if shown:
+            expect(controls).to_be_visible()
+            expect(page.locator("#img2img_mask_blur")).to_be_visible()
+        else:
+            expect(controls).to_be_hidden()
