@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modules import devices, images, processing
+from modules import devices, images, processing, prompt_limits
 from modules.hashes import HashCache
 from modules.jobs import JobQueue, JobState
 from modules.models.manager import ModelManager
@@ -99,6 +99,7 @@ class Engine:
         req.validate()
         if req.styles and self.styles is not None:
             self.styles.apply_to_request(req)
+        prompt_limits.check(req, int(self.settings.get("prompt_max_tokens", 3000) or 0))
         with self.queue.turn():
             self.state.begin(req.mode, req.n_iter)
             try:

@@ -17,8 +17,12 @@ from typing import Iterable
 
 import lark
 
-# Our own grammar for scheduling/alternation (emphasis brackets are kept verbatim here; the attention parser handles
-# them later, per step). `[` ... `]` with a trailing `:NUMBER` is an edit, with `|` an alternation.
+from modules import prompt_schedule
+
+# The grammar of scheduling/alternation (emphasis brackets are kept verbatim; the attention parser handles them later,
+# per step). `[` ... `]` with a trailing `:NUMBER` is an edit, with `|` an alternation. Schedules are read by
+# modules/prompt_schedule.py in linear time; this Earley parser (A1111's `schedule_parser`, which extensions import)
+# is the reference the tests compare it with.
 _SCHEDULE_GRAMMAR = r"""
 !start: (prompt | /[][():]/+)*
 prompt: (emphasized | scheduled | alternate | plain | WHITESPACE)*
@@ -60,64 +64,27 @@ def get_learned_conditioning_prompt_schedules(prompts, base_steps, hires_steps=N
     else:
         int_offset, flt_offset, steps = base_steps, 1.0, hires_steps
 
-    def collect_steps(steps, tree):
-        res = [steps]
-
-        class CollectSteps(lark.Visitor):
-            def scheduled(self, tree):
-                s = tree.children[-2]
-                v = float(s)
-                if use_old_scheduling:
-                    v = v * steps if v < 1 else v
-                elif "." in s:
-                    v = (v - flt_offset) * steps
-                else:
-                    v = v - int_offset
-                tree.children[-2] = min(steps, int(v))
-                if tree.children[-2] >= 1:
-                    res.append(tree.children[-2])
-
-            def alternate(self, tree):
-                res.extend(range(1, steps + 1))
-
-        CollectSteps().visit(tree)
-        return sorted(set(res))
-
-    def at_step(step, tree):
-        class AtStep(lark.Transformer):
-            def scheduled(self, args):
-                before, after, _, when, _ = args
-                yield before or () if step <= when else after
-
-            def alternate(self, args):
-                args = ["" if not arg else arg for arg in args]
-                yield args[(step - 1) % len(args)]
-
-            def start(self, args):
-                def flatten(x):
-                    if isinstance(x, str):
-                        yield x
-                    else:
-                        for gen in x:
-                            yield from flatten(gen)
-
-                return "".join(flatten(args))
-
-            def plain(self, args):
-                yield args[0].value
-
-            def __default__(self, data, children, meta):
-                for child in children:
-                    yield child
-
-        return AtStep().transform(tree)
+    def when_step(edit) -> int:
+        v = float(edit.when)
+        if use_old_scheduling:
+            v = v * steps if v < 1 else v
+        elif "." in edit.when:
+            v = (v - flt_offset) * steps
+        else:
+            v = v - int_offset
+        return min(steps, int(v))
 
     def get_schedule(prompt):
-        try:
-            tree = schedule_parser.parse(prompt)
-        except lark.exceptions.LarkError:
+        nodes = prompt_schedule.parse(prompt, schedule_parser)
+        if nodes is None:
             return [[steps, prompt]]
-        return [[t, at_step(t, tree)] for t in collect_steps(steps, tree)]
+        points = {steps}
+        for node in prompt_schedule.walk(nodes):
+            if isinstance(node, prompt_schedule.Alternation):
+                points.update(range(1, steps + 1))
+            elif when_step(node) >= 1:
+                points.add(when_step(node))
+        return [[t, prompt_schedule.text_at(nodes, t, when_step)] for t in sorted(points)]
 
     promptdict = {prompt: get_schedule(prompt) for prompt in set(prompts)}
     return [promptdict[prompt] for prompt in prompts]

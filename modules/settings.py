@@ -289,6 +289,8 @@ _section("API", {
     "api_max_steps": _O(150, "API: most sampling steps a request may ask for", minimum=1, maximum=1000),
     "api_max_batch_size": _O(8, "API: largest batch_size a request may ask for", minimum=1, maximum=64),
     "api_max_n_iter": _O(100, "API: largest n_iter (batch count) a request may ask for", minimum=1, maximum=1000),
+    "prompt_max_tokens": _O(3000, "Longest prompt a generation may have, in tokens (longer ones are refused before "
+                                  "they wait in the queue)", minimum=75, maximum=1_000_000),
 })
 
 _section("sd", {

@@ -93,3 +93,89 @@ def test_bad_syntax_never_raises(prompt):
     sched = g(prompt)
     assert sched[-1][0] == 10 and isinstance(sched[-1][1], str)
     assert isinstance(parse_prompt_attention(prompt), list)
+
+
+def _schedules_by_grammar(prompt: str, steps: int):
+    """The reference: schedules read with the Earley grammar (A1111's way), for comparison with the linear reader."""
+    import lark
+
+    from modules.prompt_parser import schedule_parser
+
+    try:
+        tree = schedule_parser.parse(prompt)
+    except lark.exceptions.LarkError:
+        return [[steps, prompt]]
+    points = {steps}
+
+    class Collect(lark.Visitor):
+        def scheduled(self, t):
+            s = t.children[-2]
+            t.children[-2] = min(steps, int(float(s) * steps if "." in s else float(s)))
+            if t.children[-2] >= 1:
+                points.add(t.children[-2])
+
+        def alternate(self, t):
+            points.update(range(1, steps + 1))
+
+    Collect().visit(tree)
+
+    def at(step):
+        class At(lark.Transformer):
+            def scheduled(self, args):
+                before, after, _, when, _ = args
+                yield before or () if step <= when else after
+
+            def alternate(self, args):
+                args = ["" if not a else a for a in args]
+                yield args[(step - 1) % len(args)]
+
+            def start(self, args):
+                def flat(x):
+                    if isinstance(x, str):
+                        yield x
+                    else:
+                        for g in x:
+                            yield from flat(g)
+                return "".join(flat(args))
+
+            def plain(self, args):
+                yield args[0].value
+
+            def __default__(self, data, children, meta):
+                for c in children:
+                    yield c
+
+        return At().transform(tree)
+
+    return [[t, at(t)] for t in sorted(points)]
+
+
+def test_linear_reader_equals_the_grammar():
+    """The linear schedule reader gives exactly what A1111's grammar gives, on random prompts over the syntax's
+    characters, so long prompts parse in linear time without changing any result."""
+    import random
+
+    from modules import prompt_parser as pp
+
+    rng = random.Random(7)
+    alphabet = list("ab c[](): |\\,.") + ["0.5", "3", "1", " 2 ", "-1", "1e1", "AND", "BREAK", "[a:b:2]", "[x|y]",
+                                          "(z:1.2)", "[[", "]]", "[:3]", "[a::4]", "[|]"]
+    prompts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14))) for _ in range(4000)]
+    ours = [pp.get_learned_conditioning_prompt_schedules([p], 10)[0] for p in prompts]
+    reference = [_schedules_by_grammar(p, 10) for p in prompts]
+    mismatches = [(p, a, b) for p, a, b in zip(prompts, ours, reference) if a != b]
+    assert not mismatches, mismatches[:5]
+
+
+def test_a_200_kb_prompt_parses_in_under_a_second():
+    import time
+
+    from modules import prompt_parser as pp
+
+    prompt = ("a (red:1.2) [cat|dog] [snow:rain:5], \\(escaped\\) plain words, " * 4000)[:200_000]
+    started = time.perf_counter()
+    schedule = pp.get_learned_conditioning_prompt_schedules([prompt], 20)[0]
+    attention = pp.parse_prompt_attention(schedule[-1][1])
+    elapsed = time.perf_counter() - started
+    assert len(schedule) == 20 and attention  # alternation changes the text at every step
+    assert elapsed < 1.0, f"{elapsed:.2f} s"
