@@ -77,8 +77,10 @@ class ModelManager:
         if not infos:
             dirs = ", ".join(str(d) for d in self.paths.ckpt_dirs)
             raise ModelNotFoundError(f"no checkpoints found: put a .safetensors/.ckpt file or a diffusers folder in {dirs}")
-        # The bundled demo model is the choice only when it is the only checkpoint there is.
-        return next((i for i in infos if not embedded_architecture(i).get("demo")), infos[0])
+        # A file whose header shows it cannot load is never the default over one that can; the bundled demo model
+        # is the choice only when it is the only checkpoint there is.
+        loadable = [i for i in infos if not i.problem] or infos
+        return next((i for i in loadable if not embedded_architecture(i).get("demo")), loadable[0])
 
     def demo_note(self, title: str | None = None) -> dict | None:
         """The architecture metadata of `title` (else the default checkpoint) when it is the bundled demo model
@@ -107,7 +109,10 @@ class ModelManager:
             key = str(info.filename)
             model = self._cache.get(key)
             if model is None:
-                model = self._load(info)
+                if info.problem:  # bad by its header: the loader says why, before the model in use is unloaded
+                    model = self._load(info, make_room=False)
+                else:
+                    model = self._load_keeping_previous(info)
                 self._cache[key] = model
                 self._evict(keep=key)
                 for cb in self.on_loaded:
@@ -126,13 +131,28 @@ class ModelManager:
         self.settings.save()
         return model
 
-    def _load(self, info: CheckpointInfo) -> LoadedModel:
+    def _load_keeping_previous(self, info: CheckpointInfo) -> LoadedModel:
+        """Load `info`; if it fails after the model in use was unloaded to make room, load that one again, so a
+        user's bad file never leaves the app without a model."""
+        previous = next((i for i in self.registry.list() if str(i.filename) == self._last_used), None)
+        try:
+            return self._load(info)
+        except Exception:
+            if previous is not None and previous is not info and str(previous.filename) not in self._cache:
+                try:
+                    log.warning("loading %s failed; loading %s again", info.title, previous.title)
+                    self._cache[str(previous.filename)] = self._load(previous)
+                except Exception as again:  # noqa: BLE001 - the first error is the one to report
+                    log.error("could not load %s again: %s", previous.title, again)
+            raise
+
+    def _load(self, info: CheckpointInfo, make_room: bool = True) -> LoadedModel:
         self.loading = info.title
         try:
             if not info.is_diffusers:
                 self.registry.ensure_hash(info)
             limit = max(1, int(self.settings.get("sd_checkpoints_limit", 1) or 1))
-            while len(self._cache) >= limit:  # free RAM before reading the next file, not after
+            while make_room and len(self._cache) >= limit:  # free RAM before reading the next file, not after
                 self._drop(next(iter(self._cache)))
             log.info("Loading checkpoint %s", info.title)
             model = loader.load_model(info.filename, self.device_config, name=info.name, title=info.title,

@@ -73,6 +73,7 @@ class CheckpointInfo:
     hash: str | None = None  # legacy 8-hex hash (files only; filled in with the sha256)
     mtime: float = 0.0
     size: int = 0
+    problem: str | None = None  # why the file cannot load, found from its header at listing (truncated, not a model)
 
     def __post_init__(self):
         self.filename = Path(self.filename)
@@ -184,6 +185,7 @@ class CheckpointRegistry:
         self._lock = threading.RLock()
         self._bg_thread: threading.Thread | None = None
         self._bg_failed: set[str] = set()
+        self._warned: set[tuple] = set()  # files whose header problem was logged (once each)
 
     # --- listing ------------------------------------------------------------------------------------------------
 
@@ -208,6 +210,10 @@ class CheckpointRegistry:
                 return
             info = CheckpointInfo(filename=path, name=name, is_diffusers=is_diffusers, mtime=mtime, size=size)
             info.sha256 = self.hash_cache.cached(path, info.hash_key, stat=(mtime, size))
+            info.problem = None if is_diffusers else header_problem(path, size)
+            if info.problem and (real, mtime, size) not in self._warned:
+                self._warned.add((real, mtime, size))
+                log.warning("checkpoint %s cannot be loaded: %s", name, info.problem)
             found[name] = info
 
         for root in getattr(self.paths, "ckpt_dirs", []):
@@ -356,6 +362,58 @@ class CheckpointRegistry:
             infos = self.list()
             info = infos[0] if infos else None
         return info
+
+
+def header_problem(path: Path, size: int | None = None) -> str | None:
+    """Why a checkpoint file cannot load, from its header alone (no tensor is read), or None when it looks whole:
+    a .safetensors whose header or tensor data run past the end of the file (truncated download), a .ckpt that
+    is a damaged zip archive."""
+    import json
+    import zipfile
+
+    size = os.path.getsize(path) if size is None else size
+    try:
+        if path.suffix.lower() == ".safetensors":
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                if n <= 1 or n > min(size - 8, 100 * 1024 * 1024):
+                    return "not a .safetensors file (no valid header)"
+                header = json.loads(f.read(n))
+            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+            needed = 8 + n + max(ends, default=0)
+            if needed > size:
+                return f"truncated: {size} of {needed} bytes (download it again)"
+            return _architecture_problem(path, header)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                archive.infolist()
+            return None
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:1] != b"\x80":  # neither a zip archive nor a pickle: a damaged zip or not a checkpoint
+            return "truncated or not a checkpoint (not a zip archive or pickle)"
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+        return f"unreadable header ({type(e).__name__}: {e})"
+    return None
+
+
+class _Shape:
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+
+def _architecture_problem(path: Path, header: dict) -> str | None:
+    """What the loader would say about the tensors' shapes (it detects from the same keys): not a model we know."""
+    from modules.models import detect
+
+    shapes = {k: _Shape(v["shape"]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    try:
+        detect.detect(shapes, name=path.name)
+    except detect.UnsupportedModelError as e:
+        return str(e)
+    except Exception:  # noqa: BLE001 - anything else is left for the loader to report with the whole file
+        return None
+    return None
 
 
 def _stat(path: Path) -> tuple[float, int]:
