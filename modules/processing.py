@@ -201,6 +201,7 @@ class GenerationResult:
             "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
             "is_using_inpainting_conditioning": False,
             "version": VERSION,
+            "warnings": list(self.warnings),  # e.g. a LoRA that was refused (not applied, not in the infotext)
         }
 
 

@@ -347,6 +347,10 @@ def test_unknown_lora_is_a_warning_and_still_an_image(sd1, caplog):
                "lora_unet_nothing_here.lora_up.weight": torch.zeros(4, 1)}, str(lora_dir / "other.safetensors"))
     r = gen(engine, "a cat <lora:other:1>")
     assert any("other" in w and "match" in w for w in r.warnings)
+    assert "Lora hashes" not in r.info  # only applied networks are recorded
+    assert r.js()["warnings"] == r.warnings  # the API's info carries the warning
+    again = gen(engine, "a cat <lora:other:1>")  # the same set again (cached): still not recorded
+    assert "Lora hashes" not in again.info and again.warnings
 
 
 def test_lora_added_after_start_is_found(sd1):

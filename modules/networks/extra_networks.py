@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,8 +99,9 @@ def activate(ctx, model, prompts: list[str]) -> Activation:
     registry = getattr(ctx, "loras", None)
     if ctx is not None and ctx.opt("disable_extra_networks", False):
         data = {}
+    registered = getattr(sys.modules.get("modules.a1111.extra_networks"), "extra_network_registry", {})
     for kind in data:
-        if kind not in LORA_TYPES:
+        if kind not in LORA_TYPES and kind not in registered:  # an extension's own type is the extension's to use
             out.warnings.append(f"Extra network type '{kind}' is not supported; its tag was ignored")
     wanted: list[lora.ActiveNetwork] = []
     for kind in LORA_TYPES:
@@ -111,9 +113,9 @@ def activate(ctx, model, prompts: list[str]) -> Activation:
                 continue
             wanted.append(lora.ActiveNetwork(entry, te, unet, dyn))
     out.warnings.extend(lora.apply_networks(model, wanted))
-    out.networks = wanted
+    out.networks = [net for net in wanted if net.applied]  # a refused one is a warning, not in the infotext
     hashes = []
-    for net in wanted:
+    for net in out.networks:
         try:
             short = registry.shorthash(net.entry)
         except OSError:

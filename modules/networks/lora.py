@@ -387,6 +387,7 @@ class ActiveNetwork:
     te_multiplier: float = 1.0
     unet_multiplier: float = 1.0
     dyn_dim: int | None = None
+    applied: bool = True  # False when apply_networks refused it (unreadable, nothing matches the model)
 
 
 @dataclass
@@ -398,6 +399,7 @@ class NetworkState:
     active: set[str] = field(default_factory=set)  # targets whose weights differ from their backup now
     cache: "OrderedDict[tuple, FileDeltas]" = field(default_factory=OrderedDict)
     warnings: list[str] = field(default_factory=list)  # of the applied set, repeated while it stays applied
+    refused: set[str] = field(default_factory=set)  # paths of the networks of that set that were not applied
 
 
 def state_of(model) -> NetworkState:
@@ -456,25 +458,33 @@ def apply_networks(model, networks: list[ActiveNetwork]) -> list[str]:
         signature.append((str(net.entry.path), mtime, size, net.te_multiplier, net.unet_multiplier, net.dyn_dim))
     signature = tuple(signature)
     if signature == state.signature:
+        for net in networks:
+            net.applied = str(net.entry.path) not in state.refused
         return list(state.warnings)
     if not networks:
         restore(model)
         state.warnings = []
+        state.refused = set()
         return []
 
     warnings: list[str] = []
+    refused: set[str] = set()
     combined: dict[str, list[tuple[torch.Tensor, float]]] = {}
     where: dict[str, tuple[torch.nn.Module, str]] = {}
     for net in networks:
+        net.applied = False
         try:
             fd = _file_deltas(model, state, net)
         except Exception as e:  # noqa: BLE001 - a broken file is a warning, the image is still made
             warnings.append(f"LoRA {net.entry.name}: could not be loaded ({e})")
+            refused.add(str(net.entry.path))
             continue
         if not fd.deltas:
             warnings.append(f"LoRA {net.entry.name}: none of its {len(fd.unmatched)} modules match the loaded "
                             f"{getattr(model, 'family', 'model')} model; not applied")
+            refused.add(str(net.entry.path))
             continue
+        net.applied = True
         if fd.unmatched:
             log.info("LoRA %s: %d modules not found in the model (e.g. %s)", net.entry.name, len(fd.unmatched),
                      fd.unmatched[0])
@@ -512,6 +522,7 @@ def apply_networks(model, networks: list[ActiveNetwork]) -> list[str]:
                 p.copy_(acc)
     state.signature = signature
     state.warnings = list(warnings)
+    state.refused = refused
     return warnings
 
 
