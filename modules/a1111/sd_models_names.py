@@ -1,7 +1,6 @@
 """A1111's `modules.sd_models` names beyond the list/selection ones in modules/sd_models.py."""
 from __future__ import annotations
 
-import json
 import threading
 
 from modules.a1111._engine import engine
@@ -14,21 +13,12 @@ __all__ = ["model_data", "load_model", "model_hash", "read_metadata_from_safeten
 
 def read_metadata_from_safetensors(filename) -> dict:
     """The `__metadata__` of a .safetensors header; values that hold JSON are decoded (as A1111 does)."""
-    with open(filename, mode="rb") as file:
-        length = int.from_bytes(file.read(8), "little")
-        if length <= 2 or length > 100 * 1024 * 1024:
-            raise ValueError(f"{filename} is not a safetensors file")
-        header = file.read(length)
-    data = json.loads(header)
-    res = {}
-    for k, v in (data.get("__metadata__") or {}).items():
-        if isinstance(v, str) and v[:1] == "{":
-            try:
-                v = json.loads(v)
-            except ValueError:
-                pass
-        res[k] = v
-    return res
+    from safetensors import safe_open
+
+    from modules.models.merge import parse_metadata
+
+    with safe_open(str(filename), framework="pt") as f:
+        return parse_metadata(f.metadata() or {})
 
 
 def read_state_dict(checkpoint_file, print_global_state=False, map_location=None):

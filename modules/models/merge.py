@@ -286,7 +286,7 @@ def _write_safetensors(path: Path, entries: list[_Entry], tensors: Iterator[torc
             f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
 
 
-def _parse_metadata(meta: Mapping[str, str]) -> dict:
+def parse_metadata(meta: Mapping[str, str]) -> dict:
     """safetensors metadata with JSON-looking values parsed (A1111's read_metadata_from_safetensors)."""
     out = {}
     for k, v in meta.items():
@@ -326,7 +326,7 @@ def _metadata(opts: MergeOptions, inputs: list[tuple[MergeInput, object]], is_in
         }
         models: dict = {}
         for inp, src in inputs:
-            parsed = _parse_metadata(src.metadata)
+            parsed = parse_metadata(src.metadata)
             models[inp.sha256 or inp.name] = {"name": inp.name, "legacy_hash": inp.legacy_hash,
                                               "sd_merge_recipe": parsed.get("sd_merge_recipe")}
             if isinstance(parsed.get("sd_merge_models"), dict):
