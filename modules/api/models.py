@@ -7,15 +7,24 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from modules.request_types import Img2ImgRequest, Txt2ImgRequest
 
-# Every request model: unknown fields ignored (as A1111), NaN/Infinity refused (they cannot be echoed as JSON).
-_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False)
+# Every request model: unknown fields ignored (as A1111), NaN/Infinity refused (they cannot be echoed as JSON), and
+# types as the OpenAPI document states them (strict: no 0/1 or "true" for a boolean, no "20" for a number).
+_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 512.0 as an integer, so the API takes it as one."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
 
 
 def _api_type(hint: Any) -> Any:
@@ -31,6 +40,8 @@ def _api_type(hint: Any) -> Any:
         return list[_api_type(args[0])] if args else list
     if origin is dict:
         return dict[str, Any]
+    if hint is int:
+        return Int
     return hint
 
 
@@ -63,14 +74,14 @@ ImageToImageResponse = TextToImageResponse
 
 class ExtrasBaseRequest(BaseModel):
     model_config = _CONFIG
-    resize_mode: int = Field(default=0, ge=0, le=1, description="0: scale by upscaling_resize, 1: to w×h")
+    resize_mode: Int = Field(default=0, ge=0, le=1, description="0: scale by upscaling_resize, 1: to w×h")
     show_extras_results: bool = True
     gfpgan_visibility: float = Field(default=0, ge=0, le=1)
     codeformer_visibility: float = Field(default=0, ge=0, le=1)
     codeformer_weight: float = Field(default=0, ge=0, le=1)
     upscaling_resize: float = Field(default=2, gt=0, le=8)
-    upscaling_resize_w: int = Field(default=512, ge=1, le=8192)
-    upscaling_resize_h: int = Field(default=512, ge=1, le=8192)
+    upscaling_resize_w: Int = Field(default=512, ge=1, le=8192)
+    upscaling_resize_h: Int = Field(default=512, ge=1, le=8192)
     upscaling_crop: bool = True
     upscaler_1: str = "None"
     upscaler_2: str = "None"
@@ -111,6 +122,22 @@ class PNGInfoResponse(BaseModel):
     info: str
     items: dict[str, Any]
     parameters: dict[str, Any]
+
+
+class ValidationErrorItem(BaseModel):
+    """One problem pydantic found in the request: where (``["body", "steps"]``), what, and its kind."""
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx answer of ``/sdapi/v1`` (A1111's shape): ``detail`` is the reason as one line of text, ``errors``
+    lists the fields at fault for a 422 from request validation and is ``""`` otherwise."""
+    error: str = Field(description="The kind of error: BadRequest, NotFound, RequestValidationError, ...")
+    detail: str = Field(description="Why the request was refused")
+    body: str = ""
+    errors: str | list[ValidationErrorItem] = ""
 
 
 class ProgressResponse(BaseModel):
