@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match, Mount, Route
 
 from modules import auth as auth_mod
 from modules import images as images_mod
@@ -263,6 +264,55 @@ def _arg_info(component) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# What the OpenAPI document says a route answers besides 200
+
+_ERROR_TEXT = {
+    400: "A body that cannot be read as text, an unknown sampler, scheduler, upscaler, checkpoint or option, or "
+         "an option value it refuses",
+    401: "No login, or a wrong one (--api-auth, --auth)",
+    403: "A state-changing request from another origin's page, or an output folder change under "
+         "--hide-ui-dir-config",
+    404: "No image to work on",
+    422: "A malformed or out-of-range request, or a model file that cannot be used (`errors` lists the fields "
+         "request validation found at fault)",
+}
+
+
+def _errors(*codes: int) -> dict:
+    return {code: {"model": models.ErrorResponse, "description": _ERROR_TEXT[code]} for code in codes}
+
+
+class _WrongMethod(BaseRoute):
+    """405 with an ``Allow`` listing every method of a ``/sdapi/v1`` path called with another. Starlette's router
+    names only the first route's (``Allow: GET`` for /options, which takes POST too), and with the UI its catch-all
+    mount at "/" would answer 404. Routes added later (extensions') are seen: a request one of them serves is left
+    to it."""
+
+    def __init__(self, app: FastAPI, router: APIRouter):
+        self.app, self.router = app, router
+
+    def _allowed(self, scope) -> set[str]:
+        others = [r for r in self.app.router.routes if r is not self and not isinstance(r, Mount)]
+        if any(r.matches(scope)[0] is Match.FULL for r in others):
+            return set()
+        methods: set[str] = set()
+        for other in [*self.router.routes, *others]:
+            if isinstance(other, Route) and other.methods and other.matches(scope)[0] is Match.PARTIAL:
+                methods |= other.methods
+        return methods
+
+    def matches(self, scope):
+        if scope["type"] == "http" and scope["path"].startswith(PREFIX + "/") and self._allowed(scope):
+            return Match.FULL, {}
+        return Match.NONE, {}
+
+    async def handle(self, scope, receive, send):
+        allow = ", ".join(sorted(self._allowed(scope)))
+        response = error_response(405, "HTTPException", "Method Not Allowed", headers={"Allow": allow})
+        await response(scope, receive, send)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The routes
 
 
@@ -273,47 +323,55 @@ class Api:
         self.args = ctx.args
         self.credentials: dict[str, str] = auth_mod.api_logins(self.args)  # --api-auth[-path], --auth[-path]
         deps = [Depends(self.auth)] if self.credentials else []
-        self.router = APIRouter(prefix=PREFIX, dependencies=deps, tags=["sdapi"])
-        r = self.router
-        r.add_api_route("/txt2img", self.txt2img, methods=["POST"], response_model=models.TextToImageResponse)
-        r.add_api_route("/img2img", self.img2img, methods=["POST"], response_model=models.ImageToImageResponse)
-        r.add_api_route("/extra-single-image", self.extras_single, methods=["POST"],
-                        response_model=models.ExtrasSingleImageResponse)
-        r.add_api_route("/extra-batch-images", self.extras_batch, methods=["POST"],
-                        response_model=models.ExtrasBatchImagesResponse)
-        r.add_api_route("/png-info", self.pnginfo, methods=["POST"], response_model=models.PNGInfoResponse)
-        r.add_api_route("/progress", self.progress, methods=["GET"], response_model=models.ProgressResponse)
-        r.add_api_route("/interrupt", self.interrupt, methods=["POST"])
-        r.add_api_route("/skip", self.skip, methods=["POST"])
-        r.add_api_route("/options", self.get_options, methods=["GET"])
-        r.add_api_route("/options", self.set_options, methods=["POST"])
-        r.add_api_route("/cmd-flags", self.cmd_flags, methods=["GET"])
-        r.add_api_route("/samplers", self.samplers, methods=["GET"])
-        r.add_api_route("/schedulers", self.schedulers, methods=["GET"])
-        r.add_api_route("/upscalers", self.upscalers, methods=["GET"])
-        r.add_api_route("/latent-upscale-modes", self.latent_upscale_modes, methods=["GET"])
-        r.add_api_route("/sd-models", self.sd_models, methods=["GET"])
-        r.add_api_route("/sd-vae", self.sd_vae, methods=["GET"])
-        r.add_api_route("/hypernetworks", self.empty_list, methods=["GET"])
-        r.add_api_route("/face-restorers", self.empty_list, methods=["GET"])
-        r.add_api_route("/realesrgan-models", self.empty_list, methods=["GET"])
-        r.add_api_route("/prompt-styles", self.prompt_styles, methods=["GET"])
-        r.add_api_route("/loras", self.loras, methods=["GET"])
-        r.add_api_route("/embeddings", self.embeddings, methods=["GET"])
-        r.add_api_route("/scripts", self.scripts, methods=["GET"])
-        r.add_api_route("/script-info", self.script_info, methods=["GET"])
-        r.add_api_route("/extensions", self.extensions, methods=["GET"])
-        r.add_api_route("/memory", self.memory, methods=["GET"])
-        r.add_api_route("/refresh-checkpoints", self.refresh_checkpoints, methods=["POST"])
-        r.add_api_route("/refresh-vae", self.nothing, methods=["POST"])
-        r.add_api_route("/refresh-loras", self.refresh_loras, methods=["POST"])
-        r.add_api_route("/refresh-embeddings", self.refresh_embeddings, methods=["POST"])
-        r.add_api_route("/unload-checkpoint", self.unload_checkpoint, methods=["POST"])
-        r.add_api_route("/reload-checkpoint", self.reload_checkpoint, methods=["POST"])
+        responses = _errors(401) if self.credentials else {}
+        self.router = APIRouter(prefix=PREFIX, dependencies=deps, tags=["sdapi"], responses=responses)
+
+        def route(path: str, endpoint, method: str, *codes: int, **kw) -> None:
+            """One route, with the 4xx answers it can give in the OpenAPI document (every POST may meet the
+            cross-origin guard's 403)."""
+            codes = tuple(sorted({*codes, 403} if method == "POST" else set(codes)))
+            self.router.add_api_route(path, endpoint, methods=[method], responses=_errors(*codes), **kw)
+
+        route("/txt2img", self.txt2img, "POST", 400, 403, 422, response_model=models.TextToImageResponse)
+        route("/img2img", self.img2img, "POST", 400, 403, 404, 422, response_model=models.ImageToImageResponse)
+        route("/extra-single-image", self.extras_single, "POST", 400, 404, 422,
+              response_model=models.ExtrasSingleImageResponse)
+        route("/extra-batch-images", self.extras_batch, "POST", 400, 422,
+              response_model=models.ExtrasBatchImagesResponse)
+        route("/png-info", self.pnginfo, "POST", 400, 422, response_model=models.PNGInfoResponse)
+        route("/progress", self.progress, "GET", 422, response_model=models.ProgressResponse)
+        route("/interrupt", self.interrupt, "POST")
+        route("/skip", self.skip, "POST")
+        route("/options", self.get_options, "GET")
+        route("/options", self.set_options, "POST", 400, 403, 422)
+        route("/cmd-flags", self.cmd_flags, "GET")
+        route("/samplers", self.samplers, "GET")
+        route("/schedulers", self.schedulers, "GET")
+        route("/upscalers", self.upscalers, "GET")
+        route("/latent-upscale-modes", self.latent_upscale_modes, "GET")
+        route("/sd-models", self.sd_models, "GET")
+        route("/sd-vae", self.sd_vae, "GET")
+        route("/hypernetworks", self.empty_list, "GET")
+        route("/face-restorers", self.empty_list, "GET")
+        route("/realesrgan-models", self.empty_list, "GET")
+        route("/prompt-styles", self.prompt_styles, "GET")
+        route("/loras", self.loras, "GET")
+        route("/embeddings", self.embeddings, "GET")
+        route("/scripts", self.scripts, "GET")
+        route("/script-info", self.script_info, "GET")
+        route("/extensions", self.extensions, "GET")
+        route("/memory", self.memory, "GET")
+        route("/refresh-checkpoints", self.refresh_checkpoints, "POST")
+        route("/refresh-vae", self.nothing, "POST")
+        route("/refresh-loras", self.refresh_loras, "POST")
+        route("/refresh-embeddings", self.refresh_embeddings, "POST")
+        route("/unload-checkpoint", self.unload_checkpoint, "POST")
+        route("/reload-checkpoint", self.reload_checkpoint, "POST", 400, 422)
         if getattr(self.args, "api_server_stop", False):
-            r.add_api_route("/server-stop", self.server_stop, methods=["POST"])
-            r.add_api_route("/server-kill", self.server_stop, methods=["POST"])
+            route("/server-stop", self.server_stop, "POST")
+            route("/server-kill", self.server_stop, "POST")
         app.include_router(self.router)
+        app.router.routes.append(_WrongMethod(app, self.router))
 
     # -- auth --------------------------------------------------------------------------------------------------
 
@@ -738,7 +796,23 @@ def _install_error_handlers(app: FastAPI) -> None:
         if not _is_api(request):
             return await http_exception_handler(request, e)
         return error_response(e.status_code, "HTTPException", e.detail, headers=getattr(e, "headers", None))
+
+    async def users_file_error(request: Request, e: Exception):
+        """A checkpoint, VAE or upscaler file of the user's that cannot load: their file, not our bug (the message
+        names it); the model in use stays loaded."""
+        return error_response(422, type(e).__name__, str(e))
+
+    for cls in _users_file_errors():
+        app.add_exception_handler(cls, users_file_error)
     # Anything else (a bug, not bad input) becomes a JSON 500 in server.py's X-Process-Time middleware.
+
+
+def _users_file_errors() -> tuple[type[Exception], ...]:
+    from modules.models.detect import UnsupportedModelError
+    from modules.models.loader import ModelLoadError
+    from modules.upscaling.model import UpscalerLoadError
+
+    return ModelLoadError, UnsupportedModelError, UpscalerLoadError
 
 
 def mount(app: FastAPI, ctx) -> Api:
