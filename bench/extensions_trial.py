@@ -451,7 +451,10 @@ def verdict(r: dict) -> tuple[str, str]:
     added = r.get("added") or {}
     nothing = (not added.get("components_added") and not added.get("options_added")
                and not any((added.get("scripts_added") or {}).values()))
-    if any("error loading script" in t or "failed to import" in t.lower() for t in tbs) and nothing:
+    # "could not load <script>.py" is how this server logs a script that failed to import (A1111: "Error loading
+    # script"); an extension whose only scripts failed to import adds nothing, so it failed, it is not partial
+    if any(k in t.lower() for t in tbs for k in ("error loading script", "failed to import", "could not load")) \
+            and nothing:
         return "fails", "; ".join(dict.fromkeys(why))
     if why:
         return "partial", "; ".join(dict.fromkeys(why))
