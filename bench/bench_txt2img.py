@@ -41,6 +41,8 @@ NEGATIVE = "blurry, low quality"
 
 
 def model_path(args) -> Path:
+    if getattr(args, "ckpt", None):
+        return Path(args.ckpt)
     return Path(args.cache_dir) / f"sd15-random-{args.file_dtype}.safetensors"
 
 
@@ -77,7 +79,7 @@ def make_model_file(path: Path, file_dtype: torch.dtype, seed: int = 0) -> None:
 
 def ensure_model_file(args) -> Path:
     path = model_path(args)
-    if not path.is_file():
+    if not path.is_file() and not args.ckpt:
         # A child process, so the main process (which later loads the model) does not keep the builder's memory.
         cmd = [sys.executable, __file__, "--_make-model", "--cache-dir", str(args.cache_dir),
                "--file-dtype", args.file_dtype]
@@ -269,6 +271,8 @@ def _forward(args) -> list[str]:
            "--cache-dir", str(args.cache_dir), "--file-dtype", args.file_dtype, "--rss-runs", str(args.rss_runs)]
     if args.no_half_vae:
         out.append("--no-half-vae")
+    if args.ckpt:
+        out += ["--ckpt", str(args.ckpt)]
     if args.threads:
         out += ["--threads", str(args.threads)]
     return out
@@ -293,6 +297,8 @@ def parse_args(argv=None):
                    help="compute dtype (default: fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--no-half-vae", action="store_true", help="keep the VAE in fp32 (A1111's --no-half-vae)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.add_argument("--ckpt", default=None, help="time this checkpoint instead (e.g. the bundled demo model: "
+                                                "models/Stable-diffusion/demo-shapes.safetensors)")
     p.add_argument("--cache-dir", default="/tmp/sdbench", help="where the random SD1.5 checkpoint is written once")
     p.add_argument("--file-dtype", choices=["fp16", "fp32"], default="fp16", help="dtype of the cached file")
     p.add_argument("--breakdown", action="store_true",

@@ -194,6 +194,9 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
     add("--use-cpu", type=_use_cpu, nargs="+", default=[], metavar="MODULE",
         help="run these modules on the CPU: all, sd, interrogate, gfpgan, swinir, esrgan, scunet, codeformer")
     add("--device-id", type=str, default=None, help="CUDA device to use (as in CUDA_VISIBLE_DEVICES)")
+    add("--threads", type=_non_negative_int, default=0, metavar="N",
+        help="CPU threads torch uses for generation and training (default 0: chosen per job from its size and "
+             "the cores other programs leave free; see docs/architecture.md)")
     add("--no-half", action="store_true", help="do not switch the model to 16-bit floats")
     add("--no-half-vae", action="store_true", help="do not switch the VAE to 16-bit floats")
     add("--upcast-sampling", action="store_true", help="upcast sampling (accepted for compatibility)")

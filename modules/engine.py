@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modules import devices, images, processing, prompt_limits
+from modules import cpu_threads, devices, images, processing, prompt_limits
 from modules.hashes import HashCache
 from modules.jobs import JobQueue, JobState
 from modules.models.manager import ModelManager
@@ -53,10 +53,11 @@ class Engine:
     scripts: Any = None  # modules.scripts.ScriptRunners, once extensions are loaded (modules/extension_runtime.py)
     extension_errors: list = None  # type: ignore[assignment]  messages about extensions that failed to load
     upscalers: Any = None  # modules.upscaling.UpscalerRegistry (Lanczos, Nearest, models/ESRGAN, …)
+    threads: cpu_threads.ThreadPolicy = None  # type: ignore[assignment]  CPU threads per job (--threads, setting)
 
     @classmethod
     def create(cls, paths: Paths, settings: Settings | None = None, device_config: devices.DeviceConfig | None = None,
-               no_hashing: bool = False) -> "Engine":
+               no_hashing: bool = False, threads: int = 0) -> "Engine":
         paths.ensure_dirs()
         _sweep_temp_files(paths)
         settings = settings if settings is not None else Settings.load(paths.config_file)
@@ -70,6 +71,7 @@ class Engine:
         engine.embeddings = EmbeddingDatabase(paths.embeddings_dir)
         engine.styles = StyleDatabase.from_paths(paths)
         engine.upscalers = UpscalerRegistry.from_paths(paths, device_config, settings)
+        engine.threads = cpu_threads.ThreadPolicy(forced=threads)
         return engine
 
     @classmethod
@@ -77,7 +79,8 @@ class Engine:
         dc = devices.from_flags(use_cpu=ns.use_cpu, no_half=ns.no_half, no_half_vae=ns.no_half_vae,
                                 precision=ns.precision, xformers=ns.xformers, medvram=ns.medvram or ns.medvram_sdxl,
                                 lowvram=ns.lowvram, device_id=ns.device_id)
-        return cls.create(paths or Paths.from_args(ns), device_config=dc, no_hashing=ns.no_hashing)
+        return cls.create(paths or Paths.from_args(ns), device_config=dc, no_hashing=ns.no_hashing,
+                          threads=getattr(ns, "threads", 0) or 0)
 
     # -- generation ------------------------------------------------------------------------------------------------
 
@@ -119,11 +122,27 @@ class Engine:
         with self._overrides(req.override_settings, req.override_settings_restore_afterwards) as options:
             model = self.models.get(options.get("sd_model_checkpoint") if req.override_settings.get(
                 "sd_model_checkpoint") else None)
+            self.use_cpu_threads(model, req, options)
             ctx = ProcessingContext(model=model, options=options, outputs=self._outputs(req), loras=self.loras,
                                     embeddings=self.embeddings, upscalers=self.upscalers,
                                     upscale=self.upscalers.upscale_to if self.upscalers else None, hooks=hooks)
             ctx.state = self.state
             return processing.run_request(ctx, req)
+
+    def use_cpu_threads(self, model, req: GenerationRequest | None = None, options=None,
+                        work: cpu_threads.Work | None = None) -> None:
+        """Set this thread's torch CPU threads for the job (modules/cpu_threads.py); GPU jobs are left alone."""
+        if self.threads is None or getattr(model, "device", self.device_config.device).type != "cpu":
+            return
+        if work is None and req is not None and getattr(model, "unet", None) is not None:
+            width, height = req.width, req.height
+            if getattr(req, "enable_hr", False):
+                scale = max(1.0, float(getattr(req, "hr_scale", 1.0) or 1.0))
+                width = max(width, int(getattr(req, "hr_resize_x", 0) or width * scale))
+                height = max(height, int(getattr(req, "hr_resize_y", 0) or height * scale))
+            work = cpu_threads.Work.for_job(model.unet.config, width, height, req.batch_size, req.cfg_scale != 1)
+        setting = (options or self.settings).get("cpu_threads", 0) or 0
+        self.threads.apply(work, setting)
 
     @contextmanager
     def _overrides(self, overrides: dict[str, Any], restore: bool):

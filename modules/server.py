@@ -15,13 +15,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, JSONResponse
-
-from modules.engine import Engine
 from modules.paths import Paths
+
+if TYPE_CHECKING:  # the engine (torch, diffusers) is imported by the start-up thread, after the page answers
+    from fastapi import FastAPI
+
+    from modules.engine import Engine
 
 __all__ = ["AppContext", "build_context", "create_app", "serve", "bind_host"]
 
@@ -59,6 +60,8 @@ class AppContext:
 
 def build_context(ns: argparse.Namespace, paths: Paths | None = None) -> AppContext:
     """The engine (paths created, settings loaded, checkpoints listed); hashing goes on in the background."""
+    from modules.engine import Engine
+
     engine = Engine.from_args(ns, paths=paths)
     engine.registry.hash_all_in_background()
     return AppContext(args=ns, engine=engine)
@@ -66,13 +69,16 @@ def build_context(ns: argparse.Namespace, paths: Paths | None = None) -> AppCont
 
 def create_app(ctx: AppContext | None) -> FastAPI:
     """The app: ``GET /`` (placeholder page until the UI is mounted), ``GET /healthz``. ``app.state.ctx`` = ctx."""
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse, JSONResponse
+
     app = FastAPI(title="Stable Diffusion web UI", docs_url=None, redoc_url=None)
     app.state.ctx = ctx
     _add_docs(app)
     _add_origin_checks(app, ctx.args if ctx is not None else None)
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> JSONResponse:
+    def healthz():
         return JSONResponse({"status": "ok"})
 
     @app.middleware("http")
@@ -108,7 +114,7 @@ def create_app(ctx: AppContext | None) -> FastAPI:
     ui = ctx is not None and not getattr(ctx.args, "nowebui", False)
     if not ui:
         @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-        def index() -> HTMLResponse:
+        def index():
             return HTMLResponse(_PLACEHOLDER)
 
         if ctx is not None:
@@ -131,6 +137,7 @@ DOCS_ASSETS = "/docs-assets"
 
 def _add_docs(app: FastAPI) -> None:
     """Swagger UI at /docs from files installed with the `fastapi-offline` package (no CDN: works offline)."""
+    from fastapi.responses import HTMLResponse
     from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
     from fastapi.staticfiles import StaticFiles
 
@@ -149,12 +156,12 @@ def _add_docs(app: FastAPI) -> None:
                                         "swagger_favicon_url": f"{DOCS_ASSETS}/favicon.png"}
 
     @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
+    def docs():
         return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI",
                                    oauth2_redirect_url=redirect, **assets)
 
     @app.get(redirect, include_in_schema=False)
-    def docs_redirect() -> HTMLResponse:
+    def docs_redirect():
         return get_swagger_ui_oauth2_redirect_html()
 
 
@@ -218,9 +225,13 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def serve(ns: argparse.Namespace, ctx: AppContext | None = None, paths: Paths | None = None) -> int:
-    """Build the context and app, bind, print the URL, serve. Returns the process exit status."""
+    """Bind, answer at once with the loading page (modules/startup.py), build the engine, extensions and UI in a
+    background thread, then serve them. Returns the process exit status."""
     import uvicorn
 
+    from modules.startup import StartingApp, build_in_background
+
+    started = time.perf_counter() - _process_age()
     host, port = bind_host(ns), ns.port
     try:
         sock = _bind(host, port)
@@ -229,44 +240,83 @@ def serve(ns: argparse.Namespace, ctx: AppContext | None = None, paths: Paths | 
               f"(is another instance running? choose another port with --port)", file=sys.stderr)
         return 1
 
-    try:
-        ctx = ctx or build_context(ns, paths)
-    except OSError as e:
-        sock.close()
-        print(f"launch.py: error: {e}", file=sys.stderr)
-        return 1
-    app = create_app(ctx)
-
-    from modules.auth import exposure_warnings
-
-    for warning in exposure_warnings(ns, host, port, app):  # one line per surface anyone may use
-        print(warning, file=sys.stderr, flush=True)
-
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     if ":" in shown:
         shown = f"[{shown}]"
     url = f"http://{shown}:{port}"
-    n = len(ctx.checkpoints)
-    print(f"Found {n} checkpoint{'s' if n != 1 else ''} in {', '.join(str(d) for d in ctx.paths.ckpt_dirs)}",
-          flush=True)
-    demo = ctx.engine.models.demo_note()
-    if demo:
-        print(f"Checkpoint: {demo.get('description', 'demo model')}", flush=True)
-    print(f"Running on local URL:  {url}", flush=True)
-    if getattr(ns, "autolaunch", False):
-        try:
-            import webbrowser
-            webbrowser.open(url)
-        except Exception:  # no browser is not an error
-            pass
-
-    config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=getattr(ns, "timeout_keep_alive", 30),
+    starting = StartingApp()
+    built: dict[str, Any] = {"ctx": ctx, "rc": 0}
+    config = uvicorn.Config(starting, log_level="warning", timeout_keep_alive=getattr(ns, "timeout_keep_alive", 30),
                             access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
-    server = _stopping_server(config, on_exit=ctx.engine.interrupt)
+
+    def interrupt():
+        if built["ctx"] is not None:
+            built["ctx"].engine.interrupt()
+
+    server = _stopping_server(config, on_exit=interrupt)
+
+    def build(stage):
+        stage("loading the engine (torch, diffusers)")
+        t = time.perf_counter()
+        built["ctx"] = built["ctx"] or build_context(ns, paths)
+        engine_s = time.perf_counter() - t
+        stage("loading extensions and building the UI")
+        t = time.perf_counter()
+        app = create_app(built["ctx"])
+        app_s = time.perf_counter() - t
+        _print_ready(ns, built["ctx"], app, host, port)
+        built["times"] = (engine_s, app_s)
+        return app
+
+    def on_ready(app):
+        engine_s, app_s = built["times"]
+        print(f"Startup time: {time.perf_counter() - started:.1f}s (page answering: {built['answering']:.1f}s, "
+              f"engine: {engine_s:.1f}s, extensions and UI: {app_s:.1f}s)", flush=True)
+        if getattr(ns, "autolaunch", False):
+            try:
+                import webbrowser
+                webbrowser.open(url)
+            except Exception:  # no browser is not an error
+                pass
+
+    def on_error(e: BaseException):
+        message = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        if not isinstance(e, OSError):
+            log.error("start-up failed", exc_info=e)
+        print(f"launch.py: error: {message}", file=sys.stderr, flush=True)
+        built["rc"] = 1
+        server.should_exit = True
+
+    built["answering"] = time.perf_counter() - started
+    print(f"Running on local URL:  {url}", flush=True)
+    build_in_background(starting, build, on_ready, on_error)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:
         sock.close()
-    return 0
+    return built["rc"]
+
+
+def _process_age() -> float:
+    """Seconds since this process started (so start-up figures include Python's own start and the imports)."""
+    try:
+        import psutil
+
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except Exception:  # noqa: BLE001 - no psutil: count from here
+        return 0.0
+
+
+def _print_ready(ns, ctx: AppContext, app, host: str, port: int) -> None:
+    from modules.auth import exposure_warnings
+
+    for warning in exposure_warnings(ns, host, port, app):  # one line per surface anyone may use
+        print(warning, file=sys.stderr, flush=True)
+    n = len(ctx.checkpoints)
+    print(f"Found {n} checkpoint{'s' if n != 1 else ''} in {', '.join(str(d) for d in ctx.paths.ckpt_dirs)}",
+          flush=True)
+    demo = ctx.engine.models.demo_note()
+    if demo:
+        print(f"Checkpoint: {demo.get('description', 'demo model')}", flush=True)

@@ -280,6 +280,8 @@ _section("system", {
     "multiple_tqdm": _O(True, "Add a second progress bar to the console that shows progress for an entire job"),
     "list_hidden_files": _O(True, "Load models/files in hidden directories"),
     "disable_mmap_load_safetensors": _O(False, "Disable memmapping for loading .safetensors files"),
+    "cpu_threads": _O(0, "CPU threads for generation and training on the CPU (0 = automatic: 1 for small work, else "
+                         "the cores other programs leave free; --threads overrides)", minimum=0, maximum=1024),
 })
 
 _section("API", {

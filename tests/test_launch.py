@@ -44,6 +44,13 @@ class Server:
             if line.startswith("Running on local URL:"):
                 self.url = line.split("URL:", 1)[1].strip()
                 break
+        self.answering = self.url is not None
+        while self.url and time.time() < deadline and self.proc.poll() is None:  # the page answers at once; the
+            try:                                                                 # engine and UI come after
+                with urllib.request.urlopen(self.url + "/healthz", timeout=5):
+                    break
+            except OSError:
+                time.sleep(0.1)
 
     def _pump(self, stream, sink):
         for line in stream:

@@ -86,7 +86,9 @@ class PromptChunk:
 def _special_ids(tokenizer) -> tuple[int, int, int, int | None]:
     id_start, id_end = tokenizer.bos_token_id, tokenizer.eos_token_id
     id_pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else id_end
-    comma = tokenizer.get_vocab().get(",</w>")
+    comma = tokenizer.convert_tokens_to_ids(",</w>")  # one look-up: get_vocab() copies the whole vocabulary
+    if comma is None or comma == tokenizer.unk_token_id:
+        comma = None
     return id_start, id_end, id_pad, comma
 
 

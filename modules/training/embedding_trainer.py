@@ -118,6 +118,7 @@ def train_embedding(session, config: EmbeddingTrainingConfig) -> TrainingResult:
     vectors = _load_vectors(path, model)
     generator = torch.Generator().manual_seed(int(config.seed))
     rng = random.Random(config.seed)
+    session.use_cpu_threads(config.resolution, config.batch_size)
     data = ds.encode_images(model, images, config.resolution, config.enable_buckets, config.bucket_step, generator)
 
     device = model.device

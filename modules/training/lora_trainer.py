@@ -136,6 +136,7 @@ def train_lora(session, config: LoraTrainingConfig) -> TrainingResult:
     template = ds.CaptionTemplate.resolve(config.template, [Path(paths.data_dir) / ds.TEMPLATE_DIR_NAME])
     generator = torch.Generator().manual_seed(int(config.seed))
     rng = random.Random(config.seed)
+    session.use_cpu_threads(config.resolution, config.batch_size)
     data = ds.encode_images(model, images, config.resolution, config.enable_buckets, config.bucket_step, generator)
 
     targets = (kf.unet_targets(model) if config.train_unet else []) + \

@@ -23,6 +23,12 @@ class TrainingSession:
     state: JobState = field(default_factory=JobState)
     embeddings: Any = None  # modules.networks.embeddings.EmbeddingDatabase
     on_progress: Callable[[TrainingProgress], None] | None = None
+    cpu_threads: Callable[[int, int], None] | None = None  # (resolution, batch) → sets this thread's CPU threads
+
+    def use_cpu_threads(self, resolution: int, batch: int = 1) -> None:
+        """The engine's thread policy (modules/cpu_threads.py) for training steps at this size."""
+        if self.cpu_threads is not None:
+            self.cpu_threads(resolution, batch)
 
     @property
     def interrupted(self) -> bool:
@@ -47,6 +53,7 @@ def engine_session(engine, job: str, checkpoint: str | None = None,
                    on_progress: Callable[[TrainingProgress], None] | None = None):
     """Hold the engine's queue turn for a whole run; the model is the chosen (or current) one, with any applied
     `<lora:…>` weights taken out first so training starts from the checkpoint's own weights."""
+    from modules import cpu_threads
     from modules.networks import lora
 
     with engine.queue.turn():
@@ -54,7 +61,12 @@ def engine_session(engine, job: str, checkpoint: str | None = None,
         try:
             model = engine.models.get(checkpoint)
             lora.restore(model)
+            def threads(resolution: int, batch: int) -> None:
+                work = cpu_threads.Work.for_job(model.unet.config, resolution, resolution, batch, cfg=False)
+                engine.use_cpu_threads(model, work=work)
+
             yield TrainingSession(model=model, paths=engine.paths, options=engine.settings.as_dict(),
-                                  state=engine.state, embeddings=engine.embeddings, on_progress=on_progress)
+                                  state=engine.state, embeddings=engine.embeddings, on_progress=on_progress,
+                                  cpu_threads=threads)
         finally:
             engine.state.end()

@@ -1,0 +1,160 @@
+"""How many CPU threads torch uses for a job: chosen per job from the work's size and the cores other programs
+leave free, because torch's default (every core, always) is the slowest choice on a shared desktop.
+
+Measured on a 2-core machine (bench/bench_cpu_threads.py, bench/README.md): small work (the demo model) runs
+fastest on 1 thread, and when another program keeps one core busy, 2 threads made it 5-24x slower (the intra-op
+pool waits on a descheduled thread for each of thousands of tiny ops). Large work (SD1.5 at 512) gains from every
+idle core. So:
+
+- ``--threads N`` or the setting ``cpu_threads`` (> 0) decides, always;
+- else work whose typical operation (a 3x3 convolution of the denoiser's first block, over the job's latent and
+  batch) is below ``SMALL_WORK_FLOPS`` gets 1 thread;
+- larger work gets the usable physical cores minus those other processes keep busy (at least 1).
+
+Other processes' load is sampled in the background (system CPU time minus this process's own, every half
+second), so choosing costs nothing at job start. Thread counts are per thread in torch's OpenMP build, so the
+policy is applied in the thread that runs the job (``apply``), for generation and training alike.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+# Per-op FLOPs below which one thread wins (bench/bench_cpu_threads.py on 2 cores: the demo model at 64-256 px is
+# 0.002-0.04 GFLOP per op and fastest on 1 thread; SD1.5 at 512 px is 15 GFLOP and ~1.7x faster on 2).
+SMALL_WORK_FLOPS = 0.5e9
+SAMPLE_EVERY_S = 0.5
+
+
+@dataclass(frozen=True)
+class Work:
+    """The size of one denoiser call, told by its typical operation: a 3x3 convolution at the first block's
+    width over the latent (rows = batch, doubled with CFG)."""
+
+    channels: int
+    latent_pixels: int
+    rows: int = 1
+
+    @property
+    def op_flops(self) -> float:
+        return 2.0 * 9 * self.channels * self.channels * self.latent_pixels * self.rows
+
+    @classmethod
+    def for_job(cls, unet_config, width: int, height: int, batch: int, cfg: bool, vae_scale: int = 8) -> "Work":
+        channels = (getattr(unet_config, "block_out_channels", None) or [320])[0]
+        return cls(int(channels), max(1, (width // vae_scale) * (height // vae_scale)), batch * (2 if cfg else 1))
+
+
+def usable_cores() -> int:
+    """Physical cores this process may run on (affinity and cgroup-free count; SMT siblings do not help here)."""
+    try:
+        logical = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        logical = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or logical
+        per_core = max(1, (psutil.cpu_count(logical=True) or logical) // physical)
+    except Exception:  # noqa: BLE001 - psutil missing or unsupported platform: count logical cores
+        per_core = 1
+    return max(1, logical // per_core)
+
+
+class OtherLoad:
+    """How many cores other processes keep busy, as a moving average sampled by a daemon thread."""
+
+    def __init__(self, every_s: float = SAMPLE_EVERY_S):
+        self.every_s = every_s
+        self._busy = 0.0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        """(wall, all processes' busy CPU seconds, this process's CPU seconds), or None where unknown."""
+        try:
+            import psutil
+
+            t = psutil.cpu_times()
+        except Exception:  # noqa: BLE001
+            return None
+        busy = sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
+        own = os.times()
+        return time.monotonic(), busy, own.user + own.system
+
+    def _run(self) -> None:
+        last = self._sample()
+        while last is not None:
+            time.sleep(self.every_s)
+            now = self._sample()
+            if now is None:
+                return
+            wall = now[0] - last[0]
+            if wall > 0:
+                others = max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / wall)
+                with self._lock:
+                    self._busy = 0.5 * self._busy + 0.5 * others
+            last = now
+
+    def start(self) -> "OtherLoad":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="cpu-load-sampler", daemon=True)
+            self._thread.start()
+        return self
+
+    def busy_cores(self) -> float:
+        self.start()
+        with self._lock:
+            return self._busy
+
+
+@dataclass(frozen=True)
+class Choice:
+    threads: int
+    reason: str
+
+
+def choose(work: Work | None, cores: int, busy_others: float, forced: int = 0,
+           small_flops: float = SMALL_WORK_FLOPS) -> Choice:
+    """The policy, pure: forced count, else 1 for small work, else the cores others leave free (at least 1)."""
+    if forced > 0:
+        return Choice(forced, "set by --threads / the cpu_threads setting")
+    if work is not None and work.op_flops < small_flops:
+        return Choice(1, f"small work ({work.op_flops / 1e9:.2g} GFLOP per op)")
+    free = max(1, min(cores, int(cores - busy_others + 0.5)))
+    why = f"{cores} core{'s' if cores != 1 else ''}"
+    if free < cores:
+        why += f", {cores - free} kept busy by other programs"
+    return Choice(free, why)
+
+
+class ThreadPolicy:
+    """The engine's policy object: ``apply(work)`` sets torch's thread count for the calling thread."""
+
+    def __init__(self, forced: int = 0, cores: int | None = None, load: OtherLoad | None = None):
+        self.forced = max(0, int(forced or 0))
+        self.cores = cores or usable_cores()
+        self.load = load or OtherLoad()
+        self.last: Choice | None = None
+
+    def choose(self, work: Work | None, setting: int = 0) -> Choice:
+        forced = self.forced or max(0, int(setting or 0))
+        busy = 0.0 if forced or (work is not None and work.op_flops < SMALL_WORK_FLOPS) else self.load.busy_cores()
+        return choose(work, self.cores, busy, forced)
+
+    def apply(self, work: Work | None, setting: int = 0) -> Choice:
+        import torch
+
+        choice = self.choose(work, setting)
+        if torch.get_num_threads() != choice.threads:
+            torch.set_num_threads(choice.threads)
+        if choice != self.last:
+            log.info("CPU threads: %d (%s)", choice.threads, choice.reason)
+        self.last = choice
+        return choice

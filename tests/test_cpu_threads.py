@@ -1,0 +1,83 @@
+"""The CPU thread policy: 1 thread for small work, free cores for large work, the user's count when set."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+
+from modules import cpu_threads
+from modules.cpu_threads import Work, choose
+
+DEMO_64 = Work(channels=32, latent_pixels=8 * 8, rows=2)  # the demo model at 64x64 with CFG
+SD15_512 = Work(channels=320, latent_pixels=64 * 64, rows=2)  # SD1.5 at 512x512 with CFG
+
+
+def test_policy_table():
+    assert choose(DEMO_64, cores=8, busy_others=0).threads == 1
+    assert choose(SD15_512, cores=8, busy_others=0).threads == 8
+    assert choose(SD15_512, cores=2, busy_others=1.0).threads == 1  # one core kept busy by another program
+    assert choose(SD15_512, cores=8, busy_others=2.6).threads == 5
+    assert choose(SD15_512, cores=4, busy_others=9).threads == 1  # never fewer than one
+    assert choose(SD15_512, cores=8, busy_others=0, forced=3).threads == 3
+    assert choose(DEMO_64, cores=8, busy_others=0, forced=6).threads == 6  # the user's count is never second-guessed
+    assert choose(None, cores=4, busy_others=0).threads == 4
+
+
+def test_work_from_the_model_config():
+    class Config:
+        block_out_channels = [320, 640, 1280, 1280]
+
+    work = Work.for_job(Config(), 512, 768, batch=2, cfg=True)
+    assert (work.channels, work.latent_pixels, work.rows) == (320, 64 * 96, 4)
+    assert Work.for_job(Config(), 512, 512, batch=1, cfg=False).op_flops < SD15_512.op_flops
+
+
+def test_other_programs_load_is_seen():
+    load = cpu_threads.OtherLoad(every_s=0.1).start()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        deadline = time.time() + 10
+        while load.busy_cores() < 0.5 and time.time() < deadline:
+            time.sleep(0.1)
+        assert load.busy_cores() >= 0.5
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def _threads_in_a_job(engine, **options) -> int:
+    """torch's thread count seen inside the sampling loop of a job run in a fresh thread (as the server does)."""
+    seen = []
+    unet = engine.models.get().unet
+    original = unet.forward
+
+    def forward(*a, **kw):
+        seen.append(torch.get_num_threads())
+        return original(*a, **kw)
+
+    unet.forward = forward
+    try:
+        req = dict(prompt="apple", steps=1, width=64, height=64, do_not_save_samples=True, do_not_save_grid=True,
+                   override_settings=options)
+        worker = threading.Thread(target=lambda: engine.txt2img(req))
+        worker.start()
+        worker.join(120)
+    finally:
+        del unet.forward
+    return seen[0]
+
+
+def test_engine_applies_the_policy_in_the_job_thread(engine):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _threads_in_a_job(engine) == 1  # a tiny model: one thread
+        assert _threads_in_a_job(engine, cpu_threads=2) == 2  # the setting decides when set
+        engine.threads.forced = 3
+        assert _threads_in_a_job(engine, cpu_threads=2) == 3  # --threads beats the setting
+    finally:
+        engine.threads.forced = 0
+        torch.set_num_threads(before)

@@ -1,0 +1,95 @@
+"""The page answers while the engine and UI are still being built (modules/startup.py)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from modules.startup import StartingApp, build_in_background
+from tests.test_launch import free_port
+
+
+@pytest.fixture
+def starting_server():
+    starting = StartingApp()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(starting, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield starting, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def _real_app(events: list[str]) -> FastAPI:
+    app = FastAPI()
+
+    @app.on_event("startup")
+    def started():
+        events.append("startup")
+
+    @app.on_event("shutdown")
+    def stopped():
+        events.append("shutdown")
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.post("/sdapi/v1/txt2img")
+    def txt2img():
+        return {"images": []}
+
+    return app
+
+
+def test_loading_page_then_the_real_app(starting_server):
+    starting, url = starting_server
+    release = threading.Event()
+    events: list[str] = []
+
+    def build(stage):
+        stage("loading the engine")
+        release.wait(20)
+        return _real_app(events)
+
+    ready = threading.Event()
+    build_in_background(starting, build, on_ready=lambda app: ready.set(), on_error=lambda e: None)
+
+    page = httpx.get(url + "/")
+    assert page.status_code == 200 and "Loading: loading the engine" in page.text
+    api = httpx.post(url + "/sdapi/v1/txt2img", json={})
+    assert api.status_code == 503 and api.headers["retry-after"] == "1"
+    assert "starting" in api.json()["detail"]
+    health = httpx.get(url + "/healthz")
+    assert health.status_code == 503 and health.json()["status"] == "starting"
+    assert events == []
+
+    release.set()
+    assert ready.wait(20)
+    assert events == ["startup"]  # the real app's start-up events ran before it got requests
+    assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+    assert httpx.post(url + "/sdapi/v1/txt2img", json={}).json() == {"images": []}
+
+
+def test_a_failed_start_is_shown_and_reported(starting_server):
+    starting, url = starting_server
+    errors = []
+    done = threading.Event()
+
+    def build(stage):
+        raise OSError("cannot create data folders: read-only file system")
+
+    build_in_background(starting, build, on_ready=lambda app: None,
+                        on_error=lambda e: (errors.append(e), done.set()))
+    assert done.wait(10)
+    health = httpx.get(url + "/healthz")
+    assert health.status_code == 503 and "read-only file system" in health.json()["error"]
+    assert "failed to start" in httpx.get(url + "/sdapi/v1/options").json()["detail"]
