@@ -20,7 +20,16 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Test files run in parallel (pytest.ini), one worker per core: each worker computes on one thread, which is also
+# what the engine's thread policy picks for these tiny models (modules/cpu_threads.py).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per physical core, at most 4 (each worker builds its own tiny models and servers)."""
+    from modules.cpu_threads import usable_cores
+
+    return max(1, min(4, usable_cores()))
 
 # The files each family is written as (file name in models/Stable-diffusion → family).
 MODEL_FILES = {

@@ -93,3 +93,26 @@ def test_a_failed_start_is_shown_and_reported(starting_server):
     health = httpx.get(url + "/healthz")
     assert health.status_code == 503 and "read-only file system" in health.json()["error"]
     assert "failed to start" in httpx.get(url + "/sdapi/v1/options").json()["detail"]
+
+
+def test_sigterm_while_loading_stops_at_once(tmp_path):
+    """`docker stop` right after start: the loading thread does not hold the process."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_launch import ROOT
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--skip-install", "--port", str(free_port()),
+                             "--data-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=str(ROOT))
+    for line in proc.stdout:
+        if line.startswith("Running on local URL:"):
+            break
+    url = line.split("URL:", 1)[1].strip()
+    assert "Loading" in httpx.get(url + "/", timeout=10).text  # the loading page, the engine still importing
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    assert time.monotonic() - started < 5
+    assert "Traceback" not in proc.stderr.read()

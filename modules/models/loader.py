@@ -362,6 +362,17 @@ def load_single_file(path: Path, device_config: DeviceConfig, *, name: str | Non
     return model
 
 
+def import_model_classes() -> None:
+    """Import what loading a checkpoint needs (diffusers' UNet pulls in accelerate, peft hooks and more: ~4 s on a
+    small CPU). The server's start-up thread runs this before it serves requests: two threads importing diffusers
+    at once can see a half-initialised module (Python accepts one to break the import cycle)."""
+    import diffusers.schedulers  # noqa: F401
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401
+    from diffusers.image_processor import VaeImageProcessor  # noqa: F401
+    from diffusers.loaders import single_file_utils  # noqa: F401
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection  # noqa: F401
+
+
 def load_diffusers_folder(path: Path, device_config: DeviceConfig, *, name: str | None = None,
                           title: str | None = None, shorthash: str | None = None,
                           vae_path: Path | None = None) -> LoadedModel:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
 
 from modules import devices
+
+if TYPE_CHECKING:  # spandrel imports torchvision (2 s of start-up): only when an upscaler model is loaded
+    from spandrel import ImageModelDescriptor
 
 UPSCALER_PURPOSES = ("SR", "Restoration")  # Restoration: 1x models (SCUNet…), upscaled further with Lanczos
 
@@ -59,6 +62,8 @@ def _dtype_for(descriptor: ImageModelDescriptor, device_config: devices.DeviceCo
 
 def load_upscaler(path: Path, device_config: devices.DeviceConfig) -> LoadedUpscaler:
     """Load `path` onto the engine's device; raises UpscalerLoadError naming the file for anything unusable."""
+    from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
+
     try:
         descriptor = ModelLoader(device="cpu").load_from_file(path)
     except UnsupportedModelError:

@@ -16,7 +16,6 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
-from spandrel import ModelTiling
 
 from modules import devices
 from modules.upscaling.model import LoadedUpscaler, load_upscaler
@@ -173,6 +172,8 @@ class UpscalerRegistry:
     @staticmethod
     def _model_pass(model: LoadedUpscaler, image: Image.Image, tile: int, overlap: int) -> Image.Image:
         """One run of the model over the whole image (tiled); transparency is carried over with Lanczos."""
+        from spandrel import ModelTiling
+
         if model.descriptor.tiling == ModelTiling.INTERNAL:
             tile = 0
         rgb = np.asarray(image.convert("RGB"))
