@@ -105,3 +105,21 @@ def engine(data_dir):
 
     ns = cmd_args.parse_args(["--data-dir", str(data_dir), "--skip-install"], env={})
     return Engine.create(Paths.from_args(ns))
+
+
+# module fixtures that start `launch.py` (file → fixture name)
+SERVER_FIXTURES = {"test_api.py": "api", "test_page_compat.py": "site", "test_security.py": "servers",
+                   "test_webui.py": "server", "test_openapi.py": "server"}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Files with the most slow tests first (stable otherwise): xdist hands out whole files in this order, so the
+    long ones start at once instead of finishing alone at the end."""
+    for item in items:  # a subprocess server behind a module fixture costs seconds to start
+        if SERVER_FIXTURES.get(item.fspath.basename) in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+    weight: dict[str, int] = {}
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            weight[item.fspath.strpath] = weight.get(item.fspath.strpath, 0) + 1
+    items.sort(key=lambda item: -weight.get(item.fspath.strpath, 0))

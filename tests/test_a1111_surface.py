@@ -96,6 +96,7 @@ def test_internals_fail_when_used_with_a_named_error(bound):
     assert sd_samplers.find_sampler_config("k_euler_a").name == "Euler a"
 
 
+@pytest.mark.slow
 def test_sd_model_and_hijack_behave_as_in_a1111(bound, tiny_models):
     """shared.sd_model's flags, checkpoint info and the token counter work on a real (tiny) checkpoint."""
     import shutil

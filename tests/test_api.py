@@ -75,6 +75,7 @@ def assert_healthy(client):
 # Generation
 
 
+@pytest.mark.slow
 def test_txt2img_image_info_and_echo(api):
     body = {**FAST, "prompt": "a red cube", "negative_prompt": "blurry", "seed": 1234, "cfg_scale": 5,
             "sampler_name": "Euler a", "unknown_field": 1}
@@ -101,6 +102,7 @@ def test_txt2img_image_info_and_echo(api):
     assert not any(p.is_file() for p in outputs.rglob("*")) if outputs.exists() else True
 
 
+@pytest.mark.slow
 def test_txt2img_batch_send_images_and_save(api):
     out = txt2img(api, seed=5, batch_size=2, send_images=False)
     assert out["images"] == [] and json.loads(out["info"])["all_seeds"] == [5, 6]
@@ -120,6 +122,7 @@ def test_txt2img_infotext_fills_unset_fields(api):
     assert info["steps"] == 2  # set in the request: kept
 
 
+@pytest.mark.slow
 def test_img2img_data_uri_and_mask(api):
     src = decode(txt2img(api, seed=3)["images"][0])
     init = "data:image/png;base64," + b64png(src)
@@ -138,6 +141,7 @@ def test_img2img_data_uri_and_mask(api):
     assert out["parameters"]["init_images"] == [init]
 
 
+@pytest.mark.slow
 def test_two_concurrent_requests_each_get_their_own_seed(api):
     results = {}
 
@@ -208,6 +212,7 @@ def test_options_round_trip_and_flags(api):
     assert flags["api"] is True and flags["nowebui"] is False and "port" in flags
 
 
+@pytest.mark.slow
 def test_model_switch_via_options(api):
     models = api.get("/sd-models").json()
     assert {m["model_name"] for m in models} == {"sd1", "sdxl"}
@@ -388,6 +393,7 @@ def test_url_images_disabled_by_option(api):
 # Schema-driven fuzz: bodies built from /openapi.json, no 5xx
 
 
+@pytest.mark.slow
 def test_openapi_fuzz_no_server_errors(api):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
@@ -483,6 +489,7 @@ def test_openapi_fuzz_no_server_errors(api):
 # --nowebui, --api-auth, --api-server-stop
 
 
+@pytest.mark.slow
 def test_api_only_auth_and_server_stop(tmp_path, tiny_models):
     data = _data_dir(tmp_path / "d", tiny_models)
     srv = Server("--skip-install", "--nowebui", "--api-auth", "alice:s3cret,bob:pw", "--api-server-stop",

@@ -77,6 +77,7 @@ def test_builtin_scripts_load_on_their_tabs(script_engine):
     assert not [e for e in script_engine.extension_errors if "builtin-scripts" in e]
 
 
+@pytest.mark.slow
 def test_xyz_plot_through_the_api_makes_a_labelled_grid_of_the_separate_runs(script_engine, api):
     r = api.post("/sdapi/v1/txt2img", json={**BASE, "script_name": "X/Y/Z plot", "script_args": xyz_args(
         x_type="Steps", x_values="1-2", y_type="Prompt S/R", y_values="red, green")})
@@ -150,6 +151,7 @@ def test_loopback_feeds_each_output_into_the_next_loop(script_engine):
     assert "Final denoising strength: 0.3" in result.infotexts[0]
 
 
+@pytest.mark.slow
 def test_poor_mans_outpainting_grows_the_canvas_and_keeps_the_centre(script_engine):
     original = init_image()
     result = script_engine.img2img({**IMG2IMG, "width": 128, "height": 128, "init_images": [original],

@@ -201,6 +201,7 @@ def test_hires_pass_uses_hires_schedule(sd1, monkeypatch):
     assert [_same(c.embeds, dog) for c, _ in hires] == [False, False, False, True]  # (1.5 − 1) × 4 = step 2
 
 
+@pytest.mark.slow
 def test_and_composable_diffusion(sd1, monkeypatch):
     seen = []
     real_sample = processing.sample
@@ -223,6 +224,7 @@ def test_and_composable_diffusion(sd1, monkeypatch):
     assert a.shape == b.shape and np.isfinite(a).all() and (a != b).any()
 
 
+@pytest.mark.slow
 def test_and_with_single_weight_one_equals_plain(sd1):
     import numpy as np
     a = _run(sd1, prompt="a cat AND a cat", steps=3)  # A1111 de-duplicates identical parts: weight 1 + 1

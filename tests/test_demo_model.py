@@ -68,6 +68,7 @@ def test_loads_as_the_demo_model_with_its_embedded_architecture(demo_engine):
     assert DEMO.stat().st_size <= 16 * 2**20
 
 
+@pytest.mark.slow
 def test_txt2img_draws_the_colours_the_prompt_names(demo_engine):
     scenes = all_scenes()[::4]
     misses = []
@@ -78,6 +79,7 @@ def test_txt2img_draws_the_colours_the_prompt_names(demo_engine):
     assert len(misses) <= 0.05 * len(scenes), misses
 
 
+@pytest.mark.slow
 def test_negative_prompt_removes_the_colour_it_names(demo_engine):
     """With the shape's colour left open the model picks green or black; "green" as negative prompt leaves no green.
     (One-word prompts are outside the captions it learned, so not every colour word works as well: see issue 8.)"""
@@ -109,6 +111,7 @@ def _off_centre_circle() -> Image.Image:
     return img
 
 
+@pytest.mark.slow
 def test_img2img_low_strength_keeps_the_place_high_strength_follows_the_prompt(demo_engine):
     init = _off_centre_circle()
     prompt = "a green square on a blue background"
@@ -137,6 +140,7 @@ def test_inpainting_a_masked_square_green_changes_only_that_region(demo_engine):
     assert np.abs(a[outside] - b[outside]).mean() < 3
 
 
+@pytest.mark.slow
 def test_textual_inversion_token_learns_its_training_colour(demo_engine, tmp_path):
     """A one-vector embedding trained on yellow shapes (initialised from "white") draws yellow where it is used."""
     import torch

@@ -140,6 +140,7 @@ def test_refresh_picks_up_new_files(emb_dir, load_tiny):
     assert "fresh" not in db
 
 
+@pytest.mark.slow
 def test_generation_uses_embedding_and_writes_ti_hashes(engine, data_dir):
     d = data_dir / "embeddings"
     d.mkdir(exist_ok=True)

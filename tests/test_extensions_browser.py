@@ -14,6 +14,8 @@ from tests import ext_fixtures
 from tests.test_webui import Server, artifacts, generate, pick, set_number  # noqa: F401 (fixture)
 
 playwright_api = pytest.importorskip("playwright.sync_api")
+
+pytestmark = pytest.mark.slow  # servers, browsers or full-size parity runs: left out by -m "not slow"
 expect = playwright_api.expect
 
 

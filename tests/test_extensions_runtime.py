@@ -81,6 +81,7 @@ def test_image_saved_callbacks_see_the_file_and_can_add_metadata(ext_engine):
         assert "a cat" in im.info.get("parameters", "")
 
 
+@pytest.mark.slow
 def test_selectable_script_runs_instead_of_the_plain_generation(ext_engine):
     result = ext_engine.txt2img({**BASE, "script_name": "run twice", "script_args": [3]})
     images = result.images[result.index_of_first_image:]
@@ -135,6 +136,7 @@ def client(ext_engine):
         yield c
 
 
+@pytest.mark.slow
 def test_api_lists_and_routes_scripts(client):
     assert "run twice" in client.get("/sdapi/v1/scripts").json()["txt2img"]
     info = {s["name"]: s for s in client.get("/sdapi/v1/script-info").json() if not s["is_img2img"]}

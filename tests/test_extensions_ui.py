@@ -13,6 +13,8 @@ import pytest
 from tests.test_extensions_manager import INSTALL_PY, commit, git, make_repo
 from tests.test_webui import CHROMIUM, FLAGS, Server, playwright_api
 
+pytestmark = pytest.mark.slow  # servers, browsers or full-size parity runs: left out by -m "not slow"
+
 expect = playwright_api.expect
 
 

@@ -15,6 +15,8 @@ from tests.test_lora import Q, Builder
 
 from webui import extra_networks_panel as panel
 
+pytestmark = pytest.mark.slow  # servers, browsers or full-size parity runs: left out by -m "not slow"
+
 
 def test_helpers(tmp_path):
     f = tmp_path / "a.safetensors"

@@ -12,6 +12,8 @@ from PIL import Image
 from tests.test_upscalers import ESRGAN_NAME, INFOTEXT, _picture, _real_esrgan_layout, _tiny_esrgan
 from tests.test_webui import CHROMIUM, FLAGS, Server, expect, pick, playwright_api, set_number
 
+pytestmark = pytest.mark.slow  # servers, browsers or full-size parity runs: left out by -m "not slow"
+
 
 @pytest.fixture(scope="module")
 def extras_server(tmp_path_factory, tiny_models):

@@ -1,4 +1,5 @@
 """One generation at a time, in arrival order, each caller getting its own results."""
+import pytest
 import threading
 import time
 
@@ -38,6 +39,7 @@ def test_state_progress_and_eta():
     assert not s.active and s.progress() == 0.0
 
 
+@pytest.mark.slow
 def test_two_callers_at_once_get_their_own_images(engine):
     results = {}
 

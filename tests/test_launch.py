@@ -73,6 +73,7 @@ def get(url: str):
         return r.status, r.read().decode()
 
 
+@pytest.mark.slow
 def test_launch_smoke(tmp_path):
     port = free_port()
     data = tmp_path / "data"
@@ -92,6 +93,7 @@ def test_launch_smoke(tmp_path):
     assert "Traceback" not in "".join(srv.stderr)
 
 
+@pytest.mark.slow
 def test_launch_port_in_use_is_one_line(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -107,6 +109,7 @@ def test_launch_port_in_use_is_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("launch.py: error: cannot listen on 127.0.0.1:")
 
 
+@pytest.mark.slow
 def test_listen_without_auth_warns(tmp_path):
     port = free_port()
     srv = Server("--skip-install", "--listen", "--port", str(port), "--data-dir", str(tmp_path / "d"))

@@ -289,6 +289,7 @@ def test_bad_file_gives_one_clear_error(name, tiny_models, tmp_path):
     assert not marker.exists(), "the checkpoint's pickle ran code"
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # evil-zip.ckpt: protocol 4 on purpose
 @pytest.mark.parametrize("name", list(BAD_FILES))
 def test_bad_file_next_to_good_ones_leaves_the_engine_working(name, tiny_models, engine, tmp_path):
@@ -339,6 +340,7 @@ def no_network(monkeypatch):
     yield attempts
 
 
+@pytest.mark.slow
 def test_loading_never_uses_the_network(no_network, tiny_models, engine):
     for name, (key, family, _inp, _pred) in SINGLE_FILES.items():
         model = loader.load_model(tiny_models.path(name), devices.cpu(), name=name)
@@ -375,6 +377,7 @@ def _infotext(result) -> dict:
     return parse_generation_parameters(result.info, fill_defaults=False, backcompat=False)
 
 
+@pytest.mark.slow
 def test_vae_setting_swaps_the_vae_and_none_restores_it(engine, tiny_models):
     path, other = _write_vae(engine, tiny_models, "other-vae.safetensors")
     own = tiny_models.components["sd1"]["vae"]
@@ -404,6 +407,7 @@ def test_vae_setting_swaps_the_vae_and_none_restores_it(engine, tiny_models):
     assert same_module_weights(model.vae, own) and model.vae_name is None
 
 
+@pytest.mark.slow
 def test_vae_automatic_picks_the_vae_named_like_the_checkpoint(engine, tiny_models):
     _path, other = _write_vae(engine, tiny_models, "sd1.safetensors")  # models/VAE/sd1.safetensors
     plain = reference_pixels(engine, "sd1.safetensors")
@@ -443,6 +447,7 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+@pytest.mark.slow
 def test_switching_checkpoints_with_limit_1_does_not_grow_memory(engine):
     engine.settings.set("sd_checkpoints_limit", 1)
     dropped: list[weakref.ref] = []
@@ -467,6 +472,7 @@ def test_switching_checkpoints_with_limit_1_does_not_grow_memory(engine):
     assert alive == [], f"{len(alive)} dropped checkpoints are still referenced"
 
 
+@pytest.mark.slow
 def test_limit_2_keeps_both_checkpoints_loaded(engine, monkeypatch):
     engine.settings.set("sd_checkpoints_limit", 2)
     loads = []
@@ -561,6 +567,7 @@ def _unet_output(unet: UNet2DConditionModel) -> torch.Tensor:
         return unet(x, torch.tensor([500]), encoder_hidden_states=ctx, **kw).sample
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(DISTILLED))
 def test_distilled_architecture_config_from_shapes(arch, tiny_models, tmp_path):
     family, kwargs = DISTILLED[arch]

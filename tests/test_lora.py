@@ -192,6 +192,7 @@ def test_registry_recursive_and_refresh(tmp_path):
 # kohya files: weights, output, removal
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sgm", [False, True], ids=["diffusers-names", "sgm-names"])
 def test_kohya_lora_patches_exactly_and_unloads_bit_exact(sd1, sgm):
     engine, model, lora_dir = sd1
@@ -240,6 +241,7 @@ def _expected_from_file(model, sd, names):
     return out
 
 
+@pytest.mark.slow
 def test_lycoris_and_peft_formats(sd1):
     engine, model, lora_dir = sd1
     before = gen(engine)
@@ -288,6 +290,7 @@ def test_pt_file_and_sha256_hash(sd1):
 # Several at once, separate multipliers, warnings, no drift
 
 
+@pytest.mark.slow
 def test_two_loras_combine(sd1):
     engine, model, lora_dir = sd1
     a, b = Builder(model, seed=10), Builder(model, seed=11)
@@ -317,6 +320,7 @@ def test_two_loras_combine(sd1):
                           atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_te_and_unet_multipliers_apply_separately(sd1):
     engine, model, lora_dir = sd1
     b = Builder(model, seed=20)
@@ -332,6 +336,7 @@ def test_te_and_unet_multipliers_apply_separately(sd1):
     assert torch.allclose(weight(model, "te1:" + TE_Q), ot + 0.5 * b.expected["te1:" + TE_Q], atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_unknown_lora_is_a_warning_and_still_an_image(sd1, caplog):
     engine, model, lora_dir = sd1
     before = gen(engine)
@@ -353,6 +358,7 @@ def test_unknown_lora_is_a_warning_and_still_an_image(sd1, caplog):
     assert "Lora hashes" not in again.info and again.warnings
 
 
+@pytest.mark.slow
 def test_lora_added_after_start_is_found(sd1):
     engine, model, lora_dir = sd1
     gen(engine)
@@ -363,6 +369,7 @@ def test_lora_added_after_start_is_found(sd1):
     assert r.warnings == [] and "fresh: " in r.info
 
 
+@pytest.mark.slow
 def test_twenty_alternating_generations_leave_no_residue(sd1):
     engine, model, lora_dir = sd1
     a, b = Builder(model, seed=40), Builder(model, seed=41)
@@ -392,6 +399,7 @@ def test_twenty_alternating_generations_leave_no_residue(sd1):
     assert r.warnings == []
 
 
+@pytest.mark.slow
 def test_reloaded_model_starts_clean(sd1):
     engine, model, lora_dir = sd1
     b = Builder(model, seed=50)
@@ -409,6 +417,7 @@ def test_reloaded_model_starts_clean(sd1):
 # SDXL: lora_te1 / lora_te2 and sgm UNet names
 
 
+@pytest.mark.slow
 def test_sdxl_kohya_te1_te2_sgm(engine, data_dir):
     model = engine.models.get("sdxl.safetensors")
     xq = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"

@@ -177,6 +177,7 @@ _RSS_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc/self/status (VmHWM)")
 def test_peak_memory_stays_near_one_model(tmp_path, tiny_models, record_property):
     """Two ~200 MiB SD1 checkpoints (the tiny model's layout plus big float16 EMA tensors) merge in a fresh process

@@ -20,6 +20,8 @@ from PIL import Image
 
 from tests.test_launch import Server, free_port
 
+pytestmark = pytest.mark.slow  # servers, browsers or full-size parity runs: left out by -m "not slow"
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # A schema-valid value the server still refuses for its content, which JSON Schema cannot state (an image's bytes,

@@ -87,6 +87,7 @@ def raw_get(url: str, path: str, headers: dict | None = None):
         conn.close()
 
 
+@pytest.mark.slow
 def test_file_route_serves_extension_assets_and_outputs(site):
     status, body, resp = raw_get(site["url"], "/file=extensions/page-ext/images/x.png")
     assert status == 200 and body == PNG
@@ -144,6 +145,7 @@ def test_page_links_extension_css_with_its_mtime_and_a_reload_sees_a_rewrite(sit
     assert raw_get(site["url"], "/file=extensions/page-ext/style.css?" + again.group(1))[1] == css.read_bytes()
 
 
+@pytest.mark.slow
 def test_file_route_needs_the_login_with_gradio_auth(site):
     srv = Server(site["data"], site["root"] / "auth-server.log").start("--gradio-auth", "ann:secret-pw")
     try:
@@ -166,6 +168,7 @@ def test_file_route_needs_the_login_with_gradio_auth(site):
         srv.stop()
 
 
+@pytest.mark.slow
 def test_extension_javascript_uses_the_a1111_page_globals(site):
     playwright_api = pytest.importorskip("playwright.sync_api")
     from tests.test_webui import CHROMIUM, FLAGS, open_ui

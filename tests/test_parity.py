@@ -14,6 +14,8 @@ from modules.processing import ProcessingContext, img2img, txt2img
 from modules.request_types import Img2ImgRequest, Txt2ImgRequest
 from modules.sampling import samplers
 
+pytestmark = pytest.mark.slow  # servers, browsers or full-size parity runs: left out by -m "not slow"
+
 SEED = 1234
 SIZE = 64
 

@@ -45,6 +45,7 @@ def _mask() -> Image.Image:
 # -- seeds -------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_batch_image_equals_single_run_with_seed_plus_i(engine):
     batch = engine.txt2img({**BASE, "seed": 100, "batch_size": 3, "do_not_save_samples": True})
     assert batch.all_seeds == [100, 101, 102]
@@ -54,6 +55,7 @@ def test_batch_image_equals_single_run_with_seed_plus_i(engine):
     assert not np.array_equal(arr(imgs[0]), arr(imgs[1]))
 
 
+@pytest.mark.slow
 def test_n_iter_batches_continue_the_seeds(engine):
     r = engine.txt2img({**BASE, "seed": 7, "batch_size": 2, "n_iter": 2, "do_not_save_samples": True,
                         "do_not_save_grid": False})
@@ -64,6 +66,7 @@ def test_n_iter_batches_continue_the_seeds(engine):
     assert same_picture(r.images[3], third.images[0])
 
 
+@pytest.mark.slow
 def test_random_seed_is_reported_and_reproducible(engine):
     r = engine.txt2img({**BASE, "seed": -1, "do_not_save_samples": True})
     assert 0 <= r.seed < 4294967294
@@ -71,6 +74,7 @@ def test_random_seed_is_reported_and_reproducible(engine):
     assert np.array_equal(arr(r.images[0]), arr(again.images[0]))
 
 
+@pytest.mark.slow
 def test_variation_seed_strength_ends(engine):
     base = engine.txt2img({**BASE, "seed": 5, "do_not_save_samples": True}).images[0]
     other = engine.txt2img({**BASE, "seed": 77, "do_not_save_samples": True}).images[0]
@@ -81,6 +85,7 @@ def test_variation_seed_strength_ends(engine):
     assert "Variation seed: 77, Variation seed strength: 0.5" in mid.infotexts[0]
 
 
+@pytest.mark.slow
 def test_resize_seed_from_same_size_is_a_no_op_and_other_size_changes(engine):
     base = engine.txt2img({**BASE, "seed": 3, "do_not_save_samples": True}).images[0]
     same = engine.txt2img({**BASE, "seed": 3, "seed_resize_from_w": 64, "seed_resize_from_h": 64,
@@ -92,6 +97,7 @@ def test_resize_seed_from_same_size_is_a_no_op_and_other_size_changes(engine):
     assert "Seed resize from: 32x48" in other.infotexts[0]
 
 
+@pytest.mark.slow
 def test_img2img_and_inpaint_batches_follow_seeds(engine):
     req = {**BASE, "init_images": [_init()], "denoising_strength": 0.6, "do_not_save_samples": True}
     for extra in ({}, {"mask": _mask(), "mask_blur": 0}):
@@ -124,6 +130,7 @@ def infotext_version() -> str:
     return VERSION
 
 
+@pytest.mark.slow
 def test_saved_files_names_and_pnginfo(engine):
     r = engine.txt2img({**BASE, "seed": 42, "batch_size": 2, "do_not_save_grid": False})
     names = [p.name for p in r.saved_paths]
@@ -152,6 +159,7 @@ def test_override_settings_apply_to_one_job(engine):
 # -- img2img -------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strength,fix,expected", [(0.5, False, 5), (0.75, False, 7), (0.5, True, 10),
                                                     (0.0, False, 0)])
 def test_img2img_step_count_follows_a1111(engine, strength, fix, expected):
@@ -168,6 +176,7 @@ def test_img2img_step_count_follows_a1111(engine, strength, fix, expected):
     assert steps_seen == [expected]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [0, 1, 2, 3])
 def test_img2img_resize_modes_give_requested_size(engine, mode):
     wide = Image.new("RGB", (96, 48), (200, 30, 30))
@@ -192,6 +201,7 @@ def test_inpaint_only_masked_keeps_everything_outside_the_mask(engine):
     assert "Inpaint area: Only masked" in r.infotexts[0] and "Masked content: fill" in r.infotexts[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fill", [2, 3])
 def test_inpaint_latent_fill_modes_run(engine, fill):
     r = engine.img2img({**BASE, "init_images": [_init()], "mask": _mask(), "inpainting_fill": fill,
@@ -203,6 +213,7 @@ def test_inpaint_latent_fill_modes_run(engine, fill):
 # -- hires fix -----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
 def test_hires_fix_upscales_and_records_parameters(engine, upscaler):
     r = engine.txt2img({**BASE, "seed": 11, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": upscaler,
@@ -213,6 +224,7 @@ def test_hires_fix_upscales_and_records_parameters(engine, upscaler):
     assert f"Hires upscale: 1.5, Hires steps: 2, Hires upscaler: {upscaler}" in text
 
 
+@pytest.mark.slow
 def test_hires_resize_to_exact_size(engine):
     r = engine.txt2img({**BASE, "enable_hr": True, "hr_resize_x": 96, "hr_resize_y": 128,
                         "do_not_save_samples": True})
@@ -222,6 +234,7 @@ def test_hires_resize_to_exact_size(engine):
 # -- interrupt and skip ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_interrupt_keeps_finished_images_and_skip_drops_the_current(engine):
     calls = {"n": 0}
     original = engine.state.next_job
@@ -260,6 +273,7 @@ def test_interrupt_keeps_finished_images_and_skip_drops_the_current(engine):
 # -- bad requests --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("patch,message", [
     ({"sampler_name": "Bogus sampler"}, "Bogus sampler"),
     ({"steps": 0}, "steps"),
@@ -279,6 +293,7 @@ def test_unknown_sampler_lists_valid_names(engine):
     assert "DPM++ 2M" in str(e.value) and "Euler a" in str(e.value)
 
 
+@pytest.mark.slow
 def test_legacy_and_alias_sampler_names(engine):
     a = engine.txt2img({**BASE, "seed": 3, "sampler_name": "k_euler_a", "do_not_save_samples": True})
     b = engine.txt2img({**BASE, "seed": 3, "sampler_name": "Euler a", "do_not_save_samples": True})
@@ -293,6 +308,7 @@ def test_img2img_without_image_is_an_error(engine):
 # -- the command-line client ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_txt2img_and_img2img(data_dir, tmp_path):
     req = tmp_path / "req.json"
     req.write_text(json.dumps({**BASE, "seed": 21, "batch_size": 2}))
@@ -342,6 +358,7 @@ def test_progress_and_live_preview_during_sampling(engine):
     assert engine.state.current_image is None or engine.state.current_image.size == (32, 32)
 
 
+@pytest.mark.slow
 def test_inpainting_model_also_does_txt2img_and_plain_img2img(tmp_path, tiny_models):
     """A 9-channel model without a mask is conditioned on "repaint everything", as A1111 does."""
     from modules import cmd_args

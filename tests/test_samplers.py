@@ -88,6 +88,7 @@ def test_every_spec_option_exists_in_its_diffusers_class():
         assert spec.default_schedule in S.schedule_type_labels()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [SD15_CONFIG, SDXL_CONFIG], ids=["sd15", "sdxl"])
 @pytest.mark.parametrize("name", S.sampler_names())
 def test_every_sampler_builds_and_steps(name, config):

@@ -117,6 +117,7 @@ def ui_login(client: httpx.Client, user: str, password: str) -> int:
 # 2. login files, --auth
 
 
+@pytest.mark.slow
 def test_gradio_auth_path_protects_the_ui(servers):
     srv = servers["paths"]
     with srv.client() as c:
@@ -205,6 +206,7 @@ def test_one_warning_per_open_surface():
     assert len(routes) == 1 and "POST /my-extension/run" in routes[0] and "txt2img" not in routes[0]
 
 
+@pytest.mark.slow
 def test_listen_with_api_auth_only_warns_that_the_ui_is_open(tmp_path):
     from tests.test_launch import Server, free_port
 
@@ -299,6 +301,7 @@ def test_url_image_keeps_the_host_name(monkeypatch, loopback_http):
     assert hits == [("/cat.png?x=1", f"images.test:{port}")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "100.64.0.1", "100.127.255.254", "169.254.169.254",
                                      "0.0.0.0", "224.0.0.1", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1",
                                      "2002:7f00:1::1", "2002:a00:1::", "2002:6440:1::", "64:ff9b::7f00:1",
@@ -328,6 +331,7 @@ BODYLESS = ["/sdapi/v1/interrupt", "/sdapi/v1/skip", "/sdapi/v1/unload-checkpoin
             "/gradio_api/upload", "/login"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("headers", [{"origin": "http://evil.example"}, {"origin": "null"},
                                      {"sec-fetch-site": "cross-site"},
                                      {"origin": "http://127.0.0.1:1", "sec-fetch-site": "same-site"}])
@@ -433,6 +437,7 @@ def test_logged_out_page_has_no_option_values_or_checkpoints(servers, encoding):
         assert CKPT_NAME in c.get("/config").text
 
 
+@pytest.mark.slow
 def test_login_page_logs_in_in_the_browser(servers):
     playwright_api = pytest.importorskip("playwright.sync_api")
     from tests.test_webui import CHROMIUM, FLAGS

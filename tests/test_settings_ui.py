@@ -11,6 +11,8 @@ import pytest
 
 from tests.test_webui import Server, artifacts, browser, expect, open_ui, pick  # noqa: F401 - fixtures
 
+pytestmark = pytest.mark.slow  # servers, browsers or full-size parity runs: left out by -m "not slow"
+
 
 @pytest.fixture(scope="module")
 def settings_data(tmp_path_factory, tiny_models) -> Path:

@@ -12,6 +12,8 @@ from tests.test_webui import CHROMIUM, FLAGS, Server
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
+pytestmark = pytest.mark.slow  # servers, browsers or full-size parity runs: left out by -m "not slow"
+
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_the_server_with_a_page_open(tmp_path, sig):

@@ -27,6 +27,7 @@ def test_padding_tokens_per_family():
     assert ids1[-1] == 49407 and ids2[-1] == 0 and ids1[:3] == ids2[:3]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_matches_open_clip_reference_tokenizer(prompt):
     from open_clip.tokenizer import SimpleTokenizer

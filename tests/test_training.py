@@ -83,6 +83,7 @@ def fixed_loss(model, images, prompt_of) -> float:
     return torch.nn.functional.mse_loss(unet_prediction(model, noisy, t, cond, bucket.size), target).item()
 
 
+@pytest.mark.slow
 def test_lora_training_writes_a_kohya_file_that_our_loader_applies(engine, images):
     prompt = "red square, flat colour"
     before = engine.txt2img({"prompt": prompt, **GEN})
@@ -149,6 +150,7 @@ def test_sdxl_lora_uses_te1_te2_and_sgm_unet_names(engine, images):
         assert f.metadata()["ss_base_model_version"] == "sdxl_base_v1-0"
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_where_it_stopped(engine, images):
     straight = run_lora(engine, lora_config(images, steps=6, output_name="straight"))
     first = run_lora(engine, lora_config(images, steps=3, output_name="resumed", resume=True))
@@ -217,6 +219,7 @@ def test_create_embedding_from_init_text(engine, load_tiny):
     assert "shinyxl" in db and "shiny" not in db
 
 
+@pytest.mark.slow
 def test_embedding_training_changes_only_its_vectors(engine, images):
     model = engine.models.get("sd1.safetensors")
     weights = {k: v.clone() for net in (model.unet, model.text_encoder) for k, v in net.state_dict().items()}
@@ -263,6 +266,7 @@ def test_cli_trains_from_a_toml_config(engine, data_dir, images, tmp_path, capsy
     assert "steps" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEMO.is_file(), reason="demo checkpoint missing: python -m modules.training.demo_recipe")
 def test_lora_trained_on_green_tinted_pictures_turns_pictures_green(tmp_path):
     """On the bundled demo model (it draws what prompts say): a LoRA trained on green-tinted shapes makes its

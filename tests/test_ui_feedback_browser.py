@@ -12,6 +12,8 @@ from PIL import Image, PngImagePlugin
 
 from tests.test_webui import Server, artifacts, browser, expect, open_ui, set_number  # noqa: F401 - fixtures
 
+pytestmark = pytest.mark.slow  # servers, browsers or full-size parity runs: left out by -m "not slow"
+
 
 @pytest.fixture(scope="module")
 def feedback_data(tmp_path_factory, tiny_models) -> Path:

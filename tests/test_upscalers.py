@@ -267,6 +267,7 @@ def test_api_extras_bad_input(api_client, body, status, message):
     assert r.status_code == status and message in r.json()["detail"]
 
 
+@pytest.mark.slow
 def test_hires_fix_with_a_model_upscaler(api_client):
     base = {"prompt": "castle", "steps": 1, "width": 64, "height": 64, "seed": 5, "enable_hr": True,
             "hr_scale": 1.5, "hr_second_pass_steps": 1, "denoising_strength": 0.5}
