@@ -119,7 +119,14 @@ def pytest_collection_modifyitems(session, config, items):
         if SERVER_FIXTURES.get(item.fspath.basename) in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
     weight: dict[str, int] = {}
-    for item in items:
-        if item.get_closest_marker("slow") is not None:
-            weight[item.fspath.strpath] = weight.get(item.fspath.strpath, 0) + 1
+    counted: set[tuple[str, str]] = set()  # a parametrized test counts once
+    for item in items:  # a slow test counts 1 (or its `cost`); a whole slow module (servers, browsers) 5 more
+        slow = item.get_closest_marker("slow")
+        function = (item.fspath.strpath, getattr(item, "originalname", item.name))
+        if slow is not None and function not in counted:
+            counted.add(function)
+            marks = getattr(getattr(item, "module", None), "pytestmark", [])
+            whole = any(m.name == "slow" for m in (marks if isinstance(marks, list) else [marks]))
+            key = item.fspath.strpath
+            weight[key] = weight.get(key, 5 if whole else 0) + slow.kwargs.get("cost", 1)
     items.sort(key=lambda item: -weight.get(item.fspath.strpath, 0))

@@ -150,7 +150,7 @@ def _schedules_by_grammar(prompt: str, steps: int):
     return [[t, at(t)] for t in sorted(points)]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(cost=20)  # about a minute
 def test_linear_reader_equals_the_grammar():
     """The linear schedule reader gives exactly what A1111's grammar gives, on random prompts over the syntax's
     characters, so long prompts parse in linear time without changing any result."""

@@ -24,7 +24,7 @@ from modules.models.manager import ModelNotFoundError
 from modules.request_types import RequestError
 
 USER_ERRORS = (RequestError, ModelNotFoundError, ModelLoadError, UnsupportedModelError, ValueError)
-POLL_SECONDS = 0.4
+POLL_SECONDS = 0.1  # how often the job's state is read; the page gets an update only when its line changes
 
 
 @dataclass
@@ -208,19 +208,23 @@ def _run(engine: Engine, req, kind: str, script_args, key: tuple, token: object)
     thread = threading.Thread(target=work, name=f"ui-{kind}", daemon=True)
     thread.start()
     last_preview_step = -1
+    last_line = None
     while thread.is_alive():
         thread.join(POLL_SECONDS)
         state = engine.state
         waiting = not state.active or state.job != req.mode
         before, after = TAB_RUNS.position(key, token)
         if before:  # an earlier run of this tab is still drawing the progress line
-            yield gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
             continue
         preview = gr.update()
         if not waiting and state.current_image is not None and state.current_image_step != last_preview_step:
             last_preview_step = state.current_image_step
             preview = gr.update(value=state.current_image, visible=True)
-        yield gr.update(), gr.update(), gr.update(), progress_html(engine, waiting, after), preview, gr.update()
+        line = progress_html(engine, waiting, after)
+        if line == last_line and preview == gr.update():
+            continue
+        last_line = line
+        yield gr.update(), gr.update(), gr.update(), line, preview, gr.update()
     if "error" in box:
         yield gr.update(), gr.update(), error_html(box["error"]), "", gr.update(visible=False), gr.update()
         return
