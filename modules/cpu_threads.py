@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-# Per-op FLOPs below which one thread wins (bench/bench_cpu_threads.py on 2 cores: the demo model at 64-256 px is
-# 0.002-0.04 GFLOP per op and fastest on 1 thread; SD1.5 at 512 px is 15 GFLOP and ~1.7x faster on 2).
-SMALL_WORK_FLOPS = 0.5e9
+# Per-op FLOPs below which one thread wins, measured on 2 idle cores (bench/bench_cpu_threads.py, bench/README.md):
+# the demo model at 64x64 (2.4 MFLOP per op) is 1.2-1.5x faster on 1 thread; at 128x128 (9.4 MFLOP) 2 threads win
+# by 14%, at 256 by 25%, at 512 by 37%; SD1.5 at 256 (3.8 GFLOP) and above gains from every core.
+SMALL_WORK_FLOPS = 5e6
 SAMPLE_EVERY_S = 0.5
 
 
@@ -99,7 +100,7 @@ class OtherLoad:
             if wall > 0:
                 others = max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / wall)
                 with self._lock:
-                    self._busy = 0.5 * self._busy + 0.5 * others
+                    self._busy = 0.3 * self._busy + 0.7 * others
             last = now
 
     def start(self) -> "OtherLoad":
@@ -134,18 +135,38 @@ def choose(work: Work | None, cores: int, busy_others: float, forced: int = 0,
     return Choice(free, why)
 
 
-class ThreadPolicy:
-    """The engine's policy object: ``apply(work)`` sets torch's thread count for the calling thread."""
+_SHARED_LOAD: OtherLoad | None = None
+_SHARED_LOCK = threading.Lock()
 
-    def __init__(self, forced: int = 0, cores: int | None = None, load: OtherLoad | None = None):
+
+def shared_load() -> OtherLoad:
+    """One sampler per process, started at once so it has seen the machine before the first job."""
+    global _SHARED_LOAD
+    with _SHARED_LOCK:
+        if _SHARED_LOAD is None:
+            _SHARED_LOAD = OtherLoad().start()
+        return _SHARED_LOAD
+
+
+class ThreadPolicy:
+    """The engine's policy object: ``apply(work)`` sets torch's thread count for the calling thread. `watch`
+    starts the load sampler now (the engine does so on the CPU)."""
+
+    def __init__(self, forced: int = 0, cores: int | None = None, load: OtherLoad | None = None,
+                 watch: bool = False):
         self.forced = max(0, int(forced or 0))
         self.cores = cores or usable_cores()
-        self.load = load or OtherLoad()
+        self.load = load or (shared_load() if watch else None)
         self.last: Choice | None = None
 
     def choose(self, work: Work | None, setting: int = 0) -> Choice:
         forced = self.forced or max(0, int(setting or 0))
-        busy = 0.0 if forced or (work is not None and work.op_flops < SMALL_WORK_FLOPS) else self.load.busy_cores()
+        small = work is not None and work.op_flops < SMALL_WORK_FLOPS
+        if forced or small or self.cores == 1:
+            busy = 0.0
+        else:
+            self.load = self.load or shared_load()
+            busy = self.load.busy_cores()
         return choose(work, self.cores, busy, forced)
 
     def apply(self, work: Work | None, setting: int = 0) -> Choice:

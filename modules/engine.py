@@ -71,7 +71,7 @@ class Engine:
         engine.embeddings = EmbeddingDatabase(paths.embeddings_dir)
         engine.styles = StyleDatabase.from_paths(paths)
         engine.upscalers = UpscalerRegistry.from_paths(paths, device_config, settings)
-        engine.threads = cpu_threads.ThreadPolicy(forced=threads)
+        engine.threads = cpu_threads.ThreadPolicy(forced=threads, watch=device_config.device.type == "cpu")
         return engine
 
     @classmethod

@@ -12,12 +12,15 @@ from modules import cpu_threads
 from modules.cpu_threads import Work, choose
 
 DEMO_64 = Work(channels=32, latent_pixels=8 * 8, rows=2)  # the demo model at 64x64 with CFG
+DEMO_128 = Work(channels=32, latent_pixels=16 * 16, rows=2)  # already worth a second core when it is free
 SD15_512 = Work(channels=320, latent_pixels=64 * 64, rows=2)  # SD1.5 at 512x512 with CFG
 
 
 def test_policy_table():
     assert choose(DEMO_64, cores=8, busy_others=0).threads == 1
     assert choose(SD15_512, cores=8, busy_others=0).threads == 8
+    assert choose(DEMO_128, cores=2, busy_others=0).threads == 2
+    assert choose(DEMO_128, cores=2, busy_others=1.0).threads == 1
     assert choose(SD15_512, cores=2, busy_others=1.0).threads == 1  # one core kept busy by another program
     assert choose(SD15_512, cores=8, busy_others=2.6).threads == 5
     assert choose(SD15_512, cores=4, busy_others=9).threads == 1  # never fewer than one
