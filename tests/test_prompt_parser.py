@@ -168,15 +168,25 @@ def test_linear_reader_equals_the_grammar():
     assert not mismatches, mismatches[:5]
 
 
-def test_a_200_kb_prompt_parses_in_under_a_second():
+def test_a_200_kb_prompt_parses_in_linear_time():
+    """Ten times the text takes about ten times as long, not a hundred (a quadratic reader took minutes on a
+    200 KB prompt). Compared as a ratio of best-of-3 times, so a busy machine does not fail it."""
     import time
 
     from modules import prompt_parser as pp
 
-    prompt = ("a (red:1.2) [cat|dog] [snow:rain:5], \\(escaped\\) plain words, " * 4000)[:200_000]
-    started = time.perf_counter()
-    schedule = pp.get_learned_conditioning_prompt_schedules([prompt], 20)[0]
-    attention = pp.parse_prompt_attention(schedule[-1][1])
-    elapsed = time.perf_counter() - started
-    assert len(schedule) == 20 and attention  # alternation changes the text at every step
-    assert elapsed < 1.0, f"{elapsed:.2f} s"
+    unit = "a (red:1.2) [cat|dog] [snow:rain:5], \\(escaped\\) plain words, "
+
+    def best_time(size: int):
+        prompt = (unit * (size // len(unit) + 1))[:size]
+        best, schedule = float("inf"), None
+        for _ in range(3):
+            started = time.perf_counter()
+            schedule = pp.get_learned_conditioning_prompt_schedules([prompt], 20)[0]
+            attention = pp.parse_prompt_attention(schedule[-1][1])
+            best = min(best, time.perf_counter() - started)
+        assert len(schedule) == 20 and attention  # alternation changes the text at every step
+        return best
+
+    small, large = best_time(20_000), best_time(200_000)
+    assert large < 30 * small, f"20 KB {small:.3f} s, 200 KB {large:.3f} s"
