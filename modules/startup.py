@@ -20,8 +20,9 @@ RETRY_AFTER_S = 1
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Stable Diffusion web UI</title>
-<style>body{{font-family:system-ui,sans-serif;background:#0b0f19;color:#e5e7eb;display:flex;align-items:center;
-justify-content:center;height:100vh;margin:0}}.box{{text-align:center}}.bar{{width:16em;height:4px;background:#374151;
+<style>body{{font-family:system-ui,sans-serif;background:#fff;color:#1f2937;display:flex;align-items:center;
+justify-content:center;height:100vh;margin:0}}@media (prefers-color-scheme: dark){{body{{background:#0b0f19;
+color:#e5e7eb}}}}.box{{text-align:center}}.bar{{width:16em;height:4px;background:#d1d5db;
 margin:1em auto;overflow:hidden;border-radius:2px}}.bar div{{width:30%;height:100%;background:#f97316;
 animation:slide 1.2s infinite ease-in-out}}@keyframes slide{{0%{{margin-left:-30%}}100%{{margin-left:100%}}}}
 #error{{color:#f87171;white-space:pre-wrap;text-align:left;max-width:50em}}</style></head>
