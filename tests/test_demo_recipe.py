@@ -15,7 +15,7 @@ from modules.engine import Engine
 from modules.paths import Paths
 from modules.training import demo_recipe, shapes
 
-TOY = ["--images", "64", "--vae-steps", "3", "--vae-batch", "4", "--unet-steps", "3", "--unet-batch", "4",
+TOY = ["--images", "64", "--held-out", "16", "--vae-steps", "3", "--vae-batch", "4", "--unet-steps", "3", "--unet-batch", "4",
        "--threads", "1"]
 
 
@@ -26,7 +26,7 @@ def keep_threads():
     torch.set_num_threads(before)
 
 
-@pytest.mark.slow(cost=15)  # about a minute
+@pytest.mark.slow(cost=3)  # about 10 s
 def test_recipe_writes_a_checkpoint_the_engine_loads_as_the_demo(tmp_path):
     out = tmp_path / "models" / "Stable-diffusion" / "toy-demo.safetensors"
     out.parent.mkdir(parents=True)

@@ -38,6 +38,7 @@ class Recipe:
 
     seed: int = 1234
     images: int = 9000
+    held_out: int = 512  # pictures the VAE's reconstruction PSNR is measured on (a report, not training)
     size: int = 64
     vae_steps: int = 900
     vae_batch: int = 32
@@ -119,7 +120,7 @@ def run(recipe: Recipe, out: Path, vae_cache: Path | None = None) -> dict:
 
     started = time.perf_counter()
     pixels, scenes = shapes.make_dataset(recipe.images, recipe.seed, recipe.size)
-    held_out, _ = shapes.make_dataset(512, recipe.seed + 1, recipe.size)
+    held_out, _ = shapes.make_dataset(recipe.held_out, recipe.seed + 1, recipe.size)
     log.info("drew %d pictures in %.1f s", len(pixels), time.perf_counter() - started)
 
     vae, vae_seconds = trained_vae(arch, pixels, recipe, vae_cache)
