@@ -7,21 +7,31 @@ from modules.jobs import JobQueue, JobState
 
 
 def test_queue_serves_in_arrival_order_one_at_a_time():
+    """Each caller joins the queue only after the previous one is waiting (no sleeps that a busy machine reorders)."""
     q = JobQueue()
     order, running = [], []
+    first_has_turn, release = threading.Event(), threading.Event()
 
-    def job(name, delay):
-        time.sleep(delay)
+    def job(name):
         with q.turn():
             running.append(name)
             assert len(running) == 1
             order.append(name)
-            time.sleep(0.05)
+            if name == "j0":
+                first_has_turn.set()
+                release.wait(10)
             running.remove(name)
 
-    threads = [threading.Thread(target=job, args=(f"j{i}", i * 0.01)) for i in range(5)]
-    for t in threads:
+    threads = [threading.Thread(target=job, args=(f"j{i}",)) for i in range(5)]
+    threads[0].start()
+    assert first_has_turn.wait(10)
+    for i, t in enumerate(threads[1:], start=1):
         t.start()
+        deadline = time.monotonic() + 10
+        while q.pending < i and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert q.pending == i
+    release.set()
     for t in threads:
         t.join()
     assert order == ["j0", "j1", "j2", "j3", "j4"]
