@@ -25,6 +25,7 @@ from modules.request_types import RequestError
 
 USER_ERRORS = (RequestError, ModelNotFoundError, ModelLoadError, UnsupportedModelError, ValueError)
 POLL_SECONDS = 0.1  # how often the job's state is read; the page gets an update only when its line changes
+KEEPALIVE_SECONDS = 0.4  # a run waiting behind another of its tab still yields this often
 
 
 @dataclass
@@ -209,12 +210,16 @@ def _run(engine: Engine, req, kind: str, script_args, key: tuple, token: object)
     thread.start()
     last_preview_step = -1
     last_line = None
+    last_yield = 0.0
     while thread.is_alive():
         thread.join(POLL_SECONDS)
         state = engine.state
         waiting = not state.active or state.job != req.mode
         before, after = TAB_RUNS.position(key, token)
-        if before:  # an earlier run of this tab is still drawing the progress line
+        if before:  # an earlier run of this tab is still drawing the progress line; this one says it is alive
+            if time.time() - last_yield >= KEEPALIVE_SECONDS:
+                last_yield = time.time()
+                yield gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
             continue
         preview = gr.update()
         if not waiting and state.current_image is not None and state.current_image_step != last_preview_step:
@@ -223,7 +228,7 @@ def _run(engine: Engine, req, kind: str, script_args, key: tuple, token: object)
         line = progress_html(engine, waiting, after)
         if line == last_line and preview == gr.update():
             continue
-        last_line = line
+        last_line, last_yield = line, time.time()
         yield gr.update(), gr.update(), gr.update(), line, preview, gr.update()
     if "error" in box:
         yield gr.update(), gr.update(), error_html(box["error"]), "", gr.update(visible=False), gr.update()
