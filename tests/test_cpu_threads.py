@@ -84,3 +84,30 @@ def test_engine_applies_the_policy_in_the_job_thread(engine):
     finally:
         engine.threads.forced = 0
         torch.set_num_threads(before)
+
+
+def test_threads_flag_reaches_the_jobs(data_dir):
+    from modules import cmd_args
+    from modules.engine import Engine
+
+    ns = cmd_args.parse_args(["--data-dir", str(data_dir), "--skip-install", "--threads", "2"], env={})
+    engine = Engine.from_args(ns)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert _threads_in_a_job(engine) == 2  # a tiny model would get 1 thread without the flag
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_bad_thread_counts_are_refused(capsys):
+    import pytest
+
+    from modules import cmd_args
+    from modules.settings import Settings
+
+    with pytest.raises(SystemExit):
+        cmd_args.parse_args(["--threads", "-1"], env={})
+    assert "--threads" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="cpu_threads"):
+        Settings().set("cpu_threads", -2)
