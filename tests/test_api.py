@@ -1,5 +1,6 @@
-"""The A1111-compatible HTTP API (/sdapi/v1), over HTTP against the real server (`python launch.py --api`) with the
-tiny models: every route, concurrency, interrupt, options, model switching, auth, bad inputs, and a schema fuzz."""
+"""The A1111-compatible HTTP API (/sdapi/v1), over HTTP against the app `python launch.py --api` serves
+(tests/servers.py; `--api-server-stop` against launch.py itself) with the tiny models: every route, concurrency,
+interrupt, options, model switching, auth, bad inputs, and a schema fuzz."""
 from __future__ import annotations
 
 import base64
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from PIL import Image, PngImagePlugin
 
+from tests.servers import Server as InProcessServer
 from tests.test_launch import Server, free_port
 
 FAST = {"steps": 2, "width": 64, "height": 64}
@@ -45,8 +47,7 @@ def _data_dir(root: Path, tiny_models) -> Path:
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, tiny_models):
     data = _data_dir(tmp_path_factory.mktemp("apidata"), tiny_models)
-    srv = Server("--skip-install", "--api", "--port", str(free_port()), "--data-dir", str(data))
-    assert srv.url, (srv.stdout, srv.stderr)
+    srv = InProcessServer(data, tmp_path_factory.mktemp("apilog") / "server.log").start("--api")
     client = httpx.Client(base_url=srv.url + "/sdapi/v1", timeout=120)
     client.data_dir = data
     client.srv = srv

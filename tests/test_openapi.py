@@ -18,7 +18,7 @@ import pytest
 import schemathesis
 from PIL import Image
 
-from tests.test_launch import Server, free_port
+from tests.servers import Server
 
 pytestmark = pytest.mark.slow  # servers, browsers or full-size parity runs: left out by -m "not slow"
 
@@ -69,8 +69,7 @@ def server(tmp_path_factory):
     ckpt = data / "models" / "Stable-diffusion"
     ckpt.mkdir(parents=True)
     write_single_file(build_tiny("sd1"), "sd1", ckpt / "sd1.safetensors")
-    srv = Server("--skip-install", "--api", "--port", str(free_port()), "--data-dir", str(data))
-    assert srv.url, (srv.stdout, srv.stderr)
+    srv = Server(data, data / "server.log").start("--api")
     # the model loads now, not inside the first generation schemathesis times
     r = httpx.post(srv.url + "/sdapi/v1/txt2img", json=CHEAP, timeout=120)
     assert r.status_code == 200, r.text

@@ -3,8 +3,8 @@ for both, one warning per open surface, URL images pinned to the checked address
 output folders locked with --listen and per-request overrides, a logged-out page without the app's data, /docs
 offline, and --help printed once.
 
-The servers run in this process (uvicorn in a thread on a free port, the app from server.create_app as launch.py
-builds it), so several configurations start in seconds; the flags go through cmd_args.parse_args like argv."""
+The servers run in this process (tests/servers.py: the app launch.py builds, from the same flags, served by uvicorn
+in a thread), so several configurations start in seconds."""
 from __future__ import annotations
 
 import base64
@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -26,6 +25,7 @@ from PIL import Image
 
 from modules import auth, cmd_args, script_callbacks
 from modules.api import api as api_mod
+from tests.servers import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "Stable-diffusion" / "demo-shapes.safetensors"
@@ -33,42 +33,8 @@ CKPT_NAME = "private-checkpoint-name-7d1f"
 SECRET_DIR = "/secret/marker/outdir-51c3"
 
 
-def _free_socket() -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    return sock
-
-
-class InProcessServer:
-    """The app launch.py would serve for `flags`, answered by uvicorn on 127.0.0.1 from a thread."""
-
-    def __init__(self, data: Path, *flags: str):
-        import uvicorn
-
-        from modules import server
-
-        self.ns = cmd_args.parse_args(["--data-dir", str(data), "--skip-install", *flags], env={})
-        self.ctx = server.build_context(self.ns)
-        self.app = server.create_app(self.ctx)
-        self.sock = _free_socket()
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started:
-            assert time.time() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.05)
-
-    def client(self, **kw) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=120, **kw)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(20)
-        self.sock.close()
+def _serve(data: Path, *flags: str) -> Server:
+    return Server(data, data / "server.log").start(*flags)
 
 
 def _data_dir(root: Path, config: dict | None = None) -> Path:
@@ -94,13 +60,13 @@ def servers(tmp_path_factory):
         (root / f"{name}.txt").write_text(text)
     started = {}
     try:
-        started["paths"] = InProcessServer(
+        started["paths"] = _serve(
             _data_dir(root / "d-paths", {"outdir_samples": SECRET_DIR}), "--api",
             "--gradio-auth-path", str(root / "ui.txt"), "--api-auth-path", str(root / "api.txt"))
-        started["auth"] = InProcessServer(_data_dir(root / "d-auth"), "--api", "--auth", "erin:e,frank:f")
-        started["auth_path"] = InProcessServer(_data_dir(root / "d-auth-path"), "--api", "--listen",
+        started["auth"] = _serve(_data_dir(root / "d-auth"), "--api", "--auth", "erin:e,frank:f")
+        started["auth_path"] = _serve(_data_dir(root / "d-auth-path"), "--api", "--listen",
                                                "--auth-path", str(root / "both.txt"))
-        started["open"] = InProcessServer(_data_dir(root / "d-open"), "--api",
+        started["open"] = _serve(_data_dir(root / "d-open"), "--api",
                                           "--cors-allow-origins", "http://allowed.example,https://also.example")
         yield started
     finally:
@@ -208,16 +174,15 @@ def test_one_warning_per_open_surface():
 
 @pytest.mark.slow
 def test_listen_with_api_auth_only_warns_that_the_ui_is_open(tmp_path):
-    from tests.test_launch import Server, free_port
-
-    srv = Server("--skip-install", "--listen", "--api", "--api-auth", "u:p", "--port", str(free_port()),
-                 "--data-dir", str(tmp_path / "d"))
+    """The warnings launch.py prints at start (test_launch shows they reach the console) for this app."""
+    data = tmp_path / "d"
+    data.mkdir()
+    srv = _serve(data, "--listen", "--api", "--api-auth", "u:p")
     try:
-        assert srv.url, (srv.stdout, srv.stderr)
-        warnings = [line for line in srv.stderr if line.startswith("WARNING")]
-        assert len(warnings) == 1 and "web UI" in warnings[0], srv.stderr
+        warnings = auth.exposure_warnings(srv.ctx.args, "0.0.0.0", 7860, srv.app)
     finally:
         srv.stop()
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING") and "web UI" in warnings[0], warnings
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.test_webui import CHROMIUM, FLAGS, Server
+from tests.servers import ProcessServer
+from tests.test_webui import CHROMIUM, FLAGS
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -21,7 +22,7 @@ def test_signal_stops_the_server_with_a_page_open(tmp_path, sig):
 
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed")
-    srv = Server(tmp_path, tmp_path / "server.log").start("--no-download-sd-model")
+    srv = ProcessServer(tmp_path, tmp_path / "server.log").start("--no-download-sd-model")
     port = int(srv.url.rsplit(":", 1)[1])
     try:
         with playwright_api.sync_playwright() as p:

@@ -1,4 +1,4 @@
-"""The web UI in a real browser: Playwright drives Debian's Chromium against `launch.py` serving tiny models.
+"""The web UI in a real browser: Playwright drives Debian's Chromium against the app launch.py serves (tests/servers.py), on tiny models.
 
 Screenshots of each tab (light and dark) are written to $SD_TEST_ARTIFACTS (default: the pytest tmp dir).
 """
@@ -8,10 +8,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,46 +26,7 @@ if not Path(CHROMIUM).exists():
     pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 expect = playwright_api.expect
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, data_dir: Path, log: Path):
-        self.data_dir, self.log = data_dir, log
-        self.proc = None
-        self.url = ""
-
-    def start(self, *extra: str):
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "GRADIO_TEMP_DIR": str(self.data_dir / "tmp-gradio")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "launch.py", "--skip-install", "--port", str(port), "--data-dir", str(self.data_dir),
-             *extra], cwd=ROOT, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 120
-        import urllib.request
-
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError("server did not start")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+from tests.servers import Server  # noqa: E402 - after the skips
 
 
 @pytest.fixture(scope="module")
