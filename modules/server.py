@@ -250,6 +250,7 @@ def serve(ns: argparse.Namespace, ctx: AppContext | None = None, paths: Paths | 
                             access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
 
     def interrupt():
+        starting.close_streams()
         if built["ctx"] is not None:
             built["ctx"].engine.interrupt()
 

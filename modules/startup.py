@@ -54,6 +54,7 @@ class StartingApp:
         self._inner_receive: asyncio.Queue | None = None
         self._inner_task: asyncio.Task | None = None
         self._inner_stopped: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None
 
     # -- what the background builder calls ------------------------------------------------------------------------
 
@@ -71,17 +72,52 @@ class StartingApp:
         future.result(timeout)
         self.app = app
 
+    def close_streams(self) -> None:
+        """The server is stopping: open responses (a page's event streams) end now, as if their client had gone,
+        instead of being cancelled mid-stream when the grace runs out (a traceback in the console). Thread-safe."""
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+
     # -- ASGI -----------------------------------------------------------------------------------------------------
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+        elif self.app is not None and scope["type"] == "http" and self._stopping is not None:
+            await self._until_stopping(scope, receive, send)
         elif self.app is not None:
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1013})  # try again later
         else:
             await self._answer_starting(scope, send)
+
+    async def _until_stopping(self, scope, receive, send):
+        stopping = self._stopping
+        state = {"started": False, "complete": False}
+
+        async def receive_until_stopping():
+            if stopping.is_set():
+                return {"type": "http.disconnect"}
+            message = asyncio.ensure_future(receive())
+            stop = asyncio.ensure_future(stopping.wait())
+            await asyncio.wait({message, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if message.done():
+                return message.result()
+            message.cancel()
+            return {"type": "http.disconnect"}
+
+        async def tracked_send(message):
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                state["complete"] = True
+            await send(message)
+
+        await self.app(scope, receive_until_stopping, tracked_send)
+        if stopping.is_set() and state["started"] and not state["complete"]:  # end the stream cleanly
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _answer_starting(self, scope, send):
         path = scope.get("path", "")
@@ -107,6 +143,7 @@ class StartingApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self._stopping = asyncio.Event()
                 self._loop_ready.set()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

@@ -2,22 +2,18 @@
 it: the same flag parse (with the flags extensions add in preload.py), data folders, engine, extension scripts,
 app and lifespan (Gradio's queue, ``on_app_started``). A fresh interpreter pays ~12 s of imports (torch, diffusers,
 gradio) on 2 cores before it answers; here a server is up in about a second. What only a process can show (start-up
-page, console lines, signals, ``--api-server-stop``) is tested on ``launch.py`` itself: test_launch, test_shutdown,
-test_startup, test_api."""
+page, console lines, signals, ``--api-server-stop``) is tested on ``launch.py`` itself: test_launch, test_startup,
+test_api."""
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import launch  # noqa: F401 - tests/conftest.py puts the repository first on sys.path
 
-ROOT = Path(__file__).resolve().parent.parent
 GRACE_S = 1  # open streams (a page's heartbeat) get this long when a test stops its server
 
 
@@ -105,46 +101,3 @@ class Server:
             self._handler.close()
             self._handler = None
 
-
-class ProcessServer:
-    """``python launch.py --skip-install --data-dir D FLAGS`` as a child process (``.proc``), its console in ``log``:
-    for what only a process shows (signals, exit status)."""
-
-    def __init__(self, data_dir: Path, log: Path):
-        self.data_dir, self.log = Path(data_dir), Path(log)
-        self.proc = None
-        self.url = ""
-
-    def start(self, *extra: str) -> "ProcessServer":
-        import urllib.request
-
-        sock = free_socket()
-        port = sock.getsockname()[1]
-        sock.close()
-        self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "GRADIO_TEMP_DIR": str(self.data_dir / "tmp-gradio")}
-        env.pop("COMMANDLINE_ARGS", None)
-        with open(self.log, "ab") as console:
-            self.proc = subprocess.Popen(
-                [sys.executable, "launch.py", "--skip-install", "--port", str(port), "--data-dir",
-                 str(self.data_dir), *extra], cwd=ROOT, stdout=console, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)

@@ -1,5 +1,8 @@
+"""`python launch.py` as a user runs it: flags, requirements, the server it starts, and how it stops (SIGTERM, as
+`docker stop` and systemd send, and Ctrl+C, within seconds even with a browser tab open)."""
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -73,8 +76,40 @@ def get(url: str):
         return r.status, r.read().decode()
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
+def stop_with_a_page_open(srv: Server, sig: int) -> float:
+    """Seconds from `sig` to the process's exit, with a browser tab holding the page's event stream open (what
+    `docker stop`, systemd and Ctrl+C meet); without Chromium, with no tab."""
+    browser = None
+    try:
+        if os.path.exists(CHROMIUM):
+            from tests.test_webui import FLAGS, playwright_api
+
+            pw = playwright_api.sync_playwright().start()
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page()
+            page.goto(srv.url)
+            page.wait_for_selector("#txt2img_prompt", timeout=60000)  # the page's event stream is open now
+        started = time.monotonic()
+        srv.proc.send_signal(sig)
+        srv.proc.wait(timeout=20)
+        return time.monotonic() - started
+    finally:
+        if browser is not None:
+            browser.close()
+            pw.stop()
+
+
+def assert_port_free(port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+
+
 @pytest.mark.slow
-def test_launch_smoke(tmp_path):
+def test_launch_smoke_and_sigterm_stops_it_with_a_page_open(tmp_path):
     port = free_port()
     data = tmp_path / "data"
     srv = Server("--skip-install", "--port", str(port), "--data-dir", str(data))
@@ -87,10 +122,13 @@ def test_launch_smoke(tmp_path):
         assert (data / "models" / "Stable-diffusion").is_dir()
         assert (data / "outputs" / "txt2img-images").is_dir()
         assert not any("WARNING" in line for line in srv.stderr)
+        elapsed = stop_with_a_page_open(srv, signal.SIGTERM)
     finally:
         rc = srv.stop()
+    assert elapsed < 5, f"took {elapsed:.1f} s to stop"
     assert rc in (0, -15), (rc, srv.stderr)
     assert "Traceback" not in "".join(srv.stderr)
+    assert_port_free(port)
 
 
 @pytest.mark.slow
@@ -110,15 +148,19 @@ def test_launch_port_in_use_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_listen_without_auth_warns(tmp_path):
+def test_listen_without_auth_warns_and_ctrl_c_stops_it_with_a_page_open(tmp_path):
     port = free_port()
     srv = Server("--skip-install", "--listen", "--port", str(port), "--data-dir", str(tmp_path / "d"))
     try:
         assert srv.url == f"http://127.0.0.1:{port}", (srv.stdout, srv.stderr)
         assert get(srv.url + "/healthz")[0] == 200
         assert any("WARNING" in line and "--gradio-auth" in line for line in srv.stderr)
+        elapsed = stop_with_a_page_open(srv, signal.SIGINT)
     finally:
         srv.stop()
+    assert elapsed < 5, f"took {elapsed:.1f} s to stop"
+    assert "Traceback" not in "".join(srv.stderr)
+    assert_port_free(port)
 
 
 def test_missing_requirements(tmp_path):
