@@ -309,7 +309,10 @@ def test_img2img_without_image_is_an_error(engine):
 
 
 @pytest.mark.slow
-def test_cli_txt2img_and_img2img(data_dir, tmp_path):
+def test_cli_txt2img_and_img2img(data_dir, tmp_path, capsys):
+    """`python -m modules.cli` as a process once; its img2img and error paths through the same main()."""
+    from modules import cli
+
     req = tmp_path / "req.json"
     req.write_text(json.dumps({**BASE, "seed": 21, "batch_size": 2}))
     out = tmp_path / "out"
@@ -324,15 +327,14 @@ def test_cli_txt2img_and_img2img(data_dir, tmp_path):
 
     _init().save(tmp_path / "init.png")
     req.write_text(json.dumps({**BASE, "seed": 5, "init_images": ["init.png"], "denoising_strength": 0.5}))
-    cmd[3] = "img2img"
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
-    assert p.returncode == 0, p.stderr
-    assert "Denoising strength: 0.5" in json.loads(p.stdout)["infotexts"][0]
+    argv = ["img2img", *cmd[4:]]
+    assert cli.main(argv) == 0
+    assert "Denoising strength: 0.5" in json.loads(capsys.readouterr().out)["infotexts"][0]
 
     req.write_text(json.dumps({**BASE, "init_images": ["missing.png"]}))
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
-    assert p.returncode != 0
-    assert p.stderr.strip().count("\n") == 0 and "init_images" in p.stderr and "Traceback" not in p.stderr
+    assert cli.main(argv) != 0
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "init_images" in err and "Traceback" not in err
 
 
 def test_progress_and_live_preview_during_sampling(engine):
