@@ -42,13 +42,13 @@ def images(tmp_path):
     folder = tmp_path / "5_squares"
     folder.mkdir()
     for name, colour in COLOURS.items():
-        Image.new("RGB", (32, 32), colour).save(folder / f"{name}.png")
+        Image.new("RGB", (64, 64), colour).save(folder / f"{name}.png")
         (folder / f"{name}.txt").write_text(f"{name} square, flat colour")
     return folder
 
 
 def lora_config(images, **kw) -> LoraTrainingConfig:
-    base = dict(dataset_dir=str(images), output_name="squares", steps=30, resolution=32, learning_rate=2e-3,
+    base = dict(dataset_dir=str(images), output_name="squares", steps=30, resolution=64, learning_rate=2e-3,
                 rank=4, alpha=4, seed=3, resume=False)
     return LoraTrainingConfig(**{**base, **kw})
 
@@ -73,7 +73,7 @@ def fixed_loss(model, images, prompt_of) -> float:
     from modules.training.dataset import encode_images, scan_folder
 
     items = scan_folder(images)
-    data = encode_images(model, items, 32, False, 64, torch.Generator().manual_seed(0))
+    data = encode_images(model, items, 64, False, 64, torch.Generator().manual_seed(0))
     bucket = data.buckets[0]
     latents = torch.stack(bucket.latents).repeat(4, 1, 1, 1)
     captions = [prompt_of(c) for c in bucket.captions] * 4
@@ -118,7 +118,7 @@ def test_lora_training_writes_a_kohya_file_that_our_loader_applies(engine, image
     assert meta["ss_network_module"] == "networks.lora" and meta["ss_network_dim"] == "4"
     assert meta["ss_network_alpha"] == "4.0" and meta["ss_max_train_steps"] == "30" and meta["ss_steps"] == "30"
     assert meta["ss_output_name"] == "squares" and meta["ss_sd_model_name"] == "sd1.safetensors"
-    assert meta["ss_resolution"] == "(32, 32)" and float(meta["ss_learning_rate"]) == 2e-3
+    assert meta["ss_resolution"] == "(64, 64)" and float(meta["ss_learning_rate"]) == 2e-3
     assert json.loads(meta["ss_tag_frequency"]) == {"5_squares": {
         "red square": 1, "green square": 1, "blue square": 1, "yellow square": 1, "flat colour": 4}}
     assert float(meta["ss_training_started_at"]) <= float(meta["ss_training_finished_at"])

@@ -53,7 +53,7 @@ def test_first_generation_says_loading_model_and_a_second_click_is_queued(page, 
     """Runs first in this module: the server has not loaded the model yet."""
     before = len(outputs(feedback_data))
     page.fill("#txt2img_prompt textarea", "first")
-    set_number(page, "txt2img_steps", 12)
+    set_number(page, "txt2img_steps", 150)  # long enough (a few seconds) for the second click to find it running
     # every text the progress line shows (loading a tiny checkpoint takes a fraction of a second)
     page.evaluate("""() => { window.__progressTexts = [];
         const el = document.querySelector('#txt2img_progress');
@@ -73,7 +73,7 @@ def test_first_generation_says_loading_model_and_a_second_click_is_queued(page, 
         page.wait_for_timeout(500)
     assert len(outputs(feedback_data)) == before + 2
     expect(page.locator("#txt2img_progress")).to_have_text("", timeout=30000)
-    expect(page.locator("#html_info_txt2img")).to_contain_text("Steps: 12", timeout=30000)
+    expect(page.locator("#html_info_txt2img")).to_contain_text("Steps: 150", timeout=30000)
 
 
 @pytest.mark.parametrize("width,height", [(192, 64), (64, 192), (64, 64)])
