@@ -163,10 +163,10 @@ def test_two_concurrent_requests_each_get_their_own_seed(api):
 
 
 def test_interrupt_long_job_returns_finished_images(api):
-    n_iter = 200  # a few seconds: the interrupt must find it running
-    box = {}
-    t = threading.Thread(target=lambda: box.update(r=api.post("/txt2img", json={**FAST, "n_iter": n_iter,
-                                                                               "seed": 1})))
+    n_iter = 40
+    box = {}  # 10 steps each: several seconds in all, so the interrupt finds it running
+    body = {**FAST, "steps": 10, "n_iter": n_iter, "seed": 1}
+    t = threading.Thread(target=lambda: box.update(r=api.post("/txt2img", json=body)))
     t.start()
     deadline = time.time() + 60
     seen = None
