@@ -93,30 +93,48 @@ class StartingApp:
             await self._answer_starting(scope, send)
 
     async def _until_stopping(self, scope, receive, send):
-        stopping = self._stopping
-        state = {"started": False, "complete": False}
+        """Once the server is stopping, a response that streams (no Content-Length: a page's event stream) hears
+        that its client left; any other is finished as usual (cut short, a file would break its declared length,
+        and a middleware still waiting for a response would raise "No response returned")."""
+        stopping, started = self._stopping, asyncio.Event()  # started: a streaming response has begun
+        complete = False
+
+        async def first(*awaitables) -> set:
+            tasks = [asyncio.ensure_future(a) for a in awaitables]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when this receive is cancelled (its response finished)
+                for task in tasks:
+                    if not task.done():
+                        task.cancel()
+            return {tasks.index(t) for t in done}
 
         async def receive_until_stopping():
-            if stopping.is_set():
+            if stopping.is_set() and started.is_set():
                 return {"type": "http.disconnect"}
             message = asyncio.ensure_future(receive())
-            stop = asyncio.ensure_future(stopping.wait())
-            await asyncio.wait({message, stop}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            if message.done():
-                return message.result()
-            message.cancel()
-            return {"type": "http.disconnect"}
+            try:
+                while not message.done():
+                    waits = [asyncio.shield(message), stopping.wait() if not stopping.is_set() else started.wait()]
+                    if 0 in await first(*waits) or (stopping.is_set() and started.is_set()):
+                        break
+            finally:
+                if not message.done():
+                    message.cancel()
+                    message = None
+            return message.result() if message is not None else {"type": "http.disconnect"}
 
         async def tracked_send(message):
+            nonlocal complete
             if message["type"] == "http.response.start":
-                state["started"] = True
+                if not any(name.lower() == b"content-length" for name, _ in message.get("headers", ())):
+                    started.set()
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                state["complete"] = True
+                complete = True
             await send(message)
 
         await self.app(scope, receive_until_stopping, tracked_send)
-        if stopping.is_set() and state["started"] and not state["complete"]:  # end the stream cleanly
+        if stopping.is_set() and started.is_set() and not complete:  # end the stream cleanly
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _answer_starting(self, scope, send):

@@ -116,3 +116,49 @@ def test_sigterm_while_loading_stops_at_once(tmp_path):
     proc.wait(timeout=20)
     assert time.monotonic() - started < 5
     assert "Traceback" not in proc.stderr.read()
+
+
+def test_stopping_ends_open_streams_and_still_answers_requests_in_flight(starting_server):
+    """What SIGTERM meets with a page open: its event stream ends at once (no cancellation traceback when the
+    grace runs out), while a request whose answer is still being made gets it."""
+    import asyncio
+
+    from fastapi.responses import StreamingResponse
+
+    starting, url = starting_server
+    app = FastAPI()
+    slow_started = threading.Event()
+
+    @app.get("/stream")
+    async def stream():
+        async def beats():
+            while True:
+                yield b"data: beat\n\n"
+                await asyncio.sleep(0.05)
+        return StreamingResponse(beats(), media_type="text/event-stream")
+
+    @app.get("/slow")
+    async def slow():
+        slow_started.set()
+        await asyncio.sleep(0.5)
+        return {"answer": 42}
+
+    starting.ready(app)
+    chunks, answers = [], []
+
+    def read_stream():
+        with httpx.stream("GET", url + "/stream", timeout=10) as r:
+            for chunk in r.iter_bytes():
+                chunks.append(chunk)
+
+    reader = threading.Thread(target=read_stream)
+    asker = threading.Thread(target=lambda: answers.append(httpx.get(url + "/slow", timeout=10).json()))
+    reader.start()
+    asker.start()
+    assert slow_started.wait(5)
+    started = time.monotonic()
+    starting.close_streams()
+    reader.join(5)
+    asker.join(5)
+    assert not reader.is_alive() and time.monotonic() - started < 1, "the stream did not end"
+    assert chunks and answers == [{"answer": 42}]
