@@ -49,31 +49,69 @@ def developer_toasts(page) -> list[str]:
     return [t for t in page.locator("[data-testid=toast-body]").all_inner_texts() if "preprocess" in t]
 
 
-def test_first_generation_says_loading_model_and_a_second_click_is_queued(page, feedback_data):
-    """Runs first in this module: the server has not loaded the model yet."""
+def test_first_generation_says_loading_model_and_a_second_click_is_queued(page, feedback_data, monkeypatch):
+    """Runs first in this module: the server has not loaded the model yet. The load is held until the page has
+    said so and the first run at its second step until the page has shown the second click as queued: the tiny
+    model loads in a fraction of a second, and a busy machine could finish the run before the click lands."""
+    import threading
+
+    from modules.models import loader
+    from modules.processing import Generation
+
+    release, held, load_seen = threading.Event(), threading.Event(), threading.Event()
+    on_step, load_model = Generation._on_step, loader.load_model
+
+    def hold_the_load(*args, **kwargs):
+        load_seen.wait(60)
+        return load_model(*args, **kwargs)
+
+    def hold_at_step_2(self, info):
+        on_step(self, info)
+        if info.step == 2 and not held.is_set():
+            held.set()
+            release.wait(60)
+
+    monkeypatch.setattr(Generation, "_on_step", hold_at_step_2)
+    monkeypatch.setattr(loader, "load_model", hold_the_load)
     before = len(outputs(feedback_data))
     page.fill("#txt2img_prompt textarea", "first")
-    set_number(page, "txt2img_steps", 150)  # long enough (a few seconds) for the second click to find it running
+    set_number(page, "txt2img_steps", 20)
     # every text the progress line shows (loading a tiny checkpoint takes a fraction of a second)
     page.evaluate("""() => { window.__progressTexts = [];
         const el = document.querySelector('#txt2img_progress');
         new MutationObserver(() => window.__progressTexts.push(el.innerText))
             .observe(el, {subtree: true, childList: true, characterData: true}); }""")
-    page.click("#txt2img_generate")
-    expect(page.locator("#txt2img_progress")).to_contain_text("Step", timeout=30000)
-    shown = page.evaluate("() => window.__progressTexts")
-    assert any("Loading model sd1.safetensors" in text for text in shown), shown
-    assert not any("Step 0/0" in text for text in shown)
-    page.click("#txt2img_generate")  # while the first runs: Gradio's default trigger mode dropped this click
-    expect(page.locator("#txt2img_progress")).to_contain_text("1 more queued", timeout=30000)
-    expect(page.locator("#txt2img_progress")).to_contain_text("ETA", timeout=60000)
+    try:
+        page.click("#txt2img_generate")
+        expect(page.locator("#txt2img_progress")).to_contain_text("Loading model sd1.safetensors", timeout=30000)
+        load_seen.set()
+        expect(page.locator("#txt2img_progress")).to_contain_text("Step 2/20", timeout=30000)
+        shown = page.evaluate("() => window.__progressTexts")
+        assert not any("Step 0/0" in text for text in shown), shown
+        page.click("#txt2img_generate")  # while the first runs: Gradio's default trigger mode dropped this click
+        expect(page.locator("#txt2img_progress")).to_contain_text("1 more queued", timeout=30000)
+        expect(page.locator("#txt2img_progress")).to_contain_text("ETA", timeout=30000)
+    finally:
+        load_seen.set()
+        release.set()
     for _ in range(240):  # both runs finish, each saving its picture
         if len(outputs(feedback_data)) == before + 2:
             break
-        page.wait_for_timeout(500)
+        page.wait_for_timeout(250)
     assert len(outputs(feedback_data)) == before + 2
     expect(page.locator("#txt2img_progress")).to_have_text("", timeout=30000)
-    expect(page.locator("#html_info_txt2img")).to_contain_text("Steps: 150", timeout=30000)
+    expect(page.locator("#html_info_txt2img")).to_contain_text("Steps: 20", timeout=30000)
+
+
+def test_a_checkpoint_switch_does_not_hold_back_later_clicks(feedback_server):
+    """Model work (quick-settings switch, Models tab load and merge, Extras) waits its turn in the engine's job
+    queue; a Gradio limit on the shared "generate" group would instead run every later Generate click one at a time
+    and the page would never show a second click as queued."""
+    blocks = next(r.app.get_blocks() for r in feedback_server.app.routes
+                  if getattr(getattr(r, "app", None), "get_blocks", None))
+    grouped = [fn for fn in blocks.fns.values() if fn.concurrency_id == "generate"]
+    assert len(grouped) >= 6  # txt2img/img2img Generate and prompt submit, outpaint, switch, load, merge, extras
+    assert [fn.name for fn in grouped if fn.concurrency_limit is not None] == []
 
 
 @pytest.mark.parametrize("width,height", [(192, 64), (64, 192), (64, 64)])

@@ -58,7 +58,8 @@ def _quicksettings(engine: Engine):
             return gr.update(), ""
         progress(0.1, desc=f"Loading {title}")
         try:
-            model = engine.models.select(title)
+            with engine.queue.turn():  # never swap the model under a running generation
+                model = engine.models.select(title)
         except USER_ERRORS as e:
             return gr.update(), error_html(f"Could not load {title}: {e}")
         return gr.update(value=model.title), f"<div class='sd-note'>Loaded {html.escape(model.title)}</div>"
@@ -77,7 +78,8 @@ def _quicksettings(engine: Engine):
         engine.registry.refresh()
         return gr.update(choices=engine.registry.titles()), gr.update(choices=engine.models.vae_choices())
 
-    ckpt.input(switch, ckpt, [ckpt, status], concurrency_id="generate", show_progress="full")
+    # the engine's job queue orders model work; a limit in Gradio's "generate" group would hold back every click
+    ckpt.input(switch, ckpt, [ckpt, status], concurrency_id="generate", concurrency_limit=None, show_progress="full")
     vae.input(set_option("sd_vae"), vae, status, queue=False)
     clip.release(set_option("CLIP_stop_at_last_layers"), clip, status, queue=False)
     refresh.click(do_refresh, None, [ckpt, vae], queue=False)

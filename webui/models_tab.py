@@ -136,22 +136,27 @@ def build_models(engine, on_loaded):
         if not title:
             return error_html("Choose a checkpoint first"), gr.update()
         try:
-            model = engine.models.select(title)
+            with engine.queue.turn():  # never swap the model under a running generation
+                model = engine.models.select(title)
         except USER_ERRORS as e:
             return error_html(str(e)), gr.update()
         return f"<div class='sd-note'>Loaded {html.escape(model.title)} ({html.escape(model.spec.label)})</div>", \
             gr.update(value=model.title)
 
     def do_merge(*values, progress=gr.Progress()):
-        return (run_merge(engine, *values, progress=progress), *do_refresh())
+        with engine.queue.turn():  # a merge holds two or three models in memory: not beside a generation
+            note = run_merge(engine, *values, progress=progress)
+        return (note, *do_refresh())
 
     def do_download(*values, progress=gr.Progress()):
         return (run_download(engine, *values, progress=progress), *do_refresh())
 
     refresh.click(do_refresh, None, lists)
     merger["refresh"].click(do_refresh, None, lists)
-    load.click(do_load, choice, [status, on_loaded], concurrency_id="generate")
-    merger["button"].click(do_merge, merger["inputs"], [merger["result"], *lists], concurrency_id="generate")
+    # ordered by the engine's job queue; a limit in Gradio's "generate" group would hold back every Generate click
+    load.click(do_load, choice, [status, on_loaded], concurrency_id="generate", concurrency_limit=None)
+    merger["button"].click(do_merge, merger["inputs"], [merger["result"], *lists], concurrency_id="generate",
+                           concurrency_limit=None)
     download["button"].click(do_download, download["inputs"], [download["result"], *lists],
                              concurrency_id="download", concurrency_limit=2)
     return {"refresh": refresh}

@@ -144,7 +144,7 @@ def build_extras(engine):
 
     inputs = [mode, image, files, input_dir, output_dir, show_results, resize_mode, scale, to_w, to_h, crop,
               upscaler_1, upscaler_2, visibility]
-    run.click(go, inputs, [gallery, info], concurrency_id="generate")
+    run.click(go, inputs, [gallery, info], concurrency_id="generate", concurrency_limit=None)  # engine queue orders
     guard_image_input(image, info)
     refresh.click(lambda: [gr.update(choices=engine.upscalers.names())] * 2, None, [upscaler_1, upscaler_2],
                   queue=False)
