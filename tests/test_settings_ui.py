@@ -48,9 +48,10 @@ def test_corrupt_config_is_backed_up_and_reported_once_per_start(settings_server
 
 
 def test_settings_persist_and_apply_writes_only_what_changed(browser, settings_server, settings_data, artifacts):
-    stale = open_ui(browser, settings_server.url)  # opened before any change: shows the old values
+    stale = open_ui(browser, settings_server.url)
     page = open_ui(browser, settings_server.url)
     try:
+        open_section(stale, "Stable Diffusion")  # Settings opened before any change: its fields hold the old values
         open_section(page, "Saving images/grids")
         pick(page, "setting_samples_format", "jpg")
         page.click("#settings_submit")
@@ -66,8 +67,10 @@ def test_settings_persist_and_apply_writes_only_what_changed(browser, settings_s
         expect(page.locator("#settings_result")).to_contain_text("1 settings changed: save_txt")
         assert saved(settings_data)["samples_format"] == "jpg" and saved(settings_data)["save_txt"] is True
 
-        # The stale page changes one field: only that one is written, not its old samples_format/save_txt.
-        open_section(stale, "Stable Diffusion")
+        # The stale page still shows the old values; it changes one field: only that one is written.
+        stale.get_by_role("tab", name="Saving images/grids", exact=True).click()
+        expect(stale.locator("#setting_samples_format input[role=combobox]")).to_have_value("png")
+        stale.get_by_role("tab", name="Stable Diffusion", exact=True).click()
         pick(stale, "setting_sd_model_checkpoint_settings_tab", "sd1-inpainting.safetensors")
         stale.click("#settings_submit")
         expect(stale.locator("#settings_result")).to_contain_text("1 settings changed: sd_model_checkpoint")

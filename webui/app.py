@@ -151,10 +151,10 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
             with gr.Tab("Train", id="train", elem_id="tab_train"):
                 train_tab.build_train(engine)
             _extension_tabs(extension_tabs)
-            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
-                other_tabs.build_settings(engine, args)
-            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
-                extensions_tab.build_extensions(engine, args, demo)
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings") as settings_tab:
+                other_tabs.build_settings(engine, args, settings_tab)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions") as extensions_tab_item:
+                extensions_tab.build_extensions(engine, args, extensions_tab_item)
         _wire_sending(t2i, i2i, extras, png, tabs)
         _wire_demo_defaults(engine, cfg, ckpt, note, t2i, i2i, demo)
         demo.load(lambda: _current_checkpoint(engine), None, ckpt, queue=False, show_progress="hidden")

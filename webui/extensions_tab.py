@@ -96,7 +96,7 @@ class ExtensionsView:
         rows = []
         for ext in found:
             update = self.updates.get(ext.name, "")
-            update_html = (f"<span class='sd-ext-behind'>behind</span>" if update == "behind" else _e(update))
+            update_html = ("<span class='sd-ext-behind'>behind</span>" if update == "behind" else _e(update))
             state = "enabled" if ext.enabled else "disabled"
             warn = "".join(f"<div class='sd-error'>{_e(w)}</div>" for w in ext.warnings)
             faults = extension_faults.faults.for_extension(ext.name)
@@ -268,7 +268,7 @@ class ExtensionsView:
         return "".join(self.install(url) for url in urls)
 
 
-def build_extensions(engine, args, demo: gr.Blocks | None = None) -> dict:
+def build_extensions(engine, args, tab=None) -> dict:
     """The tab's contents (call inside ``gr.Tab("Extensions", elem_id="tab_extensions")``)."""
     view = ExtensionsView(engine, args)
     found = view.installed()
@@ -337,6 +337,6 @@ def build_extensions(engine, args, demo: gr.Blocks | None = None) -> dict:
     install_picked.click(lambda urls, entries, q, h: after_install(view.install_many(urls), entries, q, h),
                          [pick, index_entries, search, hide_installed],
                          [index_status, *installed_outputs, available, pick], concurrency_id="extensions")
-    if demo is not None:  # a page opened later shows what is on disk now, not what was there at start-up
-        demo.load(view.refresh, None, installed_outputs, queue=False, show_progress="hidden")
+    if tab is not None:  # each opening of the tab shows what is on disk now, not what was there at start-up
+        tab.select(view.refresh, None, installed_outputs, queue=False, show_progress="hidden")
     return {"view": view, "install": install, "table": table}

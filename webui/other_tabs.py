@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from gradio.context import Context
 
 from modules import images as images_mod
 from modules import infotext as infotext_mod
@@ -189,10 +188,13 @@ def _extras_result(done: list, outdir: Path):
     return [d.image for d in shown], info_html(last.infotext if last else "", extra)
 
 
-def build_settings(engine, args=None, demo=None):
-    """A1111's Settings tab. The page always shows what is saved: every page load fills the fields from
-    engine.settings (not the values at UI build), and Apply writes only the fields the user changed since then
-    (compared with what the page was given), so a stale field never writes an old value back."""
+def build_settings(engine, args=None, tab=None):
+    """A1111's Settings tab. The page shows what is saved: each time the tab is opened (`tab`'s select) its fields
+    are filled from engine.settings (not the values at UI build), and Apply writes only the fields the user changed
+    since then (compared with what the page was given), so a stale field never writes an old value back.
+
+    Filled on opening, not on page load: ~200 updates to fields of a tab not yet drawn cost Gradio's page ~1 s
+    of script time on every load, and a page left open for a day still shows today's settings."""
     components: list[tuple[str, Any]] = []
     sections: dict[str, list[str]] = {}
     hide_dirs = bool(getattr(args, "hide_ui_dir_config", False))
@@ -253,9 +255,8 @@ def build_settings(engine, args=None, demo=None):
         return f"<div class='sd-note'>{note}</div>", shown_now
 
     apply.click(do_apply, [shown, *[c for _, c in components]], [result, shown])
-    demo = demo if demo is not None else Context.root_block
-    if demo is not None:
-        demo.load(fill, None, [*[c for _, c in components], shown], queue=False, show_progress="hidden")
+    if tab is not None:
+        tab.select(fill, None, [*[c for _, c in components], shown], queue=False, show_progress="hidden")
     return {"apply": apply}
 
 
