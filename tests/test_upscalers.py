@@ -17,8 +17,6 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 from safetensors.torch import save_file
-from spandrel.architectures.Compact import Compact
-from spandrel.architectures.ESRGAN import ESRGAN
 
 from modules import postprocessing
 from modules.upscaling import UnknownUpscalerError, UpscalerLoadError, UpscalerRegistry
@@ -46,6 +44,8 @@ def _real_esrgan_layout(old: dict[str, torch.Tensor]) -> dict:
 
 
 def _tiny_esrgan() -> torch.nn.Module:
+    from spandrel.architectures.ESRGAN import ESRGAN  # imported when used: spandrel costs every worker 2 s to collect
+
     torch.manual_seed(0)
     model = ESRGAN(num_filters=8, num_blocks=1, scale=4).eval()
     with torch.no_grad():  # larger weights so the output varies like an image instead of sitting near one grey
@@ -74,6 +74,8 @@ def upscaler_files(tmp_path_factory):
     esrgan = _tiny_esrgan()
     torch.save(_real_esrgan_layout(esrgan.state_dict()), models / "ESRGAN" / f"{ESRGAN_NAME}.pth")
     torch.manual_seed(1)
+    from spandrel.architectures.Compact import Compact
+
     save_file(Compact(num_feat=8, num_conv=2, upscale=2).state_dict(),
               models / "RealESRGAN" / f"{COMPACT_NAME}.safetensors")
     (models / "ESRGAN" / "broken.pth").write_bytes(b"not a model at all")
