@@ -120,21 +120,27 @@ SERVER_FIXTURES = {"test_api.py": "api", "test_page_compat.py": "site", "test_se
                    "test_webui.py": "server", "test_openapi.py": "server"}
 
 
+# Seconds each long test file took in a whole run on 2 cores (3 workers). Only the order files are handed out in
+# depends on it: re-measure with `--durations=0` when a file's time changes a lot.
+FILE_SECONDS = {"test_webui.py": 92, "test_launch.py": 58, "test_ui_feedback_browser.py": 48,
+                "test_settings_ui.py": 35, "test_extensions_browser.py": 32, "test_security.py": 31,
+                "test_loading.py": 31, "test_demo_model.py": 30, "test_api.py": 29, "test_processing.py": 28,
+                "test_prompt_parser.py": 23, "test_training.py": 20, "test_openapi.py": 19, "test_extensions_ui.py": 16,
+                "test_page_compat.py": 15, "test_merge.py": 14, "test_extra_networks_ui.py": 14,
+                "test_extras_ui.py": 13}
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """Files with the most slow tests first (stable otherwise): xdist hands out whole files in this order, so the
-    long ones start at once instead of finishing alone at the end."""
-    for item in items:  # a subprocess server behind a module fixture costs seconds to start
+    """Files in order of their measured time, longest first (the rest by their number of slow tests): xdist hands
+    out whole files in this order (pytest.ini turns off its own reordering by test count), so the long ones start
+    at once instead of finishing alone at the end."""
+    for item in items:  # a server behind a module fixture costs a second or two to start
         if SERVER_FIXTURES.get(item.fspath.basename) in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-    weight: dict[str, int] = {}
-    counted: set[tuple[str, str]] = set()  # a parametrized test counts once
-    for item in items:  # a slow test counts 1 (or its `cost`); a whole slow module (servers, browsers) 5 more
-        slow = item.get_closest_marker("slow")
-        function = (item.fspath.strpath, getattr(item, "originalname", item.name))
-        if slow is not None and function not in counted:
-            counted.add(function)
-            marks = getattr(getattr(item, "module", None), "pytestmark", [])
-            whole = any(m.name == "slow" for m in (marks if isinstance(marks, list) else [marks]))
-            key = item.fspath.strpath
-            weight[key] = weight.get(key, 5 if whole else 0) + slow.kwargs.get("cost", 1)
-    items.sort(key=lambda item: -weight.get(item.fspath.strpath, 0))
+    weight: dict[str, float] = {}
+    for item in items:
+        key = item.fspath.strpath
+        weight.setdefault(key, float(FILE_SECONDS.get(item.fspath.basename, 0)))
+        if item.fspath.basename not in FILE_SECONDS and item.get_closest_marker("slow") is not None:
+            weight[key] += 0.5
+    items.sort(key=lambda item: -weight[item.fspath.strpath])

@@ -26,7 +26,7 @@ def keep_threads():
     torch.set_num_threads(before)
 
 
-@pytest.mark.slow(cost=3)  # about 10 s
+@pytest.mark.slow  # about 10 s
 def test_recipe_writes_a_checkpoint_the_engine_loads_as_the_demo(tmp_path):
     out = tmp_path / "models" / "Stable-diffusion" / "toy-demo.safetensors"
     out.parent.mkdir(parents=True)

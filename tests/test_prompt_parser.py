@@ -173,7 +173,7 @@ class _ParsedOnce:
         return copy.deepcopy(tree)  # the reference transform rewrites the tree it is given
 
 
-@pytest.mark.slow(cost=5)  # about 12 s
+@pytest.mark.slow  # about 12 s
 def test_linear_reader_equals_the_grammar(monkeypatch):
     """The linear schedule reader gives exactly what A1111's grammar gives, on random prompts over the syntax's
     characters, so long prompts parse in linear time without changing any result."""

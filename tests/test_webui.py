@@ -170,15 +170,30 @@ def test_inpaint_with_painted_mask_keeps_outside_pixels(page, ui_data, tmp_path)
     expect(page.locator("#img2maskimg").get_by_text("Upload an image")).to_be_hidden()
     canvas = page.locator("#img2maskimg canvas").first
     expect(canvas).to_be_visible()
-    page.wait_for_timeout(1500)
+    # A stroke painted while an event on the editor is still running is lost when its answer lands: wait until
+    # the editor has shown no running event (Gradio's "0.7s" timer) for a whole second.
+    page.wait_for_function("""() => {
+        const busy = /\\d+\\.\\ds/.test(document.querySelector('#img2maskimg').innerText), now = performance.now();
+        if (busy || window.__editorIdleSince === undefined) { window.__editorIdleSince = busy ? undefined : now; }
+        return !busy && now - window.__editorIdleSince > 1000; }""", polling=100, timeout=60000)
     canvas.scroll_into_view_if_needed()  # the mouse only draws on what is inside the viewport
     box = canvas.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(cx - 10, cy)
-    page.mouse.down()
-    page.mouse.move(cx, cy + 2)
-    page.mouse.move(cx + 10, cy)
-    page.mouse.up()
+    editor = page.locator("#img2maskimg")
+    page.mouse.move(box["x"] - 40, box["y"] - 40)
+    unpainted = editor.screenshot()
+    for _ in range(20):  # on a busy machine the editor may not take strokes yet: paint until the stroke shows
+        page.mouse.move(cx - 10, cy)
+        page.mouse.down()
+        page.mouse.move(cx, cy + 2)
+        page.mouse.move(cx + 10, cy)
+        page.mouse.up()
+        page.mouse.move(box["x"] - 40, box["y"] - 40)  # the brush's cursor circle is not a stroke
+        page.wait_for_timeout(250)
+        if editor.screenshot() != unpainted:
+            break
+    else:
+        raise AssertionError("the brush stroke never showed in the inpaint editor")
     page.fill("#img2img_prompt textarea", "a red ball")
     page.get_by_label("Whole picture").check()
     set_number(page, "img2img_mask_blur", 0)
