@@ -25,6 +25,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).exists():
     pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 expect = playwright_api.expect
+expect.set_options(timeout=30_000)  # not Playwright's 5 s: a busy 2-core machine can take longer to draw a tab
 
 from tests.servers import Server  # noqa: E402 - after the skips
 
