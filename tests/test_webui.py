@@ -177,28 +177,39 @@ def test_inpaint_with_painted_mask_keeps_outside_pixels(page, ui_data, tmp_path)
         const busy = /\\d+\\.\\ds/.test(document.querySelector('#img2maskimg').innerText), now = performance.now();
         if (busy || window.__editorIdleSince === undefined) { window.__editorIdleSince = busy ? undefined : now; }
         return !busy && now - window.__editorIdleSince > 1000; }""", polling=100, timeout=60000)
-    canvas.scroll_into_view_if_needed()  # the mouse only draws on what is inside the viewport
-    box = canvas.bounding_box()
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    editor = page.locator("#img2maskimg")
-    page.mouse.move(box["x"] - 40, box["y"] - 40)
-    unpainted = editor.screenshot()
-    for _ in range(20):  # on a busy machine the editor may not take strokes yet: paint until the stroke shows
-        page.mouse.move(cx - 10, cy)
-        page.mouse.down()
-        page.mouse.move(cx, cy + 2)
-        page.mouse.move(cx + 10, cy)
-        page.mouse.up()
-        page.mouse.move(box["x"] - 40, box["y"] - 40)  # the brush's cursor circle is not a stroke
-        page.wait_for_timeout(250)
-        if editor.screenshot() != unpainted:
-            break
-    else:
-        raise AssertionError("the brush stroke never showed in the inpaint editor")
     page.fill("#img2img_prompt textarea", "a red ball")
     page.get_by_label("Whole picture").check()
     set_number(page, "img2img_mask_blur", 0)
-    text = generate(page, "img2img")
+    canvas.scroll_into_view_if_needed()  # the mouse only draws on what is inside the viewport
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    editor, info = page.locator("#img2maskimg"), page.locator("#html_info_img2img")
+    page.mouse.move(box["x"] - 40, box["y"] - 40)
+    unpainted = editor.screenshot()
+
+    def paint():
+        for _ in range(20):  # on a busy machine the editor may not take strokes yet: paint until the stroke shows
+            page.mouse.move(cx - 10, cy)
+            page.mouse.down()
+            page.mouse.move(cx, cy + 2)
+            page.mouse.move(cx + 10, cy)
+            page.mouse.up()
+            page.mouse.move(box["x"] - 40, box["y"] - 40)  # the brush's cursor circle is not a stroke
+            page.wait_for_timeout(250)
+            if editor.screenshot() != unpainted:
+                return
+        raise AssertionError("the brush stroke never showed in the inpaint editor")
+
+    paint()
+    page.click("#img2img_generate")
+    expect(info).to_contain_text(re.compile("Steps:|Paint a mask"), timeout=90000)
+    if "Paint a mask" in info.inner_text():
+        # Seen only with both cores saturated: Gradio's editor sent its value without the stroke it shows. A user
+        # paints again; so does the test, once (the mask's effect is what is checked below).
+        paint()
+        text = generate(page, "img2img")
+    else:
+        text = info.inner_text()
     assert "Mask blur: 0" in text and "Masked content: original" in text
     out = np.asarray(Image.open(newest_output(ui_data, "img2img")).convert("RGB"), np.int16)
     changed = np.abs(out - np.asarray(init, np.int16)).max(axis=2) > 0
