@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from modules.models.detect_flow import detect_flow_transformer
+
 CONFIG_ROOT = Path(__file__).parent / "configs"
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -271,6 +273,10 @@ def detect(sd: Mapping, name: str = "model", prediction_hint: str | None = None,
     """Return the ModelSpec of an A1111-layout state dict, or raise UnsupportedModelError naming `name`.
 
     `embedded`: an architecture the file carries (ARCHITECTURE_KEY); it overrides what the shapes gave."""
+    flow = detect_flow_transformer(sd)  # ComfyUI's Flux/SD3 files use the UNet's prefix too
+    if flow is not None:
+        raise UnsupportedModelError(f"unsupported model {name}: {flow.label}: Flux and SD3 models are not supported "
+                                    f"yet, only SD 1.x, SD 2.x and SDXL")
     if not any(k.startswith(UNET_PREFIX) for k in sd):
         what = _guess_other(sd)
         raise UnsupportedModelError(f"unsupported model {name}: no Stable Diffusion UNet in it{what}")
