@@ -35,3 +35,20 @@ def test_matches_open_clip_reference_tokenizer(prompt):
     ref = SimpleTokenizer()
     expected = [ref.encoder["<start_of_text>"]] + ref.encode(prompt) + [ref.encoder["<end_of_text>"]]
     assert build_clip_tokenizer()(prompt).input_ids == expected
+
+
+def test_t5_tokenizer_loads_from_the_repo_without_the_network(monkeypatch):
+    """Flux and SD3 prompts go through T5 v1.1's vocabulary, which the repo carries (modules/models/tokenizers/t5)."""
+    import socket
+
+    from modules.models.tokenizer import build_t5_tokenizer
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the T5 tokenizer tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    tok = build_t5_tokenizer(max_length=16)
+    assert tok("a photo of a cat").input_ids == [3, 9, 1202, 13, 3, 9, 1712, 1]  # the ids the released models see
+    padded = tok("a photo of a cat", padding="max_length", max_length=16, truncation=True).input_ids
+    assert len(padded) == 16 and padded[7:] == [1] + [0] * 8  # end of text, then T5's pad id 0
+    assert len(tok(" ".join(["cat"] * 40), truncation=True).input_ids) == 16

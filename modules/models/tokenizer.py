@@ -63,3 +63,13 @@ def build_clip_tokenizer(pad_token: str = EOS) -> CLIPTokenizer:
         pad_token=pad_token,
         model_max_length=MAX_LENGTH,
     )
+
+
+T5_TOKENIZER_DIR = Path(__file__).parent / "tokenizers" / "t5"  # T5 v1.1's vocabulary (Flux, SD3): SOURCE.md
+
+
+def build_t5_tokenizer(max_length: int = 512):
+    """The T5 tokenizer Flux and SD3 use, from the copy the repo carries (never from a model hub)."""
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast.from_pretrained(str(T5_TOKENIZER_DIR), local_files_only=True, model_max_length=max_length)
