@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from modules.models.key_layout import block_ids
+
 PREFIXES = ("model.diffusion_model.", "")
 FLUX_ROPE_AXES = (16, 56, 56)  # not in any tensor: Flux.1's rotary embedding split of the 128-wide heads
 SD3_HEAD_DIM = 64  # every SD3/SD3.5 release; read from the q/k norm where the file has one
@@ -35,23 +37,8 @@ def _shape(sd: Mapping, key: str) -> tuple[int, ...]:
 
 def _count(sd: Mapping, prefix: str) -> int:
     """How many numbered blocks `prefix<N>.` the state dict has."""
-    found = set()
-    for key in sd:
-        if key.startswith(prefix):
-            head = key[len(prefix):].split(".", 1)[0]
-            if head.isdigit():
-                found.add(int(head))
-    return max(found) + 1 if found else 0
-
-
-def _indices_with(sd: Mapping, prefix: str, infix: str) -> tuple[int, ...]:
-    found = set()
-    for key in sd:
-        if key.startswith(prefix) and infix in key:
-            head = key[len(prefix):].split(".", 1)[0]
-            if head.isdigit():
-                found.add(int(head))
-    return tuple(sorted(found))
+    ids = block_ids(sd, prefix)
+    return ids[-1] + 1 if ids else 0
 
 
 def detect_flow_transformer(sd: Mapping) -> FlowTransformerSpec | None:
@@ -133,7 +120,7 @@ def _sd3_sai(sd: Mapping, p: str) -> FlowTransformerSpec | None:
         _shape(sd, f"{p}x_embedder.proj.weight"), _shape(sd, f"{p}pos_embed")[1],
         _shape(sd, f"{p}context_embedder.weight")[1], _shape(sd, f"{p}y_embedder.mlp.0.weight")[1],
         _shape(sd, f"{p}final_layer.linear.weight")[0], _count(sd, f"{p}joint_blocks."), head_dim,
-        _indices_with(sd, f"{p}joint_blocks.", ".x_block.attn2."), qk_norm)
+        tuple(block_ids(sd, f"{p}joint_blocks.", ".x_block.attn2.")), qk_norm)
     return FlowTransformerSpec("sd3", _sd3_variant(config), "sai", p, config)
 
 
@@ -146,5 +133,5 @@ def _sd3_diffusers(sd: Mapping, p: str) -> FlowTransformerSpec | None:
         _shape(sd, f"{p}pos_embed.proj.weight"), _shape(sd, f"{p}pos_embed.pos_embed")[1],
         _shape(sd, f"{p}context_embedder.weight")[1], _shape(sd, f"{p}time_text_embed.text_embedder.linear_1.weight")[1],
         _shape(sd, f"{p}proj_out.weight")[0], _count(sd, f"{p}transformer_blocks."), head_dim,
-        _indices_with(sd, f"{p}transformer_blocks.", ".attn2."), qk_norm)
+        tuple(block_ids(sd, f"{p}transformer_blocks.", ".attn2.")), qk_norm)
     return FlowTransformerSpec("sd3", _sd3_variant(config), "diffusers", p, config)

@@ -11,6 +11,8 @@ from typing import Mapping
 
 import torch
 
+from modules.models.key_layout import block_ids, swap_halves
+
 _RENAMED = {  # BFL name → diffusers name, for tensors that map one to one (".weight"/".bias" follow)
     "img_in": "x_embedder",
     "txt_in": "context_embedder",
@@ -48,16 +50,6 @@ _SINGLE_FUSED = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")  # linear1 =
 _FINAL_MOD = ("final_layer.adaLN_modulation.1", "norm_out.linear")  # BFL (shift, scale) vs diffusers (scale, shift)
 
 
-def _swap_halves(t: torch.Tensor) -> torch.Tensor:
-    shift, scale = t.chunk(2, dim=0)
-    return torch.cat([scale, shift], dim=0)
-
-
-def _block_ids(sd: Mapping, prefix: str) -> list[int]:
-    return sorted({int(k[len(prefix):].split(".", 1)[0]) for k in sd
-                   if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0].isdigit()})
-
-
 def _suffixed(name: str, sd: Mapping, prefix: str):
     """(suffix, key) for `name.weight` / `name.bias` (or `name` itself for norm scales) present in sd."""
     if name.endswith((".scale", ".weight")) and prefix + name in sd:
@@ -81,9 +73,9 @@ def bfl_to_diffusers(sd: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
         for suffix, key in _suffixed(bfl, sd, prefix):
             out[ours + suffix] = take(key)
     for suffix, key in _suffixed(_FINAL_MOD[0], sd, prefix):
-        out[_FINAL_MOD[1] + suffix] = _swap_halves(take(key))
+        out[_FINAL_MOD[1] + suffix] = swap_halves(take(key))
     hidden = sd[prefix + "img_in.weight"].shape[0]
-    for i in _block_ids(sd, prefix + "double_blocks."):
+    for i in block_ids(sd, prefix + "double_blocks."):
         src, dst = f"{prefix}double_blocks.{i}.", f"transformer_blocks.{i}."
         for bfl, ours in _DOUBLE.items():
             for suffix, key in _suffixed(bfl, sd, src):
@@ -92,7 +84,7 @@ def bfl_to_diffusers(sd: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
             for suffix, key in _suffixed(bfl, sd, src):
                 for name, part in zip(names, take(key).split(hidden, dim=0)):
                     out[dst + name + suffix] = part
-    for i in _block_ids(sd, prefix + "single_blocks."):
+    for i in block_ids(sd, prefix + "single_blocks."):
         src, dst = f"{prefix}single_blocks.{i}.", f"single_transformer_blocks.{i}."
         for bfl, ours in _SINGLE.items():
             for suffix, key in _suffixed(bfl, sd, src):
@@ -111,30 +103,29 @@ def bfl_to_diffusers(sd: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
 def diffusers_to_bfl(sd: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
     """The BFL-layout state dict (under `prefix`) of a diffusers Flux transformer's state dict."""
     out: dict[str, torch.Tensor] = {}
-    for bfl, ours in _RENAMED.items():
+
+    def renamed(src: str, dst: str, table: dict) -> None:
+        for bfl, ours in table.items():
+            for suffix in ("",) if ours.endswith(".weight") else (".weight", ".bias"):  # norm scales have no bias
+                if src + ours + suffix in sd:
+                    out[dst + bfl + suffix] = sd[src + ours + suffix]
+
+    def fused(src: str, dst: str, names: tuple[str, ...]) -> None:
         for suffix in (".weight", ".bias"):
-            if ours + suffix in sd:
-                out[prefix + bfl + suffix] = sd[ours + suffix]
+            if src + names[0] + suffix in sd:
+                out[dst + suffix] = torch.cat([sd[src + n + suffix] for n in names], dim=0)
+
+    renamed("", prefix, _RENAMED)
     for suffix in (".weight", ".bias"):
         if _FINAL_MOD[1] + suffix in sd:
-            out[prefix + _FINAL_MOD[0] + suffix] = _swap_halves(sd[_FINAL_MOD[1] + suffix])
-    for i in _block_ids(sd, "transformer_blocks."):
+            out[prefix + _FINAL_MOD[0] + suffix] = swap_halves(sd[_FINAL_MOD[1] + suffix])
+    for i in block_ids(sd, "transformer_blocks."):
         src, dst = f"transformer_blocks.{i}.", f"{prefix}double_blocks.{i}."
-        for bfl, ours in _DOUBLE.items():
-            for suffix in ((".weight", ".bias") if not ours.endswith(".weight") else ("",)):
-                if src + ours + suffix in sd:
-                    out[dst + bfl + suffix] = sd[src + ours + suffix]
+        renamed(src, dst, _DOUBLE)
         for bfl, names in _DOUBLE_QKV.items():
-            for suffix in (".weight", ".bias"):
-                if src + names[0] + suffix in sd:
-                    out[dst + bfl + suffix] = torch.cat([sd[src + n + suffix] for n in names], dim=0)
-    for i in _block_ids(sd, "single_transformer_blocks."):
+            fused(src, dst + bfl, names)
+    for i in block_ids(sd, "single_transformer_blocks."):
         src, dst = f"single_transformer_blocks.{i}.", f"{prefix}single_blocks.{i}."
-        for bfl, ours in _SINGLE.items():
-            for suffix in ((".weight", ".bias") if not ours.endswith(".weight") else ("",)):
-                if src + ours + suffix in sd:
-                    out[dst + bfl + suffix] = sd[src + ours + suffix]
-        for suffix in (".weight", ".bias"):
-            if src + _SINGLE_FUSED[0] + suffix in sd:
-                out[dst + "linear1" + suffix] = torch.cat([sd[src + n + suffix] for n in _SINGLE_FUSED], dim=0)
+        renamed(src, dst, _SINGLE)
+        fused(src, dst + "linear1", _SINGLE_FUSED)
     return out

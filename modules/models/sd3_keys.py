@@ -11,6 +11,8 @@ from typing import Mapping
 
 import torch
 
+from modules.models.key_layout import block_ids, swap_halves
+
 _RENAMED = {  # Stability name → diffusers name (".weight"/".bias" follow)
     "x_embedder.proj": "pos_embed.proj",
     "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
@@ -46,16 +48,6 @@ _FINAL_MOD = ("final_layer.adaLN_modulation.1", "norm_out.linear")
 _SUFFIXES = (".weight", ".bias")
 
 
-def _swap_halves(t: torch.Tensor) -> torch.Tensor:
-    first, second = t.chunk(2, dim=0)
-    return torch.cat([second, first], dim=0)
-
-
-def _block_ids(sd: Mapping, prefix: str) -> list[int]:
-    return sorted({int(k[len(prefix):].split(".", 1)[0]) for k in sd
-                   if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0].isdigit()})
-
-
 def sai_to_diffusers(sd: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
     """A diffusers state dict from the Stability-layout tensors under `prefix` (every key there must be used)."""
     out: dict[str, torch.Tensor] = {}
@@ -76,9 +68,9 @@ def sai_to_diffusers(sd: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
         out["pos_embed.pos_embed"] = take(prefix + "pos_embed")
     for suffix in _SUFFIXES:
         if prefix + _FINAL_MOD[0] + suffix in sd:
-            out[_FINAL_MOD[1] + suffix] = _swap_halves(take(prefix + _FINAL_MOD[0] + suffix))
+            out[_FINAL_MOD[1] + suffix] = swap_halves(take(prefix + _FINAL_MOD[0] + suffix))
     hidden = sd[prefix + "x_embedder.proj.weight"].shape[0]
-    for i in _block_ids(sd, prefix + "joint_blocks."):
+    for i in block_ids(sd, prefix + "joint_blocks."):
         src, dst = f"{prefix}joint_blocks.{i}.", f"transformer_blocks.{i}."
         mapped(src, dst, _BLOCK)
         for theirs, ours in _NORMS.items():
@@ -93,7 +85,7 @@ def sai_to_diffusers(sd: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
         for suffix in _SUFFIXES:
             if src + _CONTEXT_MOD[0] + suffix in sd:
                 mod = take(src + _CONTEXT_MOD[0] + suffix)
-                out[dst + _CONTEXT_MOD[1] + suffix] = _swap_halves(mod) if last else mod
+                out[dst + _CONTEXT_MOD[1] + suffix] = swap_halves(mod) if last else mod
     left = [k for k in sd if k.startswith(prefix) and k not in used]
     if left:
         raise KeyError(f"SD3 tensors this converter does not know: {', '.join(left[:5])}")
@@ -115,8 +107,8 @@ def diffusers_to_sai(sd: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
         out[prefix + "pos_embed"] = sd["pos_embed.pos_embed"]
     for suffix in _SUFFIXES:
         if _FINAL_MOD[1] + suffix in sd:
-            out[prefix + _FINAL_MOD[0] + suffix] = _swap_halves(sd[_FINAL_MOD[1] + suffix])
-    for i in _block_ids(sd, "transformer_blocks."):
+            out[prefix + _FINAL_MOD[0] + suffix] = swap_halves(sd[_FINAL_MOD[1] + suffix])
+    for i in block_ids(sd, "transformer_blocks."):
         src, dst = f"transformer_blocks.{i}.", f"{prefix}joint_blocks.{i}."
         mapped(src, dst, _BLOCK)
         for theirs, ours in _NORMS.items():
@@ -130,5 +122,5 @@ def diffusers_to_sai(sd: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
         for suffix in _SUFFIXES:
             if src + _CONTEXT_MOD[1] + suffix in sd:
                 mod = sd[src + _CONTEXT_MOD[1] + suffix]
-                out[dst + _CONTEXT_MOD[0] + suffix] = _swap_halves(mod) if last else mod
+                out[dst + _CONTEXT_MOD[0] + suffix] = swap_halves(mod) if last else mod
     return out

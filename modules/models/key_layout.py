@@ -1,0 +1,23 @@
+"""Small helpers the transformer key converters and detectors share."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+
+def block_ids(sd: Mapping, prefix: str, infix: str = "") -> list[int]:
+    """The N of every `prefix<N>.` key in `sd` (only keys containing `infix`, when given), sorted."""
+    found = set()
+    for key in sd:
+        if key.startswith(prefix) and infix in key:
+            head = key[len(prefix):].split(".", 1)[0]
+            if head.isdigit():
+                found.add(int(head))
+    return sorted(found)
+
+
+def swap_halves(t: torch.Tensor) -> torch.Tensor:
+    """(shift, scale) ↔ (scale, shift): BFL/Stability and diffusers store a final modulation in opposite orders."""
+    first, second = t.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
