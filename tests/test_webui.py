@@ -84,9 +84,13 @@ def artifacts(tmp_path_factory) -> Path:
 
 
 def set_number(page, elem_id: str, value):
+    """Type a number as a user does; returns once the page has had two frames to take it into the component's
+    state (on a busy machine a click right after typing could still send the old value)."""
     box = page.locator(f"#{elem_id} input[type=number]").first
     box.fill(str(value))
     box.press("Enter")
+    expect(box).to_have_value(str(value))
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
 
 
 def pick(page, elem_id: str, option: str):
@@ -228,8 +232,7 @@ def test_outpaint_extends_the_canvas(page, ui_data):
     expect(page.locator("#img2img_image img").first).to_be_visible()  # the picture has arrived
     page.fill("#img2img_prompt textarea", "wider")
     page.locator("#img2img_outpaint").get_by_text("Outpaint").first.click()
-    page.locator("#img2img_outpaint_right input").fill("32")
-    page.locator("#img2img_outpaint_right input").press("Tab")
+    set_number(page, "img2img_outpaint_right", 32)
     page.click("#img2img_outpaint_button")
     expect(page.locator("#html_info_img2img")).to_contain_text("Size: 96x64", timeout=90000)
     with Image.open(newest_output(ui_data, "img2img")) as im:
