@@ -133,6 +133,8 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
         help="path to a checkpoint to add to the list and load by default")
     add("--ckpt-dir", type=_dir, default=None, help="extra directory with Stable Diffusion checkpoints")
     add("--vae-dir", type=_dir, default=None, help="extra directory with VAE files")
+    add("--text-encoder-dir", type=_dir, default=None,
+        help="extra directory with text encoder files for Flux/SD3 (CLIP-L, CLIP-G, T5-XXL)")
     add("--lora-dir", type=_dir, default=None, help="directory with LoRA networks (default: <models-dir>/Lora)")
     add("--embeddings-dir", type=_dir, default=None,
         help="directory with textual inversion embeddings (default: <data-dir>/embeddings)")

@@ -47,6 +47,7 @@ INFOTEXT_KEY_ORDER: tuple[str, ...] = (
     "Seed",
     "Face restoration",
     "Size",
+    "Distilled CFG Scale",
     "Model hash",
     "Model",
     "FP8 weight",
@@ -379,6 +380,7 @@ _SIMPLE_FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("Negative prompt", "negative_prompt", str),
     ("Steps", "steps", _to_int),
     ("CFG scale", "cfg_scale", _to_float),
+    ("Distilled CFG Scale", "distilled_cfg_scale", _to_float),
     ("Image CFG scale", "image_cfg_scale", _to_float),
     ("Seed", "seed", _to_int),
     ("Size-1", "width", _to_int),
@@ -513,6 +515,8 @@ _OVERRIDE_SETTINGS: tuple[tuple[str, str, Any], ...] = (
     ("Old prompt editing timelines", "use_old_scheduling", _to_bool),
     ("Downcast alphas_cumprod", "use_downcasted_alpha_bar", _to_bool),
     ("Refiner switch by sampling steps", "refiner_switch_by_sample_steps", _to_bool),
+    ("Shift", "flow_shift", _to_float),
+    ("T5", "sd3_enable_t5", _to_bool),
 )
 
 

@@ -4,6 +4,7 @@ Layout (``<data>`` is ``--data-dir``, default the program folder; ``<models>`` i
 ``<data>/models``)::
 
     <models>/Stable-diffusion   checkpoints (+ --ckpt-dir)         <models>/VAE   VAEs (+ --vae-dir)
+    <models>/text_encoder       CLIP-L/CLIP-G/T5 files for Flux and SD3 (+ --text-encoder-dir)
     <models>/Lora               LoRA (or --lora-dir)                <models>/LyCORIS, <models>/hypernetworks
     <data>/embeddings           textual inversion (or --embeddings-dir)
     <data>/outputs/{txt2img-images,txt2img-grids,img2img-images,img2img-grids,extras-images,init-images}
@@ -57,6 +58,7 @@ class Paths:
     extensions_builtin_dir: Path = REPO_ROOT / "extensions-builtin"
     styles_files: list[Path] = field(default_factory=list)  # every --styles-file (styles_file is the first)
     ckpt_file: Path | None = None  # --ckpt
+    text_encoder_dirs: list[Path] = field(default_factory=list)  # <models>/text_encoder, then --text-encoder-dir
 
     def __post_init__(self):
         if self.hypernetwork_dir is None:
@@ -65,6 +67,8 @@ class Paths:
             object.__setattr__(self, "lycoris_dir", self.models_dir / "LyCORIS")
         if not self.styles_files:
             object.__setattr__(self, "styles_files", [self.styles_file])
+        if not self.text_encoder_dirs:
+            object.__setattr__(self, "text_encoder_dirs", [self.models_dir / "text_encoder"])
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> "Paths":
@@ -82,6 +86,11 @@ class Paths:
             extra = _p(get("vae_dir"), vae_dirs[0])
             if extra not in vae_dirs:
                 vae_dirs.append(extra)
+        text_encoder_dirs = [models / "text_encoder"]
+        if get("text_encoder_dir"):
+            extra = _p(get("text_encoder_dir"), text_encoder_dirs[0])
+            if extra not in text_encoder_dirs:
+                text_encoder_dirs.append(extra)
         styles = [_p(s, data / "styles.csv") for s in (get("styles_file") or [])]
         if isinstance(get("styles_file"), str):  # a Namespace built by hand with a single string
             styles = [_p(get("styles_file"), data / "styles.csv")]
@@ -102,6 +111,7 @@ class Paths:
             hypernetwork_dir=_p(get("hypernetwork_dir"), models / "hypernetworks"),
             styles_files=styles,
             ckpt_file=_p(get("ckpt"), None) if get("ckpt") else None,
+            text_encoder_dirs=text_encoder_dirs,
         )
 
     # --- derived locations -------------------------------------------------------------------------------------
@@ -154,7 +164,8 @@ class Paths:
 
     def ensure_dirs(self) -> None:
         """Create the folders the program writes to or that users are expected to fill (idempotent)."""
-        dirs = [self.data_dir, self.models_dir, self.ckpt_dirs[0], self.vae_dirs[0], self.lora_dir,
+        dirs = [self.data_dir, self.models_dir, self.ckpt_dirs[0], self.vae_dirs[0], self.text_encoder_dirs[0],
+                self.lora_dir,
                 self.embeddings_dir, self.outputs_dir, self.extensions_dir,
                 *(self.outputs_dir / sub for sub in OUTPUT_SUBDIRS.values()),
                 self.config_file.parent, self.cache_file.parent, self.ui_config_file.parent, self.styles_file.parent]

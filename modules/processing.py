@@ -7,6 +7,7 @@ image's noise from its own generator.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from modules.resize import LATENT_RESIZE, resize_image
 from modules.sampling import conditioning as cond_mod
 from modules.sampling import samplers
 from modules.sampling import loop as loop_hooks
+from modules.sampling.flow_denoiser import denoiser_for
 from modules.sampling.loop import InpaintLatents, Interrupted, SamplingJob, Skipped, StepInfo, sample
 from modules.version import VERSION
 
@@ -216,6 +218,15 @@ def _resolve_sampler(name: str | None, scheduler: str | None):
         raise RequestError(str(e)) from None
 
 
+def _flow_bundle(model: LoadedModel, sampler: str | None, schedule: str | None, shift: float | None):
+    from modules.sampling import flow_samplers
+
+    try:
+        return flow_samplers.build_flow_scheduler(sampler, schedule, model.scheduler_config, shift=shift)
+    except ValueError as e:
+        raise RequestError(f"{model.spec.label}: {e}") from None
+
+
 def _round8(v: int, factor: int) -> int:
     return max(factor, int(v) // factor * factor)
 
@@ -237,6 +248,8 @@ def decode(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
     """Latents → images in [-1, 1]; a fp16 VAE that overflows to NaN is retried in fp32 (as A1111 does)."""
     vae = model.vae
     scaled = latents / vae.config.scaling_factor
+    if getattr(vae.config, "shift_factor", None):  # Flux/SD3 VAEs: latents are shifted, then scaled
+        scaled = scaled + vae.config.shift_factor
     with torch.inference_mode():
         out = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
         if vae.dtype == torch.float16 and torch.isnan(out).any():
@@ -256,7 +269,10 @@ def encode(model: LoadedModel, pixels: torch.Tensor, generators) -> torch.Tensor
             dist = vae.encode(pixels[i:i + 1].to(device=model.device, dtype=vae.dtype)).latent_dist
             g = generators[i] if generators else None
             out.append(dist.sample(generator=g))
-    return (vae.config.scaling_factor * torch.cat(out)).to(model.dtype)
+    latents = torch.cat(out)
+    if getattr(vae.config, "shift_factor", None):
+        latents = latents - vae.config.shift_factor
+    return (vae.config.scaling_factor * latents).to(model.dtype)
 
 
 def unmasked_conditioning(model: LoadedModel, batch: int, width: int, height: int) -> InpaintLatents:
@@ -276,9 +292,15 @@ def _advance(generators, shape) -> None:
         torch.randn(shape, generator=g, device=g.device)
 
 
-def _timesteps(scheduler, total: int, run: int, device) -> torch.Tensor:
-    """The last `run` of `total` scheduler steps (diffusers' get_timesteps arithmetic)."""
-    scheduler.set_timesteps(total, device=device)
+def _timesteps(scheduler, total: int, run: int, device, image_seq_len: int | None = None) -> torch.Tensor:
+    """The last `run` of `total` scheduler steps (diffusers' get_timesteps arithmetic); flow-matching schedules
+    (`image_seq_len` given) as the Flux/SD3 pipelines set them."""
+    if image_seq_len is None:
+        scheduler.set_timesteps(total, device=device)
+    else:
+        from modules.sampling.flow_samplers import set_flow_timesteps
+
+        set_flow_timesteps(scheduler, total, image_seq_len, device)
     t_start = max(total - run, 0)
     order = getattr(scheduler, "order", 1)
     ts = scheduler.timesteps[t_start * order:]
@@ -321,6 +343,10 @@ class Generation:
     def __init__(self, ctx: ProcessingContext, req: GenerationRequest):
         self.ctx, self.req, self.model = ctx, req, ctx.model
         self.sampler, self.schedule = _resolve_sampler(req.effective_sampler, req.scheduler)
+        self.flow_shift = float(ctx.opt("flow_shift", 0) or 0) or None  # 0: the model's own shift
+        if self.model.is_flow:  # refused now, with the names that work, rather than at the first step
+            bundle = _flow_bundle(self.model, req.effective_sampler, req.scheduler, self.flow_shift)
+            self.sampler, self.schedule = bundle.sampler, bundle.schedule
         self.clip_skip = int(ctx.opt("CLIP_stop_at_last_layers", 1) or 1)
         self.randn_source = ctx.opt("randn_source", "GPU")
         self.ensd = int(ctx.opt("eta_noise_seed_delta", 0) or 0)
@@ -351,6 +377,12 @@ class Generation:
                 self._cond_cache.pop(next(reversed(self._cond_cache)))
         return self._cond_cache[key]
 
+    @property
+    def uses_negative(self) -> bool:
+        """Flux/SD3 at CFG scale 1 run without guidance: the negative prompt is not even encoded (their pipelines'
+        rule; SD1/SDXL keep A1111's, which always encodes it)."""
+        return not (self.model.is_flow and self.req.cfg_scale <= 1)
+
     def prompt_schedule(self, prompts: list[str], negatives: list[str], hires: bool = False) -> cond_mod.PromptSchedule:
         """Per-step conditioning for one batch: A1111's schedules over the request's steps (in the hires pass: the
         first pass's steps as base and the hires steps, so `[a:b:1.5]`-style fractions and step numbers past the first
@@ -358,7 +390,7 @@ class Generation:
         req = self.req
         hires_steps = (getattr(req, "hr_second_pass_steps", 0) or req.steps) if hires else None
         return cond_mod.PromptSchedule(self.conditioning, prompts, negatives, req.steps, hires_steps,
-                                       self.use_old_scheduling)
+                                       self.use_old_scheduling, with_uncond=self.uses_negative)
 
     # -- sampling ----------------------------------------------------------------------------------------------
 
@@ -381,9 +413,15 @@ class Generation:
         f = model.vae_scale_factor
         channels = model.vae.config.latent_channels
         shape = (channels, plan.height // f, plan.width // f)
-        bundle = samplers.build_scheduler(sampler, schedule, model.scheduler_config, seed=plan.seeds[0])
+        flow = model.is_flow
+        if flow:
+            bundle = _flow_bundle(model, sampler.name, schedule.label, self.flow_shift)
+            seq_len = (plan.height // f // 2) * (plan.width // f // 2)
+        else:
+            bundle = samplers.build_scheduler(sampler, schedule, model.scheduler_config, seed=plan.seeds[0])
+            seq_len = None
         scheduler = bundle.scheduler
-        timesteps = _timesteps(scheduler, plan.total_steps, plan.run_steps, model.device)
+        timesteps = _timesteps(scheduler, plan.total_steps, plan.run_steps, model.device, seq_len)
         image_rng = self.make_rng(plan, shape)
         # The NV source has no torch generators; step noise then comes from CPU generators of the same seeds.
         gens = image_rng.generators or [torch.Generator("cpu").manual_seed(s) for s in plan.seeds]
@@ -397,11 +435,17 @@ class Generation:
                 image_latents = inpaint["post_encode"](image_latents)
         noise = image_rng.first().to(model.dtype)
 
+        add_noise = scheduler.add_noise
+        if flow:
+            from modules.sampling.flow_samplers import add_flow_noise
+
+            add_noise = functools.partial(add_flow_noise, scheduler)
         if image_latents is None or strength_max:
-            latents = noise * scheduler.init_noise_sigma
+            sigma = getattr(scheduler, "init_noise_sigma", None)
+            latents = noise * (1.0 if sigma is None else sigma)
         else:
             latent_timestep = timesteps[:1].repeat(len(plan.seeds))
-            latents = scheduler.add_noise(image_latents, noise, latent_timestep)
+            latents = add_noise(image_latents, noise, latent_timestep)
 
         inpaint_latents = None
         if inpaint is not None:
@@ -420,11 +464,12 @@ class Generation:
         prompt_schedule = self.prompt_schedule(prompts, negatives, hires=hires)
         cond, uncond = prompt_schedule.at(0)
         job = SamplingJob(
-            unet=model.unet, scheduler=scheduler, timesteps=timesteps, latents=latents, cond=cond, uncond=uncond,
-            cfg_scale=req.cfg_scale,
+            unet=denoiser_for(model, req.distilled_cfg_scale) if flow else model.unet, scheduler=scheduler,
+            timesteps=timesteps, latents=latents, cond=cond, uncond=uncond, cfg_scale=req.cfg_scale,
             step_kwargs=bundle.step_kwargs(generator=gens, eta=self._eta(bundle)),
             inpaint=inpaint_latents, on_step=self._on_step,
             conditioning_at=prompt_schedule.at if prompt_schedule.varies else None, hooks=self.hooks.sampling(),
+            add_noise=add_noise if flow else None,
         )
         if model.is_sdxl:
             aest = model.family == "sdxl_refiner"
@@ -453,7 +498,7 @@ class Generation:
         state.current_latent = info.latents
         every = int(self.ctx.opt("show_progress_every_n_steps", 10) or 0)
         if self.ctx.opt("live_previews_enable", True) and every > 0 and info.step % every == 0:
-            state.current_image = preview.cheap_approximation(info.latents[0], self.model.is_sdxl)
+            state.current_image = preview.cheap_approximation(info.latents[0], family=self.model.family)
             state.current_image_step = info.step
         if state.interrupted:
             raise Interrupted()
@@ -486,6 +531,13 @@ def infotext_params(gen: Generation, index: int, all_seeds, all_subseeds, width:
     if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
         params["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
     params["Denoising strength"] = denoising
+    if model.is_flow:
+        if model.family == "flux" and model.unet.config.guidance_embeds:
+            params["Distilled CFG Scale"] = req.distilled_cfg_scale
+        if gen.flow_shift:
+            params["Shift"] = gen.flow_shift
+        if model.family == "sd3" and not gen.text_options.use_t5:
+            params["T5"] = False
     if gen.clip_skip > 1:
         params["Clip skip"] = gen.clip_skip
     if gen.ensd:
@@ -529,6 +581,10 @@ def _run(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, height: 
     fmt = ctx.opt("samples_format", "png")
     networks = extra_networks.activate(ctx, model, all_prompts)  # tags stripped; LoRAs patched in (or removed)
     run.extra.update(networks.infotext)
+    if model.is_flow and not gen.uses_negative and any(n.strip() for n in all_negatives):
+        networks.warnings.append(f"CFG scale {req.cfg_scale:g}: the negative prompt is not used ({model.spec.label} "
+                                 "runs without real guidance at CFG scale 1; raise it above 1 to use the negative "
+                                 "prompt)")
 
     result = GenerationResult(
         images=[], infotexts=[], all_prompts=all_prompts, all_negative_prompts=all_negatives,
@@ -611,10 +667,10 @@ def _to_pil(model: LoadedModel, pixels: torch.Tensor) -> list[Image.Image]:
 def txt2img(ctx: ProcessingContext, req: Txt2ImgRequest) -> GenerationResult:
     model = ctx.model
     gen = Generation(ctx, req)
-    f = model.vae_scale_factor
-    width, height = _round8(req.width, f), _round8(req.height, f)
+    m = model.size_multiple
+    width, height = _round8(req.width, m), _round8(req.height, m)
     extra: dict[str, Any] = {}
-    hires = HiresPlan.from_request(req, width, height, f, ctx.upscalers) if req.enable_hr else None
+    hires = HiresPlan.from_request(req, width, height, m, ctx.upscalers) if req.enable_hr else None
     if hires is not None:
         extra.update(hires.infotext())
 
@@ -753,7 +809,7 @@ def img2img(ctx: ProcessingContext, req: Img2ImgRequest) -> GenerationResult:
     model = ctx.model
     gen = Generation(ctx, req)
     f = model.vae_scale_factor
-    width, height = _round8(req.width, f), _round8(req.height, f)
+    width, height = _round8(req.width, model.size_multiple), _round8(req.height, model.size_multiple)
     background = ctx.opt("img2img_background_color", "#ffffff")
     inits = [_flatten(im, background) for im in req.init_images]
     extra: dict[str, Any] = {}
@@ -768,7 +824,8 @@ def img2img(ctx: ProcessingContext, req: Img2ImgRequest) -> GenerationResult:
         if req.inpainting_mask_invert:
             extra["Mask mode"] = "Inpaint not masked"
     if req.resize_mode == LATENT_RESIZE and setup is None:
-        prepared = [im.resize((_round8(im.width, f), _round8(im.height, f)), Image.Resampling.LANCZOS) for im in inits]
+        m = model.size_multiple
+        prepared = [im.resize((_round8(im.width, m), _round8(im.height, m)), Image.Resampling.LANCZOS) for im in inits]
     else:
         prepared = [_prepare_init(im, req, setup, width, height) for im in inits]
     total, run = img2img_steps(req.steps, req.denoising_strength, bool(ctx.opt("img2img_fix_steps", False)))

@@ -40,6 +40,7 @@ class GenerationRequest:
     n_iter: int = 1
     steps: int = 50
     cfg_scale: float = 7.0
+    distilled_cfg_scale: float = 3.5  # Forge's field: Flux dev's distilled guidance (other families ignore it)
     width: int = 512
     height: int = 512
     restore_faces: bool | None = None
@@ -87,6 +88,8 @@ class GenerationRequest:
             raise RequestError(f"subseed_strength must be between 0 and 1, got {self.subseed_strength}")
         if self.cfg_scale < 0 or self.cfg_scale > 100:
             raise RequestError(f"cfg_scale must be between 0 and 100, got {self.cfg_scale}")
+        if not 0 <= self.distilled_cfg_scale <= 100:
+            raise RequestError(f"distilled_cfg_scale must be between 0 and 100, got {self.distilled_cfg_scale}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], image_base: Path | None = None):

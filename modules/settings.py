@@ -325,6 +325,14 @@ _section("sd", {
     "sd_checkpoint_hash": _O("", "SHA256 hash of the current checkpoint"),
 })
 
+_section("flow", {
+    "forge_additional_modules": _O([], "VAE / Text Encoder: files for the parts a Flux/SD3 checkpoint lacks (none "
+                                       "picked: found in models/text_encoder and models/VAE)"),
+    "flow_shift": _O(0.0, "Flux/SD3: sampling shift (0 = the model's own: SD3 3.0, Flux dev by resolution)",
+                     minimum=0.0, maximum=20.0, infotext="Shift"),
+    "sd3_enable_t5": _O(True, "SD3: encode prompts with T5-XXL too (off: faster, less faithful to long prompts)"),
+})
+
 _section("sdxl", {
     "sdxl_crop_top": _O(0, "crop top coordinate"),
     "sdxl_crop_left": _O(0, "crop left coordinate"),
@@ -512,6 +520,7 @@ SECTION_TITLES = {
     "training": "Training",
     "sd": "Stable Diffusion",
     "sdxl": "Stable Diffusion XL",
+    "flow": "Flux / SD3",
     "vae": "VAE",
     "img2img": "img2img",
     "optimizations": "Optimizations",

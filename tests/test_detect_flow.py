@@ -109,8 +109,9 @@ def test_sd_checkpoints_are_not_flow_transformers(tiny_models):
         assert detect_flow_transformer({k: f.get_slice(k) for k in f.keys()}) is None
 
 
-def test_loading_one_names_what_it_is():
-    """Until these families generate, the message says which model the file holds, not only what it is not."""
+def test_the_models_spec_names_the_release_at_full_size():
+    """What the Models tab shows for a full-size file (header shapes only): the release, with no parts carried."""
     manifest = {"model.diffusion_model." + k: v for k, v in bfl_manifest(RELEASES["Flux.1 schnell"][1]).items()}
-    with pytest.raises(UnsupportedModelError, match=r"Flux\.1 schnell \(bfl layout\).*not supported yet"):
-        detect(manifest, "flux1-schnell")
+    spec = detect(manifest, "flux1-schnell")
+    assert (spec.label, spec.family, spec.is_flow, spec.text_encoders) == ("Flux.1 schnell", "flux", True, {})
+    assert spec.defaults["t5_max_length"] == 256 and spec.scheduler["shift"] == 1.0

@@ -147,6 +147,10 @@ def _sampling_params(c: Controls, cfg: UiConfig, engine, is_img2img: bool):
     swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False, show_progress="hidden")
     c.add("cfg_scale", gr.Slider(1.0, 30.0, value=cfg.value(f"{tab}/CFG Scale", 7.0), step=0.5, label="CFG Scale",
                                  elem_id=f"{tab}_cfg_scale"))
+    c.add("distilled_cfg_scale", gr.Slider(
+        0.0, 30.0, value=cfg.value(f"{tab}/Distilled CFG Scale", 3.5), step=0.1, label="Distilled CFG Scale",
+        info="Flux dev only: its built-in guidance. Flux runs real CFG only above CFG Scale 1 (then the negative "
+             "prompt is used, at twice the time per step)", elem_id=f"{tab}_distilled_cfg_scale"))
     if is_img2img:
         c.add("denoising_strength", gr.Slider(0.0, 1.0, value=cfg.value(f"{tab}/Denoising strength", 0.75),
                                               step=0.01, label="Denoising strength",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from modules.models.detect_flow import detect_flow_transformer
+from modules.models.detect_flow import FlowTransformerSpec, detect_flow_transformer
 
 CONFIG_ROOT = Path(__file__).parent / "configs"
 UNET_PREFIX = "model.diffusion_model."
@@ -29,11 +29,14 @@ FAMILY_LABELS = {
     "sd2": "SD 2.x",
     "sdxl": "SDXL",
     "sdxl_refiner": "SDXL refiner",
+    "flux": "Flux.1",
+    "sd3": "SD3",
 }
+FLOW_FAMILIES = ("flux", "sd3")
 
 
 class UnsupportedModelError(ValueError):
-    """The file is not an SD1.x/SD2.x/SDXL checkpoint (or is a LoRA, a VAE, an unknown architecture...)."""
+    """The file is not a checkpoint of a family we run (or is a LoRA, a VAE, an unknown architecture...)."""
 
 
 @dataclass
@@ -50,6 +53,9 @@ class ModelSpec:
     te_prefixes: dict[str, str] = field(default_factory=dict)
     te_layouts: dict[str, str] = field(default_factory=dict)
     embedded: dict = field(default_factory=dict)  # the file's ARCHITECTURE_KEY metadata, when it has one
+    variant: str = ""  # Flux/SD3: what users call it ("Flux.1 dev", "SD3.5 Large")
+    defaults: dict = field(default_factory=dict)  # Flux/SD3: what shapes cannot tell (T5 length, CFG defaults)
+    flow: "FlowTransformerSpec | None" = None  # Flux/SD3: the transformer's layout, prefix and config
 
     @property
     def is_demo(self) -> bool:
@@ -57,6 +63,8 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
+        if self.variant:
+            return self.variant
         label = FAMILY_LABELS[self.family]
         if self.family == "sd2":
             label += " (v-prediction)" if self.prediction_type == "v_prediction" else " (epsilon)"
@@ -66,6 +74,11 @@ class ModelSpec:
     def is_sdxl(self) -> bool:
         return self.family in ("sdxl", "sdxl_refiner")
 
+    @property
+    def is_flow(self) -> bool:
+        """A flow-matching transformer model (Flux.1, SD3/SD3.5)."""
+        return self.family in FLOW_FAMILIES
+
 
 def load_template(family: str, component: str) -> dict:
     name = "scheduler_config.json" if component == "scheduler" else "config.json"
@@ -73,6 +86,11 @@ def load_template(family: str, component: str) -> dict:
     if component == "model_index":
         path = CONFIG_ROOT / family / "model_index.json"
     return json.loads(path.read_text())
+
+
+def load_template_file(relative: str) -> dict:
+    """A shipped template by its path under configs/ (e.g. "t5xxl/config.json")."""
+    return json.loads((CONFIG_ROOT / relative).read_text())
 
 
 def _indices(keys, prefix: str) -> list[int]:
@@ -275,8 +293,9 @@ def detect(sd: Mapping, name: str = "model", prediction_hint: str | None = None,
     `embedded`: an architecture the file carries (ARCHITECTURE_KEY); it overrides what the shapes gave."""
     flow = detect_flow_transformer(sd)  # ComfyUI's Flux/SD3 files use the UNet's prefix too
     if flow is not None:
-        raise UnsupportedModelError(f"unsupported model {name}: {flow.label}: Flux and SD3 models are not supported "
-                                    f"yet, only SD 1.x, SD 2.x and SDXL")
+        from modules.models.flow_spec import flow_model_spec
+
+        return flow_model_spec(sd, flow)
     if not any(k.startswith(UNET_PREFIX) for k in sd):
         what = _guess_other(sd)
         raise UnsupportedModelError(f"unsupported model {name}: no Stable Diffusion UNet in it{what}")
@@ -311,7 +330,9 @@ def _guess_other(sd: Mapping) -> str:
     if vae_prefix(sd) is not None:
         return " (it looks like a VAE: put it in models/VAE)"
     if any(k.startswith(("double_blocks.", "joint_blocks.", "model.diffusion_model.joint_blocks")) for k in keys):
-        return " (SD3/Flux models are not supported)"
+        return " (an SD3/Flux model with tensors missing)"
+    if any(k.startswith(("encoder.block.", "text_model.", "text_encoders.")) for k in keys):
+        return " (it looks like a text encoder: put it in models/text_encoder)"
     return ""
 
 

@@ -59,13 +59,22 @@ def _flux_variant(config: dict) -> str:
     return "Flux.1 dev" if config["guidance_embeds"] else "Flux.1 schnell"
 
 
+def flux_rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """Flux.1's rope split (16, 56, 56) of its 128-wide heads; narrower (reduced-size) models keep its proportions
+    (1/8 for the text/time axis, the rest halved between height and width, all even)."""
+    if head_dim == 128:
+        return FLUX_ROPE_AXES
+    hw = 2 * ((head_dim * 7 // 16) // 2)
+    return (head_dim - 2 * hw, hw, hw)
+
+
 def _flux_config(hidden: int, head_dim: int, in_channels: int, out_features: int, joint: int, pooled: int,
                  double: int, single: int, guidance: bool) -> dict:
     return {"patch_size": 1, "in_channels": in_channels,
             "out_channels": None if out_features == in_channels else out_features,
             "num_layers": double, "num_single_layers": single, "attention_head_dim": head_dim,
             "num_attention_heads": hidden // head_dim, "joint_attention_dim": joint, "pooled_projection_dim": pooled,
-            "guidance_embeds": guidance, "axes_dims_rope": FLUX_ROPE_AXES}
+            "guidance_embeds": guidance, "axes_dims_rope": flux_rope_axes(head_dim)}
 
 
 def _flux_bfl(sd: Mapping, p: str) -> FlowTransformerSpec | None:

@@ -50,6 +50,8 @@ class LoadedModel:
     vae_name: str | None = None
     vae_hash: str | None = None
     extra: dict = field(default_factory=dict)
+    text_encoder_3: Any | None = None  # SD3: T5-XXL (Flux keeps T5 in text_encoder_2, as diffusers does)
+    tokenizer_3: Any | None = None
 
     @property
     def device(self) -> torch.device:
@@ -66,6 +68,15 @@ class LoadedModel:
     @property
     def is_sdxl(self) -> bool:
         return self.spec.is_sdxl
+
+    @property
+    def is_flow(self) -> bool:
+        return self.spec.is_flow
+
+    @property
+    def size_multiple(self) -> int:
+        """Width/height must be multiples of this: the latent is cut into 2×2 patches by Flux and SD3."""
+        return self.vae_scale_factor * (2 if self.is_flow else 1)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -323,13 +334,22 @@ def probe_v_prediction(unet) -> str:
 
 def load_single_file(path: Path, device_config: DeviceConfig, *, name: str | None = None,
                      title: str | None = None, shorthash: str | None = None,
-                     vae_path: Path | None = None) -> LoadedModel:
-    """Load an A1111-layout `.safetensors`/`.ckpt` checkpoint."""
+                     vae_path: Path | None = None, sources=None) -> LoadedModel:
+    """Load an A1111-layout `.safetensors`/`.ckpt` checkpoint, or a Flux/SD3 file (`sources`: where the parts it
+    lacks may be found, a flow_loader.PartSources)."""
     path = Path(path)
     name = name or path.name
     sd = read_state_dict(path)
     spec = detect_mod.detect(sd, name=name, prediction_hint=detect_mod.prediction_hint_from_yaml(path),
                              embedded=read_embedded_architecture(path))
+    if spec.is_flow:
+        from modules.models.flow_loader import load_flow_single_file
+
+        model = load_flow_single_file(path, sd, spec, device_config, name=name, title=title, shorthash=shorthash,
+                                      sources=sources)
+        if vae_path is not None:
+            replace_vae(model, vae_path)
+        return model
     dt, vdt = device_config.dtype, device_config.vae_dtype
     unet = build_unet(spec, sd, name, dt)
     if spec.prediction_type == "probe":
@@ -375,15 +395,23 @@ def import_model_classes() -> None:
 
 def load_diffusers_folder(path: Path, device_config: DeviceConfig, *, name: str | None = None,
                           title: str | None = None, shorthash: str | None = None,
-                          vae_path: Path | None = None) -> LoadedModel:
+                          vae_path: Path | None = None, sources=None) -> LoadedModel:
     """Load a diffusers folder (`model_index.json`, `unet/`, `vae/`, `text_encoder*/`) from disk only."""
     import json
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    from modules.models import flow_loader
+
     path = Path(path)
     name = name or path.name
+    if flow_loader.is_flow_folder(path):
+        model = flow_loader.load_flow_diffusers_folder(path, device_config, name=name, title=title,
+                                                       shorthash=shorthash)
+        if vae_path is not None:
+            replace_vae(model, vae_path)
+        return model
     dt, vdt = device_config.dtype, device_config.vae_dtype
     kw = dict(local_files_only=True)
     try:
@@ -432,6 +460,13 @@ def load_diffusers_folder(path: Path, device_config: DeviceConfig, *, name: str 
 def load_vae_file(path: Path, family: str, device_config: DeviceConfig):
     """A standalone VAE (`models/VAE/*.safetensors|.pt|.ckpt`), config derived from its own shapes."""
     sd = read_state_dict(Path(path))
+    if family in detect_mod.FLOW_FAMILIES:
+        from modules.models import flow_loader, flow_parts
+
+        part = flow_parts.vae_part(sd, family, Path(path).name)
+        if part is None or part.config.get("latent_channels") != 16:
+            raise ModelLoadError(f"{Path(path).name}: not a 16-channel VAE (Flux and SD3 need one, e.g. ae.safetensors)")
+        return flow_loader.build_flow_vae(part, Path(path).name, device_config.vae_dtype).to(device_config.device)
     prefix = detect_mod.vae_prefix(sd)
     template = detect_mod.load_template(family, "vae")
     if prefix is None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from modules.devices import DeviceConfig, torch_gc
 from modules.models import loader
+from modules.models.flow_loader import PartSources
 from modules.models.loader import LoadedModel, ModelLoadError
 from modules.models.registry import CheckpointInfo, CheckpointRegistry, find_vae_for_checkpoint, list_vaes
 
@@ -156,12 +157,30 @@ class ModelManager:
                 self._drop(next(iter(self._cache)))
             log.info("Loading checkpoint %s", info.title)
             model = loader.load_model(info.filename, self.device_config, name=info.name, title=info.title,
-                                      shorthash=info.shorthash)
+                                      shorthash=info.shorthash, sources=self.part_sources())
         finally:
             self.loading = None
         if model.spec.is_demo:
             log.warning("%s is the %s", info.title, model.spec.embedded.get("description", "demo model"))
         return model
+
+    def part_sources(self) -> PartSources:
+        """Where a Flux/SD3 checkpoint's missing VAE/text encoders come from: the files picked under "VAE / Text
+        Encoder" (`forge_additional_modules`, names or paths), else the text-encoder and VAE folders."""
+        picked = []
+        for entry in self.settings.get("forge_additional_modules", []) or []:
+            path = Path(entry)
+            if not path.is_absolute():
+                path = next((d / entry for d in [*self._text_encoder_dirs(), *self.paths.vae_dirs]
+                             if (d / entry).is_file()), path)
+            if not path.is_file():
+                log.warning("VAE / Text Encoder: %s not found; ignored", entry)
+                continue
+            picked.append(path)
+        return PartSources(self._text_encoder_dirs(), list(self.paths.vae_dirs), picked)
+
+    def _text_encoder_dirs(self) -> list[Path]:
+        return list(getattr(self.paths, "text_encoder_dirs", None) or [self.paths.models_dir / "text_encoder"])
 
     def _evict(self, keep: str) -> None:
         limit = max(1, int(self.settings.get("sd_checkpoints_limit", 1) or 1))

@@ -38,11 +38,12 @@ class Conditioning:
     """Per-image conditioning for one batch (rows follow the batch order)."""
 
     embeds: torch.Tensor  # (B, tokens, context_dim)
-    pooled: torch.Tensor | None = None  # (B, pooled_dim) for SDXL
+    pooled: torch.Tensor | None = None  # (B, pooled_dim) for SDXL, Flux, SD3
+    tail: int = 0  # Flux/SD3: the last `tail` tokens are T5's fixed window; only the tokens before it are chunks
 
     def cat(self, other: "Conditioning") -> "Conditioning":
         pooled = None if self.pooled is None else torch.cat([self.pooled, other.pooled])
-        return Conditioning(torch.cat([self.embeds, other.embeds]), pooled)
+        return Conditioning(torch.cat([self.embeds, other.embeds]), pooled, self.tail)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class TextOptions:
     emphasis: str = "Original"
     comma_padding_backtrack: int = 20
     sdxl_clip_l_skip: bool = False
+    use_t5: bool = True  # SD3: encode with T5-XXL (off: its part is zeros, as SD3 without its third encoder)
 
     @classmethod
     def from_options(cls, opt: Callable[[str, object], object]) -> "TextOptions":
@@ -69,7 +71,8 @@ class TextOptions:
         return cls(clip_skip=max(1, int(opt("CLIP_stop_at_last_layers", 1) or 1)),
                    emphasis=emphasis if emphasis in EMPHASIS_MODES else "Original",
                    comma_padding_backtrack=int(opt("comma_padding_backtrack", 20) or 0),
-                   sdxl_clip_l_skip=bool(opt("sdxl_clip_l_skip", False)))
+                   sdxl_clip_l_skip=bool(opt("sdxl_clip_l_skip", False)),
+                   use_t5=bool(opt("sd3_enable_t5", True)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -246,6 +249,10 @@ def encode(model, prompts: list[str], clip_skip: int = 1, *, options: TextOption
     `embeddings`: an EmbeddingDatabase (already `load`ed for this model); the ones found are added to `used`
     (name → Embedding). `token_counts`, if given, receives each prompt's token count."""
     opts = dataclasses.replace(options or TextOptions(), clip_skip=max(1, int(clip_skip)))
+    if getattr(model, "is_flow", False):
+        from modules.sampling import flow_conditioning
+
+        return flow_conditioning.encode(model, prompts, opts, token_counts, use_t5=opts.use_t5)
     encoders = _encoders(model, opts)
     per_encoder = []
     for enc in encoders:
@@ -285,13 +292,16 @@ def encode(model, prompts: list[str], clip_skip: int = 1, *, options: TextOption
 
 
 def pad_to_length(c: Conditioning, length: int, empty: Conditioning) -> Conditioning:
-    """Append empty-prompt chunks (A1111's `pad_cond_uncond`) until `c` has `length` tokens."""
+    """Append empty-prompt chunks (A1111's `pad_cond_uncond`) until `c` has `length` tokens (before T5's fixed
+    window, where the model has one)."""
     have = c.embeds.shape[1]
     if have >= length:
         return c
-    reps = (length - have) // empty.embeds.shape[1]
-    extra = empty.embeds[:1].expand(c.embeds.shape[0], -1, -1).repeat(1, reps, 1)
-    return dataclasses.replace(c, embeds=torch.cat([c.embeds, extra], dim=1))
+    chunk = empty.embeds.shape[1] - empty.tail
+    reps = (length - have) // chunk
+    extra = empty.embeds[:1, :chunk].expand(c.embeds.shape[0], -1, -1).repeat(1, reps, 1)
+    cut = have - c.tail
+    return dataclasses.replace(c, embeds=torch.cat([c.embeds[:, :cut], extra, c.embeds[:, cut:]], dim=1))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -315,8 +325,12 @@ class PromptSchedule:
     """
 
     def __init__(self, encode_fn: Callable[[list[str]], Conditioning], prompts: list[str], negatives: list[str],
-                 steps: int, hires_steps: int | None = None, use_old_scheduling: bool = False):
+                 steps: int, hires_steps: int | None = None, use_old_scheduling: bool = False,
+                 with_uncond: bool = True):
         self.encode_fn = encode_fn
+        self.with_uncond = with_uncond  # False: no negative prompt is encoded, `at` gives (cond, None)
+        if not with_uncond:
+            negatives = [""] * len(negatives)
         self.parts, flat, _ = prompt_parser.get_multicond_prompt_list(prompts)
         self.flat = list(flat)
         self.cond_schedules = prompt_parser.get_learned_conditioning_prompt_schedules(
@@ -330,8 +344,10 @@ class PromptSchedule:
         self._empty: Conditioning | None = None
         if self.static:  # one encode call per side, exactly as a plain prompt always was
             cond = encode_fn([self.cond_schedules[p[0][0]][0][1] for p in self.parts])
-            uncond = encode_fn([s[0][1] for s in self.neg_schedules])
-            self._static = self._pad(cond, uncond)
+            if with_uncond:
+                self._static = self._pad(cond, encode_fn([s[0][1] for s in self.neg_schedules]))
+            else:
+                self._static = (cond, None)
 
     @property
     def varies(self) -> bool:
@@ -364,7 +380,7 @@ class PromptSchedule:
             rows = [(pad_to_length(c, length, self._empty_cond()), j) for c, j in rows]
         embeds = torch.cat([c.embeds[j:j + 1] for c, j in rows])
         pooled = None if rows[0][0].pooled is None else torch.cat([c.pooled[j:j + 1] for c, j in rows])
-        return Conditioning(embeds, pooled)
+        return Conditioning(embeds, pooled, rows[0][0].tail)
 
     def at(self, step: int) -> tuple[Conditioning, Conditioning]:
         if self.static:
@@ -374,11 +390,14 @@ class PromptSchedule:
         neg_picks = [(s, _entry_at(s, step)) for s in self.neg_schedules]
         key = tuple(j for _, j in cond_picks) + (None,) + tuple(j for _, j in neg_picks)
         if key not in self._cache:
-            cond, uncond = self._pad(self._rows(cond_picks), self._rows(neg_picks))
+            if self.with_uncond:
+                cond, uncond = self._pad(self._rows(cond_picks), self._rows(neg_picks))
+            else:
+                cond, uncond = self._rows(cond_picks), None
             if self.multi:
                 owners = [b for b, part in enumerate(self.parts) for _ in part]
                 weights = [w for part in self.parts for _, w in part]
-                cond = MultiConditioning(cond.embeds, cond.pooled, owners=owners, weights=weights)
+                cond = MultiConditioning(cond.embeds, cond.pooled, cond.tail, owners=owners, weights=weights)
             self._cache[key] = (cond, uncond)
         return self._cache[key]
 

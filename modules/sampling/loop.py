@@ -80,6 +80,7 @@ class SamplingJob:
     on_step: Callable[[StepInfo], None] | None = None
     cfg_hooks: list[Callable] = field(default_factory=list)
     hooks: SamplingHooks | None = None
+    add_noise: Callable | None = None  # (x0, noise, timesteps) → noised; default the scheduler's (flow: scale_noise)
 
     @property
     def use_cfg(self) -> bool:
@@ -109,7 +110,7 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
         return _after_cfg(job, _denoise_multi(job, latents, t, step, cond, uncond), step)
     embeds, added = _unet_inputs(job, cond, uncond)
     x = torch.cat([latents] * 2) if job.use_cfg else latents
-    x = job.scheduler.scale_model_input(x, t)
+    x = _scale_input(job.scheduler, x, t)
     if job.inpaint is not None and job.inpaint.masked_image_latents is not None:
         mask, masked = job.inpaint.mask, job.inpaint.masked_image_latents
         if job.use_cfg:
@@ -124,6 +125,12 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
     for hook in job.cfg_hooks:
         noise_pred = hook(noise_pred, latents, t, step) or noise_pred
     return _after_cfg(job, noise_pred, step)
+
+
+def _scale_input(scheduler, x: torch.Tensor, t) -> torch.Tensor:
+    """The scheduler's input scaling; flow-matching schedulers have none (their input is the latent itself)."""
+    scale = getattr(scheduler, "scale_model_input", None)
+    return scale(x, t) if scale is not None else x
 
 
 def _sigma(job: SamplingJob, step: int, t):
@@ -156,7 +163,7 @@ def _denoise_multi(job: SamplingJob, latents: torch.Tensor, t, step: int, cond, 
         pooled.insert(0, uncond.pooled)
         if time_ids is not None:
             time_ids.insert(0, job.uncond_time_ids)
-    x = job.scheduler.scale_model_input(torch.cat(rows), t)
+    x = _scale_input(job.scheduler, torch.cat(rows), t)
     if job.inpaint is not None and job.inpaint.masked_image_latents is not None:
         mask, masked = job.inpaint.mask[owners], job.inpaint.masked_image_latents[owners]
         if use_cfg:
@@ -197,7 +204,8 @@ def sample(job: SamplingJob) -> torch.Tensor:
         if inpaint4:
             known = job.inpaint.image_latents
             if i < total - 1:
-                known = job.scheduler.add_noise(known, job.inpaint.noise, torch.tensor([timesteps[i + 1]]))
+                add_noise = job.add_noise or job.scheduler.add_noise
+                known = add_noise(known, job.inpaint.noise, torch.tensor([timesteps[i + 1]]))
             latents = (1 - job.inpaint.mask) * known + job.inpaint.mask * latents
         if job.on_step is not None:
             job.on_step(StepInfo(step=i + 1, total=total, latents=latents, timestep=t))

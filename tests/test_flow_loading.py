@@ -1,0 +1,126 @@
+"""Flux.1 and SD3/SD3.5 files load offline, in every layout users have, to exactly the weights that were written."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from modules import devices
+from modules.models import detect, loader
+from modules.models.flow_loader import PartSources
+from modules.models.loader import ModelLoadError
+from tests import tiny_flow_models as tfm
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return tfm.build_flux(True)
+
+
+@pytest.fixture(scope="module")
+def sd3():
+    return tfm.build_sd3()
+
+
+def _assert_same(model, components):
+    """Every component holds exactly the tensors it was written from."""
+    pairs = [(model.unet, components["transformer"]), (model.vae, components["vae"]),
+             (model.text_encoder, components["text_encoder"]), (model.text_encoder_2, components["text_encoder_2"])]
+    if "text_encoder_3" in components:
+        pairs.append((model.text_encoder_3, components["text_encoder_3"]))
+    for ours, ref in pairs:
+        mine = ours.state_dict()
+        for key, value in ref.state_dict().items():
+            assert torch.equal(mine[key], value), f"{type(ref).__name__}: {key}"
+
+
+def _sources(root):
+    return PartSources([root / "text_encoder"], [root / "VAE"])
+
+
+@pytest.mark.parametrize("layout", ["bfl", "diffusers"])
+def test_flux_all_in_one_loads_every_part(tmp_path, flux, layout):
+    model = loader.load_model(tfm.write_all_in_one(flux, tmp_path / "flux.safetensors", layout), devices.cpu())
+    assert model.spec.label == "Flux.1 dev" and model.family == "flux" and model.is_flow
+    assert model.spec.defaults["t5_max_length"] == 512
+    _assert_same(model, flux)
+
+
+@pytest.mark.parametrize("layout", ["sai", "diffusers"])
+def test_sd3_transformer_only_takes_parts_from_the_folders(tmp_path, sd3, layout):
+    tfm.write_parts(sd3, tmp_path)
+    path = tfm.write_transformer_only(sd3, tmp_path / "Stable-diffusion" / "sd3.safetensors", layout)
+    model = loader.load_model(path, devices.cpu(), sources=_sources(tmp_path))
+    assert model.spec.label == "SD3"
+    _assert_same(model, sd3)
+
+
+def test_flux_schnell_in_bfl_layout_with_parts(tmp_path):
+    schnell = tfm.build_flux(False)
+    tfm.write_parts(schnell, tmp_path)
+    path = tfm.write_transformer_only(schnell, tmp_path / "schnell.safetensors", "bfl")
+    model = loader.load_model(path, devices.cpu(), sources=_sources(tmp_path))
+    assert model.spec.label == "Flux.1 schnell"
+    assert model.scheduler_config["use_dynamic_shifting"] is False and model.scheduler_config["shift"] == 1.0
+    _assert_same(model, schnell)
+
+
+def test_sd35_medium_diffusers_folder(tmp_path):
+    sd35 = tfm.build_sd3(medium35=True)
+    model = loader.load_model(tfm.write_diffusers_folder(sd35, tmp_path / "sd35"), devices.cpu())
+    assert model.spec.label == "SD3.5 Medium"
+    _assert_same(model, sd35)
+
+
+def test_fp8_all_in_one_loads_in_the_compute_dtype(tmp_path, flux):
+    path = tfm.write_all_in_one(flux, tmp_path / "flux-fp8.safetensors", dtype=torch.float8_e4m3fn)
+    model = loader.load_model(path, devices.cpu())
+    weight = model.unet.transformer_blocks[0].attn.to_q.weight
+    assert weight.dtype == model.dtype
+    expected = flux["transformer"].transformer_blocks[0].attn.to_q.weight.to(torch.float8_e4m3fn).to(model.dtype)
+    assert torch.equal(weight, expected)
+
+
+def test_a_missing_t5_names_the_file_and_folder_and_changes_nothing(tmp_path, flux):
+    parts = tfm.write_parts(flux, tmp_path)
+    parts["t5"].unlink()
+    path = tfm.write_transformer_only(flux, tmp_path / "flux.safetensors", "bfl")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(ModelLoadError) as e:
+        loader.load_model(path, devices.cpu(), sources=_sources(tmp_path))
+    assert "T5-XXL" in str(e.value) and "t5xxl_fp16.safetensors" in str(e.value)
+    assert "models/text_encoder" in str(e.value)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_picked_files_win_over_the_folder(tmp_path, flux):
+    """Forge's "VAE / Text Encoder" choice: a picked T5 is used even when the folder has another one."""
+    tfm.write_parts(flux, tmp_path)
+    other = tfm.build_flux(True, seed=7)["text_encoder_2"]
+    picked = tmp_path / "elsewhere" / "my_t5.safetensors"
+    picked.parent.mkdir()
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in other.state_dict().items() if k != "encoder.embed_tokens.weight"},
+              str(picked))
+    path = tfm.write_transformer_only(flux, tmp_path / "flux.safetensors", "bfl")
+    selected = [picked, tmp_path / "text_encoder" / "clip_l.safetensors", tmp_path / "VAE" / "ae.safetensors"]
+    model = loader.load_model(path, devices.cpu(), sources=PartSources([], [], selected))
+    assert torch.equal(model.text_encoder_2.shared.weight, other.shared.weight)
+
+
+def test_header_detection_shows_the_family(tmp_path, flux, sd3):
+    """What the Models tab and /sdapi/v1/sd-models show, read from the file's header only."""
+    from safetensors import safe_open
+
+    class Shape:
+        def __init__(self, shape):
+            self.shape = tuple(shape)
+
+    for components, label in ((flux, "Flux.1 dev"), (sd3, "SD3")):
+        path = tfm.write_all_in_one(components, tmp_path / f"{label}.safetensors")
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: Shape(f.get_slice(k).get_shape()) for k in f.keys()}
+        spec = detect.detect(shapes, name=path.name)
+        assert spec.label == label and spec.is_flow
