@@ -292,7 +292,8 @@ def _advance(generators, shape) -> None:
         torch.randn(shape, generator=g, device=g.device)
 
 
-def _timesteps(scheduler, total: int, run: int, device, image_seq_len: int | None = None) -> torch.Tensor:
+def _timesteps(scheduler, total: int, run: int, device, image_seq_len: int | None = None,
+               family: str | None = None) -> torch.Tensor:
     """The last `run` of `total` scheduler steps (diffusers' get_timesteps arithmetic); flow-matching schedules
     (`image_seq_len` given) as the Flux/SD3 pipelines set them."""
     if image_seq_len is None:
@@ -300,7 +301,7 @@ def _timesteps(scheduler, total: int, run: int, device, image_seq_len: int | Non
     else:
         from modules.sampling.flow_samplers import set_flow_timesteps
 
-        set_flow_timesteps(scheduler, total, image_seq_len, device)
+        set_flow_timesteps(scheduler, total, image_seq_len, device, family=family)
     t_start = max(total - run, 0)
     order = getattr(scheduler, "order", 1)
     ts = scheduler.timesteps[t_start * order:]
@@ -421,7 +422,7 @@ class Generation:
             bundle = samplers.build_scheduler(sampler, schedule, model.scheduler_config, seed=plan.seeds[0])
             seq_len = None
         scheduler = bundle.scheduler
-        timesteps = _timesteps(scheduler, plan.total_steps, plan.run_steps, model.device, seq_len)
+        timesteps = _timesteps(scheduler, plan.total_steps, plan.run_steps, model.device, seq_len, model.family)
         image_rng = self.make_rng(plan, shape)
         # The NV source has no torch generators; step noise then comes from CPU generators of the same seeds.
         gens = image_rng.generators or [torch.Generator("cpu").manual_seed(s) for s in plan.seeds]
@@ -435,7 +436,7 @@ class Generation:
                 image_latents = inpaint["post_encode"](image_latents)
         noise = image_rng.first().to(model.dtype)
 
-        add_noise = scheduler.add_noise
+        add_noise = getattr(scheduler, "add_noise", None)
         if flow:
             from modules.sampling.flow_samplers import add_flow_noise
 

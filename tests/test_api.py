@@ -218,7 +218,8 @@ def test_model_switch_via_options(api):
     models = api.get("/sd-models").json()
     assert {m["model_name"] for m in models} == {"sd1", "sdxl"}
     for m in models:
-        assert set(m) == {"title", "model_name", "hash", "sha256", "filename", "config"}
+        assert set(m) == {"title", "model_name", "hash", "sha256", "filename", "config", "family"}
+        assert m["family"] == {"sd1": "SD 1.x", "sdxl": "SDXL"}[m["model_name"]]
     sdxl = next(m for m in models if m["model_name"] == "sdxl")
     before = api.get("/options").json()["sd_model_checkpoint"]
     r = api.post("/options", json={"sd_model_checkpoint": "sdxl"})

@@ -577,7 +577,7 @@ class Api:
 
     def sd_models(self):
         return [{"title": i.title, "model_name": i.model_name, "hash": i.shorthash, "sha256": i.sha256,
-                 "filename": str(i.filename), "config": str(i.config) if i.config else None}
+                 "filename": str(i.filename), "config": str(i.config) if i.config else None, "family": i.family}
                 for i in self.engine.registry.list()]
 
     def sd_vae(self):

@@ -74,6 +74,7 @@ class CheckpointInfo:
     mtime: float = 0.0
     size: int = 0
     problem: str | None = None  # why the file cannot load, found from its header at listing (truncated, not a model)
+    family: str | None = None  # what the header's shapes say it is ("SDXL", "Flux.1 dev"); None when unknown
 
     def __post_init__(self):
         self.filename = Path(self.filename)
@@ -210,7 +211,7 @@ class CheckpointRegistry:
                 return
             info = CheckpointInfo(filename=path, name=name, is_diffusers=is_diffusers, mtime=mtime, size=size)
             info.sha256 = self.hash_cache.cached(path, info.hash_key, stat=(mtime, size))
-            info.problem = None if is_diffusers else header_problem(path, size)
+            info.problem, info.family = (None, _folder_family(path)) if is_diffusers else _header_check(path, size)
             if info.problem and (real, mtime, size) not in self._warned:
                 self._warned.add((real, mtime, size))
                 log.warning("checkpoint %s cannot be loaded: %s", name, info.problem)
@@ -364,10 +365,25 @@ class CheckpointRegistry:
         return info
 
 
-def header_problem(path: Path, size: int | None = None) -> str | None:
-    """Why a checkpoint file cannot load, from its header alone (no tensor is read), or None when it looks whole:
-    a .safetensors whose header or tensor data run past the end of the file (truncated download), a .ckpt that
-    is a damaged zip archive."""
+_PIPELINE_FAMILIES = {"StableDiffusionPipeline": "SD 1.x/2.x", "StableDiffusionXLPipeline": "SDXL",
+                      "StableDiffusionXLImg2ImgPipeline": "SDXL refiner", "FluxPipeline": "Flux.1",
+                      "StableDiffusion3Pipeline": "SD3"}
+
+
+def _folder_family(path: Path) -> str | None:
+    import json
+
+    try:
+        name = json.loads((path / "model_index.json").read_text()).get("_class_name", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return _PIPELINE_FAMILIES.get(name)
+
+
+def _header_check(path: Path, size: int | None = None) -> tuple[str | None, str | None]:
+    """(Why a checkpoint file cannot load, the family it holds), from its header alone (no tensor is read). The
+    problem is None when it looks whole; else a .safetensors whose header or tensor data run past the end of the
+    file (truncated download), a .ckpt that is a damaged zip archive, or shapes of no model we know."""
     import json
     import zipfile
 
@@ -377,24 +393,24 @@ def header_problem(path: Path, size: int | None = None) -> str | None:
             with open(path, "rb") as f:
                 n = int.from_bytes(f.read(8), "little")
                 if n <= 1 or n > min(size - 8, 100 * 1024 * 1024):
-                    return "not a .safetensors file (no valid header)"
+                    return "not a .safetensors file (no valid header)", None
                 header = json.loads(f.read(n))
             ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
             needed = 8 + n + max(ends, default=0)
             if needed > size:
-                return f"truncated: {size} of {needed} bytes (download it again)"
-            return _architecture_problem(path, header)
+                return f"truncated: {size} of {needed} bytes (download it again)", None
+            return _architecture_check(path, header)
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
                 archive.infolist()
-            return None
+            return None, None
         with open(path, "rb") as f:
             head = f.read(2)
         if head[:1] != b"\x80":  # neither a zip archive nor a pickle: a damaged zip or not a checkpoint
-            return "truncated or not a checkpoint (not a zip archive or pickle)"
+            return "truncated or not a checkpoint (not a zip archive or pickle)", None
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
-        return f"unreadable header ({type(e).__name__}: {e})"
-    return None
+        return f"unreadable header ({type(e).__name__}: {e})", None
+    return None, None
 
 
 class _Shape:
@@ -402,18 +418,19 @@ class _Shape:
         self.shape = tuple(shape)
 
 
-def _architecture_problem(path: Path, header: dict) -> str | None:
-    """What the loader would say about the tensors' shapes (it detects from the same keys): not a model we know."""
+def _architecture_check(path: Path, header: dict) -> tuple[str | None, str | None]:
+    """What the loader would say about the tensors' shapes (it detects from the same keys): (why it is not a model
+    we know, or None; the family it is)."""
     from modules.models import detect
 
     shapes = {k: _Shape(v["shape"]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
     try:
-        detect.detect(shapes, name=path.name)
+        spec = detect.detect(shapes, name=path.name)
     except detect.UnsupportedModelError as e:
-        return str(e)
+        return str(e), None
     except Exception:  # noqa: BLE001 - anything else is left for the loader to report with the whole file
-        return None
-    return None
+        return None, None
+    return None, ("SD 2.x" if spec.family == "sd2" and spec.prediction_type == "probe" else spec.label)
 
 
 def _stat(path: Path) -> tuple[float, int]:
