@@ -73,13 +73,38 @@ def test_sd35_medium_diffusers_folder(tmp_path):
     _assert_same(model, sd35)
 
 
-def test_fp8_all_in_one_loads_in_the_compute_dtype(tmp_path, flux):
-    path = tfm.write_all_in_one(flux, tmp_path / "flux-fp8.safetensors", dtype=torch.float8_e4m3fn)
-    model = loader.load_model(path, devices.cpu())
-    weight = model.unet.transformer_blocks[0].attn.to_q.weight
-    assert weight.dtype == model.dtype
-    expected = flux["transformer"].transformer_blocks[0].attn.to_q.weight.to(torch.float8_e4m3fn).to(model.dtype)
-    assert torch.equal(weight, expected)
+def test_fp8_all_in_one_stays_fp8_and_draws_what_the_upcast_model_draws(tmp_path, flux):
+    """fp8 weights are kept as fp8 (a 12B Flux in 12 GB) and computed layer by layer in the compute dtype: the
+    picture equals the one from the same weights upcast on disk."""
+    import numpy as np
+
+    from modules.processing import ProcessingContext, txt2img
+    from modules.request_types import Txt2ImgRequest
+
+    fp8 = loader.load_model(tfm.write_all_in_one(flux, tmp_path / "fp8.safetensors", dtype=torch.float8_e4m3fn),
+                            devices.cpu())
+    upcast = {k: v.to(torch.float8_e4m3fn).float() if v.is_floating_point() else v
+              for k, v in tfm.transformer_state_dict(flux, "bfl", "model.diffusion_model.").items()}
+    path = tfm.write_all_in_one(flux, tmp_path / "upcast.safetensors", dtype=torch.float8_e4m3fn)
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(path))
+    sd.update(upcast)
+    save_file(sd, str(path))
+    full = loader.load_model(path, devices.cpu())
+
+    weight = fp8.unet.transformer_blocks[0].attn.to_q.weight
+    assert weight.dtype == torch.float8_e4m3fn
+    assert full.unet.transformer_blocks[0].attn.to_q.weight.dtype == torch.float32
+    fp8_bytes = sum(p.numel() * p.element_size() for p in fp8.unet.parameters())
+    assert fp8_bytes < 0.5 * sum(p.numel() * p.element_size() for p in full.unet.parameters())
+
+    def draw(model):
+        req = Txt2ImgRequest(prompt="a photo of a cat", steps=2, cfg_scale=1, width=64, height=64, seed=5)
+        ctx = ProcessingContext(model=model, options={"return_grid": False}, outputs=None)
+        return np.asarray(txt2img(ctx, req).images[0], np.int16)
+
+    assert np.abs(draw(fp8) - draw(full)).max() <= 1
 
 
 def test_a_missing_t5_names_the_file_and_folder_and_changes_nothing(tmp_path, flux):

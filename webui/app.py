@@ -49,6 +49,10 @@ def _quicksettings(engine: Engine):
         refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", size="sm", min_width=40, scale=0)
         vae = gr.Dropdown(engine.models.vae_choices(), value=engine.settings.get("sd_vae", "Automatic"),
                           label="SD VAE", elem_id="setting_sd_vae", scale=2)
+        parts = gr.Dropdown(engine.models.part_choices(), value=_picked_parts(engine), multiselect=True,
+                            label="VAE / Text Encoder", elem_id="setting_forge_additional_modules", scale=3,
+                            info="Flux/SD3: the parts a checkpoint lacks (none: found in models/text_encoder, "
+                                 "models/VAE)")
         clip = gr.Slider(1, 12, value=engine.settings.get("CLIP_stop_at_last_layers", 1), step=1, label="Clip skip",
                          elem_id="setting_CLIP_stop_at_last_layers", scale=2)
     status = gr.HTML(elem_id="quicksettings_status")
@@ -76,14 +80,21 @@ def _quicksettings(engine: Engine):
 
     def do_refresh():
         engine.registry.refresh()
-        return gr.update(choices=engine.registry.titles()), gr.update(choices=engine.models.vae_choices())
+        return (gr.update(choices=engine.registry.titles()), gr.update(choices=engine.models.vae_choices()),
+                gr.update(choices=engine.models.part_choices()))
 
     # the engine's job queue orders model work; a limit in Gradio's "generate" group would hold back every click
     ckpt.input(switch, ckpt, [ckpt, status], concurrency_id="generate", concurrency_limit=None, show_progress="full")
     vae.input(set_option("sd_vae"), vae, status, queue=False)
     clip.release(set_option("CLIP_stop_at_last_layers"), clip, status, queue=False)
-    refresh.click(do_refresh, None, [ckpt, vae], queue=False)
+    parts.input(set_option("forge_additional_modules"), parts, status, queue=False)
+    refresh.click(do_refresh, None, [ckpt, vae, parts], queue=False)
     return ckpt
+
+
+def _picked_parts(engine: Engine) -> list[str]:
+    choices = set(engine.models.part_choices())
+    return [p for p in engine.settings.get("forge_additional_modules", []) or [] if p in choices]
 
 
 def _default_title(engine: Engine, titles: list[str]) -> str | None:

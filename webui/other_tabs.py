@@ -260,7 +260,8 @@ def build_settings(engine, args=None, tab=None):
     return {"apply": apply}
 
 
-QUICK_SETTINGS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")  # webui/app.py's bar
+# webui/app.py's bar
+QUICK_SETTINGS = ("sd_model_checkpoint", "sd_vae", "forge_additional_modules", "CLIP_stop_at_last_layers")
 
 
 def _same(a, b) -> bool:

@@ -116,13 +116,39 @@ def transformer_state_dict(sd: Mapping, flow: FlowTransformerSpec) -> dict[str, 
     return {k[len(p):]: v for k, v in sd.items() if k.startswith(p) and not (not p and k.startswith(owned))}
 
 
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def fp8_storage(sd: Mapping[str, torch.Tensor]) -> torch.dtype | None:
+    """The fp8 dtype most of the transformer's weight matrices are stored in, or None."""
+    counts: dict[torch.dtype, int] = {}
+    for k, v in sd.items():
+        if k.endswith(".weight") and v.ndim == 2:
+            counts[v.dtype] = counts.get(v.dtype, 0) + 1
+    best = max(counts, key=counts.get, default=None)
+    return best if best in FP8_DTYPES else None
+
+
 def build_transformer(flow: FlowTransformerSpec, sd: Mapping, name: str, dtype: torch.dtype):
+    """The transformer in the compute dtype; an fp8 file stays fp8 in memory (diffusers' layerwise casting
+    upcasts one layer at a time while it computes), so a 12B Flux takes 12 GB, not 24 or 48."""
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
     from modules.models.loader import _empty, _fill
 
     cls = FluxTransformer2DModel if flow.family == "flux" else SD3Transformer2DModel
-    return _fill(_empty(cls, flow.config), transformer_state_dict(sd, flow), "the transformer", name, dtype)
+    converted = transformer_state_dict(sd, flow)
+    storage = fp8_storage(converted)
+    model = _fill(_empty(cls, flow.config), converted, "the transformer", name, dtype, keep=storage)
+    if storage is not None and storage != dtype:
+        model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=dtype)
+        model.storage_dtype = storage
+        for module in model.modules():  # layers diffusers keeps in full precision (norms, embedders): upcast once
+            if not hasattr(module, "_diffusers_hook"):
+                for pname, param in module.named_parameters(recurse=False):
+                    if param.dtype in FP8_DTYPES:
+                        setattr(module, pname, torch.nn.Parameter(param.to(dtype), requires_grad=False))
+    return model
 
 
 def build_flow_vae(part: flow_parts.Part, name: str, dtype: torch.dtype):

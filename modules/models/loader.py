@@ -239,17 +239,19 @@ def _unpickling_detail(e: Exception) -> str:
 # Building components
 
 
-def _cast(sd: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
+def _cast(sd: Mapping[str, torch.Tensor], dtype: torch.dtype, keep: torch.dtype | None = None) -> dict:
+    return {k: (v.to(dtype) if v.is_floating_point() and v.dtype != keep else v) for k, v in sd.items()}
 
 
-def _fill(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str, name: str, dtype: torch.dtype):
-    """Load converted tensors into an empty model; a missing tensor is an error, spare ones are dropped."""
+def _fill(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str, name: str, dtype: torch.dtype,
+          keep: torch.dtype | None = None):
+    """Load converted tensors into an empty model; a missing tensor is an error, spare ones are dropped. Tensors
+    stored as `keep` (an fp8 dtype the model computes from layer by layer) stay as they are."""
     expected = model.state_dict().keys()
     missing = [k for k in expected if k not in sd]
     if missing:
         raise ModelLoadError(f"{name}: {what} is missing {len(missing)} tensors (e.g. {missing[0]})")
-    model.load_state_dict(_cast({k: sd[k] for k in expected}, dtype), strict=True, assign=True)
+    model.load_state_dict(_cast({k: sd[k] for k in expected}, dtype, keep), strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
 
@@ -306,6 +308,8 @@ def _tokenizer_for(te_config: dict) -> Any:
 def _finish(model: torch.nn.Module | None, device_config: DeviceConfig, dtype: torch.dtype):
     if model is None:
         return None
+    if getattr(model, "storage_dtype", None) is not None:  # fp8 weights, cast per layer while computing
+        return model.to(device=device_config.device)
     if any(p.dtype != dtype for p in model.parameters() if p.is_floating_point()):
         model = model.to(dtype=dtype)
     return model.to(device=device_config.device)

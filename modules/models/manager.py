@@ -109,6 +109,10 @@ class ModelManager:
         with self._lock:
             key = str(info.filename)
             model = self._cache.get(key)
+            if model is not None and getattr(model, "is_flow", False) and \
+                    model.extra.get("parts_key") != self._parts_key():
+                self._drop(key)  # other VAE / Text Encoder files were picked: build it again with them
+                model = None
             if model is None:
                 if info.problem:  # bad by its header: the loader says why, before the model in use is unloaded
                     model = self._load(info, make_room=False)
@@ -162,6 +166,7 @@ class ModelManager:
             self.loading = None
         if model.spec.is_demo:
             log.warning("%s is the %s", info.title, model.spec.embedded.get("description", "demo model"))
+        model.extra["parts_key"] = self._parts_key()
         return model
 
     def part_sources(self) -> PartSources:
@@ -178,6 +183,18 @@ class ModelManager:
                 continue
             picked.append(path)
         return PartSources(self._text_encoder_dirs(), list(self.paths.vae_dirs), picked)
+
+    def part_choices(self) -> list[str]:
+        """The files "VAE / Text Encoder" offers: every file in the text-encoder and VAE folders, by name."""
+        names: list[str] = []
+        for role in ("t5", "vae"):
+            for path in PartSources(self._text_encoder_dirs(), list(self.paths.vae_dirs)).candidates(role):
+                if path.name not in names:
+                    names.append(path.name)
+        return names
+
+    def _parts_key(self) -> tuple:
+        return tuple(self.settings.get("forge_additional_modules", []) or [])
 
     def _text_encoder_dirs(self) -> list[Path]:
         return list(getattr(self.paths, "text_encoder_dirs", None) or [self.paths.models_dir / "text_encoder"])
