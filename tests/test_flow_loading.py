@@ -149,3 +149,33 @@ def test_header_detection_shows_the_family(tmp_path, flux, sd3):
             shapes = {k: Shape(f.get_slice(k).get_shape()) for k in f.keys()}
         spec = detect.detect(shapes, name=path.name)
         assert spec.label == label and spec.is_flow
+
+
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_0"])
+def test_gguf_transformer_stays_quantized_with_the_files_values(tmp_path, flux, quant):
+    """A GGUF Flux (city96's layout) keeps its linear weights quantized in memory; dequantized they are exactly
+    what gguf's own reader makes of the file (to fp16 precision), through our BFL → diffusers conversion (fused q/k/v split by rows)."""
+    import gguf
+    from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
+    from gguf import quants
+
+    tfm.write_parts(flux, tmp_path)
+    path = tfm.write_gguf(flux, tmp_path / f"flux-{quant}.gguf", quant)
+    model = loader.load_model(path, devices.cpu(), sources=_sources(tmp_path))
+    q = model.unet.transformer_blocks[0].attn.to_q.weight
+    assert isinstance(q, GGUFParameter) and q.dtype == torch.uint8
+    assert q.quant_type == gguf.GGMLQuantizationType[quant]
+    reader = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+    qkv = reader["double_blocks.0.img_attn.qkv.weight"]
+    whole = torch.from_numpy(quants.dequantize(qkv.data, qkv.tensor_type).copy())
+    mine, rows = dequantize_gguf_tensor(q).float(), whole[:whole.shape[0] // 3].float()
+    assert torch.allclose(mine, rows, rtol=2e-3, atol=1e-4)  # diffusers dequantizes in fp16, gguf in fp32
+    quantized = sum(p.numel() for p in model.unet.parameters() if isinstance(p, GGUFParameter))
+    assert quantized > 0.8 * sum(p.numel() for p in model.unet.parameters())
+
+
+def test_gguf_family_shows_in_the_checkpoint_list(tmp_path, sd3):
+    from modules.models.registry import _header_check
+
+    path = tfm.write_gguf(sd3, tmp_path / "sd3-Q8_0.gguf")
+    assert _header_check(path) == (None, "SD3")

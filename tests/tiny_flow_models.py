@@ -153,3 +153,28 @@ def write_diffusers_folder(components: dict, path) -> Path:
     index["scheduler"] = ["diffusers", "FlowMatchEulerDiscreteScheduler"]
     (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return path
+
+
+def write_gguf(components: dict, path, quant: str = "Q8_0") -> Path:
+    """A transformer-only GGUF file as city96's converter writes them (BFL/Stability names, no prefix): 2-D weights
+    whose rows fit the block size in `quant`, the rest F32."""
+    import gguf
+    from gguf import quants
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    family = family_of(components)
+    qtype = gguf.GGMLQuantizationType[quant]
+    block, _ = gguf.GGML_QUANT_SIZES[qtype]
+    writer = gguf.GGUFWriter(str(path), arch=family)
+    for name, tensor in transformer_state_dict(components, "bfl" if family == "flux" else "sai").items():
+        data = tensor.float().numpy()
+        if data.ndim == 2 and name.endswith(".weight") and data.shape[-1] % block == 0:
+            writer.add_tensor(name, quants.quantize(data, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

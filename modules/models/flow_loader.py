@@ -119,6 +119,37 @@ def transformer_state_dict(sd: Mapping, flow: FlowTransformerSpec) -> dict[str, 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
+def read_gguf(path: Path) -> dict:
+    """A GGUF transformer's tensors: quantized ones as diffusers' GGUFParameter (kept quantized in memory and
+    dequantized per layer while computing), F16/F32 ones as plain tensors."""
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
+
+    from modules.models.loader import ModelLoadError
+
+    try:
+        return load_gguf_checkpoint(str(path))
+    except ImportError:
+        raise ModelLoadError(f"{path.name}: reading GGUF files needs the gguf package (pip install gguf)") from None
+    except (ValueError, OSError, KeyError, IndexError) as e:
+        raise ModelLoadError(f"{path.name}: not a readable GGUF file ({str(e).splitlines()[0][:300]})") from None
+
+
+def gguf_header_shapes(path: Path) -> dict:
+    """key → logical shape of every tensor in a GGUF file, from its header (memory-mapped, nothing dequantized)."""
+    from gguf import GGUFReader
+
+    return {t.name: _Shape(tuple(int(d) for d in reversed(t.shape))) for t in GGUFReader(str(path)).tensors}
+
+
+def logical_shapes(sd: Mapping) -> dict:
+    """Shapes as the model sees them (a quantized tensor's shape counts bytes in its last dimension)."""
+    return {k: _Shape(getattr(v, "quant_shape", v.shape)) for k, v in sd.items()}
+
+
+def is_quantized(sd: Mapping) -> bool:
+    return any(hasattr(v, "quant_type") for v in sd.values())
+
+
 def fp8_storage(sd: Mapping[str, torch.Tensor]) -> torch.dtype | None:
     """The fp8 dtype most of the transformer's weight matrices are stored in, or None."""
     counts: dict[torch.dtype, int] = {}
@@ -138,8 +169,16 @@ def build_transformer(flow: FlowTransformerSpec, sd: Mapping, name: str, dtype: 
 
     cls = FluxTransformer2DModel if flow.family == "flux" else SD3Transformer2DModel
     converted = transformer_state_dict(sd, flow)
+    model = _empty(cls, flow.config)
+    if is_quantized(converted):  # GGUF: its linear layers become diffusers' GGUFLinear, weights stay quantized
+        from diffusers.quantizers.gguf.utils import _replace_with_gguf_linear
+
+        _replace_with_gguf_linear(model, dtype, converted)
+        _assign_quantized(model, converted, name, dtype)
+        model.storage_dtype = "gguf"
+        return model.eval().requires_grad_(False)
     storage = fp8_storage(converted)
-    model = _fill(_empty(cls, flow.config), converted, "the transformer", name, dtype, keep=storage)
+    model = _fill(model, converted, "the transformer", name, dtype, keep=storage)
     if storage is not None and storage != dtype:
         model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=dtype)
         model.storage_dtype = storage
@@ -149,6 +188,26 @@ def build_transformer(flow: FlowTransformerSpec, sd: Mapping, name: str, dtype: 
                     if param.dtype in FP8_DTYPES:
                         setattr(module, pname, torch.nn.Parameter(param.to(dtype), requires_grad=False))
     return model
+
+
+def _assign_quantized(model: torch.nn.Module, sd: Mapping, name: str, dtype: torch.dtype) -> None:
+    """Put every tensor in place as it is (load_state_dict would refuse a quantized tensor's byte shape); plain
+    floating tensors in the compute dtype."""
+    from modules.models.loader import ModelLoadError
+
+    expected = list(model.state_dict().keys())
+    missing = [k for k in expected if k not in sd]
+    if missing:
+        raise ModelLoadError(f"{name}: the transformer is missing {len(missing)} tensors (e.g. {missing[0]})")
+    for key in expected:
+        owner, _, attr = key.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        value = sd[key]
+        if not hasattr(value, "quant_type"):
+            value = value.to(dtype) if value.is_floating_point() else value
+            if attr in module._parameters:
+                value = torch.nn.Parameter(value, requires_grad=False)
+        (module._parameters if attr in module._parameters else module._buffers)[attr] = value
 
 
 def build_flow_vae(part: flow_parts.Part, name: str, dtype: torch.dtype):

@@ -88,10 +88,15 @@ class LoadedModel:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a `.safetensors` or a pickle checkpoint (`.ckpt/.pt/.bin`) safely into CPU tensors."""
+    """Read a `.safetensors`, a `.gguf` (tensors kept quantized) or a pickle checkpoint (`.ckpt/.pt/.bin`) safely
+    into CPU tensors."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path.name}: file not found")
+    if path.suffix.lower() == ".gguf":
+        from modules.models.flow_loader import read_gguf
+
+        return read_gguf(path)
     if path.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -344,8 +349,13 @@ def load_single_file(path: Path, device_config: DeviceConfig, *, name: str | Non
     path = Path(path)
     name = name or path.name
     sd = read_state_dict(path)
-    spec = detect_mod.detect(sd, name=name, prediction_hint=detect_mod.prediction_hint_from_yaml(path),
-                             embedded=read_embedded_architecture(path))
+    if path.suffix.lower() == ".gguf":
+        from modules.models.flow_loader import logical_shapes
+
+        spec = detect_mod.detect(logical_shapes(sd), name=name)
+    else:
+        spec = detect_mod.detect(sd, name=name, prediction_hint=detect_mod.prediction_hint_from_yaml(path),
+                                 embedded=read_embedded_architecture(path))
     if spec.is_flow:
         from modules.models.flow_loader import load_flow_single_file
 

@@ -52,7 +52,7 @@ __all__ = ["CheckpointInfo", "CheckpointRegistry", "VaeInfo", "list_vaes", "find
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
+CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".gguf")
 VAE_EXTENSIONS = (".safetensors", ".pt", ".ckpt")
 VAE_SUFFIXES = tuple(".vae" + ext for ext in VAE_EXTENSIONS)  # *.vae.safetensors etc.
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
@@ -400,6 +400,10 @@ def _header_check(path: Path, size: int | None = None) -> tuple[str | None, str 
             if needed > size:
                 return f"truncated: {size} of {needed} bytes (download it again)", None
             return _architecture_check(path, header)
+        if path.suffix.lower() == ".gguf":
+            from modules.models.flow_loader import gguf_header_shapes
+
+            return _detect_shapes(path, gguf_header_shapes(path))
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
                 archive.infolist()
@@ -421,9 +425,13 @@ class _Shape:
 def _architecture_check(path: Path, header: dict) -> tuple[str | None, str | None]:
     """What the loader would say about the tensors' shapes (it detects from the same keys): (why it is not a model
     we know, or None; the family it is)."""
+    shapes = {k: _Shape(v["shape"]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    return _detect_shapes(path, shapes)
+
+
+def _detect_shapes(path: Path, shapes: dict) -> tuple[str | None, str | None]:
     from modules.models import detect
 
-    shapes = {k: _Shape(v["shape"]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
     try:
         spec = detect.detect(shapes, name=path.name)
     except detect.UnsupportedModelError as e:
