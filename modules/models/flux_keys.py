@@ -60,8 +60,9 @@ def _suffixed(name: str, sd: Mapping, prefix: str):
             yield suffix, prefix + name + suffix
 
 
-def bfl_to_diffusers(sd: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
-    """A diffusers state dict from the BFL-layout tensors under `prefix` (every key there must be used)."""
+def bfl_to_diffusers(sd: Mapping, prefix: str = "", hidden: int | None = None) -> dict[str, torch.Tensor]:
+    """A diffusers state dict from the BFL-layout tensors under `prefix` (every key there must be used). `hidden`
+    (the model width) lets a partial dict convert, e.g. a LoRA's weight deltas."""
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
 
@@ -74,7 +75,7 @@ def bfl_to_diffusers(sd: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
             out[ours + suffix] = take(key)
     for suffix, key in _suffixed(_FINAL_MOD[0], sd, prefix):
         out[_FINAL_MOD[1] + suffix] = swap_halves(take(key))
-    hidden = sd[prefix + "img_in.weight"].shape[0]
+    hidden = hidden or sd[prefix + "img_in.weight"].shape[0]
     for i in block_ids(sd, prefix + "double_blocks."):
         src, dst = f"{prefix}double_blocks.{i}.", f"transformer_blocks.{i}."
         for bfl, ours in _DOUBLE.items():

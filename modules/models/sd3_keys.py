@@ -48,8 +48,11 @@ _FINAL_MOD = ("final_layer.adaLN_modulation.1", "norm_out.linear")
 _SUFFIXES = (".weight", ".bias")
 
 
-def sai_to_diffusers(sd: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
-    """A diffusers state dict from the Stability-layout tensors under `prefix` (every key there must be used)."""
+def sai_to_diffusers(sd: Mapping, prefix: str = "", hidden: int | None = None,
+                     last_block: int | None = None) -> dict[str, torch.Tensor]:
+    """A diffusers state dict from the Stability-layout tensors under `prefix` (every key there must be used).
+    `hidden` (the model width) and `last_block` (the block whose context stream ends) let a partial dict convert,
+    e.g. a LoRA's weight deltas."""
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
 
@@ -69,7 +72,7 @@ def sai_to_diffusers(sd: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
     for suffix in _SUFFIXES:
         if prefix + _FINAL_MOD[0] + suffix in sd:
             out[_FINAL_MOD[1] + suffix] = swap_halves(take(prefix + _FINAL_MOD[0] + suffix))
-    hidden = sd[prefix + "x_embedder.proj.weight"].shape[0]
+    hidden = hidden or sd[prefix + "x_embedder.proj.weight"].shape[0]
     for i in block_ids(sd, prefix + "joint_blocks."):
         src, dst = f"{prefix}joint_blocks.{i}.", f"transformer_blocks.{i}."
         mapped(src, dst, _BLOCK)
@@ -81,7 +84,8 @@ def sai_to_diffusers(sd: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
                 if src + theirs + suffix in sd:
                     for name, part in zip(names, take(src + theirs + suffix).split(hidden, dim=0)):
                         out[dst + name + suffix] = part
-        last = src + "context_block.attn.proj.weight" not in sd  # the context stream ends here
+        last = (i == last_block if last_block is not None
+                else src + "context_block.attn.proj.weight" not in sd)  # the context stream ends here
         for suffix in _SUFFIXES:
             if src + _CONTEXT_MOD[0] + suffix in sd:
                 mod = take(src + _CONTEXT_MOD[0] + suffix)

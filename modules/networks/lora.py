@@ -38,6 +38,7 @@ _SUFFIXES: dict[str, str] = {
     ".lora_A.weight": "down", ".lora_B.weight": "up",
     ".lora.down.weight": "down", ".lora.up.weight": "up",
     ".lora_linear_layer.down.weight": "down", ".lora_linear_layer.up.weight": "up",
+    ".down.weight": "down", ".up.weight": "up",  # XLabs' Flux LoRAs (`processor.qkv_lora1.down.weight`)
     ".alpha": "alpha", ".lora_alpha": "alpha", ".scale": "scale",
     ".hada_w1_a": "hada_w1_a", ".hada_w1_b": "hada_w1_b", ".hada_w2_a": "hada_w2_a", ".hada_w2_b": "hada_w2_b",
     ".hada_t1": "hada_t1", ".hada_t2": "hada_t2",
@@ -48,10 +49,16 @@ _SUFFIXES: dict[str, str] = {
 _SUFFIX_ORDER = sorted(_SUFFIXES, key=len, reverse=True)
 
 # Kohya prefixes → component; dotted (diffusers/PEFT) prefixes → component.
-_KOHYA_PREFIXES = (("lora_unet_", "unet"), ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te_", "te1"))
-_DOTTED_PREFIXES = (("unet.", "unet"), ("text_encoder_2.", "te2"), ("text_encoder.", "te1"),
-                    ("lora_unet.", "unet"), ("lora_te1.", "te1"), ("lora_te2.", "te2"), ("lora_te.", "te1"))
+_KOHYA_PREFIXES = (("lora_unet_", "unet"), ("lora_transformer_", "unet"), ("lora_te1_", "te1"), ("lora_te2_", "te2"),
+                   ("lora_te3_", "te3"), ("lora_te_", "te1"))
+_DOTTED_PREFIXES = (("unet.", "unet"), ("transformer.", "unet"), ("text_encoder_3.", "te3"),
+                    ("text_encoder_2.", "te2"), ("text_encoder.", "te1"), ("lora_unet.", "unet"),
+                    ("lora_te1.", "te1"), ("lora_te2.", "te2"), ("lora_te.", "te1"))
 _COMPONENTS = (("unet", "unet"), ("te1", "text_encoder"), ("te2", "text_encoder_2"))
+# Flux/SD3: kohya's te3 is T5 (Flux keeps it where diffusers does, in text_encoder_2; SD3 in text_encoder_3)
+_FAMILY_COMPONENTS = {"flux": (("unet", "unet"), ("te1", "text_encoder"), ("te3", "text_encoder_2")),
+                      "sd3": (("unet", "unet"), ("te1", "text_encoder"), ("te2", "text_encoder_2"),
+                              ("te3", "text_encoder_3"))}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -150,6 +157,7 @@ class LoraRegistry:
 @dataclass
 class ModuleIndex:
     modules: dict[tuple[str, str], tuple[str, torch.nn.Module]]  # (component, underscored name) → (dotted, module)
+    native: Any = None  # Flux/SD3: flow_lora.NativeLayout, for files named after the release layout
 
     def lookup(self, component: str, name: str):
         if component != "unet":
@@ -162,8 +170,11 @@ def _patchable(module: torch.nn.Module) -> bool:
 
 
 def build_index(model) -> ModuleIndex:
+    from modules.networks.flow_lora import native_layout
+
     index: dict[tuple[str, str], tuple[str, torch.nn.Module]] = {}
-    for comp, attr in _COMPONENTS:
+    flow = getattr(model, "is_flow", False)
+    for comp, attr in _FAMILY_COMPONENTS.get(getattr(model, "family", ""), _COMPONENTS):
         net = getattr(model, attr, None)
         if net is None:
             continue
@@ -175,12 +186,12 @@ def build_index(model) -> ModuleIndex:
             if comp != "unet":
                 key = key.removeprefix("text_model_")
             index[(comp, key)] = (f"{comp}:{dotted}", module)
-        if comp == "unet":
+        if comp == "unet" and not flow:
             for ldm, dotted in _ldm_unet_names(net).items():
                 module = named.get(dotted)
                 if module is not None and _patchable(module):
                     index.setdefault(("unet", ldm.replace(".", "_")), (f"unet:{dotted}", module))
-    return ModuleIndex(index)
+    return ModuleIndex(index, native_layout(model))
 
 
 def _ldm_unet_names(unet) -> dict[str, str]:
@@ -337,6 +348,7 @@ class FileDeltas:
     deltas: dict[str, tuple[str, str, torch.nn.Module, torch.Tensor]]
     unmatched: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    quantized: int = 0  # modules left out because the model keeps them GGUF-quantized
 
 
 def group_keys(sd: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -355,13 +367,25 @@ def group_keys(sd: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, Any]], 
 def compute_deltas(sd: dict[str, torch.Tensor], index: ModuleIndex, dyn_dim: int | None = None) -> FileDeltas:
     groups, unknown = group_keys(sd)
     out = FileDeltas({}, unmatched=list(unknown))
+    native: dict[str, torch.Tensor] = {}
     for name, parts in groups.items():
+        target_native = index.native.resolve(name) if index.native is not None else None
+        if target_native is not None:
+            try:
+                weight_parts = {k: v for k, v in parts.items() if k not in ("diff_b", "dora_scale")}
+                native[target_native] = delta_for(weight_parts, index.native.shapes[target_native], dyn_dim)
+            except (ValueError, RuntimeError, KeyError) as e:
+                out.errors.append(f"{name}: {e}")
+            continue
         hit = _resolve(name, index)
         if hit is None:
             out.unmatched.append(name)
             continue
         target, module = hit
         comp = target.split(":", 1)[0]
+        if hasattr(module.weight, "quant_type"):
+            out.quantized += 1
+            continue
         try:
             if "diff_b" in parts and getattr(module, "bias", None) is not None:
                 out.deltas[target + ":bias"] = (comp, "bias", module,
@@ -374,6 +398,17 @@ def compute_deltas(sd: dict[str, torch.Tensor], index: ModuleIndex, dyn_dim: int
                                                   delta_for(weight_parts, module.weight.shape, dyn_dim))
         except (ValueError, RuntimeError, KeyError) as e:
             out.errors.append(f"{name}: {e}")
+    if native:
+        for dotted, delta in index.native.split(native).items():
+            hit = index.lookup("unet", dotted.replace(".", "_"))
+            if hit is None:
+                out.unmatched.append(dotted)
+                continue
+            target, module = hit
+            if hasattr(module.weight, "quant_type"):
+                out.quantized += 1
+                continue
+            out.deltas[target + ":weight"] = ("unet", "weight", module, delta.reshape(module.weight.shape))
     return out
 
 
@@ -479,9 +514,14 @@ def apply_networks(model, networks: list[ActiveNetwork]) -> list[str]:
             warnings.append(f"LoRA {net.entry.name}: could not be loaded ({e})")
             refused.add(str(net.entry.path))
             continue
+        if fd.quantized:
+            warnings.append(f"LoRA {net.entry.name}: {fd.quantized} of its layers are GGUF-quantized in this model "
+                            "and were left out (LoRAs on GGUF checkpoints are not supported yet)")
         if not fd.deltas:
-            warnings.append(f"LoRA {net.entry.name}: none of its {len(fd.unmatched)} modules match the loaded "
-                            f"{getattr(model, 'family', 'model')} model; not applied")
+            if not fd.quantized:
+                label = model.spec.label if getattr(model, "spec", None) is not None else "loaded"
+                warnings.append(f"LoRA {net.entry.name}: none of its {len(fd.unmatched)} modules match the "
+                                f"{label} model (a LoRA for another model family?); not applied")
             refused.add(str(net.entry.path))
             continue
         net.applied = True
