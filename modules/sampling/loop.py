@@ -170,7 +170,8 @@ def _denoise_multi(job: SamplingJob, latents: torch.Tensor, t, step: int, cond, 
             mask = torch.cat([job.inpaint.mask, mask])
             masked = torch.cat([job.inpaint.masked_image_latents, masked])
         x = torch.cat([x, mask, masked], dim=1)
-    added = None if cond.pooled is None else {"text_embeds": torch.cat(pooled), "time_ids": torch.cat(time_ids)}
+    added = None if cond.pooled is None else {"text_embeds": torch.cat(pooled),
+                                              "time_ids": None if time_ids is None else torch.cat(time_ids)}
     out = job.unet(x, t, encoder_hidden_states=torch.cat(embeds), added_cond_kwargs=added, return_dict=False)[0]
     if use_cfg:
         noise_uncond, noise_cond = out[:batch], out[batch:]
