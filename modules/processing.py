@@ -343,11 +343,8 @@ class Generation:
 
     def __init__(self, ctx: ProcessingContext, req: GenerationRequest):
         self.ctx, self.req, self.model = ctx, req, ctx.model
-        self.sampler, self.schedule = _resolve_sampler(req.effective_sampler, req.scheduler)
         self.flow_shift = float(ctx.opt("flow_shift", 0) or 0) or None  # 0: the model's own shift
-        if self.model.is_flow:  # refused now, with the names that work, rather than at the first step
-            bundle = _flow_bundle(self.model, req.effective_sampler, req.scheduler, self.flow_shift)
-            self.sampler, self.schedule = bundle.sampler, bundle.schedule
+        self.sampler, self.schedule = self.resolve_sampler(req.effective_sampler, req.scheduler)
         self.clip_skip = int(ctx.opt("CLIP_stop_at_last_layers", 1) or 1)
         self.randn_source = ctx.opt("randn_source", "GPU")
         self.ensd = int(ctx.opt("eta_noise_seed_delta", 0) or 0)
@@ -365,6 +362,14 @@ class Generation:
         self.prompt_params: dict[str, Any] = {}
         if self.text_options.emphasis != "Original" and any("(" in t or "[" in t for t in texts):
             self.prompt_params["Emphasis"] = self.text_options.emphasis
+
+    def resolve_sampler(self, name: str | None, schedule: str | None):
+        """(sampler, schedule type) for this model's family; an unknown or unsuitable name is a RequestError now,
+        with the names that work, rather than at the first step."""
+        if self.model.is_flow:
+            bundle = _flow_bundle(self.model, name, schedule, self.flow_shift)
+            return bundle.sampler, bundle.schedule
+        return _resolve_sampler(name, schedule)
 
     # -- conditioning ------------------------------------------------------------------------------------------
 
@@ -770,8 +775,8 @@ class HiresPlan:
         hr_negatives = [req.hr_negative_prompt] * len(negatives) if req.hr_negative_prompt else negatives
         sampler, schedule = gen.sampler, gen.schedule
         if req.hr_sampler_name or req.hr_scheduler:
-            sampler, schedule = _resolve_sampler(req.hr_sampler_name or gen.sampler.name,
-                                                 req.hr_scheduler or gen.schedule.label)
+            sampler, schedule = gen.resolve_sampler(req.hr_sampler_name or gen.sampler.name,
+                                                    req.hr_scheduler or gen.schedule.label)
         gen.ctx.state.textinfo = "Hires pass"
         gen.hooks.before_hires(gen.run)
         if self.upscaler in LATENT_UPSCALE_MODES:
