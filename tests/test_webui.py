@@ -313,3 +313,35 @@ def test_screenshots_of_every_tab(browser, server, artifacts, theme):
     pg.screenshot(path=str(artifacts / f"phone-{theme}.png"), full_page=True)
     pg.close()
     assert len(list(artifacts.glob(f"*-{theme}.png"))) == 7
+
+
+def test_flux_checkpoint_from_the_page(page, ui_data, artifacts):
+    """A Flux transformer-only file with its parts in models/text_encoder and models/VAE: refreshed into the list,
+    picked, CFG Scale set to 1, generated with Distilled CFG Scale; the parts show under VAE / Text Encoder."""
+    from tests import tiny_flow_models as tfm
+
+    comps = tfm.build_flux()
+    tfm.write_parts(comps, ui_data / "models")
+    tfm.write_transformer_only(comps, ui_data / "models" / "Stable-diffusion" / "flux-dev.safetensors", "bfl")
+    page.click("#refresh_sd_model_checkpoint")
+    pick(page, "setting_sd_model_checkpoint", "flux-dev.safetensors")
+    expect(page.locator("#quicksettings_status")).to_contain_text("Loaded flux-dev", timeout=60000)
+    expect(page.locator("#txt2img_cfg_scale input[type=number]")).to_have_value("1")
+    page.click("#setting_forge_additional_modules input[role=combobox]")
+    for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        expect(page.get_by_role("option", name=name, exact=True)).to_be_visible()
+    page.keyboard.press("Escape")
+    set_number(page, "txt2img_distilled_cfg_scale", 2.5)
+    page.fill("#txt2img_prompt textarea", "a (red:1.2) cube")
+    page.click("#txt2img_sampling input[role=combobox]")
+    page.get_by_role("option", name="Euler", exact=True).click()
+    text = generate(page)
+    assert "Model: flux-dev" in text and "Distilled CFG Scale: 2.5" in text and "CFG scale: 1" in text
+    expect(page.locator("#txt2img_gallery img").first).to_be_visible()
+    page.screenshot(path=str(artifacts / "flux-txt2img.png"), full_page=True)
+    pick(page, "txt2img_sampling", "Euler a")
+    page.click("#txt2img_generate")
+    expect(page.locator("#html_info_txt2img")).to_contain_text("not available for flow-matching", timeout=60000)
+    pick(page, "setting_sd_model_checkpoint", "sd1.safetensors")
+    expect(page.locator("#quicksettings_status")).to_contain_text("Loaded sd1.safetensors", timeout=60000)
+    expect(page.locator("#txt2img_cfg_scale input[type=number]")).to_have_value("7")

@@ -66,7 +66,9 @@ def _quicksettings(engine: Engine):
                 model = engine.models.select(title)
         except USER_ERRORS as e:
             return gr.update(), error_html(f"Could not load {title}: {e}")
-        return gr.update(value=model.title), f"<div class='sd-note'>Loaded {html.escape(model.title)}</div>"
+        # a file hashed for the first time by this load has a new title ("name [hash]"): the choices change too
+        return (gr.update(choices=engine.registry.titles(), value=model.title),
+                f"<div class='sd-note'>Loaded {html.escape(model.title)}</div>")
 
     def set_option(name):
         def apply(value):
@@ -111,14 +113,24 @@ def _demo_note_html(note: dict | None) -> str:
     return f"<div class='sd-note' id='demo_model_note'>ℹ️ {html.escape(note.get('description', 'demo model'))}</div>"
 
 
+def _family_cfg(engine: Engine, title: str | None) -> float | None:
+    """The CFG scale a family runs at when it is not the UI's (Flux: 1, guidance is distilled into the model)."""
+    try:
+        info = engine.models.resolve(title or None)
+    except LookupError:
+        return None
+    return 1.0 if (info.family or "").startswith("Flux") else None
+
+
 def _wire_demo_defaults(engine: Engine, cfg: UiConfig, ckpt, note, t2i, i2i, demo: gr.Blocks) -> None:
     """With the bundled demo model selected, say what it is and use its native size and CFG; back to the UI
-    defaults when a real checkpoint replaces it at the demo's size."""
+    defaults when a real checkpoint replaces it at the demo's size. A Flux checkpoint sets CFG Scale 1 (as Forge's
+    Flux preset does; its guidance is the Distilled CFG Scale), and leaving Flux at 1 brings the UI's CFG back."""
     tabs = [(dict(c.fields), c.tab) for c in (t2i, i2i)]
-    sizes = [fields[k] for fields, _ in tabs for k in ("width", "height")]
-    outputs = [note] + [fields[k] for fields, _ in tabs for k in ("width", "height", "cfg_scale")]
+    inputs = [fields[k] for fields, _ in tabs for k in ("width", "height", "cfg_scale")]
+    outputs = [note] + inputs
 
-    demo_sizes = set()
+    demo_sizes, family_scales = set(), set()
 
     def apply(title, *current):
         info = engine.models.demo_note(title or None)
@@ -126,16 +138,25 @@ def _wire_demo_defaults(engine: Engine, cfg: UiConfig, ckpt, note, t2i, i2i, dem
             size, scale = int(info.get("default_size", 64)), float(info.get("default_cfg", 5.0))
             demo_sizes.add(size)
             return [_demo_note_html(info)] + [size, size, scale] * len(tabs)
+        family_scale = _family_cfg(engine, title)
+        if family_scale is not None:
+            family_scales.add(family_scale)
         updates = [_demo_note_html(None)]
         for i, (_, tab) in enumerate(tabs):
-            w, h = current[2 * i], current[2 * i + 1]
+            w, h, scale = current[3 * i], current[3 * i + 1], current[3 * i + 2]
             at_demo_size = w == h and w in demo_sizes
+            if family_scale is not None:
+                new_scale = family_scale
+            elif scale in family_scales:
+                new_scale = cfg.value(f"{tab}/CFG Scale", 7.0)
+            else:
+                new_scale = gr.update()
             updates += [cfg.value(f"{tab}/Width", 512) if at_demo_size else gr.update(),
-                        cfg.value(f"{tab}/Height", 512) if at_demo_size else gr.update(), gr.update()]
+                        cfg.value(f"{tab}/Height", 512) if at_demo_size else gr.update(), new_scale]
         return updates
 
-    ckpt.change(apply, [ckpt] + sizes, outputs, queue=False, show_progress="hidden")
-    demo.load(apply, [ckpt] + sizes, outputs, queue=False, show_progress="hidden")
+    ckpt.change(apply, [ckpt] + inputs, outputs, queue=False, show_progress="hidden")
+    demo.load(apply, [ckpt] + inputs, outputs, queue=False, show_progress="hidden")
 
 
 def create_ui(engine: Engine, args=None) -> gr.Blocks:
