@@ -95,6 +95,7 @@ def test_fp8_all_in_one_stays_fp8_and_draws_what_the_upcast_model_draws(tmp_path
 
     weight = fp8.unet.transformer_blocks[0].attn.to_q.weight
     assert weight.dtype == torch.float8_e4m3fn
+    assert fp8.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn  # T5
     assert full.unet.transformer_blocks[0].attn.to_q.weight.dtype == torch.float32
     fp8_bytes = sum(p.numel() * p.element_size() for p in fp8.unet.parameters())
     assert fp8_bytes < 0.5 * sum(p.numel() * p.element_size() for p in full.unet.parameters())

@@ -179,14 +179,27 @@ def build_transformer(flow: FlowTransformerSpec, sd: Mapping, name: str, dtype: 
         return model.eval().requires_grad_(False)
     storage = fp8_storage(converted)
     model = _fill(model, converted, "the transformer", name, dtype, keep=storage)
-    if storage is not None and storage != dtype:
+    return keep_fp8(model, storage, dtype)
+
+
+def keep_fp8(model: torch.nn.Module, storage: torch.dtype | None, dtype: torch.dtype) -> torch.nn.Module:
+    """Leave fp8 weights fp8 and compute each layer in `dtype` (diffusers' layerwise casting hooks); the few
+    layers it keeps in full precision (norms, embeddings) are upcast once."""
+    if storage is None or storage == dtype:
+        return model
+    if hasattr(model, "enable_layerwise_casting"):  # a diffusers model knows which of its layers to skip
         model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=dtype)
-        model.storage_dtype = storage
-        for module in model.modules():  # layers diffusers keeps in full precision (norms, embedders): upcast once
-            if not hasattr(module, "_diffusers_hook"):
-                for pname, param in module.named_parameters(recurse=False):
-                    if param.dtype in FP8_DTYPES:
-                        setattr(module, pname, torch.nn.Parameter(param.to(dtype), requires_grad=False))
+    else:  # T5: its embeddings, layer norms and `wo` (T5 casts its input to wo's dtype) in full precision
+        from diffusers.hooks import apply_layerwise_casting
+
+        apply_layerwise_casting(model, storage_dtype=storage, compute_dtype=dtype,
+                                skip_modules_pattern=("embed", "shared", "norm", "relative_attention_bias", r"\.wo$"))
+    model.storage_dtype = storage
+    for module in model.modules():
+        if not hasattr(module, "_diffusers_hook"):
+            for pname, param in module.named_parameters(recurse=False):
+                if param.dtype in FP8_DTYPES:
+                    setattr(module, pname, torch.nn.Parameter(param.to(dtype), requires_grad=False))
     return model
 
 
@@ -229,9 +242,10 @@ def build_part_encoder(part: flow_parts.Part, name: str, dtype: torch.dtype):
 
     cfg = {k: v for k, v in part.config.items() if not k.startswith("_") and k != "architectures"}
     what = f"the {flow_parts.ROLE_LABELS[part.role]} text encoder ({part.source})"
-    if part.role == "t5":
+    if part.role == "t5":  # t5xxl_fp8_e4m3fn stays fp8 (4.9 GB, not 9.5 or 19)
         model = _empty(T5EncoderModel, T5Config(**cfg))
-        return _fill(model, part.state_dict, what, name, dtype)
+        storage = fp8_storage(part.state_dict)
+        return keep_fp8(_fill(model, part.state_dict, what, name, dtype, keep=storage), storage, dtype)
     cls = CLIPTextModelWithProjection if part.config["_class_name"] == "CLIPTextModelWithProjection" else CLIPTextModel
     model = _empty(cls, CLIPTextConfig(**cfg))
     sd = part.state_dict
