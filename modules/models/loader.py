@@ -245,7 +245,16 @@ def _unpickling_detail(e: Exception) -> str:
 
 
 def _cast(sd: Mapping[str, torch.Tensor], dtype: torch.dtype, keep: torch.dtype | None = None) -> dict:
-    return {k: (v.to(dtype) if v.is_floating_point() and v.dtype != keep else v) for k, v in sd.items()}
+    """Floating tensors in `dtype` (a tensor under two names, like T5's tied embeddings, is cast once)."""
+    done: dict[int, torch.Tensor] = {}
+    out = {}
+    for k, v in sd.items():
+        if v.is_floating_point() and v.dtype != keep:
+            if id(v) not in done:
+                done[id(v)] = v.to(dtype)
+            v = done[id(v)]
+        out[k] = v
+    return out
 
 
 def _fill(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str, name: str, dtype: torch.dtype,
