@@ -275,15 +275,34 @@ def encode(model: LoadedModel, pixels: torch.Tensor, generators) -> torch.Tensor
     return (vae.config.scaling_factor * latents).to(model.dtype)
 
 
+def is_flux_fill(model: LoadedModel) -> bool:
+    return model.family == "flux" and model.spec.inpainting
+
+
+def fold_mask(pixel_mask: torch.Tensor, f: int) -> torch.Tensor:
+    """(B,1,H,W) pixel mask → (B, f·f, H/f, W/f): each latent pixel's f×f mask pixels as channels, the way Flux
+    Fill reads its mask (FluxFillPipeline.prepare_mask_latents)."""
+    b, _, height, width = pixel_mask.shape
+    h, w = height // f, width // f
+    m = pixel_mask[:, 0].reshape(b, h, f, w, f).permute(0, 2, 4, 1, 3)
+    return m.reshape(b, f * f, h, w)
+
+
 def unmasked_conditioning(model: LoadedModel, batch: int, width: int, height: int) -> InpaintLatents:
-    """A 9-channel inpainting model used without a mask (txt2img, plain img2img): A1111 conditions it on a mask of
-    ones and the latents of a mid-grey picture, i.e. "repaint everything"."""
+    """An inpainting model used without a mask (txt2img, plain img2img): A1111 conditions it on a mask of ones and
+    the latents of a mid-grey picture, i.e. "repaint everything" (Flux Fill: the same in its own layout)."""
     f = model.vae_scale_factor
     grey = torch.zeros((1, 3, height, width), device=model.device, dtype=model.vae.dtype)
     with torch.inference_mode():
-        latents = model.vae.encode(grey).latent_dist.mode() * model.vae.config.scaling_factor
+        latents = model.vae.encode(grey).latent_dist.mode()
+    if getattr(model.vae.config, "shift_factor", None):
+        latents = latents - model.vae.config.shift_factor
+    latents = (latents * model.vae.config.scaling_factor).to(model.dtype).repeat(batch, 1, 1, 1)
+    if is_flux_fill(model):
+        ones = torch.ones((batch, 1, height, width), device=model.device, dtype=model.dtype)
+        return InpaintLatents(mask=fold_mask(ones, f), masked_image_latents=latents, image_first=True)
     mask = torch.ones((batch, 1, height // f, width // f), device=model.device, dtype=model.dtype)
-    return InpaintLatents(mask=mask, masked_image_latents=latents.to(model.dtype).repeat(batch, 1, 1, 1))
+    return InpaintLatents(mask=mask, masked_image_latents=latents)
 
 
 def _advance(generators, shape) -> None:
@@ -435,7 +454,9 @@ class Generation:
         inpaint = plan.inpaint
         image_latents = plan.init_latents
         strength_max = plan.run_steps >= plan.total_steps and not plan.always_add_noise
-        if encode_pixels is not None and not (strength_max and inpaint is not None and model.spec.inpainting):
+        fill = is_flux_fill(model)  # FluxFillPipeline encodes the picture even when it starts from pure noise
+        if encode_pixels is not None and not (strength_max and inpaint is not None and model.spec.inpainting
+                                              and not fill):
             image_latents = encode(model, encode_pixels, gens)
             if inpaint is not None and inpaint.get("post_encode"):
                 image_latents = inpaint["post_encode"](image_latents)
@@ -456,7 +477,11 @@ class Generation:
         inpaint_latents = None
         if inpaint is not None:
             mask = inpaint["latent_mask"].to(device=model.device, dtype=model.dtype)
-            if model.spec.inpainting:
+            if fill:
+                masked = encode(model, inpaint["masked_pixels"], gens)
+                folded = fold_mask(inpaint["pixel_mask"].to(device=model.device, dtype=model.dtype), f)
+                inpaint_latents = InpaintLatents(mask=folded, masked_image_latents=masked, image_first=True)
+            elif model.spec.inpainting:
                 masked = encode(model, inpaint["masked_pixels"], gens)
                 inpaint_latents = InpaintLatents(mask=mask, masked_image_latents=masked)
             else:
@@ -916,7 +941,8 @@ def _inpaint_tensors(gen: Generation, req: Img2ImgRequest, setup: InpaintSetup, 
             fresh = rng.ImageRNG(latents.shape[1:], seeds, source=gen.randn_source, device=model.device,
                                  latent_factor=f).first().to(latents.dtype)
             return latents * (1 - m) + fresh * m
-    return {"latent_mask": latent_mask, "masked_pixels": masked_pixels, "post_encode": post}
+    return {"latent_mask": latent_mask, "masked_pixels": masked_pixels, "post_encode": post,
+            "pixel_mask": (mask_condition >= 0.5).to(pixels.dtype)}
 
 
 def _apply_overlay(image: Image.Image, setup: InpaintSetup, index: int) -> Image.Image:

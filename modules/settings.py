@@ -323,9 +323,6 @@ _section("sd", {
                       infotext="FP8 weight"),
     "cache_fp16_weight": _O(False, "Cache FP16 weight for LoRA", infotext="Cache FP16 weight for LoRA"),
     "sd_checkpoint_hash": _O("", "SHA256 hash of the current checkpoint"),
-})
-
-_section("flow", {
     "forge_additional_modules": _O([], "VAE / Text Encoder: files for the parts a Flux/SD3 checkpoint lacks (none "
                                        "picked: found in models/text_encoder and models/VAE)"),
     "flow_shift": _O(0.0, "Flux/SD3: sampling shift (0 = the model's own: SD3 3.0, Flux dev by resolution)",
@@ -520,7 +517,6 @@ SECTION_TITLES = {
     "training": "Training",
     "sd": "Stable Diffusion",
     "sdxl": "Stable Diffusion XL",
-    "flow": "Flux / SD3",
     "vae": "VAE",
     "img2img": "img2img",
     "optimizations": "Optimizations",

@@ -123,3 +123,32 @@ def test_distilled_cfg_changes_flux_dev_and_is_ignored_by_schnell(flow_models):
 
     assert np.abs(run("flux-dev all-in-one", 3.5) - run("flux-dev all-in-one", 1.0)).max() > 0
     assert np.array_equal(run("flux-schnell bfl + parts", 3.5), run("flux-schnell bfl + parts", 1.0))
+
+
+def test_flux_fill_inpaint_matches_fluxfillpipeline(tmp_path):
+    """Flux Fill (detected from its input width) inpaints as FluxFillPipeline does; A1111 pastes the original back
+    outside the mask, so the reference gets the same paste."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline
+
+    model = loader.load_model(tfm.write_all_in_one(tfm.build_flux(fill=True), tmp_path / "fill.safetensors"),
+                              devices.cpu())
+    assert model.spec.label == "Flux.1 Fill" and model.spec.inpainting
+    rs = np.random.RandomState(1)
+    init = Image.fromarray(rs.randint(0, 255, (SIZE, SIZE, 3)).astype(np.uint8))
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[16:48, 8:40] = 255
+    mask = Image.fromarray(mask)
+    req = Img2ImgRequest(prompt=PROMPT, init_images=[init], mask=mask, mask_blur=0, inpainting_fill=1,
+                         inpaint_full_res=False, denoising_strength=1.0, steps=4, cfg_scale=1, width=SIZE,
+                         height=SIZE, seed=SEED, sampler_name="Euler", distilled_cfg_scale=30)
+    ours = _ours(model, req)
+    pipe = FluxFillPipeline(transformer=model.unet, vae=model.vae, text_encoder=model.text_encoder,
+                            tokenizer=model.tokenizer, text_encoder_2=model.text_encoder_2, tokenizer_2=model.tokenizer_2,
+                            scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config))
+    raw = pipe(PROMPT, image=init, mask_image=mask, height=SIZE, width=SIZE, num_inference_steps=4,
+               guidance_scale=30, generator=_gens(1), max_sequence_length=512).images
+    assert _max_diff(ours, [Image.composite(r, init, mask) for r in raw]) <= 2
+    keep = np.asarray(mask) == 0
+    assert np.array_equal(np.asarray(ours[0])[keep], np.asarray(init)[keep])
+    txt = _ours(model, Txt2ImgRequest(prompt=PROMPT, steps=2, cfg_scale=1, width=SIZE, height=SIZE, seed=SEED))
+    assert txt[0].size == (SIZE, SIZE)  # a Fill model without a mask repaints everything, as A1111 does

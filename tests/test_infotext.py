@@ -223,3 +223,14 @@ def test_bad_numbers_are_left_out_not_raised():
 def test_key_order_constant_starts_like_a1111():
     assert infotext.INFOTEXT_KEY_ORDER[:8] == ("Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale",
                                                 "Seed", "Face restoration", "Size")
+
+
+def test_flux_fields_round_trip():
+    """Forge's Flux infotext: pasting it restores Distilled CFG Scale, the sampling shift and SD3's T5 switch."""
+    text = ("a cube\nSteps: 20, Sampler: Euler, Schedule type: Simple, CFG scale: 1, Seed: 7, Size: 1024x1024, "
+            "Distilled CFG Scale: 2.5, Model: flux1-dev, Shift: 1.5, T5: False, Version: v0.1.0")
+    params = infotext.parse_generation_parameters(text)
+    fields = infotext.infotext_to_request_fields(params)
+    assert fields["distilled_cfg_scale"] == 2.5 and fields["cfg_scale"] == 1.0
+    overrides = infotext.infotext_to_override_settings(params)
+    assert (overrides["flow_shift"], overrides["sd3_enable_t5"]) == (1.5, False)

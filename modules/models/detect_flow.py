@@ -51,10 +51,19 @@ def detect_flow_transformer(sd: Mapping) -> FlowTransformerSpec | None:
     return None
 
 
+def fill_mask_channels(config: dict) -> int:
+    """How many packed mask channels a Flux Fill transformer takes after its 2×(packed latent) inputs: 4·f² for a
+    VAE that shrinks pictures f times (256 for Flux's f = 8); 0 for other variants."""
+    out = config.get("out_channels") or 64
+    extra = config["in_channels"] - 2 * out
+    side = round((extra / 4) ** 0.5) if extra > 0 else 0
+    return extra if side >= 2 and 4 * side * side == extra and side & (side - 1) == 0 else 0
+
+
 def _flux_variant(config: dict) -> str:
-    if config["in_channels"] == 384:
+    if fill_mask_channels(config):
         return "Flux.1 Fill"
-    if config["in_channels"] == 128:
+    if config["in_channels"] == 2 * (config.get("out_channels") or 64):
         return "Flux.1 Depth"
     return "Flux.1 dev" if config["guidance_embeds"] else "Flux.1 schnell"
 

@@ -34,6 +34,10 @@ class InpaintLatents:
     masked_image_latents: torch.Tensor | None = None
     image_latents: torch.Tensor | None = None
     noise: torch.Tensor | None = None
+    image_first: bool = False  # Flux Fill: [latents, masked image, mask] (its mask is the pixel mask, folded)
+
+    def channels(self, mask: torch.Tensor, masked: torch.Tensor) -> list[torch.Tensor]:
+        return [masked, mask] if self.image_first else [mask, masked]
 
 
 @dataclass
@@ -115,7 +119,7 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
         mask, masked = job.inpaint.mask, job.inpaint.masked_image_latents
         if job.use_cfg:
             mask, masked = torch.cat([mask] * 2), torch.cat([masked] * 2)
-        x = torch.cat([x, mask, masked], dim=1)
+        x = torch.cat([x, *job.inpaint.channels(mask, masked)], dim=1)
     noise_pred = job.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
     if job.hooks is not None:
         noise_pred = job.hooks.after_model(noise_pred, step, total)
@@ -169,7 +173,7 @@ def _denoise_multi(job: SamplingJob, latents: torch.Tensor, t, step: int, cond, 
         if use_cfg:
             mask = torch.cat([job.inpaint.mask, mask])
             masked = torch.cat([job.inpaint.masked_image_latents, masked])
-        x = torch.cat([x, mask, masked], dim=1)
+        x = torch.cat([x, *job.inpaint.channels(mask, masked)], dim=1)
     added = None if cond.pooled is None else {"text_embeds": torch.cat(pooled),
                                               "time_ids": None if time_ids is None else torch.cat(time_ids)}
     out = job.unet(x, t, encoder_hidden_states=torch.cat(embeds), added_cond_kwargs=added, return_dict=False)[0]

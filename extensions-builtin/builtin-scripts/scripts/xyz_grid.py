@@ -133,6 +133,7 @@ AXIS_OPTIONS = [
     AxisOption("Var. strength", float, apply_field("subseed_strength")),
     AxisOption("Steps", int, apply_field("steps")),
     AxisOption("CFG Scale", float, apply_field("cfg_scale")),
+    AxisOption("Distilled CFG Scale", float, apply_field("distilled_cfg_scale")),  # Forge's axis (Flux dev)
     AxisOption("Prompt S/R", str, apply_prompt, format_value=format_value, confirm=confirm_prompt),
     AxisOption("Sampler", str, apply_field("sampler_name"), format_value=format_value, confirm=confirm_samplers,
                choices=samplers.sampler_names),
