@@ -363,6 +363,10 @@ class Generation:
     def __init__(self, ctx: ProcessingContext, req: GenerationRequest):
         self.ctx, self.req, self.model = ctx, req, ctx.model
         self.flow_shift = float(ctx.opt("flow_shift", 0) or 0) or None  # 0: the model's own shift
+        if self.model.spec.variant == "Flux.1 Depth":
+            raise RequestError(f"{self.model.title} is a Flux.1 Depth/Canny model: it draws from a control image "
+                               "(a depth or edge map), which this version cannot give it yet; use a Flux.1 dev, "
+                               "schnell or Fill checkpoint")
         self.sampler, self.schedule = self.resolve_sampler(req.effective_sampler, req.scheduler)
         self.clip_skip = int(ctx.opt("CLIP_stop_at_last_layers", 1) or 1)
         self.randn_source = ctx.opt("randn_source", "GPU")

@@ -180,3 +180,39 @@ def test_gguf_family_shows_in_the_checkpoint_list(tmp_path, sd3):
 
     path = tfm.write_gguf(sd3, tmp_path / "sd3-Q8_0.gguf")
     assert _header_check(path) == (None, "SD3")
+
+
+def test_per_tensor_scaled_fp8_keeps_fp8_and_applies_each_scale(tmp_path, flux):
+    """ComfyUI's scaled fp8 files (W/s in fp8, `scale_weight` = s beside it, fused q/k/v sharing one s): the
+    weights stay fp8 and the model draws what the same weights dequantized on disk draw."""
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    from modules.models.flow_loader import ScaledFP8Linear
+    from modules.processing import ProcessingContext, txt2img
+    from modules.request_types import Txt2ImgRequest
+
+    base = tfm.write_all_in_one(flux, tmp_path / "base.safetensors")
+    sd = load_file(str(base))
+    scaled, dequantized = dict(sd), dict(sd)
+    for key, value in sd.items():
+        if key.startswith("model.diffusion_model.") and key.endswith(".weight") and value.ndim == 2:
+            scale = value.abs().max() / 448.0
+            q = (value / scale).to(torch.float8_e4m3fn)
+            scaled[key], scaled[key[:-len("weight")] + "scale_weight"] = q, scale.reshape(())
+            dequantized[key] = q.float() * scale
+    scaled["model.diffusion_model.scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
+    save_file(scaled, str(tmp_path / "scaled.safetensors"))
+    save_file(dequantized, str(tmp_path / "dequantized.safetensors"))
+    fp8 = loader.load_model(tmp_path / "scaled.safetensors", devices.cpu())
+    full = loader.load_model(tmp_path / "dequantized.safetensors", devices.cpu())
+    to_k = fp8.unet.transformer_blocks[0].attn.to_k
+    assert isinstance(to_k, ScaledFP8Linear) and to_k.weight.dtype == torch.float8_e4m3fn
+    assert torch.allclose(to_k.weight.float() * to_k.scale_weight, full.unet.transformer_blocks[0].attn.to_k.weight)
+
+    def draw(model):
+        req = Txt2ImgRequest(prompt="a photo of a cat", steps=2, cfg_scale=1, width=64, height=64, seed=5)
+        ctx = ProcessingContext(model=model, options={"return_grid": False}, outputs=None)
+        return np.asarray(txt2img(ctx, req).images[0], np.int16)
+
+    assert np.abs(draw(fp8) - draw(full)).max() <= 1

@@ -101,19 +101,73 @@ def missing_part_message(name: str, variant: str, role: str, sources: PartSource
 # Building
 
 
-def transformer_state_dict(sd: Mapping, flow: FlowTransformerSpec) -> dict[str, torch.Tensor]:
-    """The transformer's tensors in diffusers' layout, whatever layout the file uses."""
+_SCALED_FP8_KEYS = (".scale_weight", ".scale_input", "scaled_fp8")  # ComfyUI's per-tensor-scaled fp8 files
+
+
+def _to_diffusers(sd: Mapping, flow: FlowTransformerSpec, **kw) -> dict[str, torch.Tensor]:
     if flow.layout == "bfl":
         from modules.models.flux_keys import bfl_to_diffusers
 
-        return bfl_to_diffusers(sd, flow.prefix)
+        return bfl_to_diffusers(sd, flow.prefix, **kw)
     if flow.layout == "sai":
         from modules.models.sd3_keys import sai_to_diffusers
 
-        return sai_to_diffusers(sd, flow.prefix)
+        return sai_to_diffusers(sd, flow.prefix, **kw)
     p = flow.prefix
     owned = ("text_encoders.", "vae.", "first_stage_model.")
     return {k[len(p):]: v for k, v in sd.items() if k.startswith(p) and not (not p and k.startswith(owned))}
+
+
+def transformer_state_dict(sd: Mapping, flow: FlowTransformerSpec) -> dict[str, torch.Tensor]:
+    """The transformer's tensors in diffusers' layout, whatever layout the file uses."""
+    return split_scales(sd, flow)[0]
+
+
+def split_scales(sd: Mapping, flow: FlowTransformerSpec) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(weights in diffusers' layout, {diffusers module: per-tensor fp8 scale}). A scaled fp8 file stores W/s in
+    fp8 and s beside it (`<module>.scale_weight`); fused release-layout modules share one scale, so each scale is
+    carried through the same converter as a column of the weight's rows."""
+    weights = {k: v for k, v in sd.items() if not k.endswith(_SCALED_FP8_KEYS)}
+    scale_keys = [k for k in sd if k.startswith(flow.prefix) and k.endswith(".scale_weight")]
+    if not scale_keys:
+        return _to_diffusers(weights, flow), {}
+    columns = {}
+    for key in scale_keys:
+        module = key[:-len(".scale_weight")]
+        rows = weights[module + ".weight"].shape[0]
+        columns[module + ".weight"] = sd[key].float().reshape(1, 1).expand(rows, 1)
+    cfg = flow.config
+    kw = {} if flow.layout == "diffusers" else {"hidden": int(cfg["num_attention_heads"] * cfg["attention_head_dim"])}
+    if flow.layout == "sai":
+        kw["last_block"] = cfg["num_layers"] - 1
+    converted = _to_diffusers(columns, flow, **kw)
+    scales = {k[:-len(".weight")]: v[0, 0].clone() for k, v in converted.items() if k.endswith(".weight")}
+    return _to_diffusers(weights, flow), scales
+
+
+class ScaledFP8Linear(torch.nn.Linear):
+    """A Linear whose weight stays fp8 in memory and is multiplied by its per-tensor scale while computing."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.to(x.dtype) * self.scale_weight.to(x.dtype)
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return torch.nn.functional.linear(x, weight, bias)
+
+
+def _use_scales(model: torch.nn.Module, scales: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
+    """Every fp8 Linear computes through ScaledFP8Linear (scale 1 where the file has none); other fp8 tensors
+    (norm scales) are upcast once."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module.weight.dtype in FP8_DTYPES:
+            module.__class__ = ScaledFP8Linear
+            module.register_buffer("scale_weight", scales.get(name, torch.tensor(1.0)).to(torch.float32))
+            if module.bias is not None and module.bias.dtype in FP8_DTYPES:
+                module.bias = torch.nn.Parameter(module.bias.to(dtype), requires_grad=False)
+        elif not isinstance(module, ScaledFP8Linear):
+            for pname, param in module.named_parameters(recurse=False):
+                if param.dtype in FP8_DTYPES:
+                    setattr(module, pname, torch.nn.Parameter(param.to(dtype), requires_grad=False))
+    model.storage_dtype = "scaled fp8"
 
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -168,7 +222,7 @@ def build_transformer(flow: FlowTransformerSpec, sd: Mapping, name: str, dtype: 
     from modules.models.loader import _empty, _fill
 
     cls = FluxTransformer2DModel if flow.family == "flux" else SD3Transformer2DModel
-    converted = transformer_state_dict(sd, flow)
+    converted, scales = split_scales(sd, flow)
     model = _empty(cls, flow.config)
     if is_quantized(converted):  # GGUF: its linear layers become diffusers' GGUFLinear, weights stay quantized
         from diffusers.quantizers.gguf.utils import _replace_with_gguf_linear
@@ -179,6 +233,9 @@ def build_transformer(flow: FlowTransformerSpec, sd: Mapping, name: str, dtype: 
         return model.eval().requires_grad_(False)
     storage = fp8_storage(converted)
     model = _fill(model, converted, "the transformer", name, dtype, keep=storage)
+    if scales:
+        _use_scales(model, scales, dtype)
+        return model
     return keep_fp8(model, storage, dtype)
 
 

@@ -364,6 +364,12 @@ def group_keys(sd: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, Any]], 
     return groups, unknown
 
 
+def _stored(module: torch.nn.Module, delta: torch.Tensor) -> torch.Tensor:
+    """ΔW as the module stores its weight: a scaled fp8 layer keeps W/s, so it gets ΔW/s."""
+    scale = getattr(module, "scale_weight", None)
+    return delta if scale is None else delta / float(scale)
+
+
 def compute_deltas(sd: dict[str, torch.Tensor], index: ModuleIndex, dyn_dim: int | None = None) -> FileDeltas:
     groups, unknown = group_keys(sd)
     out = FileDeltas({}, unmatched=list(unknown))
@@ -394,8 +400,8 @@ def compute_deltas(sd: dict[str, torch.Tensor], index: ModuleIndex, dyn_dim: int
             if "dora_scale" in parts:
                 out.errors.append(f"{name}: DoRA is not supported; applied as plain LoRA")
             if set(weight_parts) - {"alpha", "scale"}:
-                out.deltas[target + ":weight"] = (comp, "weight", module,
-                                                  delta_for(weight_parts, module.weight.shape, dyn_dim))
+                delta = _stored(module, delta_for(weight_parts, module.weight.shape, dyn_dim))
+                out.deltas[target + ":weight"] = (comp, "weight", module, delta)
         except (ValueError, RuntimeError, KeyError) as e:
             out.errors.append(f"{name}: {e}")
     if native:
@@ -408,7 +414,8 @@ def compute_deltas(sd: dict[str, torch.Tensor], index: ModuleIndex, dyn_dim: int
             if hasattr(module.weight, "quant_type"):
                 out.quantized += 1
                 continue
-            out.deltas[target + ":weight"] = ("unet", "weight", module, delta.reshape(module.weight.shape))
+            delta = _stored(module, delta.reshape(module.weight.shape))
+            out.deltas[target + ":weight"] = ("unet", "weight", module, delta)
     return out
 
 

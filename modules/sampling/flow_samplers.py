@@ -1,162 +1,257 @@
-"""Sampler names → diffusers' flow-matching schedulers, for Flux.1 and SD3/SD3.5.
+"""A1111 sampler names mapped onto diffusers' flow-matching schedulers, for Flux.1 and SD3/SD3.5.
 
-The SD table (`samplers.py`) maps A1111's names onto noise-prediction schedulers; flow-matching models predict a
-velocity, which only these classes integrate: Euler (FlowMatchEulerDiscrete), Heun (FlowMatchHeunDiscrete), DPM++ 2M
-and DPM++ 2M SDE (DPMSolverMultistep on flow sigmas), UniPC (UniPCMultistep on flow sigmas) and LCM (FlowMatchLCM).
-Schedule types Karras/Exponential/Beta exist only where the class reshapes flow sigmas (Euler, LCM). Any other
-name is refused with the list of those that work.
+The SD table (``samplers.py``) maps A1111's names onto noise-prediction schedulers. Flow-matching models predict a
+velocity, which only these set-ups integrate:
 
-Timesteps are set as the family's diffusers pipeline sets them, so Euler reproduces `FluxPipeline` and
-`StableDiffusion3Pipeline`: Flux passes sigmas `linspace(1, 1/n, n)` and `mu` from the image's token count
-(dynamic shift, dev models); SD3 lets the scheduler space them and shift by 3. A shift set by the user replaces
-the model's, fixed for every resolution. Classes without dynamic shifting get its equivalent fixed shift, e^mu.
+* Euler: ``FlowMatchEulerDiscreteScheduler`` (what ``FluxPipeline`` and ``StableDiffusion3Pipeline`` use);
+* Heun: ``FlowMatchHeunDiscreteScheduler`` (two model calls per step);
+* DPM++ 2M / DPM++ 2M SDE: ``DPMSolverMultistepScheduler`` on flow sigmas (``use_flow_sigmas``,
+  ``prediction_type="flow_prediction"``, the model's shift as ``flow_shift``);
+* UniPC: ``UniPCMultistepScheduler`` on flow sigmas, likewise;
+* LCM: ``FlowMatchLCMScheduler``.
+
+Names, aliases, letter case and legacy suffixes ("k_euler", "Euler Karras") are read by ``samplers.resolve``; an SD
+sampler without a flow counterpart ("Euler a", "DDIM"...) or an unknown name is refused with the list that works.
+
+Schedule types: "Automatic" and "Simple" are the family pipeline's own schedule (evenly spaced, then shifted).
+Karras, Exponential and Beta exist only where the class reshapes the *shifted flow* sigmas (Euler, LCM).
+DPMSolverMultistep and UniPCMultistep have ``use_karras_sigmas``/... options too, but those branches build the
+sigmas of the SD noise schedule instead of flow sigmas (DPM++ 2M + Karras: sigmas up to ~157), so they are refused.
+
+Timesteps are set as the family's diffusers pipeline sets them (``set_flow_timesteps``): Flux passes sigmas
+``linspace(1, 1/n, n)`` and ``mu`` from the image's token count (dynamic shift, Flux dev); SD3 lets the scheduler space
+them and shifts by 3. DPM/UniPC take ``mu`` themselves (the same shift, e^mu, on their flow sigmas); FlowMatchHeun
+has no dynamic shifting and gets e^mu as a fixed shift for the job's resolution. A shift set by the user replaces the
+model's and turns dynamic shifting off: the same schedule at every resolution.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from modules.sampling import samplers
-from modules.sampling.samplers import SamplerSpec, SchedulerBundle, UnknownSamplerError
+from modules.sampling.samplers import (
+    SamplerSpec,
+    ScheduleType,
+    SchedulerBundle,
+    UnknownSamplerError,
+    UnsupportedScheduleError,
+)
 
-_FLOW = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+__all__ = [
+    "FLOW_SAMPLERS",
+    "FLOW_SCHEDULE_TYPES",
+    "DEFAULT_FLOW_SAMPLER",
+    "flow_sampler_names",
+    "schedule_types_for",
+    "resolve_flow",
+    "build_flow_scheduler",
+    "calculate_shift",
+    "set_flow_timesteps",
+    "add_flow_noise",
+]
+
+DEFAULT_FLOW_SAMPLER = "Euler"  # the scheduler both families' pipelines ship with
+
+_FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
 
 FLOW_SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec("Euler", ("k_euler",), "FlowMatchEulerDiscreteScheduler"),
-    SamplerSpec("Heun", ("k_heun",), "FlowMatchHeunDiscreteScheduler"),
-    SamplerSpec("DPM++ 2M", ("k_dpmpp_2m",), "DPMSolverMultistepScheduler",
-                {**_FLOW, "algorithm_type": "dpmsolver++", "solver_order": 2}),
-    SamplerSpec("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), "DPMSolverMultistepScheduler",
-                {**_FLOW, "algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
-    SamplerSpec("UniPC", ("uni_pc",), "UniPCMultistepScheduler", dict(_FLOW)),
+    SamplerSpec(
+        "Heun", ("k_heun",), "FlowMatchHeunDiscreteScheduler", options={"second_order": True},
+        note="No dynamic shifting in the class: Flux dev gets its shift for the job's resolution, e^mu, fixed.",
+    ),
+    SamplerSpec(
+        "DPM++ 2M", ("k_dpmpp_2m",), "DPMSolverMultistepScheduler",
+        {**_FLOW_SIGMAS, "algorithm_type": "dpmsolver++", "solver_order": 2},
+    ),
+    SamplerSpec(
+        "DPM++ 2M SDE", ("k_dpmpp_2m_sde",), "DPMSolverMultistepScheduler",
+        {**_FLOW_SIGMAS, "algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        note="Gaussian step noise from the generator instead of A1111's Brownian tree.",
+    ),
+    SamplerSpec("UniPC", ("unipc",), "UniPCMultistepScheduler", dict(_FLOW_SIGMAS)),
     SamplerSpec("LCM", ("k_lcm",), "FlowMatchLCMScheduler"),
 )
-_SCHEDULE_FLAGS = {"Karras": "use_karras_sigmas", "Exponential": "use_exponential_sigmas", "Beta": "use_beta_sigmas"}
-FLOW_SCHEDULE_TYPES = ("Automatic", "Simple", *_SCHEDULE_FLAGS)
-_SHAPED = ("FlowMatchEulerDiscreteScheduler", "FlowMatchLCMScheduler")  # classes that reshape flow sigmas
 
+# Schedule-type label → the option that reshapes flow sigmas; Automatic and Simple need none.
+_SHAPE_FLAGS = {"Karras": "use_karras_sigmas", "Exponential": "use_exponential_sigmas", "Beta": "use_beta_sigmas"}
+FLOW_SCHEDULE_TYPES: tuple[str, ...] = ("Automatic", "Simple", *_SHAPE_FLAGS)
+# Classes whose sigma-shaping options act on the shifted flow sigmas (see the module docstring).
+_SHAPES_FLOW_SIGMAS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchLCMScheduler")
 
-@dataclass(frozen=True)
-class FlowSchedule:
-    """A schedule type as the flow table knows it (`label` is what infotext and the API show)."""
-
-    label: str
-    flag: str | None = None
+_NOT_FLOW = "It is not available for flow-matching (Flux/SD3) models."
 
 
 def flow_sampler_names() -> list[str]:
     return [s.name for s in FLOW_SAMPLERS]
 
 
-def schedule_types_for(spec: SamplerSpec) -> list[str]:
-    return list(FLOW_SCHEDULE_TYPES) if spec.scheduler_class in _SHAPED else ["Automatic", "Simple"]
+@functools.lru_cache(maxsize=None)
+def _by_name() -> dict[str, SamplerSpec]:
+    return {s.name: s for s in FLOW_SAMPLERS}
 
 
-def _find(name: str) -> SamplerSpec | None:
-    low = name.strip().lower()
-    return next((s for s in FLOW_SAMPLERS if low == s.name.lower() or low in s.aliases), None)
+def schedule_types_for(sampler: SamplerSpec | str) -> list[str]:
+    """The schedule-type labels that work for ``sampler`` on a flow-matching model, Automatic first."""
+    spec = sampler if isinstance(sampler, SamplerSpec) else resolve_flow(sampler, None)[0]
+    labels = ["Automatic", "Simple"]
+    if spec.scheduler_class in _SHAPES_FLOW_SIGMAS:
+        params = samplers._init_params(spec.scheduler_class)
+        labels += [label for label, flag in _SHAPE_FLAGS.items() if flag in params]
+    return labels
 
 
-def resolve_flow(sampler_name: str | None, schedule: str | None) -> tuple[SamplerSpec, FlowSchedule]:
-    """A request's `sampler_name`/`scheduler` → the flow sampler and schedule type (names, aliases, any case,
-    and legacy "DPM++ 2M Karras" suffixes as in the SD table)."""
-    name = (sampler_name or "Euler").strip()
-    spec = _find(name)
+def _unavailable(name: str) -> UnknownSamplerError:
+    return UnknownSamplerError(name, flow_sampler_names(), extra=_NOT_FLOW)
+
+
+def resolve_flow(sampler_name: str | None, schedule: str | None) -> tuple[SamplerSpec, ScheduleType]:
+    """A request's ``sampler_name``/``scheduler`` → the flow sampler and its schedule type.
+
+    Names, aliases and any letter case as ``samplers.resolve`` reads them; a legacy name's schedule suffix ("Euler
+    Karras", "DPM++ 2M Simple") wins over ``schedule``. None/"" → Euler and Automatic. An SD-only or unknown sampler
+    raises UnknownSamplerError; a schedule type this sampler cannot run on flow sigmas ("DPM++ 2M Karras") raises
+    ValueError listing those it can.
+    """
+    name = DEFAULT_FLOW_SAMPLER if sampler_name is None or not str(sampler_name).strip() else str(sampler_name)
+    suffix: ScheduleType | None = None
+    try:
+        sd_spec = samplers.get_sampler(name)
+    except UnknownSamplerError:
+        try:  # not a plain name: "DPM++ 2M Karras" and the like, split by the SD table
+            sd_spec, suffix = samplers.resolve(name, None)
+        except UnsupportedScheduleError as e:  # the SD class lacks the option; the flow class may have it
+            sd_spec, suffix = e.sampler, e.schedule
+        except UnknownSamplerError:
+            raise _unavailable(name) from None
+    spec = _by_name().get(sd_spec.name)
     if spec is None:
-        try:  # "DPM++ 2M Karras", "k_euler": the SD table knows how to split and alias them
-            sd_spec, sd_schedule = samplers.resolve(name, schedule)
-        except ValueError:
-            sd_spec = sd_schedule = None
-        spec = _find(sd_spec.name) if sd_spec is not None else None
-        if spec is None:
-            raise UnknownSamplerError(name, flow_sampler_names(), extra="It is not available for flow-matching "
-                                      "(Flux/SD3) models.")
-        if sd_schedule is not None and sd_schedule.label != "Automatic" and name.lower() != sd_spec.name.lower():
-            schedule = sd_schedule.label
-    label = (schedule or "Automatic").strip()
-    label = next((t for t in FLOW_SCHEDULE_TYPES if t.lower() == label.lower()), label)
-    if label == "Uniform":
-        label = "Simple"
+        raise _unavailable(name)
+
+    if suffix is None:
+        try:
+            suffix = samplers.get_schedule_type(schedule)
+        except UnknownSamplerError:  # refused below with this sampler's list rather than the SD one
+            pass
+    label = suffix.label if suffix is not None else str(schedule)
     allowed = schedule_types_for(spec)
     if label not in allowed:
-        raise ValueError(f"Schedule type {label!r} is not available for {spec.name} on flow-matching (Flux/SD3) "
-                         f"models. Schedule types for {spec.name}: {', '.join(allowed)}.")
-    return spec, FlowSchedule(label, _SCHEDULE_FLAGS.get(label))
+        raise ValueError(
+            f"Schedule type {label!r} is not available for {spec.name} on flow-matching (Flux/SD3) models. "
+            f"Schedule types for {spec.name}: {', '.join(allowed)}."
+        )
+    return spec, suffix
 
 
-def _class(name: str):
-    import diffusers
+def build_flow_scheduler(
+    sampler_name: str | None, schedule: str | None, base_config: dict, *, shift: float | None = None
+) -> SchedulerBundle:
+    """A fresh scheduler for one job, from the model's FlowMatchEulerDiscreteScheduler config.
 
-    return getattr(diffusers, name)
+    The model's whole config ends up in ``scheduler.config`` (keys the class has no option for as plain entries), so
+    ``set_flow_timesteps`` finds the dynamic-shift settings on any class. ``shift`` (the user's setting; None = the
+    model's own) replaces the model's shift and turns dynamic shifting off. DPM/UniPC get the shift as ``flow_shift``
+    and keep ``use_dynamic_shifting``: they take ``mu`` themselves.
+    """
+    spec, schedule_type = resolve_flow(sampler_name, schedule)
+    cls = samplers._scheduler_class(spec.scheduler_class)
+    params = samplers._init_params(spec.scheduler_class)
+    unknown = [k for k in spec.kwargs if k not in params]
+    if unknown:  # a table error or a diffusers API change; fail loudly rather than sample with the wrong maths
+        raise ValueError(f"{spec.scheduler_class} has no option(s) {unknown} needed by flow sampler {spec.name!r}")
 
-
-def build_flow_scheduler(sampler_name: str | None, schedule: str | None, base_config: dict, *,
-                         shift: float | None = None) -> SchedulerBundle:
-    """A fresh scheduler for one job from the model's FlowMatchEuler config; `shift` (a user's setting) replaces
-    the model's shift and turns dynamic shifting off."""
-    spec, sched = resolve_flow(sampler_name, schedule)
-    cls = _class(spec.scheduler_class)
-    params = set(inspect.signature(cls.__init__).parameters)
-    config = dict(base_config)
-    dynamic = bool(config.get("use_dynamic_shifting")) and shift is None
-    model_shift = float(shift if shift is not None else config.get("shift", 1.0))
-    kwargs = {k: v for k, v in spec.kwargs.items() if k in params}
-    for flag in _SCHEDULE_FLAGS.values():
+    config = {k: v for k, v in dict(base_config).items() if not k.startswith("_")}
+    if shift is not None:
+        config.update(shift=float(shift), use_dynamic_shifting=False)
+    # The model's shift settings that this class has no option for (SD3's "shift" on DPM, Flux's "base_shift"...):
+    # kept in its config for set_flow_timesteps, but not passed to from_config, which would log them as ignored.
+    extra = {k: v for k, v in config.items() if k not in params}
+    kwargs = dict(spec.kwargs)
+    for label, flag in _SHAPE_FLAGS.items():  # reset the model's own flags unless this schedule type asks for them
         if flag in params:
-            kwargs[flag] = flag == sched.flag
-    if "shift" in params:
-        kwargs["shift"] = model_shift
+            kwargs[flag] = label == schedule_type.label
     if "flow_shift" in params:
-        kwargs["flow_shift"] = model_shift
-    if "use_dynamic_shifting" in params:
-        kwargs["use_dynamic_shifting"] = dynamic
+        kwargs["flow_shift"] = float(config.get("shift", 1.0))
     if "final_sigmas_type" in params:
-        kwargs["final_sigmas_type"] = "zero"
-    scheduler = cls.from_config(config, **kwargs)
-    scheduler.flow_dynamic = dict(config) if dynamic else None  # how Flux shifts by resolution, for set_flow_timesteps
-    step = set(inspect.signature(cls.step).parameters)
-    return SchedulerBundle(scheduler, accepts_generator="generator" in step, accepts_eta="eta" in step,
-                           sampler=spec, schedule=sched)
+        kwargs["final_sigmas_type"] = "zero"  # the last step lands on the clean image, as FlowMatchEuler's does
+
+    scheduler = cls.from_config({k: v for k, v in config.items() if k in params}, **kwargs)
+    scheduler.register_to_config(**extra)
+    step = samplers._step_params_of(cls)
+    return SchedulerBundle(
+        scheduler=scheduler,
+        accepts_generator="generator" in step,
+        accepts_eta="eta" in step,
+        accepts_variance_noise="variance_noise" in step,
+        sampler=spec,
+        schedule=schedule_type,
+    )
 
 
-def _mu(config: dict, image_seq_len: int) -> float:
-    """FluxPipeline's calculate_shift: the shift's log, linear in the image's token count."""
-    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
-    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
-    m = (max_shift - base_shift) / (max_len - base_len)
-    return image_seq_len * m + (base_shift - m * base_len)
+def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
+                    base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+    """``mu``, the log of the dynamic shift: linear in the image's token count (diffusers' Flux/SD3 pipelines)."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    b = base_shift - m * base_seq_len
+    return image_seq_len * m + b
 
 
-def set_flow_timesteps(scheduler, steps: int, image_seq_len: int, device, family: str = "flux") -> torch.Tensor:
-    """Set the scheduler's timesteps as the family's pipeline does and return them."""
-    takes = set(inspect.signature(scheduler.set_timesteps).parameters)
+@functools.lru_cache(maxsize=None)
+def _set_timesteps_params(cls) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.set_timesteps).parameters)
+
+
+def _fix_shift(scheduler, shift: float) -> None:
+    """Re-initialise a class without dynamic shifting (FlowMatchHeun) as if the model's config said ``shift``:
+    its ``__init__`` derives more than the config value from it (``sigma_min``)."""
+    params = inspect.signature(type(scheduler).__init__).parameters
+    init = {k: v for k, v in scheduler.config.items() if k in params and k not in ("self", "kwargs")}
+    init["shift"] = shift
+    type(scheduler).__init__(scheduler, **init)
+
+
+def set_flow_timesteps(scheduler, steps: int, image_seq_len: int, device, family: str | None = None) -> torch.Tensor:
+    """Set the scheduler's timesteps as the family's diffusers pipeline does; returns ``scheduler.timesteps``.
+
+    ``family`` "flux" takes ``FluxPipeline``'s path (sigmas ``linspace(1, 1/n, n)`` unless the class makes its own
+    flow sigmas), anything else ``StableDiffusion3Pipeline``'s (the scheduler's own spacing). None decides by the
+    scheduler's ``use_dynamic_shifting``, which Flux dev's config has; Flux schnell's has not, and neither has any
+    Flux model's under a user shift, so callers that know the family pass it. ``mu`` (from ``image_seq_len``, the
+    latent's token count) is passed where the config shifts dynamically and the class takes it.
+    """
+    config = scheduler.config
+    dynamic = bool(config.get("use_dynamic_shifting"))
+    flux = family == "flux" if family else dynamic
+    takes = _set_timesteps_params(type(scheduler))
     kwargs: dict = {}
-    dynamic = getattr(scheduler, "flow_dynamic", None)
-    if dynamic is not None:
-        mu = _mu(dynamic, image_seq_len)
-        if "mu" in takes and scheduler.config.get("use_dynamic_shifting"):
+    if dynamic:
+        mu = calculate_shift(
+            image_seq_len,
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15 if flux else 1.16),  # the pipelines' own fallbacks differ
+        )
+        if "mu" in takes:
             kwargs["mu"] = mu
-        else:  # no dynamic shifting in this class: the same shift, fixed for this resolution
-            key = "flow_shift" if "flow_shift" in scheduler.config else "shift"
-            scheduler.register_to_config(**{key: math.exp(mu)})
-    if family == "flux" and "sigmas" in takes and not scheduler.config.get("use_flow_sigmas"):
-        kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps)
-        scheduler.set_timesteps(sigmas=kwargs.pop("sigmas"), device=device, **kwargs)
+        else:
+            _fix_shift(scheduler, math.exp(mu))
+    if flux and "sigmas" in takes and not config.get("use_flow_sigmas"):
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), device=device, **kwargs)
     else:
         scheduler.set_timesteps(steps, device=device, **kwargs)
     return scheduler.timesteps
 
 
 def add_flow_noise(scheduler, latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-    """The img2img start (and inpainting's re-noised known region): (1 − σ)·x0 + σ·noise at `timestep`."""
+    """The img2img start (and inpainting's re-noised known region): (1 − σ)·x0 + σ·noise at ``timestep``.
+
+    FlowMatch classes call it ``scale_noise``; DPM/UniPC on flow sigmas compute the same in ``add_noise``."""
     if hasattr(scheduler, "scale_noise"):
         return scheduler.scale_noise(latents, timestep, noise)
     return scheduler.add_noise(latents, noise, timestep)
-
-
-__all__ = ["FLOW_SAMPLERS", "FLOW_SCHEDULE_TYPES", "build_flow_scheduler", "set_flow_timesteps", "add_flow_noise",
-           "flow_sampler_names", "resolve_flow", "schedule_types_for"]
