@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -216,3 +218,34 @@ def test_per_tensor_scaled_fp8_keeps_fp8_and_applies_each_scale(tmp_path, flux):
         return np.asarray(txt2img(ctx, req).images[0], np.int16)
 
     assert np.abs(draw(fp8) - draw(full)).max() <= 1
+
+
+@pytest.mark.parametrize("quant", ["Q4_K", "Q5_K", "Q6_K"])
+def test_k_quant_tensors_read_as_gguf_itself_decodes_them(tmp_path, quant):
+    """The K-quants Flux GGUFs are mostly shipped in (gguf-py cannot write them, so the blocks are random bytes with
+    sane fp16 scales): our reader keeps them quantized and they dequantize as gguf's own reference does."""
+    import gguf
+    from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
+    from gguf import quants
+
+    from modules.models.flow_loader import read_gguf
+
+    qtype = gguf.GGMLQuantizationType[quant]
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    rows, blocks = 4, 2
+    raw = np.random.RandomState(0).randint(0, 256, (rows, blocks, size)).astype(np.uint8)
+    scales = np.array([0.01, 0.005], np.float16).view(np.uint8)
+    where = slice(size - 2, size) if quant == "Q6_K" else slice(0, 4)  # Q6_K keeps its one d at the block's end
+    raw[:, :, where] = scales[:where.stop - where.start]
+    raw = raw.reshape(rows, blocks * size)
+    path = tmp_path / "k.gguf"
+    writer = gguf.GGUFWriter(str(path), arch="flux")
+    writer.add_tensor("double_blocks.0.img_attn.qkv.weight", raw, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tensor = read_gguf(path)["double_blocks.0.img_attn.qkv.weight"]
+    assert isinstance(tensor, GGUFParameter) and tuple(tensor.quant_shape) == (rows, blocks * block)
+    reference = torch.from_numpy(quants.dequantize(raw, qtype).copy()).float()
+    assert torch.allclose(dequantize_gguf_tensor(tensor).float(), reference, rtol=4e-3, atol=4e-3)  # fp16 vs fp32
