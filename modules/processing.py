@@ -843,8 +843,8 @@ class InpaintSetup:
 def img2img(ctx: ProcessingContext, req: Img2ImgRequest) -> GenerationResult:
     model = ctx.model
     gen = Generation(ctx, req)
-    f = model.vae_scale_factor
-    width, height = _round8(req.width, model.size_multiple), _round8(req.height, model.size_multiple)
+    m = model.size_multiple
+    width, height = _round8(req.width, m), _round8(req.height, m)
     background = ctx.opt("img2img_background_color", "#ffffff")
     inits = [_flatten(im, background) for im in req.init_images]
     extra: dict[str, Any] = {}
@@ -859,7 +859,6 @@ def img2img(ctx: ProcessingContext, req: Img2ImgRequest) -> GenerationResult:
         if req.inpainting_mask_invert:
             extra["Mask mode"] = "Inpaint not masked"
     if req.resize_mode == LATENT_RESIZE and setup is None:
-        m = model.size_multiple
         prepared = [im.resize((_round8(im.width, m), _round8(im.height, m)), Image.Resampling.LANCZOS) for im in inits]
     else:
         prepared = [_prepare_init(im, req, setup, width, height) for im in inits]

@@ -249,3 +249,51 @@ def test_k_quant_tensors_read_as_gguf_itself_decodes_them(tmp_path, quant):
     assert isinstance(tensor, GGUFParameter) and tuple(tensor.quant_shape) == (rows, blocks * block)
     reference = torch.from_numpy(quants.dequantize(raw, qtype).copy()).float()
     assert torch.allclose(dequantize_gguf_tensor(tensor).float(), reference, rtol=4e-3, atol=4e-3)  # fp16 vs fp32
+
+
+def test_a_large_16_bit_model_is_not_materialised_in_fp32(tmp_path, flux, monkeypatch):
+    """On the CPU (fp32 compute) a big fp16/bf16 Flux keeps its 16-bit weights and upcasts layer by layer; the
+    picture is the one the fully upcast model draws. (The tiny model stands in for 12B: the size limit is lowered.)"""
+    from modules.models import flow_loader
+    from modules.processing import ProcessingContext, txt2img
+    from modules.request_types import Txt2ImgRequest
+
+    path = tfm.write_all_in_one(flux, tmp_path / "bf16.safetensors", dtype=torch.bfloat16)
+    full = loader.load_model(path, devices.cpu())
+    monkeypatch.setattr(flow_loader, "LARGE_MODEL_PARAMS", 0)
+    kept = loader.load_model(path, devices.cpu())
+    assert kept.unet.transformer_blocks[0].attn.to_q.weight.dtype == torch.bfloat16
+    assert kept.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.bfloat16
+    assert full.unet.transformer_blocks[0].attn.to_q.weight.dtype == torch.float32
+
+    def draw(model):
+        req = Txt2ImgRequest(prompt="a photo of a cat", steps=2, cfg_scale=1, width=64, height=64, seed=5)
+        ctx = ProcessingContext(model=model, options={"return_grid": False}, outputs=None)
+        return np.asarray(txt2img(ctx, req).images[0], np.int16)
+
+    assert np.abs(draw(kept) - draw(full)).max() <= 1
+
+
+@pytest.mark.slow
+def test_bad_flux_files_leave_the_model_in_use_working(engine, data_dir, flux):
+    """A truncated Flux download and a Flux file whose T5 is missing: each is refused with a message that says
+    why, the files are not touched, and the SD1 model in use still generates."""
+    from modules.models.loader import ModelLoadError
+
+    ckpt = data_dir / "models" / "Stable-diffusion"
+    whole = tfm.write_all_in_one(flux, ckpt / "whole.safetensors")
+    truncated = ckpt / "truncated.safetensors"
+    truncated.write_bytes(whole.read_bytes()[:-4096])
+    whole.unlink()
+    tfm.write_transformer_only(flux, ckpt / "no-t5.safetensors", "bfl")
+    engine.models.get("sd1.safetensors")
+    engine.registry.refresh()
+    before = {p.name: p.read_bytes() for p in (truncated, ckpt / "no-t5.safetensors")}
+    with pytest.raises(ModelLoadError, match="truncated"):
+        engine.models.get("truncated.safetensors")
+    with pytest.raises(ModelLoadError, match=r"T5-XXL.*t5xxl_fp16\.safetensors.*models/text_encoder"):
+        engine.models.get("no-t5.safetensors")
+    assert {p.name: p.read_bytes() for p in (truncated, ckpt / "no-t5.safetensors")} == before
+    result = engine.txt2img({"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 1,
+                             "do_not_save_samples": True, "do_not_save_grid": True})
+    assert "Model: sd1" in result.info and len(result.images) == 1

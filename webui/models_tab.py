@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import html
 import logging
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from modules import downloads
-from modules.models import detect
 from modules.models import merge as merge_mod
 from modules.models.registry import list_vaes
 from webui.runner import USER_ERRORS, error_html
@@ -25,31 +23,18 @@ def _checkpoint_rows(engine) -> list[list[Any]]:
     rows = []
     for info in engine.registry.list():
         size = f"{info.size / 2**20:.1f} MiB" if info.size else ""
-        rows.append([info.title, info.shorthash or "(hashing…)", family_label(info.filename), size,
+        rows.append([info.title, info.shorthash or "(hashing…)", family_label(info), size,
                      str(info.filename)])
     return rows
 
 
-def family_label(path: Path) -> str:
-    """The family read from a .safetensors header (shapes only, no weights loaded); '—' where that can't be done."""
-    path = Path(path)
-    if path.is_dir():
-        return "diffusers folder"
-    if path.suffix.lower() != ".safetensors":
-        return "—"
-    try:
-        from safetensors import safe_open
-
-        class Shape:
-            def __init__(self, shape):
-                self.shape = tuple(shape)
-
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {k: Shape(f.get_slice(k).get_shape()) for k in f.keys()}
-        spec = detect.detect(shapes, name=path.name, prediction_hint=detect.prediction_hint_from_yaml(path))
-        return spec.label if spec.prediction_type != "probe" else spec.label.replace("(probe)", "")
-    except Exception as e:  # an unreadable file is shown as such, not an error page
-        return f"unreadable: {str(e)[:120]}"
+def family_label(info) -> str:
+    """The family the checkpoint list read from the file's header (shapes only); why it can't load, if it can't."""
+    if info.problem:
+        return f"unreadable: {info.problem[:120]}"
+    if info.is_diffusers:
+        return f"diffusers folder ({info.family})" if info.family else "diffusers folder"
+    return info.family or "—"
 
 
 def _vae_rows(engine):

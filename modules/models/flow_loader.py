@@ -88,13 +88,21 @@ def find_part(role: str, sources: PartSources) -> Path | None:
     return matches[0] if matches else None
 
 
-def missing_part_message(name: str, variant: str, role: str, sources: PartSources) -> str:
-    folder = "models/VAE" if role == "vae" else "models/text_encoder"
-    what = flow_parts.ROLE_LABELS[role]
-    hint = flow_parts.ROLE_FILES[role] + (" or t5xxl_fp8_e4m3fn.safetensors" if role == "t5" else "")
-    picked = " (none of the files picked under VAE / Text Encoder holds one)" if sources.selected else ""
-    return (f"{name}: {variant} needs a {what} {'VAE' if role == 'vae' else 'text encoder'} that the file does not "
-            f"carry{picked}: put {hint} in {folder} (or pick it under VAE / Text Encoder)")
+def missing_parts_message(name: str, variant: str, roles: list[str], sources: PartSources) -> str:
+    """One message naming every part a checkpoint lacks, the file each usually is, and the folder it goes in."""
+    def hint(role: str) -> str:
+        return flow_parts.ROLE_FILES[role] + (" (or t5xxl_fp8_e4m3fn.safetensors)" if role == "t5" else "")
+
+    what = ", ".join(flow_parts.ROLE_LABELS[r] for r in roles)
+    places = []
+    encoders = [hint(r) for r in roles if r != "vae"]
+    if encoders:
+        places.append(f"{' and '.join(encoders)} in models/text_encoder")
+    if "vae" in roles:
+        places.append(f"{hint('vae')} in models/VAE")
+    picked = " (none of the files picked under VAE / Text Encoder holds them)" if sources.selected else ""
+    return (f"{name}: {variant} needs parts the file does not carry: {what}{picked}. Put "
+            f"{'; '.join(places)} (or pick them under VAE / Text Encoder)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -204,14 +212,35 @@ def is_quantized(sd: Mapping) -> bool:
     return any(hasattr(v, "quant_type") for v in sd.values())
 
 
-def fp8_storage(sd: Mapping[str, torch.Tensor]) -> torch.dtype | None:
-    """The fp8 dtype most of the transformer's weight matrices are stored in, or None."""
+# A 16-bit file of a model this large stays 16-bit when computing in fp32 (the CPU's dtype): a 12B Flux is never
+# materialised in fp32 (48 GB); each layer is upcast while it computes.
+LARGE_MODEL_PARAMS = 1_000_000_000
+
+
+def _weights_dtype(sd: Mapping[str, torch.Tensor]) -> torch.dtype | None:
     counts: dict[torch.dtype, int] = {}
     for k, v in sd.items():
         if k.endswith(".weight") and v.ndim == 2:
             counts[v.dtype] = counts.get(v.dtype, 0) + 1
-    best = max(counts, key=counts.get, default=None)
+    return max(counts, key=counts.get, default=None)
+
+
+def fp8_storage(sd: Mapping[str, torch.Tensor]) -> torch.dtype | None:
+    """The fp8 dtype most of the transformer's weight matrices are stored in, or None."""
+    best = _weights_dtype(sd)
     return best if best in FP8_DTYPES else None
+
+
+def storage_dtype(sd: Mapping[str, torch.Tensor], dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype a model's weights stay in when it is not the compute dtype: fp8 always; fp16/bf16 for a large
+    model computed in fp32."""
+    fp8 = fp8_storage(sd)
+    if fp8 is not None or dtype != torch.float32:
+        return fp8
+    best = _weights_dtype(sd)
+    if best in (torch.float16, torch.bfloat16) and sum(v.numel() for v in sd.values()) >= LARGE_MODEL_PARAMS:
+        return best
+    return None
 
 
 def build_transformer(flow: FlowTransformerSpec, sd: Mapping, name: str, dtype: torch.dtype):
@@ -231,17 +260,18 @@ def build_transformer(flow: FlowTransformerSpec, sd: Mapping, name: str, dtype: 
         _assign_quantized(model, converted, name, dtype)
         model.storage_dtype = "gguf"
         return model.eval().requires_grad_(False)
-    storage = fp8_storage(converted)
+    storage = storage_dtype(converted, dtype)
     model = _fill(model, converted, "the transformer", name, dtype, keep=storage)
     if scales:
         _use_scales(model, scales, dtype)
         return model
-    return keep_fp8(model, storage, dtype)
+    return keep_storage(model, storage, dtype)
 
 
-def keep_fp8(model: torch.nn.Module, storage: torch.dtype | None, dtype: torch.dtype) -> torch.nn.Module:
-    """Leave fp8 weights fp8 and compute each layer in `dtype` (diffusers' layerwise casting hooks); the few
-    layers it keeps in full precision (norms, embeddings) are upcast once."""
+def keep_storage(model: torch.nn.Module, storage: torch.dtype | None, dtype: torch.dtype) -> torch.nn.Module:
+    """Leave the weights in `storage` (fp8, or 16-bit for a large model on fp32) and compute each layer in `dtype`
+    (diffusers' layerwise casting hooks); the few layers it keeps in full precision (norms, embeddings) are upcast
+    once."""
     if storage is None or storage == dtype:
         return model
     if hasattr(model, "enable_layerwise_casting"):  # a diffusers model knows which of its layers to skip
@@ -255,7 +285,7 @@ def keep_fp8(model: torch.nn.Module, storage: torch.dtype | None, dtype: torch.d
     for module in model.modules():
         if not hasattr(module, "_diffusers_hook"):
             for pname, param in module.named_parameters(recurse=False):
-                if param.dtype in FP8_DTYPES:
+                if param.dtype == storage:
                     setattr(module, pname, torch.nn.Parameter(param.to(dtype), requires_grad=False))
     return model
 
@@ -301,8 +331,8 @@ def build_part_encoder(part: flow_parts.Part, name: str, dtype: torch.dtype):
     what = f"the {flow_parts.ROLE_LABELS[part.role]} text encoder ({part.source})"
     if part.role == "t5":  # t5xxl_fp8_e4m3fn stays fp8 (4.9 GB, not 9.5 or 19)
         model = _empty(T5EncoderModel, T5Config(**cfg))
-        storage = fp8_storage(part.state_dict)
-        return keep_fp8(_fill(model, part.state_dict, what, name, dtype, keep=storage), storage, dtype)
+        storage = storage_dtype(part.state_dict, dtype)
+        return keep_storage(_fill(model, part.state_dict, what, name, dtype, keep=storage), storage, dtype)
     cls = CLIPTextModelWithProjection if part.config["_class_name"] == "CLIPTextModelWithProjection" else CLIPTextModel
     model = _empty(cls, CLIPTextConfig(**cfg))
     sd = part.state_dict
@@ -341,12 +371,12 @@ def load_flow_single_file(path: Path, sd: dict, spec: ModelSpec, device_config: 
         parts[role] = flow_parts.text_encoder_part(sd, role, prefix, path.name)
     if spec.defaults.get("has_vae"):
         parts["vae"] = flow_parts.vae_part(sd, flow.family, path.name)
-    for role in (*REQUIRED_PARTS[flow.family], "vae"):
-        if role in parts:
-            continue
-        found = find_part(role, sources)
-        if found is None:
-            raise ModelLoadError(missing_part_message(name, spec.variant, role, sources))
+    wanted = [r for r in (*REQUIRED_PARTS[flow.family], "vae") if r not in parts]
+    found_files = {role: find_part(role, sources) for role in wanted}
+    missing = [role for role, path in found_files.items() if path is None]
+    if missing:
+        raise ModelLoadError(missing_parts_message(name, spec.variant, missing, sources))
+    for role, found in found_files.items():
         part_sd = read_state_dict(found)
         parts[role] = (flow_parts.vae_part(part_sd, flow.family, found.name) if role == "vae"
                        else flow_parts.text_encoder_part(part_sd, role, "", found.name))
