@@ -182,15 +182,7 @@ def build_flow_scheduler(
 
     scheduler = cls.from_config({k: v for k, v in config.items() if k in params}, **kwargs)
     scheduler.register_to_config(**extra)
-    step = samplers._step_params_of(cls)
-    return SchedulerBundle(
-        scheduler=scheduler,
-        accepts_generator="generator" in step,
-        accepts_eta="eta" in step,
-        accepts_variance_noise="variance_noise" in step,
-        sampler=spec,
-        schedule=schedule_type,
-    )
+    return SchedulerBundle.of(scheduler, spec, schedule_type)
 
 
 def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,

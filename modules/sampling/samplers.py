@@ -425,6 +425,13 @@ class SchedulerBundle:
     def step_kwargs(self, generator=None, eta: float | None = None, **extra) -> dict:
         return step_kwargs(self.scheduler, generator, self.eta if eta is None else eta, **extra)
 
+    @classmethod
+    def of(cls, scheduler, sampler=None, schedule=None, eta: float | None = None) -> "SchedulerBundle":
+        """A bundle whose ``accepts_*`` flags are read off the scheduler class's ``step()``."""
+        sp = _step_params_of(type(scheduler))
+        return cls(scheduler=scheduler, accepts_generator="generator" in sp, accepts_eta="eta" in sp,
+                   accepts_variance_noise="variance_noise" in sp, sampler=sampler, schedule=schedule, eta=eta)
+
 
 def step_kwargs(scheduler, generator=None, eta: float | None = None, **extra) -> dict:
     """Extra keyword arguments for ``scheduler.step()``: ``generator`` (a torch.Generator or a per-image list) and
@@ -499,17 +506,7 @@ def build_scheduler(
     # only make diffusers log "config attributes ... are not expected".
     config = {k: v for k, v in dict(base_config).items() if k in params and k not in ("self", "kwargs")}
     scheduler = cls.from_config(config, **kwargs)
-
-    sp = _step_params_of(cls)
-    return SchedulerBundle(
-        scheduler=scheduler,
-        accepts_generator="generator" in sp,
-        accepts_eta="eta" in sp,
-        accepts_variance_noise="variance_noise" in sp,
-        sampler=spec,
-        schedule=schedule,
-        eta=eta,
-    )
+    return SchedulerBundle.of(scheduler, spec, schedule, eta)
 
 
 # --------------------------------------------------------------------------------------------------------------------
