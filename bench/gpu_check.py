@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """What to run on a machine with a GPU, in one go: CUDA facts, then our txt2img against diffusers' pipeline at
-SD1.5 size in fp16 (speed, peak memory, same pixels), then the start-up bench. Prints a Markdown block to paste
+SD1.5 size in fp16 (speed, peak memory, same pixels), a reduced Flux.1 dev against FluxPipeline in bf16, then the
+start-up bench. Prints a Markdown block to paste
 into bench/RESULTS.md (and appends it there with --write).
 
     python bench/gpu_check.py                 # about 5 minutes on a modern GPU (the SD1.5 file is built first)
@@ -50,6 +51,11 @@ def main(argv=None) -> int:
                    "--steps", steps, "--rounds", rounds, "--breakdown"], timeout=1800)
         parts += [f"### bench_txt2img.py, SD1.5 random weights, {size}x{size}, {steps} steps, fp16", "", "```",
                   out.strip()[-4000:], "```", ""]
+    size = "512" if args.quick else "1024"
+    out = run([sys.executable, "bench/bench_flux.py", "--device", "cuda", "--dtype", "bf16", "--size", size,
+               "--steps", "4" if args.quick else "20", "--rounds", rounds], timeout=1800)
+    parts += [f"### bench_flux.py, Flux.1 dev architecture (reduced), {size}x{size}, bf16", "", "```",
+              out.strip()[-3000:], "```", ""]
     out = run([sys.executable, "bench/bench_startup.py", "--rounds", "2" if args.quick else "3"], timeout=1200)
     parts += ["### bench_startup.py", "", "```", out.strip()[-2000:], "```", ""]
     text = "\n".join(parts)
