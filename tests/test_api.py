@@ -551,3 +551,35 @@ def test_request_caps_are_configurable(api):
     finally:
         assert api.post("/options", json={"api_max_steps": 150}).status_code == 200
     assert api.post("/txt2img", json={"steps": 2, "width": 64, "height": 64}).status_code == 200
+
+
+@pytest.mark.slow
+def test_flux_over_the_api(api):
+    """A Flux file dropped in with its parts: listed with its family, picked by `forge_additional_modules`, drawn
+    with `distilled_cfg_scale`; an SD-only sampler is a 4xx naming the ones that work."""
+    from tests import tiny_flow_models as tfm
+
+    models = api.data_dir / "models"
+    comps = tfm.build_flux()
+    parts = tfm.write_parts(comps, models)
+    path = tfm.write_transformer_only(comps, models / "Stable-diffusion" / "flux-api.safetensors", "bfl")
+    pinned = {"sd_model_checkpoint": "flux-api.safetensors"}
+    try:
+        assert api.post("/refresh-checkpoints").status_code == 200
+        families = {m["model_name"]: m["family"] for m in api.get("/sd-models").json()}
+        assert families["flux-api"] == "Flux.1 dev" and families["sd1"] == "SD 1.x"
+        picked = [p.name for p in parts.values()]
+        assert api.post("/options", json={"forge_additional_modules": picked}).status_code == 200
+        assert api.get("/options").json()["forge_additional_modules"] == picked
+        r = api.post("/txt2img", json={**FAST, "prompt": "a cube", "cfg_scale": 1, "distilled_cfg_scale": 2.5,
+                                       "sampler_name": "Euler", "override_settings": pinned})
+        assert r.status_code == 200, r.text
+        info = json.loads(r.json()["info"])
+        assert "Distilled CFG Scale: 2.5" in info["infotexts"][0] and "Model: flux-api" in info["infotexts"][0]
+        bad = api.post("/txt2img", json={**FAST, "prompt": "a cube", "sampler_name": "Euler a",
+                                         "override_settings": pinned})
+        assert 400 <= bad.status_code < 500 and "Euler, Heun, DPM++ 2M" in bad.text
+    finally:
+        path.unlink()
+        api.post("/options", json={"forge_additional_modules": []})
+        api.post("/refresh-checkpoints")
