@@ -156,3 +156,40 @@ def test_flux_lora_tag_changes_the_picture_and_is_in_the_infotext(engine, data_d
                              "override_settings": {"sd_model_checkpoint": "sd1.safetensors"}})
     assert any("fluxy" in w and "another model family" in w for w in on_sd1.warnings)
     assert os.path.exists(data_dir / "models" / "Lora" / "fluxy.safetensors")
+
+
+def test_lora_on_a_gguf_flux_adds_its_low_rank_terms(tmp_path):
+    """GGUF weights stay quantized: a plain LoRA adds x·downᵀ·upᵀ at the targeted layers instead, which computes
+    what the dequantized model with its weights patched computes; removing it leaves the layers untouched."""
+    from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
+
+    from modules.models.flow_loader import PartSources
+
+    comps = tfm.build_flux()
+    tfm.write_parts(comps, tmp_path)
+    sources = PartSources([tmp_path / "text_encoder"], [tmp_path / "VAE"])
+    quantized = loader.load_model(tfm.write_gguf(comps, tmp_path / "q.gguf"), devices.cpu(), sources=sources)
+    dense = loader.load_model(tfm.write_gguf(comps, tmp_path / "d.gguf"), devices.cpu(), sources=sources)
+    for module in dense.unet.modules():  # the same weights, dequantized into a plain model that can be patched
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, GGUFParameter):
+            module.__class__ = torch.nn.Linear
+            module.weight = torch.nn.Parameter(dequantize_gguf_tensor(weight).float(), requires_grad=False)
+    dense.unet.storage_dtype = None
+    dense.extra.clear()
+    tensors, _ = _random_lora(dense, ("double_blocks.0.img_attn.qkv", "single_blocks.0.linear1",
+                                      "final_layer.adaLN_modulation.1"))
+    entry = _entry(tmp_path, "on_gguf", tensors)
+    g = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 16, 64, generator=g), encoder_hidden_states=torch.randn(1, 8, 32,
+                  generator=g), pooled_projections=torch.randn(1, 64, generator=g), timestep=torch.tensor([0.5]),
+                  guidance=torch.tensor([3.5]), txt_ids=torch.zeros(8, 3), img_ids=torch.zeros(16, 3),
+                  return_dict=False)
+    plain = quantized.unet(**inputs)[0]
+    for model in (quantized, dense):
+        net = lora.ActiveNetwork(entry, unet_multiplier=0.8)
+        assert lora.apply_networks(model, [net]) == [] and net.applied
+    assert torch.allclose(quantized.unet(**inputs)[0], dense.unet(**inputs)[0], atol=1e-4)
+    assert not torch.allclose(quantized.unet(**inputs)[0], plain, atol=1e-4)
+    lora.apply_networks(quantized, [])
+    assert torch.equal(quantized.unet(**inputs)[0], plain)

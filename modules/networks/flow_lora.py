@@ -30,6 +30,7 @@ class NativeLayout:
         native = diffusers_to_bfl(meta) if family == "flux" else diffusers_to_sai(meta)
         self.shapes = {k[:-len(".weight")]: v.shape for k, v in native.items() if k.endswith(".weight")}
         self.underscored = {k.replace(".", "_"): k for k in self.shapes}
+        self.quantized = any(hasattr(v, "quant_type") for v in transformer.state_dict().values())  # GGUF
         cfg = transformer.config
         self.hidden = int(cfg.num_attention_heads * cfg.attention_head_dim)
         ends = [i for i in range(int(cfg.num_layers)) if f"transformer_blocks.{i}.attn.to_add_out.weight" not in meta]

@@ -348,7 +348,8 @@ class FileDeltas:
     deltas: dict[str, tuple[str, str, torch.nn.Module, torch.Tensor]]
     unmatched: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    quantized: int = 0  # modules left out because the model keeps them GGUF-quantized
+    quantized: int = 0  # modules left out because the model keeps them GGUF-quantized (and the file is no LoRA)
+    lowrank: dict[str, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def group_keys(sd: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -364,6 +365,24 @@ def group_keys(sd: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, Any]], 
     return groups, unknown
 
 
+def low_rank(parts: dict[str, torch.Tensor], dyn_dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(up·scale, down) of a plain linear LoRA, or None for anything else (LoHa, LoKr, conv, Tucker): what a layer
+    whose weight cannot be patched (GGUF-quantized) adds while computing, x·downᵀ·upᵀ."""
+    if set(parts) - {"up", "down", "alpha", "scale"} or "up" not in parts or "down" not in parts:
+        return None
+    up, down = _f(parts["up"]), _f(parts["down"])
+    if up.dim() != 2 or down.dim() != 2:
+        return None
+    dim = down.shape[0]
+    if dyn_dim is not None and dyn_dim < dim:
+        up, down = up[:, :dyn_dim], down[:dyn_dim]
+    return up * _scale(parts, dim), down
+
+
+def _quantized(module: torch.nn.Module) -> bool:
+    return hasattr(getattr(module, "weight", None), "quant_type")
+
+
 def _stored(module: torch.nn.Module, delta: torch.Tensor) -> torch.Tensor:
     """ΔW as the module stores its weight: a scaled fp8 layer keeps W/s, so it gets ΔW/s."""
     scale = getattr(module, "scale_weight", None)
@@ -376,6 +395,22 @@ def compute_deltas(sd: dict[str, torch.Tensor], index: ModuleIndex, dyn_dim: int
     native: dict[str, torch.Tensor] = {}
     for name, parts in groups.items():
         target_native = index.native.resolve(name) if index.native is not None else None
+        if target_native is not None and index.native.quantized:
+            pair = low_rank({k: v for k, v in parts.items() if k not in ("diff_b", "dora_scale")}, dyn_dim)
+            if pair is None:
+                out.quantized += 1
+                continue
+            up, down = pair
+            for dotted, up_part in index.native.split({target_native: up}).items():
+                hit = index.lookup("unet", dotted.replace(".", "_"))
+                if hit is None:
+                    out.unmatched.append(dotted)
+                elif _quantized(hit[1]):
+                    out.lowrank[hit[0] + ":weight"] = (hit[1], up_part, down)
+                else:
+                    out.deltas[hit[0] + ":weight"] = ("unet", "weight", hit[1],
+                                                      _stored(hit[1], (up_part @ down).reshape(hit[1].weight.shape)))
+            continue
         if target_native is not None:
             try:
                 weight_parts = {k: v for k, v in parts.items() if k not in ("diff_b", "dora_scale")}
@@ -389,8 +424,12 @@ def compute_deltas(sd: dict[str, torch.Tensor], index: ModuleIndex, dyn_dim: int
             continue
         target, module = hit
         comp = target.split(":", 1)[0]
-        if hasattr(module.weight, "quant_type"):
-            out.quantized += 1
+        if _quantized(module):
+            pair = low_rank({k: v for k, v in parts.items() if k not in ("diff_b", "dora_scale")}, dyn_dim)
+            if pair is None:
+                out.quantized += 1
+            else:
+                out.lowrank[target + ":weight"] = (module, *pair)
             continue
         try:
             if "diff_b" in parts and getattr(module, "bias", None) is not None:
@@ -411,9 +450,6 @@ def compute_deltas(sd: dict[str, torch.Tensor], index: ModuleIndex, dyn_dim: int
                 out.unmatched.append(dotted)
                 continue
             target, module = hit
-            if hasattr(module.weight, "quant_type"):
-                out.quantized += 1
-                continue
             delta = _stored(module, delta.reshape(module.weight.shape))
             out.deltas[target + ":weight"] = ("unet", "weight", module, delta)
     return out
@@ -442,6 +478,7 @@ class NetworkState:
     cache: "OrderedDict[tuple, FileDeltas]" = field(default_factory=OrderedDict)
     warnings: list[str] = field(default_factory=list)  # of the applied set, repeated while it stays applied
     refused: set[str] = field(default_factory=set)  # paths of the networks of that set that were not applied
+    hooks: list = field(default_factory=list)  # forward hooks adding low-rank LoRAs to unpatchable (GGUF) layers
 
 
 def state_of(model) -> NetworkState:
@@ -476,6 +513,7 @@ def restore(model, forget: bool = False) -> None:
     """Put back every original weight (bit-exact copies). The copies are kept (as A1111 does) so that switching
     back and forth does not copy the weights again; `forget=True` frees them."""
     state = state_of(model)
+    _remove_hooks(state)
     with torch.no_grad():
         for target in list(state.active):
             module, pname, backup = state.backups[target]
@@ -486,6 +524,31 @@ def restore(model, forget: bool = False) -> None:
         state.backups.clear()
     state.signature = ()
     state.warnings = []
+
+
+def _remove_hooks(state: NetworkState) -> None:
+    for handle in state.hooks:
+        handle.remove()
+    state.hooks = []
+
+
+def _add_low_rank(state: NetworkState, combined: dict[str, list]) -> None:
+    """Each GGUF layer a LoRA targets adds Σ mult·(x·downᵀ)·upᵀ to its output; its quantized weight is untouched,
+    so removing the hook restores it exactly."""
+    for pairs in combined.values():
+        module = pairs[0][0]
+        dtype = getattr(module, "compute_dtype", None) or torch.float32
+        device = module.weight.device
+        terms = [(down.t().to(device=device, dtype=dtype), up.t().to(device=device, dtype=dtype), mult)
+                 for _, up, down, mult in pairs]
+
+        def hook(mod, inputs, output, terms=terms):
+            x = inputs[0].to(terms[0][0].dtype)
+            for down_t, up_t, mult in terms:
+                output = output + ((x @ down_t) @ up_t * mult).to(output.dtype)
+            return output
+
+        state.hooks.append(module.register_forward_hook(hook))
 
 
 def apply_networks(model, networks: list[ActiveNetwork]) -> list[str]:
@@ -512,6 +575,7 @@ def apply_networks(model, networks: list[ActiveNetwork]) -> list[str]:
     warnings: list[str] = []
     refused: set[str] = set()
     combined: dict[str, list[tuple[torch.Tensor, float]]] = {}
+    low_rank_combined: dict[str, list] = {}
     where: dict[str, tuple[torch.nn.Module, str]] = {}
     for net in networks:
         net.applied = False
@@ -523,8 +587,8 @@ def apply_networks(model, networks: list[ActiveNetwork]) -> list[str]:
             continue
         if fd.quantized:
             warnings.append(f"LoRA {net.entry.name}: {fd.quantized} of its layers are GGUF-quantized in this model "
-                            "and were left out (LoRAs on GGUF checkpoints are not supported yet)")
-        if not fd.deltas:
+                            "and were left out (on GGUF checkpoints only plain LoRA layers apply, not LoHa/LoKr)")
+        if not fd.deltas and not fd.lowrank:
             if not fd.quantized:
                 label = model.spec.label if getattr(model, "spec", None) is not None else "loaded"
                 warnings.append(f"LoRA {net.entry.name}: none of its {len(fd.unmatched)} modules match the "
@@ -543,6 +607,9 @@ def apply_networks(model, networks: list[ActiveNetwork]) -> list[str]:
                 continue
             combined.setdefault(target, []).append((delta, mult))
             where[target] = (module, pname)
+        for target, (module, up, down) in fd.lowrank.items():
+            if net.unet_multiplier:
+                low_rank_combined.setdefault(target, []).append((module, up, down, net.unet_multiplier))
 
     with torch.no_grad():
         for target in [t for t in state.active if t not in combined]:
@@ -567,6 +634,8 @@ def apply_networks(model, networks: list[ActiveNetwork]) -> list[str]:
                 for delta, mult in parts:
                     acc.add_(delta.to(p.device), alpha=mult)
                 p.copy_(acc)
+    _remove_hooks(state)
+    _add_low_rank(state, low_rank_combined)
     state.signature = signature
     state.warnings = list(warnings)
     state.refused = refused
