@@ -190,7 +190,7 @@ def test_per_tensor_scaled_fp8_keeps_fp8_and_applies_each_scale(tmp_path, flux):
     import numpy as np
     from safetensors.torch import load_file, save_file
 
-    from modules.models.flow_loader import ScaledFP8Linear
+    from modules.models.lowbit import ScaledFP8Linear
     from modules.processing import ProcessingContext, txt2img
     from modules.request_types import Txt2ImgRequest
 
@@ -228,7 +228,7 @@ def test_k_quant_tensors_read_as_gguf_itself_decodes_them(tmp_path, quant):
     from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
     from gguf import quants
 
-    from modules.models.flow_loader import read_gguf
+    from modules.models.lowbit import read_gguf
 
     qtype = gguf.GGMLQuantizationType[quant]
     block, size = gguf.GGML_QUANT_SIZES[qtype]
@@ -254,13 +254,13 @@ def test_k_quant_tensors_read_as_gguf_itself_decodes_them(tmp_path, quant):
 def test_a_large_16_bit_model_is_not_materialised_in_fp32(tmp_path, flux, monkeypatch):
     """On the CPU (fp32 compute) a big fp16/bf16 Flux keeps its 16-bit weights and upcasts layer by layer; the
     picture is the one the fully upcast model draws. (The tiny model stands in for 12B: the size limit is lowered.)"""
-    from modules.models import flow_loader
+    from modules.models import lowbit
     from modules.processing import ProcessingContext, txt2img
     from modules.request_types import Txt2ImgRequest
 
     path = tfm.write_all_in_one(flux, tmp_path / "bf16.safetensors", dtype=torch.bfloat16)
     full = loader.load_model(path, devices.cpu())
-    monkeypatch.setattr(flow_loader, "LARGE_MODEL_PARAMS", 0)
+    monkeypatch.setattr(lowbit, "LARGE_MODEL_PARAMS", 0)
     kept = loader.load_model(path, devices.cpu())
     assert kept.unet.transformer_blocks[0].attn.to_q.weight.dtype == torch.bfloat16
     assert kept.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.bfloat16

@@ -17,7 +17,7 @@ from typing import Mapping
 import torch
 
 from modules.devices import DeviceConfig
-from modules.models import flow_parts
+from modules.models import flow_parts, lowbit
 from modules.models.detect import ModelSpec
 from modules.models.detect_flow import FlowTransformerSpec
 from modules.models.flow_spec import REQUIRED_PARTS, variant_defaults
@@ -109,9 +109,6 @@ def missing_parts_message(name: str, variant: str, roles: list[str], sources: Pa
 # Building
 
 
-_SCALED_FP8_KEYS = (".scale_weight", ".scale_input", "scaled_fp8")  # ComfyUI's per-tensor-scaled fp8 files
-
-
 def _to_diffusers(sd: Mapping, flow: FlowTransformerSpec, **kw) -> dict[str, torch.Tensor]:
     if flow.layout == "bfl":
         from modules.models.flux_keys import bfl_to_diffusers
@@ -126,16 +123,11 @@ def _to_diffusers(sd: Mapping, flow: FlowTransformerSpec, **kw) -> dict[str, tor
     return {k[len(p):]: v for k, v in sd.items() if k.startswith(p) and not (not p and k.startswith(owned))}
 
 
-def transformer_state_dict(sd: Mapping, flow: FlowTransformerSpec) -> dict[str, torch.Tensor]:
-    """The transformer's tensors in diffusers' layout, whatever layout the file uses."""
-    return split_scales(sd, flow)[0]
-
-
 def split_scales(sd: Mapping, flow: FlowTransformerSpec) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(weights in diffusers' layout, {diffusers module: per-tensor fp8 scale}). A scaled fp8 file stores W/s in
     fp8 and s beside it (`<module>.scale_weight`); fused release-layout modules share one scale, so each scale is
     carried through the same converter as a column of the weight's rows."""
-    weights = {k: v for k, v in sd.items() if not k.endswith(_SCALED_FP8_KEYS)}
+    weights = {k: v for k, v in sd.items() if not k.endswith(lowbit.SCALED_FP8_KEYS)}
     scale_keys = [k for k in sd if k.startswith(flow.prefix) and k.endswith(".scale_weight")]
     if not scale_keys:
         return _to_diffusers(weights, flow), {}
@@ -153,94 +145,9 @@ def split_scales(sd: Mapping, flow: FlowTransformerSpec) -> tuple[dict[str, torc
     return _to_diffusers(weights, flow), scales
 
 
-class ScaledFP8Linear(torch.nn.Linear):
-    """A Linear whose weight stays fp8 in memory and is multiplied by its per-tensor scale while computing."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.to(x.dtype) * self.scale_weight.to(x.dtype)
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return torch.nn.functional.linear(x, weight, bias)
-
-
-def _use_scales(model: torch.nn.Module, scales: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
-    """Every fp8 Linear computes through ScaledFP8Linear (scale 1 where the file has none); other fp8 tensors
-    (norm scales) are upcast once."""
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and module.weight.dtype in FP8_DTYPES:
-            module.__class__ = ScaledFP8Linear
-            module.register_buffer("scale_weight", scales.get(name, torch.tensor(1.0)).to(torch.float32))
-            if module.bias is not None and module.bias.dtype in FP8_DTYPES:
-                module.bias = torch.nn.Parameter(module.bias.to(dtype), requires_grad=False)
-        elif not isinstance(module, ScaledFP8Linear):
-            for pname, param in module.named_parameters(recurse=False):
-                if param.dtype in FP8_DTYPES:
-                    setattr(module, pname, torch.nn.Parameter(param.to(dtype), requires_grad=False))
-    model.storage_dtype = "scaled fp8"
-
-
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-
-
-def read_gguf(path: Path) -> dict:
-    """A GGUF transformer's tensors: quantized ones as diffusers' GGUFParameter (kept quantized in memory and
-    dequantized per layer while computing), F16/F32 ones as plain tensors."""
-    from diffusers.models.model_loading_utils import load_gguf_checkpoint
-
-    from modules.models.loader import ModelLoadError
-
-    try:
-        return load_gguf_checkpoint(str(path))
-    except ImportError:
-        raise ModelLoadError(f"{path.name}: reading GGUF files needs the gguf package (pip install gguf)") from None
-    except (ValueError, OSError, KeyError, IndexError) as e:
-        raise ModelLoadError(f"{path.name}: not a readable GGUF file ({str(e).splitlines()[0][:300]})") from None
-
-
-def gguf_header_shapes(path: Path) -> dict:
-    """key → logical shape of every tensor in a GGUF file, from its header (memory-mapped, nothing dequantized)."""
-    from gguf import GGUFReader
-
-    return {t.name: _Shape(tuple(int(d) for d in reversed(t.shape))) for t in GGUFReader(str(path)).tensors}
-
-
-def logical_shapes(sd: Mapping) -> dict:
-    """Shapes as the model sees them (a quantized tensor's shape counts bytes in its last dimension)."""
-    return {k: _Shape(getattr(v, "quant_shape", v.shape)) for k, v in sd.items()}
-
-
-def is_quantized(sd: Mapping) -> bool:
-    return any(hasattr(v, "quant_type") for v in sd.values())
-
-
-# A 16-bit file of a model this large stays 16-bit when computing in fp32 (the CPU's dtype): a 12B Flux is never
-# materialised in fp32 (48 GB); each layer is upcast while it computes.
-LARGE_MODEL_PARAMS = 1_000_000_000
-
-
-def _weights_dtype(sd: Mapping[str, torch.Tensor]) -> torch.dtype | None:
-    counts: dict[torch.dtype, int] = {}
-    for k, v in sd.items():
-        if k.endswith(".weight") and v.ndim == 2:
-            counts[v.dtype] = counts.get(v.dtype, 0) + 1
-    return max(counts, key=counts.get, default=None)
-
-
-def fp8_storage(sd: Mapping[str, torch.Tensor]) -> torch.dtype | None:
-    """The fp8 dtype most of the transformer's weight matrices are stored in, or None."""
-    best = _weights_dtype(sd)
-    return best if best in FP8_DTYPES else None
-
-
-def storage_dtype(sd: Mapping[str, torch.Tensor], dtype: torch.dtype) -> torch.dtype | None:
-    """The dtype a model's weights stay in when it is not the compute dtype: fp8 always; fp16/bf16 for a large
-    model computed in fp32."""
-    fp8 = fp8_storage(sd)
-    if fp8 is not None or dtype != torch.float32:
-        return fp8
-    best = _weights_dtype(sd)
-    if best in (torch.float16, torch.bfloat16) and sum(v.numel() for v in sd.values()) >= LARGE_MODEL_PARAMS:
-        return best
-    return None
+def transformer_state_dict(sd: Mapping, flow: FlowTransformerSpec) -> dict[str, torch.Tensor]:
+    """The transformer's tensors in diffusers' layout, whatever layout the file uses."""
+    return split_scales(sd, flow)[0]
 
 
 def build_transformer(flow: FlowTransformerSpec, sd: Mapping, name: str, dtype: torch.dtype):
@@ -253,61 +160,19 @@ def build_transformer(flow: FlowTransformerSpec, sd: Mapping, name: str, dtype: 
     cls = FluxTransformer2DModel if flow.family == "flux" else SD3Transformer2DModel
     converted, scales = split_scales(sd, flow)
     model = _empty(cls, flow.config)
-    if is_quantized(converted):  # GGUF: its linear layers become diffusers' GGUFLinear, weights stay quantized
+    if lowbit.is_quantized(converted):  # GGUF: its linear layers become diffusers' GGUFLinear, weights stay quantized
         from diffusers.quantizers.gguf.utils import _replace_with_gguf_linear
 
         _replace_with_gguf_linear(model, dtype, converted)
-        _assign_quantized(model, converted, name, dtype)
+        lowbit.assign_quantized(model, converted, name, dtype)
         model.storage_dtype = "gguf"
         return model.eval().requires_grad_(False)
-    storage = storage_dtype(converted, dtype)
+    storage = lowbit.storage_dtype(converted, dtype)
     model = _fill(model, converted, "the transformer", name, dtype, keep=storage)
     if scales:
-        _use_scales(model, scales, dtype)
+        lowbit.use_scales(model, scales, dtype)
         return model
-    return keep_storage(model, storage, dtype)
-
-
-def keep_storage(model: torch.nn.Module, storage: torch.dtype | None, dtype: torch.dtype) -> torch.nn.Module:
-    """Leave the weights in `storage` (fp8, or 16-bit for a large model on fp32) and compute each layer in `dtype`
-    (diffusers' layerwise casting hooks); the few layers it keeps in full precision (norms, embeddings) are upcast
-    once."""
-    if storage is None or storage == dtype:
-        return model
-    if hasattr(model, "enable_layerwise_casting"):  # a diffusers model knows which of its layers to skip
-        model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=dtype)
-    else:  # T5: its embeddings, layer norms and `wo` (T5 casts its input to wo's dtype) in full precision
-        from diffusers.hooks import apply_layerwise_casting
-
-        apply_layerwise_casting(model, storage_dtype=storage, compute_dtype=dtype,
-                                skip_modules_pattern=("embed", "shared", "norm", "relative_attention_bias", r"\.wo$"))
-    model.storage_dtype = storage
-    for module in model.modules():
-        if not hasattr(module, "_diffusers_hook"):
-            for pname, param in module.named_parameters(recurse=False):
-                if param.dtype == storage:
-                    setattr(module, pname, torch.nn.Parameter(param.to(dtype), requires_grad=False))
-    return model
-
-
-def _assign_quantized(model: torch.nn.Module, sd: Mapping, name: str, dtype: torch.dtype) -> None:
-    """Put every tensor in place as it is (load_state_dict would refuse a quantized tensor's byte shape); plain
-    floating tensors in the compute dtype."""
-    from modules.models.loader import ModelLoadError
-
-    expected = list(model.state_dict().keys())
-    missing = [k for k in expected if k not in sd]
-    if missing:
-        raise ModelLoadError(f"{name}: the transformer is missing {len(missing)} tensors (e.g. {missing[0]})")
-    for key in expected:
-        owner, _, attr = key.rpartition(".")
-        module = model.get_submodule(owner) if owner else model
-        value = sd[key]
-        if not hasattr(value, "quant_type"):
-            value = value.to(dtype) if value.is_floating_point() else value
-            if attr in module._parameters:
-                value = torch.nn.Parameter(value, requires_grad=False)
-        (module._parameters if attr in module._parameters else module._buffers)[attr] = value
+    return lowbit.keep_storage(model, storage, dtype)
 
 
 def build_flow_vae(part: flow_parts.Part, name: str, dtype: torch.dtype):
@@ -331,8 +196,8 @@ def build_part_encoder(part: flow_parts.Part, name: str, dtype: torch.dtype):
     what = f"the {flow_parts.ROLE_LABELS[part.role]} text encoder ({part.source})"
     if part.role == "t5":  # t5xxl_fp8_e4m3fn stays fp8 (4.9 GB, not 9.5 or 19)
         model = _empty(T5EncoderModel, T5Config(**cfg))
-        storage = storage_dtype(part.state_dict, dtype)
-        return keep_storage(_fill(model, part.state_dict, what, name, dtype, keep=storage), storage, dtype)
+        storage = lowbit.storage_dtype(part.state_dict, dtype)
+        return lowbit.keep_storage(_fill(model, part.state_dict, what, name, dtype, keep=storage), storage, dtype)
     cls = CLIPTextModelWithProjection if part.config["_class_name"] == "CLIPTextModelWithProjection" else CLIPTextModel
     model = _empty(cls, CLIPTextConfig(**cfg))
     sd = part.state_dict

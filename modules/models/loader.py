@@ -94,7 +94,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelLoadError(f"{path.name}: file not found")
     if path.suffix.lower() == ".gguf":
-        from modules.models.flow_loader import read_gguf
+        from modules.models.lowbit import read_gguf
 
         return read_gguf(path)
     if path.suffix.lower() == ".safetensors":
@@ -359,7 +359,7 @@ def load_single_file(path: Path, device_config: DeviceConfig, *, name: str | Non
     name = name or path.name
     sd = read_state_dict(path)
     if path.suffix.lower() == ".gguf":
-        from modules.models.flow_loader import logical_shapes
+        from modules.models.lowbit import logical_shapes
 
         spec = detect_mod.detect(logical_shapes(sd), name=name)
     else:

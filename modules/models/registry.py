@@ -401,7 +401,7 @@ def _header_check(path: Path, size: int | None = None) -> tuple[str | None, str 
                 return f"truncated: {size} of {needed} bytes (download it again)", None
             return _architecture_check(path, header)
         if path.suffix.lower() == ".gguf":
-            from modules.models.flow_loader import gguf_header_shapes
+            from modules.models.lowbit import gguf_header_shapes
 
             return _detect_shapes(path, gguf_header_shapes(path))
         if zipfile.is_zipfile(path):
