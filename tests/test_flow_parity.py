@@ -32,6 +32,8 @@ def flow_models(tmp_path_factory):
     models = {
         "flux-dev all-in-one": loader.load_model(tfm.write_all_in_one(dev, root / "dev.safetensors"), cpu),
         "sd3 all-in-one": loader.load_model(tfm.write_all_in_one(sd3, root / "sd3.safetensors"), cpu),
+        "sd3.5-large-like sai all-in-one": loader.load_model(
+            tfm.write_all_in_one(tfm.build_sd3(large35=True, seed=2), root / "sd35l.safetensors"), cpu),
         "sd3.5-medium diffusers folder": loader.load_model(tfm.write_diffusers_folder(sd35, root / "sd35"), cpu),
     }
     parts = root / "models"
@@ -86,7 +88,7 @@ def _reference_kwargs(model, cfg: float, negative: str) -> dict:
 
 CASES = [("flux-dev all-in-one", 1.0), ("flux-dev all-in-one", 3.0), ("flux-schnell bfl + parts", 1.0),
          ("flux-dev gguf Q8_0", 1.0),
-         ("sd3 all-in-one", 5.0), ("sd3.5-medium diffusers folder", 4.0)]
+         ("sd3 all-in-one", 5.0), ("sd3.5-medium diffusers folder", 4.0), ("sd3.5-large-like sai all-in-one", 4.5)]
 
 
 @pytest.mark.parametrize("name,cfg", CASES)

@@ -56,10 +56,13 @@ def build_flux(guidance: bool = True, seed: int = 0, fill: bool = False) -> dict
             "text_encoder": _clip(64, "quick_gelu", False).eval(), "text_encoder_2": _t5(32).eval()}
 
 
-def build_sd3(medium35: bool = False, seed: int = 0) -> dict:
-    """SD3 Medium (or SD3.5 Medium: q/k norms and dual-attention blocks): transformer, VAE, CLIP-L, CLIP-G, T5."""
+def build_sd3(medium35: bool = False, seed: int = 0, large35: bool = False) -> dict:
+    """SD3 Medium, SD3.5 Medium (q/k norms and dual-attention blocks) or SD3.5 Large-like (q/k norms only):
+    transformer, VAE, CLIP-L, CLIP-G, T5."""
     torch.manual_seed(seed)
     extra = dict(qk_norm="rms_norm", dual_attention_layers=(0,)) if medium35 else {}
+    if large35:
+        extra = dict(qk_norm="rms_norm")
     transformer = SD3Transformer2DModel(
         sample_size=32, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=64, num_attention_heads=1,
         joint_attention_dim=192, caption_projection_dim=64, pooled_projection_dim=192, out_channels=16,
