@@ -157,7 +157,8 @@ def test_header_detection_shows_the_family(tmp_path, flux, sd3):
 @pytest.mark.parametrize("quant", ["Q8_0", "Q4_0"])
 def test_gguf_transformer_stays_quantized_with_the_files_values(tmp_path, flux, quant):
     """A GGUF Flux (city96's layout) keeps its linear weights quantized in memory; dequantized they are exactly
-    what gguf's own reader makes of the file (to fp16 precision), through our BFL → diffusers conversion (fused q/k/v split by rows)."""
+    what gguf's own reader makes of the file (to fp16 precision), through our BFL → diffusers conversion (fused
+    q/k/v split by rows)."""
     import gguf
     from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
     from gguf import quants

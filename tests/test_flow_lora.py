@@ -53,7 +53,8 @@ def _random_lora(model, targets, seed=0):
         out_f, in_f = native[name + ".weight"].shape
         down, up = torch.randn(RANK, in_f, generator=g) * 0.3, torch.randn(out_f, RANK, generator=g) * 0.3
         key = "lora_unet_" + name.replace(".", "_")
-        tensors.update({key + ".lora_down.weight": down, key + ".lora_up.weight": up, key + ".alpha": torch.tensor(ALPHA)})
+        tensors.update({key + ".lora_down.weight": down, key + ".lora_up.weight": up,
+                        key + ".alpha": torch.tensor(ALPHA)})
         deltas[name] = (up @ down) * (ALPHA / RANK)
     return tensors, deltas
 

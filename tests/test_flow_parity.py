@@ -145,7 +145,8 @@ def test_flux_fill_inpaint_matches_fluxfillpipeline(tmp_path):
                          height=SIZE, seed=SEED, sampler_name="Euler", distilled_cfg_scale=30)
     ours = _ours(model, req)
     pipe = FluxFillPipeline(transformer=model.unet, vae=model.vae, text_encoder=model.text_encoder,
-                            tokenizer=model.tokenizer, text_encoder_2=model.text_encoder_2, tokenizer_2=model.tokenizer_2,
+                            tokenizer=model.tokenizer, text_encoder_2=model.text_encoder_2,
+                            tokenizer_2=model.tokenizer_2,
                             scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config))
     raw = pipe(PROMPT, image=init, mask_image=mask, height=SIZE, width=SIZE, num_inference_steps=4,
                guidance_scale=30, generator=_gens(1), max_sequence_length=512).images

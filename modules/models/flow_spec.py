@@ -51,6 +51,7 @@ def flow_model_spec(sd: Mapping, flow: FlowTransformerSpec) -> ModelSpec:
         family=flow.family, inpainting=flow.variant == "Flux.1 Fill", prediction_type="flow",
         unet=dict(flow.config), vae=vae.config if vae is not None else load_template(flow.family, "vae"),
         text_encoders=encoders, scheduler=scheduler, te_prefixes=prefixes,
-        te_layouts={r: "hf" for r in encoders}, variant=flow.variant, flow=flow, defaults={**defaults, "has_vae": vae is not None},
+        te_layouts={r: "hf" for r in encoders}, variant=flow.variant, flow=flow,
+        defaults={**defaults, "has_vae": vae is not None},
     )
 

@@ -66,8 +66,9 @@ class SD3Denoiser:
     def __call__(self, x, t, encoder_hidden_states, added_cond_kwargs=None, return_dict=False):
         pooled = (added_cond_kwargs or {}).get("text_embeds")
         timestep = t.expand(x.shape[0]) if torch.is_tensor(t) else torch.full([x.shape[0]], float(t))
-        out = self.transformer(hidden_states=x, timestep=timestep.to(x.device), encoder_hidden_states=encoder_hidden_states,
-                               pooled_projections=pooled, return_dict=False)[0]
+        out = self.transformer(hidden_states=x, timestep=timestep.to(x.device),
+                               encoder_hidden_states=encoder_hidden_states, pooled_projections=pooled,
+                               return_dict=False)[0]
         return (out,)
 
 
