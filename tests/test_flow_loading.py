@@ -298,3 +298,20 @@ def test_bad_flux_files_leave_the_model_in_use_working(engine, data_dir, flux):
     result = engine.txt2img({"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 1,
                              "do_not_save_samples": True, "do_not_save_grid": True})
     assert "Model: sd1" in result.info and len(result.images) == 1
+
+
+def test_flux_uses_clip_ls_unprojected_pooled_output_even_from_a_file_with_a_projection(tmp_path, flux):
+    """ComfyUI's clip_l.safetensors carries `text_projection.weight` (SD3 uses it); Flux's pipeline pools CLIP-L
+    without it, so the loaded Flux encoder is a plain CLIPTextModel and conditions exactly as FluxPipeline does."""
+    from safetensors.torch import save_file
+
+    from modules.models.ldm_export import _text_model_state_dict
+
+    parts = tfm.write_parts(flux, tmp_path)
+    sd = _text_model_state_dict(flux["text_encoder"])
+    sd["text_projection.weight"] = torch.randn(64, 64)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(parts["clip_l"]))
+    path = tfm.write_transformer_only(flux, tmp_path / "flux.safetensors", "bfl")
+    model = loader.load_model(path, devices.cpu(), sources=_sources(tmp_path))
+    assert type(model.text_encoder).__name__ == "CLIPTextModel"
+    _assert_same(model, flux)

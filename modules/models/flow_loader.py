@@ -187,10 +187,12 @@ def build_flow_vae(part: flow_parts.Part, name: str, dtype: torch.dtype):
     return _fill(_empty(AutoencoderKL, part.config), sd, f"the VAE ({part.source})", name, dtype)
 
 
-def build_part_encoder(part: flow_parts.Part, name: str, dtype: torch.dtype):
+def build_part_encoder(part: flow_parts.Part, name: str, dtype: torch.dtype, family: str):
+    """A text encoder in the class the family's pipeline uses: Flux takes CLIP-L's unprojected pooled output
+    (CLIPTextModel, a `text_projection` in the file is ignored); SD3 takes both CLIPs' projections."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from modules.models.loader import _empty, _fill
+    from modules.models.loader import ModelLoadError, _empty, _fill
 
     cfg = {k: v for k, v in part.config.items() if not k.startswith("_") and k != "architectures"}
     what = f"the {flow_parts.ROLE_LABELS[part.role]} text encoder ({part.source})"
@@ -198,7 +200,12 @@ def build_part_encoder(part: flow_parts.Part, name: str, dtype: torch.dtype):
         model = _empty(T5EncoderModel, T5Config(**cfg))
         storage = lowbit.storage_dtype(part.state_dict, dtype)
         return lowbit.keep_storage(_fill(model, part.state_dict, what, name, dtype, keep=storage), storage, dtype)
-    cls = CLIPTextModelWithProjection if part.config["_class_name"] == "CLIPTextModelWithProjection" else CLIPTextModel
+    projected = part.config["_class_name"] == "CLIPTextModelWithProjection"
+    if family == "sd3" and not projected:
+        label = flow_parts.ROLE_LABELS[part.role]
+        raise ModelLoadError(f"{name}: {part.source} has no text projection, which SD3's {label} needs (use the "
+                             "clip_l/clip_g files made for SD3)")
+    cls = CLIPTextModelWithProjection if projected and family == "sd3" else CLIPTextModel
     model = _empty(cls, CLIPTextConfig(**cfg))
     sd = part.state_dict
     if not hasattr(model, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
@@ -252,7 +259,7 @@ def load_flow_single_file(path: Path, sd: dict, spec: ModelSpec, device_config: 
     sd.clear()
     vae = build_flow_vae(parts.pop("vae"), name, vdt)
     spec.vae = dict(vae.config)
-    encoders = {role: build_part_encoder(part, name, dt) for role, part in parts.items()}
+    encoders = {role: build_part_encoder(part, name, dt, flow.family) for role, part in parts.items()}
     parts.clear()
     slots = {k: _finish(v, device_config, dt) for k, v in _encoder_slots(flow.family, encoders).items()}
     model = LoadedModel(
