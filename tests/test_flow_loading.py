@@ -315,3 +315,16 @@ def test_flux_uses_clip_ls_unprojected_pooled_output_even_from_a_file_with_a_pro
     model = loader.load_model(path, devices.cpu(), sources=_sources(tmp_path))
     assert type(model.text_encoder).__name__ == "CLIPTextModel"
     _assert_same(model, flux)
+
+
+def test_a_bitsandbytes_nf4_file_says_what_to_use_instead(tmp_path, flux):
+    from safetensors.torch import load_file, save_file
+
+    path = tfm.write_all_in_one(flux, tmp_path / "flux1-dev-bnb-nf4.safetensors")
+    sd = load_file(str(path))
+    key = "model.diffusion_model.double_blocks.0.img_attn.qkv.weight"
+    sd[key + ".absmax"] = torch.ones(4)
+    sd[key + ".quant_state.bitsandbytes__nf4"] = torch.zeros(8, dtype=torch.uint8)
+    save_file(sd, str(path))
+    with pytest.raises(ModelLoadError, match="bitsandbytes NF4.*GGUF"):
+        loader.load_model(path, devices.cpu())

@@ -237,6 +237,9 @@ def load_flow_single_file(path: Path, sd: dict, spec: ModelSpec, device_config: 
 
     sources = sources or PartSources()
     flow = spec.flow
+    if any(".quant_state.bitsandbytes__" in k or k.endswith(".absmax") for k in sd):
+        raise ModelLoadError(f"{name}: a bitsandbytes NF4/FP4 checkpoint (Forge's -bnb-nf4 files), which this version "
+                             "does not read; use the GGUF (e.g. Q4_K) or fp8 release of the same model")
     dt, vdt = device_config.dtype, device_config.vae_dtype
     parts: dict[str, flow_parts.Part] = {}
     for role, prefix in spec.te_prefixes.items():
