@@ -40,15 +40,23 @@ class Work:
     channels: int
     latent_pixels: int
     rows: int = 1
+    kernel: int = 9  # 3x3 convolution (UNet); 1 for a transformer's linear layer over its tokens
 
     @property
     def op_flops(self) -> float:
-        return 2.0 * 9 * self.channels * self.channels * self.latent_pixels * self.rows
+        return 2.0 * self.kernel * self.channels * self.channels * self.latent_pixels * self.rows
 
     @classmethod
     def for_job(cls, unet_config, width: int, height: int, batch: int, cfg: bool, vae_scale: int = 8) -> "Work":
+        rows = batch * (2 if cfg else 1)
+        heads = getattr(unet_config, "num_attention_heads", None)
+        head_dim = getattr(unet_config, "attention_head_dim", None)
+        if isinstance(heads, int) and isinstance(head_dim, int) and not hasattr(unet_config, "block_out_channels"):
+            # Flux/SD3: a linear layer of the model's width over the image's 2x2 patches and ~256 text tokens
+            tokens = (width // vae_scale // 2) * (height // vae_scale // 2) + 256
+            return cls(heads * head_dim, tokens, rows, kernel=1)
         channels = (getattr(unet_config, "block_out_channels", None) or [320])[0]
-        return cls(int(channels), max(1, (width // vae_scale) * (height // vae_scale)), batch * (2 if cfg else 1))
+        return cls(int(channels), max(1, (width // vae_scale) * (height // vae_scale)), rows)
 
 
 def usable_cores() -> int:

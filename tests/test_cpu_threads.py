@@ -111,3 +111,16 @@ def test_bad_thread_counts_are_refused(capsys):
     assert "--threads" in capsys.readouterr().err
     with pytest.raises(ValueError, match="cpu_threads"):
         Settings().set("cpu_threads", -2)
+
+
+def test_a_transformer_job_is_sized_by_its_width_and_tokens():
+    """Flux/SD3 configs have no conv widths: a tiny test transformer is small work (1 thread), Flux dev at 1024²
+    is not."""
+    from types import SimpleNamespace
+
+    from modules.cpu_threads import SMALL_WORK_FLOPS, Work
+
+    tiny = Work.for_job(SimpleNamespace(num_attention_heads=2, attention_head_dim=16), 64, 64, 1, cfg=False)
+    flux = Work.for_job(SimpleNamespace(num_attention_heads=24, attention_head_dim=128), 1024, 1024, 1, cfg=False)
+    assert tiny.op_flops < SMALL_WORK_FLOPS < flux.op_flops
+    assert flux.op_flops == 2 * 3072 * 3072 * (64 * 64 + 256)
