@@ -122,6 +122,7 @@ class ProcessingContext:
     hooks: ProcessingHooks = NO_HOOKS
     upscale: Callable[[Image.Image, str, int, int], Image.Image] | None = None  # pixel upscaler by name, if any
     upscalers: Any = None  # modules.upscaling.UpscalerRegistry: hires fix's model upscalers (ESRGAN…) by name
+    control_units: list = field(default_factory=list)  # modules.controlnet.units.ControlUnit, applied every batch
 
     def opt(self, name: str, default: Any = None) -> Any:
         return self.options.get(name, default)
@@ -504,7 +505,7 @@ class Generation:
             step_kwargs=bundle.step_kwargs(generator=gens, eta=self._eta(bundle)),
             inpaint=inpaint_latents, on_step=self._on_step,
             conditioning_at=prompt_schedule.at if prompt_schedule.varies else None, hooks=self.hooks.sampling(),
-            add_noise=add_noise if flow else None,
+            add_noise=add_noise if flow else None, controls=self._controls(plan),
         )
         if model.is_sdxl:
             aest = model.family == "sdxl_refiner"
@@ -519,6 +520,18 @@ class Generation:
         if len(timesteps) == 0:
             return image_latents if image_latents is not None else latents
         return sample(job)
+
+    def _controls(self, plan: BatchPlan) -> list:
+        """The context's ControlNet units with their maps at this batch's size (SD1/SDXL UNets)."""
+        if not self.ctx.control_units:
+            return []
+        if self.model.is_flow:
+            raise RequestError(f"{self.model.spec.label}: ControlNet is not available for this model family yet")
+        from modules.controlnet.units import ActiveControl
+
+        model = self.model
+        return [ActiveControl(u, u.tensor(plan.width, plan.height, len(plan.seeds), model.device, model.dtype))
+                for u in self.ctx.control_units]
 
     def _eta(self, bundle) -> float | None:
         if self.req.eta is not None:

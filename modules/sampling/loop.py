@@ -85,6 +85,7 @@ class SamplingJob:
     cfg_hooks: list[Callable] = field(default_factory=list)
     hooks: SamplingHooks | None = None
     add_noise: Callable | None = None  # (x0, noise, timesteps) → noised; default the scheduler's (flow: scale_noise)
+    controls: list = field(default_factory=list)  # controlnet.units.ActiveControl: residuals added to the UNet
 
     @property
     def use_cfg(self) -> bool:
@@ -115,12 +116,14 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
     embeds, added = _unet_inputs(job, cond, uncond)
     x = torch.cat([latents] * 2) if job.use_cfg else latents
     x = _scale_input(job.scheduler, x, t)
+    control = _control(job, x, t, embeds, added, step)
     if job.inpaint is not None and job.inpaint.masked_image_latents is not None:
         mask, masked = job.inpaint.mask, job.inpaint.masked_image_latents
         if job.use_cfg:
             mask, masked = torch.cat([mask] * 2), torch.cat([masked] * 2)
         x = torch.cat([x, *job.inpaint.channels(mask, masked)], dim=1)
-    noise_pred = job.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+    noise_pred = job.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False,
+                          **control)[0]
     if job.hooks is not None:
         noise_pred = job.hooks.after_model(noise_pred, step, total)
     if job.use_cfg:
@@ -129,6 +132,15 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
     for hook in job.cfg_hooks:
         noise_pred = hook(noise_pred, latents, t, step) or noise_pred
     return _after_cfg(job, noise_pred, step)
+
+
+def _control(job: SamplingJob, x: torch.Tensor, t, embeds, added, step: int) -> dict:
+    """ControlNet residuals for this step (the ControlNet sees the UNet's latents before inpainting channels)."""
+    if not job.controls:
+        return {}
+    from modules.controlnet.units import residuals
+
+    return residuals(job.controls, x, t, embeds, added, job.use_cfg, step, len(job.timesteps))
 
 
 def _scale_input(scheduler, x: torch.Tensor, t) -> torch.Tensor:

@@ -1,0 +1,87 @@
+"""ControlNet in our one loop equals diffusers' StableDiffusionControlNetPipeline on the same components: a tiny
+ControlNet made from the tiny SD1 UNet (`ControlNetModel.from_unet`, random conditioning weights), one and two
+units, guidance windows, CFG on and off."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modules.controlnet.units import ControlUnit
+from modules.processing import ProcessingContext, txt2img
+from modules.request_types import Txt2ImgRequest
+
+SEED, SIZE = 77, 64
+
+
+def _controlnet(unet, seed: int):
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 48, 64))
+    with torch.no_grad():  # from_unet zero-initialises the residual convs: give them weights so they act
+        for p in net.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.2)
+    return net.eval()
+
+
+def _map(seed: int) -> Image.Image:
+    rs = np.random.RandomState(seed)
+    edges = np.zeros((SIZE, SIZE, 3), np.uint8)
+    edges[rs.randint(0, SIZE, 300), rs.randint(0, SIZE, 300)] = 255
+    return Image.fromarray(edges)
+
+
+def _ours(model, units, cfg, batch=1):
+    ctx = ProcessingContext(model=model, options={"return_grid": False}, outputs=None, control_units=units)
+    req = Txt2ImgRequest(prompt="a red ball", negative_prompt="blurry", steps=6, cfg_scale=cfg, width=SIZE,
+                         height=SIZE, seed=SEED, sampler_name="Euler", batch_size=batch)
+    return txt2img(ctx, req).images
+
+
+def _theirs(model, nets, maps, weights, starts, ends, cfg, batch=1):
+    from diffusers import StableDiffusionControlNetPipeline
+    from diffusers import MultiControlNetModel
+
+    from modules.sampling import samplers
+
+    scheduler = samplers.build_scheduler(*samplers.resolve("Euler", None), model.scheduler_config).scheduler
+    controlnet = nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
+    pipe = StableDiffusionControlNetPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+        controlnet=controlnet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    one = len(nets) == 1
+    return pipe("a red ball", negative_prompt="blurry", image=maps[0] if one else maps, num_inference_steps=6,
+                guidance_scale=cfg, width=SIZE, height=SIZE, num_images_per_prompt=batch,
+                generator=[torch.Generator().manual_seed(SEED + i) for i in range(batch)],
+                controlnet_conditioning_scale=weights[0] if one else weights,
+                control_guidance_start=starts[0] if one else starts,
+                control_guidance_end=ends[0] if one else ends).images
+
+
+def _diff(a, b) -> int:
+    return max(int(np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)).max()) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("cfg,window,batch", [(7.0, (0.0, 1.0), 1), (1.0, (0.0, 1.0), 2), (5.0, (0.2, 0.7), 1)])
+def test_one_unit_matches_the_controlnet_pipeline(load_tiny, cfg, window, batch):
+    model = load_tiny("sd1.safetensors")
+    net = _controlnet(model.unet, 0)
+    unit = ControlUnit(net, _map(0), weight=0.8, guidance_start=window[0], guidance_end=window[1])
+    ours = _ours(model, [unit], cfg, batch)
+    theirs = _theirs(model, [net], [_map(0)], [0.8], [window[0]], [window[1]], cfg, batch)
+    assert _diff(ours, theirs) <= 1
+    plain = _ours(model, [], cfg, batch)
+    assert _diff(ours, plain) > 3  # the unit really guides
+
+
+def test_two_units_sum_as_multicontrolnet(load_tiny):
+    model = load_tiny("sd1.safetensors")
+    nets = [_controlnet(model.unet, 1), _controlnet(model.unet, 2)]
+    units = [ControlUnit(nets[0], _map(1), 1.0, 0.0, 0.5), ControlUnit(nets[1], _map(2), 0.6, 0.3, 1.0)]
+    ours = _ours(model, units, 6.0)
+    theirs = _theirs(model, nets, [_map(1), _map(2)], [1.0, 0.6], [0.0, 0.3], [0.5, 1.0], 6.0)
+    assert _diff(ours, theirs) <= 1
