@@ -129,27 +129,33 @@ def _sd3_config(proj: tuple[int, ...], positions: int, joint: int, pooled: int, 
             "dual_attention_layers": dual, "qk_norm": "rms_norm" if qk_norm else None}
 
 
-def _sd3_sai(sd: Mapping, p: str) -> FlowTransformerSpec | None:
-    if f"{p}joint_blocks.0.x_block.attn.qkv.weight" not in sd or f"{p}x_embedder.proj.weight" not in sd:
+_SD3_KEYS = {  # where each layout keeps the tensors an SD3 config is read from
+    "sai": dict(first="joint_blocks.0.x_block.attn.qkv.weight", proj="x_embedder.proj.weight", pos="pos_embed",
+                pooled="y_embedder.mlp.0.weight", out="final_layer.linear.weight", blocks="joint_blocks.",
+                q_norm="joint_blocks.0.x_block.attn.ln_q.weight", dual=".x_block.attn2."),
+    "diffusers": dict(first="transformer_blocks.0.attn.to_q.weight", proj="pos_embed.proj.weight",
+                      pos="pos_embed.pos_embed", pooled="time_text_embed.text_embedder.linear_1.weight",
+                      out="proj_out.weight", blocks="transformer_blocks.",
+                      q_norm="transformer_blocks.0.attn.norm_q.weight", dual=".attn2."),
+}
+
+
+def _sd3(sd: Mapping, p: str, layout: str) -> FlowTransformerSpec | None:
+    k = _SD3_KEYS[layout]
+    if p + k["first"] not in sd or p + k["proj"] not in sd:
         return None
-    qk_norm = f"{p}joint_blocks.0.x_block.attn.ln_q.weight" in sd
-    head_dim = _shape(sd, f"{p}joint_blocks.0.x_block.attn.ln_q.weight")[0] if qk_norm else SD3_HEAD_DIM
+    qk_norm = p + k["q_norm"] in sd
+    head_dim = _shape(sd, p + k["q_norm"])[0] if qk_norm else SD3_HEAD_DIM
     config = _sd3_config(
-        _shape(sd, f"{p}x_embedder.proj.weight"), _shape(sd, f"{p}pos_embed")[1],
-        _shape(sd, f"{p}context_embedder.weight")[1], _shape(sd, f"{p}y_embedder.mlp.0.weight")[1],
-        _shape(sd, f"{p}final_layer.linear.weight")[0], _count(sd, f"{p}joint_blocks."), head_dim,
-        tuple(block_ids(sd, f"{p}joint_blocks.", ".x_block.attn2.")), qk_norm)
-    return FlowTransformerSpec("sd3", _sd3_variant(config), "sai", p, config)
+        _shape(sd, p + k["proj"]), _shape(sd, p + k["pos"])[1], _shape(sd, f"{p}context_embedder.weight")[1],
+        _shape(sd, p + k["pooled"])[1], _shape(sd, p + k["out"])[0], _count(sd, p + k["blocks"]), head_dim,
+        tuple(block_ids(sd, p + k["blocks"], k["dual"])), qk_norm)
+    return FlowTransformerSpec("sd3", _sd3_variant(config), layout, p, config)
+
+
+def _sd3_sai(sd: Mapping, p: str) -> FlowTransformerSpec | None:
+    return _sd3(sd, p, "sai")
 
 
 def _sd3_diffusers(sd: Mapping, p: str) -> FlowTransformerSpec | None:
-    if f"{p}pos_embed.proj.weight" not in sd or f"{p}transformer_blocks.0.attn.to_q.weight" not in sd:
-        return None
-    qk_norm = f"{p}transformer_blocks.0.attn.norm_q.weight" in sd
-    head_dim = _shape(sd, f"{p}transformer_blocks.0.attn.norm_q.weight")[0] if qk_norm else SD3_HEAD_DIM
-    config = _sd3_config(
-        _shape(sd, f"{p}pos_embed.proj.weight"), _shape(sd, f"{p}pos_embed.pos_embed")[1],
-        _shape(sd, f"{p}context_embedder.weight")[1], _shape(sd, f"{p}time_text_embed.text_embedder.linear_1.weight")[1],
-        _shape(sd, f"{p}proj_out.weight")[0], _count(sd, f"{p}transformer_blocks."), head_dim,
-        tuple(block_ids(sd, f"{p}transformer_blocks.", ".attn2.")), qk_norm)
-    return FlowTransformerSpec("sd3", _sd3_variant(config), "diffusers", p, config)
+    return _sd3(sd, p, "diffusers")
