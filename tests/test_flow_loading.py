@@ -328,3 +328,80 @@ def test_a_bitsandbytes_nf4_file_says_what_to_use_instead(tmp_path, flux):
     save_file(sd, str(path))
     with pytest.raises(ModelLoadError, match="bitsandbytes NF4.*GGUF"):
         loader.load_model(path, devices.cpu())
+
+
+@pytest.mark.slow
+def test_text_encoder_dir_flag_is_where_parts_are_found(tmp_path, flux):
+    """`--text-encoder-dir` adds a folder the engine takes a Flux file's missing text encoders from."""
+    from modules import cmd_args
+    from modules.engine import Engine
+    from modules.paths import Paths
+
+    elsewhere = tmp_path / "shared"
+    parts = tfm.write_parts(flux, elsewhere)
+    data = tmp_path / "data"
+    tfm.write_transformer_only(flux, data / "models" / "Stable-diffusion" / "flux.safetensors", "bfl")
+    (data / "models" / "VAE").mkdir(parents=True)
+    parts["vae"].rename(data / "models" / "VAE" / "ae.safetensors")
+    ns = cmd_args.parse_args(["--data-dir", str(data), "--text-encoder-dir", str(elsewhere / "text_encoder"),
+                              "--skip-install"], env={})
+    paths = Paths.from_args(ns)
+    assert paths.text_encoder_dirs == [data / "models" / "text_encoder", elsewhere / "text_encoder"]
+    model = Engine.create(paths).models.get("flux.safetensors")
+    _assert_same(model, flux)
+
+
+def _draw_with(model, options, prompt="a photo of a cat", cfg=1.0):
+    from modules.processing import ProcessingContext, txt2img
+    from modules.request_types import Txt2ImgRequest
+
+    ctx = ProcessingContext(model=model, options={"return_grid": False, **options}, outputs=None)
+    result = txt2img(ctx, Txt2ImgRequest(prompt=prompt, steps=3, cfg_scale=cfg, width=64, height=64, seed=9))
+    return np.asarray(result.images[0], np.int16), result.infotexts[0]
+
+
+def test_shift_and_t5_settings_change_the_picture_and_say_so(tmp_path, flux, sd3):
+    """`flow_shift` replaces the model's sampling shift (infotext "Shift"); `sd3_enable_t5` off drops T5 from SD3's
+    conditioning (its part is zeros, infotext "T5: False")."""
+    from modules.sampling import conditioning
+
+    model = loader.load_model(tfm.write_all_in_one(flux, tmp_path / "flux.safetensors"), devices.cpu())
+    plain, text = _draw_with(model, {})
+    shifted, shifted_text = _draw_with(model, {"flow_shift": 6.0})
+    assert "Shift" not in text and "Shift: 6," in shifted_text
+    assert np.abs(plain - shifted).max() > 0
+
+    model = loader.load_model(tfm.write_all_in_one(sd3, tmp_path / "sd3.safetensors"), devices.cpu())
+    without = conditioning.encode(model, ["a photo of a cat"], options=conditioning.TextOptions(use_t5=False))
+    assert torch.count_nonzero(without.embeds[:, -without.tail:]) == 0
+    with_t5, t5_text = _draw_with(model, {}, cfg=4.0)
+    no_t5, no_t5_text = _draw_with(model, {"sd3_enable_t5": False}, cfg=4.0)
+    assert "T5" not in t5_text and "T5: False" in no_t5_text
+    assert np.abs(with_t5 - no_t5).max() > 0
+
+
+def test_distilled_cfg_scale_out_of_range_is_refused():
+    from modules.request_types import RequestError, Txt2ImgRequest
+
+    with pytest.raises(RequestError, match="distilled_cfg_scale must be between 0 and 100"):
+        Txt2ImgRequest.from_dict({"prompt": "x", "distilled_cfg_scale": 150})
+
+
+@pytest.mark.slow
+def test_changing_the_picked_parts_rebuilds_the_loaded_model(engine, data_dir, flux):
+    """'VAE / Text Encoder' (forge_additional_modules): picking another T5 for a loaded Flux model takes effect at
+    the next generation, without a restart."""
+    from safetensors.torch import save_file
+
+    models = data_dir / "models"
+    tfm.write_parts(flux, models)
+    other = tfm.build_flux(True, seed=5)["text_encoder_2"]
+    save_file({k: v.contiguous() for k, v in other.state_dict().items() if k != "encoder.embed_tokens.weight"},
+              str(models / "text_encoder" / "t5xxl_z_other.safetensors"))
+    tfm.write_transformer_only(flux, models / "Stable-diffusion" / "flux.safetensors", "bfl")
+    engine.registry.refresh()
+    first = engine.models.get("flux.safetensors")
+    assert torch.equal(first.text_encoder_2.shared.weight, flux["text_encoder_2"].shared.weight)
+    engine.settings.set("forge_additional_modules", ["clip_l.safetensors", "t5xxl_z_other.safetensors", "ae.safetensors"])
+    again = engine.models.get("flux.safetensors")
+    assert again is not first and torch.equal(again.text_encoder_2.shared.weight, other.shared.weight)
