@@ -402,6 +402,7 @@ def test_changing_the_picked_parts_rebuilds_the_loaded_model(engine, data_dir, f
     engine.registry.refresh()
     first = engine.models.get("flux.safetensors")
     assert torch.equal(first.text_encoder_2.shared.weight, flux["text_encoder_2"].shared.weight)
-    engine.settings.set("forge_additional_modules", ["clip_l.safetensors", "t5xxl_z_other.safetensors", "ae.safetensors"])
+    picked = ["clip_l.safetensors", "t5xxl_z_other.safetensors", "ae.safetensors"]
+    engine.settings.set("forge_additional_modules", picked)
     again = engine.models.get("flux.safetensors")
     assert again is not first and torch.equal(again.text_encoder_2.shared.weight, other.shared.weight)
