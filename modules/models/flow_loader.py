@@ -21,6 +21,7 @@ from modules.models import flow_parts, lowbit
 from modules.models.detect import ModelSpec
 from modules.models.detect_flow import FlowTransformerSpec
 from modules.models.flow_spec import REQUIRED_PARTS, variant_defaults
+from modules.models.key_layout import Shape
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,6 @@ class PartSources:
         return found
 
 
-class _Shape:
-    def __init__(self, shape):
-        self.shape = tuple(shape)
-
 
 def _header_shapes(path: Path) -> dict:
     """key → shape of a .safetensors file without reading its tensors ({} for other formats or damage)."""
@@ -60,7 +57,7 @@ def _header_shapes(path: Path) -> dict:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            return {k: _Shape(f.get_slice(k).get_shape()) for k in f.keys()}
+            return {k: Shape(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception:  # noqa: BLE001 - unreadable: not a candidate
         return {}
 

@@ -21,3 +21,10 @@ def swap_halves(t: torch.Tensor) -> torch.Tensor:
     """(shift, scale) ↔ (scale, shift): BFL/Stability and diffusers store a final modulation in opposite orders."""
     first, second = t.chunk(2, dim=0)
     return torch.cat([second, first], dim=0)
+
+
+class Shape:
+    """A tensor's shape alone, read from a file's header: what detection needs without loading any weights."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)

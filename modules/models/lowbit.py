@@ -8,13 +8,11 @@ from typing import Mapping
 
 import torch
 
+from modules.models.key_layout import Shape
+
 SCALED_FP8_KEYS = (".scale_weight", ".scale_input", "scaled_fp8")  # ComfyUI's per-tensor-scaled fp8 files
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
-
-class _Shape:
-    def __init__(self, shape):
-        self.shape = tuple(shape)
 
 
 def read_gguf(path: Path) -> dict:
@@ -36,12 +34,12 @@ def gguf_header_shapes(path: Path) -> dict:
     """key → logical shape of every tensor in a GGUF file, from its header (memory-mapped, nothing dequantized)."""
     from gguf import GGUFReader
 
-    return {t.name: _Shape(tuple(int(d) for d in reversed(t.shape))) for t in GGUFReader(str(path)).tensors}
+    return {t.name: Shape(tuple(int(d) for d in reversed(t.shape))) for t in GGUFReader(str(path)).tensors}
 
 
 def logical_shapes(sd: Mapping) -> dict:
     """Shapes as the model sees them (a quantized tensor's shape counts bytes in its last dimension)."""
-    return {k: _Shape(getattr(v, "quant_shape", v.shape)) for k, v in sd.items()}
+    return {k: Shape(getattr(v, "quant_shape", v.shape)) for k, v in sd.items()}
 
 
 def is_quantized(sd: Mapping) -> bool:

@@ -417,15 +417,12 @@ def _header_check(path: Path, size: int | None = None) -> tuple[str | None, str 
     return None, None
 
 
-class _Shape:
-    def __init__(self, shape):
-        self.shape = tuple(shape)
-
-
 def _architecture_check(path: Path, header: dict) -> tuple[str | None, str | None]:
     """What the loader would say about the tensors' shapes (it detects from the same keys): (why it is not a model
     we know, or None; the family it is)."""
-    shapes = {k: _Shape(v["shape"]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    from modules.models.key_layout import Shape
+
+    shapes = {k: Shape(v["shape"]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
     return _detect_shapes(path, shapes)
 
 
