@@ -135,6 +135,10 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
     add("--vae-dir", type=_dir, default=None, help="extra directory with VAE files")
     add("--text-encoder-dir", type=_dir, default=None,
         help="extra directory with text encoder files for Flux/SD3 (CLIP-L, CLIP-G, T5-XXL)")
+    add("--controlnet-dir", type=_dir, default=None,
+        help="extra directory with ControlNet models (besides <models-dir>/ControlNet)")
+    add("--controlnet-annotator-models-path", type=_dir, default=None,
+        help="directory with ControlNet preprocessor weights (default: <models-dir>/ControlNetPreprocessor)")
     add("--lora-dir", type=_dir, default=None, help="directory with LoRA networks (default: <models-dir>/Lora)")
     add("--embeddings-dir", type=_dir, default=None,
         help="directory with textual inversion embeddings (default: <data-dir>/embeddings)")

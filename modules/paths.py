@@ -59,6 +59,8 @@ class Paths:
     styles_files: list[Path] = field(default_factory=list)  # every --styles-file (styles_file is the first)
     ckpt_file: Path | None = None  # --ckpt
     text_encoder_dirs: list[Path] = field(default_factory=list)  # <models>/text_encoder, then --text-encoder-dir
+    controlnet_dirs: list[Path] = field(default_factory=list)  # <models>/ControlNet, then --controlnet-dir
+    annotator_dir: Path = None  # type: ignore[assignment]  ControlNet preprocessor weights (models/ControlNetPreprocessor)
 
     def __post_init__(self):
         if self.hypernetwork_dir is None:
@@ -69,6 +71,10 @@ class Paths:
             object.__setattr__(self, "styles_files", [self.styles_file])
         if not self.text_encoder_dirs:
             object.__setattr__(self, "text_encoder_dirs", [self.models_dir / "text_encoder"])
+        if not self.controlnet_dirs:
+            object.__setattr__(self, "controlnet_dirs", [self.models_dir / "ControlNet"])
+        if self.annotator_dir is None:
+            object.__setattr__(self, "annotator_dir", self.models_dir / "ControlNetPreprocessor")
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> "Paths":
@@ -91,6 +97,11 @@ class Paths:
             extra = _p(get("text_encoder_dir"), text_encoder_dirs[0])
             if extra not in text_encoder_dirs:
                 text_encoder_dirs.append(extra)
+        controlnet_dirs = [models / "ControlNet"]
+        if get("controlnet_dir"):
+            extra = _p(get("controlnet_dir"), controlnet_dirs[0])
+            if extra not in controlnet_dirs:
+                controlnet_dirs.append(extra)
         styles = [_p(s, data / "styles.csv") for s in (get("styles_file") or [])]
         if isinstance(get("styles_file"), str):  # a Namespace built by hand with a single string
             styles = [_p(get("styles_file"), data / "styles.csv")]
@@ -112,6 +123,8 @@ class Paths:
             styles_files=styles,
             ckpt_file=_p(get("ckpt"), None) if get("ckpt") else None,
             text_encoder_dirs=text_encoder_dirs,
+            controlnet_dirs=controlnet_dirs,
+            annotator_dir=_p(get("controlnet_annotator_models_path"), models / "ControlNetPreprocessor"),
         )
 
     # --- derived locations -------------------------------------------------------------------------------------
@@ -165,7 +178,7 @@ class Paths:
     def ensure_dirs(self) -> None:
         """Create the folders the program writes to or that users are expected to fill (idempotent)."""
         dirs = [self.data_dir, self.models_dir, self.ckpt_dirs[0], self.vae_dirs[0], self.text_encoder_dirs[0],
-                self.lora_dir,
+                self.lora_dir, self.controlnet_dirs[0], self.annotator_dir,
                 self.embeddings_dir, self.outputs_dir, self.extensions_dir,
                 *(self.outputs_dir / sub for sub in OUTPUT_SUBDIRS.values()),
                 self.config_file.parent, self.cache_file.parent, self.ui_config_file.parent, self.styles_file.parent]

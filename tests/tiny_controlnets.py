@@ -1,0 +1,70 @@
+"""Tiny random-weight ControlNets of the real architecture (`ControlNetModel.from_unet` on the tiny UNets), written
+in the layouts users have: lllyasviel's original (`control_model.*`), a diffusers single file, a diffusers folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+EMBED = (8, 16, 16, 32)  # four widths: the original layout's hint block is then input_hint_block.0 ... .14
+
+
+def build_controlnet(unet, seed: int, union: bool = False):
+    """A ControlNet copied from `unet` (as training starts), with every zero-initialised conv given weights so it
+    visibly guides."""
+    from diffusers import ControlNetModel, ControlNetUnionModel
+
+    torch.manual_seed(seed)
+    if union:
+        net = ControlNetUnionModel.from_unet(unet, conditioning_embedding_out_channels=EMBED)
+    else:
+        net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=EMBED)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.2)
+    return net.eval()
+
+
+def original_state_dict(net, unet, prefix: str = "control_model.") -> dict[str, torch.Tensor]:
+    """The ControlNet in the original (cldm) layout, built from the UNet exporter plus the control-only parts."""
+    from diffusers import UNet2DConditionModel
+
+    from modules.models.ldm_export import unet_to_ldm
+
+    shaped = UNet2DConditionModel.from_config(unet.config)
+    shaped.load_state_dict(net.state_dict(), strict=False)  # the shared trunk: conv_in, time/add embeddings, down, mid
+    trunk = unet_to_ldm(shaped)
+    out = {k: v for k, v in trunk.items()
+           if k.startswith(("input_blocks.", "middle_block.", "time_embed.", "label_emb."))}
+    sd = net.state_dict()
+    for i in range(len([k for k in sd if k.startswith("controlnet_down_blocks.") and k.endswith(".weight")])):
+        out[f"zero_convs.{i}.0.weight"] = sd[f"controlnet_down_blocks.{i}.weight"]
+        out[f"zero_convs.{i}.0.bias"] = sd[f"controlnet_down_blocks.{i}.bias"]
+    out["middle_block_out.0.weight"], out["middle_block_out.0.bias"] = (sd["controlnet_mid_block.weight"],
+                                                                          sd["controlnet_mid_block.bias"])
+    names = ["conv_in"] + [f"blocks.{j}" for j in range(2 * (len(EMBED) - 1))] + ["conv_out"]
+    for index, name in enumerate(names):
+        for part in ("weight", "bias"):
+            out[f"input_hint_block.{2 * index}.{part}"] = sd[f"controlnet_cond_embedding.{name}.{part}"]
+    return {prefix + k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
+def write_original(net, unet, path: Path, dtype=torch.float16, prefix: str = "control_model.") -> Path:
+    sd = {k: v.to(dtype) for k, v in original_state_dict(net, unet, prefix).items()}
+    if path.suffix == ".safetensors":
+        save_file(sd, str(path))
+    else:
+        torch.save(sd, str(path))
+    return path
+
+
+def write_diffusers_file(net, path: Path, dtype=torch.float16) -> Path:
+    save_file({k: v.detach().to(dtype).contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
+def write_diffusers_folder(net, folder: Path) -> Path:
+    net.save_pretrained(str(folder), safe_serialization=True)
+    return folder
