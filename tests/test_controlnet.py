@@ -85,3 +85,71 @@ def test_two_units_sum_as_multicontrolnet(load_tiny):
     ours = _ours(model, units, 6.0)
     theirs = _theirs(model, nets, [_map(1), _map(2)], [1.0, 0.6], [0.0, 0.3], [0.5, 1.0], 6.0)
     assert _diff(ours, theirs) <= 1
+
+
+class _Ones:
+    """A stand-in ControlNet whose every residual is 1, so the loop's per-block scales show up as they are."""
+
+    def __init__(self, blocks: int):
+        self.blocks = blocks
+
+    def __call__(self, x, t, encoder_hidden_states, controlnet_cond, **kwargs):
+        assert kwargs["conditioning_scale"] == 1.0
+        ones = torch.ones(x.shape[0], 1, 1, 1)
+        return tuple(ones.clone() for _ in range(self.blocks - 1)), ones.clone()
+
+
+def _scales(unit, blocks=13, rows=2, uncond_rows=1, hires=False, step=0, total=10):
+    from modules.controlnet.units import ActiveControl, residuals
+
+    unit.model = _Ones(blocks)
+    active = ActiveControl(unit, torch.zeros(1, 3, 8, 8), hires=hires)
+    out = residuals([active], torch.zeros(rows, 4, 1, 1), 1, None, None, torch.zeros(rows, dtype=torch.long),
+                    uncond_rows, step, total)
+    if not out:
+        return None
+    values = out["down_block_additional_residuals"] + [out["mid_block_additional_residual"]]
+    return [[pytest.approx(float(v[r]), abs=1e-6) for v in values] for r in range(rows)]
+
+
+def test_control_modes_scale_each_block_as_the_extension():
+    from modules.controlnet.units import ControlUnit
+
+    soft = [0.5 * 0.825 ** (12 - i) for i in range(13)]
+    balanced = ControlUnit(None, _map(0), weight=0.5)
+    assert _scales(balanced) == [[0.5] * 13, [0.5] * 13]  # negative and positive rows alike
+    prompt = ControlUnit(None, _map(0), weight=0.5, control_mode="My prompt is more important")
+    assert _scales(prompt) == [soft, soft]
+    control = ControlUnit(None, _map(0), weight=0.5, control_mode="ControlNet is more important")
+    assert _scales(control) == [[0.0] * 13, soft]  # the negative prompt's row gets no control
+    assert _scales(control, rows=1, uncond_rows=0) == [soft]  # CFG 1: nothing to take it from
+    assert _scales(prompt, blocks=10)[0] == soft[:10]  # SDXL: 9 + mid, the first ten scales
+    weighted = ControlUnit(None, _map(0), weight=0.5, advanced_weighting=[0.1 * i for i in range(13)])
+    assert _scales(weighted)[1] == [0.1 * i for i in range(13)]
+
+
+def test_guidance_window_hires_rules_and_hr_option():
+    from modules.controlnet.units import ControlUnit
+
+    unit = ControlUnit(None, _map(0), weight=1.0, guidance_start=0.2, guidance_end=0.6)
+    active = [s for s in range(10) if _scales(unit, step=s) is not None]
+    assert active == [2, 3, 4, 5]
+    canny = ControlUnit(None, _map(0), weight=1.0, soft_in_hires=True)
+    assert _scales(canny)[1] == [1.0] * 13
+    assert _scales(canny, hires=True)[1] == [0.825 ** (12 - i) for i in range(13)]
+    low = ControlUnit(None, _map(0), hr_option="Low res only")
+    high = ControlUnit(None, _map(0), hr_option="High res only")
+    assert (low.used_in(False), low.used_in(True), high.used_in(False), high.used_in(True)) == (True, False, False,
+                                                                                                True)
+
+
+def test_and_prompts_are_guided_too(load_tiny):
+    model = load_tiny("sd1.safetensors")
+    net = _controlnet(model.unet, 0)
+    units = [ControlUnit(net, _map(0), weight=1.0)]
+    ctx = ProcessingContext(model=model, options={"return_grid": False}, outputs=None, control_units=units)
+    req = Txt2ImgRequest(prompt="a red ball AND a blue sky", steps=4, cfg_scale=5, width=SIZE, height=SIZE, seed=3,
+                         sampler_name="Euler")
+    guided = txt2img(ctx, req).images
+    plain = txt2img(ProcessingContext(model=model, options={"return_grid": False}, outputs=None), req).images
+    assert _diff(guided, plain) > 3

@@ -1,64 +1,128 @@
-"""A ControlNet unit as the sampling loop applies it: model, control image, weight and guidance window.
+"""A ControlNet unit as the sampling loop applies it: model, control map, weight, guidance window, control mode.
 
-Per step, as diffusers' ControlNet pipelines (and the sd-webui-controlnet extension in "Balanced" mode): the
-ControlNet sees the same (CFG-batched) latents and prompt embeddings as the UNet, its residuals are scaled by the
-unit's weight inside its guidance window and summed over units, and added to the UNet's skip connections.
+Per step, as the sd-webui-controlnet extension (and, for "Balanced", diffusers' ControlNet pipelines): the
+ControlNet sees the same (CFG-batched) latents and prompt embeddings as the UNet; inside the unit's guidance window
+its residuals are scaled per block and summed over units, then added to the UNet's skip connections.
+
+Control modes, with the extension's numbers:
+- Balanced: every block × weight, on the prompt and the negative-prompt rows alike.
+- My prompt is more important: "soft injection", block i of 13 × weight · 0.825^(12 − i) (SDXL: the first 10 of
+  those 13 scales), so the shallow blocks, which carry layout detail, guide less.
+- ControlNet is more important: the same soft scales, and the negative-prompt rows get no control at all, so CFG
+  pushes towards the control.
+In the hires pass, canny and mlsd maps are always applied softly (the extension's rule against edge artifacts).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from PIL import Image
 
+BALANCED, PROMPT, CONTROL = "Balanced", "My prompt is more important", "ControlNet is more important"
+SOFT_BASE = 0.825
+# ControlNet Union (xinsir): the control type each index stands for (the extension's ControlNetUnionControlType).
+UNION_TYPES = ("OpenPose", "Depth", "Soft Edge", "Hard Edge", "Normal Map", "Segmentation", "Tile", "Inpaint")
+
 
 @dataclass
 class ControlUnit:
-    """One ControlNet for one generation. `image` is the control map (a PIL image, resized to the picture)."""
+    """One control model for one generation. `image` is the detected map at any size; `resize_mode` says how it is
+    fitted to each pass's size."""
 
-    model: Any  # a diffusers ControlNetModel
+    model: object  # a diffusers ControlNetModel / ControlNetUnionModel
     image: Image.Image
     weight: float = 1.0
     guidance_start: float = 0.0
     guidance_end: float = 1.0
+    control_mode: str = BALANCED
+    resize_mode: str = "Crop and Resize"
+    hr_option: str = "Both"
+    soft_in_hires: bool = False  # canny / mlsd maps
+    advanced_weighting: list[float] | None = None
+    union_type: int | None = None  # index into UNION_TYPES for a Union model
+
+    def active_at(self, step: int, total: int) -> bool:
+        """Inside the guidance window at 0-based step `step` of `total` (diffusers' controlnet_keep)."""
+        return not (step / total < self.guidance_start or (step + 1) / total > self.guidance_end)
 
     def scale_at(self, step: int, total: int) -> float:
-        """The weight at 0-based step `step` of `total` (0 outside the window: diffusers' controlnet_keep)."""
-        outside = step / total < self.guidance_start or (step + 1) / total > self.guidance_end
-        return 0.0 if outside else float(self.weight)
+        return float(self.weight) if self.active_at(step, total) else 0.0
+
+    def used_in(self, hires: bool) -> bool:
+        """The unit's "hires fix" option: both passes, the first only, or the hires pass only."""
+        return {"Low res only": not hires, "High res only": hires}.get(self.hr_option, True)
+
+    def block_scales(self, blocks: int, hires: bool = False) -> list[float]:
+        """The per-block multipliers for a ControlNet with `blocks` outputs (12 + mid on SD1/2, 9 + mid on SDXL)."""
+        if self.advanced_weighting is not None:
+            return [float(w) for w in self.advanced_weighting][:blocks]
+        if self.control_mode != BALANCED or (hires and self.soft_in_hires):
+            return [self.weight * SOFT_BASE ** float(12 - i) for i in range(13)][:blocks]
+        return [float(self.weight)] * blocks
+
+    def cond_only(self) -> bool:
+        return self.control_mode == CONTROL
 
     def tensor(self, width: int, height: int, batch: int, device, dtype) -> torch.Tensor:
-        """The map as the ControlNet reads it: (batch, 3, H, W) in [0, 1] (diffusers' control image processor)."""
-        from diffusers.image_processor import VaeImageProcessor
+        """The map as the ControlNet reads it: (batch, 3, H, W) in [0, 1], fitted to the pass's size."""
+        from modules.controlnet.control_map import fit, to_tensor
 
-        processor = VaeImageProcessor(vae_scale_factor=8, do_convert_rgb=True, do_normalize=False)
-        image = processor.preprocess(self.image, height=height, width=width).to(dtype=torch.float32)
-        return image.repeat_interleave(batch, dim=0).to(device=device, dtype=dtype)
+        hint = to_tensor(fit(self.image, width, height, self.resize_mode))
+        if self.image.mode == "RGBA":  # the extension's inpaint protocol: masked pixels are -1
+            mask = to_tensor(fit(self.image.getchannel("A").convert("RGB"), width, height, self.resize_mode))
+            masked = (mask[:, :1] > 0.5).float()
+            hint = hint * (1 - masked) - masked
+        return hint.repeat_interleave(batch, dim=0).to(device=device, dtype=dtype)
 
 
 @dataclass
 class ActiveControl:
-    """A unit ready for one batch: its model and its map as a tensor."""
+    """A unit ready for one pass: its model and its map as a tensor."""
 
     unit: ControlUnit
     image: torch.Tensor
+    hires: bool = False
 
 
 def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.Tensor, added: dict | None,
-              use_cfg: bool, step: int, total: int) -> dict:
-    """The UNet's extra inputs for this step: the units' residuals, weighted and summed ({} when none guide)."""
+              rows: torch.Tensor, uncond_rows: int, step: int, total: int) -> dict:
+    """The UNet's extra inputs for this step: the units' residuals, scaled and summed ({} when none guide).
+
+    `rows[r]`: the picture of the batch that UNet row r belongs to; the first `uncond_rows` rows are the negative
+    prompt's (CFG)."""
     down, mid = None, None
     for control in controls:
-        scale = control.unit.scale_at(step, total)
-        if scale == 0:
+        unit = control.unit
+        if not unit.active_at(step, total) or unit.weight == 0 and unit.advanced_weighting is None:
             continue
-        image = torch.cat([control.image] * 2) if use_cfg else control.image
-        kwargs = {"added_cond_kwargs": added} if added is not None else {}
-        d, m = control.unit.model(x, t, encoder_hidden_states=embeds, controlnet_cond=image,
-                                  conditioning_scale=scale, guess_mode=False, return_dict=False, **kwargs)
+        d, m = _forward(control, control.image[rows], x, t, embeds, added)
+        scales = unit.block_scales(len(d) + 1, control.hires)
+        outputs = [r * s for r, s in zip([*d, m], scales)]
+        if uncond_rows and unit.cond_only():  # only the prompt's rows are guided
+            keep = torch.ones(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device)
+            keep[:uncond_rows] = 0
+            outputs = [r * keep for r in outputs]
+        d, m = outputs[:-1], outputs[-1]
         down = list(d) if down is None else [a + b for a, b in zip(down, d)]
         mid = m if mid is None else mid + m
     if down is None:
         return {}
     return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+
+def _forward(control: ActiveControl, image: torch.Tensor, x, t, embeds, added):
+    """The model's raw residuals (scale 1: the per-block scales are applied by the caller)."""
+    unit = control.unit
+    kwargs = {"added_cond_kwargs": added} if added is not None else {}
+    if unit.union_type is not None:
+        types = unit.model.config.num_control_type
+        if unit.union_type >= types:
+            raise ValueError(f"this ControlNet Union model knows {types} control types, not "
+                             f"{UNION_TYPES[unit.union_type]!r}")
+        control_type = torch.zeros(x.shape[0], types, dtype=x.dtype, device=x.device)
+        control_type[:, unit.union_type] = 1
+        return unit.model(x, t, encoder_hidden_states=embeds, controlnet_cond=[image], control_type=control_type,
+                          control_type_idx=[unit.union_type], conditioning_scale=1.0, return_dict=False, **kwargs)
+    return unit.model(x, t, encoder_hidden_states=embeds, controlnet_cond=image, conditioning_scale=1.0,
+                      guess_mode=False, return_dict=False, **kwargs)

@@ -116,7 +116,9 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
     embeds, added = _unet_inputs(job, cond, uncond)
     x = torch.cat([latents] * 2) if job.use_cfg else latents
     x = _scale_input(job.scheduler, x, t)
-    control = _control(job, x, t, embeds, added, step)
+    batch = torch.arange(latents.shape[0], device=latents.device)
+    control = _control(job, x, t, embeds, added, step, torch.cat([batch, batch]) if job.use_cfg else batch,
+                       latents.shape[0] if job.use_cfg else 0)
     if job.inpaint is not None and job.inpaint.masked_image_latents is not None:
         mask, masked = job.inpaint.mask, job.inpaint.masked_image_latents
         if job.use_cfg:
@@ -134,13 +136,15 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
     return _after_cfg(job, noise_pred, step)
 
 
-def _control(job: SamplingJob, x: torch.Tensor, t, embeds, added, step: int) -> dict:
-    """ControlNet residuals for this step (the ControlNet sees the UNet's latents before inpainting channels)."""
+def _control(job: SamplingJob, x: torch.Tensor, t, embeds, added, step: int, rows: torch.Tensor,
+             uncond_rows: int) -> dict:
+    """ControlNet residuals for this step (the ControlNet sees the UNet's latents before inpainting channels;
+    `rows[r]` is the picture UNet row r belongs to)."""
     if not job.controls:
         return {}
     from modules.controlnet.units import residuals
 
-    return residuals(job.controls, x, t, embeds, added, job.use_cfg, step, len(job.timesteps))
+    return residuals(job.controls, x, t, embeds, added, rows, uncond_rows, step, len(job.timesteps))
 
 
 def _scale_input(scheduler, x: torch.Tensor, t) -> torch.Tensor:
@@ -180,15 +184,19 @@ def _denoise_multi(job: SamplingJob, latents: torch.Tensor, t, step: int, cond, 
         if time_ids is not None:
             time_ids.insert(0, job.uncond_time_ids)
     x = _scale_input(job.scheduler, torch.cat(rows), t)
+    added = None if cond.pooled is None else {"text_embeds": torch.cat(pooled),
+                                              "time_ids": None if time_ids is None else torch.cat(time_ids)}
+    every = torch.arange(batch, device=latents.device)
+    control = _control(job, x, t, torch.cat(embeds), added, step,
+                       torch.cat([every, owners]) if use_cfg else owners, batch if use_cfg else 0)
     if job.inpaint is not None and job.inpaint.masked_image_latents is not None:
         mask, masked = job.inpaint.mask[owners], job.inpaint.masked_image_latents[owners]
         if use_cfg:
             mask = torch.cat([job.inpaint.mask, mask])
             masked = torch.cat([job.inpaint.masked_image_latents, masked])
         x = torch.cat([x, *job.inpaint.channels(mask, masked)], dim=1)
-    added = None if cond.pooled is None else {"text_embeds": torch.cat(pooled),
-                                              "time_ids": None if time_ids is None else torch.cat(time_ids)}
-    out = job.unet(x, t, encoder_hidden_states=torch.cat(embeds), added_cond_kwargs=added, return_dict=False)[0]
+    out = job.unet(x, t, encoder_hidden_states=torch.cat(embeds), added_cond_kwargs=added, return_dict=False,
+                   **control)[0]
     if use_cfg:
         noise_uncond, noise_cond = out[:batch], out[batch:]
         noise_pred = noise_uncond.clone()
