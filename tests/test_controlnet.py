@@ -153,3 +153,70 @@ def test_and_prompts_are_guided_too(load_tiny):
     guided = txt2img(ctx, req).images
     plain = txt2img(ProcessingContext(model=model, options={"return_grid": False}, outputs=None), req).images
     assert _diff(guided, plain) > 3
+
+
+def _sdxl_parts(model):
+    return dict(vae=model.vae, text_encoder=model.text_encoder, text_encoder_2=model.text_encoder_2,
+                tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=model.unet)
+
+
+def test_sdxl_controlnet_matches_its_pipeline(load_tiny):
+    from diffusers import StableDiffusionXLControlNetPipeline
+
+    from modules.sampling import samplers
+    from tests.tiny_controlnets import build_controlnet
+
+    model = load_tiny("sdxl.safetensors")
+    net = build_controlnet(model.unet, 6)
+    ours = _ours(model, [ControlUnit(net, _map(4), weight=0.7, guidance_start=0.1, guidance_end=0.8)], 6.0)
+    scheduler = samplers.build_scheduler(*samplers.resolve("Euler", None), model.scheduler_config).scheduler
+    pipe = StableDiffusionXLControlNetPipeline(controlnet=net, scheduler=scheduler, **_sdxl_parts(model))
+    theirs = pipe("a red ball", negative_prompt="blurry", image=_map(4), num_inference_steps=6, guidance_scale=6.0,
+                  width=SIZE, height=SIZE, generator=[torch.Generator().manual_seed(SEED)],
+                  controlnet_conditioning_scale=0.7, control_guidance_start=0.1, control_guidance_end=0.8).images
+    assert _diff(ours, theirs) <= 1
+    assert _diff(ours, _ours(model, [], 6.0)) > 3
+
+
+def test_sdxl_union_matches_its_pipeline(load_tiny):
+    from diffusers import StableDiffusionXLControlNetUnionPipeline
+
+    from modules.sampling import samplers
+    from tests.tiny_controlnets import build_controlnet
+
+    model = load_tiny("sdxl.safetensors")
+    net = build_controlnet(model.unet, 7, union=True)
+    unit = ControlUnit(net, _map(5), weight=0.9, union_type=3)  # "Hard Edge": canny, lineart, mlsd
+    ours = _ours(model, [unit], 5.0)
+    scheduler = samplers.build_scheduler(*samplers.resolve("Euler", None), model.scheduler_config).scheduler
+    pipe = StableDiffusionXLControlNetUnionPipeline(controlnet=net, scheduler=scheduler, **_sdxl_parts(model))
+    theirs = pipe("a red ball", negative_prompt="blurry", control_image=[_map(5)], control_mode=[3],
+                  num_inference_steps=6, guidance_scale=5.0, width=SIZE, height=SIZE,
+                  generator=[torch.Generator().manual_seed(SEED)], controlnet_conditioning_scale=0.9).images
+    assert _diff(ours, theirs) <= 1
+
+
+def test_img2img_with_a_unit_matches_the_controlnet_img2img_pipeline(load_tiny):
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+    from modules.processing import img2img
+    from modules.request_types import Img2ImgRequest
+    from modules.sampling import samplers
+
+    model = load_tiny("sd1.safetensors")
+    net = _controlnet(model.unet, 8)
+    init = Image.fromarray(np.linspace(0, 255, SIZE * SIZE * 3).reshape(SIZE, SIZE, 3).astype(np.uint8))
+    ctx = ProcessingContext(model=model, options={"return_grid": False}, outputs=None,
+                            control_units=[ControlUnit(net, _map(6), weight=1.1)])
+    req = Img2ImgRequest(prompt="a red ball", negative_prompt="", steps=8, cfg_scale=6.0, width=SIZE, height=SIZE,
+                         seed=SEED, sampler_name="Euler", init_images=[init], denoising_strength=0.6)
+    ours = img2img(ctx, req).images
+    scheduler = samplers.build_scheduler(*samplers.resolve("Euler", None), model.scheduler_config).scheduler
+    pipe = StableDiffusionControlNetImg2ImgPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+        controlnet=net, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    theirs = pipe("a red ball", negative_prompt="", image=init, control_image=_map(6), strength=0.6,
+                  num_inference_steps=8, guidance_scale=6.0, generator=[torch.Generator().manual_seed(SEED)],
+                  controlnet_conditioning_scale=1.1).images
+    assert _diff(ours, theirs) <= 1

@@ -16,10 +16,14 @@ def build_controlnet(unet, seed: int, union: bool = False):
     from diffusers import ControlNetModel, ControlNetUnionModel
 
     torch.manual_seed(seed)
-    if union:
-        net = ControlNetUnionModel.from_unet(unet, conditioning_embedding_out_channels=EMBED)
-    else:
-        net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=EMBED)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=EMBED)
+    if union:  # the Union's control-type transformer is as wide as the first block (320 in the real SDXL one)
+        width = unet.config.block_out_channels[0]
+        config = {k: v for k, v in net.config.items() if not k.startswith("_")}
+        shared = net.state_dict()
+        net = ControlNetUnionModel.from_config({**config, "num_trans_channel": width, "num_proj_channel": width,
+                                                "num_trans_head": 8})
+        net.load_state_dict({k: v for k, v in shared.items() if k in net.state_dict()}, strict=False)
     with torch.no_grad():
         for p in net.parameters():
             if p.abs().sum() == 0:
