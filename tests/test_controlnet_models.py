@@ -139,3 +139,22 @@ def test_full_size_configs_come_back_from_the_shapes(config, family):
     for key, value in config.items():
         got = spec.config[key]
         assert (list(got) if isinstance(got, (list, tuple)) else got) == value, key
+
+
+@pytest.mark.parametrize("layout", ["original", "diffusers"])
+def test_t2i_adapters_load_from_both_layouts(sd1, tmp_path, layout):
+    from safetensors.torch import save_file
+
+    model, _ = sd1
+    adapter = tc.build_t2i_adapter(model.unet, 10)
+    sd = tc.t2i_original_state_dict(adapter) if layout == "original" else adapter.state_dict()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "t2iadapter_canny_sd15v2.safetensors"))
+    library = ControlNetLibrary([tmp_path])
+    loaded = library.load("t2iadapter_canny_sd15v2", CPU, torch.float32, model.unet.config, "sd1")
+    assert loaded.kind == "t2i_adapter" and loaded.family == "sd1"
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for ours, theirs in zip(loaded.model(x), adapter(x)):
+            torch.testing.assert_close(ours, theirs)
+    with pytest.raises(ControlNetLoadError, match="SD1.x/SD2.x T2I-Adapter; the checkpoint is SDXL"):
+        library.load("t2iadapter_canny_sd15v2", CPU, torch.float32, None, "sdxl")

@@ -72,3 +72,32 @@ def write_diffusers_file(net, path: Path, dtype=torch.float16) -> Path:
 def write_diffusers_folder(net, folder: Path) -> Path:
     net.save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+def build_t2i_adapter(unet, seed: int, in_channels: int = 3, xl: bool = False):
+    """A T2I-Adapter as wide as the UNet's levels, with weights large enough to guide visibly."""
+    from diffusers import T2IAdapter
+
+    torch.manual_seed(seed)
+    adapter = T2IAdapter(in_channels=in_channels, channels=list(unet.config.block_out_channels), num_res_blocks=2,
+                         downscale_factor=16 if xl else 8, adapter_type="full_adapter_xl" if xl else "full_adapter")
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.mul_(3.0)
+    return adapter.eval()
+
+
+def t2i_original_state_dict(adapter) -> dict[str, torch.Tensor]:
+    """TencentARC's layout (`body.(level * 2 + j).block1`, `body.(level * 2).in_conv`)."""
+    out = {}
+    for key, value in adapter.state_dict().items():
+        key = key.removeprefix("adapter.")
+        parts = key.split(".")
+        if parts[0] == "body":
+            level = int(parts[1])
+            if parts[2] == "resnets":
+                key = ".".join(["body", str(level * 2 + int(parts[3]))] + parts[4:])
+            else:
+                key = ".".join(["body", str(level * 2)] + parts[2:])
+        out[key] = value.detach().clone().contiguous()
+    return out

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from modules import hashes
-from modules.controlnet import detect
+from modules.controlnet import detect, t2i_adapter
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class ControlNetFile:
 class LoadedControlNet:
     title: str
     model: Any  # diffusers ControlNetModel / ControlNetUnionModel
-    kind: str  # "controlnet" | "union"
+    kind: str  # "controlnet" | "union" | "t2i_adapter"
     family: str  # "sd1" | "sd2" | "sdxl"
 
 
@@ -111,11 +111,17 @@ def check_family(loaded: LoadedControlNet, checkpoint_family: str, unet_config: 
     """An SDXL ControlNet on an SD1.5 checkpoint (or the reverse) fails with shapes; say it in words instead."""
     family = checkpoint_family.split("_")[0]  # sd1_inpaint, sdxl_refiner → their base family
     width = getattr(unet_config, "cross_attention_dim", None)
+    own = getattr(loaded.model.config, "cross_attention_dim", None)  # T2I-Adapters read no text
+    if loaded.kind == "t2i_adapter" and family in ("sd1", "sd2"):
+        family = "sd1"  # one adapter family for SD1.x and SD2.x (same 8x8 patches, no text input)
     if family in detect.FAMILY_NAMES and family != loaded.family or (
-            width is not None and width != loaded.model.config.cross_attention_dim):
+            width is not None and own is not None and width != own):
         ours = detect.FAMILY_NAMES.get(family, family)
-        raise ControlNetLoadError(f"{loaded.title} is a {detect.FAMILY_NAMES[loaded.family]} ControlNet; "
-                                  f"{checkpoint_title} is {ours}: pick a ControlNet made for {ours}")
+        what = "T2I-Adapter" if loaded.kind == "t2i_adapter" else "ControlNet"
+        theirs = "SD1.x/SD2.x" if loaded.kind == "t2i_adapter" and loaded.family == "sd1" else \
+            detect.FAMILY_NAMES[loaded.family]
+        raise ControlNetLoadError(f"{loaded.title} is a {theirs} {what}; "
+                                  f"{checkpoint_title} is {ours}: pick a {what} made for {ours}")
 
 
 def load_file(path: Path, title: str, device: torch.device, dtype: torch.dtype,
@@ -128,14 +134,18 @@ def load_file(path: Path, title: str, device: torch.device, dtype: torch.dtype,
             sd, config_file = _read_folder(path)
         else:
             sd, config_file = read_state_dict(path), None
-        converted = detect.to_diffusers(sd)
-        spec = detect.spec_from_diffusers(converted, added_time_dim)
+        if t2i_adapter.is_t2i_adapter(sd):
+            converted = t2i_adapter.to_diffusers(sd)
+            spec = t2i_adapter.spec(converted)
+        else:
+            converted = detect.to_diffusers(sd)
+            spec = detect.spec_from_diffusers(converted, added_time_dim)
     except (ModelLoadError, detect.ControlNetFileError) as e:
         message = str(e) if str(e).startswith(path.name) else f"{path.name}: {e}"
         raise ControlNetLoadError(message) from None
-    from diffusers import ControlNetModel, ControlNetUnionModel
+    from diffusers import ControlNetModel, ControlNetUnionModel, T2IAdapter
 
-    cls = ControlNetUnionModel if spec.kind == "union" else ControlNetModel
+    cls = {"union": ControlNetUnionModel, "t2i_adapter": T2IAdapter}.get(spec.kind, ControlNetModel)
     config = dict(spec.config)
     if config_file is not None:  # a folder's own config says what shapes cannot (heads, upcast, ...)
         config.update({k: v for k, v in json.loads(config_file.read_text()).items() if not k.startswith("_")})
