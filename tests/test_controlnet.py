@@ -220,3 +220,27 @@ def test_img2img_with_a_unit_matches_the_controlnet_img2img_pipeline(load_tiny):
                   num_inference_steps=8, guidance_scale=6.0, generator=[torch.Generator().manual_seed(SEED)],
                   controlnet_conditioning_scale=1.1).images
     assert _diff(ours, theirs) <= 1
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_t2i_adapter_matches_the_adapter_pipeline(load_tiny, channels):
+    from diffusers import StableDiffusionAdapterPipeline
+
+    from modules.sampling import samplers
+    from tests.tiny_controlnets import build_t2i_adapter
+
+    model = load_tiny("sd1.safetensors")
+    adapter = build_t2i_adapter(model.unet, 9, in_channels=channels)
+    unit = ControlUnit(adapter, _map(7), weight=0.8, kind="t2i_adapter")
+    ours = _ours(model, [unit], 6.0)
+    scheduler = samplers.build_scheduler(*samplers.resolve("Euler", None), model.scheduler_config).scheduler
+    pipe = StableDiffusionAdapterPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+        adapter=adapter, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    image = _map(7) if channels == 3 else _map(7).convert("L")
+    theirs = pipe("a red ball", negative_prompt="blurry", image=image, num_inference_steps=6, guidance_scale=6.0,
+                  width=SIZE, height=SIZE, generator=[torch.Generator().manual_seed(SEED)],
+                  adapter_conditioning_scale=0.8).images
+    assert _diff(ours, theirs) <= 1
+    assert _diff(ours, _ours(model, [], 6.0)) > 3

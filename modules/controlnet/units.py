@@ -21,6 +21,7 @@ from PIL import Image
 
 BALANCED, PROMPT, CONTROL = "Balanced", "My prompt is more important", "ControlNet is more important"
 SOFT_BASE = 0.825
+ADAPTER_SOFT = (0.25, 0.62, 0.825, 1.0)  # a T2I-Adapter's soft scales per level (the extension's)
 # ControlNet Union (xinsir): the control type each index stands for (the extension's ControlNetUnionControlType).
 UNION_TYPES = ("OpenPose", "Depth", "Soft Edge", "Hard Edge", "Normal Map", "Segmentation", "Tile", "Inpaint")
 
@@ -41,6 +42,7 @@ class ControlUnit:
     soft_in_hires: bool = False  # canny / mlsd maps
     advanced_weighting: list[float] | None = None
     union_type: int | None = None  # index into UNION_TYPES for a Union model
+    kind: str = "controlnet"  # "controlnet" | "union" | "t2i_adapter"
 
     def active_at(self, step: int, total: int) -> bool:
         """Inside the guidance window at 0-based step `step` of `total` (diffusers' controlnet_keep)."""
@@ -58,6 +60,8 @@ class ControlUnit:
         if self.advanced_weighting is not None:
             return [float(w) for w in self.advanced_weighting][:blocks]
         if self.control_mode != BALANCED or (hires and self.soft_in_hires):
+            if self.kind == "t2i_adapter":
+                return [self.weight * x for x in ADAPTER_SOFT][:blocks]
             return [self.weight * SOFT_BASE ** float(12 - i) for i in range(13)][:blocks]
         return [float(self.weight)] * blocks
 
@@ -68,7 +72,12 @@ class ControlUnit:
         """The map as the ControlNet reads it: (batch, 3, H, W) in [0, 1], fitted to the pass's size."""
         from modules.controlnet.control_map import fit, to_tensor
 
-        hint = to_tensor(fit(self.image, width, height, self.resize_mode))
+        fitted = fit(self.image, width, height, self.resize_mode)
+        if self.kind == "t2i_adapter" and self.model.config.in_channels == 1:  # sketch/canny adapters: grey
+            fitted = fitted.convert("L").convert("RGB")
+        hint = to_tensor(fitted)
+        if self.kind == "t2i_adapter" and self.model.config.in_channels == 1:
+            hint = hint[:, :1]
         if self.image.mode == "RGBA":  # the extension's inpaint protocol: masked pixels are -1
             mask = to_tensor(fit(self.image.getchannel("A").convert("RGB"), width, height, self.resize_mode))
             masked = (mask[:, :1] > 0.5).float()
@@ -83,6 +92,7 @@ class ActiveControl:
     unit: ControlUnit
     image: torch.Tensor
     hires: bool = False
+    features: list | None = None  # a T2I-Adapter's features of `image` (the same at every step)
 
 
 def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.Tensor, added: dict | None,
@@ -91,10 +101,14 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
 
     `rows[r]`: the picture of the batch that UNet row r belongs to; the first `uncond_rows` rows are the negative
     prompt's (CFG)."""
-    down, mid = None, None
+    down, mid, intra = None, None, None
     for control in controls:
         unit = control.unit
         if not unit.active_at(step, total) or unit.weight == 0 and unit.advanced_weighting is None:
+            continue
+        if unit.kind == "t2i_adapter":
+            features = _adapter_features(control, rows, uncond_rows, x.dtype)
+            intra = features if intra is None else [a + b for a, b in zip(intra, features)]
             continue
         d, m = _forward(control, control.image[rows], x, t, embeds, added)
         scales = unit.block_scales(len(d) + 1, control.hires)
@@ -106,9 +120,27 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
         d, m = outputs[:-1], outputs[-1]
         down = list(d) if down is None else [a + b for a, b in zip(down, d)]
         mid = m if mid is None else mid + m
-    if down is None:
-        return {}
-    return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+    out = {}
+    if down is not None:
+        out.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+    if intra is not None:
+        out["down_intrablock_additional_residuals"] = intra
+    return out
+
+
+def _adapter_features(control: ActiveControl, rows: torch.Tensor, uncond_rows: int, dtype) -> list:
+    """A T2I-Adapter's features for these UNet rows, scaled per level; computed once per pass (the adapter reads
+    only the map)."""
+    unit = control.unit
+    if control.features is None:
+        control.features = list(unit.model(control.image))
+    scales = unit.block_scales(len(control.features), control.hires)
+    out = [f[rows].to(dtype) * s for f, s in zip(control.features, scales)]
+    if uncond_rows and unit.cond_only():
+        keep = torch.ones(len(rows), 1, 1, 1, dtype=dtype, device=rows.device)
+        keep[:uncond_rows] = 0
+        out = [f * keep for f in out]
+    return out
 
 
 def _forward(control: ActiveControl, image: torch.Tensor, x, t, embeds, added):
