@@ -158,3 +158,18 @@ def test_t2i_adapters_load_from_both_layouts(sd1, tmp_path, layout):
             torch.testing.assert_close(ours, theirs)
     with pytest.raises(ControlNetLoadError, match="SD1.x/SD2.x T2I-Adapter; the checkpoint is SDXL"):
         library.load("t2iadapter_canny_sd15v2", CPU, torch.float32, None, "sdxl")
+
+
+def test_a_control_lora_becomes_the_controlnet_it_was_made_from(sd1, tmp_path):
+    from safetensors.torch import save_file
+
+    model, net = sd1
+    save_file(tc.control_lora_state_dict(net, model.unet), str(tmp_path / "control-lora-canny-rank128.safetensors"))
+    library = ControlNetLibrary([tmp_path])
+    with pytest.raises(ControlNetLoadError, match="needs the checkpoint's UNet"):
+        library.load("control-lora-canny-rank128", CPU, torch.float32, model.unet.config, "sd1")
+    loaded = library.load("control-lora-canny-rank128", CPU, torch.float32, model.unet.config, "sd1",
+                          "sd1.safetensors", unet=model.unet)
+    assert loaded.kind == "controlnet"
+    for ours, theirs in zip(_residuals(loaded.model, model.unet), _residuals(net, model.unet)):
+        torch.testing.assert_close(ours, theirs, atol=2e-4, rtol=2e-4)

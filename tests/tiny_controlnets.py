@@ -101,3 +101,22 @@ def t2i_original_state_dict(adapter) -> dict[str, torch.Tensor]:
                 key = ".".join(["body", str(level * 2)] + parts[2:])
         out[key] = value.detach().clone().contiguous()
     return out
+
+
+def control_lora_state_dict(net, unet) -> dict[str, torch.Tensor]:
+    """`net` as a Control-LoRA on `unet`: every changed trunk matrix as an exact (full-rank) up/down pair, vectors
+    and control-only parts as full tensors, plus the `lora_controlnet` marker."""
+    from modules.models.ldm_export import unet_to_ldm
+
+    base = unet_to_ldm(unet)
+    out = {"lora_controlnet": torch.tensor([])}
+    for key, value in original_state_dict(net, unet, prefix="").items():
+        if key in base and value.ndim >= 2:
+            delta = (value - base[key]).flatten(1).double()
+            u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+            stem = key.removesuffix(".weight")
+            out[stem + ".up"] = (u * s).float().contiguous()
+            out[stem + ".down"] = vh.float().reshape(-1, *value.shape[1:]).contiguous()
+        else:
+            out[key] = value
+    return out

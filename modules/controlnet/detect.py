@@ -116,7 +116,6 @@ def spec_from_diffusers(sd: Mapping, added_time_dim: int | None = None) -> Contr
 
 def _not_a_controlnet(kind: str) -> str:
     return {
-        "control_lora": "a Control-LoRA (lora_controlnet): not supported yet",
         "t2i_adapter": "a T2I-Adapter, not a ControlNet",
     }.get(kind, "not a ControlNet (no control_model.* or controlnet_cond_embedding.* tensors)")
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from modules import hashes
-from modules.controlnet import detect, t2i_adapter
+from modules.controlnet import control_lora, detect, t2i_adapter
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +87,20 @@ class ControlNetLibrary:
     # --- loading -------------------------------------------------------------------------------------------------
 
     def load(self, model: str, device: torch.device, dtype: torch.dtype, unet_config: Any,
-             checkpoint_family: str, checkpoint_title: str = "the checkpoint") -> LoadedControlNet:
-        """The model for `model` on `device`, checked against the checkpoint it will guide."""
+             checkpoint_family: str, checkpoint_title: str = "the checkpoint", unet=None) -> LoadedControlNet:
+        """The model for `model` on `device`, checked against the checkpoint it will guide (`unet`: that
+        checkpoint's UNet, which a Control-LoRA is built on)."""
         found = self.find(model)
         if found is None:
             raise ControlNetLoadError(f"ControlNet model {model!r} not found in "
                                       f"{', '.join(str(d) for d in self.dirs)}")
-        key = (found.path, found.title, str(device), dtype)
+        # A Control-LoRA depends on the checkpoint's weights: its cache entry is per checkpoint.
+        key = (found.path, found.title, str(device), dtype, checkpoint_title)
         with self._lock:
             loaded = self._loaded.get(key)
             if loaded is None:
                 loaded = load_file(found.path, found.title, device, dtype,
-                                   getattr(unet_config, "addition_time_embed_dim", None))
+                                   getattr(unet_config, "addition_time_embed_dim", None), unet)
                 self._loaded[key] = loaded
                 while len(self._loaded) > max(1, self.cache_size):
                     self._loaded.popitem(last=False)
@@ -125,7 +127,7 @@ def check_family(loaded: LoadedControlNet, checkpoint_family: str, unet_config: 
 
 
 def load_file(path: Path, title: str, device: torch.device, dtype: torch.dtype,
-              added_time_dim: int | None = None) -> LoadedControlNet:
+              added_time_dim: int | None = None, unet=None) -> LoadedControlNet:
     """Build the model a file or diffusers folder holds (config from its shapes, or the folder's config.json)."""
     from modules.models.loader import ModelLoadError, _empty, _fill, read_state_dict
 
@@ -134,6 +136,10 @@ def load_file(path: Path, title: str, device: torch.device, dtype: torch.dtype,
             sd, config_file = _read_folder(path)
         else:
             sd, config_file = read_state_dict(path), None
+        if control_lora.is_control_lora(sd):
+            if unet is None:
+                raise detect.ControlNetFileError("a Control-LoRA needs the checkpoint's UNet to build on")
+            sd = control_lora.merge(sd, unet)
         if t2i_adapter.is_t2i_adapter(sd):
             converted = t2i_adapter.to_diffusers(sd)
             spec = t2i_adapter.spec(converted)
