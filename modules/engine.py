@@ -16,6 +16,7 @@ from modules.jobs import JobQueue, JobState
 from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointRegistry
 from modules.networks.embeddings import EmbeddingDatabase
+from modules.networks.hypernetworks import HypernetworkRegistry
 from modules.styles import StyleDatabase
 from modules.networks.lora import LoraRegistry
 from modules.paths import Paths
@@ -23,6 +24,7 @@ from modules.processing import GenerationResult, OutputDirs, ProcessingContext
 from modules.request_types import GenerationRequest, Img2ImgRequest, RequestError, Txt2ImgRequest
 from modules.settings import Settings
 from modules.upscaling import UpscalerRegistry
+from modules.controlnet.models import ControlNetLibrary
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class Engine:
     extension_errors: list = None  # type: ignore[assignment]  messages about extensions that failed to load
     upscalers: Any = None  # modules.upscaling.UpscalerRegistry (Lanczos, Nearest, models/ESRGAN, …)
     threads: cpu_threads.ThreadPolicy = None  # type: ignore[assignment]  CPU threads per job (--threads, setting)
+    controlnets: Any = None  # modules.controlnet.models.ControlNetLibrary (models/ControlNet, --controlnet-dir)
+    hypernetworks: Any = None  # modules.networks.hypernetworks.HypernetworkRegistry (models/hypernetworks)
 
     @classmethod
     def create(cls, paths: Paths, settings: Settings | None = None, device_config: devices.DeviceConfig | None = None,
@@ -69,9 +73,14 @@ class Engine:
         loras.refresh()
         engine = cls(paths, settings, device_config, registry, models, JobState(), JobQueue(), loras)
         engine.embeddings = EmbeddingDatabase(paths.embeddings_dir)
+        engine.hypernetworks = HypernetworkRegistry.from_paths(paths)
+        engine.hypernetworks.refresh()
         engine.styles = StyleDatabase.from_paths(paths)
         engine.upscalers = UpscalerRegistry.from_paths(paths, device_config, settings)
         engine.threads = cpu_threads.ThreadPolicy(forced=threads, watch=device_config.device.type == "cpu")
+        engine.controlnets = ControlNetLibrary(paths.controlnet_dirs,
+                                               int(settings.get("control_net_model_cache_size", 2) or 2),
+                                               [paths.clip_vision_dir, paths.annotator_dir / "clip_vision"])
         return engine
 
     @classmethod
@@ -107,7 +116,7 @@ class Engine:
             self.state.begin(req.mode, req.n_iter)
             try:
                 if self.scripts is None:
-                    if req.script_name or req.alwayson_scripts:
+                    if req.script_name or req.external_alwayson_scripts():
                         raise RequestError("scripts are not available (extensions are not loaded)")
                     return self.process(req)
                 from modules.processing_compat import run_with_scripts
@@ -125,7 +134,9 @@ class Engine:
             self.use_cpu_threads(model, req, options)
             ctx = ProcessingContext(model=model, options=options, outputs=self._outputs(req), loras=self.loras,
                                     embeddings=self.embeddings, upscalers=self.upscalers,
-                                    upscale=self.upscalers.upscale_to if self.upscalers else None, hooks=hooks)
+                                    upscale=self.upscalers.upscale_to if self.upscalers else None, hooks=hooks,
+                                    controlnets=self.controlnets, annotator_dir=self.paths.annotator_dir,
+                                    hypernetworks=self.hypernetworks)
             ctx.state = self.state
             return processing.run_request(ctx, req)
 

@@ -61,6 +61,7 @@ class Paths:
     text_encoder_dirs: list[Path] = field(default_factory=list)  # <models>/text_encoder, then --text-encoder-dir
     controlnet_dirs: list[Path] = field(default_factory=list)  # <models>/ControlNet, then --controlnet-dir
     annotator_dir: Path = None  # type: ignore[assignment]  ControlNet preprocessor weights (models/ControlNetPreprocessor)
+    clip_vision_dir: Path = None  # type: ignore[assignment]  IP-Adapters' CLIP vision encoders (models/clip_vision)
 
     def __post_init__(self):
         if self.hypernetwork_dir is None:
@@ -75,6 +76,8 @@ class Paths:
             object.__setattr__(self, "controlnet_dirs", [self.models_dir / "ControlNet"])
         if self.annotator_dir is None:
             object.__setattr__(self, "annotator_dir", self.models_dir / "ControlNetPreprocessor")
+        if self.clip_vision_dir is None:
+            object.__setattr__(self, "clip_vision_dir", self.models_dir / "clip_vision")
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> "Paths":
@@ -178,7 +181,7 @@ class Paths:
     def ensure_dirs(self) -> None:
         """Create the folders the program writes to or that users are expected to fill (idempotent)."""
         dirs = [self.data_dir, self.models_dir, self.ckpt_dirs[0], self.vae_dirs[0], self.text_encoder_dirs[0],
-                self.lora_dir, self.controlnet_dirs[0], self.annotator_dir,
+                self.lora_dir, self.controlnet_dirs[0], self.annotator_dir, self.clip_vision_dir,
                 self.embeddings_dir, self.outputs_dir, self.extensions_dir,
                 *(self.outputs_dir / sub for sub in OUTPUT_SUBDIRS.values()),
                 self.config_file.parent, self.cache_file.parent, self.ui_config_file.parent, self.styles_file.parent]

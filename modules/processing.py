@@ -123,6 +123,9 @@ class ProcessingContext:
     upscale: Callable[[Image.Image, str, int, int], Image.Image] | None = None  # pixel upscaler by name, if any
     upscalers: Any = None  # modules.upscaling.UpscalerRegistry: hires fix's model upscalers (ESRGAN…) by name
     control_units: list = field(default_factory=list)  # modules.controlnet.units.ControlUnit, applied every batch
+    hypernetworks: Any = None  # modules.networks.hypernetworks.HypernetworkRegistry (models/hypernetworks)
+    controlnets: Any = None  # modules.controlnet.models.ControlNetLibrary: the models request units name
+    annotator_dir: Path | None = None  # ControlNet preprocessor weights (models/ControlNetPreprocessor)
 
     def opt(self, name: str, default: Any = None) -> Any:
         return self.options.get(name, default)
@@ -356,6 +359,7 @@ class BatchPlan:
     init_latents: torch.Tensor | None = None
     inpaint: dict | None = None
     always_add_noise: bool = True
+    hires: bool = False  # the hires fix's second pass
 
 
 class Generation:
@@ -386,6 +390,26 @@ class Generation:
         self.prompt_params: dict[str, Any] = {}
         if self.text_options.emphasis != "Original" and any("(" in t or "[" in t for t in texts):
             self.prompt_params["Emphasis"] = self.text_options.emphasis
+        self.controls = self._prepare_controls()
+        self.control_units = list(ctx.control_units) + self.controls.units
+
+    def _prepare_controls(self):
+        """The request's ControlNet units, preprocessed and loaded before any sampling (errors name the unit)."""
+        from modules.controlnet.prepare import PreparedControls, prepare
+
+        req, ctx = self.req, self.ctx
+        if not any(u.active for u in req.controlnet_units):
+            return PreparedControls()
+        if self.model.is_flow:
+            raise RequestError(f"{self.model.spec.label}: ControlNet is not available for this model family yet")
+        if ctx.controlnets is None:
+            raise RequestError("ControlNet models are not available here (no models/ControlNet library)")
+        m = self.model.size_multiple
+        inits = getattr(req, "init_images", None) or [None]
+        return prepare(req.controlnet_units, library=ctx.controlnets, model=self.model,
+                       width=_round8(req.width, m), height=_round8(req.height, m), init_image=inits[0],
+                       init_mask=getattr(req, "mask", None), annotator_dir=ctx.annotator_dir,
+                       skip_failed=bool(ctx.opt("controlnet_skip_failed_units", False)))
 
     def resolve_sampler(self, name: str | None, schedule: str | None):
         """(sampler, schedule type) for this model's family; an unknown or unsuitable name is a RequestError now,
@@ -522,16 +546,23 @@ class Generation:
         return sample(job)
 
     def _controls(self, plan: BatchPlan) -> list:
-        """The context's ControlNet units with their maps at this batch's size (SD1/SDXL UNets)."""
-        if not self.ctx.control_units:
+        """The ControlNet units used in this pass, with their maps at its size (SD1/SDXL UNets)."""
+        if not self.control_units:
             return []
         if self.model.is_flow:
             raise RequestError(f"{self.model.spec.label}: ControlNet is not available for this model family yet")
         from modules.controlnet.units import ActiveControl
 
         model = self.model
-        return [ActiveControl(u, u.tensor(plan.width, plan.height, len(plan.seeds), model.device, model.dtype))
-                for u in self.ctx.control_units]
+        return [ActiveControl(u, u.tensor(plan.width, plan.height, len(plan.seeds), model.device, model.dtype),
+                              hires=plan.hires, enabled=u.used_in(plan.hires))
+                for u in self.control_units if u.used_in(plan.hires) or u.kind == "ip_adapter"]
+
+    def image_prompts(self):
+        """The IP-Adapter units' layers on the UNet while this request runs (removed afterwards)."""
+        from modules.controlnet.ip_adapter import attached
+
+        return attached(self.model.unet, [u.model for u in self.control_units if u.kind == "ip_adapter"])
 
     def _eta(self, bundle) -> float | None:
         if self.req.eta is not None:
@@ -615,6 +646,12 @@ def _seeds(req: GenerationRequest) -> tuple[int, int, list[int], list[int]]:
 
 def _run(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, height: int, extra: dict[str, Any],
          denoising: float | None) -> GenerationResult:
+    with gen.image_prompts():
+        return _run_batches(ctx, gen, batch_fn, width, height, extra, denoising)
+
+
+def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, height: int, extra: dict[str, Any],
+                 denoising: float | None) -> GenerationResult:
     """The batch loop shared by txt2img and img2img: n_iter batches, progress, saving, interrupt/skip, grid."""
     req, model, state, hooks = gen.req, gen.model, ctx.state, ctx.hooks
     started = time.time()
@@ -629,6 +666,8 @@ def _run(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, height: 
     fmt = ctx.opt("samples_format", "png")
     networks = extra_networks.activate(ctx, model, all_prompts)  # tags stripped; LoRAs patched in (or removed)
     run.extra.update(networks.infotext)
+    run.extra.update(gen.controls.infotext)
+    networks.warnings.extend(gen.controls.warnings)
     if model.is_flow and not gen.uses_negative and any(n.strip() for n in all_negatives):
         networks.warnings.append(f"CFG scale {req.cfg_scale:g}: the negative prompt is not used ({model.spec.label} "
                                  "runs without real guidance at CFG scale 1; raise it above 1 to use the negative "
@@ -683,8 +722,19 @@ def _run(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, height: 
         state.next_job()
 
     _grid(ctx, req, result)
+    _detected_maps(ctx, gen, result)
     result.elapsed = time.time() - started
     return result
+
+
+def _detected_maps(ctx: ProcessingContext, gen: Generation, result: GenerationResult) -> None:
+    """The ControlNet units' detected maps follow the pictures (the extension's behaviour; its option
+    "control_net_no_detectmap" turns that off); each carries the generation's infotext."""
+    maps = gen.controls.detected_maps
+    if not maps or ctx.opt("control_net_no_detectmap", False) or not result.images:
+        return
+    result.images.extend(maps)
+    result.infotexts.extend([result.infotexts[-1]] * len(maps))
 
 
 def _grid(ctx: ProcessingContext, req: GenerationRequest, result: GenerationResult) -> None:
@@ -812,7 +862,7 @@ class HiresPlan:
         model, req = gen.model, gen.req
         f = model.vae_scale_factor
         total, run = img2img_steps(self.steps, self.denoising, fix_steps=True)
-        plan = BatchPlan(seeds, subseeds, self.target_w, self.target_h, total, run)
+        plan = BatchPlan(seeds, subseeds, self.target_w, self.target_h, total, run, hires=True)
         hr_prompts = [req.hr_prompt] * len(prompts) if req.hr_prompt else prompts
         hr_negatives = [req.hr_negative_prompt] * len(negatives) if req.hr_negative_prompt else negatives
         sampler, schedule = gen.sampler, gen.schedule

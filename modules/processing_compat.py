@@ -268,7 +268,8 @@ def run_with_scripts(engine, runner, req: GenerationRequest, script_args: list |
     from_ui = script_args is not None
     if script_args is None:
         try:
-            script_args = runner.args_for_request(req.script_name, req.script_args, req.alwayson_scripts)
+            script_args = runner.args_for_request(req.script_name, req.script_args,
+                                                   req.external_alwayson_scripts())
         except LookupError as e:
             raise RequestError(str(e)) from None
     p = processing_object(req, engine)

@@ -21,6 +21,10 @@ class RequestError(ValueError):
     """A request field is missing, of the wrong type or out of range; the message names the field."""
 
 
+# Always-on scripts of extensions that are built in here: requests naming them work without the extension.
+BUILTIN_ALWAYSON_SCRIPTS = ("controlnet",)
+
+
 @dataclass
 class GenerationRequest:
     """Fields shared by txt2img and img2img (A1111's StableDiffusionProcessing, API defaults)."""
@@ -66,8 +70,15 @@ class GenerationRequest:
     alwayson_scripts: dict[str, Any] = field(default_factory=dict)
     force_task_id: str | None = None
     infotext: str | None = None
+    # Built in, read from alwayson_scripts["controlnet"] (the sd-webui-controlnet extension's API) or set by the UI:
+    # modules.controlnet.unit_request.ControlNetUnitRequest, one per unit
+    controlnet_units: list[Any] = field(default_factory=list)
 
     mode = "txt2img"
+
+    def external_alwayson_scripts(self) -> dict[str, Any]:
+        """The always-on scripts an extension must provide: those named in the request, less the built-in ones."""
+        return {k: v for k, v in (self.alwayson_scripts or {}).items() if k.lower() not in BUILTIN_ALWAYSON_SCRIPTS}
 
     @property
     def effective_sampler(self) -> str:
@@ -99,9 +110,14 @@ class GenerationRequest:
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for f in dataclasses.fields(cls):
-            if f.name in data:
+            if f.name in data and f.name != "controlnet_units":
                 kwargs[f.name] = _coerce(f.name, data[f.name], hints[f.name], image_base)
         req = cls(**kwargs)
+        payload = next((v for k, v in req.alwayson_scripts.items() if k.lower() == "controlnet"), None)
+        if payload is not None:
+            from modules.controlnet.unit_request import parse_units
+
+            req.controlnet_units = parse_units(payload, image_base)
         req.validate()
         return req
 
@@ -109,6 +125,8 @@ class GenerationRequest:
         """The request as A1111 echoes it back in `parameters` (images left out)."""
         out = {}
         for f in dataclasses.fields(self):
+            if f.name == "controlnet_units":  # echoed as sent, in alwayson_scripts
+                continue
             v = getattr(self, f.name)
             if isinstance(v, Image.Image) or (isinstance(v, list) and v and isinstance(v[0], Image.Image)):
                 v = None

@@ -108,8 +108,10 @@ def create_app(ctx: AppContext | None) -> FastAPI:
     # /sdapi/v1 (A1111's HTTP API) with --api, or alone with --nowebui; before the UI's catch-all mount.
     if ctx is not None and (getattr(ctx.args, "api", False) or getattr(ctx.args, "nowebui", False)):
         from modules import api
+        from modules.api import controlnet_api
 
-        api.mount(app, ctx)
+        sdapi = api.mount(app, ctx)
+        controlnet_api.mount(app, ctx.engine, sdapi.auth if sdapi.credentials else None)
 
     ui = ctx is not None and not getattr(ctx.args, "nowebui", False)
     if not ui:

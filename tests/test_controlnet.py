@@ -244,3 +244,51 @@ def test_t2i_adapter_matches_the_adapter_pipeline(load_tiny, channels):
                   adapter_conditioning_scale=0.8).images
     assert _diff(ours, theirs) <= 1
     assert _diff(ours, _ours(model, [], 6.0)) > 3
+
+
+def test_ip_adapter_unit_matches_the_pipeline_with_an_image_prompt(load_tiny, tmp_path):
+    """A request unit with preprocessor ip-adapter_clip_sd15 and an IP-Adapter file, its encoder found by width in
+    models/clip_vision, against StableDiffusionPipeline(ip_adapter_image=...) on the same weights."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    from modules.controlnet import ip_adapter
+    from modules.controlnet.models import ControlNetLibrary
+    from modules.controlnet.unit_request import ControlNetUnitRequest, UnitImage
+    from modules.sampling import samplers
+    from tests import tiny_controlnets as tc
+
+    model = load_tiny("sd1.safetensors")
+    (tmp_path / "cn").mkdir()
+    (tmp_path / "clip").mkdir()
+    save_file(tc.ip_adapter_state_dict(model.unet, 24, 11), str(tmp_path / "cn" / "ip-adapter_sd15.safetensors"))
+    encoder = tc.build_clip_vision(12)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp_path / "clip" / "clip_h.safetensors"))
+    save_file({k: v.contiguous() for k, v in tc.build_clip_vision(13, projection=16).state_dict().items()},
+              str(tmp_path / "clip" / "other.safetensors"))
+    library = ControlNetLibrary([tmp_path / "cn"], clip_vision_dirs=[tmp_path / "clip"])
+    picture = _map(9).resize((48, 40))
+    unit = ControlNetUnitRequest(module="ip-adapter_clip_sd15", model="ip-adapter_sd15", weight=0.8,
+                                 images=[UnitImage(picture)])
+    req = Txt2ImgRequest(prompt="a red ball", negative_prompt="blurry", steps=6, cfg_scale=6.0, width=SIZE,
+                         height=SIZE, seed=SEED, sampler_name="Euler", controlnet_units=[unit])
+    ctx = ProcessingContext(model=model, options={"return_grid": False}, outputs=None, controlnets=library)
+    result = txt2img(ctx, req)
+    ours = result.images
+    assert len(ours) == 1 and "ControlNet 0" in result.infotexts[0]  # no detected map for an image prompt
+    processors = dict(model.unet.attn_processors)
+    assert not any("IPAdapter" in type(p).__name__ for p in processors.values())  # detached after the request
+
+    weights, _ = ip_adapter.parse({**tc.ip_adapter_state_dict(model.unet, 24, 11)})
+    scheduler = samplers.build_scheduler(*samplers.resolve("Euler", None), model.scheduler_config).scheduler
+    pipe = StableDiffusionPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+        scheduler=scheduler, safety_checker=None, feature_extractor=ip_adapter.image_processor(encoder),
+        image_encoder=encoder, requires_safety_checker=False)
+    with ip_adapter.attached(model.unet, [weights]):
+        ip_adapter.set_scales(model.unet, [0.8])
+        theirs = pipe("a red ball", negative_prompt="blurry", ip_adapter_image=picture, num_inference_steps=6,
+                      guidance_scale=6.0, width=SIZE, height=SIZE,
+                      generator=[torch.Generator().manual_seed(SEED)]).images
+    assert _diff(ours, theirs) <= 1
+    assert _diff(ours, _ours(model, [], 6.0)) > 3

@@ -120,3 +120,32 @@ def control_lora_state_dict(net, unet) -> dict[str, torch.Tensor]:
         else:
             out[key] = value
     return out
+
+
+def build_clip_vision(seed: int, width: int = 32, projection: int = 24):
+    """A tiny CLIP vision encoder (HF layout) of the kind IP-Adapters read; one head, as its shapes imply."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                              num_attention_heads=1, image_size=32, patch_size=8, projection_dim=projection,
+                              hidden_act="gelu")
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+def ip_adapter_state_dict(unet, clip_projection: int, seed: int, tokens: int = 4) -> dict[str, torch.Tensor]:
+    """A plain IP-Adapter for `unet` in the released files' layout: `image_proj.proj/norm` and
+    `ip_adapter.{1,3,5...}.to_k_ip/to_v_ip` (one pair per cross-attention layer, numbered as the originals)."""
+    torch.manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+    out = {"image_proj.proj.weight": torch.randn(cross * tokens, clip_projection) * 0.3,
+           "image_proj.proj.bias": torch.randn(cross * tokens) * 0.1,
+           "image_proj.norm.weight": 1 + torch.randn(cross) * 0.1, "image_proj.norm.bias": torch.randn(cross) * 0.1}
+    key = 1
+    for name, module in unet.named_modules():
+        if name.endswith("attn2"):
+            hidden = module.to_k.out_features
+            out[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(hidden, cross) * 0.3
+            out[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(hidden, cross) * 0.3
+            key += 2
+    return out

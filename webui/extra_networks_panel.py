@@ -1,7 +1,9 @@
-"""The "Extra networks" panel under the prompt (A1111's cards): Checkpoints, Lora and Textual Inversion.
+"""The "Extra networks" panel under the prompt (A1111's cards): Checkpoints, Lora, Textual Inversion and
+Hypernetworks.
 
 Each sub-tab is a `gr.Dataset` of cards (preview image + name) with a search box and a refresh button. Clicking a
-card inserts it into the tab's prompt (`<lora:NAME:1>` / the embedding's name) or, for a checkpoint, loads it.
+card inserts it into the tab's prompt (`<lora:NAME:1>`, `<hypernet:NAME:M>` with M the setting "Default multiplier
+for extra networks", or the embedding's name) or, for a checkpoint, loads it.
 """
 from __future__ import annotations
 
@@ -61,6 +63,14 @@ def _embedding_items(engine, refresh: bool) -> list[tuple[str, str, str]]:
     return [(name, str(emb.filename), name) for name, emb in sorted(db.items(), key=lambda kv: kv[0].lower())]
 
 
+def _hypernetwork_items(engine, refresh: bool) -> list[tuple[str, str, str]]:
+    registry = getattr(engine, "hypernetworks", None)
+    if registry is None:
+        return []
+    entries = registry.refresh() if refresh else registry.list()
+    return [(e.name, str(e.path), e.name) for e in entries]
+
+
 def _checkpoint_items(engine, refresh: bool) -> list[tuple[str, str, str]]:
     if refresh:
         engine.registry.refresh()
@@ -68,7 +78,8 @@ def _checkpoint_items(engine, refresh: bool) -> list[tuple[str, str, str]]:
 
 
 SOURCES = {"checkpoints": ("Checkpoints", _checkpoint_items), "lora": ("Lora", _lora_items),
-           "textual_inversion": ("Textual Inversion", _embedding_items)}
+           "textual_inversion": ("Textual Inversion", _embedding_items),
+           "hypernetworks": ("Hypernetworks", _hypernetwork_items)}
 
 
 def filter_items(items, query: str):
@@ -80,6 +91,15 @@ def filter_items(items, query: str):
 
 def samples_for(items) -> list[list]:
     return [[find_preview(f) or placeholder_image(), name] for name, f, _ in items]
+
+
+def hypernet_tag(name: str, multiplier) -> str:
+    """A1111's hypernetwork card text: `<hypernet:NAME:M>` (M as the page's javascript prints the number)."""
+    try:
+        m = f"{float(multiplier):g}"
+    except (TypeError, ValueError):
+        m = "1"
+    return f"<hypernet:{name}:{m}>"
 
 
 def insert_text(prompt: str, text: str) -> str:
@@ -150,7 +170,12 @@ def _wire_click(engine, key: str, cards, state, prompt_textbox, message) -> None
         if index is None or not items or index >= len(items):
             return gr.update()
         value = items[index][2]
-        text = f"<lora:{value}:1>" if key == "lora" else value
+        if key == "lora":
+            text = f"<lora:{value}:1>"
+        elif key == "hypernetworks":
+            text = hypernet_tag(value, engine.settings.get("extra_networks_default_multiplier", 1.0))
+        else:
+            text = value
         return insert_text(prompt, text)
 
     cards.click(insert, [cards, state, prompt_textbox], [prompt_textbox], queue=False, show_progress="hidden")

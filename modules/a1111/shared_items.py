@@ -40,7 +40,10 @@ def sd_unet_items():
 
 
 def reload_hypernetworks():
-    """Hypernetworks are not supported yet."""
+    """List `models/hypernetworks` again (A1111 rebuilds `shared.hypernetworks`)."""
+    e = engine_or_none()
+    if e is not None and getattr(e, "hypernetworks", None) is not None:
+        e.hypernetworks.refresh()
 
 
 def get_infotext_names():

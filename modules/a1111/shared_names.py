@@ -61,7 +61,6 @@ from modules.jobs import JobState as State  # noqa: E402,F401 - A1111's class of
 face_restorers: list = []  # GFPGAN/CodeFormer are not included (non-commercial licences)
 interrogator = Unsupported("shared.interrogator", "the CLIP interrogator is not included")
 clip_model = None
-loaded_hypernetworks: list = []
 settings_components: dict = {}
 tab_names: list = []
 gradio_theme = None
@@ -120,6 +119,11 @@ def __getattr__(name):
         from modules.a1111.paths_internal import sd_default_config
 
         return sd_default_config
+    if name == "loaded_hypernetworks":  # the ones hooked into the current model (a copy: changing it does nothing)
+        from modules.networks import hypernetworks
+
+        current = getattr(e.models, "current", None) if e is not None else None
+        return hypernetworks.active(current) if current is not None else []
     if name == "sd_upscalers_list":
         from modules import shared
 

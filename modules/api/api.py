@@ -244,7 +244,7 @@ def check_request(req, settings=None, upscaler_names=None, runners=None) -> None
     if req.script_name and (runner is None or not runner.selectable_index(req.script_name)):
         valid = ", ".join(runner.titles) if runner is not None and runner.titles else "none installed"
         raise ApiError(422, f"script {req.script_name!r} not found; available: {valid}", "ScriptNotFound")
-    for title in req.alwayson_scripts or {}:
+    for title in req.external_alwayson_scripts():
         script = runner.script(title) if runner is not None else None
         if script is None or not script.alwayson:
             raise ApiError(422, f"always-on script {title!r} not found", "ScriptNotFound")
@@ -351,7 +351,7 @@ class Api:
         route("/latent-upscale-modes", self.latent_upscale_modes, "GET")
         route("/sd-models", self.sd_models, "GET")
         route("/sd-vae", self.sd_vae, "GET")
-        route("/hypernetworks", self.empty_list, "GET")
+        route("/hypernetworks", self.hypernetworks, "GET")
         route("/face-restorers", self.empty_list, "GET")
         route("/realesrgan-models", self.empty_list, "GET")
         route("/prompt-styles", self.prompt_styles, "GET")
@@ -585,6 +585,13 @@ class Api:
 
     def empty_list(self):
         return []
+
+    def hypernetworks(self):
+        """A1111's `[{"name", "path"}]` of `models/hypernetworks/**/*.pt` (the folder is read again each time)."""
+        registry = getattr(self.engine, "hypernetworks", None)
+        if registry is None:
+            return []
+        return [{"name": e.name, "path": str(e.path)} for e in registry.refresh()]
 
     def extensions(self):
         """Installed extensions (built-in first), A1111's shape; ``enabled`` follows the options and the flags."""

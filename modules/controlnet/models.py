@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from modules import hashes
-from modules.controlnet import control_lora, detect, t2i_adapter
+from modules.controlnet import control_lora, detect, ip_adapter, t2i_adapter
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +36,18 @@ class ControlNetFile:
 class LoadedControlNet:
     title: str
     model: Any  # diffusers ControlNetModel / ControlNetUnionModel
-    kind: str  # "controlnet" | "union" | "t2i_adapter"
+    kind: str  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter"
     family: str  # "sd1" | "sd2" | "sdxl"
 
 
 class ControlNetLibrary:
     """The installed ControlNet models and a small cache of loaded ones."""
 
-    def __init__(self, dirs: list[Path], cache_size: int = 2):
+    def __init__(self, dirs: list[Path], cache_size: int = 2, clip_vision_dirs: list[Path] | None = None):
         self.dirs = [Path(d) for d in dirs]
+        self.clip_vision_dirs = [Path(d) for d in clip_vision_dirs or []]
         self.cache_size = cache_size
+        self._encoders: OrderedDict[tuple, Any] = OrderedDict()
         self._files: dict[str, ControlNetFile] | None = None
         self._loaded: OrderedDict[tuple, LoadedControlNet] = OrderedDict()
         self._lock = threading.Lock()
@@ -109,6 +111,26 @@ class ControlNetLibrary:
         return loaded
 
 
+    def encoder(self, weights, device: torch.device, dtype: torch.dtype):
+        """The CLIP vision encoder an IP-Adapter reads (found by width in models/clip_vision), loaded once."""
+        try:
+            path = ip_adapter.find_encoder(self.clip_vision_dirs, weights)
+        except detect.ControlNetFileError as e:
+            raise ControlNetLoadError(str(e)) from None
+        key = (path, str(device), dtype)
+        with self._lock:
+            if key not in self._encoders:
+                from modules.models.loader import ModelLoadError
+
+                try:
+                    self._encoders[key] = ip_adapter.load_encoder(path, device, dtype)
+                except ModelLoadError as e:
+                    raise ControlNetLoadError(str(e)) from None
+                while len(self._encoders) > 1:
+                    self._encoders.popitem(last=False)
+            return self._encoders[key]
+
+
 def check_family(loaded: LoadedControlNet, checkpoint_family: str, unet_config: Any, checkpoint_title: str) -> None:
     """An SDXL ControlNet on an SD1.5 checkpoint (or the reverse) fails with shapes; say it in words instead."""
     family = checkpoint_family.split("_")[0]  # sd1_inpaint, sdxl_refiner → their base family
@@ -135,7 +157,12 @@ def load_file(path: Path, title: str, device: torch.device, dtype: torch.dtype,
         if path.is_dir():
             sd, config_file = _read_folder(path)
         else:
-            sd, config_file = read_state_dict(path), None
+            sd, config_file = read_state_dict(path, nested=True), None
+        if ip_adapter.is_ip_adapter(sd):
+            weights, family = ip_adapter.parse(sd)
+            log.info("IP-Adapter %s loaded (%s%s)", title, detect.FAMILY_NAMES[family], ", plus" if weights.plus
+                     else "")
+            return LoadedControlNet(title=title, model=weights, kind="ip_adapter", family=family)
         if control_lora.is_control_lora(sd):
             if unet is None:
                 raise detect.ControlNetFileError("a Control-LoRA needs the checkpoint's UNet to build on")

@@ -42,7 +42,8 @@ class ControlUnit:
     soft_in_hires: bool = False  # canny / mlsd maps
     advanced_weighting: list[float] | None = None
     union_type: int | None = None  # index into UNION_TYPES for a Union model
-    kind: str = "controlnet"  # "controlnet" | "union" | "t2i_adapter"
+    kind: str = "controlnet"  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter"
+    ip_embeds: tuple | None = None  # an IP-Adapter's (positive, negative) image tokens, each (1, tokens, width)
 
     def active_at(self, step: int, total: int) -> bool:
         """Inside the guidance window at 0-based step `step` of `total` (diffusers' controlnet_keep)."""
@@ -68,8 +69,11 @@ class ControlUnit:
     def cond_only(self) -> bool:
         return self.control_mode == CONTROL
 
-    def tensor(self, width: int, height: int, batch: int, device, dtype) -> torch.Tensor:
-        """The map as the ControlNet reads it: (batch, 3, H, W) in [0, 1], fitted to the pass's size."""
+    def tensor(self, width: int, height: int, batch: int, device, dtype) -> torch.Tensor | None:
+        """The map as the ControlNet reads it: (batch, 3, H, W) in [0, 1], fitted to the pass's size (an
+        IP-Adapter reads no map: None)."""
+        if self.kind == "ip_adapter":
+            return None
         from modules.controlnet.control_map import fit, to_tensor
 
         fitted = fit(self.image, width, height, self.resize_mode)
@@ -93,6 +97,7 @@ class ActiveControl:
     image: torch.Tensor
     hires: bool = False
     features: list | None = None  # a T2I-Adapter's features of `image` (the same at every step)
+    enabled: bool = True  # False: an IP-Adapter kept attached but silent in this pass (its hires-fix option)
 
 
 def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.Tensor, added: dict | None,
@@ -102,8 +107,14 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
     `rows[r]`: the picture of the batch that UNet row r belongs to; the first `uncond_rows` rows are the negative
     prompt's (CFG)."""
     down, mid, intra = None, None, None
+    ip_embeds, ip_scales = [], []
     for control in controls:
         unit = control.unit
+        if unit.kind == "ip_adapter":  # every attached adapter needs its tokens; its scale says if it acts
+            ip_embeds.append(_ip_rows(unit, rows, uncond_rows, x.dtype))
+            on = control.enabled and unit.active_at(step, total)
+            ip_scales.append(float(unit.weight) if on else 0.0)
+            continue
         if not unit.active_at(step, total) or unit.weight == 0 and unit.advanced_weighting is None:
             continue
         if unit.kind == "t2i_adapter":
@@ -125,7 +136,17 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
         out.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)
     if intra is not None:
         out["down_intrablock_additional_residuals"] = intra
+    if ip_embeds:
+        out["ip_adapter"] = (ip_embeds, ip_scales)
     return out
+
+
+def _ip_rows(unit: ControlUnit, rows: torch.Tensor, uncond_rows: int, dtype) -> torch.Tensor:
+    """The image tokens per UNet row: the negative ones for the negative prompt's rows."""
+    positive, negative = unit.ip_embeds
+    parts = [negative.expand(uncond_rows, *negative.shape[1:])] if uncond_rows else []
+    parts.append(positive.expand(len(rows) - uncond_rows, *positive.shape[1:]))
+    return torch.cat(parts).to(dtype)
 
 
 def _adapter_features(control: ActiveControl, rows: torch.Tensor, uncond_rows: int, dtype) -> list:

@@ -87,9 +87,10 @@ class LoadedModel:
 # Reading files
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, nested: bool = False) -> dict[str, torch.Tensor]:
     """Read a `.safetensors`, a `.gguf` (tensors kept quantized) or a pickle checkpoint (`.ckpt/.pt/.bin`) safely
-    into CPU tensors."""
+    into CPU tensors. `nested`: a pickle's dicts of tensors (IP-Adapter's `{"image_proj": {...}}`) are kept as
+    `outer.inner` keys instead of being dropped."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path.name}: file not found")
@@ -131,7 +132,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             sd = sd["state_dict"]
         if not isinstance(sd, Mapping):
             raise ModelLoadError(f"{path.name}: the file holds no state dict")
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    out = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if nested:
+        for outer, inner in sd.items():
+            if isinstance(inner, Mapping):
+                out.update({f"{outer}.{k}": v for k, v in inner.items() if isinstance(v, torch.Tensor)})
+    return out
 
 
 def read_embedded_architecture(path: Path) -> dict | None:

@@ -119,6 +119,7 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
     batch = torch.arange(latents.shape[0], device=latents.device)
     control = _control(job, x, t, embeds, added, step, torch.cat([batch, batch]) if job.use_cfg else batch,
                        latents.shape[0] if job.use_cfg else 0)
+    added = _with_image_prompts(job, control, added)
     if job.inpaint is not None and job.inpaint.masked_image_latents is not None:
         mask, masked = job.inpaint.mask, job.inpaint.masked_image_latents
         if job.use_cfg:
@@ -145,6 +146,19 @@ def _control(job: SamplingJob, x: torch.Tensor, t, embeds, added, step: int, row
     from modules.controlnet.units import residuals
 
     return residuals(job.controls, x, t, embeds, added, rows, uncond_rows, step, len(job.timesteps))
+
+
+def _with_image_prompts(job: SamplingJob, control: dict, added: dict | None) -> dict | None:
+    """IP-Adapter units: their image tokens go to the UNet with the added conditioning, their weights (0 outside
+    a unit's guidance window) into its IP attention layers."""
+    image_prompts = control.pop("ip_adapter", None)
+    if image_prompts is None:
+        return added
+    from modules.controlnet.ip_adapter import set_scales
+
+    embeds, scales = image_prompts
+    set_scales(job.unet, scales)
+    return {**(added or {}), "image_embeds": embeds}
 
 
 def _scale_input(scheduler, x: torch.Tensor, t) -> torch.Tensor:
@@ -189,6 +203,7 @@ def _denoise_multi(job: SamplingJob, latents: torch.Tensor, t, step: int, cond, 
     every = torch.arange(batch, device=latents.device)
     control = _control(job, x, t, torch.cat(embeds), added, step,
                        torch.cat([every, owners]) if use_cfg else owners, batch if use_cfg else 0)
+    added = _with_image_prompts(job, control, added)
     if job.inpaint is not None and job.inpaint.masked_image_latents is not None:
         mask, masked = job.inpaint.mask[owners], job.inpaint.masked_image_latents[owners]
         if use_cfg:

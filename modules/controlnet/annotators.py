@@ -1,0 +1,549 @@
+"""The model-based ControlNet preprocessors: the extension's annotator networks (taken from `controlnet_aux`, the
+same architectures) with weights read only from the user's annotator folder, never downloaded.
+
+Pre- and post-processing follow the extension's annotator code (not controlnet_aux's detectors, which resize
+differently): the picture is resized so its short side is the resolution, edge-padded to multiples of 64, run, and
+the map cropped back to the resized size. Networks are built on the meta device and take the file's tensors
+directly, so a large annotator costs neither a random initialisation nor twice its memory. The last few networks
+stay loaded (`unload_all()` frees them).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import itertools
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+
+from modules.controlnet.preprocessors import (ANNOTATOR_FOLDER, AnnotatorUnavailableError, MissingAnnotatorError,
+                                               RunContext, get, hwc3, lineart_standard, resize_with_pad)
+
+KEEP_LOADED = 3
+_cache: OrderedDict[tuple, torch.nn.Module] = OrderedDict()
+_lock = threading.Lock()
+
+
+# --- finding and loading weights ---
+
+def locate(ctx: RunContext, relative: str) -> Path:
+    """The file in the user's folder, in the extension's `<subdir>/<file>` layout, or MissingAnnotatorError."""
+    subdir, filename = relative.split("/", 1)
+    folder = (ctx.annotator_dir if ctx.annotator_dir is not None else ANNOTATOR_FOLDER) / subdir
+    path = folder / filename
+    if ctx.annotator_dir is None or not path.is_file():
+        raise MissingAnnotatorError(ctx.label or ctx.name, filename, folder)
+    return path
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors only, read as checkpoints are everywhere in this program (a pickle cannot run code), with
+    DataParallel's "module." prefixes dropped."""
+    from modules.models.loader import read_state_dict as read_tensors
+
+    sd = read_tensors(path, nested=True)
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def fit_keys(net: torch.nn.Module, sd: dict) -> dict:
+    """The network's weights out of what the file holds: a training checkpoint ({"model": ..., "optimizer": ...})
+    keeps them under "model." and may carry more tensors; a file missing any is left for the strict load to name."""
+    expected = set(net.state_dict())
+    inner = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+    for candidate in (sd, inner):
+        if expected <= set(candidate):
+            return {k: candidate[k] for k in expected}
+    return sd
+
+
+@functools.lru_cache(maxsize=None)
+def import_controlnet_aux() -> None:
+    """controlnet_aux's package import pulls in every detector it has; they warn about optional packages
+    (mediapipe) and timm names they re-register, which means nothing here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            importlib.import_module("controlnet_aux")
+        except ImportError as e:
+            raise AnnotatorUnavailableError(
+                f"model-based ControlNet preprocessors need the controlnet_aux package ({e}); "
+                f"install the requirements (pip install -r requirements.txt)") from e
+
+
+def _has_meta(net: torch.nn.Module) -> bool:
+    return any(t.is_meta for t in itertools.chain(net.parameters(), net.buffers()))
+
+
+def build_from(build: Callable[[], torch.nn.Module], path: Path,
+               convert: Callable[[torch.nn.Module, dict], dict] | None = None) -> torch.nn.Module:
+    """The network with the file's weights (strict: a wrong file is an error naming it, not a garbage map)."""
+    sd = read_state_dict(path)
+    import_controlnet_aux()
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # timm: "mapping deprecated model name" for MiDaS's backbone
+        net = build()
+    try:
+        sd = convert(net, sd) if convert is not None else fit_keys(net, sd)
+        net.load_state_dict(sd, strict=True, assign=True)
+        if _has_meta(net):  # a buffer the file does not hold: build it for real
+            net = build()
+            net.load_state_dict(sd, strict=True)
+    except (RuntimeError, KeyError) as e:
+        raise RuntimeError(f"{path} does not hold the weights this preprocessor expects: {e}") from e
+    return net.float().eval()
+
+
+def _device(ctx: RunContext) -> torch.device:
+    if ctx.device is not None:
+        return torch.device(ctx.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load(ctx: RunContext, relative: str) -> torch.nn.Module:
+    """The network for a file (NETWORKS), reused while the file is unchanged (the least recently used go)."""
+    build, convert = NETWORKS[relative]
+    path = locate(ctx, relative)
+    device = _device(ctx)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, relative, str(device))
+    with _lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+        net = build_from(build, path, convert).to(device)
+        _cache[key] = net
+        while len(_cache) > KEEP_LOADED:
+            _cache.popitem(last=False)
+        return net
+
+
+def unload_all() -> None:
+    """Free every loaded annotator network."""
+    with _lock:
+        _cache.clear()
+    from modules import devices
+
+    devices.torch_gc()
+
+
+# --- shared steps ---
+
+def _tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """HxWxC numpy -> 1xCxHxW float32 on the device."""
+    return torch.from_numpy(np.ascontiguousarray(x)).float().permute(2, 0, 1)[None].to(device)
+
+
+def _param_device(net: torch.nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
+def safe_step(x: np.ndarray, step: int = 2) -> np.ndarray:
+    """Quantise soft edges to a few levels ("safe" variants: fewer hidden details for the ControlNet to copy)."""
+    y = x.astype(np.float32) * float(step + 1)
+    return y.astype(np.int32).astype(np.float32) / float(step)
+
+
+def nms(x: np.ndarray, threshold: int, sigma: float) -> np.ndarray:
+    """Thin soft edges to one-pixel ridges above a threshold (the extension's annotator.util.nms)."""
+    x = cv2.GaussianBlur(x.astype(np.float32), (0, 0), sigma)
+    kernels = [np.array(k, dtype=np.uint8) for k in (
+        [[0, 0, 0], [1, 1, 1], [0, 0, 0]], [[0, 1, 0], [0, 1, 0], [0, 1, 0]],
+        [[1, 0, 0], [0, 1, 0], [0, 0, 1]], [[0, 0, 1], [0, 1, 0], [1, 0, 0]])]
+    y = np.zeros_like(x)
+    for k in kernels:
+        np.putmask(y, cv2.dilate(x, kernel=k) == x, x)
+    out = np.zeros_like(y, dtype=np.uint8)
+    out[y > threshold] = 255
+    return out
+
+
+def to_scribble(edge: np.ndarray) -> np.ndarray:
+    """Soft edges -> bold binary scribbles (the extension's scribble_hed / scribble_pidinet)."""
+    x = nms(edge, 127, 3.0)
+    x = cv2.GaussianBlur(x, (0, 0), 3.0)
+    x[x > 4] = 255
+    x[x < 255] = 0
+    return x
+
+
+def _fuse_side_outputs(outputs, height: int, width: int) -> np.ndarray:
+    """HED/TEED: the side outputs resized to the picture, averaged, through a sigmoid -> [0, 1]."""
+    maps = [cv2.resize(o.detach().cpu().numpy().astype(np.float32)[0, 0], (width, height),
+                       interpolation=cv2.INTER_LINEAR) for o in outputs]
+    mean = np.mean(np.stack(maps, axis=2), axis=2).astype(np.float64)
+    return 0.5 * (1.0 + np.tanh(0.5 * mean))  # the logistic sigmoid, without exp's overflow on strong outputs
+
+
+# --- HED / TEED / PiDiNet soft edges ---
+
+def _hed_net():
+    from controlnet_aux.hed import ControlNetHED_Apache2
+
+    return ControlNetHED_Apache2()
+
+
+def hed_edge(ctx: RunContext, padded: np.ndarray, safe: bool) -> np.ndarray:
+    net = load(ctx, "hed/ControlNetHED.pth")
+    h, w = padded.shape[:2]
+    with torch.no_grad():
+        edge = _fuse_side_outputs(net(_tensor(padded, _param_device(net))), h, w)
+    if safe:
+        edge = safe_step(edge)
+    return (edge * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def _hed(img, res, a, b, ctx, safe=False, scribble=False):
+    p = resize_with_pad(img, res)
+    edge = p.crop(hed_edge(ctx, p.image, safe))
+    return hwc3(to_scribble(edge) if scribble else edge)
+
+
+def _ted_net():
+    from controlnet_aux.teed.ted import TED
+
+    return TED()
+
+
+def teed_edge(ctx: RunContext, padded: np.ndarray, steps: int, relative: str) -> np.ndarray:
+    net = load(ctx, relative)
+    h, w = padded.shape[:2]
+    with torch.no_grad():
+        edge = _fuse_side_outputs(net(_tensor(padded, _param_device(net))), h, w)
+    if steps != 0:
+        edge = safe_step(edge, steps)
+    return (edge * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def _teed(img, res, steps, b, ctx):
+    p = resize_with_pad(img, res)
+    return hwc3(p.crop(teed_edge(ctx, p.image, int(steps), "TEED/7_model.pth")))
+
+
+def _small_components(mask: np.ndarray, min_voxels: int = 36) -> np.ndarray:
+    """The extension removes objects under 36 voxels from the 3-channel mask (4-connected, each pixel counting
+    three times); this is that on one channel."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    keep = np.zeros(count, dtype=bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] * 3 >= min_voxels
+    return keep[labels]
+
+
+def _anyline(img, res, steps, b, ctx):
+    """MistoLine's Anyline: MTEED edges, with the faintest standard-lineart strokes (value 1) of real size
+    stamped in as the extension does."""
+    p = resize_with_pad(img, res)
+    edges = hwc3(teed_edge(ctx, p.image, int(steps), "TEED/MTEED.pth"))
+    lines = lineart_standard(p.image, min(p.image.shape[:2]))[:, :, 0]
+    faint = (lines == 1) & _small_components(lines == 1)
+    edges[faint] = 1
+    return p.crop(edges)
+
+
+def _pidinet_net():
+    from controlnet_aux.pidi.model import pidinet
+
+    return pidinet()
+
+
+def pidinet_edge(ctx: RunContext, padded: np.ndarray, safe: bool = False, binary: bool = False) -> np.ndarray:
+    """PiDiNet reads BGR in [0, 1]; its last output is the fused edge map."""
+    net = load(ctx, "pidinet/table5_pidinet.pth")
+    x = _tensor(padded[:, :, ::-1] / 255.0, _param_device(net))
+    with torch.no_grad():
+        edge = net(x)[-1].cpu().numpy()[0, 0]
+    if binary:
+        edge = edge > 0.5
+    if safe:
+        edge = safe_step(edge)
+    return (edge * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def _pidinet(img, res, a, b, ctx, safe=False, binary=False, scribble=False):
+    p = resize_with_pad(img, res)
+    edge = p.crop(pidinet_edge(ctx, p.image, safe, binary))
+    return hwc3(to_scribble(edge) if scribble else edge)
+
+
+# --- line art ---
+
+def _lineart_net():
+    from controlnet_aux.lineart import Generator
+
+    return Generator(3, 1, 3)
+
+
+def _lineart(img, res, a, b, ctx, relative="lineart/sk_model.pth"):
+    """Informative-drawings line art: the network draws black on white; the map is inverted as the extension's."""
+    p = resize_with_pad(img, res)
+    net = load(ctx, relative)
+    with torch.no_grad():
+        line = net(_tensor(p.image / 255.0, _param_device(net)))[0, 0].cpu().numpy()
+    line = (line * 255.0).clip(0, 255).astype(np.uint8)
+    return hwc3(p.crop(255 - line))
+
+
+def _lineart_anime_net():
+    import torch.nn as nn
+    from controlnet_aux.lineart_anime import UnetGenerator
+
+    norm = functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    return UnetGenerator(3, 1, 8, 64, norm_layer=norm, use_dropout=False)
+
+
+def _lineart_anime(img, res, a, b, ctx):
+    """The anime U-Net needs sides in multiples of 256: resized up to them, run, resized back."""
+    p = resize_with_pad(img, res)
+    net = load(ctx, "lineart_anime/netG.pth")
+    h, w = p.image.shape[:2]
+    hn, wn = 256 * int(np.ceil(h / 256.0)), 256 * int(np.ceil(w / 256.0))
+    x = cv2.resize(p.image, (wn, hn), interpolation=cv2.INTER_CUBIC)
+    with torch.no_grad():
+        line = net(_tensor(x / 127.5 - 1.0, _param_device(net)))[0, 0] * 127.5 + 127.5
+    line = cv2.resize(line.cpu().numpy(), (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
+    return hwc3(p.crop(255 - line))
+
+
+# --- MLSD straight lines ---
+
+def _mlsd_net():
+    from controlnet_aux.mlsd.models.mbv2_mlsd_large import MobileV2_MLSD_Large
+
+    return MobileV2_MLSD_Large()
+
+
+def _mlsd(img, res, score_thr, dist_thr, ctx):
+    """Straight line segments drawn one pixel wide in white (none found: a black map)."""
+    from controlnet_aux.mlsd.utils import pred_lines
+
+    p = resize_with_pad(img, res)
+    net = load(ctx, "mlsd/mlsd_large_512_fp32.pth")
+    out = np.zeros_like(p.image)
+    h, w = p.image.shape[:2]
+    with torch.no_grad():
+        try:
+            lines = pred_lines(p.image, net, [h, w], score_thr, dist_thr)
+        except IndexError:  # pred_lines cannot index an empty segment list
+            lines = []
+    for x0, y0, x1, y1 in lines:
+        cv2.line(out, (int(x0), int(y0)), (int(x1), int(y1)), (255, 255, 255), 1)
+    return hwc3(p.crop(out[:, :, 0]))
+
+
+# --- MiDaS depth and normals ---
+
+def _midas_net():
+    from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel
+
+    return DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True)
+
+
+def _midas_depth(ctx: RunContext, padded: np.ndarray) -> torch.Tensor:
+    net = load(ctx, "midas/dpt_hybrid-midas-501f0c75.pt")
+    with torch.no_grad():
+        return net(_tensor(padded / 127.5 - 1.0, _param_device(net)))[0].float().cpu()
+
+
+def _normalised(depth: torch.Tensor) -> np.ndarray:
+    d = depth - depth.min()
+    return (d / torch.clamp(d.max(), min=1e-8)).numpy()
+
+
+def _depth_midas(img, res, a, b, ctx):
+    p = resize_with_pad(img, res)
+    depth = (_normalised(_midas_depth(ctx, p.image)) * 255.0).clip(0, 255).astype(np.uint8)
+    return hwc3(p.crop(depth))
+
+
+def _normal_midas(img, res, bg_threshold, b, ctx):
+    """Normals from the depth's gradients; flat (facing the camera) where the depth is below the background
+    threshold."""
+    p = resize_with_pad(img, res)
+    depth = _midas_depth(ctx, p.image)
+    near = _normalised(depth)
+    d = depth.numpy()
+    x = cv2.Sobel(d, cv2.CV_32F, 1, 0, ksize=3)
+    y = cv2.Sobel(d, cv2.CV_32F, 0, 1, ksize=3)
+    x[near < bg_threshold] = 0
+    y[near < bg_threshold] = 0
+    normal = np.stack([x, y, np.full_like(x, np.pi * 2.0)], axis=2)
+    normal /= np.sum(normal ** 2.0, axis=2, keepdims=True) ** 0.5
+    image = (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)[:, :, ::-1]
+    return p.crop(image)
+
+
+# --- OpenPose ---
+
+def _body_net():
+    from controlnet_aux.open_pose.model import bodypose_model
+
+    return bodypose_model()
+
+
+def _hand_net():
+    from controlnet_aux.open_pose.model import handpose_model
+
+    return handpose_model()
+
+
+def _face_net():
+    from controlnet_aux.open_pose.face import FaceNet
+
+    return FaceNet()
+
+
+def _openpose_keys(net: torch.nn.Module, sd: dict) -> dict:
+    """The body/hand files name layers without the block prefix (the original pytorch-openpose transfer)."""
+    return {k: sd[k.split(".", 1)[1]] for k in net.state_dict().keys()}
+
+
+@functools.lru_cache(maxsize=None)
+def _estimator_classes():
+    """controlnet_aux's Body/Hand/Face take a file path and unpickle it freely: these take a network loaded here."""
+    from controlnet_aux.open_pose.body import Body
+    from controlnet_aux.open_pose.face import Face, params
+    from controlnet_aux.open_pose.hand import Hand
+
+    def holding(base):
+        def __init__(self, model):
+            self.model = model
+        return type(f"Loaded{base.__name__}", (base,), {"__init__": __init__})
+
+    face = holding(Face)
+    face.inference_size = params["inference_img_size"]
+    face.sigma = params["gaussian_sigma"]
+    face.threshold = params["heatmap_peak_thresh"]
+    return holding(Body), holding(Hand), face
+
+
+def _estimators(ctx: RunContext, hand: bool, face: bool):
+    body_cls, hand_cls, face_cls = _estimator_classes()
+    body = body_cls(load(ctx, "openpose/body_pose_model.pth"))
+    hands = hand_cls(load(ctx, "openpose/hand_pose_model.pth")) if hand else None
+    faces = face_cls(load(ctx, "openpose/facenet.pth")) if face else None
+    return body, hands, faces
+
+
+_HAND_EDGES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11), (11, 12),
+               (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20)]
+
+
+def draw_hand(canvas: np.ndarray, keypoints) -> np.ndarray:
+    """A hand as the extension draws it: bones in a rainbow, joints in blue (matplotlib's HSV via colorsys, so
+    matplotlib is not needed)."""
+    import colorsys
+
+    from controlnet_aux.open_pose.util import eps
+
+    if not keypoints:
+        return canvas
+    h, w = canvas.shape[:2]
+    for i, (a, b) in enumerate(_HAND_EDGES):
+        k1, k2 = keypoints[a], keypoints[b]
+        if k1 is None or k2 is None:
+            continue
+        x1, y1, x2, y2 = int(k1.x * w), int(k1.y * h), int(k2.x * w), int(k2.y * h)
+        if min(x1, y1, x2, y2) > eps:
+            color = [c * 255 for c in colorsys.hsv_to_rgb(i / float(len(_HAND_EDGES)), 1.0, 1.0)]
+            cv2.line(canvas, (x1, y1), (x2, y2), color, thickness=2)
+    for k in keypoints:
+        x, y = int(k.x * w), int(k.y * h)
+        if x > eps and y > eps:
+            cv2.circle(canvas, (x, y), 4, (0, 0, 255), thickness=-1)
+    return canvas
+
+
+def draw_poses(poses, h: int, w: int, body: bool, hand: bool, face: bool) -> np.ndarray:
+    from controlnet_aux.open_pose.util import draw_bodypose, draw_facepose
+
+    canvas = np.zeros((h, w, 3), dtype=np.uint8)
+    for pose in poses:
+        if body:
+            canvas = draw_bodypose(canvas, pose.body.keypoints)
+        if hand:
+            canvas = draw_hand(draw_hand(canvas, pose.left_hand), pose.right_hand)
+        if face:
+            canvas = draw_facepose(canvas, pose.face)
+    return canvas
+
+
+def _openpose(img, res, a, b, ctx, body=True, hand=False, face=False):
+    """CMU OpenPose skeletons (with hands / face landmarks) on black, drawn as the extension draws them."""
+    from controlnet_aux.open_pose import OpenposeDetector
+
+    p = resize_with_pad(img, res)
+    detector = OpenposeDetector(*_estimators(ctx, hand, face))
+    h, w = p.image.shape[:2]
+    poses = detector.detect_poses(p.image, include_hand=hand, include_face=face)
+    return p.crop(draw_poses(poses, h, w, body, hand, face))
+
+
+# --- which network each file holds ---
+
+Convert = Callable[[torch.nn.Module, dict], dict]
+
+# "<subdir>/<file>" in the annotator folder -> (build the network, adapt the file's keys or None).
+NETWORKS: dict[str, tuple[Callable[[], torch.nn.Module], Convert | None]] = {
+    "hed/ControlNetHED.pth": (_hed_net, None),
+    "pidinet/table5_pidinet.pth": (_pidinet_net, None),
+    "TEED/7_model.pth": (_ted_net, None),
+    "TEED/MTEED.pth": (_ted_net, None),
+    "lineart/sk_model.pth": (_lineart_net, None),
+    "lineart/sk_model2.pth": (_lineart_net, None),
+    "lineart_anime/netG.pth": (_lineart_anime_net, None),
+    "mlsd/mlsd_large_512_fp32.pth": (_mlsd_net, None),
+    "midas/dpt_hybrid-midas-501f0c75.pt": (_midas_net, None),
+    "openpose/body_pose_model.pth": (_body_net, _openpose_keys),
+    "openpose/hand_pose_model.pth": (_hand_net, _openpose_keys),
+    "openpose/facenet.pth": (_face_net, None),
+}
+
+
+# --- dispatch ---
+
+Runner = Callable[[np.ndarray, int, float, float, RunContext], np.ndarray]
+
+RUNNERS: dict[str, Runner] = {
+    "hed": _hed,
+    "hed_safe": functools.partial(_hed, safe=True),
+    "scribble_hed": functools.partial(_hed, scribble=True),
+    "pidinet": _pidinet,
+    "pidinet_safe": functools.partial(_pidinet, safe=True),
+    "pidinet_scribble": functools.partial(_pidinet, scribble=True),
+    "pidinet_sketch": functools.partial(_pidinet, binary=True),
+    "softedge_teed": _teed,
+    "softedge_anyline": _anyline,
+    "lineart": _lineart,
+    "lineart_coarse": functools.partial(_lineart, relative="lineart/sk_model2.pth"),
+    "lineart_anime": _lineart_anime,
+    "mlsd": _mlsd,
+    "depth": _depth_midas,
+    "normal_map": _normal_midas,
+    "openpose": _openpose,
+    "openpose_hand": functools.partial(_openpose, hand=True),
+    "openpose_face": functools.partial(_openpose, face=True),
+    "openpose_faceonly": functools.partial(_openpose, body=False, face=True),
+    "openpose_full": functools.partial(_openpose, hand=True, face=True),
+}
+
+
+def run(name: str, img: np.ndarray, res: int, a, b, ctx: RunContext) -> np.ndarray:
+    """Run a registered model-based preprocessor: every file it needs must be in the folder first."""
+    preprocessor = get(name)
+    ctx = replace(ctx, label=ctx.label or preprocessor.label)
+    for relative in preprocessor.annotator_files:
+        locate(ctx, relative)
+    import_controlnet_aux()
+    runner = RUNNERS.get(preprocessor.name)
+    if runner is None:
+        raise AnnotatorUnavailableError(
+            f"ControlNet preprocessor '{preprocessor.label}' is listed as the extension lists it, but its network "
+            f"is not part of this program yet; use another preprocessor or upload a ready-made map (preprocessor "
+            f"'none')")
+    return runner(img, res, a, b, ctx)

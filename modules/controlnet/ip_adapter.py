@@ -1,0 +1,183 @@
+"""IP-Adapter (Tencent AI Lab): a picture as a prompt. Files as users have them in models/ControlNet
+(`ip-adapter_sd15.safetensors`, `ip-adapter-plus_sd15`, `ip-adapter-plus-face_sd15`, `ip-adapter_sdxl_vit-h`, the
+`.bin` originals), the CLIP vision encoder from models/clip_vision.
+
+The adapter adds, in every cross-attention layer, a second attention over image tokens (diffusers'
+IPAdapterAttnProcessor2_0, loaded by diffusers' own converter). Its image tokens come from the CLIP vision encoder:
+the projected image embedding (the plain adapters) or the penultimate hidden states (the "plus" ones, through their
+resampler); the negative prompt's rows get a zero embedding (plain) or the encoding of a black picture (plus), as
+diffusers' pipelines do. The encoder is chosen by shape: the one whose width the adapter reads.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from modules.controlnet.detect import ControlNetFileError
+
+CLIP_VISION_EXTENSIONS = (".safetensors", ".bin", ".pth", ".pt")
+
+
+@dataclass
+class IPAdapterWeights:
+    """An IP-Adapter file split as diffusers' loader takes it."""
+
+    state_dict: dict  # {"image_proj": {...}, "ip_adapter": {...}}
+    plus: bool  # reads the encoder's penultimate hidden states (resampler) instead of its image embedding
+    clip_width: int  # the encoder output it reads: projection width (plain) or hidden width (plus)
+    config: Any  # cross_attention_dim, as the other control models' configs carry it
+
+    @property
+    def dtype(self):
+        return next(iter(self.state_dict["ip_adapter"].values())).dtype
+
+
+def is_ip_adapter(sd: Mapping) -> bool:
+    return any(k.startswith("image_proj.") for k in sd) and any(k.startswith("ip_adapter.") for k in sd)
+
+
+def parse(sd: Mapping) -> tuple[IPAdapterWeights, str]:
+    """The adapter and the family it was trained for (from its key/value width)."""
+    image_proj = {k.removeprefix("image_proj."): v for k, v in sd.items() if k.startswith("image_proj.")}
+    layers = {k.removeprefix("ip_adapter."): v for k, v in sd.items() if k.startswith("ip_adapter.")}
+    key = next((k for k in layers if k.endswith("to_k_ip.weight")), None)
+    if key is None:
+        raise ControlNetFileError("an IP-Adapter without to_k_ip layers")
+    cross = int(layers[key].shape[1])
+    if "proj.weight" in image_proj:
+        plus, width = False, int(image_proj["proj.weight"].shape[-1])
+    elif "proj_in.weight" in image_proj:
+        plus, width = True, int(image_proj["proj_in.weight"].shape[1])
+    elif "proj.0.weight" in image_proj:  # "full" (face) adapters: an MLP on the image embedding
+        plus, width = False, int(image_proj["proj.0.weight"].shape[1])
+    else:
+        raise ControlNetFileError("an IP-Adapter whose image projection this program does not know (FaceID?)")
+    weights = IPAdapterWeights({"image_proj": image_proj, "ip_adapter": layers}, plus, width,
+                               SimpleNamespace(cross_attention_dim=cross))
+    return weights, "sdxl" if cross == 2048 else "sd2" if cross == 1024 else "sd1"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The CLIP vision encoder
+
+
+def vision_config(sd: Mapping) -> dict:
+    """CLIPVisionConfig from an HF-layout encoder's shapes. ViT-L/H/bigG all use 16 heads (not in any shape)."""
+    patch = sd["vision_model.embeddings.patch_embedding.weight"].shape
+    positions = sd["vision_model.embeddings.position_embedding.weight"].shape[0]
+    hidden = int(patch[0])
+    layers = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("vision_model.encoder.layers."))
+    side = int(round((positions - 1) ** 0.5))
+    heads = 16 if hidden in (1024, 1280, 1664) else max(1, hidden // 64)
+    return {"hidden_size": hidden, "intermediate_size": int(sd["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0]),
+            "num_hidden_layers": layers, "num_attention_heads": heads, "patch_size": int(patch[2]),
+            "image_size": side * int(patch[2]), "num_channels": int(patch[1]),
+            "projection_dim": int(sd["visual_projection.weight"].shape[0]),
+            # OpenAI's ViT-L/14 uses quick_gelu; the OpenCLIP ViT-H/bigG encoders IP-Adapters use, gelu
+            "hidden_act": "quick_gelu" if hidden == 1024 else "gelu"}
+
+
+def _header_widths(path: Path) -> tuple[int, int] | None:
+    """(hidden, projection) widths of an encoder file without loading it (safetensors), else by loading it."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                return (f.get_slice("vision_model.embeddings.patch_embedding.weight").get_shape()[0],
+                        f.get_slice("visual_projection.weight").get_shape()[0])
+        from modules.models.loader import read_state_dict
+
+        sd = read_state_dict(path)
+        return (sd["vision_model.embeddings.patch_embedding.weight"].shape[0], sd["visual_projection.weight"].shape[0])
+    except Exception:  # not an encoder in the HF layout: not a candidate
+        return None
+
+
+def find_encoder(dirs: list[Path], weights: IPAdapterWeights) -> Path:
+    """The encoder whose output width the adapter reads (hidden width for "plus", projection width otherwise)."""
+    seen = []
+    for folder in dirs:
+        if not folder.is_dir():
+            continue
+        for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in CLIP_VISION_EXTENSIONS):
+            widths = _header_widths(path)
+            if widths is None:
+                continue
+            seen.append(path.name)
+            if widths[0 if weights.plus else 1] == weights.clip_width:
+                return path
+    where = " or ".join(str(d) for d in dirs)
+    kind = "hidden" if weights.plus else "projection"
+    found = f" (found {', '.join(seen)}, of other widths)" if seen else ""
+    raise ControlNetFileError(f"no CLIP vision encoder with {kind} width {weights.clip_width} in {where}{found}: "
+                              "put the encoder this IP-Adapter was trained with there (clip_h for the SD1.5 and "
+                              "vit-h adapters, clip_g for SDXL's)")
+
+
+def load_encoder(path: Path, device, dtype):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from modules.models.loader import _empty, _fill, read_state_dict
+
+    sd = read_state_dict(path)
+    model = _empty(CLIPVisionModelWithProjection, CLIPVisionConfig(**vision_config(sd)))
+    sd = {k: v for k, v in sd.items() if not k.endswith("position_ids")}
+    return _fill(model, sd, "the CLIP vision encoder", path.name, dtype).to(device)
+
+
+def image_processor(encoder):
+    """CLIP's own preprocessing (shortest side, centre crop, OpenAI mean/std) at the encoder's size."""
+    from transformers import CLIPImageProcessor
+
+    size = encoder.config.image_size
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+@torch.no_grad()
+def encode(encoder, image, plus: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive, negative) image tokens for one picture, each (1, tokens, width) as diffusers' pipelines make
+    them: the projected embedding and zeros, or the penultimate hidden states of the picture and of a black one."""
+    pixels = image_processor(encoder)(images=image.convert("RGB"), return_tensors="pt").pixel_values
+    pixels = pixels.to(device=encoder.device, dtype=encoder.dtype)
+    if plus:
+        positive = encoder(pixels, output_hidden_states=True).hidden_states[-2]
+        negative = encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
+        return positive, negative
+    embeds = encoder(pixels).image_embeds[:, None]
+    return embeds, torch.zeros_like(embeds)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Patching the UNet for one generation
+
+
+@contextlib.contextmanager
+def attached(unet, adapters: list[IPAdapterWeights]):
+    """The adapters' attention processors and image projections on `unet` for the `with` block; the UNet's own
+    processors, projection and config are put back afterwards (also after an error or an interrupt)."""
+    if not adapters:
+        yield
+        return
+    processors = dict(unet.attn_processors)
+    projection, hid_type = unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
+    try:
+        unet._load_ip_adapter_weights([a.state_dict for a in adapters], low_cpu_mem_usage=False)
+        yield
+    finally:
+        unet.set_attn_processor(processors)
+        unet.encoder_hid_proj = projection
+        unet.register_to_config(encoder_hid_dim_type=hid_type)
+
+
+def set_scales(unet, scales: list[float]) -> None:
+    """Each adapter's weight in every IP attention layer (0 outside its guidance window)."""
+    for processor in unet.attn_processors.values():
+        if hasattr(processor, "scale") and isinstance(processor.scale, list):
+            processor.scale = list(scales)

@@ -1,0 +1,170 @@
+"""From the units a user asked for to the units the loop applies: pick each unit's input (its own image, else the
+img2img picture), run its preprocessor at the resolution the extension would pick, load its model, and record
+its infotext. Every problem is a RequestError naming the unit, before any sampling starts."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from modules.controlnet import units as units_mod
+from modules.request_types import RequestError
+
+log = logging.getLogger(__name__)
+
+# Preprocessors whose maps are applied softly in the hires pass (the extension's rule against edge artifacts).
+SOFT_IN_HIRES = ("canny", "mlsd")
+# Control types of the preprocessors → ControlNet Union type (the extension's union mapping).
+UNION_BY_TAG = {"OpenPose": "OpenPose", "Depth": "Depth", "SoftEdge": "Soft Edge", "Scribble": "Soft Edge",
+                "Canny": "Hard Edge", "Lineart": "Hard Edge", "MLSD": "Hard Edge", "NormalMap": "Normal Map",
+                "Segmentation": "Segmentation", "Tile": "Tile", "Inpaint": "Inpaint"}
+
+
+@dataclass
+class PreparedControls:
+    units: list[units_mod.ControlUnit] = field(default_factory=list)
+    detected_maps: list[Image.Image] = field(default_factory=list)  # returned with the images when asked
+    infotext: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def prepare(requests: list, *, library, model, width: int, height: int, init_image: Image.Image | None = None,
+            init_mask: Image.Image | None = None, annotator_dir: Path | None = None,
+            skip_failed: bool = False) -> PreparedControls:
+    """`requests`: ControlNetUnitRequest list (inactive ones are skipped, as the extension does)."""
+    from modules.controlnet.unit_request import infotext_fields
+
+    out = PreparedControls()
+    used = []
+    for index, req in enumerate(requests):
+        if not req.active:
+            continue
+        try:
+            unit, detected = _prepare_one(index, req, library, model, width, height, init_image, init_mask,
+                                          annotator_dir)
+        except RequestError as e:
+            if not skip_failed:
+                raise
+            out.warnings.append(f"{e} (unit skipped)")
+            log.warning("ControlNet unit %d skipped: %s", index, e)
+            continue
+        out.units.append(unit)
+        if detected is not None and req.save_detected_map and req.module != "none":
+            out.detected_maps.append(detected)
+        used.append(req)
+    out.infotext = infotext_fields(used)
+    return out
+
+
+def _prepare_one(index: int, req, library, model, width: int, height: int, init_image, init_mask,
+                 annotator_dir: Path | None):
+    from modules.controlnet import preprocessors
+    from modules.controlnet.models import ControlNetLoadError
+
+    where = f"controlnet[{index}]"
+    pre = preprocessors.get(req.module)
+    if pre is None:
+        raise RequestError(f"{where}.module: unknown preprocessor {req.module!r} (GET /controlnet/module_list "
+                           "lists them)")
+    if any(t in ("Reference", "Revision", "Instant-ID") for t in pre.tags) or \
+            pre.name.startswith(("reference", "revision", "t2ia_style", "ip-adapter_face_id", "ip-adapter_pulid")):
+        raise RequestError(f"{where}.module: {pre.name} is not supported yet (ControlNet, T2I-Adapter, "
+                           "Control-LoRA and IP-Adapter models are)")
+    if req.model in ("", "None"):
+        raise RequestError(f"{where}.model: no ControlNet model chosen for preprocessor {pre.name}")
+    source, mask = _input(where, req, init_image, init_mask)
+    if pre.name.startswith(("ip-adapter", "clip_vision")) or "IP-Adapter" in pre.tags:
+        return _image_prompt(where, req, library, model, source), None
+    resolution = req.processor_res
+    if req.pixel_perfect:
+        resolution = pixel_perfect_resolution(source.size, width, height, req.resize_mode.value)
+    array = np.asarray(source.convert("RGB"))
+    if pre.accepts_mask or pre.requires_mask:
+        if mask is None and pre.requires_mask:
+            raise RequestError(f"{where}.mask: preprocessor {pre.name} needs a mask (or use img2img inpaint)")
+        alpha = np.zeros(array.shape[:2], np.uint8) if mask is None else np.asarray(
+            mask.convert("L").resize(source.size))
+        array = np.concatenate([array, alpha[:, :, None]], axis=2)
+    try:
+        detected = pre.run(array, resolution, req.threshold_a, req.threshold_b, annotator_dir=annotator_dir)
+    except (preprocessors.MissingAnnotatorError, preprocessors.AnnotatorUnavailableError) as e:
+        raise RequestError(f"{where}.module: {e}") from None
+    detected_image = Image.fromarray(np.ascontiguousarray(detected[:, :, :3] if detected.ndim == 3 else detected))
+    try:
+        loaded = library.load(req.model, model.device, model.dtype, model.unet.config, model.family, model.title,
+                              unet=model.unet)
+    except ControlNetLoadError as e:
+        raise RequestError(f"{where}.model: {e}") from None
+    if loaded.kind == "ip_adapter":
+        raise RequestError(f"{where}.model: {loaded.title} is an IP-Adapter: pair it with an ip-adapter "
+                           f"preprocessor, not {pre.name}")
+    union = None
+    if loaded.kind == "union":
+        union = _union_type(where, req, pre)
+    unit = units_mod.ControlUnit(
+        model=loaded.model, image=_control_input(detected), weight=req.weight, guidance_start=req.guidance_start,
+        guidance_end=req.guidance_end, control_mode=req.control_mode.value, resize_mode=req.resize_mode.value,
+        hr_option=req.hr_option.value, soft_in_hires=any(k in pre.name for k in SOFT_IN_HIRES),
+        advanced_weighting=req.advanced_weighting, union_type=union, kind=loaded.kind)
+    return unit, detected_image
+
+
+def _image_prompt(where: str, req, library, model, picture: Image.Image) -> units_mod.ControlUnit:
+    """An IP-Adapter unit: the picture through the CLIP vision encoder the adapter was trained with."""
+    from modules.controlnet import ip_adapter
+    from modules.controlnet.models import ControlNetLoadError
+
+    try:
+        loaded = library.load(req.model, model.device, model.dtype, model.unet.config, model.family, model.title,
+                              unet=model.unet)
+        if loaded.kind != "ip_adapter":
+            raise RequestError(f"{where}.model: {loaded.title} is not an IP-Adapter (preprocessor {req.module} "
+                               "makes image prompts)")
+        encoder = library.encoder(loaded.model, model.device, model.dtype)
+    except ControlNetLoadError as e:
+        raise RequestError(f"{where}.model: {e}") from None
+    embeds = ip_adapter.encode(encoder, picture, loaded.model.plus)
+    return units_mod.ControlUnit(model=loaded.model, image=picture, weight=req.weight,
+                                 guidance_start=req.guidance_start, guidance_end=req.guidance_end,
+                                 hr_option=req.hr_option.value, kind="ip_adapter", ip_embeds=embeds)
+
+
+def _input(where: str, req, init_image, init_mask):
+    """The unit's own image (and mask), else the img2img picture: the extension's order of sources."""
+    if req.images:
+        first = req.images[0]
+        return first.image, first.mask
+    if init_image is not None:
+        return init_image, init_mask
+    raise RequestError(f"{where}.image: no input image (give the unit an image, or use img2img)")
+
+
+def _control_input(detected: np.ndarray) -> Image.Image:
+    """The map the ControlNet reads; an inpaint map (RGB + mask) keeps its mask in the alpha channel (see
+    ControlUnit.tensor for how the model sees it)."""
+    if detected.ndim == 3 and detected.shape[2] == 4:
+        return Image.fromarray(np.ascontiguousarray(detected), "RGBA")
+    return Image.fromarray(np.ascontiguousarray(detected)).convert("RGB")
+
+
+def _union_type(where: str, req, pre) -> int:
+    name = req.union_control_type
+    if name in (None, "", "Unknown"):
+        name = next((UNION_BY_TAG[t] for t in pre.tags if t in UNION_BY_TAG), None)
+    if name not in units_mod.UNION_TYPES:
+        raise RequestError(f"{where}.union_control_type: a ControlNet Union model needs a control type "
+                           f"({', '.join(units_mod.UNION_TYPES)}); none follows from preprocessor {pre.name}")
+    return units_mod.UNION_TYPES.index(name)
+
+
+def pixel_perfect_resolution(size: tuple[int, int], width: int, height: int, resize_mode: str) -> int:
+    """The preprocessor resolution at which the map comes out at the picture's own scale (the extension's
+    pixel_perfect_resolution): the short side scaled as the resize mode will scale it."""
+    raw_w, raw_h = size
+    k0, k1 = height / raw_h, width / raw_w
+    k = min(k0, k1) if resize_mode == "Resize and Fill" else max(k0, k1)
+    return int(np.round(k * min(raw_h, raw_w)))
+

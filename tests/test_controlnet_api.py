@@ -1,0 +1,140 @@
+"""The sd-webui-controlnet extension's API, as its clients use it: `/controlnet/*` routes and
+`alwayson_scripts.controlnet` units in txt2img/img2img (payload shapes from the extension's wiki and examples).
+Bad units answer 422 naming the unit's field."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image, ImageDraw
+
+from modules import cmd_args, server
+from tests import tiny_controlnets as tc
+
+SIZE = 64
+
+
+def _b64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _image(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def _square() -> Image.Image:
+    im = Image.new("RGB", (SIZE, SIZE), "black")
+    ImageDraw.Draw(im).rectangle((16, 16, 47, 47), fill="white")
+    return im
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory, tiny_models, load_tiny):
+    import os
+
+    data = tmp_path_factory.mktemp("cn-api")
+    ckpt = data / "models" / "Stable-diffusion"
+    ckpt.mkdir(parents=True)
+    os.symlink(tiny_models.path("sd1.safetensors"), ckpt / "sd1.safetensors")
+    nets = data / "models" / "ControlNet"
+    nets.mkdir(parents=True)
+    sd1, xl = load_tiny("sd1.safetensors"), load_tiny("sdxl.safetensors")
+    tc.write_original(tc.build_controlnet(sd1.unet, 1), sd1.unet, nets / "control_v11p_sd15_canny.pth")
+    tc.write_diffusers_file(tc.build_controlnet(xl.unet, 2), nets / "controlnet-canny-sdxl-1.0.safetensors")
+    ns = cmd_args.parse_args(["--data-dir", str(data), "--nowebui"], env={})
+    with TestClient(server.create_app(server.build_context(ns))) as c:
+        yield c
+
+
+def _canny_title(client) -> str:
+    return next(m for m in client.get("/controlnet/model_list").json()["model_list"] if "sd15_canny" in m)
+
+
+def test_the_info_routes_answer_as_the_extension(client):
+    assert client.get("/controlnet/version").json() == {"version": 3}
+    models = client.get("/controlnet/model_list?update=true").json()["model_list"]
+    assert len(models) == 2 and all(" [" in m for m in models) and "None" not in models
+    modules = client.get("/controlnet/module_list").json()
+    assert "canny" in modules["module_list"] and "none" in modules["module_list"]
+    sliders = {s["name"]: s for s in modules["module_detail"]["canny"]["sliders"]}
+    assert len(sliders) == 3 and all({"value", "min", "max", "step"} <= set(s) for s in sliders.values())
+    assert modules["module_detail"]["canny"]["model_free"] is False  # the extension: "needs no ControlNet model"
+    types = client.get("/controlnet/control_types").json()["control_types"]
+    assert types["Canny"]["default_option"] == "canny"
+    assert types["Canny"]["model_list"][0] == "None" and len(types["Canny"]["model_list"]) == 3
+    assert types["Canny"]["default_model"] == _canny_title(client)  # "11" in the name is preferred
+    assert client.get("/controlnet/settings").json() == {"control_net_unit_count": 3}
+
+
+def test_detect_returns_the_map(client):
+    r = client.post("/controlnet/detect", json={"controlnet_module": "canny", "controlnet_input_images": [
+        _b64(_square())], "controlnet_processor_res": 64, "controlnet_threshold_a": 100,
+        "controlnet_threshold_b": 200})
+    assert r.status_code == 200, r.text
+    edges = np.asarray(_image(r.json()["images"][0]).convert("L"))
+    ys, xs = np.nonzero(edges > 127)
+    assert len(ys) > 50 and ys.min() >= 14 and ys.max() <= 49  # the square's border, nothing else
+    for body, message in (({"controlnet_module": "nope", "controlnet_input_images": [_b64(_square())]},
+                           "Module not available"), ({"controlnet_module": "canny"}, "No image selected")):
+        r = client.post("/controlnet/detect", json=body)
+        assert r.status_code == 422 and message in r.text
+
+
+def _txt2img(client, units, **extra):
+    body = {"prompt": "a red ball", "steps": 3, "width": SIZE, "height": SIZE, "seed": 5, "cfg_scale": 5,
+            "sampler_name": "Euler", **extra}
+    if units is not None:
+        body["alwayson_scripts"] = {"controlnet": {"args": units}}
+    return client.post("/sdapi/v1/txt2img", json=body)
+
+
+def test_a_client_written_for_the_extension_runs_unchanged(client):
+    """The extension's example payload (example/txt2img_example/api_txt2img.py): legacy `input_image`, no
+    `enabled`, module and model by name."""
+    unit = {"input_image": _b64(_square()), "module": "canny", "model": _canny_title(client), "weight": 1.0,
+            "resize_mode": "Crop and Resize", "processor_res": 64, "threshold_a": 100, "threshold_b": 200,
+            "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": 0, "pixel_perfect": False}
+    r = _txt2img(client, [unit])
+    assert r.status_code == 200, r.text
+    images = r.json()["images"]
+    assert len(images) == 2  # the picture, then the detected map
+    info = json.loads(r.json()["info"])
+    assert "ControlNet 0: \"Module: canny, Model: control_v11p_sd15_canny" in info["infotexts"][0]
+    plain = _txt2img(client, None).json()["images"][0]
+    diff = np.abs(np.asarray(_image(images[0]), np.int16) - np.asarray(_image(plain), np.int16)).max()
+    assert diff > 3  # the unit really guided the picture
+    mapped = np.asarray(_image(images[1]).convert("L"))
+    assert mapped.shape == (SIZE, SIZE) and mapped.max() == 255
+    r = _txt2img(client, [{**unit, "save_detected_map": False}, {**unit, "enabled": False}])
+    assert len(r.json()["images"]) == 1
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"model": "control_v11p_sd15_depth"}, "controlnet[0].model"),
+    ({"module": "no_such_module"}, "controlnet[0].module"),
+    ({"guidance_start": 0.8, "guidance_end": 0.5}, "controlnet[0].guidance_start"),
+    ({"weight": 5}, "controlnet[0].weight"),
+    ({"input_image": "bm90IGFuIGltYWdl"}, "controlnet[0].input_image"),
+    ({"model": "controlnet-canny-sdxl-1.0"}, "SDXL ControlNet"),
+])
+def test_bad_units_answer_422_naming_the_field(client, change, field):
+    unit = {"input_image": _b64(_square()), "module": "canny", "model": _canny_title(client), **change}
+    r = _txt2img(client, [unit])
+    assert r.status_code == 422 and field in r.json()["detail"], r.text
+
+
+def test_img2img_units_without_an_image_use_the_init_image(client):
+    body = {"init_images": [_b64(_square())], "prompt": "a red ball", "steps": 3, "width": SIZE, "height": SIZE,
+            "seed": 5, "denoising_strength": 0.8, "alwayson_scripts": {"ControlNet": {"args": [
+                {"enabled": True, "module": "canny", "model": _canny_title(client), "processor_res": 64}]}}}
+    r = client.post("/sdapi/v1/img2img", json=body)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["images"]) == 2
+    r = _txt2img(client, [{"module": "canny", "model": _canny_title(client)}])
+    assert r.status_code == 422 and "controlnet[0].image" in r.text  # txt2img has no picture to fall back on

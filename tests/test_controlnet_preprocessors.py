@@ -1,0 +1,302 @@
+"""ControlNet preprocessors as the sd-webui-controlnet extension has them: the maps a user sees from real pictures
+(drawn with PIL), the list/labels/sliders the UI and API show, and the model-based annotators reading only the
+user's folder (random-weight networks written in the extension's layout; nothing downloaded)."""
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from modules.controlnet import preprocessors as pp
+
+W, H = 256, 192
+SQUARE = (80, 48, 176, 144)  # left, top, right, bottom (inclusive)
+
+
+def _square() -> np.ndarray:
+    """A white square on black."""
+    img = Image.new("RGB", (W, H), "black")
+    ImageDraw.Draw(img).rectangle(SQUARE, fill="white")
+    return np.array(img)
+
+
+def _circle() -> np.ndarray:
+    """A red circle on grey, with grey patches of growing contrast (weak to strong edges for the thresholds)."""
+    img = Image.new("RGB", (W, H), (100, 100, 100))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((70, 40, 190, 160), fill=(200, 30, 30))
+    for i, grey in enumerate((115, 140, 155, 180)):  # Sobel steps of about 60, 160, 220 and 320
+        draw.rectangle((10 + 60 * i, 168, 40 + 60 * i, 186), fill=(grey, grey, grey))
+    return np.array(img)
+
+
+def _drawing() -> np.ndarray:
+    """Black line art on white: a rectangle outline and a diagonal stroke."""
+    img = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle(SQUARE, outline="black", width=3)
+    draw.line((20, 170, 230, 20), fill="black", width=3)
+    return np.array(img)
+
+
+def _square_border() -> np.ndarray:
+    mask = np.zeros((H, W), bool)
+    left, top, right, bottom = SQUARE
+    mask[top:bottom + 1, left:right + 1] = True
+    inner = np.zeros_like(mask)
+    inner[top + 1:bottom, left + 1:right] = True
+    return mask & ~inner
+
+
+def _distance_to(mask: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3)
+
+
+# --- weight-free maps ---
+
+def test_canny_edges_lie_on_the_squares_border():
+    edges = pp.get("canny").run(_square(), resolution=H)
+    assert edges.shape == (H, W, 3) and edges.dtype == np.uint8
+    assert (edges[..., 0] == edges[..., 1]).all() and set(np.unique(edges)) == {0, 255}
+    on = edges[..., 0] > 0
+    far = _distance_to(_square_border()) > 2
+    assert on.sum() > 300 and not (on & far).any()
+    assert (_distance_to(on)[_square_border()] <= 1.5).mean() > 0.95  # the whole outline is found
+
+
+def test_canny_thresholds_change_the_edge_count_and_minus_one_means_default():
+    canny, img = pp.get("canny"), _circle()
+    loose = (canny.run(img, H, 20, 40) > 0).sum()
+    default = (canny.run(img, H) > 0).sum()
+    strict = (canny.run(img, H, 200, 250) > 0).sum()
+    assert loose > default > strict > 0
+    assert np.array_equal(canny.run(img, H, -1, -1), canny.run(img, H, 100, 200))
+    assert np.array_equal(canny.run(img, H, 999, 0), canny.run(img, H))  # out of range: defaults
+
+
+def test_invert_inverts_and_ignores_the_resolution():
+    img = _drawing()
+    out = pp.get("invert (from white bg & black line)").run(img, resolution=512)
+    assert np.array_equal(out, 255 - img)
+
+
+@pytest.mark.parametrize("name", ["canny", "threshold", "blur_gaussian", "scribble_xdog", "lineart_standard",
+                                  "t2ia_color_grid"])
+def test_resolution_makes_the_short_side_that_size(name):
+    p = pp.get(name)
+    assert p.run(_square(), resolution=128).shape == (128, 171, 3)
+    assert p.run(_square()).shape == (512, 683, 3)  # -1: the slider's default, 512
+    assert p.run(_square()[:, :100], resolution=64).shape == (123, 64, 3)  # portrait: the width is short
+
+
+def test_threshold_keeps_what_is_brighter_than_the_threshold():
+    img = np.zeros((H, W, 3), np.uint8)
+    img[:, W // 2:] = 150
+    assert pp.get("threshold").run(img, H, 127)[0, -1].tolist() == [255] * 3
+    assert pp.get("threshold").run(img, H, 200).max() == 0
+
+
+def test_scribble_xdog_draws_along_the_squares_edges():
+    out = pp.get("scribble_xdog").run(_square(), resolution=H)[..., 0] > 0
+    assert out.any() and not (out & (_distance_to(_square_border()) > 8)).any()
+
+
+def test_shuffle_is_deterministic_per_seed_and_runs_at_512():
+    shuffle = pp.get("shuffle")
+    a = shuffle.run(_circle(), seed=3)
+    assert a.shape == (512, 683, 3)
+    assert np.array_equal(a, shuffle.run(_circle(), resolution=64, seed=3))  # its resolution is fixed
+    assert not np.array_equal(a, shuffle.run(_circle(), seed=4))
+    assert not np.array_equal(a, pp.resize_short_side(_circle(), 512))
+
+
+def test_tile_resample_downsamples_by_the_rate():
+    tile = pp.get("tile_resample")
+    assert tile.run(_circle(), slider_1=2.0).shape == (H // 2, W // 2, 3)
+    assert np.array_equal(tile.run(_circle()), _circle())  # default rate 1: unchanged
+
+
+def test_recolor_gives_grey_and_gamma_darkens():
+    for name in ("recolor_luminance", "recolor_intensity"):
+        out = pp.get(name).run(_circle())
+        assert out.shape == (H, W, 3)
+        assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+        assert pp.get(name).run(_circle(), slider_1=2.0).mean() < out.mean()
+
+
+def test_lineart_standard_returns_lines_where_the_drawing_has_them():
+    img = _drawing()
+    out = pp.get("lineart_standard (from white bg & black line)").run(img, resolution=H)[..., 0]
+    ink = img[..., 0] < 128
+    assert out[ink].mean() > 120
+    assert out[_distance_to(ink) > 6].max() == 0
+
+
+def test_inpaint_only_returns_rgba_with_the_mask():
+    img = _circle()
+    mask = np.zeros((H, W), np.uint8)
+    mask[50:100, 60:120] = 255
+    rgba = np.concatenate([img, mask[..., None]], axis=2)
+    for name in ("inpaint_only", "inpaint_global_harmonious"):
+        p = pp.get(name)
+        assert p.accepts_mask and p.requires_mask
+        out = p.run(rgba)
+        assert out.shape == (H, W, 4) and np.array_equal(out, rgba)
+        assert np.array_equal(p.run(img), np.concatenate([img, np.zeros_like(mask)[..., None]], axis=2))
+
+
+def test_reference_and_none_pass_the_picture_through():
+    img = _circle()
+    for name in ("none", "reference_only", "reference_adain", "reference_adain+attn", "tile_colorfix"):
+        assert np.array_equal(pp.get(name).run(img), img)
+    assert all(pp.get(n).model_free for n in ("reference_only", "reference_adain", "reference_adain+attn"))
+    assert not pp.get("canny").model_free  # the extension's meaning: a ControlNet model is needed
+
+
+def test_a_four_channel_picture_is_composited_on_white_for_the_others():
+    rgba = np.zeros((H, W, 4), np.uint8)  # fully transparent
+    assert pp.get("none").run(rgba).min() == 255
+
+
+# --- the list, as the UI and API show it ---
+
+def test_names_labels_and_old_names_resolve():
+    assert pp.get("no_such_preprocessor") is None and pp.get(None) is None
+    assert pp.get("invert") is pp.get("invert (from white bg & black line)")
+    assert pp.get("depth") is pp.get("depth_midas") and pp.get("depth").label == "depth_midas"
+    assert pp.get("pidinet_scribble") is pp.get("scribble_pidinet")
+    assert pp.get("fake_scribble") is pp.get("scribble_hed")
+    assert pp.get("color").label == "t2ia_color_grid"
+
+
+def test_every_preprocessor_has_tags_and_sane_sliders():
+    everything = pp.all_sorted()
+    assert len({p.name for p in everything}) == len({p.label for p in everything}) == len(everything)
+    assert [p.name for p in everything if not p.tags] == ["threshold"]  # untagged in the extension too
+    for p in everything:
+        for s in (p.resolution, p.slider_1, p.slider_2):
+            if s is not None:
+                assert s.minimum <= s.value <= s.maximum and s.step > 0, (p.name, s)
+                assert s.api_json() == {"name": s.name, "value": s.value, "min": s.minimum, "max": s.maximum,
+                                        "step": s.step}
+    assert pp.get("canny").slider_1.api_json() == {"name": "Low Threshold", "value": 100, "min": 1, "max": 255,
+                                                   "step": 1}
+    assert pp.get("canny").resolution == pp.Slider("Resolution", 512, 64, 2048, 8)
+    assert pp.get("invert").resolution is None and pp.get("tile_resample").resolution is None
+
+
+def test_order_is_the_extensions():
+    labels = [p.label for p in pp.all_sorted()]
+    assert labels[0] == "none"
+    priorities = [pp.get(label).sorting_priority for label in labels[1:]]
+    assert priorities == sorted(priorities, reverse=True)
+    assert labels.index("tile_resample") < labels.index("canny") < labels.index("invert (from white bg & black line)")
+
+
+def test_control_types():
+    types = pp.control_types()
+    assert next(iter(types)) == "All" and types["All"]["default_option"] == "none"
+    assert list(types)[1:] == sorted(list(types)[1:])
+    assert types["Canny"]["module_list"] == ["none", "canny", "invert (from white bg & black line)"]
+    defaults = {t: v["default_option"] for t, v in types.items()}
+    assert defaults["Canny"] == "canny" and defaults["Depth"] == "depth_midas"
+    assert defaults["Reference"] == "reference_only" and defaults["Inpaint"] == "inpaint_only"
+    assert defaults["OpenPose"] == "openpose_full" and defaults["Tile"] == "tile_resample"
+    assert all(v["module_list"][0] == "none" for v in types.values())
+
+
+# --- model-based: weights only from the user's folder ---
+
+def test_model_based_with_an_empty_folder_names_the_missing_file(tmp_path):
+    with pytest.raises(pp.MissingAnnotatorError) as err:
+        pp.get("softedge_hed").run(_square(), annotator_dir=tmp_path)
+    assert err.value.file == "ControlNetHED.pth" and err.value.folder == tmp_path / "hed"
+    assert "ControlNetHED.pth" in str(err.value) and str(tmp_path / "hed") in str(err.value)
+    with pytest.raises(FileNotFoundError, match="dpt_hybrid-midas-501f0c75.pt"):
+        pp.get("depth_midas").run(_square())  # no folder given
+
+
+@functools.lru_cache(maxsize=None)
+def _random_pool(seed: int) -> torch.Tensor:
+    return torch.randn(1 << 23, generator=torch.Generator().manual_seed(seed)).mul_(0.05).half()
+
+
+def _random_weights(build, seed: int = 0) -> dict:
+    """A state dict of the network's shapes: small random values (BatchNorm statistics neutral), fp16 to keep the
+    files small (the loader reads them into float32). Slices of one random pool: drawing ~250 M fresh numbers
+    would cost seconds."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # timm's note on MiDaS's backbone name
+        shapes = build().state_dict()
+    pool = _random_pool(seed)
+    out = {}
+    for i, (key, t) in enumerate(shapes.items()):
+        if key.endswith("running_var"):
+            out[key] = torch.ones(t.shape)
+        elif key.endswith("running_mean") or not t.dtype.is_floating_point:
+            out[key] = torch.zeros(t.shape, dtype=t.dtype)
+        else:
+            start = (i * 7919) % (pool.numel() - t.numel() + 1)
+            out[key] = pool[start:start + t.numel()].reshape(t.shape).clone()
+    return out
+
+
+def _as_released(relative: str, sd: dict) -> dict:
+    """Written as the released files are: PiDiNet wrapped by DataParallel, OpenPose without block prefixes."""
+    if relative.startswith("pidinet/"):
+        return {"state_dict": {"module." + k: v for k, v in sd.items()}}
+    if relative in ("openpose/body_pose_model.pth", "openpose/hand_pose_model.pth"):
+        return {k.split(".", 1)[1]: v for k, v in sd.items()}
+    return sd
+
+
+RUNNABLE = ["softedge_hed", "softedge_hedsafe", "scribble_hed", "softedge_pidinet", "scribble_pidinet",
+            "t2ia_sketch_pidi", "softedge_teed", "softedge_anyline", "lineart_realistic", "lineart_coarse",
+            "lineart_anime", "mlsd", "depth_midas", "normal_midas", "openpose"]
+
+
+@pytest.fixture(scope="module")
+def annotator_dir(tmp_path_factory):
+    from modules.controlnet import annotators
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core: on a shared machine a second thread only waits
+    annotators.import_controlnet_aux()
+    folder = tmp_path_factory.mktemp("ControlNetPreprocessor")
+    needed = {f for label in RUNNABLE for f in pp.get(label).annotator_files}
+    for relative in sorted(needed):
+        build, _ = annotators.NETWORKS[relative]
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(_as_released(relative, _random_weights(build)), folder / relative)
+    yield folder
+    annotators.unload_all()
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("label", RUNNABLE)
+def test_model_based_with_random_weights_gives_a_map_of_the_right_size(annotator_dir, label):
+    p = pp.get(label)
+    out = p.run(_circle()[:, :150], resolution=64, annotator_dir=annotator_dir, device="cpu")
+    assert out.shape == (82, 64, 3) and out.dtype == np.uint8
+    if label.startswith("scribble") or label == "mlsd":
+        assert set(np.unique(out)) <= {0, 255}
+
+
+def test_a_file_holding_another_network_is_refused_by_name(annotator_dir, tmp_path):
+    (tmp_path / "lineart").mkdir()
+    (tmp_path / "lineart" / "sk_model.pth").write_bytes((annotator_dir / "hed" / "ControlNetHED.pth").read_bytes())
+    with pytest.raises(RuntimeError, match="sk_model.pth"):
+        pp.get("lineart_realistic").run(_square(), resolution=64, annotator_dir=tmp_path, device="cpu")
+
+
+def test_listed_but_not_runnable_says_so_once_its_file_is_there(tmp_path):
+    (tmp_path / "zoedepth").mkdir()
+    (tmp_path / "zoedepth" / "ZoeD_M12_N.pt").write_bytes(b"")
+    with pytest.raises(pp.AnnotatorUnavailableError, match="depth_zoe"):
+        pp.get("depth_zoe").run(_square(), annotator_dir=tmp_path)
