@@ -52,15 +52,18 @@ class TrainingSession:
 def engine_session(engine, job: str, checkpoint: str | None = None,
                    on_progress: Callable[[TrainingProgress], None] | None = None):
     """Hold the engine's queue turn for a whole run; the model is the chosen (or current) one, with any applied
-    `<lora:…>` weights taken out first so training starts from the checkpoint's own weights."""
+    `<lora:…>` weights and `<hypernet:…>` hooks taken out first so training starts from the checkpoint's own
+    weights."""
     from modules import cpu_threads
-    from modules.networks import lora
+    from modules.networks import hypernetworks, lora
 
     with engine.queue.turn():
         engine.state.begin(job, 1)
         try:
             model = engine.models.get(checkpoint)
             lora.restore(model)
+            hypernetworks.remove(model)
+
             def threads(resolution: int, batch: int) -> None:
                 work = cpu_threads.Work.for_job(model.unet.config, resolution, resolution, batch, cfg=False)
                 engine.use_cpu_threads(model, work=work)
