@@ -398,7 +398,7 @@ class Generation:
         from modules.controlnet.prepare import PreparedControls, prepare
 
         req, ctx = self.req, self.ctx
-        if not any(u.active for u in req.controlnet_units):
+        if not any(u.enabled for u in req.controlnet_units):
             return PreparedControls()
         if self.model.is_flow:
             raise RequestError(f"{self.model.spec.label}: ControlNet is not available for this model family yet")

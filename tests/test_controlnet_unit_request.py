@@ -49,12 +49,13 @@ REAL_MASK = b64(mask_real())
 
 
 def unit(**fields) -> ControlNetUnitRequest:
-    return ControlNetUnitRequest.from_dict(fields)
+    """A unit naming a model unless the test says otherwise (one naming none is off unless "enabled" is sent)."""
+    return ControlNetUnitRequest.from_dict({"model": "m", **fields})
 
 
 def error(payload: dict, index: int = 0) -> str:
     with pytest.raises(RequestError) as e:
-        parse_units({"args": [{}] * index + [payload]})
+        parse_units({"args": [{}] * index + [{"model": "m", **payload}]})
     return str(e.value)
 
 
@@ -120,6 +121,9 @@ def test_unknown_fields_are_ignored_and_names_are_stripped_not_checked():
 
 def test_enabled_missing_means_enabled_and_false_disables():
     assert unit(model="m").enabled and unit(model="m").active
+    bare = ControlNetUnitRequest.from_dict
+    assert not bare({}).enabled and not bare({"module": "canny"}).enabled  # a placeholder naming no model stays off
+    assert bare({"module": "reference_only"}).enabled  # needs no model
     off = unit(model="m", enabled=False)
     assert not off.enabled and not off.active
     assert not unit(model="m", enabled="false").enabled
@@ -134,7 +138,7 @@ def test_a_disabled_units_images_are_not_read():
 
 
 def test_active_needs_a_model_unless_the_module_is_model_free():
-    assert not unit().active  # module none, model None
+    assert not unit(model="None").active  # module none, model None
     assert not unit(module="canny", model="None").active
     assert unit(module="reference_only").active and unit(module="revision_clipvision").active
 
@@ -255,10 +259,10 @@ def test_an_rgb_mask_is_read_from_its_first_channel():
 
 def test_file_paths_only_with_an_image_base(tmp_path):
     rgb().save(tmp_path / "control.png")
-    [im] = ControlNetUnitRequest.from_dict({"image": "control.png"}, image_base=tmp_path).images
+    [im] = ControlNetUnitRequest.from_dict({"image": "control.png", "model": "m"}, image_base=tmp_path).images
     assert im.image.size == (W, H)
     with pytest.raises(RequestError, match=r"controlnet\[0\]\.image"):
-        ControlNetUnitRequest.from_dict({"image": str(tmp_path / "control.png")})
+        ControlNetUnitRequest.from_dict({"image": str(tmp_path / "control.png"), "model": "m"})
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -40,6 +40,12 @@ def prepare(requests: list, *, library, model, width: int, height: int, init_ima
     out = PreparedControls()
     used = []
     for index, req in enumerate(requests):
+        if req.enabled and not req.active:  # the extension: "You have not selected any ControlNet Model"
+            error = RequestError(f"controlnet[{index}].model: unit {index} is enabled but has no model")
+            if not skip_failed:
+                raise error
+            out.warnings.append(f"{error} (unit skipped)")
+            continue
         if not req.active:
             continue
         try:

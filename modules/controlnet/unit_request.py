@@ -140,7 +140,7 @@ class UnitImage:
 class ControlNetUnitRequest:
     """One ControlNet unit of a request, with the extension's field names and API defaults (except ``enabled``)."""
 
-    enabled: bool = True  # a dict without "enabled" is enabled (old clients omit it); false disables
+    enabled: bool = True  # a dict without "enabled" is enabled when it names a model (old clients omit it)
     module: str = "none"
     model: str = "None"
     weight: float = 1.0
@@ -232,6 +232,8 @@ class ControlNetUnitRequest:
         for f in ("module", "model"):
             if get(f) is not None:
                 kw[f] = _str(name(f), get(f))
+        if "enabled" not in data:  # old clients omit it on the units they use; a bare placeholder stays off
+            kw["enabled"] = _has_model(kw.get("model", "None")) or kw.get("module", "none") in MODEL_FREE_MODULES
         for f in ("weight", "threshold_a", "threshold_b", "guidance_start", "guidance_end"):
             if get(f) is not None:
                 kw[f] = _float(name(f), get(f))
