@@ -488,6 +488,16 @@ _section("extensions", {
                                "master/index.json", "Extension index for the Available tab (URL or local file)"),
 })
 
+_section("control_net", {  # the sd-webui-controlnet extension's options (its section id and labels)
+    "control_net_unit_count": _O(3, "Multi-ControlNet: ControlNet unit number (requires restart)", minimum=1,
+                                 maximum=10, restart_required=True),
+    "control_net_model_cache_size": _O(2, "Model cache size (requires restart)", minimum=1, maximum=10,
+                                       restart_required=True),
+    "control_net_no_detectmap": _O(False, "Do not append detectmap to output"),
+    "controlnet_skip_failed_units": _O(False, "Skip a unit whose model or preprocessor fails instead of stopping "
+                                              "the generation"),
+})
+
 _section("hidden", {
     "disabled_extensions": _O([], "Disable these extensions"),
     "disable_all_extensions": _O("none", "Disable all extensions (preserves the list of disabled extensions)",
@@ -529,6 +539,7 @@ SECTION_TITLES = {
     "sampler-params": "Sampler parameters",
     "postprocessing": "Postprocessing",
     "extensions": "Extensions",
+    "control_net": "ControlNet",
     "other": "Other",
 }
 

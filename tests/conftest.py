@@ -117,7 +117,7 @@ def engine(data_dir):
 
 # module fixtures that start `launch.py` (file → fixture name)
 SERVER_FIXTURES = {"test_api.py": "api", "test_page_compat.py": "site", "test_security.py": "servers",
-                   "test_webui.py": "server", "test_openapi.py": "server"}
+                   "test_webui.py": "server", "test_openapi.py": "server", "test_controlnet_ui.py": "server"}
 
 
 # Seconds each long test file took in a whole run on 2 cores (3 workers). Only the order files are handed out in
@@ -128,7 +128,7 @@ FILE_SECONDS = {"test_webui.py": 92, "test_launch.py": 58, "test_ui_feedback_bro
                 "test_prompt_parser.py": 23, "test_training.py": 20, "test_openapi.py": 19, "test_extensions_ui.py": 16,
                 "test_page_compat.py": 15, "test_merge.py": 14, "test_extra_networks_ui.py": 14,
                 "test_extras_ui.py": 13, "test_flow_loading.py": 25, "test_flow_parity.py": 16,
-                "test_flow_lora.py": 12}
+                "test_flow_lora.py": 12, "test_controlnet_ui.py": 60}
 
 
 def pytest_collection_modifyitems(session, config, items):

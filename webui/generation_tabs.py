@@ -20,7 +20,7 @@ from modules.processing import LATENT_UPSCALE_MODES
 from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest
 from modules.resize import RESIZE_MODES
 from modules.sampling import samplers
-from webui import extra_networks_panel
+from webui import controlnet_panel, extra_networks_panel
 from webui import script_ui
 from webui.runner import guard_image_input, run_streaming
 from webui.ui_config import UiConfig
@@ -250,8 +250,14 @@ def paste_updates(c: Controls, text: str) -> list:
     params = infotext_mod.parse_generation_parameters(text)
     script_callbacks.infotext_pasted_callback(text, params)  # extensions may add or change parameters
     fields = infotext_mod.infotext_to_request_fields(params)
-    return [gr.update(value=_ui_value(comp, fields[name])) if name in fields else gr.update()
-            for name, comp in c.fields]
+    if c.extra.get("controlnet") is not None:  # "ControlNet N" → unit N's controls (gr.update dicts)
+        fields.update(c.extra["controlnet"].paste_fields(params))
+    return [(fields[name] if _is_update(fields[name]) else gr.update(value=_ui_value(comp, fields[name])))
+            if name in fields else gr.update() for name, comp in c.fields]
+
+
+def _is_update(value) -> bool:
+    return isinstance(value, dict) and value.get("__type__") == "update"
 
 
 def _ui_value(component, value):
@@ -289,14 +295,16 @@ def build_txt2img(engine, cfg: UiConfig) -> Controls:
         with gr.Column(scale=1, elem_id="txt2img_settings"):
             _sampling_params(c, cfg, engine, is_img2img=False)
             _hires(c, cfg, engine)
+            controlnet = controlnet_panel.build(c, engine, is_img2img=False)
             script_controls = _scripts(engine, is_img2img=False)
         with gr.Column(scale=1, elem_id="txt2img_results"):
             _results(c)
+    controlnet.wire(c)
 
     def run(request: gr.Request, *values):
         n = len(c.fields)
         data = _clean(c.values_to_dict(values[:n]))
-        yield from run_streaming(engine, lambda: Txt2ImgRequest.from_dict(data), "txt2img",
+        yield from run_streaming(engine, lambda: Txt2ImgRequest.from_dict(controlnet.put_units(data)), "txt2img",
                                  _script_args(script_controls, values[n:]), request)
 
     c.extra["scripts"] = script_controls
@@ -371,16 +379,18 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
                     out_up = gr.Number(value=0, precision=0, label="Up", elem_id="img2img_outpaint_up")
                     out_down = gr.Number(value=0, precision=0, label="Down", elem_id="img2img_outpaint_down")
                 outpaint_btn = gr.Button("Outpaint", elem_id="img2img_outpaint_button")
+            controlnet = controlnet_panel.build(c, engine, is_img2img=True)
             script_controls = _scripts(engine, is_img2img=True)
         with gr.Column(scale=1, elem_id="img2img_results"):
             _results(c)
+    controlnet.wire(c)
 
     images_in = [mode, init, sketch, inpaint, upload_image, upload_mask]
     for image_input in images_in[1:]:
         guard_image_input(image_input, c.info)
 
     def build_request(values, images, outpaint_px=None):
-        data = _clean(c.values_to_dict(values))
+        data = controlnet.put_units(_clean(c.values_to_dict(values)))
         data["mask_blur"] = int(data.get("mask_blur") or 0)
         data["inpaint_full_res_padding"] = int(data.get("inpaint_full_res_padding") or 0)
         image, mask = _mode_inputs(*images)
