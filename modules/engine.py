@@ -201,7 +201,10 @@ class Engine:
             samples = images.dated_dir(samples)
         if options.get("grid_save_to_dirs", True):
             grids = images.dated_dir(grids)
-        return OutputDirs(samples=samples, grids=grids)
+        maps = None
+        if options.get("control_net_detectmap_autosaving", False):  # the extension's option and folder
+            maps = self.paths.resolve_data_path(str(options.get("control_net_detectedmap_dir") or "detected_maps"))
+        return OutputDirs(samples=samples, grids=grids, detected_maps=maps)
 
     # -- control ---------------------------------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 class OutputDirs:
     samples: Path
     grids: Path
+    detected_maps: Path | None = None  # ControlNet maps are saved here (per preprocessor) when the setting asks
 
 
 @dataclass
@@ -731,7 +732,12 @@ def _detected_maps(ctx: ProcessingContext, gen: Generation, result: GenerationRe
     """The ControlNet units' detected maps follow the pictures (the extension's behaviour; its option
     "control_net_no_detectmap" turns that off); each carries the generation's infotext."""
     maps = gen.controls.detected_maps
-    if not maps or ctx.opt("control_net_no_detectmap", False) or not result.images:
+    if not maps or not result.images:
+        return
+    if ctx.outputs is not None and ctx.outputs.detected_maps is not None:
+        for (module, image) in zip(gen.controls.map_modules, maps):
+            images_mod.save_image(image, ctx.outputs.detected_maps / module, result.seed, None)
+    if ctx.opt("control_net_no_detectmap", False):
         return
     result.images.extend(maps)
     result.infotexts.extend([result.infotexts[-1]] * len(maps))

@@ -494,6 +494,8 @@ _section("control_net", {  # the sd-webui-controlnet extension's options (its se
     "control_net_model_cache_size": _O(2, "Model cache size (requires restart)", minimum=1, maximum=10,
                                        restart_required=True),
     "control_net_no_detectmap": _O(False, "Do not append detectmap to output"),
+    "control_net_detectmap_autosaving": _O(False, "Allow detectmap auto saving"),
+    "control_net_detectedmap_dir": _O("detected_maps", "Directory for detected maps auto saving"),
     "controlnet_skip_failed_units": _O(False, "Skip a unit whose model or preprocessor fails instead of stopping "
                                               "the generation"),
 })
@@ -510,7 +512,7 @@ _section("hidden", {
 DIRECTORY_OPTIONS = frozenset({
     "samples_filename_pattern", "directories_filename_pattern", "outdir_samples", "outdir_txt2img_samples",
     "outdir_img2img_samples", "outdir_extras_samples", "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_grids",
-    "outdir_save", "outdir_init_images",
+    "outdir_save", "outdir_init_images", "control_net_detectedmap_dir",
 })
 
 

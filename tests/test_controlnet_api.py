@@ -35,10 +35,14 @@ def _square() -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory, tiny_models, load_tiny):
+def data(tmp_path_factory):
+    return tmp_path_factory.mktemp("cn-api")
+
+
+@pytest.fixture(scope="module")
+def client(data, tiny_models, load_tiny):
     import os
 
-    data = tmp_path_factory.mktemp("cn-api")
     ckpt = data / "models" / "Stable-diffusion"
     ckpt.mkdir(parents=True)
     os.symlink(tiny_models.path("sd1.safetensors"), ckpt / "sd1.safetensors")
@@ -139,3 +143,15 @@ def test_img2img_units_without_an_image_use_the_init_image(client):
     assert len(r.json()["images"]) == 2
     r = _txt2img(client, [{"module": "canny", "model": _canny_title(client)}])
     assert r.status_code == 422 and "controlnet[0].image" in r.text  # txt2img has no picture to fall back on
+
+
+def test_detected_maps_are_saved_when_the_setting_asks(client, data):
+    unit = {"image": _b64(_square()), "module": "canny", "model": _canny_title(client), "processor_res": 64}
+    assert not (data / "detected_maps").exists()
+    client.post("/sdapi/v1/options", json={"control_net_detectmap_autosaving": True})
+    try:
+        assert _txt2img(client, [unit]).status_code == 200
+    finally:
+        client.post("/sdapi/v1/options", json={"control_net_detectmap_autosaving": False})
+    saved = list((data / "detected_maps" / "canny").glob("*.png"))
+    assert len(saved) == 1 and Image.open(saved[0]).size == (SIZE, SIZE)

@@ -27,6 +27,7 @@ UNION_BY_TAG = {"OpenPose": "OpenPose", "Depth": "Depth", "SoftEdge": "Soft Edge
 class PreparedControls:
     units: list[units_mod.ControlUnit] = field(default_factory=list)
     detected_maps: list[Image.Image] = field(default_factory=list)  # returned with the images when asked
+    map_modules: list[str] = field(default_factory=list)  # the preprocessor of each map (its folder when saved)
     infotext: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -60,6 +61,7 @@ def prepare(requests: list, *, library, model, width: int, height: int, init_ima
         out.units.append(unit)
         if detected is not None and req.save_detected_map and req.module != "none":
             out.detected_maps.append(detected)
+            out.map_modules.append(req.module)
         used.append(req)
     out.infotext = infotext_fields(used)
     return out
