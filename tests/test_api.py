@@ -329,7 +329,7 @@ BAD_INPUTS = [
     ("post", "/txt2img", {"sampler_index": "Bogus"}, 400, "Bogus"),
     ("post", "/txt2img", {"scheduler": "Bogus schedule"}, 400, "Bogus schedule"),
     ("post", "/txt2img", {"script_name": "my script"}, 422, "my script"),
-    ("post", "/txt2img", {"alwayson_scripts": {"ControlNet": {"args": []}}}, 422, "ControlNet"),
+    ("post", "/txt2img", {"alwayson_scripts": {"ADetailer": {"args": []}}}, 422, "ADetailer"),
     ("post", "/txt2img", {"override_settings": {"sd_model_checkpoint": "missing-ckpt"}}, 400, "missing-ckpt"),
     ("post", "/txt2img", {"override_settings": {"jpeg_quality": "abc"}}, 422, "jpeg_quality"),
     ("post", "/txt2img", {"cfg_scale": float("nan")}, 422, "cfg_scale"),

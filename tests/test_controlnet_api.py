@@ -155,3 +155,11 @@ def test_detected_maps_are_saved_when_the_setting_asks(client, data):
         client.post("/sdapi/v1/options", json={"control_net_detectmap_autosaving": False})
     saved = list((data / "detected_maps" / "canny").glob("*.png"))
     assert len(saved) == 1 and Image.open(saved[0]).size == (SIZE, SIZE)
+
+
+def test_the_controlnet_routes_honour_api_auth(tmp_path):
+    ns = cmd_args.parse_args(["--data-dir", str(tmp_path), "--nowebui", "--api-auth", "ann:secret"], env={})
+    with TestClient(server.create_app(server.build_context(ns))) as c:
+        assert c.get("/controlnet/version").status_code == 401
+        assert c.post("/controlnet/detect", json={}).status_code == 401
+        assert c.get("/controlnet/version", auth=("ann", "secret")).json() == {"version": 3}

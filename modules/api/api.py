@@ -302,7 +302,7 @@ class _WrongMethod(BaseRoute):
         return methods
 
     def matches(self, scope):
-        if scope["type"] == "http" and scope["path"].startswith(PREFIX + "/") and self._allowed(scope):
+        if scope["type"] == "http" and scope["path"].startswith(self.router.prefix + "/") and self._allowed(scope):
             return Match.FULL, {}
         return Match.NONE, {}
 
@@ -773,8 +773,12 @@ def _registered() -> set[str]:
 # Errors
 
 
+# Route prefixes answered with A1111's JSON errors: /sdapi/v1 and the built-in ControlNet extension's routes.
+API_PREFIXES = (PREFIX, "/controlnet/")
+
+
 def _is_api(request: Request) -> bool:
-    return request.url.path.startswith(PREFIX)
+    return request.url.path.startswith(API_PREFIXES)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

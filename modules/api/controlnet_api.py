@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from modules.api.api import ApiError, encode_png
+from modules.api.api import ApiError, _errors, _WrongMethod, encode_png
 from modules.request_types import RequestError, decode_image
 
 API_VERSION = 3  # the extension's external_code.get_api_version()
@@ -30,14 +30,16 @@ class ControlNetApi:
     def __init__(self, app: FastAPI, engine, auth=None, unit_count: int = 3):
         self.engine = engine
         deps = [Depends(auth)] if auth is not None else []
-        router = APIRouter(prefix="/controlnet", dependencies=deps, tags=["controlnet"])
+        responses = _errors(401) if auth is not None else {}
+        router = APIRouter(prefix="/controlnet", dependencies=deps, tags=["controlnet"], responses=responses)
         router.add_api_route("/version", self.version, methods=["GET"])
-        router.add_api_route("/model_list", self.model_list, methods=["GET"])
-        router.add_api_route("/module_list", self.module_list, methods=["GET"])
+        router.add_api_route("/model_list", self.model_list, methods=["GET"], responses=_errors(422))
+        router.add_api_route("/module_list", self.module_list, methods=["GET"], responses=_errors(422))
         router.add_api_route("/control_types", self.control_types, methods=["GET"])
         router.add_api_route("/settings", self.settings, methods=["GET"])
-        router.add_api_route("/detect", self.detect, methods=["POST"])
+        router.add_api_route("/detect", self.detect, methods=["POST"], responses=_errors(400, 403, 422))
         app.include_router(router)
+        app.router.routes.append(_WrongMethod(app, router))  # 405 with Allow, as /sdapi/v1
 
     async def version(self):
         return {"version": API_VERSION}
