@@ -292,3 +292,39 @@ def test_ip_adapter_unit_matches_the_pipeline_with_an_image_prompt(load_tiny, tm
                       generator=[torch.Generator().manual_seed(SEED)]).images
     assert _diff(ours, theirs) <= 1
     assert _diff(ours, _ours(model, [], 6.0)) > 3
+
+
+def test_hires_pass_and_inpainting_are_guided(load_tiny):
+    """The unit's map is fitted to the hires pass's size and guides it ("Both"), or only the first pass ("Low res
+    only"); an inpainting model's 9-channel UNet is guided through a 4-channel ControlNet, as the extension does."""
+    from modules.processing import img2img
+    from modules.request_types import Img2ImgRequest
+
+    model = load_tiny("sd1.safetensors")
+    net = _controlnet(model.unet, 10)
+
+    def hires(option):
+        units = [ControlUnit(net, _map(11), weight=1.0, hr_option=option)] if option else []
+        ctx = ProcessingContext(model=model, options={"return_grid": False}, outputs=None, control_units=units)
+        req = Txt2ImgRequest(prompt="a red ball", steps=4, cfg_scale=5, width=SIZE, height=SIZE, seed=4,
+                             sampler_name="Euler", enable_hr=True, hr_scale=1.5, denoising_strength=0.6)
+        return txt2img(ctx, req).images
+
+    both, low, plain = hires("Both"), hires("Low res only"), hires(None)
+    assert both[0].size == (96, 96)
+    assert _diff(both, low) > 3 and _diff(low, plain) > 3
+
+    inpaint = load_tiny("sd1-inpainting.safetensors")
+    net9 = _controlnet(model.unet, 12)  # an SD1.5 ControlNet (4 input channels) on a 9-channel inpainting UNet
+    assert inpaint.unet.config.in_channels == 9
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    init = Image.new("RGB", (SIZE, SIZE), (200, 60, 60))
+
+    def fill(units):
+        ctx = ProcessingContext(model=inpaint, options={"return_grid": False}, outputs=None, control_units=units)
+        req = Img2ImgRequest(prompt="a ball", steps=4, cfg_scale=5, width=SIZE, height=SIZE, seed=6,
+                             sampler_name="Euler", init_images=[init], mask=mask, denoising_strength=1.0)
+        return img2img(ctx, req).images
+
+    assert _diff(fill([ControlUnit(net9, _map(12), weight=1.0)]), fill([])) > 3
