@@ -246,7 +246,8 @@ def test_t2i_adapter_matches_the_adapter_pipeline(load_tiny, channels):
     assert _diff(ours, _ours(model, [], 6.0)) > 3
 
 
-def test_ip_adapter_unit_matches_the_pipeline_with_an_image_prompt(load_tiny, tmp_path):
+@pytest.mark.parametrize("plus", [False, True])
+def test_ip_adapter_unit_matches_the_pipeline_with_an_image_prompt(load_tiny, tmp_path, plus):
     """A request unit with preprocessor ip-adapter_clip_sd15 and an IP-Adapter file, its encoder found by width in
     models/clip_vision, against StableDiffusionPipeline(ip_adapter_image=...) on the same weights."""
     from diffusers import StableDiffusionPipeline
@@ -261,7 +262,9 @@ def test_ip_adapter_unit_matches_the_pipeline_with_an_image_prompt(load_tiny, tm
     model = load_tiny("sd1.safetensors")
     (tmp_path / "cn").mkdir()
     (tmp_path / "clip").mkdir()
-    save_file(tc.ip_adapter_state_dict(model.unet, 24, 11), str(tmp_path / "cn" / "ip-adapter_sd15.safetensors"))
+    adapter_sd = tc.ip_adapter_plus_state_dict(model.unet, 32, 11) if plus else tc.ip_adapter_state_dict(
+        model.unet, 24, 11)  # "plus" reads the encoder's hidden width (32), the plain one its projection (24)
+    save_file(adapter_sd, str(tmp_path / "cn" / "ip-adapter_sd15.safetensors"))
     encoder = tc.build_clip_vision(12)
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp_path / "clip" / "clip_h.safetensors"))
     save_file({k: v.contiguous() for k, v in tc.build_clip_vision(13, projection=16).state_dict().items()},
@@ -279,7 +282,8 @@ def test_ip_adapter_unit_matches_the_pipeline_with_an_image_prompt(load_tiny, tm
     processors = dict(model.unet.attn_processors)
     assert not any("IPAdapter" in type(p).__name__ for p in processors.values())  # detached after the request
 
-    weights, _ = ip_adapter.parse({**tc.ip_adapter_state_dict(model.unet, 24, 11)})
+    weights, _ = ip_adapter.parse(adapter_sd)
+    assert weights.plus == plus
     scheduler = samplers.build_scheduler(*samplers.resolve("Euler", None), model.scheduler_config).scheduler
     pipe = StableDiffusionPipeline(
         vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,

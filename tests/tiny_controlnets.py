@@ -149,3 +149,24 @@ def ip_adapter_state_dict(unet, clip_projection: int, seed: int, tokens: int = 4
             out[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(hidden, cross) * 0.3
             key += 2
     return out
+
+
+def ip_adapter_plus_state_dict(unet, clip_hidden: int, seed: int, dim: int = 64, tokens: int = 4):
+    """An IP-Adapter "plus" (resampler over the encoder's penultimate hidden states) in the released files'
+    layout: `image_proj.latents/proj_in/proj_out/norm_out/layers.{0..3}.{0,1}.*` and the per-layer k/v."""
+    torch.manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+    proj = {"latents": torch.randn(1, tokens, dim) * 0.5, "proj_in.weight": torch.randn(dim, clip_hidden) * 0.2,
+            "proj_in.bias": torch.zeros(dim), "proj_out.weight": torch.randn(cross, dim) * 0.2,
+            "proj_out.bias": torch.zeros(cross), "norm_out.weight": torch.ones(cross), "norm_out.bias": torch.zeros(cross)}
+    for i in range(4):  # the released resamplers' depth (diffusers' converter expects four)
+        p = f"layers.{i}."
+        proj.update({p + "0.norm1.weight": torch.ones(dim), p + "0.norm1.bias": torch.zeros(dim),
+                     p + "0.norm2.weight": torch.ones(dim), p + "0.norm2.bias": torch.zeros(dim),
+                     p + "0.to_q.weight": torch.randn(dim, dim) * 0.1, p + "0.to_kv.weight": torch.randn(2 * dim, dim) * 0.1,
+                     p + "0.to_out.weight": torch.randn(dim, dim) * 0.1, p + "1.0.weight": torch.ones(dim),
+                     p + "1.0.bias": torch.zeros(dim), p + "1.1.weight": torch.randn(4 * dim, dim) * 0.1,
+                     p + "1.3.weight": torch.randn(dim, 4 * dim) * 0.1})
+    out = {"image_proj." + k: v for k, v in proj.items()}
+    layers = {k: v for k, v in ip_adapter_state_dict(unet, 8, seed + 1).items() if k.startswith("ip_adapter.")}
+    return {**out, **layers}

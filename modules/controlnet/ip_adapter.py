@@ -142,14 +142,15 @@ def image_processor(encoder):
 
 @torch.no_grad()
 def encode(encoder, image, plus: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(positive, negative) image tokens for one picture, each (1, tokens, width) as diffusers' pipelines make
-    them: the projected embedding and zeros, or the penultimate hidden states of the picture and of a black one."""
+    """(positive, negative) image tokens for one picture as diffusers' pipelines make them: the projected embedding
+    and zeros, each (1, 1, width), or the penultimate hidden states of the picture and of a black one, each
+    (1, 1, tokens, width) (one picture per prompt row)."""
     pixels = image_processor(encoder)(images=image.convert("RGB"), return_tensors="pt").pixel_values
     pixels = pixels.to(device=encoder.device, dtype=encoder.dtype)
     if plus:
         positive = encoder(pixels, output_hidden_states=True).hidden_states[-2]
         negative = encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
-        return positive, negative
+        return positive[:, None], negative[:, None]
     embeds = encoder(pixels).image_embeds[:, None]
     return embeds, torch.zeros_like(embeds)
 
@@ -170,10 +171,10 @@ def attached(unet, adapters: list[IPAdapterWeights]):
     try:
         unet._load_ip_adapter_weights([a.state_dict for a in adapters], low_cpu_mem_usage=False)
         yield
-    finally:
-        unet.set_attn_processor(processors)
+    finally:  # the projection first: a "plus" resampler's own attention layers count as the UNet's while attached
         unet.encoder_hid_proj = projection
         unet.register_to_config(encoder_hid_dim_type=hid_type)
+        unet.set_attn_processor(processors)
 
 
 def set_scales(unet, scales: list[float]) -> None:

@@ -43,7 +43,7 @@ class ControlUnit:
     advanced_weighting: list[float] | None = None
     union_type: int | None = None  # index into UNION_TYPES for a Union model
     kind: str = "controlnet"  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter"
-    ip_embeds: tuple | None = None  # an IP-Adapter's (positive, negative) image tokens, each (1, tokens, width)
+    ip_embeds: tuple | None = None  # an IP-Adapter's (positive, negative) image tokens (ip_adapter.encode)
 
     def active_at(self, step: int, total: int) -> bool:
         """Inside the guidance window at 0-based step `step` of `total` (diffusers' controlnet_keep)."""
