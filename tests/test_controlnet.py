@@ -332,3 +332,19 @@ def test_hires_pass_and_inpainting_are_guided(load_tiny):
         return img2img(ctx, req).images
 
     assert _diff(fill([ControlUnit(net9, _map(12), weight=1.0)]), fill([])) > 3
+
+
+def test_effective_region_mask_limits_the_unit_to_its_region(load_tiny):
+    """White = the unit acts, black = as if it were not there (the extension's effective region mask)."""
+    model = load_tiny("sd1.safetensors")
+    net = _controlnet(model.unet, 13)
+
+    def run(mask):
+        region = None if mask is None else torch.from_numpy(np.asarray(mask, np.float32) / 255)[None, None]
+        return _ours(model, [ControlUnit(net, _map(13), weight=1.0, region_mask=region)], 5.0)
+
+    black, left = Image.new("L", (SIZE, SIZE), 0), Image.new("L", (SIZE, SIZE), 0)
+    left.paste(255, (0, 0, SIZE // 2, SIZE))
+    plain, full, half = _ours(model, [], 5.0), run(None), run(left)
+    assert _diff(run(black), plain) <= 1
+    assert _diff(half, plain) > 3 and _diff(half, full) > 3

@@ -116,14 +116,29 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
         model=loaded.model, image=_control_input(detected), weight=req.weight, guidance_start=req.guidance_start,
         guidance_end=req.guidance_end, control_mode=req.control_mode.value, resize_mode=req.resize_mode.value,
         hr_option=req.hr_option.value, soft_in_hires=any(k in pre.name for k in SOFT_IN_HIRES),
-        advanced_weighting=req.advanced_weighting, union_type=union, kind=loaded.kind)
+        advanced_weighting=req.advanced_weighting, union_type=union, kind=loaded.kind,
+        region_mask=_region(req.effective_region_mask))
     return unit, detected_image
+
+
+def _region(mask: Image.Image | None):
+    """The effective region mask as the loop scales it: (1, 1, H, W), white = act, in [0, 1]."""
+    if mask is None:
+        return None
+    import torch
+
+    grey = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+    return torch.from_numpy(grey)[None, None]
 
 
 def _image_prompt(where: str, req, library, model, picture: Image.Image) -> units_mod.ControlUnit:
     """An IP-Adapter unit: the picture through the CLIP vision encoder the adapter was trained with."""
     from modules.controlnet import ip_adapter
     from modules.controlnet.models import ControlNetLoadError
+
+    if req.effective_region_mask is not None:
+        raise RequestError(f"{where}.effective_region_mask: not supported for IP-Adapter units yet (ControlNet "
+                           "and T2I-Adapter units take it)")
 
     try:
         loaded = library.load(req.model, model.device, model.dtype, model.unet.config, model.family, model.title,

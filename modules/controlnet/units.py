@@ -44,6 +44,16 @@ class ControlUnit:
     union_type: int | None = None  # index into UNION_TYPES for a Union model
     kind: str = "controlnet"  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter"
     ip_embeds: tuple | None = None  # an IP-Adapter's (positive, negative) image tokens (ip_adapter.encode)
+    region_mask: torch.Tensor | None = None  # (1, 1, H, W) in [0, 1]: where the unit acts (effective region mask)
+
+    def in_region(self, residual: torch.Tensor) -> torch.Tensor:
+        """The residual kept only inside the unit's region (the mask scaled bilinearly to the residual's size, as
+        the extension's apply_effective_region_mask)."""
+        if self.region_mask is None:
+            return residual
+        mask = torch.nn.functional.interpolate(self.region_mask.to(residual.device, torch.float32),
+                                               size=residual.shape[-2:], mode="bilinear")
+        return residual * mask.to(residual.dtype)
 
     def active_at(self, step: int, total: int) -> bool:
         """Inside the guidance window at 0-based step `step` of `total` (diffusers' controlnet_keep)."""
@@ -123,7 +133,7 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
             continue
         d, m = _forward(control, control.image[rows], x, t, embeds, added)
         scales = unit.block_scales(len(d) + 1, control.hires)
-        outputs = [r * s for r, s in zip([*d, m], scales)]
+        outputs = [unit.in_region(r * s) for r, s in zip([*d, m], scales)]
         if uncond_rows and unit.cond_only():  # only the prompt's rows are guided
             keep = torch.ones(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device)
             keep[:uncond_rows] = 0
@@ -156,7 +166,7 @@ def _adapter_features(control: ActiveControl, rows: torch.Tensor, uncond_rows: i
     if control.features is None:
         control.features = list(unit.model(control.image))
     scales = unit.block_scales(len(control.features), control.hires)
-    out = [f[rows].to(dtype) * s for f, s in zip(control.features, scales)]
+    out = [unit.in_region(f[rows].to(dtype) * s) for f, s in zip(control.features, scales)]
     if uncond_rows and unit.cond_only():
         keep = torch.ones(len(rows), 1, 1, 1, dtype=dtype, device=rows.device)
         keep[:uncond_rows] = 0
