@@ -391,11 +391,18 @@ class Generation:
         self.prompt_params: dict[str, Any] = {}
         if self.text_options.emphasis != "Original" and any("(" in t or "[" in t for t in texts):
             self.prompt_params["Emphasis"] = self.text_options.emphasis
-        self.controls = self._prepare_controls()
-        self.control_units = list(ctx.control_units) + self.controls.units
+        from modules.controlnet.prepare import PreparedControls
 
-    def _prepare_controls(self):
-        """The request's ControlNet units, preprocessed and loaded before any sampling (errors name the unit)."""
+        self.controls = PreparedControls()
+        self.control_units = list(ctx.control_units)
+
+    def prepare_controls(self, crop: tuple[int, int, int, int] | None = None) -> None:
+        """The request's ControlNet units, preprocessed and loaded before any sampling (errors name the unit).
+        `crop`: img2img's "Only masked" region (x, y, w, h) of the picture, which units' inputs are cut to too."""
+        self.controls = self._prepare_controls(crop)
+        self.control_units = list(self.ctx.control_units) + self.controls.units
+
+    def _prepare_controls(self, crop):
         from modules.controlnet.prepare import PreparedControls, prepare
 
         req, ctx = self.req, self.ctx
@@ -410,7 +417,7 @@ class Generation:
         return prepare(req.controlnet_units, library=ctx.controlnets, model=self.model,
                        width=_round8(req.width, m), height=_round8(req.height, m), init_image=inits[0],
                        init_mask=getattr(req, "mask", None), annotator_dir=ctx.annotator_dir,
-                       skip_failed=bool(ctx.opt("controlnet_skip_failed_units", False)))
+                       skip_failed=bool(ctx.opt("controlnet_skip_failed_units", False)), crop=crop)
 
     def resolve_sampler(self, name: str | None, schedule: str | None):
         """(sampler, schedule type) for this model's family; an unknown or unsuitable name is a RequestError now,
@@ -771,6 +778,7 @@ def _to_pil(model: LoadedModel, pixels: torch.Tensor) -> list[Image.Image]:
 def txt2img(ctx: ProcessingContext, req: Txt2ImgRequest) -> GenerationResult:
     model = ctx.model
     gen = Generation(ctx, req)
+    gen.prepare_controls()
     m = model.size_multiple
     width, height = _round8(req.width, m), _round8(req.height, m)
     extra: dict[str, Any] = {}
@@ -927,6 +935,7 @@ def img2img(ctx: ProcessingContext, req: Img2ImgRequest) -> GenerationResult:
         extra["Masked content"] = MASKED_CONTENT[req.inpainting_fill]
         if req.inpainting_mask_invert:
             extra["Mask mode"] = "Inpaint not masked"
+    gen.prepare_controls(setup.paste_to if setup is not None else None)
     if req.resize_mode == LATENT_RESIZE and setup is None:
         prepared = [im.resize((_round8(im.width, m), _round8(im.height, m)), Image.Resampling.LANCZOS) for im in inits]
     else:

@@ -163,3 +163,25 @@ def test_the_controlnet_routes_honour_api_auth(tmp_path):
         assert c.get("/controlnet/version").status_code == 401
         assert c.post("/controlnet/detect", json={}).status_code == 401
         assert c.get("/controlnet/version", auth=("ann", "secret")).json() == {"version": 3}
+
+
+def test_only_masked_inpainting_cuts_the_units_input_to_the_masked_region(client):
+    """The control map must line up with the part of the picture being redrawn: with "Only masked", the unit's
+    input is cut to the same region (unless inpaint_crop_input_image is false, as in the extension)."""
+    picture = Image.new("RGB", (128, 128), "black")
+    ImageDraw.Draw(picture).rectangle((8, 8, 40, 40), fill="white")  # edges only in the top-left corner
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (80, 80, 120, 120))  # redraw the bottom-right corner
+
+    def detected(crop: bool):
+        body = {"init_images": [_b64(picture)], "mask": _b64(mask), "inpaint_full_res": True,
+                "inpaint_full_res_padding": 0, "prompt": "x", "steps": 2, "width": SIZE, "height": SIZE, "seed": 1,
+                "alwayson_scripts": {"controlnet": {"args": [{
+                    "module": "canny", "model": _canny_title(client), "processor_res": 64,
+                    "inpaint_crop_input_image": crop}]}}}
+        r = client.post("/sdapi/v1/img2img", json=body)
+        assert r.status_code == 200, r.text
+        return np.asarray(_image(r.json()["images"][-1]).convert("L"))
+
+    assert detected(True).max() == 0  # the cut-out holds no edge
+    assert detected(False).max() == 255  # the whole picture's square

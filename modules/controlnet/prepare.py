@@ -34,7 +34,7 @@ class PreparedControls:
 
 def prepare(requests: list, *, library, model, width: int, height: int, init_image: Image.Image | None = None,
             init_mask: Image.Image | None = None, annotator_dir: Path | None = None,
-            skip_failed: bool = False) -> PreparedControls:
+            skip_failed: bool = False, crop: tuple[int, int, int, int] | None = None) -> PreparedControls:
     """`requests`: ControlNetUnitRequest list (inactive ones are skipped, as the extension does)."""
     from modules.controlnet.unit_request import infotext_fields
 
@@ -51,7 +51,7 @@ def prepare(requests: list, *, library, model, width: int, height: int, init_ima
             continue
         try:
             unit, detected = _prepare_one(index, req, library, model, width, height, init_image, init_mask,
-                                          annotator_dir)
+                                          annotator_dir, crop)
         except RequestError as e:
             if not skip_failed:
                 raise
@@ -68,7 +68,7 @@ def prepare(requests: list, *, library, model, width: int, height: int, init_ima
 
 
 def _prepare_one(index: int, req, library, model, width: int, height: int, init_image, init_mask,
-                 annotator_dir: Path | None):
+                 annotator_dir: Path | None, crop=None):
     from modules.controlnet import preprocessors
     from modules.controlnet.models import ControlNetLoadError
 
@@ -84,6 +84,8 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
     if req.model in ("", "None"):
         raise RequestError(f"{where}.model: no ControlNet model chosen for preprocessor {pre.name}")
     source, mask = _input(where, req, init_image, init_mask)
+    if crop is not None and req.inpaint_crop_input_image and init_image is not None:
+        source, mask = _crop(source, init_image.size, crop), _crop(mask, init_image.size, crop)
     if pre.name.startswith(("ip-adapter", "clip_vision")) or "IP-Adapter" in pre.tags:
         return _image_prompt(where, req, library, model, source), None
     resolution = req.processor_res
@@ -163,6 +165,16 @@ def _input(where: str, req, init_image, init_mask):
     if init_image is not None:
         return init_image, init_mask
     raise RequestError(f"{where}.image: no input image (give the unit an image, or use img2img)")
+
+
+def _crop(image: Image.Image | None, size: tuple[int, int], box: tuple[int, int, int, int]):
+    """img2img's "Only masked" region cut from a unit's input (brought to the picture's size first), so the map
+    lines up with the part of the picture being inpainted (the extension's inpaint_crop_input_image)."""
+    if image is None:
+        return None
+    x, y, w, h = box
+    return image.resize(size, Image.Resampling.LANCZOS).crop((x, y, x + w, y + h)) if image.size != size else \
+        image.crop((x, y, x + w, y + h))
 
 
 def _control_input(detected: np.ndarray) -> Image.Image:
