@@ -348,3 +348,19 @@ def test_effective_region_mask_limits_the_unit_to_its_region(load_tiny):
     plain, full, half = _ours(model, [], 5.0), run(None), run(left)
     assert _diff(run(black), plain) <= 1
     assert _diff(half, plain) > 3 and _diff(half, full) > 3
+
+
+def test_a_low_vram_unit_waits_off_the_gpu_between_steps(load_tiny, monkeypatch):
+    """On a GPU, a "Low VRAM" unit's model is moved to the sampling device for each call and back to the CPU after
+    (checked here with the device moves recorded, since this machine has no GPU)."""
+    from modules.controlnet import units as units_mod
+
+    net = _controlnet(load_tiny("sd1.safetensors").unet, 14)
+    moves = []
+    monkeypatch.setattr(net, "to", lambda *a, **k: moves.append(str(a[0])) or net)
+    gpu = torch.device("cuda")
+    for low_vram, expected in ((True, ["cuda", "cpu"]), (False, ["cuda"])):
+        moves.clear()
+        with units_mod._on(ControlUnit(net, _map(0), low_vram=low_vram), gpu):
+            pass
+        assert moves == expected

@@ -119,7 +119,7 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
         guidance_end=req.guidance_end, control_mode=req.control_mode.value, resize_mode=req.resize_mode.value,
         hr_option=req.hr_option.value, soft_in_hires=any(k in pre.name for k in SOFT_IN_HIRES),
         advanced_weighting=req.advanced_weighting, union_type=union, kind=loaded.kind,
-        region_mask=_region(req.effective_region_mask))
+        region_mask=_region(req.effective_region_mask), low_vram=req.low_vram)
     return unit, detected_image
 
 

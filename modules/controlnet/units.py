@@ -14,6 +14,7 @@ In the hires pass, canny and mlsd maps are always applied softly (the extension'
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,7 @@ class ControlUnit:
     kind: str = "controlnet"  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter"
     ip_embeds: tuple | None = None  # an IP-Adapter's (positive, negative) image tokens (ip_adapter.encode)
     region_mask: torch.Tensor | None = None  # (1, 1, H, W) in [0, 1]: where the unit acts (effective region mask)
+    low_vram: bool = False  # the model waits on the CPU between steps (GPU only)
 
     def in_region(self, residual: torch.Tensor) -> torch.Tensor:
         """The residual kept only inside the unit's region (the mask scaled bilinearly to the residual's size, as
@@ -164,7 +166,8 @@ def _adapter_features(control: ActiveControl, rows: torch.Tensor, uncond_rows: i
     only the map)."""
     unit = control.unit
     if control.features is None:
-        control.features = list(unit.model(control.image))
+        with _on(unit, control.image.device):
+            control.features = list(unit.model(control.image))
     scales = unit.block_scales(len(control.features), control.hires)
     out = [unit.in_region(f[rows].to(dtype) * s) for f, s in zip(control.features, scales)]
     if uncond_rows and unit.cond_only():
@@ -176,7 +179,25 @@ def _adapter_features(control: ActiveControl, rows: torch.Tensor, uncond_rows: i
 
 def _forward(control: ActiveControl, image: torch.Tensor, x, t, embeds, added):
     """The model's raw residuals (scale 1: the per-block scales are applied by the caller)."""
-    unit = control.unit
+    with _on(control.unit, x.device):
+        return _call(control.unit, image, x, t, embeds, added)
+
+
+@contextlib.contextmanager
+def _on(unit: ControlUnit, device):
+    """The unit's model on the sampling device for the call; a "Low VRAM" unit's goes back to the CPU after it (the
+    extension's low_vram: slower, but the ControlNet holds no GPU memory between steps)."""
+    params = next(unit.model.parameters(), None)
+    if params is not None and params.device != device:
+        unit.model.to(device)
+    try:
+        yield
+    finally:
+        if unit.low_vram and device.type != "cpu":
+            unit.model.to("cpu")
+
+
+def _call(unit: ControlUnit, image, x, t, embeds, added):
     kwargs = {"added_cond_kwargs": added} if added is not None else {}
     if unit.union_type is not None:
         types = unit.model.config.num_control_type
