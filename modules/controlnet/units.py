@@ -187,13 +187,14 @@ def _forward(control: ActiveControl, image: torch.Tensor, x, t, embeds, added):
 def _on(unit: ControlUnit, device):
     """The unit's model on the sampling device for the call; a "Low VRAM" unit's goes back to the CPU after it (the
     extension's low_vram: slower, but the ControlNet holds no GPU memory between steps)."""
-    params = next(unit.model.parameters(), None)
-    if params is not None and params.device != device:
+    parameters = getattr(unit.model, "parameters", None)
+    first = next(parameters(), None) if parameters is not None else None
+    if first is not None and first.device != device:
         unit.model.to(device)
     try:
         yield
     finally:
-        if unit.low_vram and device.type != "cpu":
+        if first is not None and unit.low_vram and device.type != "cpu":
             unit.model.to("cpu")
 
 
