@@ -364,3 +364,59 @@ def test_a_low_vram_unit_waits_off_the_gpu_between_steps(load_tiny, monkeypatch)
         with units_mod._on(ControlUnit(net, _map(0), low_vram=low_vram), gpu):
             pass
         assert moves == expected
+
+
+def test_sdxl_t2i_adapter_matches_its_pipeline(load_tiny):
+    from diffusers import StableDiffusionXLAdapterPipeline
+
+    from modules.sampling import samplers
+    from tests.tiny_controlnets import build_t2i_adapter
+
+    model = load_tiny("sdxl.safetensors")
+    adapter = build_t2i_adapter(model.unet, 15, xl=True)
+    ours = _ours(model, [ControlUnit(adapter, _map(15), weight=0.9, kind="t2i_adapter")], 6.0)
+    scheduler = samplers.build_scheduler(*samplers.resolve("Euler", None), model.scheduler_config).scheduler
+    pipe = StableDiffusionXLAdapterPipeline(adapter=adapter, scheduler=scheduler, **_sdxl_parts(model))
+    theirs = pipe("a red ball", negative_prompt="blurry", image=_map(15), num_inference_steps=6, guidance_scale=6.0,
+                  width=SIZE, height=SIZE, generator=[torch.Generator().manual_seed(SEED)],
+                  adapter_conditioning_scale=0.9).images
+    assert _diff(ours, theirs) <= 1
+    assert _diff(ours, _ours(model, [], 6.0)) > 3
+
+
+def test_sdxl_ip_adapter_matches_its_pipeline(load_tiny, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+
+    from modules.controlnet import ip_adapter
+    from modules.controlnet.models import ControlNetLibrary
+    from modules.controlnet.unit_request import ControlNetUnitRequest, UnitImage
+    from modules.sampling import samplers
+    from tests import tiny_controlnets as tc
+
+    model = load_tiny("sdxl.safetensors")
+    for sub in ("cn", "clip"):
+        (tmp_path / sub).mkdir()
+    adapter_sd = tc.ip_adapter_state_dict(model.unet, 24, 16)
+    save_file(adapter_sd, str(tmp_path / "cn" / "ip-adapter_sdxl.safetensors"))
+    encoder = tc.build_clip_vision(17)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp_path / "clip" / "clip_g.safetensors"))
+    library = ControlNetLibrary([tmp_path / "cn"], clip_vision_dirs=[tmp_path / "clip"])
+    picture = _map(16)
+    unit = ControlNetUnitRequest(module="ip-adapter_clip_sdxl", model="ip-adapter_sdxl", weight=0.7,
+                                 images=[UnitImage(picture)])
+    req = Txt2ImgRequest(prompt="a red ball", negative_prompt="blurry", steps=6, cfg_scale=6.0, width=SIZE,
+                         height=SIZE, seed=SEED, sampler_name="Euler", controlnet_units=[unit])
+    ours = txt2img(ProcessingContext(model=model, options={"return_grid": False}, outputs=None, controlnets=library),
+                   req).images
+    weights, _ = ip_adapter.parse(adapter_sd)
+    scheduler = samplers.build_scheduler(*samplers.resolve("Euler", None), model.scheduler_config).scheduler
+    pipe = StableDiffusionXLPipeline(scheduler=scheduler, image_encoder=encoder,
+                                     feature_extractor=ip_adapter.image_processor(encoder), **_sdxl_parts(model))
+    with ip_adapter.attached(model.unet, [weights]):
+        ip_adapter.set_scales(model.unet, [0.7])
+        theirs = pipe("a red ball", negative_prompt="blurry", ip_adapter_image=picture, num_inference_steps=6,
+                      guidance_scale=6.0, width=SIZE, height=SIZE,
+                      generator=[torch.Generator().manual_seed(SEED)]).images
+    assert _diff(ours, theirs) <= 1
+    assert _diff(ours, _ours(model, [], 6.0)) > 3

@@ -42,7 +42,7 @@ def is_ip_adapter(sd: Mapping) -> bool:
     return any(k.startswith("image_proj.") for k in sd) and any(k.startswith("ip_adapter.") for k in sd)
 
 
-def parse(sd: Mapping) -> tuple[IPAdapterWeights, str]:
+def parse(sd: Mapping) -> tuple[IPAdapterWeights, str | None]:
     """The adapter and the family it was trained for (from its key/value width)."""
     image_proj = {k.removeprefix("image_proj."): v for k, v in sd.items() if k.startswith("image_proj.")}
     layers = {k.removeprefix("ip_adapter."): v for k, v in sd.items() if k.startswith("ip_adapter.")}
@@ -60,7 +60,8 @@ def parse(sd: Mapping) -> tuple[IPAdapterWeights, str]:
         raise ControlNetFileError("an IP-Adapter whose image projection this program does not know (FaceID?)")
     weights = IPAdapterWeights({"image_proj": image_proj, "ip_adapter": layers}, plus, width,
                                SimpleNamespace(cross_attention_dim=cross))
-    return weights, "sdxl" if cross == 2048 else "sd2" if cross == 1024 else "sd1"
+    # The released adapters' text widths name their family; another width is checked against the UNet's alone.
+    return weights, {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(cross)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ class LoadedControlNet:
     title: str
     model: Any  # diffusers ControlNetModel / ControlNetUnionModel
     kind: str  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter"
-    family: str  # "sd1" | "sd2" | "sdxl"
+    family: str | None  # "sd1" | "sd2" | "sdxl"; None: an IP-Adapter of a width no release has (checked by width)
 
 
 class ControlNetLibrary:
@@ -138,12 +138,12 @@ def check_family(loaded: LoadedControlNet, checkpoint_family: str, unet_config: 
     own = getattr(loaded.model.config, "cross_attention_dim", None)  # T2I-Adapters read no text
     if loaded.kind == "t2i_adapter" and family in ("sd1", "sd2"):
         family = "sd1"  # one adapter family for SD1.x and SD2.x (same 8x8 patches, no text input)
-    if family in detect.FAMILY_NAMES and family != loaded.family or (
+    if loaded.family is not None and family in detect.FAMILY_NAMES and family != loaded.family or (
             width is not None and own is not None and width != own):
         ours = detect.FAMILY_NAMES.get(family, family)
-        what = "T2I-Adapter" if loaded.kind == "t2i_adapter" else "ControlNet"
+        what = {"t2i_adapter": "T2I-Adapter", "ip_adapter": "IP-Adapter"}.get(loaded.kind, "ControlNet")
         theirs = "SD1.x/SD2.x" if loaded.kind == "t2i_adapter" and loaded.family == "sd1" else \
-            detect.FAMILY_NAMES[loaded.family]
+            detect.FAMILY_NAMES.get(loaded.family, f"{own}-wide text")
         raise ControlNetLoadError(f"{loaded.title} is a {theirs} {what}; "
                                   f"{checkpoint_title} is {ours}: pick a {what} made for {ours}")
 
@@ -160,8 +160,8 @@ def load_file(path: Path, title: str, device: torch.device, dtype: torch.dtype,
             sd, config_file = read_state_dict(path, nested=True), None
         if ip_adapter.is_ip_adapter(sd):
             weights, family = ip_adapter.parse(sd)
-            log.info("IP-Adapter %s loaded (%s%s)", title, detect.FAMILY_NAMES[family], ", plus" if weights.plus
-                     else "")
+            log.info("IP-Adapter %s loaded (%s%s)", title, detect.FAMILY_NAMES.get(family, "family by width"),
+                     ", plus" if weights.plus else "")
             return LoadedControlNet(title=title, model=weights, kind="ip_adapter", family=family)
         if control_lora.is_control_lora(sd):
             if unet is None:
