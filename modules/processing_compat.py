@@ -235,6 +235,7 @@ def process_images(p: StableDiffusionProcessing) -> GenerationResult:
     per_image = _take_per_image_lists(p)
     fix_seed(p)
     hooks = ScriptHooks(p, per_image)
+    _apply_controlnet_script_control(p)
     try:
         result = p.engine.process(p.request, hooks=hooks)
     finally:
@@ -245,6 +246,43 @@ def process_images(p: StableDiffusionProcessing) -> GenerationResult:
     if runner is not None:
         runner.postprocess(p, result)
     return result
+
+
+# The sd-webui-controlnet extension's "script control" attributes of `p` (what its X/Y/Z axes and other scripts set):
+# attribute → unit field. A list gives one value per unit; a single value applies to every unit ("enabled": unit 0).
+CONTROLNET_SCRIPT_FIELDS = {
+    "control_net_enabled": "enabled", "control_net_module": "module", "control_net_model": "model",
+    "control_net_weight": "weight", "control_net_resize_mode": "resize_mode", "control_net_lowvram": "low_vram",
+    "control_net_pres": "processor_res", "control_net_pthr_a": "threshold_a", "control_net_pthr_b": "threshold_b",
+    "control_net_guidance_start": "guidance_start", "control_net_guidance_end": "guidance_end",
+    "control_net_guidance_strength": "guidance_end", "control_net_control_mode": "control_mode",
+    "control_net_pixel_perfect": "pixel_perfect",
+}
+
+
+def _apply_controlnet_script_control(p) -> None:
+    """Values scripts set as `p.control_net_*` replace those fields of the request's ControlNet units (checked as
+    an API unit's would be)."""
+    given = {attr: p.__dict__[attr] for attr in CONTROLNET_SCRIPT_FIELDS if p.__dict__.get(attr) is not None}
+    units = list(p.request.controlnet_units)
+    if not given or not units:
+        return
+    from modules.controlnet.unit_request import ControlNetUnitRequest
+
+    changed = []
+    for i, unit in enumerate(units):
+        data = unit.to_dict()  # images and region mask are carried over as they are
+        for attr, value in given.items():
+            if isinstance(value, (list, tuple)):
+                value = value[i] if i < len(value) else None
+            elif attr == "control_net_enabled" and i > 0:
+                value = None
+            if value is not None:
+                data[CONTROLNET_SCRIPT_FIELDS[attr]] = value
+        new = ControlNetUnitRequest.from_dict(data, field_prefix=f"controlnet[{i}]")
+        new.images, new.effective_region_mask = unit.images, unit.effective_region_mask
+        changed.append(new)
+    p.request.controlnet_units = changed
 
 
 _PER_IMAGE_FIELDS = {"prompt": "all_prompts", "negative_prompt": "all_negative_prompts", "seed": "all_seeds",

@@ -170,3 +170,30 @@ def test_sd_upscale_returns_the_upscaled_size(script_engine):
                                     "script_name": "SD upscale", "script_args": [None, 0, "Lanczos", 2.0]})
     assert len(result.images) == 1 and result.images[0].size == (128, 128)
     assert "SD upscale upscaler: Lanczos" in result.infotexts[0]
+
+
+def test_xyz_controlnet_axes_drive_the_units(script_engine, load_tiny):
+    """The extension's X/Y/Z axes ([ControlNet] Weight, Preprocessor …) set the units' fields per cell."""
+    from tests import tiny_controlnets as tc
+
+    model = load_tiny("sd1.safetensors")
+    folder = script_engine.paths.controlnet_dirs[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    tc.write_original(tc.build_controlnet(model.unet, 21), model.unet, folder / "control_sd15_canny.safetensors")
+    square = Image.new("RGB", (64, 64), "black")
+    square.paste((255, 255, 255), (16, 16, 48, 48))
+    unit = {"image": square, "module": "canny", "model": "control_sd15_canny", "processor_res": 64}
+    request = {**BASE, "alwayson_scripts": {"controlnet": {"args": [unit]}}}
+    result = script_engine.txt2img({**request, "script_name": "X/Y/Z plot", "script_args": xyz_args(
+        x_type="[ControlNet] Weight", x_values="0, 1.5")})
+    cells = result.images[result.index_of_first_image:]
+    plain = script_engine.txt2img(BASE).images[0]
+    guided = script_engine.txt2img({**request, "alwayson_scripts": {"controlnet": {"args": [
+        {**unit, "weight": 1.5}]}}}).images[0]
+    assert len(cells) == 4  # each cell's picture, then its detected map
+    assert np.array_equal(pixels(cells[0]), pixels(plain))  # weight 0: as if no unit
+    assert np.array_equal(pixels(cells[2]), pixels(guided))
+    assert "X Type: [ControlNet] Weight" in result.infotexts[0]
+    with pytest.raises(RequestError, match="valid values: .*canny"):
+        script_engine.txt2img({**request, "script_name": "X/Y/Z plot", "script_args": xyz_args(
+            x_type="[ControlNet] Preprocessor", x_values="canny, nope")})

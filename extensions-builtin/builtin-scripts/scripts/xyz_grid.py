@@ -13,6 +13,7 @@ from PIL import Image
 
 from builtin_scripts.axis_values import AxisValueError, parse_values
 from modules import images, scripts, shared
+from modules.controlnet import preprocessors
 from modules.processing import Processed, fix_seed, process_images
 from modules.request_types import RequestError
 from modules.sampling import samplers
@@ -114,6 +115,40 @@ def confirm_sizes(opt, values: list[str]) -> list[str]:
     return values
 
 
+CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
+RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
+
+
+def apply_controlnet(attribute: str) -> Callable:
+    def apply(p, value, values):
+        setattr(p, attribute, value)
+    return apply
+
+
+def confirm_bools(opt, values: list[str]) -> list[bool]:
+    out = []
+    for value in values:
+        word = str(value).strip().lower()
+        if word not in ("true", "false", "1", "0"):
+            raise RequestError(f"{opt.label}: {value!r} is not True or False")
+        out.append(word in ("true", "1"))
+    return out
+
+
+def controlnet_models() -> list[str]:
+    library = getattr(shared.engine, "controlnets", None) if shared.engine is not None else None
+    return library.titles(refresh=True) if library is not None else []
+
+
+def confirm_controlnet_models(opt, values: list[str]) -> list[str]:
+    return _match_by_name(opt.label, values, controlnet_models(), lambda title: [title.rsplit(" [", 1)[0]])
+
+
+def confirm_preprocessors(opt, values: list[str]) -> list[str]:
+    names = [pre.name for pre in preprocessors.all_sorted()]
+    return _match_by_name(opt.label, values, names, lambda name: [preprocessors.get(name).label])
+
+
 @dataclass
 class AxisOption:
     label: str
@@ -143,6 +178,26 @@ AXIS_OPTIONS = [
                confirm=confirm_checkpoints, cost=1.0, choices=shared.list_checkpoint_tiles),
     AxisOption("Denoising", float, apply_field("denoising_strength")),
     AxisOption("Size", str, apply_size, format_value=format_value, confirm=confirm_sizes),
+    # The sd-webui-controlnet extension's axes (built in here): they set its `p.control_net_*` script-control
+    # attributes, which apply to every ControlNet unit of the request ("Enabled": the first).
+    AxisOption("[ControlNet] Enabled", str, apply_controlnet("control_net_enabled"), confirm=confirm_bools,
+               choices=lambda: ["False", "True"]),
+    AxisOption("[ControlNet] Model", str, apply_controlnet("control_net_model"), format_value=format_value,
+               confirm=confirm_controlnet_models, choices=controlnet_models, cost=0.9),
+    AxisOption("[ControlNet] Weight", float, apply_controlnet("control_net_weight")),
+    AxisOption("[ControlNet] Guidance Start", float, apply_controlnet("control_net_guidance_start")),
+    AxisOption("[ControlNet] Guidance End", float, apply_controlnet("control_net_guidance_end")),
+    AxisOption("[ControlNet] Control Mode", str, apply_controlnet("control_net_control_mode"),
+               format_value=format_value, choices=lambda: list(CONTROL_MODES),
+               confirm=lambda opt, values: _match_by_name(opt.label, values, list(CONTROL_MODES), lambda v: [])),
+    AxisOption("[ControlNet] Resize Mode", str, apply_controlnet("control_net_resize_mode"),
+               format_value=format_value, choices=lambda: list(RESIZE_MODES),
+               confirm=lambda opt, values: _match_by_name(opt.label, values, list(RESIZE_MODES), lambda v: [])),
+    AxisOption("[ControlNet] Preprocessor", str, apply_controlnet("control_net_module"), format_value=format_value,
+               confirm=confirm_preprocessors, choices=lambda: [pre.name for pre in preprocessors.all_sorted()]),
+    AxisOption("[ControlNet] Pre Resolution", int, apply_controlnet("control_net_pres")),
+    AxisOption("[ControlNet] Pre Threshold A", float, apply_controlnet("control_net_pthr_a")),
+    AxisOption("[ControlNet] Pre Threshold B", float, apply_controlnet("control_net_pthr_b")),
 ]
 SEED_AXES = ("Seed", "Var. seed")
 
