@@ -408,7 +408,7 @@ class Generation:
         req, ctx = self.req, self.ctx
         if not any(u.enabled for u in req.controlnet_units):
             return PreparedControls()
-        if self.model.is_flow:
+        if self.model.is_flow and self.model.family != "flux":
             raise RequestError(f"{self.model.spec.label}: ControlNet is not available for this model family yet")
         if ctx.controlnets is None:
             raise RequestError("ControlNet models are not available here (no models/ControlNet library)")
@@ -487,6 +487,7 @@ class Generation:
         image_rng = self.make_rng(plan, shape)
         # The NV source has no torch generators; step noise then comes from CPU generators of the same seeds.
         gens = image_rng.generators or [torch.Generator("cpu").manual_seed(s) for s in plan.seeds]
+        controls = self._controls(plan, gens)
 
         inpaint = plan.inpaint
         image_latents = plan.init_latents
@@ -537,7 +538,7 @@ class Generation:
             step_kwargs=bundle.step_kwargs(generator=gens, eta=self._eta(bundle)),
             inpaint=inpaint_latents, on_step=self._on_step,
             conditioning_at=prompt_schedule.at if prompt_schedule.varies else None, hooks=self.hooks.sampling(),
-            add_noise=add_noise if flow else None, controls=self._controls(plan),
+            add_noise=add_noise if flow else None, controls=controls,
         )
         if model.is_sdxl:
             aest = model.family == "sdxl_refiner"
@@ -553,18 +554,28 @@ class Generation:
             return image_latents if image_latents is not None else latents
         return sample(job)
 
-    def _controls(self, plan: BatchPlan) -> list:
-        """The ControlNet units used in this pass, with their maps at its size (SD1/SDXL UNets)."""
+    def _controls(self, plan: BatchPlan, generators) -> list:
+        """The ControlNet units used in this pass, with their maps at its size. A Flux ControlNet's map is encoded
+        by the VAE with each image's generator (called before the noise is drawn, as FluxControlNetPipeline)."""
         if not self.control_units:
             return []
-        if self.model.is_flow:
-            raise RequestError(f"{self.model.spec.label}: ControlNet is not available for this model family yet")
-        from modules.controlnet.units import ActiveControl
-
         model = self.model
-        return [ActiveControl(u, u.tensor(plan.width, plan.height, len(plan.seeds), model.device, model.dtype),
-                              hires=plan.hires, enabled=u.used_in(plan.hires))
-                for u in self.control_units if u.used_in(plan.hires) or u.kind == "ip_adapter"]
+        if model.is_flow and (model.family != "flux" or any(u.kind != "flux" for u in self.control_units)):
+            raise RequestError(f"{model.spec.label}: only Flux ControlNets guide this model family")
+        if not model.is_flow and any(u.kind == "flux" for u in self.control_units):
+            raise RequestError(f"{model.title}: a Flux ControlNet cannot guide an SD1.x/SDXL checkpoint")
+        from modules.controlnet.units import ActiveControl
+        from modules.sampling.flow_denoiser import pack
+
+        out = []
+        for u in self.control_units:
+            if not (u.used_in(plan.hires) or u.kind == "ip_adapter"):
+                continue
+            image = u.tensor(plan.width, plan.height, len(plan.seeds), model.device, model.dtype)
+            if u.kind == "flux":
+                image = pack(encode(model, image, generators))
+            out.append(ActiveControl(u, image, hires=plan.hires, enabled=u.used_in(plan.hires)))
+        return out
 
     def image_prompts(self):
         """The IP-Adapter units' layers on the UNet while this request runs (removed afterwards)."""

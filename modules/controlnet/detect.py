@@ -30,7 +30,7 @@ class ControlNetSpec:
     family: str  # "sd1" | "sd2" | "sdxl"
 
 
-FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "Flux.1", "sd3": "SD3"}
 
 
 def layout(sd: Mapping) -> str:

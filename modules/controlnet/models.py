@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from modules import hashes
-from modules.controlnet import control_lora, detect, ip_adapter, t2i_adapter
+from modules.controlnet import control_lora, detect, flux_controlnet, ip_adapter, t2i_adapter
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class ControlNetFile:
 class LoadedControlNet:
     title: str
     model: Any  # diffusers ControlNetModel / ControlNetUnionModel
-    kind: str  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter"
+    kind: str  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter" | "flux"
     family: str | None  # "sd1" | "sd2" | "sdxl"; None: an IP-Adapter of a width no release has (checked by width)
 
 
@@ -102,7 +102,8 @@ class ControlNetLibrary:
             loaded = self._loaded.get(key)
             if loaded is None:
                 loaded = load_file(found.path, found.title, device, dtype,
-                                   getattr(unet_config, "addition_time_embed_dim", None), unet)
+                                   getattr(unet_config, "addition_time_embed_dim", None), unet,
+                                   getattr(unet_config, "axes_dims_rope", None))
                 self._loaded[key] = loaded
                 while len(self._loaded) > max(1, self.cache_size):
                     self._loaded.popitem(last=False)
@@ -134,8 +135,9 @@ class ControlNetLibrary:
 def check_family(loaded: LoadedControlNet, checkpoint_family: str, unet_config: Any, checkpoint_title: str) -> None:
     """An SDXL ControlNet on an SD1.5 checkpoint (or the reverse) fails with shapes; say it in words instead."""
     family = checkpoint_family.split("_")[0]  # sd1_inpaint, sdxl_refiner → their base family
-    width = getattr(unet_config, "cross_attention_dim", None)
-    own = getattr(loaded.model.config, "cross_attention_dim", None)  # T2I-Adapters read no text
+    width = getattr(unet_config, "cross_attention_dim", getattr(unet_config, "joint_attention_dim", None))
+    own = getattr(loaded.model.config, "cross_attention_dim",  # T2I-Adapters read no text
+                  getattr(loaded.model.config, "joint_attention_dim", None))
     if loaded.kind == "t2i_adapter" and family in ("sd1", "sd2"):
         family = "sd1"  # one adapter family for SD1.x and SD2.x (same 8x8 patches, no text input)
     if loaded.family is not None and family in detect.FAMILY_NAMES and family != loaded.family or (
@@ -149,7 +151,7 @@ def check_family(loaded: LoadedControlNet, checkpoint_family: str, unet_config: 
 
 
 def load_file(path: Path, title: str, device: torch.device, dtype: torch.dtype,
-              added_time_dim: int | None = None, unet=None) -> LoadedControlNet:
+              added_time_dim: int | None = None, unet=None, rope_axes=None) -> LoadedControlNet:
     """Build the model a file or diffusers folder holds (config from its shapes, or the folder's config.json)."""
     from modules.models.loader import ModelLoadError, _empty, _fill, read_state_dict
 
@@ -167,7 +169,10 @@ def load_file(path: Path, title: str, device: torch.device, dtype: torch.dtype,
             if unet is None:
                 raise detect.ControlNetFileError("a Control-LoRA needs the checkpoint's UNet to build on")
             sd = control_lora.merge(sd, unet)
-        if t2i_adapter.is_t2i_adapter(sd):
+        if flux_controlnet.is_flux_controlnet(sd):
+            converted = dict(sd)
+            spec = flux_controlnet.spec(converted, rope_axes)
+        elif t2i_adapter.is_t2i_adapter(sd):
             converted = t2i_adapter.to_diffusers(sd)
             spec = t2i_adapter.spec(converted)
         else:
@@ -176,9 +181,10 @@ def load_file(path: Path, title: str, device: torch.device, dtype: torch.dtype,
     except (ModelLoadError, detect.ControlNetFileError) as e:
         message = str(e) if str(e).startswith(path.name) else f"{path.name}: {e}"
         raise ControlNetLoadError(message) from None
-    from diffusers import ControlNetModel, ControlNetUnionModel, T2IAdapter
+    from diffusers import ControlNetModel, ControlNetUnionModel, FluxControlNetModel, T2IAdapter
 
-    cls = {"union": ControlNetUnionModel, "t2i_adapter": T2IAdapter}.get(spec.kind, ControlNetModel)
+    cls = {"union": ControlNetUnionModel, "t2i_adapter": T2IAdapter,
+           "flux": FluxControlNetModel}.get(spec.kind, ControlNetModel)
     config = dict(spec.config)
     if config_file is not None:  # a folder's own config says what shapes cannot (heads, upcast, ...)
         config.update({k: v for k, v in json.loads(config_file.read_text()).items() if not k.startswith("_")})

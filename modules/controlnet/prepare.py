@@ -111,6 +111,9 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
     if loaded.kind == "ip_adapter":
         raise RequestError(f"{where}.model: {loaded.title} is an IP-Adapter: pair it with an ip-adapter "
                            f"preprocessor, not {pre.name}")
+    if loaded.kind == "flux" and getattr(loaded.model.config, "num_mode", None):
+        raise RequestError(f"{where}.model: {loaded.title} is a Flux ControlNet Union: picking its control mode is "
+                           "not supported yet (single-type Flux ControlNets are)")
     union = None
     if loaded.kind == "union":
         union = _union_type(where, req, pre)

@@ -43,7 +43,7 @@ class ControlUnit:
     soft_in_hires: bool = False  # canny / mlsd maps
     advanced_weighting: list[float] | None = None
     union_type: int | None = None  # index into UNION_TYPES for a Union model
-    kind: str = "controlnet"  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter"
+    kind: str = "controlnet"  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter" | "flux"
     ip_embeds: tuple | None = None  # an IP-Adapter's (positive, negative) image tokens (ip_adapter.encode)
     region_mask: torch.Tensor | None = None  # (1, 1, H, W) in [0, 1]: where the unit acts (effective region mask)
     low_vram: bool = False  # the model waits on the CPU between steps (GPU only)
@@ -89,6 +89,8 @@ class ControlUnit:
         from modules.controlnet.control_map import fit, to_tensor
 
         fitted = fit(self.image, width, height, self.resize_mode)
+        if self.kind == "flux":  # the VAE's input, [-1, 1]: sample_batch encodes and packs it
+            return (to_tensor(fitted) * 2 - 1).repeat_interleave(batch, dim=0).to(device=device, dtype=dtype)
         if self.kind == "t2i_adapter" and self.model.config.in_channels == 1:  # sketch/canny adapters: grey
             fitted = fitted.convert("L").convert("RGB")
         hint = to_tensor(fitted)
@@ -119,7 +121,7 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
     `rows[r]`: the picture of the batch that UNet row r belongs to; the first `uncond_rows` rows are the negative
     prompt's (CFG)."""
     down, mid, intra = None, None, None
-    ip_embeds, ip_scales = [], []
+    ip_embeds, ip_scales, flux = [], [], []
     for control in controls:
         unit = control.unit
         if unit.kind == "ip_adapter":  # every attached adapter needs its tokens; its scale says if it acts
@@ -128,6 +130,9 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
             ip_scales.append(float(unit.weight) if on else 0.0)
             continue
         if not unit.active_at(step, total) or unit.weight == 0 and unit.advanced_weighting is None:
+            continue
+        if unit.kind == "flux":  # run by the FluxDenoiser, which has the transformer's packed inputs
+            flux.append((unit.model, control.image[rows], float(unit.weight)))
             continue
         if unit.kind == "t2i_adapter":
             features = _adapter_features(control, rows, uncond_rows, x.dtype)
@@ -150,6 +155,8 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
         out["down_intrablock_additional_residuals"] = intra
     if ip_embeds:
         out["ip_adapter"] = (ip_embeds, ip_scales)
+    if flux:
+        out["flux_controls"] = flux
     return out
 
 

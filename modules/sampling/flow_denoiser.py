@@ -38,22 +38,43 @@ class FluxDenoiser:
 
     def __init__(self, transformer, guidance: float | None):
         self.transformer = transformer
+        self.guidance_scale = guidance
         self.guidance = guidance if transformer.config.guidance_embeds else None
         self.config = transformer.config
 
-    def __call__(self, x, t, encoder_hidden_states, added_cond_kwargs=None, return_dict=False):
+    def __call__(self, x, t, encoder_hidden_states, added_cond_kwargs=None, return_dict=False, flux_controls=None):
+        """`flux_controls`: (FluxControlNetModel, packed control latents per row, scale) of the units guiding this
+        step; their block outputs are summed (diffusers' FluxMultiControlNetModel) and given to the transformer."""
         b, _, h, w = x.shape
         pooled = (added_cond_kwargs or {}).get("text_embeds")
         guidance = None
         if self.guidance is not None:
             guidance = torch.full([1], self.guidance, device=x.device, dtype=torch.float32).expand(b)
         timestep = t.expand(b).to(x.dtype) if torch.is_tensor(t) else torch.full([b], float(t), dtype=x.dtype)
-        out = self.transformer(
-            hidden_states=pack(x), timestep=timestep.to(x.device) / 1000, guidance=guidance,
-            pooled_projections=pooled, encoder_hidden_states=encoder_hidden_states,
-            txt_ids=torch.zeros(encoder_hidden_states.shape[1], 3, device=x.device, dtype=encoder_hidden_states.dtype),
-            img_ids=image_ids(h, w, x.device, x.dtype), return_dict=False)[0]
+        inputs = dict(hidden_states=pack(x), timestep=timestep.to(x.device) / 1000, pooled_projections=pooled,
+                      encoder_hidden_states=encoder_hidden_states,
+                      txt_ids=torch.zeros(encoder_hidden_states.shape[1], 3, device=x.device,
+                                          dtype=encoder_hidden_states.dtype),
+                      img_ids=image_ids(h, w, x.device, x.dtype))
+        control = self._controls(flux_controls or [], inputs, b, x.device, self.guidance_scale)
+        out = self.transformer(guidance=guidance, return_dict=False, **inputs, **control)[0]
         return (unpack(out, h, w),)
+
+    @staticmethod
+    def _controls(units, inputs: dict, b: int, device, guidance_scale) -> dict:
+        blocks = single = None
+        for net, image, scale in units:
+            guidance = None
+            if net.config.guidance_embeds and guidance_scale is not None:  # the distilled scale, as the transformer
+                guidance = torch.full([1], guidance_scale, device=device, dtype=torch.float32).expand(b)
+            d, s = net(controlnet_cond=image, conditioning_scale=scale, guidance=guidance, return_dict=False,
+                       **inputs)
+            blocks = d if blocks is None else [a + c for a, c in zip(blocks, d)]
+            single = s if single is None else [a + c for a, c in zip(single, s)] if s is not None else single
+        if blocks is None:
+            return {}
+        return {"controlnet_block_samples": blocks, "controlnet_single_block_samples": single,
+                "controlnet_blocks_repeat": False}
 
 
 class SD3Denoiser:
