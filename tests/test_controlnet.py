@@ -246,6 +246,19 @@ def test_t2i_adapter_matches_the_adapter_pipeline(load_tiny, channels):
     assert _diff(ours, _ours(model, [], 6.0)) > 3
 
 
+def _assert_image_prompt_parity(model, pipe, weights, scale: float, picture, ours) -> None:
+    """The pipeline with the same adapter attached and scaled draws what we drew, and the adapter really acts."""
+    from modules.controlnet import ip_adapter
+
+    with ip_adapter.attached(model.unet, [weights]):
+        ip_adapter.set_scales(model.unet, [scale])
+        theirs = pipe("a red ball", negative_prompt="blurry", ip_adapter_image=picture, num_inference_steps=6,
+                      guidance_scale=6.0, width=SIZE, height=SIZE,
+                      generator=[torch.Generator().manual_seed(SEED)]).images
+    assert _diff(ours, theirs) <= 1
+    assert _diff(ours, _ours(model, [], 6.0)) > 3
+
+
 @pytest.mark.parametrize("plus", [False, True])
 def test_ip_adapter_unit_matches_the_pipeline_with_an_image_prompt(load_tiny, tmp_path, plus):
     """A request unit with preprocessor ip-adapter_clip_sd15 and an IP-Adapter file, its encoder found by width in
@@ -289,13 +302,7 @@ def test_ip_adapter_unit_matches_the_pipeline_with_an_image_prompt(load_tiny, tm
         vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
         scheduler=scheduler, safety_checker=None, feature_extractor=ip_adapter.image_processor(encoder),
         image_encoder=encoder, requires_safety_checker=False)
-    with ip_adapter.attached(model.unet, [weights]):
-        ip_adapter.set_scales(model.unet, [0.8])
-        theirs = pipe("a red ball", negative_prompt="blurry", ip_adapter_image=picture, num_inference_steps=6,
-                      guidance_scale=6.0, width=SIZE, height=SIZE,
-                      generator=[torch.Generator().manual_seed(SEED)]).images
-    assert _diff(ours, theirs) <= 1
-    assert _diff(ours, _ours(model, [], 6.0)) > 3
+    _assert_image_prompt_parity(model, pipe, weights, 0.8, picture, ours)
 
 
 def test_hires_pass_and_inpainting_are_guided(load_tiny):
@@ -413,10 +420,4 @@ def test_sdxl_ip_adapter_matches_its_pipeline(load_tiny, tmp_path):
     scheduler = samplers.build_scheduler(*samplers.resolve("Euler", None), model.scheduler_config).scheduler
     pipe = StableDiffusionXLPipeline(scheduler=scheduler, image_encoder=encoder,
                                      feature_extractor=ip_adapter.image_processor(encoder), **_sdxl_parts(model))
-    with ip_adapter.attached(model.unet, [weights]):
-        ip_adapter.set_scales(model.unet, [0.7])
-        theirs = pipe("a red ball", negative_prompt="blurry", ip_adapter_image=picture, num_inference_steps=6,
-                      guidance_scale=6.0, width=SIZE, height=SIZE,
-                      generator=[torch.Generator().manual_seed(SEED)]).images
-    assert _diff(ours, theirs) <= 1
-    assert _diff(ours, _ours(model, [], 6.0)) > 3
+    _assert_image_prompt_parity(model, pipe, weights, 0.7, picture, ours)

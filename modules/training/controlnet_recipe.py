@@ -38,10 +38,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from modules.fileio import atomic_path  # noqa: E402
 from modules.training import scratch, shapes  # noqa: E402
+from modules.training.demo_recipe import parse_recipe  # noqa: E402
 
 log = logging.getLogger("controlnet_recipe")
 
@@ -157,10 +157,7 @@ def train(net, unet, means, stds, latent_scale: float, hints: torch.Tensor, capt
                         conditioning_scale=1.0, return_dict=False)
         pred = unet(noisy, t, encoder_hidden_states=context, down_block_additional_residuals=down,
                     mid_block_additional_residual=mid).sample
-        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        if recipe.min_snr_gamma > 0:
-            per_sample = per_sample * snr[t].clamp(max=recipe.min_snr_gamma) / snr[t]
-        loss = per_sample.mean()
+        loss = scratch.min_snr_loss(pred, noise, snr[t], recipe.min_snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -303,12 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Train the bundled demo ControlNet (canny) on CPU.")
     parser.add_argument("--out", type=Path, default=Path("models/ControlNet/demo-shapes-canny.safetensors"))
     parser.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINT)
-    defaults = Recipe()
-    for name, value in asdict(defaults).items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    recipe = Recipe(**{name: getattr(args, name) for name in asdict(defaults)})
+    recipe, args = parse_recipe(parser, Recipe, argv)
     return run(recipe, args.out, args.checkpoint)
 
 

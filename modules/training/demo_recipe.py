@@ -158,13 +158,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("models/Stable-diffusion/demo-shapes.safetensors"))
     parser.add_argument("--vae-cache", type=Path, default=None,
                         help="reuse (or write) the trained VAE here when only the UNet settings change")
-    defaults = Recipe()
+    recipe, args = parse_recipe(parser, Recipe, argv)
+    return run(recipe, args.out, args.vae_cache)
+
+
+def parse_recipe(parser: argparse.ArgumentParser, recipe_class, argv: list[str] | None):
+    """Every knob of a recipe dataclass as a `--knob` flag (its default the committed file's); logging on."""
+    defaults = recipe_class()
     for name, value in asdict(defaults).items():
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    recipe = Recipe(**{name: getattr(args, name) for name in asdict(defaults)})
-    return run(recipe, args.out, args.vae_cache)
+    return recipe_class(**{name: getattr(args, name) for name in asdict(defaults)}), args
 
 
 if __name__ == "__main__":

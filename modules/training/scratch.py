@@ -157,6 +157,14 @@ def tokenize(captions: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
+def min_snr_loss(pred: torch.Tensor, noise: torch.Tensor, snr: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The epsilon MSE per sample, weighted by min(SNR, γ)/SNR (Min-SNR-γ; γ = 0: plain MSE), averaged."""
+    per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+    if gamma > 0:
+        per_sample = per_sample * snr.clamp(max=gamma) / snr
+    return per_sample.mean()
+
+
 def train_unet_and_text_encoder(unet, text_encoder, means: torch.Tensor, stds: torch.Tensor, latent_scale: float,
                                 caption_ids: torch.Tensor, empty_ids: torch.Tensor, steps: int, batch: int = 64,
                                 lr: float = 1e-3, empty_rate: float = 0.1, offset_noise: float = 0.1,
@@ -193,10 +201,7 @@ def train_unet_and_text_encoder(unet, text_encoder, means: torch.Tensor, stds: t
         noisy = noise_schedule.add_noise(latents, noise, t)
         context = text_encoder(ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=context).sample
-        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        if min_snr_gamma > 0:
-            per_sample = per_sample * snr[t].clamp(max=min_snr_gamma) / snr[t]
-        loss = per_sample.mean()
+        loss = min_snr_loss(pred, noise, snr[t], min_snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
