@@ -572,7 +572,7 @@ class Generation:
             if not (u.used_in(plan.hires) or u.kind == "ip_adapter"):
                 continue
             image = u.tensor(plan.width, plan.height, len(plan.seeds), model.device, model.dtype)
-            if u.kind == "flux":
+            if u.kind == "flux" and u.model.input_hint_block is None:  # InstantX-style: packed VAE latents
                 image = pack(encode(model, image, generators))
             out.append(ActiveControl(u, image, hires=plan.hires, enabled=u.used_in(plan.hires)))
         return out

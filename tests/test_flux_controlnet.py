@@ -91,3 +91,74 @@ def test_an_sd_controlnet_on_flux_and_a_flux_one_on_sd_are_refused(flux, load_ti
         req = Txt2ImgRequest(prompt="x", steps=1, width=SIZE, height=SIZE, controlnet_units=[unit])
         with pytest.raises(RequestError, match=r"controlnet\[0\]\.model: .*(SD1.x ControlNet|Flux.1 ControlNet)"):
             txt2img(ProcessingContext(model=checkpoint, options={}, outputs=None, controlnets=both), req)
+
+
+def _xlabs_file(model, path):
+    """A Flux ControlNet in XLabs-AI's release layout (BFL block names, `pos_embed_input`, an 8-conv pixel hint
+    block), made from the tiny transformer's first block."""
+    from diffusers import FluxControlNetModel
+
+    from modules.controlnet.flux_controlnet import _XLABS_HINT
+    from modules.models.flux_keys import diffusers_to_bfl
+
+    torch.manual_seed(8)
+    config = {k: v for k, v in model.unet.config.items() if k in (
+        "in_channels", "attention_head_dim", "num_attention_heads", "joint_attention_dim", "pooled_projection_dim",
+        "guidance_embeds", "axes_dims_rope")}
+    net = FluxControlNetModel(num_layers=1, num_single_layers=0, conditioning_embedding_channels=16, patch_size=2,
+                              **config)
+    net.load_state_dict({k: v for k, v in model.unet.state_dict().items() if k in net.state_dict()}, strict=False)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.3)
+    sd = net.state_dict()
+    control = ("controlnet_x_embedder.", "input_hint_block.", "controlnet_blocks.")
+    out = diffusers_to_bfl({k: v for k, v in sd.items() if not k.startswith(control)})
+    for key, value in sd.items():
+        if key.startswith("controlnet_x_embedder."):
+            out["pos_embed_input." + key.split(".", 1)[1]] = value
+        elif key.startswith("controlnet_blocks."):
+            out[key] = value
+        elif key.startswith("input_hint_block."):
+            name, part = key.removeprefix("input_hint_block.").rsplit(".", 1)
+            out[f"input_hint_block.{2 * _XLABS_HINT.index(name)}.{part}"] = value
+    save_file({k: v.contiguous() for k, v in out.items()}, str(path))
+    return net.eval()
+
+
+def test_xlabs_flux_controlnet_matches_its_pipeline(tmp_path):
+    """XLabs' hint block reads pixels down to 1/8 (the real Flux VAE's factor): this test's Flux has an 8× VAE."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxControlNetPipeline
+
+    comps = tfm.build_flux(True, seed=5)
+    scale, shift = tfm._SCALE["flux"]
+    comps["vae"] = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32,) * 4,
+                                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                                 layers_per_block=1, latent_channels=16, norm_num_groups=32, sample_size=32,
+                                 scaling_factor=scale, shift_factor=shift, use_quant_conv=False,
+                                 use_post_quant_conv=False).eval()
+    model = loader.load_model(tfm.write_all_in_one(comps, tmp_path / "dev8.safetensors"), devices.cpu())
+    assert model.vae_scale_factor == 8
+    net = _xlabs_file(model, tmp_path / "flux-canny-controlnet-v3.safetensors")
+    library = ControlNetLibrary([tmp_path])
+    loaded = library.load("flux-canny-controlnet-v3", model.device, model.dtype, model.unet.config, "flux")
+    assert loaded.model.input_hint_block is not None
+    for ours_t, theirs_t in zip(loaded.model.state_dict().values(), net.state_dict().values()):
+        torch.testing.assert_close(ours_t, theirs_t)
+    units = [ControlNetUnitRequest(module="none", model="flux-canny-controlnet-v3", weight=0.7,
+                                   images=[UnitImage(_map())])]
+    req = Txt2ImgRequest(prompt="a photo of a cat", steps=4, cfg_scale=1.0, distilled_cfg_scale=3.5, width=SIZE,
+                         height=SIZE, seed=SEED, sampler_name="Euler", controlnet_units=units)
+    ours = txt2img(ProcessingContext(model=model, options={"return_grid": False}, outputs=None, controlnets=library),
+                   req).images
+    pipe = FluxControlNetPipeline(
+        transformer=model.unet, controlnet=loaded.model,
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config), vae=model.vae,
+        text_encoder=model.text_encoder, tokenizer=model.tokenizer, text_encoder_2=model.text_encoder_2,
+        tokenizer_2=model.tokenizer_2)
+    theirs = pipe("a photo of a cat", control_image=_map(), controlnet_conditioning_scale=0.7, guidance_scale=3.5,
+                  num_inference_steps=4, height=SIZE, width=SIZE, generator=[torch.Generator().manual_seed(SEED)],
+                  max_sequence_length=model.spec.defaults["t5_max_length"]).images
+    assert _diff(ours, theirs) <= 2
+    assert _diff(ours, _ours(model, library, None)) > 3

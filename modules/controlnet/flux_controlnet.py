@@ -1,5 +1,6 @@
-"""Flux.1 ControlNets in diffusers' layout (InstantX canny/depth/Union, Shakker-Labs Union Pro): a few of Flux's
-transformer blocks that read the control picture's packed latents and add to the transformer's hidden states.
+"""Flux.1 ControlNets: diffusers' layout (InstantX canny/depth/Union, Shakker-Labs Union Pro), a few of Flux's
+transformer blocks that read the control picture's packed latents, and XLabs-AI's (BFL-named blocks with a pixel
+hint block), whose outputs repeat over the transformer's blocks; both add to the transformer's hidden states.
 
 Config from shapes, the rope axes from the checkpoint's own transformer (no tensor holds them). In the loop the
 FluxDenoiser runs them with the transformer's own inputs (packed latents, ids, timestep/1000, guidance), as
@@ -12,15 +13,45 @@ from collections.abc import Mapping
 from modules.controlnet.detect import ControlNetFileError, ControlNetSpec, _indices, _shape
 
 
+# XLabs' pixel hint block: eight 3x3 convs of nn.Sequential (SiLUs between them at the odd indices) → diffusers'
+# ControlNetConditioningEmbedding (conv_in, six blocks, conv_out).
+_XLABS_HINT = ["conv_in"] + [f"blocks.{i}" for i in range(6)] + ["conv_out"]
+
+
 def is_flux_controlnet(sd: Mapping) -> bool:
-    return "controlnet_x_embedder.weight" in sd and "x_embedder.weight" in sd and any(
+    diffusers = "controlnet_x_embedder.weight" in sd and "x_embedder.weight" in sd and any(
         k.startswith("transformer_blocks.") for k in sd)
+    return diffusers or is_xlabs(sd)
+
+
+def is_xlabs(sd: Mapping) -> bool:
+    """XLabs-AI's Flux ControlNets: BFL-named blocks (`double_blocks.N`), `pos_embed_input`, a pixel hint block."""
+    return "pos_embed_input.weight" in sd and any(k.startswith("double_blocks.") for k in sd)
+
+
+def to_diffusers(sd: Mapping) -> dict:
+    """Diffusers' FluxControlNetModel layout, from either release layout."""
+    if not is_xlabs(sd):
+        return dict(sd)
+    from modules.models.flux_keys import bfl_to_diffusers
+
+    control = ("pos_embed_input.", "input_hint_block.", "controlnet_blocks.")
+    out = bfl_to_diffusers({k: v for k, v in sd.items() if not k.startswith(control)})
+    for key, value in sd.items():
+        if key.startswith("pos_embed_input."):
+            out["controlnet_x_embedder." + key.removeprefix("pos_embed_input.")] = value
+        elif key.startswith("controlnet_blocks."):
+            out[key] = value
+        elif key.startswith("input_hint_block."):
+            index, part = key.removeprefix("input_hint_block.").split(".", 1)
+            if int(index) % 2 or int(index) // 2 >= len(_XLABS_HINT):
+                raise ControlNetFileError(f"an XLabs hint block of another shape ({key})")
+            out[f"input_hint_block.{_XLABS_HINT[int(index) // 2]}.{part}"] = value
+    return out
 
 
 def spec(sd: Mapping, rope_axes=None) -> ControlNetSpec:
-    if any(k.startswith("input_hint_block.") for k in sd):
-        raise ControlNetFileError("an XLabs Flux ControlNet (pixel hint block): not supported yet (the InstantX and "
-                                  "Shakker-Labs ones are)")
+    """The FluxControlNetModel config of a diffusers-layout state dict."""
     inner, in_channels = _shape(sd, "x_embedder.weight")
     head_dim = _shape(sd, "transformer_blocks.0.attn.norm_q.weight")[0]
     config = {
@@ -34,6 +65,10 @@ def spec(sd: Mapping, rope_axes=None) -> ControlNetSpec:
     }
     if rope_axes is not None:
         config["axes_dims_rope"] = list(rope_axes)
+    if "input_hint_block.conv_out.weight" in sd:  # XLabs: the map is read in pixels, not as VAE latents
+        hint = _shape(sd, "input_hint_block.conv_out.weight")[0]
+        # the hint block's output is cut into patches as wide as the packed latents (16 channels × 2×2 = 64)
+        config.update(conditioning_embedding_channels=hint, patch_size=round((in_channels / hint) ** 0.5))
     if "controlnet_mode_embedder.weight" in sd:
         config["num_mode"] = _shape(sd, "controlnet_mode_embedder.weight")[0]
     return ControlNetSpec(kind="flux", config=config, family="flux")

@@ -170,7 +170,7 @@ def load_file(path: Path, title: str, device: torch.device, dtype: torch.dtype,
                 raise detect.ControlNetFileError("a Control-LoRA needs the checkpoint's UNet to build on")
             sd = control_lora.merge(sd, unet)
         if flux_controlnet.is_flux_controlnet(sd):
-            converted = dict(sd)
+            converted = flux_controlnet.to_diffusers(sd)
             spec = flux_controlnet.spec(converted, rope_axes)
         elif t2i_adapter.is_t2i_adapter(sd):
             converted = t2i_adapter.to_diffusers(sd)

@@ -63,7 +63,9 @@ class FluxDenoiser:
     @staticmethod
     def _controls(units, inputs: dict, b: int, device, guidance_scale) -> dict:
         blocks = single = None
+        repeat = False  # XLabs' few blocks guide every transformer block in turn
         for net, image, scale in units:
+            repeat = repeat or net.input_hint_block is not None
             guidance = None
             if net.config.guidance_embeds and guidance_scale is not None:  # the distilled scale, as the transformer
                 guidance = torch.full([1], guidance_scale, device=device, dtype=torch.float32).expand(b)
@@ -74,7 +76,7 @@ class FluxDenoiser:
         if blocks is None:
             return {}
         return {"controlnet_block_samples": blocks, "controlnet_single_block_samples": single,
-                "controlnet_blocks_repeat": False}
+                "controlnet_blocks_repeat": repeat}
 
 
 class SD3Denoiser:
