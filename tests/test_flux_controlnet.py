@@ -162,3 +162,46 @@ def test_xlabs_flux_controlnet_matches_its_pipeline(tmp_path):
                   max_sequence_length=model.spec.defaults["t5_max_length"]).images
     assert _diff(ours, theirs) <= 2
     assert _diff(ours, _ours(model, library, None)) > 3
+
+
+def test_flux_union_reads_the_mode_its_preprocessor_implies(flux, tmp_path):
+    """InstantX/Shakker Flux Union: a canny unit runs mode 0 (their numbering), as the pipeline with control_mode=0."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxControlNetModel, FluxControlNetPipeline
+
+    model, _, _ = flux
+    torch.manual_seed(9)
+    config = {k: v for k, v in model.unet.config.items() if k in (
+        "in_channels", "attention_head_dim", "num_attention_heads", "joint_attention_dim", "pooled_projection_dim",
+        "guidance_embeds", "axes_dims_rope")}
+    net = FluxControlNetModel(num_layers=1, num_single_layers=1, num_mode=10, **config)
+    net.load_state_dict({k: v for k, v in model.unet.state_dict().items() if k in net.state_dict()}, strict=False)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.3)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "flux-union-pro.safetensors"))
+    library = ControlNetLibrary([tmp_path])
+    picture = _map()
+
+    def ours(module, union="Unknown"):
+        unit = ControlNetUnitRequest(module=module, model="flux-union-pro", weight=0.9, processor_res=SIZE,
+                                     union_control_type=union, images=[UnitImage(picture)])
+        req = Txt2ImgRequest(prompt="a photo of a cat", steps=3, cfg_scale=1.0, width=SIZE, height=SIZE, seed=SEED,
+                             sampler_name="Euler", controlnet_units=[unit])
+        return txt2img(ProcessingContext(model=model, options={"return_grid": False}, outputs=None,
+                                         controlnets=library), req).images[:1]
+
+    with pytest.raises(RequestError, match=r"controlnet\[0\]\.union_control_type"):
+        ours("none")
+    loaded = library.load("flux-union-pro", model.device, model.dtype, model.unet.config, "flux").model
+    pipe = FluxControlNetPipeline(
+        transformer=model.unet, controlnet=loaded,
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config), vae=model.vae,
+        text_encoder=model.text_encoder, tokenizer=model.tokenizer, text_encoder_2=model.text_encoder_2,
+        tokenizer_2=model.tokenizer_2)
+    theirs = pipe("a photo of a cat", control_image=picture, control_mode=2, controlnet_conditioning_scale=0.9,
+                  guidance_scale=3.5, num_inference_steps=3, height=SIZE, width=SIZE,
+                  generator=[torch.Generator().manual_seed(SEED)],
+                  max_sequence_length=model.spec.defaults["t5_max_length"]).images
+    assert _diff(ours("none", "Depth"), theirs) <= 2  # "Depth" → mode 2
+    assert _diff(ours("none", "Tile"), theirs) > 0  # another mode draws otherwise

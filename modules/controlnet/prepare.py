@@ -111,12 +111,11 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
     if loaded.kind == "ip_adapter":
         raise RequestError(f"{where}.model: {loaded.title} is an IP-Adapter: pair it with an ip-adapter "
                            f"preprocessor, not {pre.name}")
-    if loaded.kind == "flux" and getattr(loaded.model.config, "num_mode", None):
-        raise RequestError(f"{where}.model: {loaded.title} is a Flux ControlNet Union: picking its control mode is "
-                           "not supported yet (single-type Flux ControlNets are)")
     union = None
     if loaded.kind == "union":
         union = _union_type(where, req, pre)
+    elif loaded.kind == "flux" and getattr(loaded.model.config, "num_mode", None):
+        union = _flux_union_mode(where, req, pre, loaded.model.config.num_mode)
     unit = units_mod.ControlUnit(
         model=loaded.model, image=_control_input(detected), weight=req.weight, guidance_start=req.guidance_start,
         guidance_end=req.guidance_end, control_mode=req.control_mode.value, resize_mode=req.resize_mode.value,
@@ -196,6 +195,26 @@ def _union_type(where: str, req, pre) -> int:
         raise RequestError(f"{where}.union_control_type: a ControlNet Union model needs a control type "
                            f"({', '.join(units_mod.UNION_TYPES)}); none follows from preprocessor {pre.name}")
     return units_mod.UNION_TYPES.index(name)
+
+
+# InstantX / Shakker-Labs Flux ControlNet Union modes (their model cards' numbering).
+FLUX_UNION_MODES = {"canny": 0, "tile": 1, "depth": 2, "blur": 3, "pose": 4, "gray": 5, "lq": 6}
+_FLUX_MODE_BY_TYPE = {"Hard Edge": "canny", "Tile": "tile", "Depth": "depth", "OpenPose": "pose"}
+_FLUX_MODE_BY_TAG = {"Canny": "canny", "Lineart": "canny", "MLSD": "canny", "Tile": "tile", "Depth": "depth",
+                     "OpenPose": "pose", "Recolor": "gray"}
+
+
+def _flux_union_mode(where: str, req, pre, modes: int) -> int:
+    """The mode a Flux Union ControlNet reads the map as: the unit's union control type, else the preprocessor's
+    (a blur preprocessor → blur)."""
+    name = _FLUX_MODE_BY_TYPE.get(req.union_control_type)
+    if name is None:
+        name = "blur" if pre.name.startswith("blur") else next(
+            (_FLUX_MODE_BY_TAG[t] for t in pre.tags if t in _FLUX_MODE_BY_TAG), None)
+    if name is None or FLUX_UNION_MODES[name] >= modes:
+        raise RequestError(f"{where}.union_control_type: a Flux ControlNet Union reads {', '.join(FLUX_UNION_MODES)}; "
+                           f"none follows from preprocessor {pre.name} (set union_control_type)")
+    return FLUX_UNION_MODES[name]
 
 
 def pixel_perfect_resolution(size: tuple[int, int], width: int, height: int, resize_mode: str) -> int:

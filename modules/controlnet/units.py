@@ -132,7 +132,7 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
         if not unit.active_at(step, total) or unit.weight == 0 and unit.advanced_weighting is None:
             continue
         if unit.kind == "flux":  # run by the FluxDenoiser, which has the transformer's packed inputs
-            flux.append((unit.model, control.image[rows], float(unit.weight)))
+            flux.append((unit.model, control.image[rows], float(unit.weight), unit.union_type))
             continue
         if unit.kind == "t2i_adapter":
             features = _adapter_features(control, rows, uncond_rows, x.dtype)

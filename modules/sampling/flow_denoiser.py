@@ -43,7 +43,7 @@ class FluxDenoiser:
         self.config = transformer.config
 
     def __call__(self, x, t, encoder_hidden_states, added_cond_kwargs=None, return_dict=False, flux_controls=None):
-        """`flux_controls`: (FluxControlNetModel, packed control latents per row, scale) of the units guiding this
+        """`flux_controls`: (FluxControlNetModel, control map per row, scale, Union mode) of the units guiding this
         step; their block outputs are summed (diffusers' FluxMultiControlNetModel) and given to the transformer."""
         b, _, h, w = x.shape
         pooled = (added_cond_kwargs or {}).get("text_embeds")
@@ -64,13 +64,15 @@ class FluxDenoiser:
     def _controls(units, inputs: dict, b: int, device, guidance_scale) -> dict:
         blocks = single = None
         repeat = False  # XLabs' few blocks guide every transformer block in turn
-        for net, image, scale in units:
+        for net, image, scale, mode in units:
             repeat = repeat or net.input_hint_block is not None
+            if mode is not None:  # a Union's control mode, one per row
+                mode = torch.full((image.shape[0], 1), mode, dtype=torch.long, device=device)
             guidance = None
             if net.config.guidance_embeds and guidance_scale is not None:  # the distilled scale, as the transformer
                 guidance = torch.full([1], guidance_scale, device=device, dtype=torch.float32).expand(b)
-            d, s = net(controlnet_cond=image, conditioning_scale=scale, guidance=guidance, return_dict=False,
-                       **inputs)
+            d, s = net(controlnet_cond=image, controlnet_mode=mode, conditioning_scale=scale, guidance=guidance,
+                       return_dict=False, **inputs)
             blocks = d if blocks is None else [a + c for a, c in zip(blocks, d)]
             single = s if single is None else [a + c for a, c in zip(single, s)] if s is not None else single
         if blocks is None:
