@@ -128,7 +128,8 @@ FILE_SECONDS = {"test_webui.py": 92, "test_launch.py": 58, "test_ui_feedback_bro
                 "test_prompt_parser.py": 23, "test_training.py": 20, "test_openapi.py": 19, "test_extensions_ui.py": 16,
                 "test_page_compat.py": 15, "test_merge.py": 14, "test_extra_networks_ui.py": 14,
                 "test_extras_ui.py": 13, "test_flow_loading.py": 25, "test_flow_parity.py": 16,
-                "test_flow_lora.py": 12, "test_controlnet_ui.py": 60}
+                "test_flow_lora.py": 12, "test_controlnet.py": 15, "test_demo_controlnet.py": 13,
+                "test_controlnet_preprocessors.py": 12, "test_controlnet_ui.py": 50}
 
 
 def pytest_collection_modifyitems(session, config, items):
