@@ -185,3 +185,44 @@ def test_only_masked_inpainting_cuts_the_units_input_to_the_masked_region(client
 
     assert detected(True).max() == 0  # the cut-out holds no edge
     assert detected(False).max() == 255  # the whole picture's square
+
+
+def _set(client, **options):
+    assert client.post("/sdapi/v1/options", json=options).status_code == 200
+
+
+def test_controlnet_settings_do_what_they_say(client):
+    unit = {"image": _b64(_square()), "module": "canny", "model": _canny_title(client), "processor_res": 64}
+    _set(client, control_net_no_detectmap=True)
+    try:
+        assert len(_txt2img(client, [unit]).json()["images"]) == 1  # no map appended
+    finally:
+        _set(client, control_net_no_detectmap=False)
+    assert _txt2img(client, [unit, {**unit, "model": "missing_model"}]).status_code == 422
+    _set(client, controlnet_skip_failed_units=True)
+    try:
+        r = _txt2img(client, [unit, {**unit, "model": "missing_model"}])
+        assert r.status_code == 200 and len(r.json()["images"]) == 2  # the good unit's picture and map
+        assert any("controlnet[1].model" in w for w in json.loads(r.json()["info"])["warnings"])
+    finally:
+        _set(client, controlnet_skip_failed_units=False)
+    _set(client, control_net_unit_count=5)
+    try:
+        assert client.get("/controlnet/settings").json() == {"control_net_unit_count": 5}
+    finally:
+        _set(client, control_net_unit_count=3)
+
+
+def test_controlnet_folder_flags(tmp_path, load_tiny):
+    model = load_tiny("sd1.safetensors")
+    extra, annotators = tmp_path / "my-controlnets", tmp_path / "my-annotators"
+    extra.mkdir()
+    annotators.mkdir()
+    tc.write_diffusers_file(tc.build_controlnet(model.unet, 3), extra / "control_extra.safetensors")
+    ns = cmd_args.parse_args(["--data-dir", str(tmp_path / "data"), "--nowebui", "--controlnet-dir", str(extra),
+                              "--controlnet-annotator-models-path", str(annotators)], env={})
+    with TestClient(server.create_app(server.build_context(ns))) as c:
+        assert any(m.startswith("control_extra [") for m in c.get("/controlnet/model_list").json()["model_list"])
+        r = c.post("/controlnet/detect", json={"controlnet_module": "softedge_hed",
+                                               "controlnet_input_images": [_b64(_square())]})
+        assert r.status_code == 422 and "my-annotators" in r.json()["detail"]  # looked for its weights there

@@ -173,3 +173,25 @@ def test_a_control_lora_becomes_the_controlnet_it_was_made_from(sd1, tmp_path):
     assert loaded.kind == "controlnet"
     for ours, theirs in zip(_residuals(loaded.model, model.unet), _residuals(net, model.unet)):
         torch.testing.assert_close(ours, theirs, atol=2e-4, rtol=2e-4)
+
+
+def test_the_cache_size_setting_bounds_loaded_models(sd1, tmp_path):
+    from modules import cmd_args
+    from modules.engine import Engine
+    from modules.paths import Paths
+    from modules.settings import Settings
+
+    model, net = sd1
+    for name in ("a", "b"):
+        tc.write_diffusers_file(net, tmp_path / f"{name}.safetensors")
+    library = ControlNetLibrary([tmp_path], cache_size=1)
+    first = library.load("a", CPU, torch.float32, model.unet.config, "sd1")
+    assert library.load("a", CPU, torch.float32, model.unet.config, "sd1") is first  # cached
+    library.load("b", CPU, torch.float32, model.unet.config, "sd1")
+    assert library.load("a", CPU, torch.float32, model.unet.config, "sd1") is not first  # evicted by "b"
+    data = tmp_path / "data"
+    data.mkdir()
+    settings = Settings.load(data / "config.json")
+    settings.set("control_net_model_cache_size", 4)
+    ns = cmd_args.parse_args(["--data-dir", str(data), "--skip-install"], env={})
+    assert Engine.create(Paths.from_args(ns), settings=settings).controlnets.cache_size == 4
