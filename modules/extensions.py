@@ -309,7 +309,13 @@ def discover_configured(paths, settings, args=None) -> list[Extension]:
     return discover(paths, settings.get("disabled_extensions", []) or [], disable_mode(settings, args))
 
 
-def active(extensions: Iterable[Extension]) -> list[Extension]:
+def active(extensions: Iterable[Extension] | None = None) -> list[Extension]:
+    """The enabled ones of `extensions`; without an argument (A1111's `extensions.active()`), of those the
+    running server found at start-up."""
+    if extensions is None:
+        from modules.a1111 import extensions_names
+
+        extensions = extensions_names.extensions
     return [e for e in extensions if e.enabled]
 
 

@@ -50,7 +50,10 @@ class StableDiffusionProcessing:
         req = request if request is not None else self.request_class(
             **{k: v for k, v in kwargs.items() if k in names})
         object.__setattr__(self, "_req", req)
-        object.__setattr__(self, "_fields", {f.name for f in dataclasses.fields(req)})
+        # `p.script_args` is A1111's flat list of every script's arguments, not the request's `script_args` (the
+        # selected script's, as an API client sent them)
+        object.__setattr__(self, "_fields", {f.name for f in dataclasses.fields(req)} - {"script_args"})
+        object.__setattr__(self, "script_args", kwargs.get("script_args"))
         for name, value in _RUNTIME_DEFAULTS.items():
             if name not in self._fields:
                 object.__setattr__(self, name, copy.copy(value))
@@ -87,6 +90,15 @@ class StableDiffusionProcessing:
     @property
     def request(self) -> GenerationRequest:
         return self._req
+
+    @property
+    def script_args_value(self):
+        """A1111 ≥ 1.6 keeps the flat script arguments here; `script_args` is the same list."""
+        return self.script_args
+
+    @script_args_value.setter
+    def script_args_value(self, value) -> None:
+        self.script_args = value
 
     @property
     def sd_model(self):
@@ -227,14 +239,17 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
 
 def process_images(p: StableDiffusionProcessing) -> GenerationResult:
     """Generate what `p` describes, with its always-on scripts taking part (A1111's process_images)."""
-    if p.engine is None:
-        raise RuntimeError("process_images needs a p object created by the host (p.engine is not set)")
+    if p.engine is None:  # a p object an extension made itself: the engine the web UI runs
+        from modules.a1111._engine import engine
+
+        p.engine = engine()
     runner = p.scripts
     if runner is not None:
         runner.before_process(p)
     per_image = _take_per_image_lists(p)
     fix_seed(p)
     hooks = ScriptHooks(p, per_image)
+    _take_controlnet_units_from_script_args(p)
     _apply_controlnet_script_control(p)
     try:
         result = p.engine.process(p.request, hooks=hooks)
@@ -258,6 +273,47 @@ CONTROLNET_SCRIPT_FIELDS = {
     "control_net_guidance_strength": "guidance_end", "control_net_control_mode": "control_mode",
     "control_net_pixel_perfect": "pixel_perfect",
 }
+
+
+def _controlnet_script(runner):
+    if runner is None or not getattr(runner, "alwayson_scripts", None):
+        return None
+    from modules.a1111.controlnet_external_code import find_cn_script
+
+    return find_cn_script(runner)
+
+
+def _with_controlnet_units(runner, script_args: list, req: GenerationRequest):
+    """The runner and arguments `p` gets: the request's units as the ControlNet script's arguments, as in A1111.
+
+    The script's slice is appended after every other argument in a per-request view of the runner (the shared
+    runner and the other scripts' slices stay as they are, whatever an extension then does with the units)."""
+    cn = _controlnet_script(runner)
+    if cn is None:
+        return runner, script_args
+    from modules.a1111.controlnet_external_code import ControlNetUnit, _padded
+
+    units = _padded([ControlNetUnit.from_request(u) for u in req.controlnet_units])
+    mine = copy.copy(cn)
+    mine.args_from, mine.args_to = len(script_args), len(script_args) + len(units)
+    view = copy.copy(runner)
+    view.alwayson_scripts = [s for s in runner.alwayson_scripts if s is not cn] + [mine]
+    view.scripts = [s for s in runner.scripts if s is not cn] + [mine]
+    return view, list(script_args) + units
+
+
+def _take_controlnet_units_from_script_args(p) -> None:
+    """The units in the ControlNet script's arguments (what extensions set through external_code) become the
+    request's, checked as an API unit's are; a runner or slice without units leaves the request's own."""
+    cn = _controlnet_script(p.scripts)
+    args = p.script_args
+    if cn is None or not isinstance(args, (list, tuple)):
+        return
+    from modules.a1111.controlnet_external_code import units_for_request
+
+    units = units_for_request(list(args), cn)
+    if units is not None:
+        p.request.controlnet_units = units
 
 
 def _apply_controlnet_script_control(p) -> None:
@@ -311,8 +367,7 @@ def run_with_scripts(engine, runner, req: GenerationRequest, script_args: list |
         except LookupError as e:
             raise RequestError(str(e)) from None
     p = processing_object(req, engine)
-    p.scripts = runner
-    p.script_args = list(script_args)
+    p.scripts, p.script_args = _with_controlnet_units(runner, list(script_args), req)
     runner.setup_scrips(p, is_ui=from_ui)
     index = script_args[0] if script_args else 0
     if index:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 
@@ -250,10 +251,20 @@ def _coerce(name: str, value: Any, hint: Any, image_base: Path | None) -> Any:
     return value
 
 
+def _image_from_array(value: np.ndarray, name: str) -> Image.Image:
+    if value.dtype != np.uint8 or value.ndim not in (2, 3) or (value.ndim == 3 and value.shape[2] not in (1, 3, 4)):
+        raise RequestError(f"{name}: an image array must be uint8 HxW, HxWx3 or HxWx4, got {value.dtype} "
+                           f"{'x'.join(map(str, value.shape))}")
+    return Image.fromarray(np.ascontiguousarray(value[:, :, 0] if value.ndim == 3 and value.shape[2] == 1 else value))
+
+
 def decode_image(value: Any, name: str = "image", base: Path | None = None) -> Image.Image:
-    """A PIL image from a PIL image, raw base64, a `data:` URI, or (for the CLI) a file path."""
+    """A PIL image from a PIL image, a uint8 array (what extensions hand over), raw base64, a `data:` URI, or (for
+    the CLI) a file path."""
     if isinstance(value, Image.Image):
         return value
+    if isinstance(value, np.ndarray):
+        return _image_from_array(value, name)
     if not isinstance(value, str) or not value:
         raise RequestError(f"{name}: expected an image (base64, data URI or file path)")
     if value.startswith("data:"):

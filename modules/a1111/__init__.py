@@ -79,6 +79,9 @@ MODULES: dict[str, tuple[str, str]] = {
     "modules.api.models": ("modules.api.models", "request/response models"),
     "modules.timer": ("modules.a1111.timer", "startup_timer with record()"),
     "modules.sysinfo": ("modules.a1111.sysinfo", "get() diagnostics"),
+    "scripts.external_code": ("modules.a1111.controlnet_external_code", "sd-webui-controlnet's module for other "
+                              "extensions: ControlNetUnit, get_all_units_in_processing, update_cn_script_in_processing "
+                              "… (also as extensions-builtin/sd-webui-controlnet/scripts/external_code.py)"),
     "modules.ui": ("webui.a1111.ui", "UI helpers (gradio): create_refresh_button, gr_show, create_output_panel …"),
     "modules.ui_common": ("webui.a1111.ui", "the same helpers under their newer module"),
     "modules.ui_components": ("webui.gradio_compat:ui_components", "FormRow, ToolButton, InputAccordion … (put in "

@@ -549,7 +549,7 @@ def _parse_images(data: dict, name, image_base: Path | None, module: str) -> lis
                                f"objects, got a list of {len(value)} non-objects")
     elif isinstance(value, dict):  # {"image": ..., "mask": ...}
         pairs.append(_pair_from_dict(value, img_name))
-    elif isinstance(value, (str, Image.Image)):
+    elif isinstance(value, (str, Image.Image, np.ndarray)):
         return [_unit_image(value, mask, img_name, name("mask"), image_base, module)]
     else:
         raise RequestError(f"{img_name}: expected an image (base64, data URI), {{\"image\", \"mask\"}}, "
