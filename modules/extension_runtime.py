@@ -40,9 +40,11 @@ def start(engine, args: argparse.Namespace | None = None) -> ExtensionRuntime:
         for warning in getattr(ext, "warnings", []) or []:
             log.warning("%s", warning)
     active = extensions.active(found)
+    from modules import a1111
     from modules.a1111 import extensions_names
 
     extensions_names.set_discovered(found)
+    a1111.import_loaded_names()
     # A1111's order: import every script, instantiate them (runners), then the settings callbacks — a script's
     # __init__ may register settings or callbacks that on_ui_settings expects.
     scripts.load_scripts(active)

@@ -110,6 +110,39 @@ def test_xyz_plot_rejects_unknown_samplers_with_the_valid_names(script_engine):
             x_type="Sampler", x_values="Euler, Nope")})
 
 
+def test_extensions_add_xyz_axes_as_in_a1111(script_engine):
+    """ADetailer, FreeU and others find the X/Y/Z script's module in `scripts_data` and extend its `axis_options`
+    list with A1111-style options: `prepare` parses the text, `confirm(p, xs)` raises on a bad value."""
+    from modules import scripts
+
+    xyz = next(d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py")
+    applied = []
+
+    def confirm(p, xs):
+        if "bad" in xs:
+            raise RuntimeError("the fixture axis refuses 'bad'")
+
+    def apply(p, x, xs):
+        applied.append(x)
+        p.steps = int(x)
+
+    axis = xyz.AxisOptionTxt2Img("[Fixture] Steps twice", str, apply, confirm=confirm,
+                                 prepare=lambda text: [str(2 * int(v)) for v in text.split("+")])
+    xyz.axis_options.append(axis)
+    try:
+        result = script_engine.txt2img({**BASE, "script_name": "X/Y/Z plot", "script_args": xyz_args(
+            x_type="[Fixture] Steps twice", x_values="1+2")})
+        assert applied == ["2", "4"] and len(result.images) == 3  # the grid and its two cells
+        assert "X Type: [Fixture] Steps twice" in result.infotexts[0]
+        with pytest.raises(Exception, match="refuses 'bad'"):
+            axis.prepare = None
+            script_engine.txt2img({**BASE, "script_name": "X/Y/Z plot", "script_args": xyz_args(
+                x_type="[Fixture] Steps twice", x_values="bad")})
+        assert axis not in xyz.options_for(True)  # a txt2img-only axis is not offered on img2img
+    finally:
+        xyz.axis_options.remove(axis)
+
+
 def test_prompt_matrix_makes_every_combination_and_a_grid(script_engine):
     result = script_engine.txt2img({**BASE, "steps": 1, "prompt": "a circle|red|blue", "script_name": "Prompt matrix",
                                     "script_args": [False, False, "positive", "comma", 0]})

@@ -129,6 +129,20 @@ def install() -> None:
         sys.meta_path.insert(0, _AliasFinder())
 
 
+def import_loaded_names() -> None:
+    """Import the table's `modules.*` names that A1111 has imported by the time extensions load, so that
+    `import modules` then `modules.shared_items.…` works as there (ADetailer). UI rows only once the UI is on."""
+    import logging
+
+    for name, (impl, _) in MODULES.items():
+        if not name.startswith("modules.") or ":" in impl or (impl.startswith(_UI_PREFIX) and not _ui_enabled):
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - a shim that cannot load here stays unavailable, as before
+            logging.getLogger(__name__).debug("A1111 name %s not importable: %s", name, e)
+
+
 def names_from(module_name: str):
     """A module-level ``__getattr__`` for one of our modules whose A1111 namesake has more names: they live in
     ``modules.a1111.<short>_names`` and are imported on first use."""

@@ -158,10 +158,22 @@ class AxisOption:
     confirm: Callable | None = None
     cost: float = 0.0  # costlier axes change least often (a checkpoint switch loads a model)
     choices: Callable[[], list[str]] | None = None
+    prepare: Callable[[str], list] | None = None  # A1111's: the values text → the values (instead of parsing it)
     only: str | None = None  # "img2img" / "txt2img"; None: both tabs
 
 
-AXIS_OPTIONS = [
+@dataclass
+class AxisOptionImg2Img(AxisOption):
+    only: str | None = "img2img"
+
+
+@dataclass
+class AxisOptionTxt2Img(AxisOption):
+    only: str | None = "txt2img"
+
+
+# A1111's module-level list: extensions append their own axes to it (ADetailer, FreeU, neutral prompt, …).
+axis_options = [
     AxisOption("Nothing", str, do_nothing, format_value=format_nothing),
     AxisOption("Seed", int, apply_field("seed")),
     AxisOption("Var. seed", int, apply_field("subseed")),
@@ -200,11 +212,12 @@ AXIS_OPTIONS = [
     AxisOption("[ControlNet] Pre Threshold B", float, apply_controlnet("control_net_pthr_b")),
 ]
 SEED_AXES = ("Seed", "Var. seed")
+_OURS = frozenset(id(o) for o in axis_options)  # confirm(opt, values) → values; extensions' are A1111's confirm(p, xs)
 
 
-def axis_options(is_img2img: bool) -> list[AxisOption]:
+def options_for(is_img2img: bool) -> list[AxisOption]:
     tab = "img2img" if is_img2img else "txt2img"
-    return [o for o in AXIS_OPTIONS if o.only in (None, tab)]
+    return [o for o in axis_options if getattr(o, "only", None) in (None, tab)]
 
 
 def find_option(options: list[AxisOption], chosen) -> AxisOption:
@@ -241,7 +254,7 @@ class Script(scripts.Script):
         return "X/Y/Z plot"
 
     def ui(self, is_img2img):
-        self.current_axis_options = axis_options(is_img2img)
+        self.current_axis_options = options_for(is_img2img)
         labels = [o.label for o in self.current_axis_options]
         controls = []
         for axis, default in (("x", 1), ("y", 0), ("z", 0)):
@@ -276,7 +289,7 @@ class Script(scripts.Script):
     def run(self, p, x_type, x_values, x_values_dropdown, y_type, y_values, y_values_dropdown, z_type, z_values,
             z_values_dropdown, draw_legend, include_lone_images, include_sub_grids, no_fixed_seeds, vary_seeds_x,
             vary_seeds_y, vary_seeds_z, margin_size, csv_mode=False):
-        options = axis_options(self.is_img2img)
+        options = options_for(self.is_img2img)
         if not no_fixed_seeds:
             fix_seed(p)
         if not shared.opts.return_grid:
@@ -296,6 +309,8 @@ class Script(scripts.Script):
         if opt.choices is not None and not csv_mode and dropdown:
             items = [str(v) for v in dropdown]
             text = ", ".join(items)
+        elif getattr(opt, "prepare", None) is not None:
+            items = list(opt.prepare(text))
         else:
             items = parse_values(text, opt.type, opt.label)
         try:
@@ -308,8 +323,10 @@ class Script(scripts.Script):
             values = [int(random.randrange(4294967294)) if v in (None, "", -1) else v for v in values]
         if opt.confirm is confirm_prompt:
             values = confirm_prompt(opt, values, p)
-        elif opt.confirm is not None:
+        elif opt.confirm is not None and id(opt) in _OURS:
             values = opt.confirm(opt, values)
+        elif opt.confirm is not None:  # an extension's axis: A1111's confirm(p, xs) raises on a bad value
+            opt.confirm(p, values)
         return Axis(opt, str(text or ""), values)
 
     def _plot(self, p, axes: list[Axis], vary, draw_legend, include_lone_images, include_sub_grids, margin,
