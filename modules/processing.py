@@ -7,6 +7,7 @@ image's noise from its own generator.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -395,6 +396,7 @@ class Generation:
 
         self.controls = PreparedControls()
         self.control_units = list(ctx.control_units)
+        self._reference = None  # the reference units' hooks while the request runs (image_prompts)
 
     def prepare_controls(self, crop: tuple[int, int, int, int] | None = None) -> None:
         """The request's ControlNet units, preprocessed and loaded before any sampling (errors name the unit).
@@ -568,8 +570,14 @@ class Generation:
         from modules.sampling.flow_denoiser import pack
 
         out = []
-        for u in self.control_units:
+        for index, u in enumerate(self.control_units):
             if not (u.used_in(plan.hires) or u.kind == "ip_adapter"):
+                continue
+            if u.kind == "reference":  # its picture's latents at this pass's size, and its own noise
+                noise = torch.Generator().manual_seed((plan.seeds[0] * 1_000_003 + 7919 * (index + 1)) % 2 ** 63)
+                pixels = u.tensor(plan.width, plan.height, 1, model.device, model.dtype)
+                out.append(ActiveControl(u, encode(model, pixels, [noise]), hires=plan.hires,
+                                         injection=self._reference, generator=noise))
                 continue
             image = u.tensor(plan.width, plan.height, len(plan.seeds), model.device, model.dtype)
             if u.kind == "flux" and u.model.input_hint_block is None:  # InstantX-style: packed VAE latents
@@ -577,11 +585,19 @@ class Generation:
             out.append(ActiveControl(u, image, hires=plan.hires, enabled=u.used_in(plan.hires)))
         return out
 
+    @contextlib.contextmanager
     def image_prompts(self):
-        """The IP-Adapter units' layers on the UNet while this request runs (removed afterwards)."""
-        from modules.controlnet.ip_adapter import attached
+        """The IP-Adapter units' layers and the reference units' hooks on the UNet while this request runs
+        (removed afterwards)."""
+        from modules.controlnet import ip_adapter, reference
 
-        return attached(self.model.unet, [u.model for u in self.control_units if u.kind == "ip_adapter"])
+        with ip_adapter.attached(self.model.unet, [u.model for u in self.control_units if u.kind == "ip_adapter"]), \
+                reference.attached(self.model, self.control_units) as injection:
+            self._reference = injection
+            try:
+                yield
+            finally:
+                self._reference = None
 
     def _eta(self, bundle) -> float | None:
         if self.req.eta is not None:

@@ -69,7 +69,7 @@ def prepare(requests: list, *, library, model, width: int, height: int, init_ima
 
 def _prepare_one(index: int, req, library, model, width: int, height: int, init_image, init_mask,
                  annotator_dir: Path | None, crop=None):
-    from modules.controlnet import preprocessors
+    from modules.controlnet import preprocessors, reference
     from modules.controlnet.models import ControlNetLoadError
 
     where = f"controlnet[{index}]"
@@ -77,8 +77,10 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
     if pre is None:
         raise RequestError(f"{where}.module: unknown preprocessor {req.module!r} (GET /controlnet/module_list "
                            "lists them)")
-    if any(t in ("Reference", "Revision", "Instant-ID") for t in pre.tags) or \
-            pre.name.startswith(("reference", "revision", "t2ia_style", "ip-adapter_face_id", "ip-adapter_pulid")):
+    if pre.name in reference.MODULES:
+        return _reference_unit(where, req, pre, model, init_image, init_mask, crop)
+    if any(t in ("Revision", "Instant-ID") for t in pre.tags) or \
+            pre.name.startswith(("revision", "t2ia_style", "ip-adapter_face_id", "ip-adapter_pulid")):
         raise RequestError(f"{where}.module: {pre.name} is not supported yet (ControlNet, T2I-Adapter, "
                            "Control-LoRA and IP-Adapter models are)")
     if req.model in ("", "None"):
@@ -123,6 +125,25 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
         advanced_weighting=req.advanced_weighting, union_type=union, kind=loaded.kind,
         region_mask=_region(req.effective_region_mask), low_vram=req.low_vram)
     return unit, detected_image
+
+
+def _reference_unit(where: str, req, pre, model, init_image, init_mask, crop):
+    """A reference unit: the picture itself (its "map"), with the style fidelity slider (threshold_a)."""
+    from modules.controlnet.reference import ReferenceSpec
+
+    if model.is_flow:
+        raise RequestError(f"{where}.module: {pre.name} works with SD1.x, SD2.x and SDXL checkpoints, not "
+                           f"{model.spec.label}")
+    source, mask = _input(where, req, init_image, init_mask)
+    if crop is not None and req.inpaint_crop_input_image and init_image is not None:
+        source = _crop(source, init_image.size, crop)
+    style = req.threshold_a if req.threshold_a >= 0 else pre.slider_1.value
+    picture = source.convert("RGB")
+    unit = units_mod.ControlUnit(
+        model=ReferenceSpec(pre.name, style), image=picture, weight=req.weight, guidance_start=req.guidance_start,
+        guidance_end=req.guidance_end, control_mode=req.control_mode.value, resize_mode=req.resize_mode.value,
+        hr_option=req.hr_option.value, kind="reference")
+    return unit, picture
 
 
 def _region(mask: Image.Image | None):

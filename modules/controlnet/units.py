@@ -43,7 +43,7 @@ class ControlUnit:
     soft_in_hires: bool = False  # canny / mlsd maps
     advanced_weighting: list[float] | None = None
     union_type: int | None = None  # index into UNION_TYPES for a Union model
-    kind: str = "controlnet"  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter" | "flux"
+    kind: str = "controlnet"  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter" | "flux" | "reference"
     ip_embeds: tuple | None = None  # an IP-Adapter's (positive, negative) image tokens (ip_adapter.encode)
     region_mask: torch.Tensor | None = None  # (1, 1, H, W) in [0, 1]: where the unit acts (effective region mask)
     low_vram: bool = False  # the model waits on the CPU between steps (GPU only)
@@ -89,7 +89,7 @@ class ControlUnit:
         from modules.controlnet.control_map import fit, to_tensor
 
         fitted = fit(self.image, width, height, self.resize_mode)
-        if self.kind == "flux":  # the VAE's input, [-1, 1]: sample_batch encodes and packs it
+        if self.kind in ("flux", "reference"):  # the VAE's input, [-1, 1]: the pass encodes it
             return (to_tensor(fitted) * 2 - 1).repeat_interleave(batch, dim=0).to(device=device, dtype=dtype)
         if self.kind == "t2i_adapter" and self.model.config.in_channels == 1:  # sketch/canny adapters: grey
             fitted = fitted.convert("L").convert("RGB")
@@ -112,6 +112,8 @@ class ActiveControl:
     hires: bool = False
     features: list | None = None  # a T2I-Adapter's features of `image` (the same at every step)
     enabled: bool = True  # False: an IP-Adapter kept attached but silent in this pass (its hires-fix option)
+    injection: object | None = None  # a reference unit's hooks on the UNet (reference.ReferenceInjection)
+    generator: torch.Generator | None = None  # a reference unit's noise
 
 
 def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.Tensor, added: dict | None,
@@ -121,9 +123,13 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
     `rows[r]`: the picture of the batch that UNet row r belongs to; the first `uncond_rows` rows are the negative
     prompt's (CFG)."""
     down, mid, intra = None, None, None
-    ip_embeds, ip_scales, flux = [], [], []
+    ip_embeds, ip_scales, flux, references = [], [], [], []
     for control in controls:
         unit = control.unit
+        if unit.kind == "reference":
+            if control.enabled and unit.active_at(step, total) and unit.weight > 0:
+                references.append(control)
+            continue
         if unit.kind == "ip_adapter":  # every attached adapter needs its tokens; its scale says if it acts
             ip_embeds.append(_ip_rows(unit, rows, uncond_rows, x.dtype))
             on = control.enabled and unit.active_at(step, total)
@@ -148,6 +154,8 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
         d, m = outputs[:-1], outputs[-1]
         down = list(d) if down is None else [a + b for a, b in zip(down, d)]
         mid = m if mid is None else mid + m
+    if references:
+        _reference_pass(references, x, t, embeds, added, ip_embeds, ip_scales, uncond_rows)
     out = {}
     if down is not None:
         out.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)
@@ -158,6 +166,24 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
     if flux:
         out["flux_controls"] = flux
     return out
+
+
+def _reference_pass(references: list[ActiveControl], x, t, embeds, added, ip_embeds, ip_scales,
+                    uncond_rows: int) -> None:
+    """The reference units' UNet passes for this step (reference.py): what the next UNet call reads. IP-Adapters
+    take part in them as in the real call."""
+    injection = references[0].injection
+    injection.clear()
+    if ip_embeds:
+        from modules.controlnet.ip_adapter import set_scales
+
+        set_scales(injection.unet, ip_scales)
+        added = {**(added or {}), "image_embeds": ip_embeds}
+    for control in references:
+        unit = control.unit
+        style = unit.model.fidelity(unit.control_mode, injection.is_sdxl, control.hires)
+        injection.write(unit.model, control.image, control.generator, x, t, embeds, added, uncond_rows,
+                        unit.weight, style)
 
 
 def _ip_rows(unit: ControlUnit, rows: torch.Tensor, uncond_rows: int, dtype) -> torch.Tensor:
