@@ -410,8 +410,6 @@ class Generation:
         req, ctx = self.req, self.ctx
         if not any(u.enabled for u in req.controlnet_units):
             return PreparedControls()
-        if self.model.is_flow and self.model.family != "flux":
-            raise RequestError(f"{self.model.spec.label}: ControlNet is not available for this model family yet")
         if ctx.controlnets is None:
             raise RequestError("ControlNet models are not available here (no models/ControlNet library)")
         m = self.model.size_multiple
@@ -562,10 +560,12 @@ class Generation:
         if not self.control_units:
             return []
         model = self.model
-        if model.is_flow and (model.family != "flux" or any(u.kind != "flux" for u in self.control_units)):
-            raise RequestError(f"{model.spec.label}: only Flux ControlNets guide this model family")
-        if not model.is_flow and any(u.kind == "flux" for u in self.control_units):
-            raise RequestError(f"{model.title}: a Flux ControlNet cannot guide an SD1.x/SDXL checkpoint")
+        flow_kind = {"flux": "flux", "sd3": "sd3"}.get(model.family) if model.is_flow else None
+        if flow_kind is not None and any(u.kind != flow_kind for u in self.control_units):
+            raise RequestError(f"{model.spec.label}: only {'Flux' if flow_kind == 'flux' else 'SD3'} ControlNets "
+                               "guide this model family")
+        if not model.is_flow and any(u.kind in ("flux", "sd3") for u in self.control_units):
+            raise RequestError(f"{model.title}: a Flux or SD3 ControlNet cannot guide an SD1.x/SDXL checkpoint")
         from modules.controlnet.units import ActiveControl
         from modules.sampling.flow_denoiser import pack
 
@@ -582,6 +582,11 @@ class Generation:
             image = u.tensor(plan.width, plan.height, len(plan.seeds), model.device, model.dtype)
             if u.kind == "flux" and u.model.input_hint_block is None:  # InstantX-style: packed VAE latents
                 image = pack(encode(model, image, generators))
+            elif u.kind == "sd3":  # the map's latents (its own noise: the pipeline leaves the images' generators)
+                noise = torch.Generator().manual_seed((plan.seeds[0] * 1_000_003 + 104_729 * (index + 1)) % 2 ** 63)
+                image = encode(model, image[:1], [noise]).expand(len(plan.seeds), -1, -1, -1)
+                if u.model.config.force_zeros_for_pooled_projection:  # InstantX's: latents without the VAE's shift
+                    image = image + model.vae.config.scaling_factor * (model.vae.config.shift_factor or 0.0)
             out.append(ActiveControl(u, image, hires=plan.hires, enabled=u.used_in(plan.hires)))
         return out
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from modules import hashes
-from modules.controlnet import control_lora, detect, flux_controlnet, ip_adapter, t2i_adapter
+from modules.controlnet import control_lora, detect, flux_controlnet, ip_adapter, sd3_controlnet, t2i_adapter
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class ControlNetFile:
 class LoadedControlNet:
     title: str
     model: Any  # diffusers ControlNetModel / ControlNetUnionModel
-    kind: str  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter" | "flux"
+    kind: str  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter" | "flux" | "sd3"
     family: str | None  # "sd1" | "sd2" | "sdxl"; None: an IP-Adapter of a width no release has (checked by width)
 
 
@@ -109,6 +109,10 @@ class ControlNetLibrary:
                     self._loaded.popitem(last=False)
             self._loaded.move_to_end(key)
         check_family(loaded, checkpoint_family, unet_config, checkpoint_title)
+        if loaded.kind == "sd3" and unet is not None:
+            problem = sd3_controlnet.fit_to(loaded.model, unet)
+            if problem:
+                raise ControlNetLoadError(f"{loaded.title} cannot guide {checkpoint_title}: {problem}")
         return loaded
 
 
@@ -169,7 +173,10 @@ def load_file(path: Path, title: str, device: torch.device, dtype: torch.dtype,
             if unet is None:
                 raise detect.ControlNetFileError("a Control-LoRA needs the checkpoint's UNet to build on")
             sd = control_lora.merge(sd, unet)
-        if flux_controlnet.is_flux_controlnet(sd):
+        if sd3_controlnet.is_sd3_controlnet(sd):
+            converted = sd3_controlnet.to_diffusers(sd)
+            spec = sd3_controlnet.spec(converted, getattr(unet, "config", None))
+        elif flux_controlnet.is_flux_controlnet(sd):
             converted = flux_controlnet.to_diffusers(sd)
             spec = flux_controlnet.spec(converted, rope_axes)
         elif t2i_adapter.is_t2i_adapter(sd):
@@ -181,10 +188,10 @@ def load_file(path: Path, title: str, device: torch.device, dtype: torch.dtype,
     except (ModelLoadError, detect.ControlNetFileError) as e:
         message = str(e) if str(e).startswith(path.name) else f"{path.name}: {e}"
         raise ControlNetLoadError(message) from None
-    from diffusers import ControlNetModel, ControlNetUnionModel, FluxControlNetModel, T2IAdapter
+    from diffusers import ControlNetModel, ControlNetUnionModel, FluxControlNetModel, SD3ControlNetModel, T2IAdapter
 
-    cls = {"union": ControlNetUnionModel, "t2i_adapter": T2IAdapter,
-           "flux": FluxControlNetModel}.get(spec.kind, ControlNetModel)
+    cls = {"union": ControlNetUnionModel, "t2i_adapter": T2IAdapter, "flux": FluxControlNetModel,
+           "sd3": SD3ControlNetModel}.get(spec.kind, ControlNetModel)
     config = dict(spec.config)
     if config_file is not None:  # a folder's own config says what shapes cannot (heads, upcast, ...)
         config.update({k: v for k, v in json.loads(config_file.read_text()).items() if not k.startswith("_")})

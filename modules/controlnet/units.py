@@ -43,7 +43,7 @@ class ControlUnit:
     soft_in_hires: bool = False  # canny / mlsd maps
     advanced_weighting: list[float] | None = None
     union_type: int | None = None  # index into UNION_TYPES for a Union model
-    kind: str = "controlnet"  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter" | "flux" | "reference"
+    kind: str = "controlnet"  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter" | "flux" | "sd3" | "reference"
     ip_embeds: tuple | None = None  # an IP-Adapter's (positive, negative) image tokens (ip_adapter.encode)
     region_mask: torch.Tensor | None = None  # (1, 1, H, W) in [0, 1]: where the unit acts (effective region mask)
     low_vram: bool = False  # the model waits on the CPU between steps (GPU only)
@@ -89,7 +89,7 @@ class ControlUnit:
         from modules.controlnet.control_map import fit, to_tensor
 
         fitted = fit(self.image, width, height, self.resize_mode)
-        if self.kind in ("flux", "reference"):  # the VAE's input, [-1, 1]: the pass encodes it
+        if self.kind in ("flux", "sd3", "reference"):  # the VAE's input, [-1, 1]: the pass encodes it
             return (to_tensor(fitted) * 2 - 1).repeat_interleave(batch, dim=0).to(device=device, dtype=dtype)
         if self.kind == "t2i_adapter" and self.model.config.in_channels == 1:  # sketch/canny adapters: grey
             fitted = fitted.convert("L").convert("RGB")
@@ -123,7 +123,7 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
     `rows[r]`: the picture of the batch that UNet row r belongs to; the first `uncond_rows` rows are the negative
     prompt's (CFG)."""
     down, mid, intra = None, None, None
-    ip_embeds, ip_scales, flux, references = [], [], [], []
+    ip_embeds, ip_scales, flux, sd3, references = [], [], [], [], []
     for control in controls:
         unit = control.unit
         if unit.kind == "reference":
@@ -139,6 +139,9 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
             continue
         if unit.kind == "flux":  # run by the FluxDenoiser, which has the transformer's packed inputs
             flux.append((unit.model, control.image[rows], float(unit.weight), unit.union_type))
+            continue
+        if unit.kind == "sd3":  # run by the SD3Denoiser, which has the transformer's pooled projection
+            sd3.append((unit.model, control.image[rows], float(unit.weight)))
             continue
         if unit.kind == "t2i_adapter":
             features = _adapter_features(control, rows, uncond_rows, x.dtype)
@@ -165,6 +168,8 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
         out["ip_adapter"] = (ip_embeds, ip_scales)
     if flux:
         out["flux_controls"] = flux
+    if sd3:
+        out["sd3_controls"] = sd3
     return out
 
 

@@ -88,12 +88,21 @@ class SD3Denoiser:
         self.transformer = transformer
         self.config = transformer.config
 
-    def __call__(self, x, t, encoder_hidden_states, added_cond_kwargs=None, return_dict=False):
+    def __call__(self, x, t, encoder_hidden_states, added_cond_kwargs=None, return_dict=False, sd3_controls=None):
+        """`sd3_controls`: (SD3ControlNetModel, its map's latents per row, scale) of the units guiding this step;
+        their block outputs are summed (diffusers' SD3MultiControlNetModel) and given to the transformer."""
         pooled = (added_cond_kwargs or {}).get("text_embeds")
         timestep = t.expand(x.shape[0]) if torch.is_tensor(t) else torch.full([x.shape[0]], float(t))
-        out = self.transformer(hidden_states=x, timestep=timestep.to(x.device),
-                               encoder_hidden_states=encoder_hidden_states, pooled_projections=pooled,
-                               return_dict=False)[0]
+        timestep = timestep.to(x.device)
+        blocks = None
+        for net, image, scale in sd3_controls or []:
+            samples = net(hidden_states=x, timestep=timestep, controlnet_cond=image, conditioning_scale=scale,
+                          encoder_hidden_states=encoder_hidden_states if net.config.joint_attention_dim else None,
+                          pooled_projections=torch.zeros_like(pooled) if net.config.force_zeros_for_pooled_projection
+                          else pooled, return_dict=False)[0]
+            blocks = list(samples) if blocks is None else [a + b for a, b in zip(blocks, samples)]
+        out = self.transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
+                               pooled_projections=pooled, block_controlnet_hidden_states=blocks, return_dict=False)[0]
         return (out,)
 
 
