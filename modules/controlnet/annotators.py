@@ -486,6 +486,48 @@ def _openpose(img, res, a, b, ctx, body=True, hand=False, face=False):
 
 # --- which network each file holds ---
 
+# --- NormalBAE (surface normals, ScanNet) ---
+
+def _normal_bae_net():
+    import contextlib
+    import io
+    import types
+
+    from controlnet_aux.normalbae.nets.NNET import NNET
+
+    args = types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet", sampling_ratio=0.4,
+                                 importance_ratio=0.7)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its EfficientNet's construction
+        return NNET(args)
+
+
+def _unwrapped(net: torch.nn.Module, sd: dict) -> dict:
+    """A training checkpoint's weights under "model." and DataParallel's "module." (NormalBAE's release)."""
+    plain = {}
+    for key, value in sd.items():
+        for prefix in ("model.", "module."):
+            key = key.removeprefix(prefix)
+        plain[key] = value
+    return fit_keys(net, plain)
+
+
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _normal_bae(img, res, a, b, ctx):
+    """Normals in the extension's colours: x, y, z from [-1, 1] to [0, 255] (the net's last, full-size output)."""
+    p = resize_with_pad(img, res)
+    net = load(ctx, "normal_bae/scannet.pt")
+    device = _param_device(net)
+    x = _tensor(p.image / 255.0, device)
+    mean = torch.tensor(_IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(_IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    with torch.no_grad():
+        normal = net((x - mean) / std)[0][-1][:, :3]
+    normal = ((normal + 1) * 0.5).clip(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+    return p.crop((normal * 255.0).clip(0, 255).astype(np.uint8))
+
+
 Convert = Callable[[torch.nn.Module, dict], dict]
 
 # "<subdir>/<file>" in the annotator folder -> (build the network, adapt the file's keys or None).
@@ -502,6 +544,7 @@ NETWORKS: dict[str, tuple[Callable[[], torch.nn.Module], Convert | None]] = {
     "openpose/body_pose_model.pth": (_body_net, _openpose_keys),
     "openpose/hand_pose_model.pth": (_hand_net, _openpose_keys),
     "openpose/facenet.pth": (_face_net, None),
+    "normal_bae/scannet.pt": (_normal_bae_net, _unwrapped),
 }
 
 
@@ -525,6 +568,7 @@ RUNNERS: dict[str, Runner] = {
     "mlsd": _mlsd,
     "depth": _depth_midas,
     "normal_map": _normal_midas,
+    "normal_bae": _normal_bae,
     "openpose": _openpose,
     "openpose_hand": functools.partial(_openpose, hand=True),
     "openpose_face": functools.partial(_openpose, face=True),
