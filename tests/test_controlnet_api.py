@@ -90,6 +90,29 @@ def test_detect_returns_the_map(client):
         assert r.status_code == 422 and message in r.text
 
 
+def test_detect_returns_the_poses_a_pose_preprocessor_found(client, data, monkeypatch):
+    """As the extension: `poses` (OpenPose JSON per picture) next to the drawn skeletons, for pose editors."""
+    from modules.controlnet import annotators
+
+    folder = data / "models" / "ControlNetPreprocessor" / "openpose"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"):
+        (folder / name).touch()
+
+    def found_one(img, res, a, b, ctx):  # the network's part is tested with weights elsewhere
+        ctx.pose_sink({"people": [{"pose_keypoints_2d": [0.5, 0.5, 1.0]}], "canvas_width": 64, "canvas_height": 64})
+        return np.zeros((64, 64, 3), np.uint8)
+
+    monkeypatch.setitem(annotators.RUNNERS, "openpose", found_one)
+    r = client.post("/controlnet/detect", json={"controlnet_module": "openpose", "controlnet_processor_res": 64,
+                                                "controlnet_input_images": [_b64(_square()), _b64(_square())]})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["images"]) == 2 and len(r.json()["poses"]) == 2
+    assert r.json()["poses"][0]["people"][0]["pose_keypoints_2d"] == [0.5, 0.5, 1.0]
+    assert "poses" not in client.post("/controlnet/detect", json={
+        "controlnet_module": "canny", "controlnet_input_images": [_b64(_square())]}).json()
+
+
 def _txt2img(client, units, **extra):
     body = {"prompt": "a red ball", "steps": 3, "width": SIZE, "height": SIZE, "seed": 5, "cfg_scale": 5,
             "sampler_name": "Euler", **extra}

@@ -302,3 +302,21 @@ def test_listed_but_not_runnable_says_so_once_its_file_is_there(tmp_path):
     (tmp_path / "zoedepth" / "ZoeD_M12_N.pt").write_bytes(b"")
     with pytest.raises(pp.AnnotatorUnavailableError, match="depth_zoe"):
         pp.get("depth_zoe").run(_square(), annotator_dir=tmp_path)
+
+
+def test_pose_json_is_openposes_format_with_the_padded_canvas(annotator_dir):
+    from controlnet_aux.open_pose import PoseResult
+    from controlnet_aux.open_pose.body import BodyResult, Keypoint
+
+    from modules.controlnet.annotators import poses_json
+
+    body = BodyResult([Keypoint(0.25, 0.5), None] + [None] * 16, 1.0, 1)
+    data = poses_json([PoseResult(body, None, [Keypoint(0.1, 0.2)], None)], 128, 64)
+    person = data["people"][0]
+    assert person["pose_keypoints_2d"][:6] == [0.25, 0.5, 1.0, 0.0, 0.0, 0.0] and len(person["pose_keypoints_2d"]) == 54
+    assert person["hand_right_keypoints_2d"] == [0.1, 0.2, 1.0] and person["face_keypoints_2d"] is None
+    assert (data["canvas_height"], data["canvas_width"]) == (128, 64)
+    seen = []
+    pp.get("openpose").run(_circle()[:, :150], resolution=64, annotator_dir=annotator_dir, device="cpu",
+                           pose_sink=seen.append)
+    assert len(seen) == 1 and (seen[0]["canvas_height"], seen[0]["canvas_width"]) == (128, 64)  # 82 rows, padded

@@ -104,11 +104,15 @@ class ControlNetApi:
             masks = [decode_image(v, f"controlnet_masks[{i}]") for i, v in enumerate(controlnet_masks)]
         except RequestError as e:
             raise ApiError(422, str(e)) from None
+        poses: list[dict] = []
         maps = await run_in_threadpool(self._detect, pre, pictures, masks, controlnet_processor_res,
-                                       controlnet_threshold_a, controlnet_threshold_b)
-        return {"images": [encode_png(m) for m in maps], "info": "Success"}
+                                       controlnet_threshold_a, controlnet_threshold_b, poses.append)
+        answer = {"images": [encode_png(m) for m in maps], "info": "Success"}
+        if poses:  # the pose preprocessors' keypoints (OpenPose JSON), for pose editors
+            answer["poses"] = poses
+        return answer
 
-    def _detect(self, pre, pictures, masks, resolution, a, b) -> list[Any]:
+    def _detect(self, pre, pictures, masks, resolution, a, b, pose_sink=None) -> list[Any]:
         import numpy as np
         from PIL import Image
 
@@ -121,7 +125,8 @@ class ControlNetApi:
                 alpha = np.asarray(masks[i].convert("L").resize(picture.size))
                 array = np.concatenate([array, alpha[:, :, None]], axis=2)
             try:
-                detected = pre.run(array, resolution, a, b, annotator_dir=self.engine.paths.annotator_dir)
+                detected = pre.run(array, resolution, a, b, annotator_dir=self.engine.paths.annotator_dir,
+                                   pose_sink=pose_sink)
             except (preprocessors.MissingAnnotatorError, preprocessors.AnnotatorUnavailableError) as e:
                 raise ApiError(422, str(e)) from None
             out.append(Image.fromarray(np.ascontiguousarray(detected)))

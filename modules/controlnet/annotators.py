@@ -481,7 +481,23 @@ def _openpose(img, res, a, b, ctx, body=True, hand=False, face=False):
     detector = OpenposeDetector(*_estimators(ctx, hand, face))
     h, w = p.image.shape[:2]
     poses = detector.detect_poses(p.image, include_hand=hand, include_face=face)
+    if ctx.pose_sink is not None:
+        ctx.pose_sink(poses_json(poses, h, w))
     return p.crop(draw_poses(poses, h, w, body, hand, face))
+
+
+def poses_json(poses, h: int, w: int) -> dict:
+    """OpenPose's JSON output format, as the extension writes it: per person x, y (fractions of the canvas) and a
+    confidence of 1 per keypoint, 0, 0, 0 for one not found; None for a part not looked for."""
+    def flat(keypoints):
+        if not keypoints:
+            return None
+        return [v for k in keypoints for v in ([float(k.x), float(k.y), 1.0] if k is not None else [0.0, 0.0, 0.0])]
+
+    return {"people": [{"pose_keypoints_2d": flat(pose.body.keypoints), "face_keypoints_2d": flat(pose.face),
+                        "hand_left_keypoints_2d": flat(pose.left_hand),
+                        "hand_right_keypoints_2d": flat(pose.right_hand)} for pose in poses],
+            "animals": [], "canvas_height": h, "canvas_width": w}
 
 
 # --- which network each file holds ---

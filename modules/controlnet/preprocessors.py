@@ -74,6 +74,7 @@ class RunContext:
     annotator_dir: Path | None = None
     device: str | None = None
     seed: int = 0
+    pose_sink: Callable[[dict], None] | None = None  # receives a pose preprocessor's OpenPose-format JSON
 
 
 Process = Callable[[np.ndarray, int, float, float, RunContext], np.ndarray]
@@ -95,19 +96,21 @@ class Preprocessor:
     process: Process | None = field(default=None, repr=False, compare=False)
 
     def run(self, image: np.ndarray, resolution: int = -1, slider_1: float = -1, slider_2: float = -1,
-            annotator_dir: Path | None = None, *, seed: int = 0, device: str | None = None) -> np.ndarray:
+            annotator_dir: Path | None = None, *, seed: int = 0, device: str | None = None,
+            pose_sink: Callable[[dict], None] | None = None) -> np.ndarray:
         """The detected map (HxWx3 uint8; HxWx4 RGB + mask for the inpaint ones), at the resolution's size.
 
         Out-of-range values (the API's -1) take the slider's default, as the extension does. `seed` makes
         "shuffle" deterministic (the extension draws from numpy's global random state); `device` picks where a
-        network runs (default: CUDA when there is one)."""
+        network runs (default: CUDA when there is one); `pose_sink` receives the poses a pose preprocessor found
+        (OpenPose's JSON format, as the extension's /controlnet/detect returns them)."""
         image = _as_image(image)
         image = _with_mask(image) if self.accepts_mask else hwc3(image)
         res = int(self.resolution.pick(resolution)) if self.resolution is not None else DEFAULT_RESOLUTION
         a = self.slider_1.pick(slider_1) if self.slider_1 is not None else None
         b = self.slider_2.pick(slider_2) if self.slider_2 is not None else None
         folder = Path(annotator_dir) if annotator_dir is not None else None
-        ctx = RunContext(self.name, self.label, folder, device, int(seed))
+        ctx = RunContext(self.name, self.label, folder, device, int(seed), pose_sink)
         return self.process(image, res, a, b, ctx)
 
     @property
