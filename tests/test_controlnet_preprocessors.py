@@ -4,6 +4,7 @@ user's folder (random-weight networks written in the extension's layout; nothing
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 
 import numpy as np
@@ -320,3 +321,82 @@ def test_pose_json_is_openposes_format_with_the_padded_canvas(annotator_dir):
     pp.get("openpose").run(_circle()[:, :150], resolution=64, annotator_dir=annotator_dir, device="cpu",
                            pose_sink=seen.append)
     assert len(seen) == 1 and (seen[0]["canvas_height"], seen[0]["canvas_width"]) == (128, 64)  # 82 rows, padded
+
+
+
+def _depth_anything_shapes(hidden: int = 384, layers: int = 12, features: int = 64,
+                           outs: tuple = (48, 96, 192, 384)) -> dict:
+    """A Depth Anything checkpoint's keys and shapes in the original repositories' names: a DINOv2 ViT and a DPT
+    head (default ViT-S; the extension's files are ViT-L, and the loader reads the size from the shapes)."""
+    shapes = {"pretrained.cls_token": (1, 1, hidden), "pretrained.mask_token": (1, hidden),
+              "pretrained.pos_embed": (1, 1 + 37 * 37, hidden), "pretrained.patch_embed.proj.weight": (hidden, 3, 14, 14),
+              "pretrained.patch_embed.proj.bias": (hidden,), "pretrained.norm.weight": (hidden,),
+              "pretrained.norm.bias": (hidden,)}
+    for i in range(layers):
+        b = f"pretrained.blocks.{i}."
+        shapes.update({b + "norm1.weight": (hidden,), b + "norm1.bias": (hidden,), b + "norm2.weight": (hidden,),
+                       b + "norm2.bias": (hidden,), b + "attn.qkv.weight": (3 * hidden, hidden),
+                       b + "attn.qkv.bias": (3 * hidden,), b + "attn.proj.weight": (hidden, hidden),
+                       b + "attn.proj.bias": (hidden,), b + "ls1.gamma": (hidden,), b + "ls2.gamma": (hidden,),
+                       b + "mlp.fc1.weight": (4 * hidden, hidden), b + "mlp.fc1.bias": (4 * hidden,),
+                       b + "mlp.fc2.weight": (hidden, 4 * hidden), b + "mlp.fc2.bias": (hidden,)})
+    h = "depth_head."
+    for i, c in enumerate(outs):
+        shapes.update({f"{h}projects.{i}.weight": (c, hidden, 1, 1), f"{h}projects.{i}.bias": (c,),
+                       f"{h}scratch.layer{i + 1}_rn.weight": (features, c, 3, 3)})
+    shapes.update({f"{h}resize_layers.0.weight": (outs[0], outs[0], 4, 4), f"{h}resize_layers.0.bias": (outs[0],),
+                   f"{h}resize_layers.1.weight": (outs[1], outs[1], 2, 2), f"{h}resize_layers.1.bias": (outs[1],),
+                   f"{h}resize_layers.3.weight": (outs[3], outs[3], 3, 3), f"{h}resize_layers.3.bias": (outs[3],)})
+    for k in range(1, 5):
+        r = f"{h}scratch.refinenet{k}."
+        shapes.update({r + "out_conv.weight": (features, features, 1, 1), r + "out_conv.bias": (features,)})
+        for unit in (1, 2):
+            for conv in (1, 2):
+                shapes.update({f"{r}resConfUnit{unit}.conv{conv}.weight": (features, features, 3, 3),
+                               f"{r}resConfUnit{unit}.conv{conv}.bias": (features,)})
+    shapes.update({f"{h}scratch.output_conv1.weight": (features // 2, features, 3, 3),
+                   f"{h}scratch.output_conv1.bias": (features // 2,),
+                   f"{h}scratch.output_conv2.0.weight": (32, features // 2, 3, 3), f"{h}scratch.output_conv2.0.bias": (32,),
+                   f"{h}scratch.output_conv2.2.weight": (1, 32, 1, 1), f"{h}scratch.output_conv2.2.bias": (1,)})
+    return shapes
+
+
+@pytest.mark.parametrize("label,relative", [
+    ("depth_anything", "depth_anything/depth_anything_vitl14.pth"),
+    ("depth_anything_v2", "depth_anything_v2/depth_anything_v2_vitl.safetensors")])
+def test_depth_anything_files_in_the_original_layout_give_a_depth_map(tmp_path, label, relative):
+    from safetensors.torch import save_file
+
+    pool = _random_pool(3)
+    sd = {k: pool[(i * 7919) % 1000:(i * 7919) % 1000 + math.prod(s)].reshape(s).float().clone()
+          for i, (k, s) in enumerate(_depth_anything_shapes().items())}
+    sd["depth_head.scratch.output_conv2.2.bias"] = torch.ones(1)  # above the final ReLU: a depth that varies
+    (tmp_path / relative).parent.mkdir(parents=True)
+    if relative.endswith(".safetensors"):
+        save_file(sd, str(tmp_path / relative))
+    else:
+        torch.save(sd, tmp_path / relative)
+    out = pp.get(label).run(_circle()[:150, :150], resolution=64, annotator_dir=tmp_path, device="cpu")
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    assert out.min() == 0 and out.max() >= 250 and (out[..., 0] == out[..., 1]).all()  # min-max scaled, grey
+
+
+def test_depth_anything_reads_the_vit_size_and_version_from_the_file():
+    from modules.controlnet import depth_anything
+
+    def meta(shapes):
+        return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+
+    assert depth_anything.config(meta(_depth_anything_shapes()), "v1").backbone_config.out_indices == [9, 10, 11, 12]
+    large = meta(_depth_anything_shapes(1024, 24, 256, (256, 512, 1024, 1024)))  # the released ViT-L files
+    config = depth_anything.config(large, "v2")
+    assert (config.backbone_config.hidden_size, config.backbone_config.num_hidden_layers,
+            config.backbone_config.num_attention_heads, config.fusion_hidden_size) == (1024, 24, 16, 256)
+    assert config.backbone_config.out_indices == [5, 12, 18, 24] and config.neck_hidden_sizes == [256, 512, 1024, 1024]
+    assert depth_anything.config(large, "v1").backbone_config.out_indices == [21, 22, 23, 24]
+    with torch.device("meta"):  # and the whole ViT-L network takes every tensor of the file
+        from transformers import DepthAnythingForDepthEstimation
+
+        net = DepthAnythingForDepthEstimation(config)
+    converted = depth_anything.to_transformers(large)
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in net.state_dict().items()}

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from modules.controlnet import depth_anything
 from modules.controlnet.preprocessors import (ANNOTATOR_FOLDER, AnnotatorUnavailableError, MissingAnnotatorError,
                                                RunContext, get, hwc3, lineart_standard, resize_with_pad)
 
@@ -86,14 +87,19 @@ def build_from(build: Callable[[], torch.nn.Module], path: Path,
     """The network with the file's weights (strict: a wrong file is an error naming it, not a garbage map)."""
     sd = read_state_dict(path)
     import_controlnet_aux()
+    shaped = getattr(build, "reads_shapes", False)  # a network whose size the file's shapes say
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # timm: "mapping deprecated model name" for MiDaS's backbone
-        net = build()
+        try:
+            net = build(sd) if shaped else build()
+        except (KeyError, ValueError) as e:
+            raise RuntimeError(f"{path} does not hold the weights this preprocessor expects: {e}") from e
     try:
+        original = sd
         sd = convert(net, sd) if convert is not None else fit_keys(net, sd)
         net.load_state_dict(sd, strict=True, assign=True)
         if _has_meta(net):  # a buffer the file does not hold: build it for real
-            net = build()
+            net = build(original) if shaped else build()
             net.load_state_dict(sd, strict=True)
     except (RuntimeError, KeyError) as e:
         raise RuntimeError(f"{path} does not hold the weights this preprocessor expects: {e}") from e
@@ -544,6 +550,13 @@ def _normal_bae(img, res, a, b, ctx):
     return p.crop((normal * 255.0).clip(0, 255).astype(np.uint8))
 
 
+# --- Depth Anything v1 / v2 (depth_anything.py) ---
+
+def _depth_anything(img, res, a, b, ctx, relative):
+    p = resize_with_pad(img, res)
+    return hwc3(p.crop(depth_anything.depth_map(load(ctx, relative), p.image)))
+
+
 Convert = Callable[[torch.nn.Module, dict], dict]
 
 # "<subdir>/<file>" in the annotator folder -> (build the network, adapt the file's keys or None).
@@ -561,6 +574,8 @@ NETWORKS: dict[str, tuple[Callable[[], torch.nn.Module], Convert | None]] = {
     "openpose/hand_pose_model.pth": (_hand_net, _openpose_keys),
     "openpose/facenet.pth": (_face_net, None),
     "normal_bae/scannet.pt": (_normal_bae_net, _unwrapped),
+    "depth_anything/depth_anything_vitl14.pth": (depth_anything.build("v1"), depth_anything.convert),
+    "depth_anything_v2/depth_anything_v2_vitl.safetensors": (depth_anything.build("v2"), depth_anything.convert),
 }
 
 
@@ -585,6 +600,9 @@ RUNNERS: dict[str, Runner] = {
     "depth": _depth_midas,
     "normal_map": _normal_midas,
     "normal_bae": _normal_bae,
+    "depth_anything": functools.partial(_depth_anything, relative="depth_anything/depth_anything_vitl14.pth"),
+    "depth_anything_v2": functools.partial(_depth_anything,
+                                           relative="depth_anything_v2/depth_anything_v2_vitl.safetensors"),
     "openpose": _openpose,
     "openpose_hand": functools.partial(_openpose, hand=True),
     "openpose_face": functools.partial(_openpose, face=True),
