@@ -397,6 +397,7 @@ class Generation:
         self.controls = PreparedControls()
         self.control_units = list(ctx.control_units)
         self._reference = None  # the reference units' hooks while the request runs (image_prompts)
+        self._control_hooks: list = []  # hypernetwork hooks on the ControlNets while the request runs
 
     def prepare_controls(self, crop: tuple[int, int, int, int] | None = None) -> None:
         """The request's ControlNet units, preprocessed and loaded before any sampling (errors name the unit).
@@ -603,6 +604,18 @@ class Generation:
                 yield
             finally:
                 self._reference = None
+                for handle in self._control_hooks:
+                    handle.remove()
+                self._control_hooks = []
+
+    def hypernetworks_into_controls(self) -> None:
+        """The active hypernetworks also act in the ControlNets' attention while this request runs (A1111's
+        hijack reaches them too); taken off when it ends (image_prompts)."""
+        from modules.networks import hypernetworks
+
+        nets = [u.model for u in self.control_units if u.kind in ("controlnet", "union")]
+        if nets and not self.model.is_flow:
+            self._control_hooks.extend(hypernetworks.hook_into(nets, self.model))
 
     def _eta(self, bundle) -> float | None:
         if self.req.eta is not None:
@@ -705,6 +718,7 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
     save = ctx.outputs is not None and not req.do_not_save_samples and ctx.opt("samples_save", True)
     fmt = ctx.opt("samples_format", "png")
     networks = extra_networks.activate(ctx, model, all_prompts)  # tags stripped; LoRAs patched in (or removed)
+    gen.hypernetworks_into_controls()
     run.extra.update(networks.infotext)
     run.extra.update(gen.controls.infotext)
     networks.warnings.extend(gen.controls.warnings)

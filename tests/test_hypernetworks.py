@@ -338,3 +338,31 @@ def test_api_lists_and_applies(data_dir):
             assert r.status_code == 200, r.text
             images.append(np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))), np.int16))
         assert np.abs(images[1] - images[0]).max() > 3  # the engine hands its registry to the generation
+
+
+def test_hypernetworks_act_in_the_controlnets_attention_too(model, hyper_dir, monkeypatch):
+    """As in A1111 (its hijack reaches every CrossAttention, the ControlNet's too), and only while the job runs."""
+    from PIL import Image
+
+    from modules.controlnet.units import ControlUnit
+    from tests import tiny_controlnets as tc
+
+    reg = hn.HypernetworkRegistry([hyper_dir])
+    reg.refresh()
+    net = tc.build_controlnet(model.unet, 1)
+    edges = np.zeros((SIZE, SIZE, 3), np.uint8)
+    edges[8:56:4, :] = 255
+    unit = ControlUnit(model=net, image=Image.fromarray(edges))
+
+    def run():
+        ctx = ProcessingContext(model=model, options={"return_grid": False}, outputs=None, hypernetworks=reg,
+                                control_units=[unit])
+        req = Txt2ImgRequest(prompt="a red ball <hypernet:style:0.8>", negative_prompt="blurry", steps=2,
+                             cfg_scale=5.0, width=SIZE, height=SIZE, seed=SEED, sampler_name="Euler")
+        return pixels(txt2img(ctx, req))
+
+    everywhere = run()
+    assert not any(a.to_k._forward_pre_hooks for _, a in hn.attention_layers(net))  # taken off after the job
+    monkeypatch.setattr(hn, "hook_into", lambda networks, m: [])
+    unet_only = run()
+    assert np.abs(everywhere - unet_only).max() > 0

@@ -508,6 +508,21 @@ def apply(model, registry: HypernetworkRegistry | None, wanted: list[ActiveHyper
     return warnings
 
 
+def hook_into(networks: Iterable[torch.nn.Module], model) -> list:
+    """The model's active hypernetworks also in other networks' attention layers (the ControlNets guiding it: A1111
+    hijacks every CrossAttention, theirs included). Returns the hook handles; remove them when the job ends."""
+    chain = [(net, float(net.multiplier)) for net in active(model)]
+    if not chain:
+        return []
+    k_hook, v_hook = _pre_hook(chain, 0), _pre_hook(chain, 1)
+    handles = []
+    for network in networks:
+        for _name, layer in attention_layers(network):
+            handles.append(layer.to_k.register_forward_pre_hook(k_hook))
+            handles.append(layer.to_v.register_forward_pre_hook(v_hook))
+    return handles
+
+
 def active(model) -> list[Hypernetwork]:
     """The hypernetworks hooked into `model` now (A1111's `shared.loaded_hypernetworks`)."""
     st = model.extra.get("hypernet_state") if model is not None else None
@@ -515,5 +530,5 @@ def active(model) -> list[Hypernetwork]:
 
 
 __all__ = ["HypernetworkRegistry", "HypernetworkFile", "Hypernetwork", "HypernetworkModule", "HypernetworkError",
-           "ActiveHypernetwork", "Structure", "load_file", "read_pickle", "apply", "remove", "active",
+           "ActiveHypernetwork", "Structure", "load_file", "read_pickle", "apply", "remove", "active", "hook_into",
            "attention_layers", "ACTIVATIONS", "dropout_structure_for"]
