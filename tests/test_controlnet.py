@@ -259,16 +259,14 @@ def _assert_image_prompt_parity(model, pipe, weights, scale: float, picture, our
     assert _diff(ours, _ours(model, [], 6.0)) > 3
 
 
-@pytest.mark.parametrize("plus", [False, True])
-def test_ip_adapter_unit_matches_the_pipeline_with_an_image_prompt(load_tiny, tmp_path, plus):
-    """A request unit with preprocessor ip-adapter_clip_sd15 and an IP-Adapter file, its encoder found by width in
-    models/clip_vision, against StableDiffusionPipeline(ip_adapter_image=...) on the same weights."""
+def _ip_setup(load_tiny, tmp_path, plus: bool):
+    """The tiny SD1 model, a library with an IP-Adapter file and two CLIP vision encoders (the right one found by
+    width), and StableDiffusionPipeline over the same weights."""
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
 
     from modules.controlnet import ip_adapter
     from modules.controlnet.models import ControlNetLibrary
-    from modules.controlnet.unit_request import ControlNetUnitRequest, UnitImage
     from modules.sampling import samplers
     from tests import tiny_controlnets as tc
 
@@ -283,18 +281,6 @@ def test_ip_adapter_unit_matches_the_pipeline_with_an_image_prompt(load_tiny, tm
     save_file({k: v.contiguous() for k, v in tc.build_clip_vision(13, projection=16).state_dict().items()},
               str(tmp_path / "clip" / "other.safetensors"))
     library = ControlNetLibrary([tmp_path / "cn"], clip_vision_dirs=[tmp_path / "clip"])
-    picture = _map(9).resize((48, 40))
-    unit = ControlNetUnitRequest(module="ip-adapter_clip_sd15", model="ip-adapter_sd15", weight=0.8,
-                                 images=[UnitImage(picture)])
-    req = Txt2ImgRequest(prompt="a red ball", negative_prompt="blurry", steps=6, cfg_scale=6.0, width=SIZE,
-                         height=SIZE, seed=SEED, sampler_name="Euler", controlnet_units=[unit])
-    ctx = ProcessingContext(model=model, options={"return_grid": False}, outputs=None, controlnets=library)
-    result = txt2img(ctx, req)
-    ours = result.images
-    assert len(ours) == 1 and "ControlNet 0" in result.infotexts[0]  # no detected map for an image prompt
-    processors = dict(model.unet.attn_processors)
-    assert not any("IPAdapter" in type(p).__name__ for p in processors.values())  # detached after the request
-
     weights, _ = ip_adapter.parse(adapter_sd)
     assert weights.plus == plus
     scheduler = samplers.build_scheduler(*samplers.resolve("Euler", None), model.scheduler_config).scheduler
@@ -302,7 +288,54 @@ def test_ip_adapter_unit_matches_the_pipeline_with_an_image_prompt(load_tiny, tm
         vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
         scheduler=scheduler, safety_checker=None, feature_extractor=ip_adapter.image_processor(encoder),
         image_encoder=encoder, requires_safety_checker=False)
+    return model, library, weights, pipe
+
+
+def _ip_request(library, model, picture, region=None):
+    from modules.controlnet.unit_request import ControlNetUnitRequest, UnitImage
+
+    unit = ControlNetUnitRequest(module="ip-adapter_clip_sd15", model="ip-adapter_sd15", weight=0.8,
+                                 images=[UnitImage(picture)], effective_region_mask=region)
+    req = Txt2ImgRequest(prompt="a red ball", negative_prompt="blurry", steps=6, cfg_scale=6.0, width=SIZE,
+                         height=SIZE, seed=SEED, sampler_name="Euler", controlnet_units=[unit])
+    ctx = ProcessingContext(model=model, options={"return_grid": False}, outputs=None, controlnets=library)
+    return txt2img(ctx, req)
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_ip_adapter_unit_matches_the_pipeline_with_an_image_prompt(load_tiny, tmp_path, plus):
+    """A request unit with preprocessor ip-adapter_clip_sd15 and an IP-Adapter file, its encoder found by width in
+    models/clip_vision, against StableDiffusionPipeline(ip_adapter_image=...) on the same weights."""
+    model, library, weights, pipe = _ip_setup(load_tiny, tmp_path, plus)
+    picture = _map(9).resize((48, 40))
+    result = _ip_request(library, model, picture)
+    ours = result.images
+    assert len(ours) == 1 and "ControlNet 0" in result.infotexts[0]  # no detected map for an image prompt
+    processors = dict(model.unet.attn_processors)
+    assert not any("IPAdapter" in type(p).__name__ for p in processors.values())  # detached after the request
     _assert_image_prompt_parity(model, pipe, weights, 0.8, picture, ours)
+
+
+def test_ip_adapter_region_mask_matches_the_pipelines_ip_adapter_masks(load_tiny, tmp_path):
+    """An IP-Adapter unit's effective region mask: the image tokens act only inside it, as diffusers' masks."""
+    from diffusers.image_processor import IPAdapterMaskProcessor
+    from PIL import ImageDraw
+
+    from modules.controlnet import ip_adapter
+
+    model, library, weights, pipe = _ip_setup(load_tiny, tmp_path, False)
+    picture = _map(9).resize((48, 40))
+    region = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(region).rectangle((0, 0, SIZE // 2 - 1, SIZE - 1), fill=255)  # the left half
+    ours = _ip_request(library, model, picture, region).images
+    masks = IPAdapterMaskProcessor().preprocess([region], height=SIZE, width=SIZE)
+    with ip_adapter.attached(model.unet, [weights]):
+        ip_adapter.set_scales(model.unet, [0.8])
+        theirs = pipe("a red ball", negative_prompt="blurry", ip_adapter_image=picture, num_inference_steps=6,
+                      guidance_scale=6.0, width=SIZE, height=SIZE, generator=[torch.Generator().manual_seed(SEED)],
+                      cross_attention_kwargs={"ip_adapter_masks": [masks.reshape(1, 1, SIZE, SIZE)]}).images
+    assert _diff(ours, theirs) <= 1
+    assert _diff(ours, _ip_request(library, model, picture).images) > 3  # the mask changes the picture
 
 
 def test_hires_pass_and_inpainting_are_guided(load_tiny):

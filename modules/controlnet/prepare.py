@@ -89,7 +89,7 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
     if crop is not None and req.inpaint_crop_input_image and init_image is not None:
         source, mask = _crop(source, init_image.size, crop), _crop(mask, init_image.size, crop)
     if pre.name.startswith(("ip-adapter", "clip_vision")) or "IP-Adapter" in pre.tags:
-        return _image_prompt(where, req, library, model, source), None
+        return _image_prompt(where, req, library, model, source, width, height), None
     resolution = req.processor_res
     if req.pixel_perfect:
         resolution = pixel_perfect_resolution(source.size, width, height, req.resize_mode.value)
@@ -156,14 +156,12 @@ def _region(mask: Image.Image | None):
     return torch.from_numpy(grey)[None, None]
 
 
-def _image_prompt(where: str, req, library, model, picture: Image.Image) -> units_mod.ControlUnit:
-    """An IP-Adapter unit: the picture through the CLIP vision encoder the adapter was trained with."""
+def _image_prompt(where: str, req, library, model, picture: Image.Image, width: int,
+                  height: int) -> units_mod.ControlUnit:
+    """An IP-Adapter unit: the picture through the CLIP vision encoder the adapter was trained with; its effective
+    region mask limits where the image tokens act (diffusers' ip_adapter_masks: binarised at the picture's size)."""
     from modules.controlnet import ip_adapter
     from modules.controlnet.models import ControlNetLoadError
-
-    if req.effective_region_mask is not None:
-        raise RequestError(f"{where}.effective_region_mask: not supported for IP-Adapter units yet (ControlNet "
-                           "and T2I-Adapter units take it)")
 
     try:
         loaded = library.load(req.model, model.device, model.dtype, model.unet.config, model.family, model.title,
@@ -175,9 +173,16 @@ def _image_prompt(where: str, req, library, model, picture: Image.Image) -> unit
     except ControlNetLoadError as e:
         raise RequestError(f"{where}.model: {e}") from None
     embeds = ip_adapter.encode(encoder, picture, loaded.model.plus)
+    region = None
+    if req.effective_region_mask is not None:
+        from diffusers.image_processor import IPAdapterMaskProcessor
+
+        mask = IPAdapterMaskProcessor().preprocess([req.effective_region_mask], height=height, width=width)
+        region = mask.reshape(1, mask.shape[0], mask.shape[2], mask.shape[3])
     return units_mod.ControlUnit(model=loaded.model, image=picture, weight=req.weight,
                                  guidance_start=req.guidance_start, guidance_end=req.guidance_end,
-                                 hr_option=req.hr_option.value, kind="ip_adapter", ip_embeds=embeds)
+                                 hr_option=req.hr_option.value, kind="ip_adapter", ip_embeds=embeds,
+                                 region_mask=region)
 
 
 def _input(where: str, req, init_image, init_mask):

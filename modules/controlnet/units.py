@@ -123,7 +123,7 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
     `rows[r]`: the picture of the batch that UNet row r belongs to; the first `uncond_rows` rows are the negative
     prompt's (CFG)."""
     down, mid, intra = None, None, None
-    ip_embeds, ip_scales, flux, sd3, references = [], [], [], [], []
+    ip_embeds, ip_scales, ip_masks, flux, sd3, references = [], [], [], [], [], []
     for control in controls:
         unit = control.unit
         if unit.kind == "reference":
@@ -134,6 +134,7 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
             ip_embeds.append(_ip_rows(unit, rows, uncond_rows, x.dtype))
             on = control.enabled and unit.active_at(step, total)
             ip_scales.append(float(unit.weight) if on else 0.0)
+            ip_masks.append(None if unit.region_mask is None else unit.region_mask.to(x.device, x.dtype))
             continue
         if not unit.active_at(step, total) or unit.weight == 0 and unit.advanced_weighting is None:
             continue
@@ -166,6 +167,8 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
         out["down_intrablock_additional_residuals"] = intra
     if ip_embeds:
         out["ip_adapter"] = (ip_embeds, ip_scales)
+        if any(m is not None for m in ip_masks):  # where each adapter's image tokens act (diffusers' masks)
+            out["cross_attention_kwargs"] = {"ip_adapter_masks": ip_masks}
     if flux:
         out["flux_controls"] = flux
     if sd3:
