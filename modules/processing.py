@@ -370,10 +370,6 @@ class Generation:
     def __init__(self, ctx: ProcessingContext, req: GenerationRequest):
         self.ctx, self.req, self.model = ctx, req, ctx.model
         self.flow_shift = float(ctx.opt("flow_shift", 0) or 0) or None  # 0: the model's own shift
-        if self.model.spec.variant == "Flux.1 Depth":
-            raise RequestError(f"{self.model.title} is a Flux.1 Depth/Canny model: it draws from a control image "
-                               "(a depth or edge map), which this version cannot give it yet; use a Flux.1 dev, "
-                               "schnell or Fill checkpoint")
         self.sampler, self.schedule = self.resolve_sampler(req.effective_sampler, req.scheduler)
         self.clip_skip = int(ctx.opt("CLIP_stop_at_last_layers", 1) or 1)
         self.randn_source = ctx.opt("randn_source", "GPU")
@@ -411,14 +407,16 @@ class Generation:
         req, ctx = self.req, self.ctx
         if not any(u.enabled for u in req.controlnet_units):
             return PreparedControls()
-        if ctx.controlnets is None:
+        structure = self.model.spec.variant == "Flux.1 Depth"  # the checkpoint itself reads its unit's map
+        if ctx.controlnets is None and not structure:
             raise RequestError("ControlNet models are not available here (no models/ControlNet library)")
         m = self.model.size_multiple
         inits = getattr(req, "init_images", None) or [None]
         return prepare(req.controlnet_units, library=ctx.controlnets, model=self.model,
                        width=_round8(req.width, m), height=_round8(req.height, m), init_image=inits[0],
                        init_mask=getattr(req, "mask", None), annotator_dir=ctx.annotator_dir,
-                       skip_failed=bool(ctx.opt("controlnet_skip_failed_units", False)), crop=crop)
+                       skip_failed=bool(ctx.opt("controlnet_skip_failed_units", False)), crop=crop,
+                       structure=structure)
 
     def resolve_sampler(self, name: str | None, schedule: str | None):
         """(sampler, schedule type) for this model's family; an unknown or unsuitable name is a RequestError now,
@@ -489,6 +487,7 @@ class Generation:
         # The NV source has no torch generators; step noise then comes from CPU generators of the same seeds.
         gens = image_rng.generators or [torch.Generator("cpu").manual_seed(s) for s in plan.seeds]
         controls = self._controls(plan, gens)
+        control_latents = self._structure_latents(plan, gens)  # Flux.1 Depth/Canny: before the noise, as the pipeline
 
         inpaint = plan.inpaint
         image_latents = plan.init_latents
@@ -539,7 +538,7 @@ class Generation:
             step_kwargs=bundle.step_kwargs(generator=gens, eta=self._eta(bundle)),
             inpaint=inpaint_latents, on_step=self._on_step,
             conditioning_at=prompt_schedule.at if prompt_schedule.varies else None, hooks=self.hooks.sampling(),
-            add_noise=add_noise if flow else None, controls=controls,
+            add_noise=add_noise if flow else None, controls=controls, control_latents=control_latents,
         )
         if model.is_sdxl:
             aest = model.family == "sdxl_refiner"
@@ -562,7 +561,7 @@ class Generation:
             return []
         model = self.model
         flow_kind = {"flux": "flux", "sd3": "sd3"}.get(model.family) if model.is_flow else None
-        if flow_kind is not None and any(u.kind != flow_kind for u in self.control_units):
+        if flow_kind is not None and any(u.kind not in (flow_kind, "structure") for u in self.control_units):
             raise RequestError(f"{model.spec.label}: only {'Flux' if flow_kind == 'flux' else 'SD3'} ControlNets "
                                "guide this model family")
         if not model.is_flow and any(u.kind in ("flux", "sd3") for u in self.control_units):
@@ -572,7 +571,7 @@ class Generation:
 
         out = []
         for index, u in enumerate(self.control_units):
-            if not (u.used_in(plan.hires) or u.kind == "ip_adapter"):
+            if u.kind == "structure" or not (u.used_in(plan.hires) or u.kind == "ip_adapter"):
                 continue
             if u.kind == "reference":  # its picture's latents at this pass's size, and its own noise
                 noise = torch.Generator().manual_seed((plan.seeds[0] * 1_000_003 + 7919 * (index + 1)) % 2 ** 63)
@@ -590,6 +589,19 @@ class Generation:
                     image = image + model.vae.config.scaling_factor * (model.vae.config.shift_factor or 0.0)
             out.append(ActiveControl(u, image, hires=plan.hires, enabled=u.used_in(plan.hires)))
         return out
+
+    def _structure_latents(self, plan: BatchPlan, generators) -> torch.Tensor | None:
+        """A Flux.1 Depth/Canny checkpoint's control image (its unit's map) as VAE latents at this pass's size,
+        each image's encoded with its own generator (FluxControlPipeline), read next to the latents every step."""
+        if self.model.spec.variant != "Flux.1 Depth":
+            return None
+        unit = next((u for u in self.control_units if u.kind == "structure"), None)
+        if unit is None:
+            raise RequestError(f"{self.model.title} is a Flux.1 Depth/Canny model: it draws from a control image. "
+                               "Add a ControlNet unit with its preprocessor (depth_* for Depth, canny for Canny) or "
+                               "a ready map (preprocessor none) and model None")
+        pixels = unit.tensor(plan.width, plan.height, len(plan.seeds), self.model.device, self.model.dtype)
+        return encode(self.model, pixels, generators)
 
     @contextlib.contextmanager
     def image_prompts(self):

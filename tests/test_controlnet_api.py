@@ -149,7 +149,7 @@ def test_a_client_written_for_the_extension_runs_unchanged(client):
     ({"weight": 5}, "controlnet[0].weight"),
     ({"input_image": "bm90IGFuIGltYWdl"}, "controlnet[0].input_image"),
     ({"model": "controlnet-canny-sdxl-1.0"}, "SDXL ControlNet"),
-    ({"model": "None", "enabled": True}, "controlnet[0].model: unit 0 is enabled but has no model"),
+    ({"model": "None", "enabled": True}, "controlnet[0].model: ControlNet unit 0 is enabled but has no model"),
 ])
 def test_bad_units_answer_422_naming_the_field(client, change, field):
     unit = {"input_image": _b64(_square()), "module": "canny", "model": _canny_title(client), **change}

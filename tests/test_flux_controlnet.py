@@ -205,3 +205,33 @@ def test_flux_union_reads_the_mode_its_preprocessor_implies(flux, tmp_path):
                   max_sequence_length=model.spec.defaults["t5_max_length"]).images
     assert _diff(ours("none", "Depth"), theirs) <= 2  # "Depth" → mode 2
     assert _diff(ours("none", "Tile"), theirs) > 0  # another mode draws otherwise
+
+
+def test_flux_depth_checkpoint_reads_its_units_map_as_the_control_pipeline(tmp_path):
+    """Flux.1 Depth/Canny: the checkpoint itself reads a control image; a unit with a preprocessor (here a ready
+    map, "none") and model None gives it, equal to FluxControlPipeline."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxControlPipeline
+
+    model = loader.load_model(tfm.write_all_in_one(tfm.build_flux(True, seed=7, depth=True),
+                                                   tmp_path / "flux1-depth-dev.safetensors"), devices.cpu())
+    assert model.spec.variant == "Flux.1 Depth"
+
+    def ours(units):
+        req = Txt2ImgRequest(prompt="a photo of a cat", steps=4, cfg_scale=1.0, distilled_cfg_scale=3.5, width=SIZE,
+                             height=SIZE, seed=SEED, sampler_name="Euler", controlnet_units=units)
+        return txt2img(ProcessingContext(model=model, options={"return_grid": False}, outputs=None), req)
+
+    result = ours([ControlNetUnitRequest(module="none", model="None", images=[UnitImage(_map())])])
+    assert "ControlNet 0" in result.infotexts[0] and "Model: None" in result.infotexts[0]
+    pipe = FluxControlPipeline(
+        transformer=model.unet, scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config),
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+        text_encoder_2=model.text_encoder_2, tokenizer_2=model.tokenizer_2)
+    theirs = pipe("a photo of a cat", control_image=_map(), guidance_scale=3.5, num_inference_steps=4, height=SIZE,
+                  width=SIZE, generator=[torch.Generator().manual_seed(SEED)],
+                  max_sequence_length=model.spec.defaults["t5_max_length"]).images
+    assert _diff(result.images, theirs) <= 2
+    other = ours([ControlNetUnitRequest(module="invert", model="None", images=[UnitImage(_map())])])
+    assert _diff(other.images, theirs) > 3  # the map decides
+    with pytest.raises(RequestError, match="Flux.1 Depth/Canny model: it draws from a control image"):
+        ours([])

@@ -44,12 +44,14 @@ def _vae(family: str) -> AutoencoderKL:
                          scaling_factor=scale, shift_factor=shift, use_quant_conv=False, use_post_quant_conv=False)
 
 
-def build_flux(guidance: bool = True, seed: int = 0, fill: bool = False) -> dict:
-    """Flux.1 dev (guidance embedder) or schnell, or Fill (its input also takes the masked picture's packed latents
-    and the packed pixel mask: 64 + 64 + 4·2² with this 2× VAE): transformer, VAE, CLIP-L, T5 (diffusers' names)."""
+def build_flux(guidance: bool = True, seed: int = 0, fill: bool = False, depth: bool = False) -> dict:
+    """Flux.1 dev (guidance embedder) or schnell, Fill (its input also takes the masked picture's packed latents
+    and the packed pixel mask: 64 + 64 + 4·2² with this 2× VAE) or Depth/Canny (the control image's packed latents:
+    64 + 64): transformer, VAE, CLIP-L, T5 (diffusers' names)."""
     torch.manual_seed(seed)
+    in_channels = 64 + 64 + 16 if fill else 128 if depth else 64
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=64 + 64 + 16 if fill else 64, out_channels=64 if fill else None, num_layers=1,
+        patch_size=1, in_channels=in_channels, out_channels=64 if fill or depth else None, num_layers=1,
         num_single_layers=1, attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
         pooled_projection_dim=64, guidance_embeds=guidance, axes_dims_rope=(4, 6, 6))
     return {"transformer": transformer.eval(), "vae": _vae("flux").eval(),

@@ -112,8 +112,9 @@ def _model_free(module: str | None) -> bool:
 
 def put_units(data: dict[str, Any], is_img2img: bool = False) -> dict[str, Any]:
     """Take the units' values out of `data` (the tab's field values) and put the enabled units into
-    `data["alwayson_scripts"]["controlnet"]`; returns `data`. Raises RequestError for an enabled unit that needs a
-    model and has none (the extension stops there too: "You have not selected any ControlNet Model")."""
+    `data["alwayson_scripts"]["controlnet"]`; returns `data`. An enabled unit without a model is the engine's to
+    judge (an error, as the extension's "You have not selected any ControlNet Model", except on a Flux.1
+    Depth/Canny checkpoint, which reads the unit's map itself)."""
     per_unit: dict[int, dict[str, Any]] = {}
     for name in [k for k in data if k.startswith(PREFIX)]:
         m = _KEY.match(name)
@@ -133,9 +134,6 @@ def unit_dict(v: dict[str, Any], index: int = 0, is_img2img: bool = False) -> di
     enabled = bool(v.get("enabled"))
     module = v.get("module") or "none"
     model = v.get("model") or "None"
-    if enabled and model == "None" and not _model_free(module):
-        raise RequestError(f"controlnet[{index}].model: ControlNet Unit {index} is enabled but has no model; pick "
-                           f"one in its Model list (or untick Enable)")
     pre = preprocessors.get(module)
     image = v.get("image")
     if is_img2img and not v.get("independent"):

@@ -34,15 +34,31 @@ class PreparedControls:
 
 def prepare(requests: list, *, library, model, width: int, height: int, init_image: Image.Image | None = None,
             init_mask: Image.Image | None = None, annotator_dir: Path | None = None,
-            skip_failed: bool = False, crop: tuple[int, int, int, int] | None = None) -> PreparedControls:
-    """`requests`: ControlNetUnitRequest list (inactive ones are skipped, as the extension does)."""
+            skip_failed: bool = False, crop: tuple[int, int, int, int] | None = None,
+            structure: bool = False) -> PreparedControls:
+    """`requests`: ControlNetUnitRequest list (inactive ones are skipped, as the extension does). `structure`: the
+    checkpoint reads a control image itself (Flux.1 Depth/Canny): an enabled unit without a model gives it its
+    map (one such unit)."""
     from modules.controlnet.unit_request import infotext_fields
 
     out = PreparedControls()
     used = []
     for index, req in enumerate(requests):
+        if structure and req.enabled and not req.active:
+            if any(u.kind == "structure" for u in out.units):
+                raise RequestError(f"controlnet[{index}]: {model.title} reads one control image; a second unit "
+                                   "without a model has nothing to guide")
+            unit, detected = _prepare_one(index, req, library, model, width, height, init_image, init_mask,
+                                          annotator_dir, crop, structure=True)
+            out.units.append(unit)
+            if req.save_detected_map and req.module != "none":
+                out.detected_maps.append(detected)
+                out.map_modules.append(req.module)
+            used.append(req)
+            continue
         if req.enabled and not req.active:  # the extension: "You have not selected any ControlNet Model"
-            error = RequestError(f"controlnet[{index}].model: unit {index} is enabled but has no model")
+            error = RequestError(f"controlnet[{index}].model: ControlNet unit {index} is enabled but has no model; "
+                                 "pick one in its Model list (or disable the unit)")
             if not skip_failed:
                 raise error
             out.warnings.append(f"{error} (unit skipped)")
@@ -68,7 +84,7 @@ def prepare(requests: list, *, library, model, width: int, height: int, init_ima
 
 
 def _prepare_one(index: int, req, library, model, width: int, height: int, init_image, init_mask,
-                 annotator_dir: Path | None, crop=None):
+                 annotator_dir: Path | None, crop=None, structure: bool = False):
     from modules.controlnet import preprocessors, reference
     from modules.controlnet.models import ControlNetLoadError
 
@@ -83,7 +99,7 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
             pre.name.startswith(("revision", "t2ia_style", "ip-adapter_face_id", "ip-adapter_pulid")):
         raise RequestError(f"{where}.module: {pre.name} is not supported yet (ControlNet, T2I-Adapter, "
                            "Control-LoRA and IP-Adapter models are)")
-    if req.model in ("", "None"):
+    if req.model in ("", "None") and not structure:
         raise RequestError(f"{where}.model: no ControlNet model chosen for preprocessor {pre.name}")
     source, mask = _input(where, req, init_image, init_mask)
     if crop is not None and req.inpaint_crop_input_image and init_image is not None:
@@ -105,6 +121,9 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
     except (preprocessors.MissingAnnotatorError, preprocessors.AnnotatorUnavailableError) as e:
         raise RequestError(f"{where}.module: {e}") from None
     detected_image = Image.fromarray(np.ascontiguousarray(detected[:, :, :3] if detected.ndim == 3 else detected))
+    if structure:  # the checkpoint reads the map itself (Flux.1 Depth/Canny)
+        return units_mod.ControlUnit(model=None, image=_control_input(detected), resize_mode=req.resize_mode.value,
+                                     kind="structure"), detected_image
     try:
         loaded = library.load(req.model, model.device, model.dtype, model.unet.config, model.family, model.title,
                               unet=model.unet)

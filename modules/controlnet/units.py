@@ -43,7 +43,7 @@ class ControlUnit:
     soft_in_hires: bool = False  # canny / mlsd maps
     advanced_weighting: list[float] | None = None
     union_type: int | None = None  # index into UNION_TYPES for a Union model
-    kind: str = "controlnet"  # "controlnet" | "union" | "t2i_adapter" | "ip_adapter" | "flux" | "sd3" | "reference"
+    kind: str = "controlnet"  # controlnet | union | t2i_adapter | ip_adapter | flux | sd3 | reference | structure
     ip_embeds: tuple | None = None  # an IP-Adapter's (positive, negative) image tokens (ip_adapter.encode)
     region_mask: torch.Tensor | None = None  # (1, 1, H, W) in [0, 1]: where the unit acts (effective region mask)
     low_vram: bool = False  # the model waits on the CPU between steps (GPU only)
@@ -89,7 +89,7 @@ class ControlUnit:
         from modules.controlnet.control_map import fit, to_tensor
 
         fitted = fit(self.image, width, height, self.resize_mode)
-        if self.kind in ("flux", "sd3", "reference"):  # the VAE's input, [-1, 1]: the pass encodes it
+        if self.kind in ("flux", "sd3", "reference", "structure"):  # the VAE's input, [-1, 1]: the pass encodes it
             return (to_tensor(fitted) * 2 - 1).repeat_interleave(batch, dim=0).to(device=device, dtype=dtype)
         if self.kind == "t2i_adapter" and self.model.config.in_channels == 1:  # sketch/canny adapters: grey
             fitted = fitted.convert("L").convert("RGB")

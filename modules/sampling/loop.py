@@ -86,6 +86,7 @@ class SamplingJob:
     hooks: SamplingHooks | None = None
     add_noise: Callable | None = None  # (x0, noise, timesteps) → noised; default the scheduler's (flow: scale_noise)
     controls: list = field(default_factory=list)  # controlnet.units.ActiveControl: residuals added to the UNet
+    control_latents: torch.Tensor | None = None  # (B, C, h, w) read next to the latents (Flux.1 Depth/Canny)
 
     @property
     def use_cfg(self) -> bool:
@@ -125,6 +126,8 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
         if job.use_cfg:
             mask, masked = torch.cat([mask] * 2), torch.cat([masked] * 2)
         x = torch.cat([x, *job.inpaint.channels(mask, masked)], dim=1)
+    if job.control_latents is not None:
+        x = torch.cat([x, torch.cat([job.control_latents] * 2) if job.use_cfg else job.control_latents], dim=1)
     noise_pred = job.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False,
                           **control)[0]
     if job.hooks is not None:
@@ -210,6 +213,9 @@ def _denoise_multi(job: SamplingJob, latents: torch.Tensor, t, step: int, cond, 
             mask = torch.cat([job.inpaint.mask, mask])
             masked = torch.cat([job.inpaint.masked_image_latents, masked])
         x = torch.cat([x, *job.inpaint.channels(mask, masked)], dim=1)
+    if job.control_latents is not None:
+        read = job.control_latents[owners]
+        x = torch.cat([x, torch.cat([job.control_latents, read]) if use_cfg else read], dim=1)
     out = job.unet(x, t, encoder_hidden_states=torch.cat(embeds), added_cond_kwargs=added, return_dict=False,
                    **control)[0]
     if use_cfg:
