@@ -63,7 +63,7 @@ def test_paste_maps_controlnet_infotext_to_the_unit_controls():
 
 
 def test_unit_values_become_the_extensions_api_units():
-    from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest
+    from modules.request_types import Img2ImgRequest, Txt2ImgRequest
     from webui.controlnet_panel import key, put_units, select_control_type
 
     picture = _square()
