@@ -400,3 +400,57 @@ def test_depth_anything_reads_the_vit_size_and_version_from_the_file():
         net = DepthAnythingForDepthEstimation(config)
     converted = depth_anything.to_transformers(large)
     assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def _onnx(module, shape, path):
+    """A module exported as the ONNX file OpenCV's DNN reads (the extension's DWPose files are ONNX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(module, (torch.zeros(shape),), str(path), dynamo=False)
+
+
+class _Constant(torch.nn.Module):
+    """Answers fixed outputs whatever the picture (what a detector / pose network would answer for it)."""
+
+    def __init__(self, *outputs):
+        super().__init__()
+        for i, value in enumerate(outputs):
+            self.register_buffer(f"out{i}", value)
+        self.count = len(outputs)
+
+    def forward(self, x):
+        zero = x[:, :1, :1, :1].reshape(1, 1, 1) * 0
+        outs = tuple(getattr(self, f"out{i}") + zero for i in range(self.count))
+        return outs if self.count > 1 else outs[0]
+
+
+def test_dw_openpose_full_decodes_people_and_whole_body_keypoints(tmp_path):
+    """DWPose through OpenCV's DNN: a YOLOX answer with one person box (grid cell decoding, letterbox ratio) and
+    RTMPose SimCC answers with known peaks give the keypoints where the boxes' affine maps put them, the neck
+    between the shoulders, OpenPose's body order, 21-point hands and a 70-point face; the map has the skeleton."""
+    det = torch.zeros(1, 8400, 85)
+    anchor = 6400 + 1600 + 10 * 20 + 10  # stride 32, cell (10, 10): centre (320, 320) in the 640 letterbox
+    det[0, anchor, :6] = torch.tensor([0.0, 0.0, math.log(200 / 32), math.log(400 / 32), 0.9, 0.9])
+    _onnx(_Constant(det), (1, 3, 640, 640), tmp_path / "openpose" / "yolox_l.onnx")
+    rng = np.random.default_rng(1)
+    us, vs = rng.integers(20, 268, 133), rng.integers(20, 364, 133)  # each keypoint's place in the 288×384 crop
+    simcc_x, simcc_y = torch.zeros(1, 133, 576), torch.zeros(1, 133, 768)
+    simcc_x[0, np.arange(133), 2 * us] = 0.9
+    simcc_y[0, np.arange(133), 2 * vs] = 0.8
+    _onnx(_Constant(simcc_x, simcc_y), (1, 3, 384, 288), tmp_path / "openpose" / "dw-ll_ucoco_384.onnx")
+
+    seen = []
+    picture = np.full((64, 64, 3), 90, np.uint8)
+    out = pp.get("dw_openpose_full").run(picture, resolution=64, annotator_dir=tmp_path, device="cpu",
+                                         pose_sink=seen.append)
+    assert out.shape == (64, 64, 3) and out.max() > 0  # the skeleton is drawn
+    person = seen[0]["people"][0]
+    # the box (22, 12)-(42, 52) in the 64-pixel picture, widened 1.25× and to 288:384: 37.5 × 50 around (32, 32)
+    xs, ys = us / 288 * 37.5 + 32 - 18.75, vs / 384 * 50 + 32 - 25
+    body = np.array(person["pose_keypoints_2d"]).reshape(18, 3)
+    coco_for = {0: 0, 2: 6, 5: 5, 14: 2, 16: 4}  # OpenPose index → COCO-WholeBody index (nose, shoulders, eyes…)
+    for op, coco in coco_for.items():
+        assert body[op, :2] == pytest.approx([xs[coco], ys[coco]], abs=1e-4) and body[op, 2] == 1.0
+    assert body[1, :2] == pytest.approx([(xs[5] + xs[6]) / 2, (ys[5] + ys[6]) / 2], abs=1e-4)  # the neck
+    assert len(person["hand_left_keypoints_2d"]) == 63 and len(person["hand_right_keypoints_2d"]) == 63
+    assert len(person["face_keypoints_2d"]) == 210  # 68 + both eyes
+    assert person["hand_left_keypoints_2d"][:2] == pytest.approx([xs[91], ys[91]], abs=1e-4)

@@ -506,6 +506,33 @@ def poses_json(poses, h: int, w: int) -> dict:
             "animals": [], "canvas_height": h, "canvas_width": w}
 
 
+def _dw_openpose(img, res, a, b, ctx):
+    """DWPose (dwpose.py): body, hands and face, drawn as the extension draws them; the pose JSON keeps DWPose's
+    pixel coordinates, as the extension's does."""
+    from controlnet_aux.open_pose import PoseResult
+    from controlnet_aux.open_pose.body import BodyResult, Keypoint
+
+    from modules.controlnet import dwpose
+
+    p = resize_with_pad(img, res)
+    h, w = p.image.shape[:2]
+    try:
+        found = dwpose.detect(locate(ctx, "openpose/yolox_l.onnx"), locate(ctx, "openpose/dw-ll_ucoco_384.onnx"),
+                              p.image)
+    except cv2.error as e:
+        raise RuntimeError(f"DWPose could not run its ONNX networks: {str(e).strip()[:200]}") from e
+    if ctx.pose_sink is not None:
+        ctx.pose_sink(poses_json(found, h, w))
+
+    def scaled(points):
+        return None if points is None else [None if k is None else Keypoint(k.x / w, k.y / h, k.score, k.id)
+                                            for k in points]
+
+    normalised = [PoseResult(BodyResult(scaled(q.body.keypoints), q.body.total_score, q.body.total_parts),
+                             scaled(q.left_hand), scaled(q.right_hand), scaled(q.face)) for q in found]
+    return p.crop(draw_poses(normalised, h, w, True, True, True))
+
+
 # --- which network each file holds ---
 
 # --- NormalBAE (surface normals, ScanNet) ---
@@ -608,6 +635,7 @@ RUNNERS: dict[str, Runner] = {
     "openpose_face": functools.partial(_openpose, face=True),
     "openpose_faceonly": functools.partial(_openpose, body=False, face=True),
     "openpose_full": functools.partial(_openpose, hand=True, face=True),
+    "dw_openpose_full": _dw_openpose,
 }
 
 
