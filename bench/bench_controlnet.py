@@ -97,11 +97,13 @@ class Sides:
                          generator=[torch.Generator(m.device).manual_seed(a.seed)]).images
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def sd15_args(description: str, argv=None, rounds: int = 3):
+    """The options the SD1.5-size side-by-side benches share (the checkpoint is bench_txt2img.py's file); threads
+    set as asked."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=rounds)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: fp16 on CUDA, fp32 on CPU")
@@ -112,6 +114,11 @@ def main(argv=None) -> int:
     args.file_dtype, args.ckpt, args.no_half_vae = "fp16", None, False
     if args.threads:
         torch.set_num_threads(args.threads)
+    return args
+
+
+def main(argv=None) -> int:
+    args = sd15_args(__doc__.split("\n\n")[0], argv)
     sides = Sides(args, ensure_model_file(args))
     print(f"torch {torch.__version__} | {args.device} {args.dtype} | threads {torch.get_num_threads()} | "
           f"{args.size}x{args.size}, {args.steps} steps, Euler, CFG 7 | ControlNet "

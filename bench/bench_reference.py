@@ -26,27 +26,14 @@ for p in (str(REPO), str(REPO / "bench")):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench_controlnet import control_picture  # noqa: E402
-from bench_txt2img import DTYPES, NEGATIVE, PROMPT, device_config, ensure_model_file, sync  # noqa: E402
+from bench_controlnet import control_picture, sd15_args  # noqa: E402
+from bench_txt2img import NEGATIVE, PROMPT, device_config, ensure_model_file, sync  # noqa: E402
 
 MODULES = ("none", "reference_only", "reference_adain", "reference_adain+attn")
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: fp16 on CUDA, fp32 on CPU")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (0: torch's default)")
-    p.add_argument("--cache-dir", default="/tmp/sdbench")
-    args = p.parse_args(argv)
-    args.dtype = args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")
-    args.file_dtype, args.ckpt, args.no_half_vae = "fp16", None, False
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = sd15_args(__doc__.split("\n\n")[0], argv, rounds=2)
     from modules.engine import Engine
     from modules.paths import Paths
 
