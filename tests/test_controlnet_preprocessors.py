@@ -454,3 +454,39 @@ def test_dw_openpose_full_decodes_people_and_whole_body_keypoints(tmp_path):
     assert len(person["hand_left_keypoints_2d"]) == 63 and len(person["hand_right_keypoints_2d"]) == 63
     assert len(person["face_keypoints_2d"]) == 210  # 68 + both eyes
     assert person["hand_left_keypoints_2d"][:2] == pytest.approx([xs[91], ys[91]], abs=1e-4)
+
+
+def test_animal_openpose_reads_animal_boxes_with_the_ap10k_network(tmp_path):
+    """YOLOX's animal classes (COCO 14-23) and RTMPose-m (256×256, 17 AP-10K keypoints): the keypoints where the box's
+    affine map puts them, limbs drawn; a person box is no animal (black map, no animals in the JSON)."""
+    from modules.controlnet.annotators import ANIMAL_POSE_FILE
+
+    def detector(cls: int):
+        det = torch.zeros(1, 8400, 85)
+        anchor = 6400 + 1600 + 10 * 20 + 10
+        det[0, anchor, :4] = torch.tensor([0.0, 0.0, math.log(200 / 32), math.log(400 / 32)])
+        det[0, anchor, 4] = det[0, anchor, 5 + cls] = 0.9
+        _onnx(_Constant(det), (1, 3, 640, 640), tmp_path / "openpose" / "yolox_l.onnx")
+
+    rng = np.random.default_rng(2)
+    us, vs = rng.integers(10, 246, 17), rng.integers(10, 246, 17)
+    simcc_x, simcc_y = torch.zeros(1, 17, 512), torch.zeros(1, 17, 512)
+    simcc_x[0, np.arange(17), 2 * us] = 0.7
+    simcc_y[0, np.arange(17), 2 * vs] = 0.9
+    _onnx(_Constant(simcc_x, simcc_y), (1, 3, 256, 256), tmp_path / ANIMAL_POSE_FILE)
+    picture = np.full((64, 64, 3), 90, np.uint8)
+
+    detector(15)  # a cat
+    seen = []
+    out = pp.get("animal_openpose").run(picture, resolution=64, annotator_dir=tmp_path, device="cpu",
+                                        pose_sink=seen.append)
+    assert out.shape == (64, 64, 3) and out.max() > 0 and seen[0]["people"] == []
+    points = np.array(seen[0]["animals"][0]).reshape(17, 3)
+    assert points[:, 0] == pytest.approx(us / 256 * 50 + 32 - 25, abs=1e-4)  # the box widened to 50 × 50
+    assert points[:, 1] == pytest.approx(vs / 256 * 50 + 32 - 25, abs=1e-4)
+
+    detector(0)  # a person: not an animal
+    seen.clear()
+    out = pp.get("animal_openpose").run(picture, resolution=64, annotator_dir=tmp_path, device="cpu",
+                                        pose_sink=seen.append)
+    assert out.max() == 0 and seen[0]["animals"] == []

@@ -533,6 +533,23 @@ def _dw_openpose(img, res, a, b, ctx):
     return p.crop(draw_poses(normalised, h, w, True, True, True))
 
 
+def _animal_openpose(img, res, a, b, ctx):
+    """AP-10K animal skeletons (dwpose.py: YOLOX's animal boxes, RTMPose-m 256×256)."""
+    from modules.controlnet import dwpose
+
+    p = resize_with_pad(img, res)
+    h, w = p.image.shape[:2]
+    found = dwpose.animals(locate(ctx, "openpose/yolox_l.onnx"), locate(ctx, ANIMAL_POSE_FILE), p.image)
+    if ctx.pose_sink is not None:
+        data = poses_json([], h, w)
+        data["animals"] = [[v for k in animal for v in (float(k.x), float(k.y), 1.0)] for animal in found]
+        ctx.pose_sink(data)
+    return p.crop(dwpose.draw_animals(found, h, w))
+
+
+ANIMAL_POSE_FILE = "openpose/rtmpose-m_simcc-ap10k_pt-aic-coco_210e-256x256-7a041aa1_20230206.onnx"
+
+
 # --- which network each file holds ---
 
 # --- NormalBAE (surface normals, ScanNet) ---
@@ -636,6 +653,7 @@ RUNNERS: dict[str, Runner] = {
     "openpose_faceonly": functools.partial(_openpose, body=False, face=True),
     "openpose_full": functools.partial(_openpose, hand=True, face=True),
     "dw_openpose_full": _dw_openpose,
+    "animal_openpose": _animal_openpose,
 }
 
 

@@ -70,10 +70,10 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
     return keep
 
 
-def people(net, image: np.ndarray) -> np.ndarray | None:
-    """(N, 4) boxes x0, y0, x1, y1 in the picture's pixels; None when nothing at all was detected (then the
-    extension finds no pose), an empty array when only unsure or non-person boxes were (then it reads the whole
-    picture)."""
+def people(net, image: np.ndarray, classes: tuple[int, ...] = (0,)) -> np.ndarray | None:
+    """(N, 4) boxes x0, y0, x1, y1 in the picture's pixels of the COCO `classes` (0: people; 14-23: animals);
+    None when nothing at all was detected (then the extension finds no pose), an empty array when only unsure or
+    other boxes were (then it reads the whole picture for people)."""
     h, w = DETECT_SIZE
     ratio = min(h / image.shape[0], w / image.shape[1])
     size = (int(image.shape[1] * ratio), int(image.shape[0] * ratio))
@@ -101,7 +101,7 @@ def people(net, image: np.ndarray) -> np.ndarray | None:
     if not found:
         return None
     found = np.array(found)
-    return found[(found[:, 4] > 0.3) & (found[:, 5] == 0), :4]
+    return found[(found[:, 4] > 0.3) & np.isin(found[:, 5], classes), :4]
 
 
 # --- keypoints ---
@@ -115,11 +115,13 @@ def _warp(centre: np.ndarray, scale: np.ndarray, size: tuple[int, int]) -> np.nd
     return cv2.getAffineTransform(src, dst)
 
 
-def keypoints(net, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, K, 2) keypoints in the picture's pixels and (N, K) scores; the whole picture when no box was found."""
+def keypoints(net, image: np.ndarray, boxes: np.ndarray,
+              size: tuple[int, int] = POSE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K, 2) keypoints in the picture's pixels and (N, K) scores, for a pose network reading `size` (w, h)
+    crops; the whole picture when no box was found."""
     if len(boxes) == 0:
         boxes = np.array([[0, 0, image.shape[1], image.shape[0]]], np.float64)
-    w, h = POSE_SIZE
+    w, h = size
     all_points, all_scores = [], []
     for x0, y0, x1, y1 in boxes:
         centre = np.array([x0 + x1, y0 + y1]) * 0.5
@@ -170,6 +172,38 @@ def poses(info: np.ndarray):
         out.append(PoseResult(BodyResult(body, score, len(body)), part(person[92:113]), part(person[113:134]),
                               face))
     return out
+
+
+ANIMAL_POSE_SIZE = (256, 256)  # RTMPose-m trained on AP-10K: 17 keypoints
+_ANIMAL_CLASSES = tuple(range(14, 24))  # COCO's birds to giraffes
+_ANIMAL_LIMBS = [(1, 2), (2, 3), (1, 3), (3, 4), (4, 9), (9, 10), (10, 11), (4, 6), (6, 7), (7, 8), (4, 5), (5, 15),
+                 (15, 16), (16, 17), (5, 12), (12, 13), (13, 14)]
+_ANIMAL_COLOURS = [(255, 255, 255), (100, 255, 100), (150, 255, 255), (100, 50, 255), (50, 150, 200), (0, 255, 255),
+                   (0, 150, 0), (0, 0, 255), (0, 0, 150), (255, 50, 255), (255, 0, 255), (255, 0, 0), (150, 0, 0),
+                   (255, 255, 100), (0, 150, 0), (255, 255, 0), (150, 150, 150)]
+
+
+def animals(det_path: Path, pose_path: Path, image: np.ndarray) -> list:
+    """Each animal's 17 AP-10K keypoints (controlnet_aux Keypoints in pixels, scores clipped to 0-1; all kept, as
+    the extension keeps them); none when no animal box was found."""
+    from controlnet_aux.open_pose.body import Keypoint
+
+    boxes = people(load(det_path), image, _ANIMAL_CLASSES)
+    if boxes is None or len(boxes) == 0:
+        return []
+    points, scores = keypoints(load(pose_path), image, boxes, ANIMAL_POSE_SIZE)
+    return [[Keypoint(float(x), float(y), float(np.clip(s, 0, 1)), i) for i, ((x, y), s) in enumerate(zip(p, c))]
+            for p, c in zip(points, scores)]
+
+
+def draw_animals(found: list, h: int, w: int) -> np.ndarray:
+    """The extension's animal skeletons: a 5-pixel line per limb in its colour, on black."""
+    canvas = np.zeros((h, w, 3), np.uint8)
+    for animal in found:
+        for (i, j), colour in zip(_ANIMAL_LIMBS, _ANIMAL_COLOURS):
+            a, b = animal[i - 1], animal[j - 1]
+            cv2.line(canvas, (int(a.x), int(a.y)), (int(b.x), int(b.y)), colour, 5)
+    return canvas
 
 
 def detect(det_path: Path, pose_path: Path, image: np.ndarray) -> list:
