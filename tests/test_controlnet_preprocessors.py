@@ -282,6 +282,7 @@ def annotator_dir(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # full-size annotator networks
 @pytest.mark.parametrize("label", RUNNABLE)
 def test_model_based_with_random_weights_gives_a_map_of_the_right_size(annotator_dir, label):
     p = pp.get(label)
@@ -291,6 +292,7 @@ def test_model_based_with_random_weights_gives_a_map_of_the_right_size(annotator
         assert set(np.unique(out)) <= {0, 255}
 
 
+@pytest.mark.slow  # full-size annotator networks
 def test_a_file_holding_another_network_is_refused_by_name(annotator_dir, tmp_path):
     (tmp_path / "lineart").mkdir()
     (tmp_path / "lineart" / "sk_model.pth").write_bytes((annotator_dir / "hed" / "ControlNetHED.pth").read_bytes())
@@ -305,6 +307,7 @@ def test_listed_but_not_runnable_says_so_once_its_file_is_there(tmp_path):
         pp.get("depth_zoe").run(_square(), annotator_dir=tmp_path)
 
 
+@pytest.mark.slow  # full-size annotator networks
 def test_pose_json_is_openposes_format_with_the_padded_canvas(annotator_dir):
     from controlnet_aux.open_pose import PoseResult
     from controlnet_aux.open_pose.body import BodyResult, Keypoint
@@ -361,6 +364,7 @@ def _depth_anything_shapes(hidden: int = 384, layers: int = 12, features: int = 
     return shapes
 
 
+@pytest.mark.slow  # full-size annotator networks
 @pytest.mark.parametrize("label,relative", [
     ("depth_anything", "depth_anything/depth_anything_vitl14.pth"),
     ("depth_anything_v2", "depth_anything_v2/depth_anything_v2_vitl.safetensors")])

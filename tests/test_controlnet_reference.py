@@ -188,6 +188,7 @@ def test_each_reference_module_runs_on_each_unet_kind(engine, model, module, ext
     assert guided.shape == plain.shape and np.abs(guided - plain).max() > 0
 
 
+@pytest.mark.slow  # 20 demo pictures
 def test_demo_model_takes_the_references_colours(tmp_path):
     """On the demo model, "a red circle on a white background" with reference_adain on a green square on yellow:
     the backgrounds turn yellow (the reference's), without the unit they stay white."""
