@@ -235,3 +235,28 @@ def test_flux_depth_checkpoint_reads_its_units_map_as_the_control_pipeline(tmp_p
     assert _diff(other.images, theirs) > 3  # the map decides
     with pytest.raises(RequestError, match="Flux.1 Depth/Canny model: it draws from a control image"):
         ours([])
+
+
+def test_flux_depth_img2img_matches_the_control_img2img_pipeline(tmp_path):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxControlImg2ImgPipeline
+
+    from modules.processing import img2img
+    from modules.request_types import Img2ImgRequest
+
+    model = loader.load_model(tfm.write_all_in_one(tfm.build_flux(True, seed=8, depth=True),
+                                                   tmp_path / "flux1-canny-dev.safetensors"), devices.cpu())
+    init = Image.fromarray(np.random.RandomState(4).randint(0, 255, (SIZE, SIZE, 3), np.uint8))
+    unit = ControlNetUnitRequest(module="none", model="None", images=[UnitImage(_map())])
+    # 5 steps × 0.6: A1111's and diffusers' step counts agree when steps × strength is whole
+    req = Img2ImgRequest(prompt="a photo of a cat", steps=5, cfg_scale=1.0, distilled_cfg_scale=3.5, width=SIZE,
+                         height=SIZE, seed=SEED, sampler_name="Euler", init_images=[init], denoising_strength=0.6,
+                         controlnet_units=[unit])
+    ours = img2img(ProcessingContext(model=model, options={"return_grid": False}, outputs=None), req).images
+    pipe = FluxControlImg2ImgPipeline(
+        transformer=model.unet, scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config),
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+        text_encoder_2=model.text_encoder_2, tokenizer_2=model.tokenizer_2)
+    theirs = pipe("a photo of a cat", image=init, control_image=_map(), strength=0.6, guidance_scale=3.5,
+                  num_inference_steps=5, height=SIZE, width=SIZE, generator=[torch.Generator().manual_seed(SEED)],
+                  max_sequence_length=model.spec.defaults["t5_max_length"]).images
+    assert _diff(ours, theirs) <= 2
