@@ -400,6 +400,10 @@ class Generation:
         `crop`: img2img's "Only masked" region (x, y, w, h) of the picture, which units' inputs are cut to too."""
         self.controls = self._prepare_controls(crop)
         self.control_units = list(self.ctx.control_units) + self.controls.units
+        if not (self.req.prompt or "").strip() and not (self.req.negative_prompt or "").strip():
+            for u in self.control_units:  # the extension: ReVision with no prompt at all uses the picture alone
+                if u.kind == "revision":
+                    u.model.ignore_prompt = True
 
     def _prepare_controls(self, crop):
         from modules.controlnet.prepare import PreparedControls, prepare

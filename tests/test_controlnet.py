@@ -454,3 +454,48 @@ def test_sdxl_ip_adapter_matches_its_pipeline(load_tiny, tmp_path):
     pipe = StableDiffusionXLPipeline(scheduler=scheduler, image_encoder=encoder,
                                      feature_extractor=ip_adapter.image_processor(encoder), **_sdxl_parts(model))
     _assert_image_prompt_parity(model, pipe, weights, 0.7, picture, ours)
+
+
+@pytest.mark.parametrize("module", ["revision_clipvision", "revision_ignore_prompt"])
+def test_revision_is_the_sdxl_pipeline_with_the_pictures_embedding_as_pooled_prompt(load_tiny, tmp_path, module):
+    """ReVision (the extension's SDXL picture prompt): the picture's projected CLIP embedding, times the weight,
+    as the prompt's pooled embedding and zeros for the negative prompt's (ignore_prompt: no text tokens either),
+    equal to StableDiffusionXLPipeline given those embeddings."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+
+    from modules.controlnet import ip_adapter
+    from modules.controlnet.models import ControlNetLibrary
+    from modules.controlnet.revision import noise_augmented
+    from modules.controlnet.unit_request import ControlNetUnitRequest, UnitImage
+    from modules.sampling import samplers
+    from tests import tiny_controlnets as tc
+
+    model = load_tiny("sdxl.safetensors")
+    config = model.unet.config
+    width = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    (tmp_path / "clip").mkdir()
+    encoder = tc.build_clip_vision(21, projection=width)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp_path / "clip" / "clip_g.safetensors"))
+    library = ControlNetLibrary([tmp_path / "cn"], clip_vision_dirs=[tmp_path / "clip"])
+    picture = _map(18)
+    unit = ControlNetUnitRequest(module=module, model="None", weight=0.8, threshold_a=0.1, images=[UnitImage(picture)])
+    req = Txt2ImgRequest(prompt="a red ball", negative_prompt="blurry", steps=6, cfg_scale=6.0, width=SIZE,
+                         height=SIZE, seed=SEED, sampler_name="Euler", controlnet_units=[unit])
+    result = txt2img(ProcessingContext(model=model, options={"return_grid": False}, outputs=None,
+                                       controlnets=library), req)
+    assert 'Module: ' + module in result.infotexts[0] and len(result.images) == 1  # no map to show
+
+    embedding = ip_adapter.encode(encoder, picture, plus=False)[0].reshape(1, -1)
+    pooled = 0.8 * noise_augmented(embedding, 0.1, torch.Generator().manual_seed(0))
+    scheduler = samplers.build_scheduler(*samplers.resolve("Euler", None), model.scheduler_config).scheduler
+    pipe = StableDiffusionXLPipeline(scheduler=scheduler, **_sdxl_parts(model))
+    text, negative, _, _ = pipe.encode_prompt("a red ball", negative_prompt="blurry", device="cpu",
+                                             do_classifier_free_guidance=True)
+    if module == "revision_ignore_prompt":
+        text, negative = torch.zeros_like(text), torch.zeros_like(negative)
+    theirs = pipe(prompt_embeds=text, negative_prompt_embeds=negative, pooled_prompt_embeds=pooled,
+                  negative_pooled_prompt_embeds=torch.zeros_like(pooled), num_inference_steps=6, guidance_scale=6.0,
+                  width=SIZE, height=SIZE, generator=[torch.Generator().manual_seed(SEED)]).images
+    assert _diff(result.images, theirs) <= 1
+    assert _diff(result.images, _ours(model, [], 6.0)) > 3

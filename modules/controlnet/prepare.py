@@ -85,7 +85,7 @@ def prepare(requests: list, *, library, model, width: int, height: int, init_ima
 
 def _prepare_one(index: int, req, library, model, width: int, height: int, init_image, init_mask,
                  annotator_dir: Path | None, crop=None, structure: bool = False):
-    from modules.controlnet import preprocessors, reference
+    from modules.controlnet import preprocessors, reference, revision
     from modules.controlnet.models import ControlNetLoadError
 
     where = f"controlnet[{index}]"
@@ -95,8 +95,9 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
                            "lists them)")
     if pre.name in reference.MODULES:
         return _reference_unit(where, req, pre, model, init_image, init_mask, crop)
-    if any(t in ("Revision", "Instant-ID") for t in pre.tags) or \
-            pre.name.startswith(("revision", "t2ia_style", "ip-adapter_face_id", "ip-adapter_pulid")):
+    if pre.name in revision.MODULES:
+        return _revision_unit(where, req, pre, library, model, init_image, init_mask), None
+    if "Instant-ID" in pre.tags or pre.name.startswith(("t2ia_style", "ip-adapter_face_id", "ip-adapter_pulid")):
         raise RequestError(f"{where}.module: {pre.name} is not supported yet (ControlNet, T2I-Adapter, "
                            "Control-LoRA and IP-Adapter models are)")
     if req.model in ("", "None") and not structure:
@@ -163,6 +164,39 @@ def _reference_unit(where: str, req, pre, model, init_image, init_mask, crop):
         guidance_end=req.guidance_end, control_mode=req.control_mode.value, resize_mode=req.resize_mode.value,
         hr_option=req.hr_option.value, kind="reference")
     return unit, picture
+
+
+def _revision_unit(where: str, req, pre, library, model, init_image, init_mask) -> units_mod.ControlUnit:
+    """A ReVision unit: the picture's projected CLIP-G embedding (the encoder whose projection is as wide as the
+    checkpoint's pooled prompt), noise-augmented by the slider (a fixed noise seed: the same picture, the same
+    embedding)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from modules.controlnet import ip_adapter
+    from modules.controlnet.models import ControlNetLoadError
+    from modules.controlnet.revision import RevisionSpec, noise_augmented
+
+    if model.family != "sdxl":
+        raise RequestError(f"{where}.module: {pre.name} works with SDXL checkpoints, not "
+                           f"{getattr(model.spec, 'label', model.family)}")
+    config = model.unet.config
+    width = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    if library is None:
+        raise RequestError(f"{where}.module: {pre.name} needs the CLIP vision encoders in models/clip_vision")
+    try:
+        encoder = library.encoder(SimpleNamespace(plus=False, clip_width=width), model.device, model.dtype)
+    except ControlNetLoadError as e:
+        raise RequestError(f"{where}.module: {e}") from None
+    source, _ = _input(where, req, init_image, init_mask)
+    embedding = ip_adapter.encode(encoder, source, plus=False)[0].reshape(1, -1)
+    level = pre.slider_1.pick(req.threshold_a)
+    spec = RevisionSpec(noise_augmented(embedding, level, torch.Generator().manual_seed(0)),
+                        ignore_prompt=pre.name == "revision_ignore_prompt")
+    return units_mod.ControlUnit(model=spec, image=source.convert("RGB"), weight=req.weight,
+                                 guidance_start=req.guidance_start, guidance_end=req.guidance_end,
+                                 hr_option=req.hr_option.value, kind="revision")
 
 
 def _region(mask: Image.Image | None):

@@ -308,6 +308,7 @@ def _res(value: int = DEFAULT_RESOLUTION) -> Slider:
 
 
 _STYLE_FIDELITY = Slider("Style Fidelity (only for Balanced mode)", 0.5, 0.0, 1.0, 0.01)
+_NOISE_AUGMENTATION = Slider("Noise Augmentation", 0.0, 0.0, 1.0, 0.01)
 _GAMMA = Slider("Gamma Correction", 1.0, 0.1, 2.0, 0.001)
 _VARIATION = Slider("Variation", 8.0, 3.0, 32.0, 1.0)
 _SAFE_STEPS = Slider("Safe Steps", 2, 0, 10, 1)
@@ -358,6 +359,10 @@ def _weight_free() -> list[Preprocessor]:
         _free("inpaint_only", _identity, ["Inpaint"], priority=100, mask=True),
         # Image prompts: the picture goes through the IP-Adapter's CLIP vision encoder (modules/controlnet/
         # ip_adapter.py), found by width in models/clip_vision; no map is drawn.
+        # ReVision (SDXL): the picture's CLIP-G image embedding replaces the pooled prompt (revision.py)
+        _free("revision_clipvision", _identity, ["Revision"], None, _NOISE_AUGMENTATION, priority=100,
+              model_free=True),
+        _free("revision_ignore_prompt", _identity, ["Revision"], None, _NOISE_AUGMENTATION, model_free=True),
         _free("ip-adapter_clip_sd15", _identity, ["IP-Adapter"], label="ip-adapter_clip_h", priority=100),
         _free("ip-adapter_clip_sdxl", _identity, ["IP-Adapter"], label="ip-adapter_clip_g"),
         _free("ip-adapter_clip_sdxl_plus_vith", _identity, ["IP-Adapter"]),

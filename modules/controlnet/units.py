@@ -43,7 +43,7 @@ class ControlUnit:
     soft_in_hires: bool = False  # canny / mlsd maps
     advanced_weighting: list[float] | None = None
     union_type: int | None = None  # index into UNION_TYPES for a Union model
-    kind: str = "controlnet"  # controlnet | union | t2i_adapter | ip_adapter | flux | sd3 | reference | structure
+    kind: str = "controlnet"  # controlnet|union|t2i_adapter|ip_adapter|flux|sd3|reference|structure|revision
     ip_embeds: tuple | None = None  # an IP-Adapter's (positive, negative) image tokens (ip_adapter.encode)
     region_mask: torch.Tensor | None = None  # (1, 1, H, W) in [0, 1]: where the unit acts (effective region mask)
     low_vram: bool = False  # the model waits on the CPU between steps (GPU only)
@@ -84,7 +84,7 @@ class ControlUnit:
     def tensor(self, width: int, height: int, batch: int, device, dtype) -> torch.Tensor | None:
         """The map as the ControlNet reads it: (batch, 3, H, W) in [0, 1], fitted to the pass's size (an
         IP-Adapter reads no map: None)."""
-        if self.kind == "ip_adapter":
+        if self.kind in ("ip_adapter", "revision"):
             return None
         from modules.controlnet.control_map import fit, to_tensor
 
@@ -129,6 +129,8 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
         if unit.kind == "reference":
             if control.enabled and unit.active_at(step, total) and unit.weight > 0:
                 references.append(control)
+            continue
+        if unit.kind == "revision":  # applied to the prompt's embeddings before this (revision.apply)
             continue
         if unit.kind == "ip_adapter":  # every attached adapter needs its tokens; its scale says if it acts
             ip_embeds.append(_ip_rows(unit, rows, uncond_rows, x.dtype))

@@ -115,6 +115,7 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
     if getattr(cond, "owners", None):
         return _after_cfg(job, _denoise_multi(job, latents, t, step, cond, uncond), step)
     embeds, added = _unet_inputs(job, cond, uncond)
+    embeds, added = _revision(job, embeds, added, step, latents.shape[0] if job.use_cfg else 0)
     x = torch.cat([latents] * 2) if job.use_cfg else latents
     x = _scale_input(job.scheduler, x, t)
     batch = torch.arange(latents.shape[0], device=latents.device)
@@ -138,6 +139,16 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
     for hook in job.cfg_hooks:
         noise_pred = hook(noise_pred, latents, t, step) or noise_pred
     return _after_cfg(job, noise_pred, step)
+
+
+def _revision(job: SamplingJob, embeds, added, step: int, uncond_rows: int):
+    """ReVision units: the picture's embedding as the prompt rows' pooled embedding (and, asked, no text)."""
+    if not job.controls:
+        return embeds, added
+    from modules.controlnet import revision
+
+    return revision.apply([c.unit for c in job.controls if c.enabled], step, len(job.timesteps), embeds, added,
+                          uncond_rows)
 
 
 def _control(job: SamplingJob, x: torch.Tensor, t, embeds, added, step: int, rows: torch.Tensor,
@@ -203,8 +214,9 @@ def _denoise_multi(job: SamplingJob, latents: torch.Tensor, t, step: int, cond, 
     x = _scale_input(job.scheduler, torch.cat(rows), t)
     added = None if cond.pooled is None else {"text_embeds": torch.cat(pooled),
                                               "time_ids": None if time_ids is None else torch.cat(time_ids)}
+    embeds, added = _revision(job, torch.cat(embeds), added, step, batch if use_cfg else 0)
     every = torch.arange(batch, device=latents.device)
-    control = _control(job, x, t, torch.cat(embeds), added, step,
+    control = _control(job, x, t, embeds, added, step,
                        torch.cat([every, owners]) if use_cfg else owners, batch if use_cfg else 0)
     added = _with_image_prompts(job, control, added)
     if job.inpaint is not None and job.inpaint.masked_image_latents is not None:
@@ -216,7 +228,7 @@ def _denoise_multi(job: SamplingJob, latents: torch.Tensor, t, step: int, cond, 
     if job.control_latents is not None:
         read = job.control_latents[owners]
         x = torch.cat([x, torch.cat([job.control_latents, read]) if use_cfg else read], dim=1)
-    out = job.unet(x, t, encoder_hidden_states=torch.cat(embeds), added_cond_kwargs=added, return_dict=False,
+    out = job.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False,
                    **control)[0]
     if use_cfg:
         noise_uncond, noise_cond = out[:batch], out[batch:]
