@@ -250,7 +250,7 @@ def _assert_image_prompt_parity(model, pipe, weights, scale: float, picture, our
     """The pipeline with the same adapter attached and scaled draws what we drew, and the adapter really acts."""
     from modules.controlnet import ip_adapter
 
-    with ip_adapter.attached(model.unet, [weights]):
+    with ip_adapter.attached(model.unet, [weights], average_pictures=False):  # diffusers' own projection
         ip_adapter.set_scales(model.unet, [scale])
         theirs = pipe("a red ball", negative_prompt="blurry", ip_adapter_image=picture, num_inference_steps=6,
                       guidance_scale=6.0, width=SIZE, height=SIZE,
@@ -329,7 +329,7 @@ def test_ip_adapter_region_mask_matches_the_pipelines_ip_adapter_masks(load_tiny
     ImageDraw.Draw(region).rectangle((0, 0, SIZE // 2 - 1, SIZE - 1), fill=255)  # the left half
     ours = _ip_request(library, model, picture, region).images
     masks = IPAdapterMaskProcessor().preprocess([region], height=SIZE, width=SIZE)
-    with ip_adapter.attached(model.unet, [weights]):
+    with ip_adapter.attached(model.unet, [weights], average_pictures=False):
         ip_adapter.set_scales(model.unet, [0.8])
         theirs = pipe("a red ball", negative_prompt="blurry", ip_adapter_image=picture, num_inference_steps=6,
                       guidance_scale=6.0, width=SIZE, height=SIZE, generator=[torch.Generator().manual_seed(SEED)],
@@ -499,3 +499,34 @@ def test_revision_is_the_sdxl_pipeline_with_the_pictures_embedding_as_pooled_pro
                   width=SIZE, height=SIZE, generator=[torch.Generator().manual_seed(SEED)]).images
     assert _diff(result.images, theirs) <= 1
     assert _diff(result.images, _ours(model, [], 6.0)) > 3
+
+
+def test_several_pictures_for_one_ip_adapter_unit_average_their_tokens(load_tiny, tmp_path):
+    """The extension's multi-input IP-Adapter: the pictures' image tokens are averaged (a picture twice is that
+    picture once; two pictures draw something of both, unlike either alone)."""
+    import torch.nn as nn
+
+    from modules.controlnet import ip_adapter
+    from modules.controlnet.unit_request import UnitImage
+
+    model, library, _, _ = _ip_setup(load_tiny, tmp_path, False)
+    a, b = _map(9).resize((48, 40)), _map(10).resize((48, 40))
+
+    def images(pictures):
+        from modules.controlnet.unit_request import ControlNetUnitRequest
+
+        unit = ControlNetUnitRequest(module="ip-adapter_clip_sd15", model="ip-adapter_sd15", weight=0.8,
+                                     images=[UnitImage(p) for p in pictures])
+        req = Txt2ImgRequest(prompt="a red ball", negative_prompt="blurry", steps=6, cfg_scale=6.0, width=SIZE,
+                             height=SIZE, seed=SEED, sampler_name="Euler", controlnet_units=[unit])
+        return txt2img(ProcessingContext(model=model, options={"return_grid": False}, outputs=None,
+                                         controlnets=library), req).images
+
+    assert _diff(images([a, a]), images([a])) <= 1  # (a batch of two rows rounds a little differently)
+    both = images([a, b])
+    assert _diff(both, images([a])) > 3 and _diff(both, images([b])) > 3
+
+    layer = nn.Linear(4, 6)  # the projection averages after projecting, as the extension averages tokens
+    proj = ip_adapter.AveragedImageProjection(type("Multi", (), {"image_projection_layers": [layer]})())
+    embeds = torch.randn(2, 3, 4)
+    torch.testing.assert_close(proj([embeds])[0], layer(embeds).mean(dim=1, keepdim=True))

@@ -141,6 +141,13 @@ def image_processor(encoder):
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
+def encode_all(encoder, images: list, plus: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive, negative) for several pictures of one unit, one per picture along dim 1 (the attached projection
+    averages their tokens, as the extension's "multi-inputs" do)."""
+    pairs = [encode(encoder, image, plus) for image in images]
+    return torch.cat([p for p, _ in pairs], dim=1), torch.cat([n for _, n in pairs], dim=1)
+
+
 @torch.no_grad()
 def encode(encoder, image, plus: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(positive, negative) image tokens for one picture as diffusers' pipelines make them: the projected embedding
@@ -161,9 +168,10 @@ def encode(encoder, image, plus: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @contextlib.contextmanager
-def attached(unet, adapters: list[IPAdapterWeights]):
+def attached(unet, adapters: list[IPAdapterWeights], average_pictures: bool = True):
     """The adapters' attention processors and image projections on `unet` for the `with` block; the UNet's own
-    processors, projection and config are put back afterwards (also after an error or an interrupt)."""
+    processors, projection and config are put back afterwards (also after an error or an interrupt).
+    `average_pictures`: a unit's several pictures give their mean tokens (False: diffusers' own projection)."""
     if not adapters:
         yield
         return
@@ -171,11 +179,35 @@ def attached(unet, adapters: list[IPAdapterWeights]):
     projection, hid_type = unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
     try:
         unet._load_ip_adapter_weights([a.state_dict for a in adapters], low_cpu_mem_usage=False)
+        if average_pictures:
+            unet.encoder_hid_proj = AveragedImageProjection(unet.encoder_hid_proj)
         yield
     finally:  # the projection first: a "plus" resampler's own attention layers count as the UNet's while attached
         unet.encoder_hid_proj = projection
         unet.register_to_config(encoder_hid_dim_type=hid_type)
         unet.set_attn_processor(processors)
+
+
+class AveragedImageProjection(torch.nn.Module):
+    """diffusers' MultiIPAdapterImageProjection, except that a unit's several pictures give the mean of their image
+    tokens (the extension's ImageEmbed.average_of) where diffusers would line all their tokens up; one picture: the
+    same tokens as diffusers'."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def image_projection_layers(self):
+        return self.inner.image_projection_layers
+
+    def forward(self, image_embeds: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for embeds, layer in zip(image_embeds, self.inner.image_projection_layers):
+            batch, pictures = embeds.shape[:2]
+            tokens = layer(embeds.reshape((batch * pictures,) + embeds.shape[2:]))
+            out.append(tokens.reshape((batch, pictures) + tokens.shape[1:]).mean(dim=1, keepdim=True))
+        return out
 
 
 def set_scales(unet, scales: list[float]) -> None:

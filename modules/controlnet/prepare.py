@@ -225,7 +225,8 @@ def _image_prompt(where: str, req, library, model, picture: Image.Image, width: 
         encoder = library.encoder(loaded.model, model.device, model.dtype)
     except ControlNetLoadError as e:
         raise RequestError(f"{where}.model: {e}") from None
-    embeds = ip_adapter.encode(encoder, picture, loaded.model.plus)
+    pictures = [im.image for im in req.images] if len(req.images) > 1 else [picture]  # "multi-inputs": averaged
+    embeds = ip_adapter.encode_all(encoder, pictures, loaded.model.plus)
     region = None
     if req.effective_region_mask is not None:
         from diffusers.image_processor import IPAdapterMaskProcessor
