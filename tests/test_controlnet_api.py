@@ -113,6 +113,19 @@ def test_detect_returns_the_poses_a_pose_preprocessor_found(client, data, monkey
         "controlnet_module": "canny", "controlnet_input_images": [_b64(_square())]}).json()
 
 
+def test_a_broken_annotator_file_is_a_4xx_naming_it(client, data):
+    """A user's bad preprocessor file (here DWPose's detector, not ONNX at all) is a 422 that names it, and the
+    server answers the next request."""
+    folder = data / "models" / "ControlNetPreprocessor" / "openpose"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "yolox_l.onnx").write_bytes(b"half a download")
+    (folder / "dw-ll_ucoco_384.onnx").write_bytes(b"half a download")
+    r = client.post("/controlnet/detect", json={"controlnet_module": "dw_openpose_full",
+                                                "controlnet_input_images": [_b64(_square())]})
+    assert r.status_code == 422 and "yolox_l.onnx" in r.text, r.text
+    assert client.get("/controlnet/version").json() == {"version": 3}
+
+
 def _txt2img(client, units, **extra):
     body = {"prompt": "a red ball", "steps": 3, "width": SIZE, "height": SIZE, "seed": 5, "cfg_scale": 5,
             "sampler_name": "Euler", **extra}

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from modules.controlnet import depth_anything
+from modules.models.loader import ModelLoadError
 from modules.controlnet.preprocessors import (ANNOTATOR_FOLDER, AnnotatorUnavailableError, MissingAnnotatorError,
                                                RunContext, get, hwc3, lineart_standard, resize_with_pad)
 
@@ -93,7 +94,7 @@ def build_from(build: Callable[[], torch.nn.Module], path: Path,
         try:
             net = build(sd) if shaped else build()
         except (KeyError, ValueError) as e:
-            raise RuntimeError(f"{path} does not hold the weights this preprocessor expects: {e}") from e
+            raise ModelLoadError(f"{path} does not hold the weights this preprocessor expects: {e}") from e
     try:
         original = sd
         sd = convert(net, sd) if convert is not None else fit_keys(net, sd)
@@ -102,7 +103,7 @@ def build_from(build: Callable[[], torch.nn.Module], path: Path,
             net = build(original) if shaped else build()
             net.load_state_dict(sd, strict=True)
     except (RuntimeError, KeyError) as e:
-        raise RuntimeError(f"{path} does not hold the weights this preprocessor expects: {e}") from e
+        raise ModelLoadError(f"{path} does not hold the weights this preprocessor expects: {e}") from e
     return net.float().eval()
 
 
@@ -519,8 +520,9 @@ def _dw_openpose(img, res, a, b, ctx):
     try:
         found = dwpose.detect(locate(ctx, "openpose/yolox_l.onnx"), locate(ctx, "openpose/dw-ll_ucoco_384.onnx"),
                               p.image)
-    except cv2.error as e:
-        raise RuntimeError(f"DWPose could not run its ONNX networks: {str(e).strip()[:200]}") from e
+    except cv2.error as e:  # networks that load but do not answer as DWPose's do (another file under that name)
+        raise ModelLoadError(f"DWPose could not run the ONNX networks in {ctx.annotator_dir}/openpose: "
+                             f"{str(e).strip().splitlines()[-1][:160]}") from None
     if ctx.pose_sink is not None:
         ctx.pose_sink(poses_json(found, h, w))
 

@@ -38,8 +38,11 @@ def load(path: Path):
         if key not in _nets:
             try:
                 net = cv2.dnn.readNetFromONNX(str(path))
-            except cv2.error as e:
-                raise RuntimeError(f"{path} is not an ONNX network OpenCV can read: {str(e).strip()[:200]}") from e
+            except cv2.error as e:  # a user's bad file: a 4xx naming it, as for any model file
+                from modules.models.loader import ModelLoadError
+
+                raise ModelLoadError(f"{path.name}: not an ONNX network OpenCV can read ({path.parent}): "
+                                     f"{str(e).strip().splitlines()[-1][:160]}") from None
             net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
             net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
             for old in [k for k in _nets if k[0] == key[0]]:
