@@ -530,3 +530,23 @@ def test_several_pictures_for_one_ip_adapter_unit_average_their_tokens(load_tiny
     proj = ip_adapter.AveragedImageProjection(type("Multi", (), {"image_projection_layers": [layer]})())
     embeds = torch.randn(2, 3, 4)
     torch.testing.assert_close(proj([embeds])[0], layer(embeds).mean(dim=1, keepdim=True))
+
+
+def test_revision_refuses_what_it_cannot_guide(load_tiny, tmp_path):
+    """Clear 4xx messages naming the unit: ReVision on SD1.x, ReVision without its CLIP-G encoder (reference on Flux:
+    test_flux_controlnet.py)."""
+    from modules.controlnet.models import ControlNetLibrary
+    from modules.controlnet.unit_request import ControlNetUnitRequest, UnitImage
+    from modules.request_types import RequestError
+
+    library = ControlNetLibrary([tmp_path / "cn"], clip_vision_dirs=[tmp_path / "clip"])
+
+    def run(checkpoint, module):
+        unit = ControlNetUnitRequest(module=module, model="None", images=[UnitImage(_map(1))])
+        req = Txt2ImgRequest(prompt="x", steps=1, width=SIZE, height=SIZE, controlnet_units=[unit])
+        txt2img(ProcessingContext(model=load_tiny(checkpoint), options={}, outputs=None, controlnets=library), req)
+
+    with pytest.raises(RequestError, match=r"controlnet\[0\]\.module: revision_clipvision works with SDXL"):
+        run("sd1.safetensors", "revision_clipvision")
+    with pytest.raises(RequestError, match=r"controlnet\[0\]\.module: no CLIP vision encoder with projection width"):
+        run("sdxl.safetensors", "revision_ignore_prompt")

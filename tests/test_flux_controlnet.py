@@ -260,3 +260,11 @@ def test_flux_depth_img2img_matches_the_control_img2img_pipeline(tmp_path):
                   num_inference_steps=5, height=SIZE, width=SIZE, generator=[torch.Generator().manual_seed(SEED)],
                   max_sequence_length=model.spec.defaults["t5_max_length"]).images
     assert _diff(ours, theirs) <= 2
+
+
+def test_a_reference_unit_on_flux_is_refused_by_name(flux):
+    model, _, library = flux
+    unit = ControlNetUnitRequest(module="reference_only", model="None", images=[UnitImage(_map())])
+    req = Txt2ImgRequest(prompt="x", steps=1, width=SIZE, height=SIZE, controlnet_units=[unit])
+    with pytest.raises(RequestError, match=r"controlnet\[0\]\.module: reference_only works with SD1.x, SD2.x and SDXL"):
+        txt2img(ProcessingContext(model=model, options={}, outputs=None, controlnets=library), req)
