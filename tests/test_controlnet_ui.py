@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from tests.servers import SharedCache
+
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -165,7 +167,7 @@ def browser():
         pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
     sync_api.expect.set_options(timeout=30_000)  # a busy 2-core machine can take longer to draw a tab
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        b = SharedCache(p.chromium.launch(executable_path=CHROMIUM, args=FLAGS))
         yield b
         b.close()
 

@@ -27,7 +27,7 @@ if not Path(CHROMIUM).exists():
 expect = playwright_api.expect
 expect.set_options(timeout=30_000)  # not Playwright's 5 s: a busy 2-core machine can take longer to draw a tab
 
-from tests.servers import Server  # noqa: E402 - after the skips
+from tests.servers import Server, SharedCache  # noqa: E402 - after the skips
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def server(ui_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        b = SharedCache(p.chromium.launch(executable_path=CHROMIUM, args=FLAGS))
         yield b
         b.close()
 

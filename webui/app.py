@@ -318,6 +318,7 @@ def mount(app, engine: Engine, args, runtime=None) -> None:
     mounted["ui"] = next((r.app for r in reversed(app.routes) if getattr(r, "app", None) is not None
                           and getattr(r.app, "get_blocks", None) is not None), None)
     app.add_middleware(_FreshHead, demo=demo, head=head)
+    app.add_middleware(_ImmutableAssets)
     if logins:
         app.add_middleware(_LoggedOutPage, gradio_app=lambda: mounted.get("ui"))
 
@@ -341,6 +342,34 @@ class _FreshHead:
                 except Exception:  # noqa: BLE001 - an unreadable extension file must not stop the page
                     log.exception("could not rebuild the page head")
         await self.app(scope, receive, send)
+
+
+class _ImmutableAssets:
+    """ASGI middleware: Gradio's front-end bundles (`/assets/<name>-<hash>.js|css`) carry their content hash in their
+    name, so a browser may keep them for good; Gradio sends no Cache-Control, and every page load re-validated
+    ~120 scripts through Python (about a fifth of a page load's CPU on 2 cores)."""
+
+    _HASHED = re.compile(r"^/assets/[^/]+-[A-Za-z0-9_-]{8}\.(?:js|css)$")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        if scope.get("method") not in ("GET", "HEAD") or not self._HASHED.match(path):
+            await self.app(scope, receive, send)
+            return
+
+        async def cached(message):
+            if message["type"] == "http.response.start" and message.get("status") == 200:
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
+                message = {**message, "headers": headers + [(b"cache-control", b"public, max-age=31536000, immutable")]}
+            await send(message)
+
+        await self.app(scope, receive, cached)
 
 
 _API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.S)
