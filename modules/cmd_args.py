@@ -219,6 +219,15 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
     add("--medvram", action="store_true", help="keep only one model part on the GPU at a time (less VRAM, slower)")
     add("--medvram-sdxl", action="store_true", help="--medvram for SDXL models only")
     add("--lowvram", action="store_true", help="offload aggressively to the CPU (least VRAM, slowest)")
+    add("--always-gpu", action="store_true", help="keep every part of the model on the GPU (no offload)")
+    add("--always-offload-from-vram", action="store_true",
+        help="move each part of the model off the GPU once it is used (Forge; as --medvram)")
+    add("--gpu-weights-mb", type=_non_negative_int, default=0, metavar="MB",
+        help="at most this many MB of the model's weights on the GPU; the rest is offloaded (Forge's GPU Weights)")
+    add("--pin-shared-memory", action="store_true",
+        help="keep offloaded weights in pinned host memory (faster transfers, more locked RAM)")
+    add("--auto-retry-oom", action="store_true",
+        help="when the GPU runs out of memory, retry the job once with the next offload mode")
     add("--disable-nan-check", action="store_true", help="do not check generated images/latents for NaNs")
     add("--disable-safe-unpickle", action="store_true", help="accepted for compatibility; .ckpt files are always "
                                                                "loaded with weights_only")

@@ -12,7 +12,6 @@ class DeviceConfig:
     dtype: torch.dtype
     vae_dtype: torch.dtype
     attention: str = "sdpa"  # "sdpa" (PyTorch scaled_dot_product_attention) or "xformers"
-    offload: str = "none"  # "none", "model" (--medvram) or "sequential" (--lowvram)
 
     @property
     def is_cuda(self) -> bool:
@@ -25,11 +24,10 @@ def from_flags(
     no_half_vae: bool = False,
     precision: str | None = None,
     xformers: bool = False,
-    medvram: bool = False,
-    lowvram: bool = False,
     device_id: str | None = None,
 ) -> DeviceConfig:
-    """fp16 only on CUDA: half precision on CPU is slow and loses accuracy for no memory win that matters."""
+    """fp16 only on CUDA: half precision on CPU is slow and loses accuracy for no memory win that matters. (Where
+    the weights live — --medvram, --lowvram — is the memory plan's: modules/memory/.)"""
     cpu_forced = bool(use_cpu) and any(x in ("all", "sd") for x in use_cpu)
     if torch.cuda.is_available() and not cpu_forced:
         device = torch.device(f"cuda:{device_id}" if device_id else "cuda")
@@ -43,8 +41,7 @@ def from_flags(
     else:
         device, dtype, vae_dtype = torch.device("cpu"), torch.float32, torch.float32
     attention = "xformers" if xformers and device.type == "cuda" else "sdpa"
-    offload = "sequential" if lowvram and device.type == "cuda" else ("model" if medvram and device.type == "cuda" else "none")
-    return DeviceConfig(device=device, dtype=dtype, vae_dtype=vae_dtype, attention=attention, offload=offload)
+    return DeviceConfig(device=device, dtype=dtype, vae_dtype=vae_dtype, attention=attention)
 
 
 def cpu() -> DeviceConfig:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from modules import cpu_threads, devices, images, processing, prompt_limits
 from modules.hashes import HashCache
 from modules.jobs import JobQueue, JobState
@@ -25,6 +27,7 @@ from modules.request_types import GenerationRequest, Img2ImgRequest, RequestErro
 from modules.settings import Settings
 from modules.upscaling import UpscalerRegistry
 from modules.controlnet.models import ControlNetLibrary
+from modules.memory.manager import MemoryFlags, MemoryManager, OutOfMemory, job_of
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +61,11 @@ class Engine:
     threads: cpu_threads.ThreadPolicy = None  # type: ignore[assignment]  CPU threads per job (--threads, setting)
     controlnets: Any = None  # modules.controlnet.models.ControlNetLibrary (models/ControlNet, --controlnet-dir)
     hypernetworks: Any = None  # modules.networks.hypernetworks.HypernetworkRegistry (models/hypernetworks)
+    memory: MemoryManager = None  # type: ignore[assignment]  where weights live per job (modules/memory/)
 
     @classmethod
     def create(cls, paths: Paths, settings: Settings | None = None, device_config: devices.DeviceConfig | None = None,
-               no_hashing: bool = False, threads: int = 0) -> "Engine":
+               no_hashing: bool = False, threads: int = 0, memory: MemoryFlags | None = None) -> "Engine":
         paths.ensure_dirs()
         _sweep_temp_files(paths)
         settings = settings if settings is not None else Settings.load(paths.config_file)
@@ -72,6 +76,7 @@ class Engine:
         loras = LoraRegistry.from_paths(paths, registry.hash_cache)
         loras.refresh()
         engine = cls(paths, settings, device_config, registry, models, JobState(), JobQueue(), loras)
+        engine.memory = models.memory = MemoryManager(memory or MemoryFlags(), device_config.device, settings)
         engine.embeddings = EmbeddingDatabase(paths.embeddings_dir)
         engine.hypernetworks = HypernetworkRegistry.from_paths(paths)
         engine.hypernetworks.refresh()
@@ -86,10 +91,9 @@ class Engine:
     @classmethod
     def from_args(cls, ns, paths: Paths | None = None) -> "Engine":
         dc = devices.from_flags(use_cpu=ns.use_cpu, no_half=ns.no_half, no_half_vae=ns.no_half_vae,
-                                precision=ns.precision, xformers=ns.xformers, medvram=ns.medvram or ns.medvram_sdxl,
-                                lowvram=ns.lowvram, device_id=ns.device_id)
+                                precision=ns.precision, xformers=ns.xformers, device_id=ns.device_id)
         return cls.create(paths or Paths.from_args(ns), device_config=dc, no_hashing=ns.no_hashing,
-                          threads=getattr(ns, "threads", 0) or 0)
+                          threads=getattr(ns, "threads", 0) or 0, memory=MemoryFlags.from_args(ns))
 
     # -- generation ------------------------------------------------------------------------------------------------
 
@@ -138,7 +142,37 @@ class Engine:
                                     controlnets=self.controlnets, annotator_dir=self.paths.annotator_dir,
                                     hypernetworks=self.hypernetworks)
             ctx.state = self.state
-            return processing.run_request(ctx, req)
+            return self._within_memory(model, req, ctx)
+
+    def _within_memory(self, model, req: GenerationRequest, ctx: ProcessingContext) -> GenerationResult:
+        """Run the job under its memory plan; out of GPU memory → a message naming the stage and the next mode (or,
+        with --auto-retry-oom, one more try in that mode). The model stays usable either way."""
+        element = 4 if model.dtype == torch.float32 else 2
+        self.memory.prepare(model, job_of(req, element))
+        try:
+            result = processing.run_request(ctx, req)
+        except Exception as e:  # noqa: BLE001 - only out-of-memory errors are handled here
+            if not _is_oom(e):
+                raise
+            error = self.memory.out_of_memory(model, e)
+            from modules.memory.planner import next_mode
+
+            nxt = next_mode(self.memory.last_plan.mode) if self.memory.last_plan else None
+            if not (self.memory.flags.auto_retry_oom and nxt) or self.memory.retry_mode:
+                raise error from None
+            log.warning("%s; retrying once in %s", error, nxt)
+            self.memory.retry_mode = nxt
+            try:
+                self.memory.prepare(model, job_of(req, element))
+                result = processing.run_request(ctx, req)
+            except Exception as again:  # noqa: BLE001
+                if _is_oom(again):
+                    raise self.memory.out_of_memory(model, again) from None
+                raise
+            finally:
+                self.memory.retry_mode = None
+        self.memory.finish()
+        return result
 
     def use_cpu_threads(self, model, req: GenerationRequest | None = None, options=None,
                         work: cpu_threads.Work | None = None) -> None:
@@ -213,3 +247,11 @@ class Engine:
 
     def skip(self) -> None:
         self.state.skip()
+
+
+def _is_oom(error: BaseException) -> bool:
+    """torch's out-of-memory error (CUDA's, or a backend's RuntimeError saying so), not our own message."""
+    if isinstance(error, OutOfMemory):
+        return False
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())

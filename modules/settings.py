@@ -337,6 +337,17 @@ _section("sdxl", {
     "sdxl_refiner_high_aesthetic_score": _O(6.0, "SDXL high aesthetic score"),
 })
 
+_section("memory", {
+    # modules/memory/: where the weights live while a job runs (flags such as --medvram set the same on the GPU)
+    "memory_mode": _O("Automatic", "Where the model's weights live while generating",
+                      choices=["Automatic", "Everything on the GPU", "Model offload (--medvram)",
+                               "Sequential offload (--lowvram)"]),
+    "gpu_weights_mb": _O(0, "GPU Weights (MB): at most this much of the model's weights on the GPU (0: automatic)",
+                         minimum=0, maximum=1_000_000),
+    "vae_tiling": _O("Automatic", "Decode and encode with the VAE in tiles",
+                     choices=["Automatic", "Always", "Never"]),
+})
+
 _section("vae", {
     "sd_vae_checkpoint_cache": _O(0, "VAE Checkpoints to cache in RAM", minimum=0, maximum=10),
     # Choices are "Automatic", "None" or a VAE file name: checked against the VAE list by the model code.
@@ -530,6 +541,7 @@ SECTION_TITLES = {
     "sd": "Stable Diffusion",
     "sdxl": "Stable Diffusion XL",
     "vae": "VAE",
+    "memory": "Memory",
     "img2img": "img2img",
     "optimizations": "Optimizations",
     "compatibility": "Compatibility",

@@ -239,7 +239,9 @@ def _run(engine: Engine, req, kind: str, script_args, key: tuple, token: object)
         note = "<div class='sd-note'>Interrupted: kept the finished images.</div>"
     for w in getattr(result, "warnings", []) or []:
         note += f"<div class='sd-note'>⚠ {html.escape(w)}</div>"
-    elapsed = f"<div class='sd-time'>Time taken: {time.time() - started:.1f}s</div>"
+    memory = engine.memory.summary() if getattr(engine, "memory", None) is not None else ""
+    elapsed = f"<div class='sd-time'>Time taken: {time.time() - started:.1f}s" + (
+        f" · {html.escape(memory)}" if memory else "") + "</div>"
     first = result.infotexts[result.index_of_first_image] if len(result.infotexts) > result.index_of_first_image \
         else (result.infotexts[0] if result.infotexts else "")
     gallery = list(result.images)

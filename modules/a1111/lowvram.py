@@ -17,7 +17,13 @@ def send_everything_to_cpu() -> None:
         return
     import torch
 
+    from modules.memory.offload import offloader_of
+
     for model in engine.models.loaded:
+        off = offloader_of(model)
+        if off is not None:  # parked parts: drop what is on the device; the plan brings it back
+            off.drop_all()
+            continue
         for part in (model.unet, model.vae, model.text_encoder, model.text_encoder_2):
             if part is not None and hasattr(part, "to"):
                 part.to("cpu")
@@ -26,8 +32,13 @@ def send_everything_to_cpu() -> None:
 
 
 def is_enabled(sd_model=None) -> bool:
+    """Whether the engine's memory plan offloads (--medvram/--lowvram, the Memory setting or automatically)."""
     engine = _engine()
-    return engine is not None and engine.device_config.offload != "none"
+    plan = getattr(getattr(engine, "memory", None), "last_plan", None)
+    if plan is not None:
+        return plan.mode != "resident"
+    memory = getattr(engine, "memory", None)
+    return memory is not None and memory.forced(sd_model)[0] in ("model", "sequential")
 
 
 def is_needed(sd_model=None) -> bool:

@@ -815,6 +815,15 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     for cls in _users_file_errors():
         app.add_exception_handler(cls, users_file_error)
+
+    async def out_of_memory(request: Request, e: Exception):
+        """The GPU ran out of memory: 507 with the stage and the mode to try (not 503, which clients retry as is;
+        the model stays loaded and the next request runs)."""
+        return error_response(507, "OutOfMemory", str(e))
+
+    from modules.memory.manager import OutOfMemory
+
+    app.add_exception_handler(OutOfMemory, out_of_memory)
     # Anything else (a bug, not bad input) becomes a JSON 500 in server.py's X-Process-Time middleware.
 
 

@@ -27,7 +27,12 @@ def embedded_architecture(info: CheckpointInfo) -> dict:
 
 
 def _back_on_device(model: LoadedModel) -> None:
-    """Parts moved off the device (an extension's `lowvram.send_everything_to_cpu`) come back before use."""
+    """Parts moved off the device (an extension's `lowvram.send_everything_to_cpu`) come back before use (parts an
+    offload plan manages come in by themselves)."""
+    from modules.memory.offload import offloader_of
+
+    if offloader_of(model) is not None:
+        return
     for part in (model.unet, model.vae, model.text_encoder, model.text_encoder_2):
         param = next(part.parameters(), None) if part is not None and hasattr(part, "parameters") else None
         if param is not None and param.device.type != model.device.type:
@@ -46,6 +51,7 @@ class ModelManager:
         self._last_used: str | None = None  # filename of the model most recently handed out
         self.on_loaded: list = []
         self.loading: str | None = None  # the title being read from disk now (the UI says "Loading model …")
+        self.memory = None  # modules.memory.manager.MemoryManager: an offload plan loads weights into host memory
 
     # -- look-up -------------------------------------------------------------------------------------------------
 
@@ -160,14 +166,29 @@ class ModelManager:
             while make_room and len(self._cache) >= limit:  # free RAM before reading the next file, not after
                 self._drop(next(iter(self._cache)))
             log.info("Loading checkpoint %s", info.title)
-            model = loader.load_model(info.filename, self.device_config, name=info.name, title=info.title,
+            model = loader.load_model(info.filename, self._load_config(), name=info.name, title=info.title,
                                       shorthash=info.shorthash, sources=self.part_sources())
+            model.device_config = self.device_config  # loaded into host memory or not, it computes on the device
         finally:
             self.loading = None
         if model.spec.is_demo:
             log.warning("%s is the %s", info.title, model.spec.embedded.get("description", "demo model"))
         model.extra["parts_key"] = self._parts_key()
         return model
+
+    def _load_config(self) -> DeviceConfig:
+        """Where a checkpoint's weights are read to: host memory when the user's flags or settings offload (the
+        job's plan then brings in what fits), else the device."""
+        if self.memory is None or self.device_config.device.type == "cpu":
+            return self.device_config
+        mode, _reason = self.memory.forced(None)
+        if mode in ("model", "sequential") or self.memory.weights_budget() is not None:
+            import dataclasses
+
+            import torch
+
+            return dataclasses.replace(self.device_config, device=torch.device("cpu"))
+        return self.device_config
 
     def part_sources(self) -> PartSources:
         """Where a Flux/SD3 checkpoint's missing VAE/text encoders come from: the files picked under "VAE / Text

@@ -27,6 +27,8 @@ from typing import Any, Iterable
 
 import torch
 
+from modules.memory.offload import weights_in_host_memory
+
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (".safetensors", ".pt", ".ckpt")
@@ -512,6 +514,11 @@ def _param(module: torch.nn.Module, name: str) -> torch.Tensor:
 def restore(model, forget: bool = False) -> None:
     """Put back every original weight (bit-exact copies). The copies are kept (as A1111 does) so that switching
     back and forth does not copy the weights again; `forget=True` frees them."""
+    with weights_in_host_memory(model):
+        _restore(model, forget)
+
+
+def _restore(model, forget: bool) -> None:
     state = state_of(model)
     _remove_hooks(state)
     with torch.no_grad():
@@ -532,13 +539,13 @@ def _remove_hooks(state: NetworkState) -> None:
     state.hooks = []
 
 
-def _add_low_rank(state: NetworkState, combined: dict[str, list]) -> None:
+def _add_low_rank(state: NetworkState, combined: dict[str, list], device: torch.device | None) -> None:
     """Each GGUF layer a LoRA targets adds Σ mult·(x·downᵀ)·upᵀ to its output; its quantized weight is untouched,
     so removing the hook restores it exactly."""
     for pairs in combined.values():
         module = pairs[0][0]
         dtype = getattr(module, "compute_dtype", None) or torch.float32
-        device = module.weight.device
+        device = device or module.weight.device
         terms = [(down.t().to(device=device, dtype=dtype), up.t().to(device=device, dtype=dtype), mult)
                  for _, up, down, mult in pairs]
 
@@ -552,7 +559,13 @@ def _add_low_rank(state: NetworkState, combined: dict[str, list]) -> None:
 
 
 def apply_networks(model, networks: list[ActiveNetwork]) -> list[str]:
-    """Make `networks` the model's active set (an empty list restores the original weights). Returns warnings."""
+    """Make `networks` the model's active set (an empty list restores the original weights). Returns warnings.
+    Weights an offload plan parks are patched where they are stored (modules/memory/offload.py)."""
+    with weights_in_host_memory(model):
+        return _apply_networks(model, networks)
+
+
+def _apply_networks(model, networks: list[ActiveNetwork]) -> list[str]:
     state = state_of(model)
     signature = []
     for net in networks:
@@ -635,7 +648,7 @@ def apply_networks(model, networks: list[ActiveNetwork]) -> list[str]:
                     acc.add_(delta.to(p.device), alpha=mult)
                 p.copy_(acc)
     _remove_hooks(state)
-    _add_low_rank(state, low_rank_combined)
+    _add_low_rank(state, low_rank_combined, getattr(model, "device", None))
     state.signature = signature
     state.warnings = list(warnings)
     state.refused = refused
