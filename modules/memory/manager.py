@@ -189,7 +189,7 @@ class MemoryManager:
         """The message for an out-of-memory error: where it happened and the next mode to try."""
         off = offloader_of(model)
         mode = off.mode if off is not None else "resident"
-        stage = STAGES.get(getattr(off, "last_part", "") or "", "generation")
+        stage = STAGES.get(stage_of(error, model) or getattr(off, "last_part", ""), "generation")
         nxt = planner.next_mode(mode)
         advice = ADVICE.get(nxt, "try a smaller size or batch") if nxt else "try a smaller size or batch"
         if self.on_gpu:
@@ -201,6 +201,19 @@ class MemoryManager:
             return self.settings.get(name, default) if self.settings is not None else default
         except Exception:  # noqa: BLE001 - an unknown setting reads as its default
             return default
+
+
+def stage_of(error: BaseException, model) -> str:
+    """The part (``unet``, ``vae``, …) that was computing when `error` was raised: the innermost frame of its
+    traceback that runs a method of one of the model's parts."""
+    parts = {id(part): name for name, part in parts_of(model).items()}
+    found, tb = "", error.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if owner is not None and id(owner) in parts:
+            found = parts[id(owner)]
+        tb = tb.tb_next
+    return found
 
 
 def _on(module: torch.nn.Module, device: torch.device) -> bool:

@@ -96,6 +96,7 @@ class Offloader:
         self.units: list[Unit] = []
         self.units_of: dict[str, list[Unit]] = {}
         self.last_part = ""  # the part whose weights were brought in last (what an out-of-memory error names)
+        self._materialized = False
         self._hooks = []
         for name, part in self.parts.items():
             if mode == "model":
@@ -188,7 +189,12 @@ class Offloader:
     @contextmanager
     def materialized(self):
         """The stored tensors themselves in the modules for the duration (host memory): LoRA patching, merging,
-        copying a part's layer into a ControlNet change or read them there; afterwards they are parked again."""
+        copying a part's layer into a ControlNet change or read them there; afterwards they are parked again.
+        Re-entrant: an inner use (LoRA's apply calling its restore) leaves the parking to the outermost."""
+        if self._materialized:
+            yield
+            return
+        self._materialized = True
         self.drop_all()
         for unit in self.units:
             for (mod, name, is_param), stored in zip(unit.slots, unit.store):
@@ -196,6 +202,7 @@ class Offloader:
         try:
             yield
         finally:
+            self._materialized = False
             for unit in self.units:
                 self._park(unit)
 

@@ -1,0 +1,228 @@
+"""Memory modes (modules/memory/): the plan from numbers alone, and the offload that carries it out, proved on CPU
+by a residency meter: the parts' weights parked as `meta` tensors (as accelerate's hooks do) show exactly which
+bytes were on the execution device at every layer of a whole txt2img, and the picture stays bit-identical."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from modules.memory import planner
+from modules.memory.manager import MemoryFlags, MemoryManager, OutOfMemory, parts_of
+from modules.memory.offload import offloader_of
+from modules.memory.planner import JobSize, PartSize
+
+GB = 10**9
+GIB = 1 << 30
+
+# Real sizes (bytes) of the parts in fp16, and their largest block as sequential offload splits them.
+SDXL = [PartSize("text_encoder", int(0.246 * GB), int(0.05 * GB)),
+        PartSize("text_encoder_2", int(1.39 * GB), int(0.16 * GB)),
+        PartSize("unet", int(5.14 * GB), int(0.33 * GB)),
+        PartSize("vae", int(0.167 * GB), int(0.03 * GB))]
+FLUX_Q4 = [PartSize("text_encoder", int(0.246 * GB), int(0.05 * GB)),  # CLIP-L
+           PartSize("text_encoder_2", int(9.52 * GB), int(0.4 * GB)),  # T5-XXL fp16
+           PartSize("unet", int(6.8 * GB), int(0.12 * GB)),  # Flux transformer, Q4_0 GGUF
+           PartSize("vae", int(0.168 * GB), int(0.03 * GB))]
+FLUX_WIDTH = 24 * 128 // 4  # what the manager takes for a transformer of 24 heads × 128
+
+
+@pytest.mark.parametrize("free_gib, mode, peak_gib", [
+    (24, "resident", (8.0, 10.5)),
+    (8, "model", (6.0, 7.5)),
+    (4, "sequential", (2.0, 3.5)),
+])
+def test_sdxl_1024_plan_by_free_memory(free_gib, mode, peak_gib):
+    plan = planner.plan(SDXL, JobSize(1024, 1024), free_gib * GIB)
+    assert plan.mode == mode, plan
+    assert peak_gib[0] * GB <= plan.predicted_peak <= peak_gib[1] * GB, plan.predicted_peak / GB
+    assert plan.predicted_peak * 1.1 <= free_gib * GIB and not plan.vae_tiled
+    assert f"of {free_gib:.1f} GiB free" in plan.describe()
+
+
+def test_flux_q4_with_8_gb_streams_blocks_and_a_big_picture_tiles_the_vae():
+    plan = planner.plan(FLUX_Q4, JobSize(1024, 1024, cfg=False), 8 * GIB, first_width=FLUX_WIDTH)
+    assert plan.mode == "sequential"  # T5 alone (9.5 GB) does not fit: part by part is not enough
+    assert plan.peaks["model"] > 8 * GIB and plan.predicted_peak < 4 * GB
+    big = planner.plan(SDXL, JobSize(2048, 2048), 4 * GIB)
+    assert big.mode == "sequential" and big.vae_tiled and "exceed" in big.reason
+    assert planner.plan(SDXL, JobSize(1024, 1024), 24 * GIB, force_vae_tiling=True).vae_tiled
+
+
+def test_flags_budget_and_cpu():
+    forced = planner.plan(SDXL, JobSize(512, 512), 24 * GIB, forced="sequential", forced_reason="--lowvram")
+    assert forced.mode == "sequential" and "--lowvram" in forced.describe()
+    # Forge's GPU Weights: the weights alone against the budget
+    assert planner.plan(SDXL, JobSize(512, 512), 24 * GIB, weights_budget=8 * GIB).mode == "resident"
+    assert planner.plan(SDXL, JobSize(512, 512), 24 * GIB, weights_budget=6 * GIB).mode == "model"
+    assert planner.plan(SDXL, JobSize(512, 512), 24 * GIB, weights_budget=2 * GIB).mode == "sequential"
+    assert planner.plan(SDXL, JobSize(1024, 1024), None).mode == "resident"  # CPU/MPS: system memory
+    assert [planner.next_mode(m) for m in planner.MODES] == ["model", "sequential", None]
+
+
+def test_flags_as_a1111_and_forge_users_know_them():
+    class SDXLModel:
+        is_sdxl = True
+
+    class SD1Model:
+        is_sdxl = False
+
+    cuda = torch.device("cuda")
+    assert MemoryManager(MemoryFlags(lowvram=True), cuda).forced(SD1Model())[0] == "sequential"
+    assert MemoryManager(MemoryFlags(medvram=True), cuda).forced(SD1Model())[0] == "model"
+    sdxl_only = MemoryManager(MemoryFlags(medvram_sdxl=True), cuda)
+    assert sdxl_only.forced(SDXLModel())[0] == "model" and sdxl_only.forced(SD1Model())[0] is None
+    assert MemoryManager(MemoryFlags(always_offload_from_vram=True), cuda).forced(SD1Model())[0] == "model"
+    assert MemoryManager(MemoryFlags(always_gpu=True), cuda).forced(SD1Model())[0] == "resident"
+    assert MemoryManager(MemoryFlags(gpu_weights_mb=3000), cuda).weights_budget() == 3000 << 20
+    # on the CPU the flags change nothing; the Memory setting (an explicit choice in the UI) still applies
+    assert MemoryManager(MemoryFlags(lowvram=True), torch.device("cpu")).forced(SD1Model())[0] is None
+    settings = {"memory_mode": "Model offload (--medvram)"}
+    assert MemoryManager(MemoryFlags(lowvram=True), cuda, settings).forced(SD1Model()) == (
+        "model", "Settings → Memory: Model offload (--medvram)")
+
+
+def test_offloaded_model_loads_into_host_memory(engine):
+    engine.models.device_config = type(engine.models.device_config)(
+        device=torch.device("cuda"), dtype=torch.float16, vae_dtype=torch.float16)
+    engine.models.memory = MemoryManager(MemoryFlags(lowvram=True), torch.device("cuda"))
+    assert engine.models._load_config().device.type == "cpu"  # read to RAM; the plan brings in what fits
+    engine.models.memory = MemoryManager(MemoryFlags(), torch.device("cuda"))
+    assert engine.models._load_config().device.type == "cuda"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The residency meter: whole generations on the tiny models
+
+
+class Meter:
+    """After every layer's forward: the bytes of the parts' parameters and buffers that are not `meta`, overall
+    (`peak`) and while each part computes (`during[part]`)."""
+
+    def __init__(self, model):
+        self.parts = parts_of(model)
+        self.peak = 0
+        self.during: dict[str, int] = {}
+        self.hooks = [m.register_forward_hook(lambda *_, name=name: self.sample(name))
+                      for name, part in self.parts.items() for m in part.modules() if not list(m.children())]
+
+    def sample(self, name: str):
+        now = sum(t.numel() * t.element_size() for part in self.parts.values()
+                  for t in [*part.parameters(), *part.buffers()] if t.device.type != "meta")
+        self.peak = max(self.peak, now)
+        self.during[name] = max(self.during.get(name, 0), now)
+
+    def remove(self):
+        for h in self.hooks:
+            h.remove()
+
+
+REQ = dict(prompt="a red cat", negative_prompt="blue", steps=3, width=64, height=64, seed=7, cfg_scale=5,
+           do_not_save_samples=True, do_not_save_grid=True)
+
+
+def _metered(engine, setting: str, req: dict):
+    """(picture, meter, offloader) of `req` run with the Memory setting `setting`."""
+    model = engine.models.get(req.get("override_settings", {}).get("sd_model_checkpoint"))
+    meter = Meter(model)  # its hooks run before the offloader's own (registered when the job plans)
+    engine.settings.set("memory_mode", setting)
+    try:
+        picture = np.array(engine.txt2img(req).images[0])
+    finally:
+        meter.remove()
+        engine.settings.set("memory_mode", "Automatic")
+    return picture, meter, offloader_of(model)
+
+
+def _sizes(model) -> dict[str, int]:
+    return {name: sum(t.numel() * t.element_size() for t in [*p.parameters(), *p.buffers()])
+            for name, p in parts_of(model).items()}
+
+
+@pytest.fixture
+def flux_engine(engine, data_dir):
+    from tests import tiny_flow_models as tfm
+
+    tfm.write_all_in_one(tfm.build_flux(), data_dir / "models" / "Stable-diffusion" / "flux.safetensors")
+    engine.registry.refresh()
+    return engine
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "flux"])
+def test_offload_keeps_only_a_part_or_a_block_resident_and_the_picture_identical(family, engine, request):
+    if family == "flux":
+        engine = request.getfixturevalue("flux_engine")
+    name = {"sd1": "sd1.safetensors", "sdxl": "sdxl.safetensors", "flux": "flux.safetensors"}[family]
+    req = dict(REQ, override_settings={"sd_model_checkpoint": name}, **({"cfg_scale": 1} if family == "flux" else {}))
+    resident, meter, off = _metered(engine, "Everything on the GPU", req)
+    sizes = _sizes(engine.models.current)
+    total, largest = sum(sizes.values()), max(sizes.values())
+    assert off is None and meter.peak == total
+
+    model_off, meter, off = _metered(engine, "Model offload (--medvram)", req)
+    assert off.mode == "model" and np.array_equal(model_off, resident)
+    assert meter.peak <= largest * 1.10, (meter.peak, sizes)  # one part at a time
+    assert engine.memory.last_plan.mode == "model" and "model offload" in engine.memory.summary()
+
+    seq, meter, off = _metered(engine, "Sequential offload (--lowvram)", req)
+    block = max(u.nbytes for u in off.units)
+    assert off.mode == "sequential" and np.array_equal(seq, resident)
+    assert meter.peak <= block * 1.10, (meter.peak, block)  # one block at a time
+    denoiser_block = max(u.nbytes for u in off.units_of["unet"])
+    assert meter.during["unet"] <= denoiser_block * 1.10 < sizes["unet"] / 4, (meter.during, denoiser_block)
+
+    again = np.array(engine.txt2img(req).images[0])  # back to everything on the device: same picture
+    assert offloader_of(engine.models.current) is None and np.array_equal(again, resident)
+
+
+def test_lora_under_offload_patches_the_stored_weights(engine, data_dir):
+    from tests.test_lora import Builder
+
+    model = engine.models.get("sd1.safetensors")
+    b = Builder(model)
+    b.lora("unet:down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")
+    b.lora("te1:encoder.layers.0.self_attn.q_proj")
+    b.save(data_dir / "models" / "Lora" / "tint.safetensors")
+    req = dict(REQ, prompt="a red cat <lora:tint:0.9>")
+    plain = np.array(engine.txt2img(REQ).images[0])
+    with_lora = np.array(engine.txt2img(req).images[0])
+    assert not np.array_equal(with_lora, plain)
+    for setting in ("Model offload (--medvram)", "Sequential offload (--lowvram)"):
+        engine.settings.set("memory_mode", setting)
+        assert np.array_equal(np.array(engine.txt2img(req).images[0]), with_lora), setting
+        assert np.array_equal(np.array(engine.txt2img(REQ).images[0]), plain), setting  # restored in the store
+
+
+def _oom_once(model, monkeypatch):
+    calls = {"n": 0}
+    real = type(model.unet).forward
+
+    def forward(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(type(model.unet), "forward", forward)
+    return calls
+
+
+def test_out_of_memory_names_the_stage_and_the_next_mode_and_the_model_stays_usable(engine, monkeypatch):
+    model = engine.models.get("sd1.safetensors")
+    _oom_once(model, monkeypatch)
+    with pytest.raises(OutOfMemory) as e:
+        engine.txt2img(REQ)
+    assert str(e.value) == ("out of GPU memory at denoising (everything on the GPU); try --medvram "
+                            "(or Settings → Memory: Model offload)")
+    assert engine.txt2img(REQ).images  # nothing broken: the next job runs
+
+
+def test_auto_retry_oom_runs_the_job_again_in_the_next_mode(engine, monkeypatch):
+    engine.memory.flags = MemoryFlags(auto_retry_oom=True)
+    model = engine.models.get("sd1.safetensors")
+    expected = np.array(engine.txt2img(REQ).images[0])
+    calls = _oom_once(model, monkeypatch)
+    result = engine.txt2img(REQ)
+    assert calls["n"] > 1 and engine.memory.last_plan.mode == "model"
+    assert np.array_equal(np.array(result.images[0]), expected)
+    assert engine.memory.retry_mode is None  # only that job
