@@ -101,14 +101,15 @@ class Meter:
 
     def __init__(self, model):
         self.parts = parts_of(model)
+        self.modules = [m for part in self.parts.values() for m in part.modules()]
         self.peak = 0
         self.during: dict[str, int] = {}
         self.hooks = [m.register_forward_hook(lambda *_, name=name: self.sample(name))
                       for name, part in self.parts.items() for m in part.modules() if not list(m.children())]
 
     def sample(self, name: str):
-        now = sum(t.numel() * t.element_size() for part in self.parts.values()
-                  for t in [*part.parameters(), *part.buffers()] if t.device.type != "meta")
+        now = sum(t.numel() * t.element_size() for m in self.modules
+                  for t in [*m._parameters.values(), *m._buffers.values()] if t is not None and not t.is_meta)
         self.peak = max(self.peak, now)
         self.during[name] = max(self.during.get(name, 0), now)
 
@@ -226,3 +227,32 @@ def test_auto_retry_oom_runs_the_job_again_in_the_next_mode(engine, monkeypatch)
     assert calls["n"] > 1 and engine.memory.last_plan.mode == "model"
     assert np.array_equal(np.array(result.images[0]), expected)
     assert engine.memory.retry_mode is None  # only that job
+
+
+@pytest.mark.slow  # a 768² decode on the CPU, ~4 s
+def test_a_decode_too_big_for_the_budget_is_tiled_as_planned_without_a_seam(engine):
+    import torch.nn.functional as F
+
+    from modules import processing
+
+    model = engine.models.get("sd1.safetensors")
+    plan = engine.memory.plan(model, JobSize(768, 768, element_bytes=4), free=int(1.5 * GIB))
+    assert plan.vae_tiled and plan.vae_tiles == 4 and plan.mode == "resident"  # weights fit; the decode does not
+    engine.memory.apply_vae_tiling(model, plan)
+    calls = []
+    hook = model.vae.decoder.register_forward_pre_hook(lambda *_: calls.append(1))
+    smooth = F.interpolate(torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(0)), size=(96, 96),
+                           mode="bicubic", align_corners=False)  # a smooth picture: a seam would stand out
+    try:
+        image = processing.decode(model, smooth * model.vae.config.scaling_factor)[0]
+    finally:
+        hook.remove()
+        engine.memory.apply_vae_tiling(model, engine.memory.plan(model, JobSize(64, 64)))
+    assert image.shape == (3, 768, 768) and len(calls) == plan.vae_tiles
+    # the colour step between neighbouring columns/rows where tiles meet vs everywhere: blended tiles leave no
+    # step (unblended ones measured 5x the median step here)
+    border = plan.vae_tile - int(plan.vae_tile * planner.TILE_OVERLAP)
+    for steps in ((image[:, :, 1:] - image[:, :, :-1]).abs().mean(dim=(0, 1)),
+                  (image[:, 1:, :] - image[:, :-1, :]).abs().mean(dim=(0, 2))):
+        assert steps[border - 1] <= 2 * steps.median(), (steps[border - 1], steps.median())
+    assert not model.vae.use_tiling  # a small job decodes whole again

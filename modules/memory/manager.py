@@ -127,14 +127,16 @@ class MemoryManager:
             module_bytes(p) for p in parts_of(model).values() if _on(p, self.device))
         return free + held
 
-    def plan(self, model, job: JobSize) -> MemoryPlan:
+    def plan(self, model, job: JobSize, free: int | None | str = "device") -> MemoryPlan:
+        """The plan for `job` on `model` with the device's free memory (or `free` bytes, for a what-if)."""
         forced, reason = self.forced(model)
         unet = getattr(model, "unet", None)
         config = getattr(unet, "config", None)
         widths = getattr(config, "block_out_channels", None)
         first = int(widths[0]) if widths else int(getattr(config, "num_attention_heads", 24) or 24) * int(
             getattr(config, "attention_head_dim", 128) or 128) // 4
-        return planner.plan(part_sizes(model), job, self.free_bytes(model), denoiser="unet", first_width=first,
+        free = self.free_bytes(model) if free == "device" else free
+        return planner.plan(part_sizes(model), job, free, denoiser="unet", first_width=first,
                             forced=forced, forced_reason=reason, weights_budget=self.weights_budget(),
                             force_vae_tiling=str(self._setting("vae_tiling", "Automatic")) == "Always")
 
@@ -144,16 +146,26 @@ class MemoryManager:
         """Plan `job` on `model` and put its weights where the plan says (a no-op when nothing changes)."""
         plan = self.plan(model, job)
         self.apply(model, plan.mode)
-        vae = getattr(model, "vae", None)
-        if vae is not None and hasattr(vae, "enable_tiling"):
-            tiled = plan.vae_tiled and str(self._setting("vae_tiling", "Automatic")) != "Never"
-            (vae.enable_tiling if tiled else vae.disable_tiling)()
+        self.apply_vae_tiling(model, plan)
         if plan.mode != getattr(self.last_plan, "mode", "resident") or plan.vae_tiled:
             log.info("Memory: %s", plan.describe())
         self.last_plan = plan
         if self.on_gpu:
             torch.cuda.reset_peak_memory_stats(self.device)
         return plan
+
+    def apply_vae_tiling(self, model, plan: MemoryPlan) -> None:
+        """Tiled VAE decode/encode when the plan says the whole picture would not fit (or the setting says
+        Always); "Never" keeps it whole."""
+        vae = getattr(model, "vae", None)
+        if vae is not None and hasattr(vae, "use_tiling"):
+            tiled = plan.vae_tiled and str(self._setting("vae_tiling", "Automatic")) != "Never"
+            vae.use_tiling = tiled
+            if tiled:  # diffusers' tiled decode/encode, at the plan's tile size (its overlap, blended)
+                scale = int(getattr(model, "vae_scale_factor", 8) or 8)
+                vae.tile_sample_min_size = plan.vae_tile
+                vae.tile_latent_min_size = plan.vae_tile // scale
+                vae.tile_overlap_factor = planner.TILE_OVERLAP
 
     def apply(self, model, mode: str) -> None:
         parts = parts_of(model)
@@ -180,7 +192,7 @@ class MemoryManager:
             return ""
         text = f"Memory: {planner.MODE_NAMES[self.last_plan.mode]}"
         if self.last_plan.vae_tiled:
-            text += ", VAE tiled"
+            text += f", VAE in {self.last_plan.vae_tiles} tiles"
         if self.last_peak is not None:
             text += f"; peak {self.last_peak / planner.GIB:.2f} GiB"
         return text

@@ -24,6 +24,7 @@ GIB = 1 << 30
 DENOISER_ACTIVATION_FACTOR = 100
 VAE_ACTIVATION_FACTOR = 10  # decoder at full resolution: 128 channels × ~10 live tensors
 VAE_TILE = 512  # pixels per tile side when tiled (the decoder's activations then scale with the tile, not the image)
+TILE_OVERLAP = 0.25  # of a tile, blended with its neighbours
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,16 @@ class MemoryPlan:
     vae_tiled: bool = False
     reason: str = ""
     peaks: dict = field(default_factory=dict)  # the predicted peak of each mode considered
+    vae_tile: int = VAE_TILE  # tile side in pixels when tiled
+    vae_tiles: int = 0  # tiles one picture's decode takes when tiled
+
 
     def describe(self) -> str:
         text = MODE_NAMES[self.mode]
         if self.free is not None:
             text += f", predicted peak {self.predicted_peak / GIB:.1f} GiB of {self.free / GIB:.1f} GiB free"
         if self.vae_tiled:
-            text += ", VAE tiled"
+            text += f", VAE in {self.vae_tiles} tiles of {self.vae_tile} px"
         return text + (f" ({self.reason})" if self.reason else "")
 
 
@@ -80,6 +84,15 @@ def vae_activation(job: JobSize, tiled: bool = False) -> int:
     tile."""
     w, h = (min(job.width, VAE_TILE), min(job.height, VAE_TILE)) if tiled else (job.width, job.height)
     return w * h * 128 * job.element_bytes * VAE_ACTIVATION_FACTOR
+
+
+def tile_count(width: int, height: int, tile: int = VAE_TILE, overlap: float = TILE_OVERLAP,
+               scale: int = 8) -> int:
+    """Tiles of `tile` pixels, overlapping by `overlap` of a tile (blended, so no seam shows), that cover a
+    width × height picture: diffusers' tiled VAE walks the latent in steps of tile·(1 − overlap)."""
+    step = max(1, int(tile // scale * (1 - overlap)))
+    rows, cols = -(-(height // scale) // step), -(-(width // scale) // step)
+    return rows * cols
 
 
 def peak_of(mode: str, parts: list[PartSize], activation: dict[str, int]) -> int:
@@ -103,37 +116,37 @@ def plan(parts: list[PartSize], job: JobSize, free: int | None, *, denoiser: str
     activation = {p.name: 0 for p in parts}
     if denoiser in activation:
         activation[denoiser] = denoiser_activation(job, first_width, latent_scale)
-    has_vae = "vae" in activation
-    tiled = force_vae_tiling
-    if has_vae:
-        activation["vae"] = vae_activation(job, tiled)
-    peaks = {mode: peak_of(mode, parts, activation) for mode in MODES}
+    whole, tiles = dict(activation), dict(activation)
+    if "vae" in activation:
+        whole["vae"], tiles["vae"] = vae_activation(job), vae_activation(job, tiled=True)
+    peaks_whole = {mode: peak_of(mode, parts, whole) for mode in MODES}
+    peaks_tiled = {mode: peak_of(mode, parts, tiles) for mode in MODES}
+    tiled = force_vae_tiling and "vae" in activation
+
+    def fits(peak: int) -> bool:
+        return free is None or peak * (1 + MARGIN) <= free
 
     if forced in MODES:
         mode, reason = forced, forced_reason or f"{forced} asked for"
+        tiled = tiled or (not fits(peaks_whole[mode]) and "vae" in activation)
     elif weights_budget is not None:
         total = sum(p.weight_bytes for p in parts)
         largest = max((p.weight_bytes for p in parts), default=0)
         mode = "resident" if total <= weights_budget else ("model" if largest <= weights_budget else "sequential")
         reason = f"GPU weights {weights_budget >> 20} MB"
-    elif free is None:
-        mode, reason = "resident", ""
+        tiled = tiled or (not fits(peaks_whole[mode]) and "vae" in activation)
     else:
-        mode = next((m for m in MODES if peaks[m] * (1 + MARGIN) <= free), None)
+        # the cheapest mode that fits, the VAE whole or else in tiles (tiling costs far less time than offload)
         reason = ""
-        if mode is None:
-            mode, reason = "sequential", "predicted to exceed free memory even block by block"
-    if has_vae and free is not None and not tiled:
-        # the VAE's decode alone (its weights, or its largest block, plus full-size activations) must fit
-        held = next(p.largest_block_bytes if mode == "sequential" else p.weight_bytes for p in parts
-                    if p.name == "vae")
-        others = 0 if mode != "resident" else sum(p.weight_bytes for p in parts if p.name != "vae")
-        if (held + others + activation["vae"]) * (1 + MARGIN) > free:
-            tiled = True
-            activation["vae"] = vae_activation(job, tiled=True)
-            peaks = {m: peak_of(m, parts, activation) for m in MODES}
+        choice = next(((m, t) for m in MODES for t in ((False, True) if "vae" in activation else (False,))
+                       if fits((peaks_tiled if t or tiled else peaks_whole)[m])), None)
+        if choice is None:
+            mode, reason, tiled = "sequential", "predicted to exceed free memory even block by block", "vae" in activation
+        else:
+            mode, tiled = choice[0], tiled or choice[1]
+    peaks = peaks_tiled if tiled else peaks_whole
     return MemoryPlan(mode=mode, predicted_peak=peaks[mode], free=free, vae_tiled=tiled, reason=reason,
-                      peaks=peaks)
+                      peaks=peaks, vae_tiles=tile_count(job.width, job.height) if tiled else 0)
 
 
 def next_mode(mode: str) -> str | None:
