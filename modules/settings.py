@@ -346,6 +346,10 @@ _section("memory", {
                          minimum=0, maximum=1_000_000),
     "vae_tiling": _O("Automatic", "Decode and encode with the VAE in tiles",
                      choices=["Automatic", "Always", "Never"]),
+    # Forge's key, so its API clients and extensions set the same thing
+    "forge_unet_storage_dtype": _O("Automatic", "Diffusion in Low Bits (weights kept in fp8, computed in fp16/32)",
+                                   choices=["Automatic", "float8-e4m3fn", "float8-e5m2"]),
+    "low_bits_text_encoders": _O(False, "Low bits for the text encoders too"),
 })
 
 _section("vae", {

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from modules.devices import DeviceConfig, torch_gc
-from modules.models import loader
+from modules.models import loader, lowbit
 from modules.models.flow_loader import PartSources
 from modules.models.loader import LoadedModel, ModelLoadError
 from modules.models.registry import CheckpointInfo, CheckpointRegistry, find_vae_for_checkpoint, list_vaes
@@ -119,6 +119,9 @@ class ModelManager:
                     model.extra.get("parts_key") != self._parts_key():
                 self._drop(key)  # other VAE / Text Encoder files were picked: build it again with them
                 model = None
+            if model is not None and model.extra.get("low_bits") != self._low_bits():
+                self._drop(key)  # "Diffusion in Low Bits" changed: fp8 cannot go back to fp16 but by reading again
+                model = None
             if model is None:
                 if info.problem:  # bad by its header: the loader says why, before the model in use is unloaded
                     model = self._load(info, make_room=False)
@@ -174,6 +177,8 @@ class ModelManager:
         if model.spec.is_demo:
             log.warning("%s is the %s", info.title, model.spec.embedded.get("description", "demo model"))
         model.extra["parts_key"] = self._parts_key()
+        choice, text_encoders = model.extra["low_bits"] = self._low_bits()
+        lowbit.apply_low_bits(model, choice, text_encoders)
         return model
 
     def _load_config(self) -> DeviceConfig:
@@ -213,6 +218,12 @@ class ModelManager:
                 if path.name not in names:
                     names.append(path.name)
         return names
+
+    def _low_bits(self) -> tuple[str, bool]:
+        """Forge's "Diffusion in Low Bits" and whether it applies to the text encoders too."""
+        choice = str(self.settings.get("forge_unet_storage_dtype", "Automatic") or "Automatic")
+        return (choice if choice in lowbit.LOW_BITS else "Automatic",
+                bool(self.settings.get("low_bits_text_encoders", False)))
 
     def _parts_key(self) -> tuple:
         return tuple(self.settings.get("forge_additional_modules", []) or [])
