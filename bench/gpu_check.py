@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What to run on a machine with a GPU, in one go: CUDA facts, then our txt2img against diffusers' pipeline at
-SD1.5 size in fp16 (speed, peak memory, same pixels), a reduced Flux.1 dev against FluxPipeline in bf16, then the
-start-up bench. Prints a Markdown block to paste
+SD1.5 size in fp16 (speed, peak memory, same pixels), a reduced Flux.1 dev against FluxPipeline in bf16, the memory
+modes against diffusers' offloads (and SDXL under a 4 GiB cap), then the start-up bench. Prints a Markdown block to paste
 into bench/RESULTS.md (and appends it there with --write).
 
     python bench/gpu_check.py                 # about 5 minutes on a modern GPU (the SD1.5 file is built first)
@@ -56,6 +56,12 @@ def main(argv=None) -> int:
                "--steps", "4" if args.quick else "20", "--rounds", rounds], timeout=1800)
     parts += [f"### bench_flux.py, Flux.1 dev architecture (reduced), {size}x{size}, bf16", "", "```",
               out.strip()[-3000:], "```", ""]
+    out = run([sys.executable, "bench/bench_memory.py", "--device", "cuda", "--dtype", "fp16", "--size", "512",
+               "--steps", "10" if args.quick else "20", "--rounds", "1" if args.quick else "2",
+               *([] if args.quick else ["--sdxl"])], timeout=1800)
+    parts += ["### bench_memory.py, memory modes against diffusers' offloads (SD1.5 random weights, 512x512, fp16"
+              + ("" if args.quick else "; SDXL 1024x1024 under a 4 GiB cap") + ")", "", "```", out.strip()[-4000:],
+              "```", ""]
     import importlib.util
 
     if importlib.util.find_spec("gradio") is None:

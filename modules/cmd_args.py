@@ -212,9 +212,10 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
     add("--opt-sdp-no-mem-attention", action="store_true", help="use scaled dot product attention without memory-efficient kernels")
     add("--xformers", action="store_true", help="use xformers attention (when installed)")
     add("--force-enable-xformers", action="store_true", help="use xformers even if the check fails")
-    add("--opt-split-attention", action="store_true", help="accepted for compatibility")
-    add("--opt-sub-quad-attention", action="store_true", help="accepted for compatibility")
-    add("--disable-opt-split-attention", action="store_true", help="accepted for compatibility")
+    add("--opt-split-attention", action="store_true",
+        help="compute attention in slices (less memory, slower): the low-memory fallback")
+    add("--opt-sub-quad-attention", action="store_true", help="as --opt-split-attention (sliced attention)")
+    add("--disable-opt-split-attention", action="store_true", help="never slice attention")
     add("--opt-channelslast", action="store_true", help="use channels-last memory format")
     add("--medvram", action="store_true", help="keep only one model part on the GPU at a time (less VRAM, slower)")
     add("--medvram-sdxl", action="store_true", help="--medvram for SDXL models only")

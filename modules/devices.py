@@ -11,7 +11,8 @@ class DeviceConfig:
     device: torch.device
     dtype: torch.dtype
     vae_dtype: torch.dtype
-    attention: str = "sdpa"  # "sdpa" (PyTorch scaled_dot_product_attention) or "xformers"
+    attention: str = "sdpa"  # "sdpa" (PyTorch scaled_dot_product_attention), "xformers" or "sliced" (low memory)
+    channels_last: bool = False  # --opt-channelslast: the UNet's convolutions in channels-last memory format
 
     @property
     def is_cuda(self) -> bool:
@@ -24,6 +25,9 @@ def from_flags(
     no_half_vae: bool = False,
     precision: str | None = None,
     xformers: bool = False,
+    split_attention: bool = False,
+    channels_last: bool = False,
+    sdp_no_mem: bool = False,
     device_id: str | None = None,
 ) -> DeviceConfig:
     """fp16 only on CUDA: half precision on CPU is slow and loses accuracy for no memory win that matters. (Where
@@ -40,8 +44,11 @@ def from_flags(
         vae_dtype = torch.float32 if (no_half or no_half_vae) else dtype
     else:
         device, dtype, vae_dtype = torch.device("cpu"), torch.float32, torch.float32
-    attention = "xformers" if xformers and device.type == "cuda" else "sdpa"
-    return DeviceConfig(device=device, dtype=dtype, vae_dtype=vae_dtype, attention=attention)
+    attention = "xformers" if xformers and device.type == "cuda" else ("sliced" if split_attention else "sdpa")
+    if sdp_no_mem and device.type == "cuda":  # A1111's --opt-sdp-no-mem-attention: flash/math kernels only
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+    return DeviceConfig(device=device, dtype=dtype, vae_dtype=vae_dtype, attention=attention,
+                        channels_last=channels_last)
 
 
 def cpu() -> DeviceConfig:

@@ -91,7 +91,11 @@ class Engine:
     @classmethod
     def from_args(cls, ns, paths: Paths | None = None) -> "Engine":
         dc = devices.from_flags(use_cpu=ns.use_cpu, no_half=ns.no_half, no_half_vae=ns.no_half_vae,
-                                precision=ns.precision, xformers=ns.xformers, device_id=ns.device_id)
+                                precision=ns.precision, xformers=ns.xformers or ns.force_enable_xformers,
+                                split_attention=(ns.opt_split_attention or ns.opt_sub_quad_attention)
+                                and not ns.disable_opt_split_attention,
+                                channels_last=ns.opt_channelslast, sdp_no_mem=ns.opt_sdp_no_mem_attention,
+                                device_id=ns.device_id)
         return cls.create(paths or Paths.from_args(ns), device_config=dc, no_hashing=ns.no_hashing,
                           threads=getattr(ns, "threads", 0) or 0, memory=MemoryFlags.from_args(ns))
 

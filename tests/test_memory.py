@@ -277,3 +277,26 @@ def test_diffusion_in_low_bits_keeps_the_denoiser_in_fp8(engine, choice):
     engine.settings.set("memory_mode", "Automatic")
     engine.settings.set("forge_unet_storage_dtype", "Automatic")  # read again from the file: exactly as before
     assert np.array_equal(np.array(engine.txt2img(req).images[0]).astype(float), full)
+
+
+def test_split_attention_and_channels_last_flags_are_applied(data_dir):
+    from modules import cmd_args
+    from modules.engine import Engine
+
+    def engine_with(*flags):
+        ns = cmd_args.parse_args(["--data-dir", str(data_dir), "--skip-install", *flags], env={})
+        return Engine.from_args(ns)
+
+    req = dict(REQ, override_settings={"sd_model_checkpoint": "sd1.safetensors"})
+    plain_engine = engine_with()
+    plain = np.array(plain_engine.txt2img(req).images[0]).astype(int)
+    low = engine_with("--opt-split-attention", "--opt-channelslast")
+    sliced = np.array(low.txt2img(req).images[0]).astype(int)
+    unet = low.models.current.unet
+    assert {type(p).__name__ for p in unet.attn_processors.values()} == {"SlicedAttnProcessor"}
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert np.abs(plain - sliced).max() <= 2  # the same attention, computed in slices
+    assert {type(p).__name__ for p in plain_engine.models.current.unet.attn_processors.values()} == {
+        "AttnProcessor2_0"}
+    disabled = engine_with("--opt-split-attention", "--disable-opt-split-attention")
+    assert disabled.device_config.attention == "sdpa"

@@ -121,7 +121,11 @@ class MemoryManager:
         """Device memory this model may use: what the device has free plus what the model holds there now."""
         if not self.on_gpu:
             return None
-        free, _total = torch.cuda.mem_get_info(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        allocated, reserved = torch.cuda.memory_allocated(self.device), torch.cuda.memory_reserved(self.device)
+        fraction = torch.cuda.get_per_process_memory_fraction(self.device)  # a cap set for this process counts
+        # the device's free memory plus our allocator's cached blocks, within the cap
+        free = max(0, min(free + reserved - allocated, int(fraction * total) - allocated))
         off = offloader_of(model)
         held = off.resident_bytes() if off is not None else sum(
             module_bytes(p) for p in parts_of(model).values() if _on(p, self.device))
