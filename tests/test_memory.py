@@ -300,3 +300,29 @@ def test_split_attention_and_channels_last_flags_are_applied(data_dir):
         "AttnProcessor2_0"}
     disabled = engine_with("--opt-split-attention", "--disable-opt-split-attention")
     assert disabled.device_config.attention == "sdpa"
+
+
+def test_a_control_lora_is_built_and_guides_under_offload(engine, data_dir):
+    """A Control-LoRA is made from the checkpoint's own UNet weights: with those parked, it is built from the
+    stored ones, and the guided picture is the resident one."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from tests import tiny_controlnets as tc
+
+    model = engine.models.get("sd1.safetensors")
+    folder = engine.paths.controlnet_dirs[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    net = tc.build_controlnet(model.unet, 5)
+    save_file(tc.control_lora_state_dict(net, model.unet), str(folder / "control-lora-canny-rank64.safetensors"))
+    square = Image.new("RGB", (64, 64), "black")
+    square.paste((255, 255, 255), (16, 16, 48, 48))
+    unit = {"image": square, "module": "canny", "model": "control-lora-canny-rank64", "processor_res": 64,
+            "weight": 1.5}
+    req = dict(REQ, alwayson_scripts={"controlnet": {"args": [unit]}})
+    plain = np.array(engine.txt2img(REQ).images[0])
+    resident = np.array(engine.txt2img(req).images[0])
+    assert not np.array_equal(plain, resident)
+    engine.controlnets._loaded.clear()  # built again, this time from parked weights
+    engine.settings.set("memory_mode", "Sequential offload (--lowvram)")
+    assert np.array_equal(np.array(engine.txt2img(req).images[0]), resident)

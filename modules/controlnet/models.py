@@ -3,6 +3,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 import threading
@@ -89,9 +91,11 @@ class ControlNetLibrary:
     # --- loading -------------------------------------------------------------------------------------------------
 
     def load(self, model: str, device: torch.device, dtype: torch.dtype, unet_config: Any,
-             checkpoint_family: str, checkpoint_title: str = "the checkpoint", unet=None) -> LoadedControlNet:
+             checkpoint_family: str, checkpoint_title: str = "the checkpoint", unet=None,
+             unet_weights=contextlib.nullcontext) -> LoadedControlNet:
         """The model for `model` on `device`, checked against the checkpoint it will guide (`unet`: that
-        checkpoint's UNet, which a Control-LoRA is built on)."""
+        checkpoint's UNet, which a Control-LoRA is built on; `unet_weights()`: a context in which its weights are
+        readable, for a UNet whose weights an offload plan parks)."""
         found = self.find(model)
         if found is None:
             raise ControlNetLoadError(f"ControlNet model {model!r} not found in "
@@ -101,16 +105,18 @@ class ControlNetLibrary:
         with self._lock:
             loaded = self._loaded.get(key)
             if loaded is None:
-                loaded = load_file(found.path, found.title, device, dtype,
-                                   getattr(unet_config, "addition_time_embed_dim", None), unet,
-                                   getattr(unet_config, "axes_dims_rope", None))
+                with unet_weights():
+                    loaded = load_file(found.path, found.title, device, dtype,
+                                       getattr(unet_config, "addition_time_embed_dim", None), unet,
+                                       getattr(unet_config, "axes_dims_rope", None))
                 self._loaded[key] = loaded
                 while len(self._loaded) > max(1, self.cache_size):
                     self._loaded.popitem(last=False)
             self._loaded.move_to_end(key)
         check_family(loaded, checkpoint_family, unet_config, checkpoint_title)
         if loaded.kind == "sd3" and unet is not None:
-            problem = sd3_controlnet.fit_to(loaded.model, unet)
+            with unet_weights():
+                problem = sd3_controlnet.fit_to(loaded.model, unet)
             if problem:
                 raise ControlNetLoadError(f"{loaded.title} cannot guide {checkpoint_title}: {problem}")
         return loaded

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from modules.controlnet import units as units_mod
+from modules.memory.offload import weights_in_host_memory
 from modules.request_types import RequestError
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
                                      kind="structure"), detected_image
     try:
         loaded = library.load(req.model, model.device, model.dtype, model.unet.config, model.family, model.title,
-                              unet=model.unet)
+                              unet=model.unet, unet_weights=lambda: weights_in_host_memory(model))
     except ControlNetLoadError as e:
         raise RequestError(f"{where}.model: {e}") from None
     if loaded.kind == "ip_adapter":
@@ -218,7 +219,7 @@ def _image_prompt(where: str, req, library, model, picture: Image.Image, width: 
 
     try:
         loaded = library.load(req.model, model.device, model.dtype, model.unet.config, model.family, model.title,
-                              unet=model.unet)
+                              unet=model.unet, unet_weights=lambda: weights_in_host_memory(model))
         if loaded.kind != "ip_adapter":
             raise RequestError(f"{where}.model: {loaded.title} is not an IP-Adapter (preprocessor {req.module} "
                                "makes image prompts)")
