@@ -227,6 +227,8 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
         help="at most this many MB of the model's weights on the GPU; the rest is offloaded (Forge's GPU Weights)")
     add("--pin-shared-memory", action="store_true",
         help="keep offloaded weights in pinned host memory (faster transfers, more locked RAM)")
+    add("--compile", action="store_true",
+        help="compile the denoiser with torch.compile: faster steps after a slow first picture of each size")
     add("--auto-retry-oom", action="store_true",
         help="when the GPU runs out of memory, retry the job once with the next offload mode")
     add("--disable-nan-check", action="store_true", help="do not check generated images/latents for NaNs")

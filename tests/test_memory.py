@@ -326,3 +326,14 @@ def test_a_control_lora_is_built_and_guides_under_offload(engine, data_dir):
     engine.controlnets._loaded.clear()  # built again, this time from parked weights
     engine.settings.set("memory_mode", "Sequential offload (--lowvram)")
     assert np.array_equal(np.array(engine.txt2img(req).images[0]), resident)
+
+
+def test_compile_flag_compiles_the_resident_denoiser_only(engine):
+    from modules.memory.planner import MemoryPlan
+
+    engine.memory.flags = MemoryFlags(compile=True)
+    model = engine.models.get("sd1.safetensors")
+    engine.memory.apply_compile(model, MemoryPlan(mode="resident", predicted_peak=0, free=None))
+    assert model.unet._compiled_call_impl is not None  # compiled lazily: the first call per size builds the graph
+    engine.memory.apply_compile(model, MemoryPlan(mode="sequential", predicted_peak=0, free=None))
+    assert model.unet._compiled_call_impl is None  # offload hooks move weights mid-call: run it eagerly

@@ -39,6 +39,7 @@ class MemoryFlags:
     gpu_weights_mb: int = 0
     pin_shared_memory: bool = False
     auto_retry_oom: bool = False
+    compile: bool = False
 
     @classmethod
     def from_args(cls, ns) -> "MemoryFlags":
@@ -47,7 +48,8 @@ class MemoryFlags:
                    always_offload_from_vram=bool(getattr(ns, "always_offload_from_vram", False)),
                    gpu_weights_mb=int(getattr(ns, "gpu_weights_mb", 0) or 0),
                    pin_shared_memory=bool(getattr(ns, "pin_shared_memory", False)),
-                   auto_retry_oom=bool(getattr(ns, "auto_retry_oom", False)))
+                   auto_retry_oom=bool(getattr(ns, "auto_retry_oom", False)),
+                   compile=bool(getattr(ns, "compile", False)))
 
 
 def parts_of(model) -> dict[str, torch.nn.Module]:
@@ -151,12 +153,29 @@ class MemoryManager:
         plan = self.plan(model, job)
         self.apply(model, plan.mode)
         self.apply_vae_tiling(model, plan)
+        self.apply_compile(model, plan)
         if plan.mode != getattr(self.last_plan, "mode", "resident") or plan.vae_tiled:
             log.info("Memory: %s", plan.describe())
         self.last_plan = plan
         if self.on_gpu:
             torch.cuda.reset_peak_memory_stats(self.device)
         return plan
+
+    def apply_compile(self, model, plan: MemoryPlan) -> None:
+        """--compile: the denoiser compiled in place (torch.compile, one graph per picture size, cached) while its
+        weights stay on the device; an offloading plan runs it uncompiled (its hooks move weights mid-call)."""
+        unet = getattr(model, "unet", None)
+        if not self.flags.compile or unet is None or not hasattr(unet, "_compiled_call_impl"):
+            return
+        compiled = unet._compiled_call_impl is not None
+        if plan.mode == "resident" and not compiled:
+            log.warning("--compile: the first picture of each size compiles the denoiser first (up to a minute or "
+                        "more); later ones run faster")
+            unet.compile()
+        elif plan.mode != "resident" and compiled:
+            log.info("--compile: %s moves weights during the call; the denoiser runs uncompiled",
+                     planner.MODE_NAMES[plan.mode])
+            unet._compiled_call_impl = None
 
     def apply_vae_tiling(self, model, plan: MemoryPlan) -> None:
         """Tiled VAE decode/encode when the plan says the whole picture would not fit (or the setting says
