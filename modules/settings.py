@@ -337,21 +337,6 @@ _section("sdxl", {
     "sdxl_refiner_high_aesthetic_score": _O(6.0, "SDXL high aesthetic score"),
 })
 
-_section("memory", {
-    # modules/memory/: where the weights live while a job runs (flags such as --medvram set the same on the GPU)
-    "memory_mode": _O("Automatic", "Where the model's weights live while generating",
-                      choices=["Automatic", "Everything on the GPU", "Model offload (--medvram)",
-                               "Sequential offload (--lowvram)"]),
-    "gpu_weights_mb": _O(0, "GPU Weights (MB): at most this much of the model's weights on the GPU (0: automatic)",
-                         minimum=0, maximum=1_000_000),
-    "vae_tiling": _O("Automatic", "Decode and encode with the VAE in tiles",
-                     choices=["Automatic", "Always", "Never"]),
-    # Forge's key, so its API clients and extensions set the same thing
-    "forge_unet_storage_dtype": _O("Automatic", "Diffusion in Low Bits (weights kept in fp8, computed in fp16/32)",
-                                   choices=["Automatic", "float8-e4m3fn", "float8-e5m2"]),
-    "low_bits_text_encoders": _O(False, "Low bits for the text encoders too"),
-})
-
 _section("vae", {
     "sd_vae_checkpoint_cache": _O(0, "VAE Checkpoints to cache in RAM", minimum=0, maximum=10),
     # Choices are "Automatic", "None" or a VAE file name: checked against the VAE list by the model code.
@@ -397,6 +382,21 @@ _section("optimizations", {
     "pad_cond_uncond_v0": _O(False, "Pad prompt/negative prompt (v0)", infotext="Pad conds v0"),
     "persistent_cond_cache": _O(True, "Persistent cond cache"),
     "batch_cond_uncond": _O(True, "Batch cond/uncond"),
+})
+
+_section("memory", {
+    # modules/memory/: where the weights live while a job runs (flags such as --medvram set the same on the GPU)
+    "memory_mode": _O("Automatic", "Where the model's weights live while generating",
+                      choices=["Automatic", "Everything on the GPU", "Model offload (--medvram)",
+                               "Sequential offload (--lowvram)"]),
+    "gpu_weights_mb": _O(0, "GPU Weights (MB): at most this much of the model's weights on the GPU (0: automatic)",
+                         minimum=0, maximum=1_000_000),
+    "vae_tiling": _O("Automatic", "Decode and encode with the VAE in tiles",
+                     choices=["Automatic", "Always", "Never"]),
+    # Forge's key, so its API clients and extensions set the same thing
+    "forge_unet_storage_dtype": _O("Automatic", "Diffusion in Low Bits (weights kept in fp8, computed in fp16/32)",
+                                   choices=["Automatic", "float8-e4m3fn", "float8-e5m2"]),
+    "low_bits_text_encoders": _O(False, "Low bits for the text encoders too"),
 })
 
 _section("compatibility", {
