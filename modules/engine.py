@@ -14,6 +14,7 @@ import torch
 
 from modules import cpu_threads, devices, images, processing, prompt_limits
 from modules.hashes import HashCache
+from modules.history import HistoryStore
 from modules.jobs import JobQueue, JobState
 from modules.models.manager import ModelManager
 from modules.models.registry import CheckpointRegistry
@@ -62,6 +63,7 @@ class Engine:
     controlnets: Any = None  # modules.controlnet.models.ControlNetLibrary (models/ControlNet, --controlnet-dir)
     hypernetworks: Any = None  # modules.networks.hypernetworks.HypernetworkRegistry (models/hypernetworks)
     memory: MemoryManager = None  # type: ignore[assignment]  where weights live per job (modules/memory/)
+    history: Any = None  # modules.history.HistoryStore: the index of saved pictures (history.sqlite3)
 
     @classmethod
     def create(cls, paths: Paths, settings: Settings | None = None, device_config: devices.DeviceConfig | None = None,
@@ -77,6 +79,7 @@ class Engine:
         loras.refresh()
         engine = cls(paths, settings, device_config, registry, models, JobState(), JobQueue(), loras)
         engine.memory = models.memory = MemoryManager(memory or MemoryFlags(), device_config.device, settings)
+        engine.history = HistoryStore(paths.data_dir / "history.sqlite3", paths.outputs_dir)
         engine.embeddings = EmbeddingDatabase(paths.embeddings_dir)
         engine.hypernetworks = HypernetworkRegistry.from_paths(paths)
         engine.hypernetworks.refresh()
@@ -146,7 +149,19 @@ class Engine:
                                     controlnets=self.controlnets, annotator_dir=self.paths.annotator_dir,
                                     hypernetworks=self.hypernetworks)
             ctx.state = self.state
-            return self._within_memory(model, req, ctx)
+            result = self._within_memory(model, req, ctx)
+        self._index(result)
+        return result
+
+    def _index(self, result: GenerationResult) -> None:
+        """Saved pictures into the history (after their files are written; a database problem never loses them)."""
+        if self.history is None:
+            return
+        for path, text in zip(result.saved_paths, result.saved_infotexts):
+            try:
+                self.history.add(path, text)
+            except Exception as e:  # noqa: BLE001 - the file is there; reconcile indexes it at the next start
+                log.warning("history: could not index %s (%s)", path, e)
 
     def _within_memory(self, model, req: GenerationRequest, ctx: ProcessingContext) -> GenerationResult:
         """Run the job under its memory plan; out of GPU memory → a message naming the stage and the next mode (or,

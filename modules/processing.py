@@ -165,6 +165,7 @@ class GenerationResult:
     extra_generation_params: dict[str, Any] = field(default_factory=dict)
     index_of_first_image: int = 0
     saved_paths: list[Path] = field(default_factory=list)
+    saved_infotexts: list[str] = field(default_factory=list)  # each saved picture's infotext (the history indexes it)
     grid_path: Path | None = None
     interrupted: bool = False
     skipped_batches: int = 0
@@ -259,7 +260,9 @@ def decode(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         out = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
         if vae.dtype == torch.float16 and torch.isnan(out).any():
-            log.warning("VAE produced NaNs in fp16; decoding this batch in fp32 (use --no-half-vae to always do so)")
+            if not getattr(vae, "_nan_reported", False):  # said once per VAE, not on every picture
+                log.warning("VAE produced NaNs in fp16; decoding in fp32 when it does (--no-half-vae always does)")
+                vae._nan_reported = True
             vae.to(torch.float32)
             out = vae.decode(scaled.to(torch.float32), return_dict=False)[0]
             vae.to(torch.float16)
@@ -789,6 +792,7 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
                                         text if ctx.opt("enable_pnginfo", True) else None,
                                         directory=ctx.outputs.samples, seed=run.all_seeds[index], fmt=fmt)
                 result.saved_paths.append(path)
+                result.saved_infotexts.append(text)
         state.next_job()
 
     _grid(ctx, req, result)

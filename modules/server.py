@@ -12,6 +12,7 @@ import argparse
 import logging
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,17 @@ def build_context(ns: argparse.Namespace, paths: Paths | None = None) -> AppCont
 
     engine = Engine.from_args(ns, paths=paths)
     engine.registry.hash_all_in_background()
+    if engine.history is not None:  # pictures saved while we were not running (or by A1111) get their rows
+        threading.Thread(target=_reconcile_history, args=(engine.history,), daemon=True,
+                         name="history reconcile").start()
     return AppContext(args=ns, engine=engine)
+
+
+def _reconcile_history(history) -> None:
+    try:
+        history.reconcile()
+    except Exception:  # noqa: BLE001 - the index is a convenience: the pictures are safe either way
+        log.exception("history: reconcile failed")
 
 
 def create_app(ctx: AppContext | None) -> FastAPI:
@@ -112,6 +123,9 @@ def create_app(ctx: AppContext | None) -> FastAPI:
 
         sdapi = api.mount(app, ctx)
         controlnet_api.mount(app, ctx.engine, sdapi.auth if sdapi.credentials else None)
+        from modules.api import history_api
+
+        history_api.mount(app, ctx.engine, sdapi.auth if sdapi.credentials else None)
 
     ui = ctx is not None and not getattr(ctx.args, "nowebui", False)
     if not ui:

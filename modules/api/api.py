@@ -292,7 +292,7 @@ class _WrongMethod(BaseRoute):
         self.app, self.router = app, router
 
     def _allowed(self, scope) -> set[str]:
-        others = [r for r in self.app.router.routes if r is not self and not isinstance(r, Mount)]
+        others = [r for r in self.app.router.routes if not isinstance(r, (Mount, _WrongMethod))]
         if any(r.matches(scope)[0] is Match.FULL for r in others):
             return set()
         methods: set[str] = set()

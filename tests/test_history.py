@@ -1,0 +1,221 @@
+"""The generation history (modules/history.py, `/sdapi/v1/history`): every saved picture indexed with its infotext,
+full-text search, filters and keyset pages, star/board/delete-to-trash, reconcile against the outputs folder (an
+A1111 outputs folder is imported, a deleted or corrupt database is rebuilt), and crash safety under kill -9."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from modules import fileio
+from modules.history import HistoryStore, Query
+
+ROOT = Path(__file__).resolve().parent.parent
+A1111_INFOTEXT = ("{prompt}\nNegative prompt: lowres, watermark\nSteps: {steps}, Sampler: {sampler}, Schedule type: "
+                  "Karras, CFG scale: 7, Seed: {seed}, Size: 512x768, Model hash: 6ce0161689, Model: {model}, "
+                  "Version: v1.10.1")
+
+
+def a1111_png(folder: Path, n: int, prompt: str, model="v1-5-pruned-emaonly", sampler="DPM++ 2M",
+              seed: int | None = None) -> Path:
+    """A picture as A1111 saves it: NNNNN-SEED.png with its infotext in the `parameters` text chunk."""
+    from PIL import PngImagePlugin
+
+    folder.mkdir(parents=True, exist_ok=True)
+    seed = 1000 + n if seed is None else seed
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", A1111_INFOTEXT.format(prompt=prompt, steps=20 + n % 5, sampler=sampler, seed=seed,
+                                                      model=model))
+    path = folder / f"{n:05d}-{seed}.png"
+    Image.new("RGB", (8, 12), (n % 255, 0, 0)).save(path, pnginfo=info)
+    return path
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = HistoryStore(tmp_path / "history.sqlite3", tmp_path / "outputs")
+    yield s
+    s.close()
+
+
+def test_generated_pictures_are_indexed_with_their_infotext(engine):
+    req = dict(prompt="a red circle on a white background", negative_prompt="blue", steps=2, width=64, height=64,
+               seed=11, batch_size=2, override_settings={"sd_model_checkpoint": "sd1.safetensors"})
+    result = engine.txt2img(req)
+    items, _ = engine.history.search(Query(q="red circle"))
+    assert sorted(i["path"] for i in items) == sorted(str(p) for p in result.saved_paths)
+    first = engine.history.get(min(i["id"] for i in items))
+    assert first["prompt"] == "a red circle on a white background" and first["negative_prompt"] == "blue"
+    assert (first["seed"], first["steps"], first["width"], first["height"]) == (11, 2, 64, 64)
+    assert first["model"] == "sd1" and first["infotext"] == result.infotexts[result.index_of_first_image]
+    assert engine.history.search(Query(q="green square"))[0] == []
+
+
+def test_search_filters_and_pages(store, tmp_path):
+    out = tmp_path / "outputs" / "txt2img-images" / "2024-05-01"
+    for n in range(7):
+        path = a1111_png(out, n, "a red circle" if n % 2 else "a blue square",
+                         sampler="Euler a" if n < 3 else "DPM++ 2M")
+        store.add(path, Image.open(path).info["parameters"])
+    circles, _ = store.search(Query(q="circle red"))  # words in any order
+    assert [i["prompt"] for i in circles] == ["a red circle"] * 3
+    assert len(store.search(Query(sampler="Euler a"))[0]) == 3
+    page1, cursor = store.search(Query(limit=3))
+    page2, cursor2 = store.search(Query(limit=3, cursor=cursor))
+    page3, end = store.search(Query(limit=3, cursor=cursor2))
+    ids = [i["id"] for i in page1 + page2 + page3]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 7 and end is None
+    store.update(ids[0], {"starred": True, "board": "keepers", "rating": 4})
+    assert [i["id"] for i in store.search(Query(starred=True))[0]] == [ids[0]]
+    assert store.search(Query(board="keepers"))[0][0]["rating"] == 4
+    assert store.search(Query(q='"; DROP TABLE images; --'))[0] == []  # a user's punctuation is never syntax
+
+
+def test_delete_goes_to_the_trash_and_restores(store, tmp_path):
+    path = a1111_png(tmp_path / "outputs" / "txt2img-images", 1, "a cat")
+    image_id = store.add(path, None)
+    row = store.delete(image_id)
+    trash = tmp_path / "outputs" / ".trash" / "txt2img-images" / path.name
+    assert row["deleted"] and not path.exists() and trash.exists()
+    assert store.search(Query())[0] == [] and store.reconcile()["imported"] == 0  # the trash is not re-imported
+    assert not store.restore(image_id)["deleted"] and path.exists() and not trash.exists()
+
+
+def test_reconcile_imports_an_a1111_outputs_folder_marks_missing_and_rebuilds(tmp_path):
+    out = tmp_path / "outputs"
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
+    paths = [a1111_png(out / "txt2img-images" / f"2023-01-0{1 + n % 3}", n, f"a picture of {words[n]}") for n in
+             range(12)]
+    (out / "notes.png").write_text("not a picture")  # skipped with a message, not a crash
+    db = tmp_path / "history.sqlite3"
+    store = HistoryStore(db, out)
+    assert store.reconcile() == {"imported": 12, "missing": 0, "returned": 0}
+    (row,) = store.search(Query(q="picture foxtrot"))[0]
+    assert (row["model"], row["sampler"], row["seed"], row["width"]) == ("v1-5-pruned-emaonly", "DPM++ 2M", 1005, 512)
+    paths[0].unlink()
+    assert store.reconcile()["missing"] == 1 and store.count() == 11
+    store.close()
+    for suffix in ("", "-wal", "-shm"):  # the database deleted: rebuilt from the files
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    again = HistoryStore(db, out)
+    assert again.reconcile()["imported"] == 11 and again.count() == 11
+    again.close()
+
+
+def test_a_corrupt_database_is_moved_aside_and_rebuilt(tmp_path, caplog):
+    out = tmp_path / "outputs"
+    a1111_png(out, 1, "a dog")
+    db = tmp_path / "history.sqlite3"
+    db.write_bytes(b"this is not a database" * 100)
+    store = HistoryStore(db, out)
+    assert store.reconcile()["imported"] == 1 and store.integrity() == "ok"
+    assert [p.name.split(".corrupt-")[0] for p in tmp_path.glob("history.sqlite3.corrupt-*")] == ["history.sqlite3"]
+    assert "moved it to" in caplog.text
+    store.close()
+
+
+_BURST = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from PIL import Image
+from modules import images
+from modules.history import HistoryStore
+root = Path(sys.argv[2])
+store = HistoryStore(root / "history.sqlite3", root / "outputs")
+print("ready", flush=True)
+n = 0
+while True:  # save, then index: what a job does for each picture, as fast as it can
+    text = f"burst picture {n}\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: {n}, Size: 8x8"
+    path = images.save_image(Image.new("RGB", (8, 8), (n % 255, 0, 0)), root / "outputs" / "burst", n, text)
+    store.add(path, text)
+    n += 1
+"""
+
+
+@pytest.mark.slow  # five processes killed mid-burst
+def test_kill_9_during_a_burst_of_saves_leaves_rows_and_files_one_to_one(tmp_path):
+    for round_ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", _BURST, str(ROOT), str(tmp_path)], stdout=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.2 + 0.15 * round_)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    store = HistoryStore(tmp_path / "history.sqlite3", tmp_path / "outputs")
+    assert store.integrity() == "ok"
+    store.reconcile()
+    files = {str(p) for p in (tmp_path / "outputs").rglob("*.png")}
+    rows = {i["path"] for i in _all(store)}
+    assert files == rows and len(files) > 5
+    # half-written files are hidden temporaries (never indexed); the start's sweep removes them (the writers are
+    # dead here, so no age is needed)
+    fileio.sweep_stale_temp_files([tmp_path / "outputs"], min_age_s=0)
+    assert not [p for p in (tmp_path / "outputs").rglob("*") if p.name.startswith(".") and p.is_file()]
+    with sqlite3.connect(tmp_path / "history.sqlite3") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    store.close()
+
+
+def _all(store) -> list[dict]:
+    items, cursor = store.search(Query(limit=500))
+    while cursor is not None:
+        more, cursor = store.search(Query(limit=500, cursor=cursor))
+        items += more
+    return items
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# /sdapi/v1/history
+
+
+@pytest.fixture
+def api(engine, data_dir):
+    from fastapi.testclient import TestClient
+
+    from modules import cmd_args
+    from modules.server import AppContext, create_app
+
+    ns = cmd_args.parse_args(["--data-dir", str(data_dir), "--skip-install", "--nowebui"], env={})
+    with TestClient(create_app(AppContext(args=ns, engine=engine))) as client:
+        yield client
+
+
+def test_history_api(api, engine):
+    engine.txt2img(dict(prompt="a lighthouse at night", steps=2, width=64, height=64, seed=3, cfg_scale=5,
+                        override_settings={"sd_model_checkpoint": "sd1.safetensors"}))
+    body = api.get("/sdapi/v1/history", params={"q": "lighthouse"}).json()
+    assert len(body["items"]) == 1 and body["next_cursor"] is None
+    image_id = body["items"][0]["id"]
+    assert api.get(f"/sdapi/v1/history/{image_id}").json()["seed"] == 3
+    picture = api.get(f"/sdapi/v1/history/{image_id}/image")
+    assert picture.status_code == 200 and picture.content[:8] == b"\x89PNG\r\n\x1a\n"
+    params = api.get(f"/sdapi/v1/history/{image_id}/params").json()
+    assert (params["prompt"], params["seed"], params["steps"], params["cfg_scale"]) == (
+        "a lighthouse at night", 3, 2, 5.0)
+    assert params["override_settings"]["sd_model_checkpoint"]
+    again = engine.txt2img({k: v for k, v in params.items() if k != "override_settings"}
+                           | {"override_settings": {"sd_model_checkpoint": "sd1.safetensors"}})  # recreates it
+    assert again.images[0].tobytes() == Image.open(engine.history.get(image_id)["path"]).convert("RGB").tobytes()
+    patched = api.patch(f"/sdapi/v1/history/{image_id}", json={"starred": True, "board": "night"}).json()
+    assert patched["starred"] and patched["board"] == "night"
+    assert api.get("/sdapi/v1/history", params={"starred": "true", "board": "night"}).json()["items"][0]["id"] == \
+        image_id
+    assert api.delete(f"/sdapi/v1/history/{image_id}").json()["deleted"]
+    assert api.get(f"/sdapi/v1/history/{image_id}/image").status_code == 404
+    assert not api.post(f"/sdapi/v1/history/{image_id}/restore").json()["deleted"]
+    # bad input: 404 / 422 with a reason, never 500
+    assert api.get("/sdapi/v1/history/999999").status_code == 404
+    assert api.get("/sdapi/v1/history", params={"limit": 0}).status_code == 422
+    assert api.get("/sdapi/v1/history", params={"since": "yesterday"}).status_code == 422
+    bad = api.patch(f"/sdapi/v1/history/{image_id}", json={"rating": 9})
+    assert bad.status_code == 422 and "rating" in bad.json()["detail"]
+    assert api.patch(f"/sdapi/v1/history/{image_id}", json={"path": "/etc/passwd"}).status_code == 422
+    assert api.put(f"/sdapi/v1/history/{image_id}").status_code == 405
