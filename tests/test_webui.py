@@ -345,3 +345,27 @@ def test_flux_checkpoint_from_the_page(page, ui_data, artifacts):
     pick(page, "setting_sd_model_checkpoint", "sd1.safetensors")
     expect(page.locator("#quicksettings_status")).to_contain_text("Loaded sd1.safetensors", timeout=60000)
     expect(page.locator("#txt2img_cfg_scale input[type=number]")).to_have_value("7")
+
+
+def test_history_tab_finds_stars_and_sends_a_picture(page, server, ui_data):
+    from modules.history import Query
+    from tests.test_history import a1111_png
+
+    words = ["lighthouse", "meadow", "glacier"]
+    for n in range(9):  # an A1111 outputs folder: indexed from the files' own infotext
+        a1111_png(ui_data / "outputs" / "txt2img-images" / "2023-06-01", 900 + n, f"a {words[n % 3]} at dawn")
+    server.ctx.engine.history.reconcile()
+    page.get_by_role("tab", name="History", exact=True).click()
+    expect(page.locator("#history_page")).to_contain_text("picture(s)")
+    page.fill("#history_search textarea", "glacier dawn")
+    page.click("#history_search_button")
+    expect(page.locator("#history_page")).to_contain_text("Page 1: 3 picture(s)")
+    page.locator("#history_gallery .thumbnail-item").first.click()
+    expect(page.locator("#history_info")).to_contain_text("Negative prompt: lowres, watermark")
+    page.click("#history_star")
+    expect(page.locator("#history_info")).to_contain_text("starred")
+    starred, _ = server.ctx.engine.history.search(Query(starred=True))
+    assert [row["prompt"] for row in starred] == ["a glacier at dawn"]
+    page.click("#history_send_to_txt2img")
+    expect(page.locator("#txt2img_prompt textarea")).to_have_value("a glacier at dawn")
+    expect(page.locator("#txt2img_steps input[type=number]")).to_have_value(str(starred[0]["steps"]))

@@ -18,7 +18,7 @@ import gradio as gr  # noqa: E402
 
 from modules import script_callbacks, scripts  # noqa: E402
 from modules.engine import Engine  # noqa: E402
-from webui import gradio_compat, extensions_tab, generation_tabs, models_tab, other_tabs, train_tab  # noqa: E402
+from webui import gradio_compat, extensions_tab, generation_tabs, history_tab, models_tab, other_tabs, train_tab  # noqa: E402,E501
 from webui.runner import USER_ERRORS, error_html  # noqa: E402
 from webui.ui_config import UiConfig  # noqa: E402
 
@@ -178,6 +178,13 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
                 extras = other_tabs.build_extras(engine)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = other_tabs.build_pnginfo()
+            history = None
+            if engine.history is not None:
+                with gr.Tab("History", id="history", elem_id="tab_history") as history_tab_item:
+                    history = history_tab.build_history(engine)
+                _, filters, outs = history["load"]
+                history_tab_item.select(lambda *a: history_tab.page(engine, *a, 0), filters, outs,
+                                        show_progress="hidden")
             with gr.Tab("Models", id="models", elem_id="tab_models"):
                 models_tab.build_models(engine, ckpt)
             with gr.Tab("Train", id="train", elem_id="tab_train"):
@@ -188,6 +195,8 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions") as extensions_tab_item:
                 extensions_tab.build_extensions(engine, args, extensions_tab_item)
         _wire_sending(t2i, i2i, extras, png, tabs)
+        if history is not None:
+            _wire_history_sending(history, t2i, i2i, tabs)
         _wire_demo_defaults(engine, cfg, ckpt, note, t2i, i2i, demo)
         demo.load(lambda: _current_checkpoint(engine), None, ckpt, queue=False, show_progress="hidden")
     cfg.save()
@@ -275,6 +284,15 @@ def _wire_sending(t2i, i2i, extras, png, tabs):
     png["to_img2img"].click(lambda image, text: [gr.Tabs(selected="img2img"), image.convert("RGB") if image else None]
                             + generation_tabs.paste_updates(i2i, text),
                             [png["image"], png["text"]], [tabs, i2i.extra["init"]] + i2i.components)
+
+
+def _wire_history_sending(history: dict, t2i, i2i, tabs) -> None:
+    """History's "send to": the picked picture's parameters (and for img2img the picture) into that tab."""
+    history["to_txt2img"].click(lambda text: [gr.Tabs(selected="txt2img")] + generation_tabs.paste_updates(t2i, text),
+                                history["text"], [tabs] + t2i.components)
+    history["to_img2img"].click(lambda nav, text: [gr.Tabs(selected="img2img"), history["picture"](nav)]
+                                + generation_tabs.paste_updates(i2i, text),
+                                [history["nav"], history["text"]], [tabs, i2i.extra["init"]] + i2i.components)
 
 
 def auth_pairs(args) -> list[tuple[str, str]] | None:
