@@ -64,6 +64,7 @@ class Engine:
     hypernetworks: Any = None  # modules.networks.hypernetworks.HypernetworkRegistry (models/hypernetworks)
     memory: MemoryManager = None  # type: ignore[assignment]  where weights live per job (modules/memory/)
     history: Any = None  # modules.history.HistoryStore: the index of saved pictures (history.sqlite3)
+    visible_queue: Any = None  # modules.job_queue.VisibleQueue, once the API mounts it (/sdapi/v1/queue)
 
     @classmethod
     def create(cls, paths: Paths, settings: Settings | None = None, device_config: devices.DeviceConfig | None = None,

@@ -253,6 +253,8 @@ class HistoryStore:
     # -- reading -----------------------------------------------------------------------------------------------
 
     def get(self, image_id: int) -> dict:
+        if not isinstance(image_id, int) or not 0 <= image_id < 2**63:
+            raise KeyError(image_id)
         row = self._reader().execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
         if row is None:
             raise KeyError(image_id)
@@ -265,6 +267,14 @@ class HistoryStore:
         """A page of pictures, newest first, and the cursor for the next page (None at the end)."""
         if not 1 <= query.limit <= 500:
             raise HistoryError("limit: from 1 to 500")
+        for name in ("cursor", "min_width", "min_height"):
+            value = getattr(query, name)
+            if value is not None and not 0 <= value < 2**62:
+                raise HistoryError(f"{name}: a whole number from 0")
+        for name in ("since", "until"):
+            value = getattr(query, name)
+            if value is not None and not -1e12 < value < 1e12:
+                raise HistoryError(f"{name}: a date")
         where, args = [], []
         if not query.include_deleted:
             where.append("deleted = 0 AND missing = 0")

@@ -126,6 +126,9 @@ def create_app(ctx: AppContext | None) -> FastAPI:
         from modules.api import history_api
 
         history_api.mount(app, ctx.engine, sdapi.auth if sdapi.credentials else None)
+        from modules.api import queue_api
+
+        queue_api.mount(app, sdapi, ctx.engine, sdapi.auth if sdapi.credentials else None)
 
     ui = ctx is not None and not getattr(ctx.args, "nowebui", False)
     if not ui:

@@ -282,6 +282,9 @@ _section("system", {
     "disable_mmap_load_safetensors": _O(False, "Disable memmapping for loading .safetensors files"),
     "cpu_threads": _O(0, "CPU threads for generation and training on the CPU (0 = automatic: 1 for small work, else "
                          "the cores other programs leave free; --threads overrides)", minimum=0, maximum=1024),
+    "queue_max_per_client": _O(20, "Queue: most jobs one client may have waiting", minimum=1, maximum=10_000),
+    "queue_max_total": _O(100, "Queue: most jobs waiting in all", minimum=1, maximum=100_000),
+    "queue_resume_after_restart": _O(True, "Queue: jobs still waiting when the server stopped run after a restart"),
 })
 
 _section("API", {

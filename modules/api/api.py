@@ -272,9 +272,11 @@ _ERROR_TEXT = {
     401: "No login, or a wrong one (--api-auth, --auth)",
     403: "A state-changing request from another origin's page, or an output folder change under "
          "--hide-ui-dir-config",
-    404: "No image to work on",
+    404: "No image to work on, or no such history picture or queued job",
+    409: "A queued job that has already started or finished",
     422: "A malformed or out-of-range request, or a model file that cannot be used (`errors` lists the fields "
          "request validation found at fault)",
+    429: "The queue is full (Settings: queue limits)",
 }
 
 
@@ -282,33 +284,50 @@ def _errors(*codes: int) -> dict:
     return {code: {"model": models.ErrorResponse, "description": _ERROR_TEXT[code]} for code in codes}
 
 
+def _flat_routes(routes):
+    """Routes as matched, with FastAPI's included routers opened up (their routes carry the full path)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _flat_routes(inner.routes)
+        else:
+            yield route
+
+
 class _WrongMethod(BaseRoute):
-    """405 with an ``Allow`` listing every method of a ``/sdapi/v1`` path called with another. Starlette's router
-    names only the first route's (``Allow: GET`` for /options, which takes POST too), and with the UI its catch-all
-    mount at "/" would answer 404. Routes added later (extensions') are seen: a request one of them serves is left
-    to it."""
+    """405 with an ``Allow`` listing every method of a ``/sdapi/v1`` path called with another (Starlette's router
+    names only the first route's: ``Allow: GET`` for /options, which takes POST too), and a JSON 404 for a path
+    under it that nothing serves (with the UI, its catch-all mount at "/" would answer in its own format). Routes
+    added later (extensions') are seen: a request one of them serves is left to it."""
 
     def __init__(self, app: FastAPI, router: APIRouter):
         self.app, self.router = app, router
 
-    def _allowed(self, scope) -> set[str]:
-        others = [r for r in self.app.router.routes if not isinstance(r, (Mount, _WrongMethod))]
+    def _allowed(self, scope) -> set[str] | None:
+        """None when another route serves the request; else the methods the path takes (empty: unknown path)."""
+        others = [r for r in _flat_routes(self.app.router.routes)
+                  if not isinstance(r, _WrongMethod) and not (isinstance(r, Mount) and r.path in ("", "/"))]
         if any(r.matches(scope)[0] is Match.FULL for r in others):
-            return set()
+            return None
         methods: set[str] = set()
-        for other in [*self.router.routes, *others]:
+        for other in [*_flat_routes(self.router.routes), *others]:
             if isinstance(other, Route) and other.methods and other.matches(scope)[0] is Match.PARTIAL:
                 methods |= other.methods
         return methods
 
     def matches(self, scope):
-        if scope["type"] == "http" and scope["path"].startswith(self.router.prefix + "/") and self._allowed(scope):
+        if scope["type"] == "http" and scope["path"].startswith(self.router.prefix + "/") and \
+                self._allowed(scope) is not None:
             return Match.FULL, {}
         return Match.NONE, {}
 
     async def handle(self, scope, receive, send):
-        allow = ", ".join(sorted(self._allowed(scope)))
-        response = error_response(405, "HTTPException", "Method Not Allowed", headers={"Allow": allow})
+        allowed = self._allowed(scope) or set()
+        if allowed:
+            response = error_response(405, "HTTPException", "Method Not Allowed",
+                                      headers={"Allow": ", ".join(sorted(allowed))})
+        else:
+            response = error_response(404, "HTTPException", "Not Found")
         await response(scope, receive, send)
 
 

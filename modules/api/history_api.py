@@ -31,13 +31,13 @@ class HistoryApi:
         responses = _errors(401) if auth is not None else {}
         router = APIRouter(prefix="/sdapi/v1/history", dependencies=deps, tags=["history"], responses=responses)
         router.add_api_route("", self.search, methods=["GET"], responses=_errors(422))
-        router.add_api_route("/{image_id}", self.get, methods=["GET"], responses=_errors(404))
-        router.add_api_route("/{image_id}/image", self.image, methods=["GET"], responses=_errors(404),
+        router.add_api_route("/{image_id}", self.get, methods=["GET"], responses=_errors(404, 422))
+        router.add_api_route("/{image_id}/image", self.image, methods=["GET"], responses=_errors(404, 422),
                              response_class=FileResponse)
-        router.add_api_route("/{image_id}/params", self.params, methods=["GET"], responses=_errors(404))
+        router.add_api_route("/{image_id}/params", self.params, methods=["GET"], responses=_errors(404, 422))
         router.add_api_route("/{image_id}", self.patch, methods=["PATCH"], responses=_errors(404, 422))
-        router.add_api_route("/{image_id}", self.delete, methods=["DELETE"], responses=_errors(404))
-        router.add_api_route("/{image_id}/restore", self.restore, methods=["POST"], responses=_errors(404))
+        router.add_api_route("/{image_id}", self.delete, methods=["DELETE"], responses=_errors(404, 422))
+        router.add_api_route("/{image_id}/restore", self.restore, methods=["POST"], responses=_errors(404, 422))
         app.include_router(router)  # a wrong method gets /sdapi/v1's 405 with Allow (it sees these routes)
 
     @property
