@@ -129,8 +129,9 @@ FILE_SECONDS = {"test_webui.py": 92, "test_launch.py": 58, "test_ui_feedback_bro
                 "test_page_compat.py": 15, "test_merge.py": 14, "test_extra_networks_ui.py": 14,
                 "test_extras_ui.py": 13, "test_flow_loading.py": 25, "test_flow_parity.py": 16,
                 "test_flow_lora.py": 12, "test_controlnet.py": 15, "test_demo_controlnet.py": 13,
-                "test_controlnet_preprocessors.py": 20, "test_controlnet_ui.py": 50,
-                "test_controlnet_reference.py": 8, "test_controlnet_external_code.py": 8, "test_sd3_controlnet.py": 5}
+                "test_controlnet_preprocessors.py": 25, "test_controlnet_ui.py": 50,
+                "test_controlnet_reference.py": 8, "test_controlnet_external_code.py": 8, "test_sd3_controlnet.py": 5, "test_memory.py": 15,
+                "test_history.py": 12, "test_queue.py": 8}
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -494,3 +494,36 @@ def test_animal_openpose_reads_animal_boxes_with_the_ap10k_network(tmp_path):
     out = pp.get("animal_openpose").run(picture, resolution=64, annotator_dir=tmp_path, device="cpu",
                                         pose_sink=seen.append)
     assert out.max() == 0 and seen[0]["animals"] == []
+
+
+@pytest.mark.slow  # the full-size big-lama generator (51 M parameters)
+def test_inpaint_only_lama_fills_the_masked_part_and_keeps_the_rest(tmp_path):
+    """The extension's ControlNetLama.pth layout (a training checkpoint: `state_dict` with `generator.model.*` and
+    its discriminator) read through spandrel's big-lama; only the masked pixels change, the mask stays alpha."""
+    from spandrel.architectures.LaMa import LaMa
+
+    with torch.device("meta"):
+        shapes = LaMa(in_nc=4, out_nc=3).state_dict()
+    pool = _random_pool(3)
+    sd = {}
+    for i, (key, t) in enumerate(shapes.items()):
+        name = key.replace("model.model.", "generator.model.", 1)
+        if key.endswith("running_var"):
+            sd[name] = torch.ones(t.shape)
+        elif key.endswith("running_mean") or not t.dtype.is_floating_point:
+            sd[name] = torch.zeros(t.shape, dtype=t.dtype)
+        else:
+            start = (i * 7919) % (pool.numel() - t.numel() + 1)
+            sd[name] = pool[start:start + t.numel()].reshape(t.shape).clone()
+    sd["discriminator.model0.0.weight"] = torch.zeros(4, 3, 3, 3)
+    (tmp_path / "lama").mkdir()
+    torch.save({"state_dict": sd}, tmp_path / "lama" / "ControlNetLama.pth")
+    picture = _circle()[:96, :128]
+    mask = np.zeros(picture.shape[:2], np.uint8)
+    mask[30:70, 40:90] = 255
+    out = pp.get("inpaint_only+lama").run(np.concatenate([picture, mask[:, :, None]], axis=2), resolution=512,
+                                           annotator_dir=tmp_path, device="cpu")
+    assert out.shape == (96, 128, 4) and np.array_equal(out[:, :, 3], mask)
+    outside = mask == 0
+    assert np.array_equal(out[:, :, :3][outside], picture[outside])  # untouched where not masked
+    assert not np.array_equal(out[30:70, 40:90, :3], picture[30:70, 40:90])  # filled where masked

@@ -603,6 +603,49 @@ def _depth_anything(img, res, a, b, ctx, relative):
     return hwc3(p.crop(depth_anything.depth_map(load(ctx, relative), p.image)))
 
 
+# --- LaMa (inpaint_only+lama: the masked part filled first, big-lama as spandrel builds it) ---
+
+def _lama_keys(net, sd: dict) -> dict:
+    """The generator's weights: a training checkpoint names them `generator.model.*` (spandrel: `model.model.*`);
+    its discriminator and loss networks are left out."""
+    return {k.replace("generator.model.", "model.model.", 1): v for k, v in sd.items()
+            if k.startswith(("generator.model.", "model.model."))}
+
+
+def _lama_net(sd: dict):
+    from spandrel.architectures.LaMa import LaMa
+
+    sd = _lama_keys(None, sd)
+    first = sd.get("model.model.1.ffc.convl2l.weight")
+    if first is None:
+        raise KeyError("model.model.1.ffc.convl2l.weight (a LaMa generator's first layer)")
+    last = max(int(k.split(".")[2]) for k in sd)
+    return LaMa(in_nc=first.shape[1], out_nc=sd[f"model.model.{last}.weight"].shape[0])
+
+
+_lama_net.reads_shapes = True
+LAMA_RESOLUTION = 256  # the extension always runs LaMa at 256 px: what it was trained on
+
+
+def _lama(img, res, a, b, ctx):
+    """inpaint_only+lama: LaMa fills the masked part (at 256 px), pasted into the picture through the mask; the
+    mask stays the alpha channel, so the unit then inpaints as inpaint_only does (the extension's lama_inpaint)."""
+    color, mask = np.ascontiguousarray(img[:, :, :3]), img[:, :, 3]
+    h, w = color.shape[:2]
+    pc = resize_with_pad(color, LAMA_RESOLUTION)
+    pm = resize_with_pad(np.repeat(mask[:, :, None], 3, axis=2), LAMA_RESOLUTION)
+    net = load(ctx, "lama/ControlNetLama.pth")
+    device = _param_device(net)
+    x = _tensor(pc.image / 255.0, device)
+    m = (_tensor(pm.image[:, :, :1] / 255.0, device) > 0.5).float()
+    with torch.no_grad():
+        out = net(x, m)[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy()
+    filled = cv2.resize(pc.crop((out * 255.0).round().astype(np.uint8)), (w, h), interpolation=cv2.INTER_CUBIC)
+    alpha = mask.astype(np.float32)[:, :, None] / 255.0
+    final = (filled.astype(np.float32) * alpha + color.astype(np.float32) * (1 - alpha)).clip(0, 255)
+    return np.concatenate([final.astype(np.uint8), mask[:, :, None]], axis=2)
+
+
 Convert = Callable[[torch.nn.Module, dict], dict]
 
 # "<subdir>/<file>" in the annotator folder -> (build the network, adapt the file's keys or None).
@@ -620,6 +663,7 @@ NETWORKS: dict[str, tuple[Callable[[], torch.nn.Module], Convert | None]] = {
     "openpose/hand_pose_model.pth": (_hand_net, _openpose_keys),
     "openpose/facenet.pth": (_face_net, None),
     "normal_bae/scannet.pt": (_normal_bae_net, _unwrapped),
+    "lama/ControlNetLama.pth": (_lama_net, _lama_keys),
     "depth_anything/depth_anything_vitl14.pth": (depth_anything.build("v1"), depth_anything.convert),
     "depth_anything_v2/depth_anything_v2_vitl.safetensors": (depth_anything.build("v2"), depth_anything.convert),
 }
@@ -646,6 +690,7 @@ RUNNERS: dict[str, Runner] = {
     "depth": _depth_midas,
     "normal_map": _normal_midas,
     "normal_bae": _normal_bae,
+    "inpaint_only+lama": _lama,
     "depth_anything": functools.partial(_depth_anything, relative="depth_anything/depth_anything_vitl14.pth"),
     "depth_anything_v2": functools.partial(_depth_anything,
                                            relative="depth_anything_v2/depth_anything_v2_vitl.safetensors"),
