@@ -550,3 +550,62 @@ def test_revision_refuses_what_it_cannot_guide(load_tiny, tmp_path):
         run("sd1.safetensors", "revision_clipvision")
     with pytest.raises(RequestError, match=r"controlnet\[0\]\.module: no CLIP vision encoder with projection width"):
         run("sdxl.safetensors", "revision_ignore_prompt")
+
+
+def test_t2i_style_adapter_tokens_join_the_prompt_as_the_extension_appends_them(load_tiny, tmp_path):
+    """t2ia_style_clipvision with a style adapter file (sized from its shapes) and the encoder as wide as it (found
+    in models/clip_vision): equal to StableDiffusionPipeline given the prompt's embeddings with weight × the style
+    tokens appended and the negative prompt's with zeros appended; outside the window, the plain picture."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    from modules.controlnet import t2i_style
+    from modules.controlnet.models import ControlNetLibrary
+    from modules.controlnet.unit_request import ControlNetUnitRequest, UnitImage
+    from modules.sampling import samplers
+    from tests import tiny_controlnets as tc
+
+    model = load_tiny("sd1.safetensors")
+    width, context = 32, model.unet.config.cross_attention_dim
+    torch.manual_seed(21)
+    adapter = t2i_style.StyleAdapter(width=width, context_dim=context, layers=2, tokens=4)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.normal_(0, 0.3)
+    (tmp_path / "cn").mkdir()
+    (tmp_path / "clip").mkdir()
+    torch.save(adapter.state_dict(), tmp_path / "cn" / "t2iadapter_style_sd14v1.pth")
+    encoder = tc.build_clip_vision(12)  # hidden width 32: the one the adapter reads
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp_path / "clip" / "clip_vitl.safetensors"))
+    save_file({k: v.contiguous() for k, v in tc.build_clip_vision(13, width=16).state_dict().items()},
+              str(tmp_path / "clip" / "other.safetensors"))
+    library = ControlNetLibrary([tmp_path / "cn"], clip_vision_dirs=[tmp_path / "clip"])
+    picture = _map(9).resize((48, 40))
+
+    def ours(start=0.0, end=1.0):
+        unit = ControlNetUnitRequest(module="t2ia_style_clipvision", model="t2iadapter_style_sd14v1", weight=0.7,
+                                     images=[UnitImage(picture)], guidance_start=start, guidance_end=end)
+        req = Txt2ImgRequest(prompt="a red ball", negative_prompt="blurry", steps=6, cfg_scale=6.0, width=SIZE,
+                             height=SIZE, seed=SEED, sampler_name="Euler", controlnet_units=[unit])
+        ctx = ProcessingContext(model=model, options={"return_grid": False}, outputs=None, controlnets=library)
+        return txt2img(ctx, req).images
+
+    from modules.controlnet.ip_adapter import image_processor
+
+    with torch.no_grad():
+        pixels = image_processor(encoder)(images=picture.convert("RGB"), return_tensors="pt").pixel_values
+        tokens = adapter(encoder(pixels).last_hidden_state) * 0.7
+    scheduler = samplers.build_scheduler(*samplers.resolve("Euler", None), model.scheduler_config).scheduler
+    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+                                   unet=model.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    positive, negative = pipe.encode_prompt("a red ball", "cpu", 1, True, "blurry")
+    theirs = pipe(prompt_embeds=torch.cat([positive, tokens], dim=1),
+                  negative_prompt_embeds=torch.cat([negative, torch.zeros_like(tokens)], dim=1),
+                  num_inference_steps=6, guidance_scale=6.0, width=SIZE, height=SIZE,
+                  generator=torch.Generator().manual_seed(SEED)).images
+    plain = pipe("a red ball", negative_prompt="blurry", num_inference_steps=6, guidance_scale=6.0, width=SIZE,
+                 height=SIZE, generator=torch.Generator().manual_seed(SEED)).images
+    guided = ours()
+    assert _diff(guided, theirs) <= 1 and _diff(guided, plain) >= 3  # (measured: 0 and 4)
+    assert _diff(ours(start=1.0, end=1.0), plain) <= 1  # an empty window: no tokens appended

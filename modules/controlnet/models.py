@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from modules import hashes
-from modules.controlnet import control_lora, detect, flux_controlnet, ip_adapter, sd3_controlnet, t2i_adapter
+from modules.controlnet import (control_lora, detect, flux_controlnet, ip_adapter, sd3_controlnet, t2i_adapter,
+                                t2i_style)
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +147,16 @@ def check_family(loaded: LoadedControlNet, checkpoint_family: str, unet_config: 
     """An SDXL ControlNet on an SD1.5 checkpoint (or the reverse) fails with shapes; say it in words instead."""
     family = checkpoint_family.split("_")[0]  # sd1_inpaint, sdxl_refiner → their base family
     width = getattr(unet_config, "cross_attention_dim", getattr(unet_config, "joint_attention_dim", None))
-    own = getattr(loaded.model.config, "cross_attention_dim",  # T2I-Adapters read no text
-                  getattr(loaded.model.config, "joint_attention_dim", None))
+    config = getattr(loaded.model, "config", None)  # (a style adapter has none: its family says its width)
+    own = getattr(config, "cross_attention_dim",  # T2I-Adapters read no text
+                  getattr(config, "joint_attention_dim", None))
     if loaded.kind == "t2i_adapter" and family in ("sd1", "sd2"):
         family = "sd1"  # one adapter family for SD1.x and SD2.x (same 8x8 patches, no text input)
     if loaded.family is not None and family in detect.FAMILY_NAMES and family != loaded.family or (
             width is not None and own is not None and width != own):
         ours = detect.FAMILY_NAMES.get(family, family)
-        what = {"t2i_adapter": "T2I-Adapter", "ip_adapter": "IP-Adapter"}.get(loaded.kind, "ControlNet")
+        what = {"t2i_adapter": "T2I-Adapter", "ip_adapter": "IP-Adapter",
+                "t2i_style": "T2I-Adapter style"}.get(loaded.kind, "ControlNet")
         theirs = "SD1.x/SD2.x" if loaded.kind == "t2i_adapter" and loaded.family == "sd1" else \
             detect.FAMILY_NAMES.get(loaded.family, f"{own}-wide text")
         raise ControlNetLoadError(f"{loaded.title} is a {theirs} {what}; "
@@ -170,6 +173,12 @@ def load_file(path: Path, title: str, device: torch.device, dtype: torch.dtype,
             sd, config_file = _read_folder(path)
         else:
             sd, config_file = read_state_dict(path, nested=True), None
+        if t2i_style.is_style_adapter(sd):
+            model = t2i_style.build(sd, dtype).to(device)
+            width = model.proj.shape[1]
+            log.info("T2I-Adapter style %s loaded (%d tokens)", title, model.tokens)
+            return LoadedControlNet(title=title, model=model, kind="t2i_style",
+                                    family={768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width))
         if ip_adapter.is_ip_adapter(sd):
             weights, family = ip_adapter.parse(sd)
             log.info("IP-Adapter %s loaded (%s%s)", title, detect.FAMILY_NAMES.get(family, "family by width"),

@@ -98,7 +98,7 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
         return _reference_unit(where, req, pre, model, init_image, init_mask, crop)
     if pre.name in revision.MODULES:
         return _revision_unit(where, req, pre, library, model, init_image, init_mask), None
-    if "Instant-ID" in pre.tags or pre.name.startswith(("t2ia_style", "ip-adapter_face_id", "ip-adapter_pulid")):
+    if "Instant-ID" in pre.tags or pre.name.startswith(("ip-adapter_face_id", "ip-adapter_pulid")):
         raise RequestError(f"{where}.module: {pre.name} is not supported yet (ControlNet, T2I-Adapter, "
                            "Control-LoRA and IP-Adapter models are)")
     if req.model in ("", "None") and not structure:
@@ -220,6 +220,8 @@ def _image_prompt(where: str, req, library, model, picture: Image.Image, width: 
     try:
         loaded = library.load(req.model, model.device, model.dtype, model.unet.config, model.family, model.title,
                               unet=model.unet, unet_weights=lambda: weights_in_host_memory(model))
+        if loaded.kind == "t2i_style":
+            return _style_unit(where, req, library, model, loaded, picture)
         if loaded.kind != "ip_adapter":
             raise RequestError(f"{where}.model: {loaded.title} is not an IP-Adapter (preprocessor {req.module} "
                                "makes image prompts)")
@@ -238,6 +240,20 @@ def _image_prompt(where: str, req, library, model, picture: Image.Image, width: 
                                  guidance_start=req.guidance_start, guidance_end=req.guidance_end,
                                  hr_option=req.hr_option.value, kind="ip_adapter", ip_embeds=embeds,
                                  region_mask=region)
+
+
+def _style_unit(where: str, req, library, model, loaded, picture: Image.Image) -> units_mod.ControlUnit:
+    """A T2I-Adapter style unit: the picture's CLIP ViT-L hidden states (the encoder as wide as the adapter, from
+    models/clip_vision) through the adapter, once; its tokens join the prompt's context (t2i_style.apply)."""
+    from types import SimpleNamespace
+
+    from modules.controlnet import t2i_style
+
+    width = loaded.model.style_embedding.shape[-1]
+    encoder = library.encoder(SimpleNamespace(plus=True, clip_width=width), model.device, model.dtype)
+    tokens = t2i_style.encode(encoder, loaded.model, picture)
+    return units_mod.ControlUnit(model=tokens, image=picture, weight=req.weight, guidance_start=req.guidance_start,
+                                 guidance_end=req.guidance_end, hr_option=req.hr_option.value, kind="t2i_style")
 
 
 def _input(where: str, req, init_image, init_mask):

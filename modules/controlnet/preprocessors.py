@@ -363,6 +363,8 @@ def _weight_free() -> list[Preprocessor]:
         _free("revision_clipvision", _identity, ["Revision"], None, _NOISE_AUGMENTATION, priority=100,
               model_free=True),
         _free("revision_ignore_prompt", _identity, ["Revision"], None, _NOISE_AUGMENTATION, model_free=True),
+        # T2I-Adapter style: the picture's CLIP ViT-L hidden states through the style adapter (t2i_style.py)
+        _free("clip_vision", _identity, ["T2I-Adapter"], label="t2ia_style_clipvision"),
         _free("ip-adapter_clip_sd15", _identity, ["IP-Adapter"], label="ip-adapter_clip_h", priority=100),
         _free("ip-adapter_clip_sdxl", _identity, ["IP-Adapter"], label="ip-adapter_clip_g"),
         _free("ip-adapter_clip_sdxl_plus_vith", _identity, ["IP-Adapter"]),

@@ -142,13 +142,15 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
 
 
 def _revision(job: SamplingJob, embeds, added, step: int, uncond_rows: int):
-    """ReVision units: the picture's embedding as the prompt rows' pooled embedding (and, asked, no text)."""
+    """ReVision units: the picture's embedding as the prompt rows' pooled embedding (and, asked, no text); T2I style
+    units: their tokens appended to the context."""
     if not job.controls:
         return embeds, added
-    from modules.controlnet import revision
+    from modules.controlnet import revision, t2i_style
 
-    return revision.apply([c.unit for c in job.controls if c.enabled], step, len(job.timesteps), embeds, added,
-                          uncond_rows)
+    units = [c.unit for c in job.controls if c.enabled]
+    embeds = t2i_style.apply(units, step, len(job.timesteps), embeds, uncond_rows)  # style tokens join the text
+    return revision.apply(units, step, len(job.timesteps), embeds, added, uncond_rows)
 
 
 def _control(job: SamplingJob, x: torch.Tensor, t, embeds, added, step: int, rows: torch.Tensor,
