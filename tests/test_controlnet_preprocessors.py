@@ -235,6 +235,11 @@ def _random_weights(build, seed: int = 0) -> dict:
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # timm's note on MiDaS's backbone name
         shapes = build().state_dict()
+    return _random_like(shapes, seed)
+
+
+def _random_like(shapes: dict, seed: int) -> dict:
+    """Random tensors of `shapes`' (meta) tensors: BatchNorm statistics neutral, the rest slices of the pool."""
     pool = _random_pool(seed)
     out = {}
     for i, (key, t) in enumerate(shapes.items()):
@@ -504,17 +509,7 @@ def test_inpaint_only_lama_fills_the_masked_part_and_keeps_the_rest(tmp_path):
 
     with torch.device("meta"):
         shapes = LaMa(in_nc=4, out_nc=3).state_dict()
-    pool = _random_pool(3)
-    sd = {}
-    for i, (key, t) in enumerate(shapes.items()):
-        name = key.replace("model.model.", "generator.model.", 1)
-        if key.endswith("running_var"):
-            sd[name] = torch.ones(t.shape)
-        elif key.endswith("running_mean") or not t.dtype.is_floating_point:
-            sd[name] = torch.zeros(t.shape, dtype=t.dtype)
-        else:
-            start = (i * 7919) % (pool.numel() - t.numel() + 1)
-            sd[name] = pool[start:start + t.numel()].reshape(t.shape).clone()
+    sd = {k.replace("model.model.", "generator.model.", 1): v for k, v in _random_like(shapes, 3).items()}
     sd["discriminator.model0.0.weight"] = torch.zeros(4, 3, 3, 3)
     (tmp_path / "lama").mkdir()
     torch.save({"state_dict": sd}, tmp_path / "lama" / "ControlNetLama.pth")
