@@ -320,8 +320,8 @@ class HistoryStore:
             return
         for root, dirs, files in os.walk(self.outputs_dir):
             dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS]
-            for name in files:
-                if name.lower().endswith(PICTURE_SUFFIXES) and not name.startswith("."):
+            for name in files:  # grids are not indexed (a job's pictures are; A1111 keeps grids apart too)
+                if name.lower().endswith(PICTURE_SUFFIXES) and not name.startswith((".", "grid-")):
                     yield Path(root) / name
 
     def reconcile(self, batch: int = 500) -> dict[str, int]:
@@ -349,8 +349,7 @@ class HistoryStore:
             try:
                 with Image.open(path) as im:
                     text = read_infotext(im)
-                kind = "grid" if path.name.startswith("grid-") else ""
-                rows.append(picture_row(path, text, kind))
+                rows.append(picture_row(path, text))
             except (OSError, ValueError, SyntaxError) as e:  # not a picture after all: skipped, said once
                 log.warning("history: %s is not a readable picture (%s); not indexed", path, e)
                 continue

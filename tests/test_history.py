@@ -94,6 +94,8 @@ def test_reconcile_imports_an_a1111_outputs_folder_marks_missing_and_rebuilds(tm
     paths = [a1111_png(out / "txt2img-images" / f"2023-01-0{1 + n % 3}", n, f"a picture of {words[n]}") for n in
              range(12)]
     (out / "notes.png").write_text("not a picture")  # skipped with a message, not a crash
+    (out / "txt2img-grids").mkdir()
+    (out / "txt2img-grids" / "grid-0001.png").write_bytes(paths[1].read_bytes())  # grids are not indexed
     db = tmp_path / "history.sqlite3"
     store = HistoryStore(db, out)
     assert store.reconcile() == {"imported": 12, "missing": 0, "returned": 0}

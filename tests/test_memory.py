@@ -89,6 +89,14 @@ def test_offloaded_model_loads_into_host_memory(engine):
     assert engine.models._load_config().device.type == "cpu"  # read to RAM; the plan brings in what fits
     engine.models.memory = MemoryManager(MemoryFlags(), torch.device("cuda"))
     assert engine.models._load_config().device.type == "cuda"
+    info = engine.registry.get("sdxl.safetensors")
+    size = info.filename.stat().st_size
+    engine.models.memory.device_free = lambda: size  # the file would not fit with room to spare: to RAM first
+    assert engine.models._load_config(info).device.type == "cpu"
+    engine.models.memory.device_free = lambda: size * 4
+    assert engine.models._load_config(info).device.type == "cuda"
+    engine.models.memory = MemoryManager(MemoryFlags(always_gpu=True), torch.device("cuda"))
+    assert engine.models._load_config(info).device.type == "cuda"  # --always-gpu: never to RAM
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -119,15 +119,21 @@ class MemoryManager:
         mb = int(self._setting("gpu_weights_mb", 0) or 0) or int(self.flags.gpu_weights_mb or 0)
         return mb << 20 if mb > 0 and self.on_gpu else None
 
-    def free_bytes(self, model) -> int | None:
-        """Device memory this model may use: what the device has free plus what the model holds there now."""
+    def device_free(self) -> int | None:
+        """Bytes this process can still allocate on the device: its free memory plus our allocator's cached blocks,
+        within a per-process cap (`set_per_process_memory_fraction`); None off the GPU."""
         if not self.on_gpu:
             return None
         free, total = torch.cuda.mem_get_info(self.device)
         allocated, reserved = torch.cuda.memory_allocated(self.device), torch.cuda.memory_reserved(self.device)
-        fraction = torch.cuda.get_per_process_memory_fraction(self.device)  # a cap set for this process counts
-        # the device's free memory plus our allocator's cached blocks, within the cap
-        free = max(0, min(free + reserved - allocated, int(fraction * total) - allocated))
+        fraction = torch.cuda.get_per_process_memory_fraction(self.device)
+        return max(0, min(free + reserved - allocated, int(fraction * total) - allocated))
+
+    def free_bytes(self, model) -> int | None:
+        """Device memory this model may use: what the device has free plus what the model holds there now."""
+        free = self.device_free()
+        if free is None:
+            return None
         off = offloader_of(model)
         held = off.resident_bytes() if off is not None else sum(
             module_bytes(p) for p in parts_of(model).values() if _on(p, self.device))

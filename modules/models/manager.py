@@ -39,6 +39,17 @@ def _back_on_device(model: LoadedModel) -> None:
             part.to(model.device)
 
 
+def _file_bytes(path: Path) -> int:
+    """A checkpoint's size on disk (a diffusers folder: its files'), an upper bound of its weights in 16 bits."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 class ModelNotFoundError(LookupError):
     """No checkpoint matches the requested title, name or hash."""
 
@@ -169,7 +180,7 @@ class ModelManager:
             while make_room and len(self._cache) >= limit:  # free RAM before reading the next file, not after
                 self._drop(next(iter(self._cache)))
             log.info("Loading checkpoint %s", info.title)
-            model = loader.load_model(info.filename, self._load_config(), name=info.name, title=info.title,
+            model = loader.load_model(info.filename, self._load_config(info), name=info.name, title=info.title,
                                       shorthash=info.shorthash, sources=self.part_sources())
             model.device_config = self.device_config  # loaded into host memory or not, it computes on the device
         finally:
@@ -181,13 +192,17 @@ class ModelManager:
         lowbit.apply_low_bits(model, choice, text_encoders)
         return model
 
-    def _load_config(self) -> DeviceConfig:
-        """Where a checkpoint's weights are read to: host memory when the user's flags or settings offload (the
-        job's plan then brings in what fits), else the device."""
+    def _load_config(self, info: CheckpointInfo | None = None) -> DeviceConfig:
+        """Where a checkpoint's weights are read to: host memory when the user's flags or settings offload, or when
+        the file would not fit in what the GPU has free (the job's plan then brings in what fits), else the
+        device."""
         if self.memory is None or self.device_config.device.type == "cpu":
             return self.device_config
         mode, _reason = self.memory.forced(None)
-        if mode in ("model", "sequential") or self.memory.weights_budget() is not None:
+        size = _file_bytes(info.filename) if info is not None else 0
+        free = self.memory.device_free() if size and mode != "resident" else None
+        if mode in ("model", "sequential") or self.memory.weights_budget() is not None or (
+                free is not None and size > 0.85 * free):
             import dataclasses
 
             import torch
