@@ -217,8 +217,8 @@ class MemoryManager:
 
     def summary(self) -> str:
         """One line for the page: the mode in effect and the last job's peak."""
-        if self.last_plan is None:
-            return ""
+        if self.last_plan is None or (not self.on_gpu and self.last_plan.mode == "resident"):
+            return ""  # on the CPU the weights are simply in RAM: nothing to say
         text = f"Memory: {planner.MODE_NAMES[self.last_plan.mode]}"
         if self.last_plan.vae_tiled:
             text += f", VAE in {self.last_plan.vae_tiles} tiles"
