@@ -366,6 +366,19 @@ def test_history_tab_finds_stars_and_sends_a_picture(page, server, ui_data):
     expect(page.locator("#history_info")).to_contain_text("starred")
     starred, _ = server.ctx.engine.history.search(Query(starred=True))
     assert [row["prompt"] for row in starred] == ["a glacier at dawn"]
+    page.locator("#history_more_filters").click()
+    page.fill("#history_since textarea", "tomorrow")
+    page.click("#history_search_button")
+    expect(page.locator("#history_page")).to_contain_text("From: a date as YYYY-MM-DD")  # said, not an error box
+    page.fill("#history_since textarea", "")
+    page.fill("#history_sampler textarea", "Euler a")
+    page.click("#history_search_button")
+    expect(page.locator("#history_page")).to_contain_text("No pictures match.")  # the folder's are DPM++ 2M
+    page.fill("#history_sampler textarea", "DPM++ 2M")
+    page.click("#history_search_button")
+    expect(page.locator("#history_page")).to_contain_text("Page 1: 3 picture(s)")
+    page.locator("#history_gallery .thumbnail-item").first.click()
+    expect(page.locator("#history_info")).to_contain_text("starred")
     page.click("#history_send_to_txt2img")
     expect(page.locator("#txt2img_prompt textarea")).to_have_value("a glacier at dawn")
     expect(page.locator("#txt2img_steps input[type=number]")).to_have_value(str(starred[0]["steps"]))

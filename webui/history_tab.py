@@ -1,6 +1,7 @@
 """The History tab: every saved picture (modules/history.py) found by the words of its prompt, filtered by model,
-board and star, a page at a time (keyset pages: as fast at 50 000 pictures as at 50); for the picked one its
-infotext, a star, a board, delete (to the trash folder, restorable) and "send to" txt2img/img2img."""
+board, star, sampler, dates and size, a page at a time (keyset pages: as fast at 50 000 pictures as at 50); for the
+picked one its infotext, a star, a rating, a board, delete (to the trash folder, restorable) and "send to"
+txt2img/img2img."""
 from __future__ import annotations
 
 import html
@@ -29,15 +30,32 @@ def _thumb(path: str):
         return None
 
 
-def page(engine: Engine, q: str, model: str, board: str, starred: bool, nav: dict, move: int):
+def _day(text: str, field: str) -> float | None:
+    import datetime
+
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise HistoryError(f"{field}: a date as YYYY-MM-DD, not {text!r}") from None
+
+
+def page(engine: Engine, q: str, model: str, board: str, starred: bool, sampler: str, since: str, until: str,
+         min_size: float, nav: dict, move: int):
     """The page `move` pages from `nav`'s (0: again from the newest), as (gallery, nav, page text, info)."""
     nav = dict(nav or {})
     cursors = list(nav.get("cursors") or [None]) if move else [None]
     index = max(0, int(nav.get("page", 0)) + move) if move else 0
     index = min(index, len(cursors) - 1)
-    query = Query(q=q or "", model=model or "", board=(board or None), starred=True if starred else None,
-                  cursor=cursors[index], limit=PAGE)
-    items, next_cursor = engine.history.search(query)
+    try:
+        query = Query(q=q or "", model=model or "", board=(board or None), starred=True if starred else None,
+                      sampler=sampler or "", since=_day(since, "From"), until=_day(until, "Until"),
+                      min_width=int(min_size or 0), min_height=int(min_size or 0), cursor=cursors[index], limit=PAGE)
+        items, next_cursor = engine.history.search(query)
+    except HistoryError as e:
+        return gr.update(), nav, f"<span id='history_page_text'>⚠ {html.escape(str(e))}</span>", ""
     if len(cursors) == index + 1 and next_cursor is not None:
         cursors.append(next_cursor)
     pictures = [(thumb, _caption(row)) for row in items if (thumb := _thumb(row["path"])) is not None]
@@ -56,7 +74,8 @@ def _caption(row: dict) -> str:
 def _info(row: dict) -> str:
     parts = [f"<div class='history-prompt'>{html.escape(row['infotext'] or '(no infotext)')}</div>",
              f"<div class='history-file'>{html.escape(row['path'])}</div>"]
-    tags = (["★ starred"] if row["starred"] else []) + ([f"board: {row['board']}"] if row["board"] else [])
+    tags = (["★ starred"] if row["starred"] else []) + ([f"rated {row['rating']}/5"] if row["rating"] else []) + (
+        [f"board: {row['board']}"] if row["board"] else [])
     if tags:
         parts.append(f"<div class='history-tags'>{html.escape(' · '.join(tags))}</div>")
     return "".join(parts)
@@ -67,10 +86,11 @@ def select(engine: Engine, nav: dict, evt: gr.SelectData):
     nav = dict(nav or {})
     ids = nav.get("ids") or []
     if not isinstance(evt.index, int) or not 0 <= evt.index < len(ids):
-        return nav, "", "", gr.update()
+        return nav, "", "", gr.update(), gr.update()
     row = engine.history.get(ids[evt.index])
     nav["selected"] = row["id"]
-    return nav, _info(row), row["infotext"], gr.update(value="★ Unstar" if row["starred"] else "☆ Star")
+    return (nav, _info(row), row["infotext"], gr.update(value="★ Unstar" if row["starred"] else "☆ Star"),
+            gr.update(value=row["rating"]))
 
 
 def _selected(engine: Engine, nav: dict) -> dict | None:
@@ -89,6 +109,13 @@ def toggle_star(engine: Engine, nav: dict):
         return "<div class='sd-note'>Pick a picture first.</div>", gr.update()
     row = engine.history.update(row["id"], {"starred": not row["starred"]})
     return _info(row), gr.update(value="★ Unstar" if row["starred"] else "☆ Star")
+
+
+def rate(engine: Engine, nav: dict, rating: float):
+    row = _selected(engine, nav)
+    if row is None:
+        return "<div class='sd-note'>Pick a picture first.</div>"
+    return _info(engine.history.update(row["id"], {"rating": int(rating or 0)}))
 
 
 def set_board(engine: Engine, nav: dict, board: str):
@@ -128,6 +155,13 @@ def build_history(engine: Engine) -> dict:
         board = gr.Textbox(label="Board", placeholder="any", elem_id="history_board_filter", scale=1)
         starred = gr.Checkbox(label="Starred only", elem_id="history_starred_only", scale=1)
         search = gr.Button("Search", variant="primary", elem_id="history_search_button", scale=1)
+    with gr.Accordion("More filters", open=False, elem_id="history_more_filters"):
+        with gr.Row():
+            sampler = gr.Textbox(label="Sampler", placeholder="any", elem_id="history_sampler")
+            since = gr.Textbox(label="From (YYYY-MM-DD)", elem_id="history_since")
+            until = gr.Textbox(label="Until (YYYY-MM-DD)", elem_id="history_until")
+            min_size = gr.Number(label="At least (px, both sides)", value=0, precision=0, minimum=0,
+                                 elem_id="history_min_size")
     gallery = gr.Gallery(label="History", elem_id="history_gallery", columns=8, height=520, object_fit="contain",
                          allow_preview=False, show_label=False)
     with gr.Row(elem_id="history_paging"):
@@ -140,20 +174,22 @@ def build_history(engine: Engine) -> dict:
             text = gr.Textbox(visible=False, elem_id="history_infotext")
         with gr.Column(scale=1):
             star = gr.Button("☆ Star", elem_id="history_star")
+            rating = gr.Slider(0, 5, value=0, step=1, label="Rating (release to save)", elem_id="history_rating")
             board_set = gr.Textbox(label="Put on board (Enter)", elem_id="history_board")
             remove = gr.Button("Delete (to trash)", variant="stop", elem_id="history_delete")
             to_txt2img = gr.Button("Send to txt2img", elem_id="history_send_to_txt2img")
             to_img2img = gr.Button("Send to img2img", elem_id="history_send_to_img2img")
     nav = gr.State({})
-    filters = [q, model, board, starred, nav]
+    filters = [q, model, board, starred, sampler, since, until, min_size, nav]
     outs = [gallery, nav, page_text, info]
     for trigger, move in ((search.click, 0), (q.submit, 0), (older.click, 1), (newer.click, -1)):
         trigger(lambda *a, m=move: page(engine, *a, m), filters, outs, show_progress="hidden")
     def on_select(n: dict, evt: gr.SelectData):  # Gradio passes the event by this annotation
         return select(engine, n, evt)
 
-    gallery.select(on_select, [nav], [nav, info, text, star], show_progress="hidden")
+    gallery.select(on_select, [nav], [nav, info, text, star, rating], show_progress="hidden")
     star.click(lambda n: toggle_star(engine, n), [nav], [info, star], show_progress="hidden")
+    rating.release(lambda n, r: rate(engine, n, r), [nav, rating], [info], show_progress="hidden")
     board_set.submit(lambda n, b: set_board(engine, n, b), [nav, board_set], [info], show_progress="hidden")
     remove.click(lambda n: delete(engine, n), [nav], [info], show_progress="hidden").then(
         lambda *a: page(engine, *a, 0)[:3], filters, [gallery, nav, page_text], show_progress="hidden")
