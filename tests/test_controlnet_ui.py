@@ -84,6 +84,9 @@ def test_unit_values_become_the_extensions_api_units():
     assert first.images[0].image.size == (64, 64) and first.hr_option.value == "Low res only"
     assert first.infotext().startswith("Module: canny, Model: cn [1234], Weight: 0.5, Resize Mode: Just Resize")
     assert not second.enabled
+    # Multi-Inputs (several pictures, e.g. for an IP-Adapter) when the single image is empty
+    several = put_units({**values, key(0, "image"): None, key(0, "multi_images"): [(picture, None), (_square(), "")]})
+    assert len(Txt2ImgRequest.from_dict(several).controlnet_units[0].images) == 2
     # nothing enabled: no units in the request at all
     assert "controlnet" not in put_units({key(0, "enabled"): False, key(0, "model"): "None"}).get(
         "alwayson_scripts", {})
@@ -224,10 +227,13 @@ def test_accordion_with_three_units_and_the_extensions_ids(page):
     expect(page.locator("#txt2img_controlnet #controlnet")).to_be_visible()
     expect(page.locator(f"#{U0}_controlnet_enable_checkbox")).to_be_hidden()  # closed by default
     open_controlnet(page)
-    tabs = page.locator("#txt2img_controlnet_tabs [role=tab]")
+    tabs = page.locator("#txt2img_controlnet_tabs [role=tab]", has_text="ControlNet Unit")  # (not a unit's own)
     expect(tabs).to_have_text(["ControlNet Unit 0", "ControlNet Unit 1", "ControlNet Unit 2"])
     for suffix in SUFFIXES:
         expect(page.locator(f"#{U0}_{suffix}")).to_have_count(1)
+    page.get_by_role("tab", name="Multi-Inputs").first.click()  # several pictures for one unit
+    expect(page.locator(f"#{U0}_multi_inputs_gallery")).to_be_visible()
+    page.get_by_role("tab", name="Single Image").first.click()
     expect(page.locator(f"#{U0}_controlnet_type_filter_radio")).to_contain_text("Canny")
     expect(page.locator(f"#{U0}_controlnet_preprocessor_dropdown input")).to_have_value("none")
     expect(page.locator(f"#{U0}_controlnet_model_dropdown input")).to_have_value("None")

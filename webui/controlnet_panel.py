@@ -42,7 +42,7 @@ CSS = """<style>
 UNIT_FIELDS = ("enabled", "module", "model", "weight", "image", "mask", "resize_mode", "low_vram", "processor_res",
                "threshold_a", "threshold_b", "guidance_start", "guidance_end", "pixel_perfect", "control_mode",
                "hr_option")
-UI_FIELDS = ("control_type", "use_mask", "independent")
+UI_FIELDS = ("control_type", "use_mask", "independent", "multi_images")
 
 
 def key(index: int, name: str) -> str:
@@ -165,6 +165,11 @@ def unit_dict(v: dict[str, Any], index: int = 0, is_img2img: bool = False) -> di
     if image is not None:
         mask = v.get("mask") if v.get("use_mask") else None
         unit["image"] = {"image": image, "mask": mask} if mask is not None else image
+    elif v.get("multi_images") and (not is_img2img or v.get("independent")):
+        pictures = [item[0] if isinstance(item, (list, tuple)) else item for item in v["multi_images"]]
+        pictures = [p for p in pictures if p is not None]
+        if pictures:  # the API's list of {"image": ...} entries
+            unit["image"] = [{"image": picture} for picture in pictures]
     return unit
 
 
@@ -384,20 +389,26 @@ def _build_unit(c, panel: ControlNetPanel, index: int, prefix: str, titles: list
             c.add(key(index, name), component)
         return component
 
-    with gr.Group(visible=not is_img2img) as image_panel:
-        with gr.Row(equal_height=True, elem_classes=["cnet-image-row"]):
-            add("image", gr.Image(label="Image", type="pil", format="png", image_mode=None,
-                                  sources=["upload", "clipboard"], elem_id=f"{prefix}_input_image",
-                                  elem_classes=["cnet-image"], height=242))
-            with gr.Column(visible=False, elem_classes=["cnet-generated-image-group"]) as generated_group:
-                u["generated_image"] = gr.Image(label="Preprocessor Preview", type="pil", format="png",
-                                                interactive=False, elem_id=f"{prefix}_generated_image",
-                                                elem_classes=["cnet-image"], height=242)
-        with gr.Column(visible=False) as mask_group:
-            add("mask", gr.Image(label="Input mask (white: the area to inpaint; for other preprocessors a drawn "
-                                       "mask is used as the input, as a scribble)", type="pil", format="png",
-                                 image_mode=None, sources=["upload", "clipboard"], elem_id=f"{prefix}_input_mask",
-                                 height=200))
+    with gr.Group(visible=not is_img2img) as image_panel, gr.Tabs(elem_id=f"{prefix}_input_tabs"):
+        with gr.Tab("Single Image", elem_id=f"{prefix}_single_image_tab"):
+            with gr.Row(equal_height=True, elem_classes=["cnet-image-row"]):
+                add("image", gr.Image(label="Image", type="pil", format="png", image_mode=None,
+                                      sources=["upload", "clipboard"], elem_id=f"{prefix}_input_image",
+                                      elem_classes=["cnet-image"], height=242))
+                with gr.Column(visible=False, elem_classes=["cnet-generated-image-group"]) as generated_group:
+                    u["generated_image"] = gr.Image(label="Preprocessor Preview", type="pil", format="png",
+                                                    interactive=False, elem_id=f"{prefix}_generated_image",
+                                                    elem_classes=["cnet-image"], height=242)
+            with gr.Column(visible=False) as mask_group:
+                add("mask", gr.Image(label="Input mask (white: the area to inpaint; for other preprocessors a drawn "
+                                           "mask is used as the input, as a scribble)", type="pil", format="png",
+                                     image_mode=None, sources=["upload", "clipboard"],
+                                     elem_id=f"{prefix}_input_mask", height=200))
+        with gr.Tab("Multi-Inputs", elem_id=f"{prefix}_multi_inputs_tab"):
+            # the extension's multi-inputs: several pictures for one unit (an IP-Adapter averages their tokens);
+            # used when the single image is empty
+            add("multi_images", gr.Gallery(label="Pictures", type="pil", interactive=True, file_types=["image"],
+                                           columns=4, height=242, elem_id=f"{prefix}_multi_inputs_gallery"))
     u["image_panel"] = image_panel
     with gr.Row(elem_classes=["controlnet_main_options"]):
         add("enabled", gr.Checkbox(label="Enable", value=False, elem_id=f"{prefix}_controlnet_enable_checkbox",
