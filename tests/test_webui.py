@@ -347,6 +347,19 @@ def test_flux_checkpoint_from_the_page(page, ui_data, artifacts):
     expect(page.locator("#txt2img_cfg_scale input[type=number]")).to_have_value("7")
 
 
+def _history_search(page, says: str, **fields) -> None:
+    """Fill the History tab's filter boxes (elem id suffix → text), search, and wait for the page line."""
+    for name, text in fields.items():
+        page.fill(f"#history_{name} textarea", text)
+    page.click("#history_search_button")
+    expect(page.locator("#history_page")).to_contain_text(says)
+
+
+def _pick_first_history_picture(page, shows: str) -> None:
+    page.locator("#history_gallery .thumbnail-item").first.click()
+    expect(page.locator("#history_info")).to_contain_text(shows)
+
+
 def test_history_tab_finds_stars_and_sends_a_picture(page, server, ui_data):
     from modules.history import Query
     from tests.test_history import a1111_png
@@ -357,28 +370,17 @@ def test_history_tab_finds_stars_and_sends_a_picture(page, server, ui_data):
     server.ctx.engine.history.reconcile()
     page.get_by_role("tab", name="History", exact=True).click()
     expect(page.locator("#history_page")).to_contain_text("picture(s)")
-    page.fill("#history_search textarea", "glacier dawn")
-    page.click("#history_search_button")
-    expect(page.locator("#history_page")).to_contain_text("Page 1: 3 picture(s)")
-    page.locator("#history_gallery .thumbnail-item").first.click()
-    expect(page.locator("#history_info")).to_contain_text("Negative prompt: lowres, watermark")
+    _history_search(page, "Page 1: 3 picture(s)", search="glacier dawn")
+    _pick_first_history_picture(page, "Negative prompt: lowres, watermark")
     page.click("#history_star")
     expect(page.locator("#history_info")).to_contain_text("starred")
     starred, _ = server.ctx.engine.history.search(Query(starred=True))
     assert [row["prompt"] for row in starred] == ["a glacier at dawn"]
     page.locator("#history_more_filters").click()
-    page.fill("#history_since textarea", "tomorrow")
-    page.click("#history_search_button")
-    expect(page.locator("#history_page")).to_contain_text("From: a date as YYYY-MM-DD")  # said, not an error box
-    page.fill("#history_since textarea", "")
-    page.fill("#history_sampler textarea", "Euler a")
-    page.click("#history_search_button")
-    expect(page.locator("#history_page")).to_contain_text("No pictures match.")  # the folder's are DPM++ 2M
-    page.fill("#history_sampler textarea", "DPM++ 2M")
-    page.click("#history_search_button")
-    expect(page.locator("#history_page")).to_contain_text("Page 1: 3 picture(s)")
-    page.locator("#history_gallery .thumbnail-item").first.click()
-    expect(page.locator("#history_info")).to_contain_text("starred")
+    _history_search(page, "From: a date as YYYY-MM-DD", since="tomorrow")  # said on the page, not an error box
+    _history_search(page, "No pictures match.", since="", sampler="Euler a")  # the folder's are DPM++ 2M
+    _history_search(page, "Page 1: 3 picture(s)", sampler="DPM++ 2M")
+    _pick_first_history_picture(page, "starred")
     page.click("#history_send_to_txt2img")
     expect(page.locator("#txt2img_prompt textarea")).to_have_value("a glacier at dawn")
     expect(page.locator("#txt2img_steps input[type=number]")).to_have_value(str(starred[0]["steps"]))
