@@ -384,3 +384,6 @@ def test_history_tab_finds_stars_and_sends_a_picture(page, server, ui_data):
     page.click("#history_send_to_txt2img")
     expect(page.locator("#txt2img_prompt textarea")).to_have_value("a glacier at dawn")
     expect(page.locator("#txt2img_steps input[type=number]")).to_have_value(str(starred[0]["steps"]))
+    page.get_by_role("tab", name="History", exact=True).click()
+    page.click("#history_send_to_extras")  # the picture itself goes to Extras
+    expect(page.locator("#extras_image img")).to_be_visible()

@@ -196,7 +196,7 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
                 extensions_tab.build_extensions(engine, args, extensions_tab_item)
         _wire_sending(t2i, i2i, extras, png, tabs)
         if history is not None:
-            _wire_history_sending(history, t2i, i2i, tabs)
+            _wire_history_sending(history, t2i, i2i, extras, tabs)
         _wire_demo_defaults(engine, cfg, ckpt, note, t2i, i2i, demo)
         demo.load(lambda: _current_checkpoint(engine), None, ckpt, queue=False, show_progress="hidden")
     cfg.save()
@@ -286,13 +286,28 @@ def _wire_sending(t2i, i2i, extras, png, tabs):
                             [png["image"], png["text"]], [tabs, i2i.extra["init"]] + i2i.components)
 
 
-def _wire_history_sending(history: dict, t2i, i2i, tabs) -> None:
-    """History's "send to": the picked picture's parameters (and for img2img the picture) into that tab."""
+def _wire_history_sending(history: dict, t2i, i2i, extras, tabs) -> None:
+    """History's "send to": the picked picture's parameters (and the picture, for img2img, inpaint and Extras)
+    into that tab, as the generation tabs' own buttons do."""
+    subtabs, mode = i2i.extra["subtabs"], i2i.extra["mode"]
+    ins = [history["nav"], history["text"]]
+
+    def to_img2img(nav, text):
+        return [history["picture"](nav), gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img_tab"),
+                "img2img"] + generation_tabs.paste_updates(i2i, text)
+
+    def to_inpaint(nav, text):
+        picture = history["picture"](nav)
+        editor = {"background": picture, "layers": [], "composite": None} if picture is not None else None
+        return [editor, gr.Tabs(selected="img2img"), gr.Tabs(selected="inpaint_tab"),
+                "inpaint"] + generation_tabs.paste_updates(i2i, text)
+
     history["to_txt2img"].click(lambda text: [gr.Tabs(selected="txt2img")] + generation_tabs.paste_updates(t2i, text),
                                 history["text"], [tabs] + t2i.components)
-    history["to_img2img"].click(lambda nav, text: [gr.Tabs(selected="img2img"), history["picture"](nav)]
-                                + generation_tabs.paste_updates(i2i, text),
-                                [history["nav"], history["text"]], [tabs, i2i.extra["init"]] + i2i.components)
+    history["to_img2img"].click(to_img2img, ins, [i2i.extra["init"], tabs, subtabs, mode] + i2i.components)
+    history["to_inpaint"].click(to_inpaint, ins, [i2i.extra["inpaint"], tabs, subtabs, mode] + i2i.components)
+    history["to_extras"].click(lambda nav: (history["picture"](nav), gr.Tabs(selected="extras")), history["nav"],
+                               [extras["image"], tabs])
 
 
 def auth_pairs(args) -> list[tuple[str, str]] | None:

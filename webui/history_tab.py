@@ -1,7 +1,7 @@
 """The History tab: every saved picture (modules/history.py) found by the words of its prompt, filtered by model,
 board, star, sampler, dates and size, a page at a time (keyset pages: as fast at 50 000 pictures as at 50); for the
 picked one its infotext, a star, a rating, a board, delete (to the trash folder, restorable) and "send to"
-txt2img/img2img."""
+txt2img/img2img/inpaint/extras."""
 from __future__ import annotations
 
 import html
@@ -60,10 +60,12 @@ def page(engine: Engine, q: str, model: str, board: str, starred: bool, sampler:
         cursors.append(next_cursor)
     pictures = [(thumb, _caption(row)) for row in items if (thumb := _thumb(row["path"])) is not None]
     shown = [row for row in items if Path(row["path"]).is_file()]
-    nav = {"ids": [row["id"] for row in shown], "cursors": cursors, "page": index, "selected": None}
+    ids = [row["id"] for row in shown]
+    kept = nav.get("selected") if nav.get("selected") in ids else None  # coming back to the tab keeps the pick
+    nav = {"ids": ids, "cursors": cursors, "page": index, "selected": kept}
     more = " · more: Older ▶" if next_cursor is not None else ""
     text = f"Page {index + 1}: {len(shown)} picture(s){more}" if shown else "No pictures match."
-    return pictures, nav, f"<span id='history_page_text'>{html.escape(text)}</span>", ""
+    return pictures, nav, f"<span id='history_page_text'>{html.escape(text)}</span>", gr.update() if kept else ""
 
 
 def _caption(row: dict) -> str:
@@ -179,6 +181,8 @@ def build_history(engine: Engine) -> dict:
             remove = gr.Button("Delete (to trash)", variant="stop", elem_id="history_delete")
             to_txt2img = gr.Button("Send to txt2img", elem_id="history_send_to_txt2img")
             to_img2img = gr.Button("Send to img2img", elem_id="history_send_to_img2img")
+            to_inpaint = gr.Button("Send to inpaint", elem_id="history_send_to_inpaint")
+            to_extras = gr.Button("Send to extras", elem_id="history_send_to_extras")
     nav = gr.State({})
     filters = [q, model, board, starred, sampler, since, until, min_size, nav]
     outs = [gallery, nav, page_text, info]
@@ -193,5 +197,6 @@ def build_history(engine: Engine) -> dict:
     board_set.submit(lambda n, b: set_board(engine, n, b), [nav, board_set], [info], show_progress="hidden")
     remove.click(lambda n: delete(engine, n), [nav], [info], show_progress="hidden").then(
         lambda *a: page(engine, *a, 0)[:3], filters, [gallery, nav, page_text], show_progress="hidden")
-    return {"nav": nav, "text": text, "to_txt2img": to_txt2img, "to_img2img": to_img2img,
+    return {"nav": nav, "text": text, "to_txt2img": to_txt2img, "to_img2img": to_img2img, "to_inpaint": to_inpaint,
+            "to_extras": to_extras,
             "picture": lambda n: selected_picture(engine, n), "load": (page, filters, outs)}
