@@ -514,6 +514,12 @@ def _param(module: torch.nn.Module, name: str) -> torch.Tensor:
 def restore(model, forget: bool = False) -> None:
     """Put back every original weight (bit-exact copies). The copies are kept (as A1111 does) so that switching
     back and forth does not copy the weights again; `forget=True` frees them."""
+    state = state_of(model)
+    if not state.active and not state.hooks:  # nothing patched: the stored weights need not come in
+        if forget:
+            state.backups.clear()
+        state.signature, state.warnings = (), []
+        return
     with weights_in_host_memory(model):
         _restore(model, forget)
 
@@ -561,12 +567,17 @@ def _add_low_rank(state: NetworkState, combined: dict[str, list], device: torch.
 def apply_networks(model, networks: list[ActiveNetwork]) -> list[str]:
     """Make `networks` the model's active set (an empty list restores the original weights). Returns warnings.
     Weights an offload plan parks are patched where they are stored (modules/memory/offload.py)."""
-    with weights_in_host_memory(model):
-        return _apply_networks(model, networks)
-
-
-def _apply_networks(model, networks: list[ActiveNetwork]) -> list[str]:
     state = state_of(model)
+    signature = _signature(networks)
+    if signature == state.signature:  # the same set as the last job: nothing to patch (nor to bring in)
+        for net in networks:
+            net.applied = str(net.entry.path) not in state.refused
+        return list(state.warnings)
+    with weights_in_host_memory(model):
+        return _apply_networks(model, networks, signature)
+
+
+def _signature(networks: list[ActiveNetwork]) -> tuple:
     signature = []
     for net in networks:
         try:
@@ -574,11 +585,11 @@ def _apply_networks(model, networks: list[ActiveNetwork]) -> list[str]:
         except OSError:
             mtime = size = None
         signature.append((str(net.entry.path), mtime, size, net.te_multiplier, net.unet_multiplier, net.dyn_dim))
-    signature = tuple(signature)
-    if signature == state.signature:
-        for net in networks:
-            net.applied = str(net.entry.path) not in state.refused
-        return list(state.warnings)
+    return tuple(signature)
+
+
+def _apply_networks(model, networks: list[ActiveNetwork], signature: tuple) -> list[str]:
+    state = state_of(model)
     if not networks:
         restore(model)
         state.warnings = []
