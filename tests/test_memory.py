@@ -345,3 +345,54 @@ def test_compile_flag_compiles_the_resident_denoiser_only(engine):
     assert model.unet._compiled_call_impl is not None  # compiled lazily: the first call per size builds the graph
     engine.memory.apply_compile(model, MemoryPlan(mode="sequential", predicted_peak=0, free=None))
     assert model.unet._compiled_call_impl is None  # offload hooks move weights mid-call: run it eagerly
+
+
+def test_memory_settings_change_what_they_say(engine):
+    """Settings → Memory: GPU Weights bounds the weights on a GPU; VAE tiling Always/Never overrides the plan;
+    Low bits for the text encoders keeps them in fp8 too."""
+    from modules.memory.offload import module_bytes
+
+    cuda = MemoryManager(MemoryFlags(gpu_weights_mb=8000), torch.device("cuda"), engine.settings)
+    engine.settings.set("gpu_weights_mb", 3000)  # the setting wins over the flag
+    assert cuda.weights_budget() == 3000 << 20
+    assert MemoryManager(MemoryFlags(), torch.device("cpu"), engine.settings).weights_budget() is None  # GPU only
+
+    model = engine.models.get("sd1.safetensors")
+    for choice, tiled in (("Always", True), ("Never", False), ("Automatic", False)):
+        engine.settings.set("vae_tiling", choice)
+        engine.txt2img(REQ)
+        assert model.vae.use_tiling is tiled, choice
+    engine.settings.set("vae_tiling", "Never")  # even a plan that tiles decodes whole
+    plan = engine.memory.plan(model, JobSize(768, 768, element_bytes=4), free=int(1.5 * GIB))
+    engine.memory.apply_vae_tiling(model, plan)
+    assert plan.vae_tiled and not model.vae.use_tiling
+
+    te_before = module_bytes(engine.models.get("sdxl.safetensors").text_encoder_2)
+    engine.settings.set("forge_unet_storage_dtype", "float8-e4m3fn")
+    engine.settings.set("low_bits_text_encoders", True)
+    xl = engine.models.get("sdxl.safetensors")
+    assert xl.text_encoder_2.storage_dtype == torch.float8_e4m3fn
+    assert module_bytes(xl.text_encoder_2) < te_before
+
+
+def test_pinned_memory_and_sdp_flags_reach_what_acts_on_a_gpu(engine, monkeypatch):
+    """--pin-shared-memory goes to the offloader (it pins only on CUDA), --opt-sdp-no-mem-attention turns off the
+    memory-efficient SDPA kernels on a GPU."""
+    from modules import devices
+    from modules.memory import manager as manager_mod
+
+    seen = {}
+    real = manager_mod.Offloader
+    monkeypatch.setattr(manager_mod, "Offloader", lambda *a, **kw: seen.update(kw) or real(*a, **kw))
+    engine.memory.flags = MemoryFlags(pin_shared_memory=True)
+    model = engine.models.get("sd1.safetensors")
+    engine.memory.apply(model, "sequential")
+    assert seen == {"pin": True} and offloader_of(model).pin is False  # no CUDA here: plain host memory
+    engine.memory.apply(model, "resident")
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cuda, "enable_mem_efficient_sdp", lambda on: calls.append(on))
+    assert devices.from_flags(sdp_no_mem=True).device.type == "cuda" and calls == [False]
+    devices.from_flags()
+    assert calls == [False]  # without the flag the kernels stay as they are

@@ -97,3 +97,42 @@ def test_a_restart_runs_the_queued_jobs_and_fails_the_one_that_was_running(tmp_p
     assert ran == [jobs[2].id, jobs[1].id]  # in the order they had
     second.shutdown()
     history.close()
+
+
+def test_queue_settings_limit_all_waiting_and_choose_not_to_resume(tmp_path):
+    from modules.history import HistoryStore
+    from modules.job_queue import QueueError
+
+    history = HistoryStore(tmp_path / "history.sqlite3", tmp_path / "outputs")
+    first = VisibleQueue(lambda job: {}, JobStore(history), max_total=2)
+    first.pause()
+    first.submit("txt2img", BODY, client="a")
+    first.submit("txt2img", BODY, client="b")
+    with pytest.raises(QueueError, match="the queue is full") as e:
+        first.submit("txt2img", BODY, client="c")  # another client, but 2 wait in all
+    assert e.value.status == 429
+    first.shutdown()
+    again = VisibleQueue(lambda job: {}, JobStore(history), resume=False)  # "run after a restart" turned off
+    assert [j.status for j in again.jobs()] == [] and again.paused is False
+    with history._lock:
+        statuses = [r[0] for r in history._writer.execute("SELECT status FROM jobs")]
+    assert statuses == ["cancelled", "cancelled"]
+    again.shutdown()
+    history.close()
+
+
+def test_queue_limits_come_from_the_settings(engine, data_dir):
+    from fastapi.testclient import TestClient
+
+    from modules import cmd_args
+    from modules.server import AppContext, create_app
+
+    engine.settings.set("queue_max_per_client", 1)
+    engine.settings.set("queue_max_total", 7)
+    ns = cmd_args.parse_args(["--data-dir", str(data_dir), "--skip-install", "--nowebui"], env={})
+    with TestClient(create_app(AppContext(args=ns, engine=engine))) as client:
+        assert (engine.visible_queue.max_per_client, engine.visible_queue.max_total) == (1, 7)
+        client.post("/sdapi/v1/queue/pause")
+        assert client.post("/sdapi/v1/queue/txt2img", json=BODY).status_code == 200
+        assert client.post("/sdapi/v1/queue/txt2img", json=BODY).status_code == 429  # one per client
+    engine.visible_queue.shutdown()
