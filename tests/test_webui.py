@@ -177,10 +177,14 @@ def test_inpaint_with_painted_mask_keeps_outside_pixels(page, ui_data, tmp_path)
     expect(canvas).to_be_visible()
     # A stroke painted while an event on the editor is still running is lost when its answer lands: wait until
     # the editor has shown no running event (Gradio's "0.7s" timer) for a whole second.
-    page.wait_for_function("""() => {
-        const busy = /\\d+\\.\\ds/.test(document.querySelector('#img2maskimg').innerText), now = performance.now();
-        if (busy || window.__editorIdleSince === undefined) { window.__editorIdleSince = busy ? undefined : now; }
-        return !busy && now - window.__editorIdleSince > 1000; }""", polling=100, timeout=60000)
+    try:
+        page.wait_for_function("""() => {
+            const busy = /\\d+\\.\\ds/.test(document.querySelector('#img2maskimg').innerText), now = performance.now();
+            if (busy || window.__editorIdleSince === undefined) { window.__editorIdleSince = busy ? undefined : now; }
+            return !busy && now - window.__editorIdleSince > 1000; }""", polling=100, timeout=120000)
+    except playwright_api.TimeoutError:
+        raise AssertionError("the inpaint editor never went a second without a running event; it shows: "
+                             + repr(page.locator("#img2maskimg").inner_text())) from None
     page.fill("#img2img_prompt textarea", "a red ball")
     page.get_by_label("Whole picture").check()
     set_number(page, "img2img_mask_blur", 0)
