@@ -77,6 +77,7 @@ class Query:
     since: float | None = None
     until: float | None = None
     include_deleted: bool = False
+    trash: bool = False  # only the deleted pictures (the trash), to restore them
     cursor: int | None = None
     limit: int = 50
 
@@ -201,24 +202,36 @@ class HistoryStore:
 
     def update(self, image_id: int, changes: dict[str, Any]) -> dict:
         """Star, rate or file a picture on a board."""
-        unknown = set(changes) - set(EDITABLE)
-        if unknown:
-            raise HistoryError(f"cannot change {', '.join(sorted(unknown))}; editable: {', '.join(EDITABLE)}")
-        values = {}
-        for key, value in changes.items():
-            if key == "rating" and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 5):
-                raise HistoryError("rating: a whole number from 0 to 5")
-            if key == "starred" and not isinstance(value, bool):
-                raise HistoryError("starred: true or false")
-            if key == "board" and (not isinstance(value, str) or len(value) > 200):
-                raise HistoryError("board: a name of at most 200 characters")
-            values[key] = int(value) if key == "starred" else value
+        values = _checked_changes(changes)
         self.get(image_id)  # 404 first
         if values:
             with self._lock:
                 self._writer.execute(f"UPDATE images SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
                                      [*values.values(), image_id])
         return self.get(image_id)
+
+    def update_many(self, image_ids: list[int], changes: dict[str, Any]) -> int:
+        """The same change for many pictures in one transaction (the History tab's "Move selected to board");
+        ids that are not in the history are skipped. Returns how many rows changed."""
+        values = _checked_changes(changes)
+        ids = [i for i in image_ids if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**63]
+        if not values or not ids:
+            return 0
+        changed = 0
+        with self._lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start:start + 500]
+                    changed += conn.execute(
+                        f"UPDATE images SET {', '.join(f'{k} = ?' for k in values)} WHERE id IN "
+                        f"({', '.join('?' * len(chunk))})", [*values.values(), *chunk]).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return changed
 
     def delete(self, image_id: int) -> dict:
         """Move the picture to the trash folder (outputs/.trash/…, restorable) and mark its row deleted."""
@@ -233,6 +246,7 @@ class HistoryStore:
         return self.get(image_id)
 
     def restore(self, image_id: int) -> dict:
+        """Bring a deleted picture back from the trash folder to where it was (missing if its file is gone)."""
         row = self.get(image_id)
         src, trash = Path(row["path"]), self.trash_path(Path(row["path"]))
         if trash.exists() and not src.exists():
@@ -242,6 +256,11 @@ class HistoryStore:
             self._writer.execute("UPDATE images SET deleted = 0, missing = ? WHERE id = ?",
                                  (0 if src.exists() else 1, image_id))
         return self.get(image_id)
+
+    def file_path(self, row: dict) -> Path:
+        """Where a row's picture is now: in the trash folder while it is deleted."""
+        path = Path(row["path"])
+        return self.trash_path(path) if row["deleted"] else path
 
     def trash_path(self, path: Path) -> Path:
         try:
@@ -276,7 +295,9 @@ class HistoryStore:
             if value is not None and not -1e12 < value < 1e12:
                 raise HistoryError(f"{name}: a date")
         where, args = [], []
-        if not query.include_deleted:
+        if query.trash:
+            where.append("deleted = 1")
+        elif not query.include_deleted:
             where.append("deleted = 0 AND missing = 0")
         if query.q.strip():
             phrase = _fts_phrase(query.q)
@@ -365,6 +386,36 @@ class HistoryStore:
 
     def integrity(self) -> str:
         return self._reader().execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def _checked_changes(changes: dict[str, Any]) -> dict[str, Any]:
+    """The editable fields of `changes` as stored, or a HistoryError that says which value is wrong and why."""
+    unknown = set(changes) - set(EDITABLE)
+    if unknown:
+        raise HistoryError(f"cannot change {', '.join(sorted(unknown))}; editable: {', '.join(EDITABLE)}")
+    values = {}
+    for key, value in changes.items():
+        if key == "rating" and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 5):
+            raise HistoryError("rating: a whole number from 0 to 5")
+        if key == "starred" and not isinstance(value, bool):
+            raise HistoryError("starred: true or false")
+        if key == "board" and (not isinstance(value, str) or len(value) > 200):
+            raise HistoryError("board: a name of at most 200 characters")
+        values[key] = int(value) if key == "starred" else value
+    return values
+
+
+def request_fields(infotext: str) -> dict[str, Any]:
+    """The A1111 txt2img request fields (and override_settings) a picture's infotext gives: posting them recreates
+    the picture (`GET /sdapi/v1/history/{id}/params`, the History tab's Rerun)."""
+    from modules import infotext as infotext_mod
+
+    parsed = infotext_mod.parse_generation_parameters(infotext or "")
+    fields = infotext_mod.infotext_to_request_fields(parsed)
+    overrides = infotext_mod.infotext_to_override_settings(parsed)
+    if overrides:
+        fields["override_settings"] = overrides
+    return fields
 
 
 def _public(row: sqlite3.Row) -> dict:

@@ -88,6 +88,46 @@ def test_delete_goes_to_the_trash_and_restores(store, tmp_path):
     assert not store.restore(image_id)["deleted"] and path.exists() and not trash.exists()
 
 
+def test_the_trash_lists_deleted_pictures_where_their_files_are_now(store, tmp_path):
+    folder = tmp_path / "outputs" / "txt2img-images"
+    ids = [store.add(a1111_png(folder, n, f"a cat number {n}"), None) for n in range(3)]
+    store.delete(ids[0])
+    store.delete(ids[2])
+    trash, _ = store.search(Query(trash=True))
+    assert [row["id"] for row in trash] == [ids[2], ids[0]]  # newest first, only the deleted ones
+    assert all(store.file_path(row).is_file() and ".trash" in store.file_path(row).parts for row in trash)
+    kept = store.get(ids[1])
+    assert store.file_path(kept) == Path(kept["path"]) and store.file_path(kept).is_file()
+    store.restore(ids[0])
+    assert [row["id"] for row in store.search(Query(trash=True))[0]] == [ids[2]]
+    assert sorted(row["id"] for row in store.search(Query())[0]) == [ids[0], ids[1]]
+
+
+def test_update_many_files_pictures_on_a_board_in_one_go(store, tmp_path):
+    folder = tmp_path / "outputs" / "txt2img-images"
+    ids = [store.add(a1111_png(folder, n, f"a dog number {n}"), None) for n in range(4)]
+    assert store.update_many([ids[0], ids[2], 999999], {"board": "keepers"}) == 2  # an unknown id is skipped
+    assert sorted(row["id"] for row in store.search(Query(board="keepers"))[0]) == [ids[0], ids[2]]
+    assert store.update_many([], {"board": "x"}) == 0
+    with pytest.raises(ValueError, match="board: a name of at most 200"):
+        store.update_many(ids, {"board": "b" * 201})
+    with pytest.raises(ValueError, match="cannot change path"):
+        store.update_many(ids, {"path": "/etc/passwd"})
+    assert store.search(Query(board="b" * 201))[0] == []
+
+
+def test_request_fields_recreate_the_picture_from_its_infotext():
+    from modules.history import request_fields
+
+    fields = request_fields(A1111_INFOTEXT.format(prompt="a fox", steps=21, sampler="DPM++ 2M", seed=77,
+                                                  model="v1-5-pruned-emaonly"))
+    assert (fields["prompt"], fields["negative_prompt"], fields["seed"], fields["steps"]) == (
+        "a fox", "lowres, watermark", 77, 21)
+    assert (fields["width"], fields["height"], fields["sampler_name"], fields["scheduler"]) == (
+        512, 768, "DPM++ 2M", "Karras")
+    assert fields["override_settings"]["sd_model_checkpoint"] == "6ce0161689"  # the model by its hash, as A1111
+
+
 def test_reconcile_imports_an_a1111_outputs_folder_marks_missing_and_rebuilds(tmp_path):
     out = tmp_path / "outputs"
     words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()

@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from modules.api.api import ApiError, _errors
-from modules.history import HistoryError, Query
+from modules.history import HistoryError, Query, request_fields
 
 
 def _date(value: str | None, field: str) -> float | None:
@@ -57,13 +57,14 @@ class HistoryApi:
     async def search(self, q: str = "", model: str = "", sampler: str = "", starred: bool | None = None,
                      board: str | None = None, min_width: int = 0, min_height: int = 0, since: str | None = None,
                      until: str | None = None, cursor: int | None = None, limit: int = 50,
-                     include_deleted: bool = False):
-        """Pictures newest first; `next_cursor` (when there are more) is the `cursor` of the next page."""
+                     include_deleted: bool = False, trash: bool = False):
+        """Pictures newest first; `next_cursor` (when there are more) is the `cursor` of the next page; `trash`:
+        only the deleted ones (restorable)."""
         if min_width < 0 or min_height < 0:
             raise ApiError(422, "min_width/min_height: not negative")
         query = Query(q=q, model=model, sampler=sampler, starred=starred, board=board, min_width=min_width,
                       min_height=min_height, since=_date(since, "since"), until=_date(until, "until"),
-                      include_deleted=include_deleted, cursor=cursor, limit=limit)
+                      include_deleted=include_deleted, trash=trash, cursor=cursor, limit=limit)
         items, next_cursor = await self._call(self.store.search, query)
         return {"items": items, "next_cursor": next_cursor}
 
@@ -80,15 +81,8 @@ class HistoryApi:
 
     async def params(self, image_id: int) -> dict[str, Any]:
         """The A1111 txt2img request fields (and override_settings) its infotext gives: post them to recreate it."""
-        from modules import infotext
-
         row = await self._call(self.store.get, image_id)
-        parsed = infotext.parse_generation_parameters(row["infotext"] or "")
-        fields = infotext.infotext_to_request_fields(parsed)
-        overrides = infotext.infotext_to_override_settings(parsed)
-        if overrides:
-            fields["override_settings"] = overrides
-        return fields
+        return request_fields(row["infotext"])
 
     async def patch(self, image_id: int, changes: dict[str, Any] = Body(...)):
         """`starred` (true/false), `rating` (0–5), `board` (a name; "" for none)."""
