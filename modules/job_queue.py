@@ -1,14 +1,19 @@
-"""The visible queue: generations submitted without waiting (`POST /sdapi/v1/queue/txt2img`), listed, moved,
-cancelled, paused, served one at a time by a worker thread, and kept across a restart.
+"""The visible queue: every generation (the UI's Generate, A1111's blocking API routes, `POST
+/sdapi/v1/queue/txt2img`) is a job here, listed, moved, cancelled, paused, served one at a time by a worker thread,
+and kept across a restart.
 
-Each job is its A1111 request body plus its status (queued, running, done, failed, interrupted, cancelled). The
-worker hands a job to `run` (the API's own txt2img/img2img path, so a queued job is exactly the blocking call) and
-that takes the engine's turn like every other generation. Jobs are stored in the history database's `jobs` table:
-queued ones come back after a restart (unless the setting says not to); one that was running when the process died
-is marked failed "interrupted by shutdown", never silently lost.
+A job is its request body (what the listing shows, and what a restart runs again) plus its status (queued, running,
+done, failed, interrupted, cancelled). The worker runs a job through its in-memory `work` (the UI's click, a waiting
+API call) or, after a restart, through the runner registered for its source ("api": the API's own txt2img/img2img
+path; "ui": the engine with the stored request). Jobs are stored in the history database's `jobs` table: queued ones
+come back after a restart (unless the setting says not to, or nobody can use their answer any more: a blocking API
+call's caller is gone); one that was running when the process died is marked failed "interrupted by shutdown", never
+silently lost.
 """
 from __future__ import annotations
 
+import base64
+import io
 import json
 import logging
 import threading
@@ -22,12 +27,13 @@ log = logging.getLogger(__name__)
 STATUSES = ("queued", "running", "done", "failed", "interrupted", "cancelled")
 FINISHED = ("done", "failed", "interrupted", "cancelled")
 KEEP_FINISHED = 200  # finished jobs listed (and their results kept in memory) at most
+KEEP_SHOWN_RESULTS = 8  # pictures of jobs a page has already shown are kept only for the newest few
 
 JOBS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, mode TEXT NOT NULL, body TEXT NOT NULL, source TEXT NOT NULL, client TEXT NOT NULL,
     status TEXT NOT NULL, position REAL NOT NULL, created REAL NOT NULL, started REAL, finished REAL,
-    error TEXT NOT NULL DEFAULT ''
+    error TEXT NOT NULL DEFAULT '', resumable INTEGER NOT NULL DEFAULT 1
 );
 """
 
@@ -53,7 +59,13 @@ class QueuedJob:
     started: float | None = None
     finished: float | None = None
     error: str = ""
-    result: dict | None = None  # the A1111 response once done (in memory only)
+    result: Any = None  # once done (in memory only): the A1111 answer, or the UI's GenerationResult
+    resumable: bool = True  # its body alone can run it again after a restart
+    work: Callable[[], Any] | None = field(default=None, repr=False)  # how to run it now (in memory only)
+    forever: bool = False  # "Generate forever": when done, the same job is queued again
+    next_id: str | None = None  # the job "Generate forever" queued after this one
+    exception: BaseException | None = field(default=None, repr=False)  # why it failed, for a caller waiting on it
+    delivered: bool = False  # a page has shown its result (a reload re-attaches to those not yet shown)
 
     def summary(self) -> dict:
         body = self.body
@@ -61,7 +73,7 @@ class QueuedJob:
                 "client": self.client, "prompt": str(body.get("prompt", ""))[:200],
                 "width": body.get("width", 512), "height": body.get("height", 512), "steps": body.get("steps", 20),
                 "batch_size": body.get("batch_size", 1), "n_iter": body.get("n_iter", 1), "created": self.created,
-                "started": self.started, "finished": self.finished, "error": self.error}
+                "started": self.started, "finished": self.finished, "error": self.error, "forever": self.forever}
 
 
 class JobStore:
@@ -71,35 +83,48 @@ class JobStore:
         self.history = history
         with history._lock:
             history._writer.executescript(JOBS_SCHEMA)
+            columns = {row[1] for row in history._writer.execute("PRAGMA table_info(jobs)")}
+            if "resumable" not in columns:  # a database from before blocking calls were listed
+                history._writer.execute("ALTER TABLE jobs ADD COLUMN resumable INTEGER NOT NULL DEFAULT 1")
 
     def save(self, job: QueuedJob) -> None:
         with self.history._lock:
             self.history._writer.execute(
                 "INSERT INTO jobs (id, mode, body, source, client, status, position, created, started, finished, "
-                "error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status = "
-                "excluded.status, position = excluded.position, started = excluded.started, finished = "
+                "error, resumable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "status = excluded.status, position = excluded.position, started = excluded.started, finished = "
                 "excluded.finished, error = excluded.error",
                 (job.id, job.mode, json.dumps(job.body), job.source, job.client, job.status, job.position,
-                 job.created, job.started, job.finished, job.error))
+                 job.created, job.started, job.finished, job.error, int(job.resumable)))
 
     def recover(self) -> tuple[list[QueuedJob], list[QueuedJob]]:
-        """(queued jobs in order, jobs that were running when the process stopped — now failed)."""
+        """(queued jobs in order, jobs that stopped with the process — now failed or cancelled).
+
+        The one that was running is failed "interrupted by shutdown"; a queued one its body cannot run again (a
+        blocking API call, whose caller has gone; a UI click with a script's controls) is cancelled, saying so."""
+        now = time.time()
         with self.history._lock:
             conn = self.history._writer
             rows = conn.execute("SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY position").fetchall()
-            lost = []
+            ended: dict[str, tuple[str, str]] = {}
             for row in rows:
                 if row["status"] == "running":
-                    conn.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ? WHERE id = ?",
-                                 (time.time(), "interrupted by shutdown", row["id"]))
-                    lost.append(row["id"])
-        queued = [QueuedJob(id=r["id"], mode=r["mode"], body=json.loads(r["body"]), source=r["source"],
-                            client=r["client"], status="queued", position=r["position"], created=r["created"])
-                  for r in rows if r["status"] == "queued"]
-        failed = [QueuedJob(id=r["id"], mode=r["mode"], body=json.loads(r["body"]), source=r["source"],
-                            client=r["client"], status="failed", position=r["position"], created=r["created"],
-                            finished=time.time(), error="interrupted by shutdown") for r in rows if r["id"] in lost]
-        return queued, failed
+                    ended[row["id"]] = ("failed", "interrupted by shutdown")
+                elif not row["resumable"]:
+                    ended[row["id"]] = ("cancelled", "not run after the restart: " + (
+                        "its caller had gone" if row["source"] == "api" else "it cannot be stored whole"))
+            for job_id, (status, error) in ended.items():
+                conn.execute("UPDATE jobs SET status = ?, finished = ?, error = ? WHERE id = ?",
+                             (status, now, error, job_id))
+
+        def job(r, status="queued", error="", finished=None) -> QueuedJob:
+            return QueuedJob(id=r["id"], mode=r["mode"], body=json.loads(r["body"]), source=r["source"],
+                             client=r["client"], status=status, position=r["position"], created=r["created"],
+                             finished=finished, error=error, resumable=bool(r["resumable"]))
+
+        queued = [job(r) for r in rows if r["id"] not in ended]
+        stopped = [job(r, *ended[r["id"]], finished=now) for r in rows if r["id"] in ended]
+        return queued, stopped
 
     def drop_queued(self) -> None:
         with self.history._lock:
@@ -107,32 +132,56 @@ class JobStore:
                                          "= 'queued'", (time.time(), "not resumed after a restart"))
 
 
-class VisibleQueue:
-    """Jobs in order; a worker thread serves them one at a time through `run(job) -> result dict`."""
+Runner = Callable[[QueuedJob], Any]
 
-    def __init__(self, run: Callable[[QueuedJob], dict], store: JobStore | None = None, *,
-                 max_per_client: int = 20, max_total: int = 100, resume: bool = True, interrupt=None):
-        self.run, self.store, self.interrupt = run, store, interrupt
+
+class VisibleQueue:
+    """Jobs in order; a worker thread serves them one at a time, each through its `work` or its source's runner."""
+
+    def __init__(self, run: Runner | None = None, store: JobStore | None = None, *, max_per_client: int = 20,
+                 max_total: int = 100, resume: bool = True, interrupt=None):
+        self.store, self.interrupt = store, interrupt
+        self.runners: dict[str, Runner] = {}
+        self.default_runner = run  # for jobs whose source has no runner of its own
         self.max_per_client, self.max_total = max_per_client, max_total
         self._jobs: dict[str, QueuedJob] = {}
         self._cond = threading.Condition()
         self.paused = False
         self._stop = False
         if store is not None:
-            queued, failed = store.recover()
+            queued, stopped = store.recover()
             if not resume:
                 store.drop_queued()
                 queued = []
-            for job in [*failed, *queued]:
+            for job in [*stopped, *queued]:
                 self._jobs[job.id] = job
             if queued:
                 log.info("queue: %d job(s) from before the restart are queued again", len(queued))
         self._worker = threading.Thread(target=self._serve, name="visible queue", daemon=True)
         self._worker.start()
 
+    def register(self, source: str, run: Runner) -> None:
+        """How jobs from `source` run from their body alone (after a restart, or queued through the API)."""
+        with self._cond:
+            self.runners[source] = run
+            self._cond.notify_all()
+
+    def fail_unrunnable(self) -> list[QueuedJob]:
+        """Once every runner is registered: queued jobs nothing can run (an API job, restarted without --api) fail,
+        saying why, instead of waiting for ever."""
+        with self._cond:
+            stuck = [j for j in self._jobs.values() if j.status == "queued" and self._runner(j) is None]
+            for job in stuck:
+                job.status, job.finished = "failed", time.time()
+                job.error = f"cannot run a {job.source} job here (start with --api to run the API's jobs)"
+                self._persist(job)
+            return stuck
+
     # -- submitting and looking ----------------------------------------------------------------------------------
 
-    def submit(self, mode: str, body: dict, source: str = "api", client: str = "") -> QueuedJob:
+    def submit(self, mode: str, body: dict, source: str = "api", client: str = "", *,
+               work: Callable[[], Any] | None = None, resumable: bool = True, forever: bool = False) -> QueuedJob:
+        """Queue a job (429 past the limits). `work` runs it now; without it, its source's runner runs `body`."""
         with self._cond:
             waiting = [j for j in self._jobs.values() if j.status == "queued"]
             if len(waiting) >= self.max_total:
@@ -140,13 +189,34 @@ class VisibleQueue:
             if sum(1 for j in waiting if j.client == client) >= self.max_per_client:
                 raise QueueError(429, f"{self.max_per_client} of your jobs are already waiting; wait for one "
                                       "to start")
-            last = max((j.position for j in self._jobs.values()), default=0.0)
-            job = QueuedJob(id=uuid.uuid4().hex[:16], mode=mode, body=body, source=source, client=client,
-                            position=last + 1)
-            self._jobs[job.id] = job
-            self._persist(job)
-            self._cond.notify_all()
-            return job
+            return self._add(QueuedJob(id=uuid.uuid4().hex[:16], mode=mode, body=body, source=source,
+                                       client=client, work=work, resumable=resumable, forever=forever))
+
+    def _add(self, job: QueuedJob) -> QueuedJob:
+        job.position = max((j.position for j in self._jobs.values()), default=0.0) + 1
+        self._jobs[job.id] = job
+        self._persist(job)
+        self._cond.notify_all()
+        return job
+
+    def call(self, mode: str, body: dict, work: Callable[[], Any], source: str = "api", client: str = "") -> Any:
+        """Run `work` as a listed job and wait for it (A1111's blocking routes): its result, or its exception.
+
+        Called from the worker itself (a queued API job running the blocking path) it simply runs."""
+        if threading.current_thread() is self._worker:
+            return work()
+        job = self.submit(mode, body, source, client, work=work, resumable=False)
+        with self._cond:
+            while job.status not in FINISHED:
+                self._cond.wait(timeout=1.0)
+        if job.exception is not None:
+            raise job.exception
+        if job.status == "cancelled":
+            raise QueueError(409, f"job {job.id} was cancelled in the queue before it ran")
+        if job.status == "failed":
+            raise QueueError(503, f"job {job.id} failed: {job.error}")
+        result, job.result = job.result, None  # handed over: the queue keeps no copy of the pictures
+        return result
 
     def get(self, job_id: str) -> QueuedJob:
         job = self._jobs.get(job_id)
@@ -166,7 +236,14 @@ class VisibleQueue:
         """0 for the running job, 1… for queued ones; None once finished."""
         if job.status not in ("queued", "running"):
             return None
-        return next(i for i, j in enumerate(self.jobs()) if j.id == job.id)
+        return next((i for i, j in enumerate(self.jobs()) if j.id == job.id), None)
+
+    def undelivered(self, client: str, mode: str, source: str = "ui") -> list[QueuedJob]:
+        """A page's jobs it has not shown yet (queued, running, or done while no page followed), oldest first."""
+        with self._cond:
+            mine = [j for j in self._jobs.values() if j.client == client and j.mode == mode and j.source == source
+                    and not j.delivered and j.status != "cancelled"]
+            return sorted(mine, key=lambda j: j.position)
 
     # -- changing the order ------------------------------------------------------------------------------------
 
@@ -175,10 +252,11 @@ class VisibleQueue:
         with self._cond:
             job = self.get(job_id)
             if job.status == "queued":
-                job.status, job.finished = "cancelled", time.time()
+                job.status, job.finished, job.forever = "cancelled", time.time(), False
                 self._persist(job)
+                self._cond.notify_all()
             elif job.status == "running":
-                job.error = "interrupted by request"
+                job.error, job.forever = "interrupted by request", False
                 if self.interrupt is not None:
                     self.interrupt()
             else:
@@ -201,6 +279,21 @@ class VisibleQueue:
                 self._persist(j)
             return job
 
+    def queued_index(self, job: QueuedJob) -> int | None:
+        """The job's place among the queued ones (what `move` takes), None when it is not queued."""
+        with self._cond:
+            queued = sorted((j for j in self._jobs.values() if j.status == "queued"), key=lambda j: j.position)
+            return next((i for i, j in enumerate(queued) if j is job), None)
+
+    def stop_forever(self, client: str, mode: str | None = None) -> int:
+        """"Cancel generate forever": the client's jobs run as they are and no more are queued after them."""
+        with self._cond:
+            mine = [j for j in self._jobs.values() if j.client == client and j.forever
+                    and j.status in ("queued", "running") and (mode is None or j.mode == mode)]
+            for job in mine:
+                job.forever = False
+            return len(mine)
+
     def pause(self) -> None:
         with self._cond:
             self.paused = True
@@ -215,11 +308,23 @@ class VisibleQueue:
             self._stop = True
             self._cond.notify_all()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop
+
     # -- the worker --------------------------------------------------------------------------------------------
 
+    def _runner(self, job: QueuedJob) -> Callable[[], Any] | None:
+        if job.work is not None:
+            return job.work
+        run = self.runners.get(job.source, self.default_runner)
+        return (lambda: run(job)) if run is not None else None
+
     def _next(self) -> QueuedJob | None:
-        queued = [j for j in self._jobs.values() if j.status == "queued"]
-        return min(queued, key=lambda j: j.position) if queued and not self.paused else None
+        if self.paused:
+            return None
+        queued = [j for j in self._jobs.values() if j.status == "queued" and self._runner(j) is not None]
+        return min(queued, key=lambda j: j.position) if queued else None
 
     def _serve(self) -> None:
         while True:
@@ -231,21 +336,35 @@ class VisibleQueue:
                 if self._stop:
                     return
                 job.status, job.started = "running", time.time()
+                run = self._runner(job)
                 self._persist(job)
+                self._cond.notify_all()
+            exception = None
             try:
-                result = self.run(job)
+                result = run()
                 status, error = ("interrupted" if job.error == "interrupted by request" else "done"), job.error
             except Exception as e:  # noqa: BLE001 - a job's failure is its own; the queue goes on
-                result, status, error = None, "failed", str(getattr(e, "detail", None) or e) or type(e).__name__
+                result, status, error, exception = None, "failed", str(getattr(e, "detail", None) or e) or \
+                    type(e).__name__, e
             with self._cond:
                 job.result, job.status, job.error, job.finished = result, status, error, time.time()
+                job.exception = exception
+                if job.forever and status == "done" and not getattr(result, "interrupted", False) and not self._stop:
+                    again = self._add(QueuedJob(id=uuid.uuid4().hex[:16], mode=job.mode, body=job.body,
+                                                source=job.source, client=job.client, work=job.work,
+                                                resumable=job.resumable, forever=True))
+                    job.next_id, job.forever = again.id, False
                 self._persist(job)
                 self._trim()
+                self._cond.notify_all()
 
     def _trim(self) -> None:
         finished = sorted((j for j in self._jobs.values() if j.status in FINISHED), key=lambda j: j.finished or 0)
         for job in finished[:-KEEP_FINISHED]:
             self._jobs.pop(job.id, None)
+        for job in finished[:-KEEP_SHOWN_RESULTS]:
+            if job.delivered:
+                job.result = None
 
     def _persist(self, job: QueuedJob) -> None:
         if self.store is None:
@@ -259,8 +378,9 @@ class VisibleQueue:
         """Block until the job has finished (for tests and clients that poll in-process)."""
         deadline = time.time() + timeout
         job = self.get(job_id)
-        while job.status not in FINISHED and time.time() < deadline:
-            time.sleep(0.02)
+        with self._cond:
+            while job.status not in FINISHED and time.time() < deadline:
+                self._cond.wait(timeout=min(1.0, max(deadline - time.time(), 0.01)))
         return job
 
 
@@ -270,6 +390,96 @@ def public(job: QueuedJob, position: int | None, progress: dict | None = None, w
     out["position"] = position
     if progress is not None:
         out["progress"] = progress
-    if with_result and job.result is not None:
+    if with_result and isinstance(job.result, dict):
         out["result"] = job.result
     return out
+
+
+# -- the engine's one queue ---------------------------------------------------------------------------------------
+
+def ensure_queue(engine) -> VisibleQueue:
+    """The engine's visible queue, made on first use (stored in its history database when there is one) with the
+    limits from the settings, and a runner for jobs the UI stored whole."""
+    queue = getattr(engine, "visible_queue", None)
+    if queue is not None and not queue.stopped:
+        return queue
+    settings = engine.settings
+    store = JobStore(engine.history) if getattr(engine, "history", None) is not None else None
+    queue = VisibleQueue(None, store, max_per_client=int(settings.get("queue_max_per_client", 20)),
+                         max_total=int(settings.get("queue_max_total", 100)),
+                         resume=bool(settings.get("queue_resume_after_restart", True)), interrupt=engine.interrupt)
+    queue.register("ui", lambda job: run_stored_ui_job(engine, job))
+    engine.visible_queue = queue
+    return queue
+
+
+def request_summary(req) -> dict:
+    """What the queue lists of a request that is not stored whole (a blocking API call, a UI click with scripts)."""
+    return {name: getattr(req, name) for name in ("prompt", "negative_prompt", "width", "height", "steps",
+                                                   "batch_size", "n_iter", "sampler_name", "seed")
+            if isinstance(getattr(req, name, None), (str, int, float))}
+
+
+_PNG = "__png_base64__"
+
+
+def body_from_fields(data: dict) -> dict | None:
+    """The UI's request fields as JSON (pictures as PNG), so that a restart can run the job again; None when some
+    value cannot be stored (then the job runs now but is not resumed after a restart)."""
+    from PIL import Image
+
+    def encode(value):
+        if isinstance(value, Image.Image):
+            buf = io.BytesIO()
+            value.save(buf, format="PNG")
+            return {_PNG: base64.b64encode(buf.getvalue()).decode("ascii")}
+        if isinstance(value, dict):
+            return {str(k): encode(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [encode(v) for v in value]
+        if value is None or isinstance(value, (str, int, float, bool)):
+            return value
+        raise TypeError(type(value).__name__)
+
+    try:
+        return encode(data)
+    except TypeError:
+        return None
+
+
+def fields_from_body(body: dict) -> dict:
+    from PIL import Image
+
+    def decode(value):
+        if isinstance(value, dict):
+            if set(value) == {_PNG}:
+                with Image.open(io.BytesIO(base64.b64decode(value[_PNG]))) as im:
+                    im.load()
+                    return im.copy()
+            return {k: decode(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        return value
+
+    return decode(body)
+
+
+def request_from_body(mode: str, body: dict):
+    """The typed request a stored UI job was made from."""
+    from modules.request_types import Img2ImgRequest, Txt2ImgRequest
+
+    fields = {k: v for k, v in fields_from_body(body).items() if not k.startswith("__")}
+    return (Img2ImgRequest if mode == "img2img" else Txt2ImgRequest).from_dict(fields)
+
+
+def run_stored_ui_job(engine, job: QueuedJob):
+    """A UI job queued before a restart: its request, with its script arguments when the same scripts are loaded."""
+    from modules.request_types import RequestError
+
+    args = job.body.get("__script_args__")
+    if args is not None:
+        loaded = [s.title() for s in engine.scripts.for_mode(job.mode).scripts] if engine.scripts is not None else []
+        if loaded != job.body.get("__scripts__"):
+            raise RequestError("the scripts have changed since this job was queued; generate it again")
+        args = fields_from_body({"args": args})["args"]
+    return engine.generate(request_from_body(job.mode, job.body), args)

@@ -148,6 +148,10 @@ def create_app(ctx: AppContext | None) -> FastAPI:
         from webui.app import mount
 
         mount(app, ctx.engine, ctx.args, runtime)
+    if ctx is not None:  # every generation is a job of the one visible queue; jobs from before a restart whose
+        from modules.job_queue import ensure_queue  # source nothing here can run fail now, saying why
+
+        ensure_queue(ctx.engine).fail_unrunnable()
     return app
 
 

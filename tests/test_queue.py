@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 import time
 
 import pytest
@@ -141,3 +142,170 @@ def test_queue_limits_come_from_the_settings(engine, data_dir):
         assert client.post("/sdapi/v1/queue/txt2img", json=BODY).status_code == 200
         assert client.post("/sdapi/v1/queue/txt2img", json=BODY).status_code == 429  # one per client
     engine.visible_queue.shutdown()
+
+
+_WORKER = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from PIL import Image
+from modules import images
+from modules.history import HistoryStore
+from modules.job_queue import JobStore, VisibleQueue
+root = Path(sys.argv[2])
+store = HistoryStore(root / "history.sqlite3", root / "outputs")
+
+def run(job):  # what a generation does: pictures saved then indexed, one after another, until it is killed
+    for n in range(1000):
+        text = f"{job.body['prompt']} {n}\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: {n}, Size: 8x8"
+        path = images.save_image(Image.new("RGB", (8, 8), (n % 255, 0, 0)), root / "outputs" / job.id, n, text)
+        store.add(path, text)
+        time.sleep(0.01)
+
+queue = VisibleQueue(run, JobStore(store))
+if len(sys.argv) > 3:
+    for n in range(3):
+        queue.submit("txt2img", {"prompt": f"job {n}"}, "ui", "me")
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.slow  # processes killed mid-job
+def test_kill_9_during_a_job_fails_it_keeps_the_queue_and_the_pictures(tmp_path):
+    """Three times: a process killed while its job saves pictures. Each start fails the job that was running
+    ("interrupted by shutdown"), runs the next queued one, and the database stays whole, rows = files."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from modules import fileio
+    from modules.history import HistoryStore
+    from tests.test_history import _all
+
+    root = Path(__file__).resolve().parent.parent
+    for round_ in range(3):
+        args = [sys.executable, "-c", _WORKER, str(root), str(tmp_path)] + (["queue"] if round_ == 0 else [])
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.time() + 30
+        while time.time() < deadline and len(list((tmp_path / "outputs").rglob("*.png"))) <= 5 * (round_ + 1):
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with sqlite3.connect(tmp_path / "history.sqlite3") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        jobs = conn.execute("SELECT body, status, error FROM jobs ORDER BY position").fetchall()
+        ids = {row[0] for row in conn.execute("SELECT id FROM jobs")}
+    # each start failed the one killed before it and ran the next; the last one was running when killed
+    assert [(json.loads(b)["prompt"], s, e) for b, s, e in jobs] == [
+        ("job 0", "failed", "interrupted by shutdown"), ("job 1", "failed", "interrupted by shutdown"),
+        ("job 2", "running", "")]
+    store = HistoryStore(tmp_path / "history.sqlite3", tmp_path / "outputs")
+    store.reconcile()
+    files = {str(p) for p in (tmp_path / "outputs").rglob("*.png")}
+    assert files == {i["path"] for i in _all(store)} and len(files) > 15
+    assert {Path(p).parent.name for p in files} == ids  # every job saved its pictures before it was killed
+    fileio.sweep_stale_temp_files([tmp_path / "outputs"], min_age_s=0)
+    assert not [p for p in (tmp_path / "outputs").rglob("*") if p.name.startswith(".") and p.is_file()]
+    store.close()
+
+
+def test_a_blocking_api_call_is_a_listed_job_and_its_pictures_are_not_kept(api):
+    answer = api.post("/sdapi/v1/txt2img", json={**BODY, "prompt": "listed while it ran"})
+    assert answer.status_code == 200 and len(answer.json()["images"]) == 1
+    (job,) = [j for j in api.get("/sdapi/v1/queue").json()["jobs"] if j["prompt"] == "listed while it ran"]
+    assert (job["source"], job["status"], job["client"]) == ("api", "done", "testclient")
+    assert "result" not in api.get(f"/sdapi/v1/queue/{job['id']}").json()  # handed to its caller, not kept
+    bad = api.post("/sdapi/v1/txt2img", json={**BODY, "override_settings": {"sd_model_checkpoint": "nope"}})
+    assert bad.status_code == 400 and "nope" in bad.json()["detail"]  # the caller's error, through the queue
+
+
+def test_generate_forever_queues_the_job_again_until_turned_off():
+    from modules.job_queue import QueueError
+
+    runs = []
+    queue = VisibleQueue()
+    first = queue.submit("txt2img", {"prompt": "again"}, "ui", "me", work=lambda: runs.append(1) or time.sleep(0.05) or "picture",
+                         forever=True)
+    deadline = time.time() + 10
+    while len(runs) < 3 and time.time() < deadline:
+        time.sleep(0.01)
+    assert queue.stop_forever("someone else") == 0
+    assert queue.stop_forever("me", "txt2img") == 1  # the one waiting or running now is the last
+    time.sleep(0.2)
+    chain = [first]
+    while chain[-1].next_id:
+        chain.append(queue.wait(chain[-1].next_id))
+    assert len(runs) == len(chain) >= 3 and all(j.status == "done" and j.result == "picture" for j in chain)
+    assert [j.id for j in queue.undelivered("me", "txt2img")] == [j.id for j in chain]  # no page showed them yet
+    chain[0].delivered = True
+    assert queue.undelivered("me", "txt2img")[0] is chain[1] and queue.undelivered("me", "img2img") == []
+    failing = queue.submit("txt2img", {}, "ui", "me", work=lambda: 1 / 0, forever=True)
+    assert queue.wait(failing.id).status == "failed" and failing.next_id is None  # a failure ends the chain
+    assert isinstance(failing.exception, ZeroDivisionError)
+    queue.pause()  # a blocking caller whose job is cancelled before it runs gets an error, not a hang
+    raised = []
+
+    def caller():
+        try:
+            queue.call("txt2img", {}, lambda: 1)
+        except QueueError as e:
+            raised.append(e)
+
+    t = threading.Thread(target=caller)
+    t.start()
+    deadline = time.time() + 5
+    while not [j for j in queue.jobs() if j.status == "queued"] and time.time() < deadline:
+        time.sleep(0.01)
+    (queued,) = [j for j in queue.jobs() if j.status == "queued"]
+    queue.cancel(queued.id)
+    t.join(5)
+    assert [e.status for e in raised] == [409] and "cancelled in the queue" in str(raised[0])
+    queue.shutdown()
+
+
+def test_a_ui_job_is_stored_whole_with_its_pictures_and_runs_again_after_a_restart(tmp_path, engine):
+    from modules.history import HistoryStore
+    from modules.job_queue import body_from_fields, fields_from_body, request_from_body, run_stored_ui_job
+    from modules.request_types import RequestError
+
+    picture = Image.new("RGB", (16, 8), (200, 10, 10))
+    fields = {"prompt": "from the page", "steps": 2, "width": 64, "height": 64, "init_images": [picture],
+              "denoising_strength": 0.5}
+    body = body_from_fields(fields)
+    assert json.loads(json.dumps(body)) == body  # plain JSON
+    again = fields_from_body(body)["init_images"][0]
+    assert again.size == (16, 8) and again.getpixel((3, 3)) == (200, 10, 10)
+    req = request_from_body("img2img", body)
+    assert req.prompt == "from the page" and req.init_images[0].tobytes() == picture.tobytes()
+    assert body_from_fields({"prompt": "x", "thing": object()}) is None  # cannot be stored: runs, not resumed
+
+    history = HistoryStore(tmp_path / "history.sqlite3", tmp_path / "outputs")
+    first = VisibleQueue(store=JobStore(history))
+    first.pause()
+    stored = first.submit("txt2img", {**BODY, "prompt": "resumed"}, "ui", "browser-1", work=lambda: None)
+    click = first.submit("txt2img", {"prompt": "with a script"}, "ui", "browser-1", work=lambda: None,
+                         resumable=False)
+    first.shutdown()
+    second = VisibleQueue(store=JobStore(history))
+    second.pause()
+    assert second.get(click.id).status == "cancelled" and "cannot be stored whole" in second.get(click.id).error
+    second.register("ui", lambda job: run_stored_ui_job(engine, job))
+    second.resume()
+    done = second.wait(stored.id)
+    assert done.status == "done" and done.result.images[0].size == (64, 64)
+    assert second.undelivered("browser-1", "txt2img") == [done]  # the page re-attaches to it after the restart
+    mismatch = {**BODY, "__script_args__": [1], "__scripts__": ["a script no longer here"]}
+    with pytest.raises(RequestError, match="scripts have changed"):
+        run_stored_ui_job(engine, type(stored)(id="x", mode="txt2img", body=mismatch))
+    second.shutdown()
+    third = VisibleQueue(store=JobStore(history))  # an API job, and no API to run it: failed, saying why
+    third.pause()
+    api_job = third.submit("txt2img", BODY, "api", "x")
+    assert third.fail_unrunnable() == [api_job] and "--api" in api_job.error
+    third.shutdown()
+    history.close()

@@ -198,6 +198,8 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
         if history is not None:
             _wire_history_sending(history, t2i, i2i, extras, tabs)
         _wire_demo_defaults(engine, cfg, ckpt, note, t2i, i2i, demo)
+        for controls in (t2i, i2i):
+            generation_tabs.wire_reattach(controls, engine, demo)
         demo.load(lambda: _current_checkpoint(engine), None, ckpt, queue=False, show_progress="hidden")
     cfg.save()
     return demo
@@ -336,7 +338,7 @@ def mount(app, engine: Engine, args, runtime=None) -> None:
     file_route.add(app, engine.paths, engine.settings, gradio_app=lambda: mounted.get("ui"))
 
     def head() -> str:
-        text = CTRL_ENTER_JS + page_globals(engine)
+        text = CTRL_ENTER_JS + page_globals(engine) + _asset_script("queue.js")
         if runtime is not None:
             text += "".join(f'\n<link rel="stylesheet" href="{html.escape(file_route.web_path(path, engine.paths))}">'
                             for path in runtime.css_files())
@@ -471,6 +473,11 @@ def _read(path) -> str:
     except (OSError, UnicodeDecodeError) as e:
         log.error("could not read %s: %s", path, e)
         return ""
+
+
+def _asset_script(name: str) -> str:
+    """One of our own scripts in webui/assets/, inline in the page's head."""
+    return f"\n<script>/* {name} */\n{_script_text(_read(ASSETS / name))}\n</script>"
 
 
 def page_globals(engine: Engine) -> str:

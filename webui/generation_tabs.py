@@ -17,12 +17,12 @@ from modules import infotext as infotext_mod
 from modules import outpaint, script_callbacks
 from modules.models.tokenizer import build_clip_tokenizer
 from modules.processing import LATENT_UPSCALE_MODES
-from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest
+from modules.request_types import RequestError
 from modules.resize import RESIZE_MODES
 from modules.sampling import samplers
-from webui import controlnet_panel, extra_networks_panel
+from webui import controlnet_panel, extra_networks_panel, queue_panel
 from webui import script_ui
-from webui.runner import guard_image_input, run_streaming
+from webui.runner import guard_image_input, reattach, run_streaming
 from webui.ui_config import UiConfig
 
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
@@ -88,6 +88,7 @@ def _prompt_row(c: Controls, cfg: UiConfig, engine):
                 c.extra["skip"] = gr.Button("Skip", elem_id=f"{tab}_skip", size="sm")
             with gr.Row():
                 c.extra["paste"] = gr.Button("↙️", elem_id=f"{tab}_paste", size="sm")
+            c.extra["forever"] = queue_panel.forever_checkbox(tab)
     _styles_row(c, engine)
     c.prompt.change(token_count, c.prompt, counter, show_progress="hidden", queue=False)
     c.negative.change(token_count, c.negative, neg_counter, show_progress="hidden", queue=False)
@@ -207,6 +208,7 @@ def _results(c: Controls):
         c.extra["send_inpaint"] = gr.Button("🎨️ inpaint", elem_id=f"{tab}_send_to_inpaint", size="sm")
         c.extra["send_extras"] = gr.Button("📐 extras", elem_id=f"{tab}_send_to_extras", size="sm")
     c.info = gr.HTML("", elem_id=f"html_info_{tab}")
+    c.extra["queue"] = queue_panel.build(tab, c.extra["engine"], c.extra["forever"])
 
     def on_select(infotexts, evt: gr.SelectData):
         index = evt.index if isinstance(evt.index, int) else 0
@@ -219,11 +221,15 @@ def _results(c: Controls):
 
 
 def _common_wiring(c: Controls, engine, run_fn, extra_inputs: list):
+    """Generate (the click and Enter in the prompt) with the fields, then the browser's id and "Generate forever",
+    then the tab's own inputs; interrupt, skip, reuse seed and paste."""
     outputs = [c.gallery, c.infotexts, c.info, c.progress, c.preview, c.extra["last_seed"]]
+    panel = c.extra["queue"]
+    inputs = c.components + [panel.client, panel.forever] + extra_inputs
     # "multiple": a click while a run is going is queued behind it (Gradio's default "once" drops it).
-    event = c.generate.click(run_fn, c.components + extra_inputs, outputs, concurrency_id="generate",
+    event = c.generate.click(run_fn, inputs, outputs, concurrency_id="generate",
                              concurrency_limit=None, show_progress="hidden", trigger_mode="multiple")
-    c.prompt.submit(run_fn, c.components + extra_inputs, outputs, concurrency_id="generate",
+    c.prompt.submit(run_fn, inputs, outputs, concurrency_id="generate",
                     concurrency_limit=None, show_progress="hidden", trigger_mode="multiple")
     c.extra["interrupt"].click(lambda: engine.interrupt(), None, None, queue=False)
     c.extra["skip"].click(lambda: engine.skip(), None, None, queue=False)
@@ -241,6 +247,20 @@ def _common_wiring(c: Controls, engine, run_fn, extra_inputs: list):
 
     c.extra["paste"].click(paste, c.prompt, c.components + script_outputs, queue=False, show_progress="hidden")
     return event
+
+
+def wire_reattach(c: Controls, engine, demo) -> None:
+    """On page load: the browser's id (localStorage) into the tab, then its jobs no page has shown yet followed
+    here (a reload or a second tab finds a running job's progress and result)."""
+    outputs = [c.gallery, c.infotexts, c.info, c.progress, c.preview, c.extra["last_seed"]]
+    client = c.extra["queue"].client
+
+    def follow(client_id: str, request: gr.Request):
+        yield gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+        yield from reattach(engine, client_id, c.tab, request)
+
+    demo.load(None, None, client, js=queue_panel.CLIENT_JS).then(
+        follow, client, outputs, concurrency_id="generate", concurrency_limit=None, show_progress="hidden")
 
 
 def paste_updates(c: Controls, text: str) -> list:
@@ -289,6 +309,7 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
 def build_txt2img(engine, cfg: UiConfig) -> Controls:
     c = Controls(tab="txt2img")
     c.extra["last_seed"] = gr.State(None)
+    c.extra["engine"] = engine
     _prompt_row(c, cfg, engine)
     extra_networks_panel.build_extra_networks(engine, c.tab, c.prompt)
     with gr.Row(equal_height=False):
@@ -304,8 +325,9 @@ def build_txt2img(engine, cfg: UiConfig) -> Controls:
     def run(request: gr.Request, *values):
         n = len(c.fields)
         data = _clean(c.values_to_dict(values[:n]))
-        yield from run_streaming(engine, lambda: Txt2ImgRequest.from_dict(controlnet.put_units(data)), "txt2img",
-                                 _script_args(script_controls, values[n:]), request)
+        client, forever = values[n], bool(values[n + 1])
+        yield from run_streaming(engine, lambda: controlnet.put_units(data), "txt2img",
+                                 _script_args(script_controls, values[n + 2:]), request, client, forever)
 
     c.extra["scripts"] = script_controls
     _common_wiring(c, engine, run, script_controls.inputs if script_controls else [])
@@ -326,6 +348,7 @@ def _script_args(controls, values) -> list | None:
 def build_img2img(engine, cfg: UiConfig) -> Controls:
     c = Controls(tab="img2img")
     c.extra["last_seed"] = gr.State(None)
+    c.extra["engine"] = engine
     mode = gr.State("img2img")
     _prompt_row(c, cfg, engine)
     extra_networks_panel.build_extra_networks(engine, c.tab, c.prompt)
@@ -389,7 +412,8 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
     for image_input in images_in[1:]:
         guard_image_input(image_input, c.info)
 
-    def build_request(values, images, outpaint_px=None):
+    def build_fields(values, images, outpaint_px=None):
+        """The request's fields from the controls and the sub-tab's picture (and mask)."""
         data = controlnet.put_units(_clean(c.values_to_dict(values)))
         data["mask_blur"] = int(data.get("mask_blur") or 0)
         data["inpaint_full_res_padding"] = int(data.get("inpaint_full_res_padding") or 0)
@@ -406,23 +430,27 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
         if mask is None:
             data.pop("mask_blur", None)
         data["mask"] = mask
-        return Img2ImgRequest.from_dict(data)
+        return data
 
     def run(request: gr.Request, *values):
-        n, m = len(c.fields), len(c.fields) + len(images_in)
-        yield from run_streaming(engine, lambda: build_request(values[:n], values[n:m]), "img2img",
-                                 _script_args(script_controls, values[m:]), request)
+        n = len(c.fields)
+        client, forever = values[n], bool(values[n + 1])
+        m = n + 2 + len(images_in)
+        yield from run_streaming(engine, lambda: build_fields(values[:n], values[n + 2:m]), "img2img",
+                                 _script_args(script_controls, values[m:]), request, client, forever)
 
     def run_outpaint(request: gr.Request, *values):
         n = len(c.fields)
-        px = [int(v or 0) for v in values[n + len(images_in):]]
-        yield from run_streaming(engine, lambda: build_request(values[:n], values[n:n + len(images_in)], px),
-                                 "img2img", request=request)
+        client = values[n]
+        px = [int(v or 0) for v in values[n + 1 + len(images_in):]]
+        yield from run_streaming(engine, lambda: build_fields(values[:n], values[n + 1:n + 1 + len(images_in)], px),
+                                 "img2img", request=request, client=client)
 
     c.extra["scripts"] = script_controls
     _common_wiring(c, engine, run, images_in + (script_controls.inputs if script_controls else []))
     outputs = [c.gallery, c.infotexts, c.info, c.progress, c.preview, c.extra["last_seed"]]
-    outpaint_btn.click(run_outpaint, c.components + images_in + [out_left, out_right, out_up, out_down], outputs,
+    outpaint_btn.click(run_outpaint, c.components + [c.extra["queue"].client] + images_in
+                       + [out_left, out_right, out_up, out_down], outputs,
                        concurrency_id="generate", concurrency_limit=None, show_progress="hidden",
                        trigger_mode="multiple")
     c.extra.update(init=init, sketch=sketch, inpaint=inpaint, subtabs=subtabs, mode=mode)

@@ -1,9 +1,12 @@
-"""Run a generation from the UI: the engine works in a thread while the page gets progress and live previews.
+"""Run a generation from the UI: each click is a job of the engine's visible queue (modules/job_queue.py), and the
+page follows that job by id while it waits and runs, with progress and live previews.
 
-Each browser tab's click becomes one `engine.generate` call; the engine's job queue serves them in arrival order,
-so two tabs generating at once each get their own images. A second click in the same tab while one runs is
-queued too (the Generate events use `trigger_mode="multiple"`): the running one's progress line says how many of
-the tab's runs wait behind it, and each shows its own result when its turn is done.
+The job belongs to the browser (`client`: an id the page keeps in localStorage), not to the connection: a reload
+or a second tab of the same browser re-attaches to its queued and running jobs and shows their results (`follow`).
+Two browsers generating at once each get their own images. A second click in the same tab while one runs is queued
+too (the Generate events use `trigger_mode="multiple"`): the running one's progress line says how many of the tab's
+runs wait behind it, and each shows its own result when its turn is done. "Generate forever" queues the same job
+again each time it is done, until it is turned off.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import gradio as gr
 from gradio.exceptions import Error
@@ -21,7 +24,7 @@ from modules.engine import Engine
 from modules.models.detect import UnsupportedModelError
 from modules.models.loader import ModelLoadError
 from modules.models.manager import ModelNotFoundError
-from modules.request_types import RequestError
+from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest
 
 USER_ERRORS = (RequestError, ModelNotFoundError, ModelLoadError, UnsupportedModelError, ValueError)
 POLL_SECONDS = 0.1  # how often the job's state is read; the page gets an update only when its line changes
@@ -37,14 +40,16 @@ class Outcome:
     message: str = ""
 
 
-def progress_html(engine: Engine, waiting: bool, queued_behind: int = 0) -> str:
-    """The progress line: waiting, loading the model, preparing, or step/batch/percent/ETA (from measured steps).
+def progress_html(engine: Engine, waiting: bool, queued_behind: int = 0, ahead: int | None = None) -> str:
+    """The progress line: waiting (and behind how many jobs), loading the model, preparing, or
+    step/batch/percent/ETA (from measured steps).
 
     `queued_behind`: this tab's own runs waiting after this one (said on the line, so a second click shows)."""
     s = engine.state
     more = f" · {queued_behind} more queued" if queued_behind > 0 else ""
     if waiting or not s.active:
-        return f"<div class='sd-progress'>Waiting in queue…{html.escape(more)}</div>" if waiting else ""
+        place = f" ({ahead} job{'s' if ahead != 1 else ''} ahead)" if ahead else ""
+        return f"<div class='sd-progress'>Waiting in queue{place}…{html.escape(more)}</div>" if waiting else ""
     loading = getattr(engine.models, "loading", None)
     if loading:
         text = f"Loading model {loading} …"
@@ -174,47 +179,81 @@ def info_html(infotext: str, extra: str = "") -> str:
     return f"<div class='sd-infotext'>{body}</div>{extra}"
 
 
-def run_streaming(engine: Engine, build: Callable[[], Any], kind: str,
-                  script_args: list | None = None, request=None) -> Iterator[tuple]:
-    """Yield (gallery, infotexts, info_html, progress_html, preview, seed) while the job runs, then the result.
+def run_streaming(engine: Engine, build: Callable[[], dict], kind: str, script_args: list | None = None,
+                  request=None, client: str = "", forever: bool = False) -> Iterator[tuple]:
+    """Queue the click as a job, then yield (gallery, infotexts, info_html, progress_html, preview, seed) while it
+    waits and runs, and its result.
 
-    `build` makes the typed request (raising RequestError on bad input) so that errors surface in the page.
-    `request` (Gradio's) tells runs of the same browser tab apart from other tabs' runs.
-    """
+    `build` makes the request's fields (raising RequestError on bad input); the request is built from them now, so
+    that errors surface in the page before anything is queued. `request` (Gradio's) tells runs of the same browser
+    tab apart; `client` is the browser's id, under which a reload finds the job again."""
+    from modules.job_queue import QueueError, ensure_queue
+
     try:
-        req = build()
-    except USER_ERRORS as e:
+        fields = build()
+        cls = Img2ImgRequest if kind == "img2img" else Txt2ImgRequest
+        cls.from_dict(fields)
+        queue = ensure_queue(engine)
+        body = _stored_body(engine, kind, fields, script_args)
+        job = queue.submit(kind, body or {**fields_summary(fields)}, "ui", client or _anonymous(request),
+                           work=lambda: engine.generate(cls.from_dict(fields), script_args),
+                           resumable=body is not None, forever=forever)
+    except (*USER_ERRORS, QueueError) as e:
         yield gr.update(), gr.update(), error_html(str(e)), "", gr.update(visible=False), gr.update()
         return
-    key = session_key(request, kind)
+    yield from follow(engine, job, session_key(request, kind))
+
+
+def follow(engine: Engine, job, key: tuple) -> Iterator[tuple]:
+    """Show a queued job's progress and then its result (and, under "Generate forever", the next one's)."""
     token = TAB_RUNS.add(key)
     try:
-        yield from _run(engine, req, kind, script_args, key, token)
+        while job is not None:
+            yield from _follow_one(engine, job, key, token)
+            job = engine.visible_queue.get(job.next_id) if job.next_id and engine.visible_queue else None
     finally:
         TAB_RUNS.remove(key, token)
 
 
-def _run(engine: Engine, req, kind: str, script_args, key: tuple, token: object) -> Iterator[tuple]:
-    box: dict[str, Any] = {}
+def _anonymous(request) -> str:
+    return "session:" + str(getattr(request, "session_hash", None) or id(request))
 
-    def work():
-        try:
-            box["result"] = engine.generate(req, script_args)
-        except USER_ERRORS as e:
-            box["error"] = str(e)
-        except Exception as e:  # out of memory, a broken extension...: show it, keep the server alive
-            box["error"] = f"{type(e).__name__}: {e}"
 
+def fields_summary(fields: dict) -> dict:
+    return {k: v for k, v in fields.items() if k in ("prompt", "negative_prompt", "width", "height", "steps",
+                                                       "batch_size", "n_iter", "sampler_name", "seed")}
+
+
+def _stored_body(engine: Engine, kind: str, fields: dict, script_args: list | None) -> dict | None:
+    """The job as JSON (its fields, pictures as PNG, the script arguments and which scripts they are for), so that
+    a restart can run it again; None when something in it cannot be stored."""
+    from modules.job_queue import body_from_fields
+
+    body = body_from_fields(fields)
+    if body is None or script_args is None:
+        return body
+    args = body_from_fields({"args": list(script_args)})
+    if args is None:
+        return None
+    body["__script_args__"] = args["args"]
+    body["__scripts__"] = script_titles(engine, kind)
+    return body
+
+
+def script_titles(engine: Engine, kind: str) -> list[str]:
+    return [s.title() for s in engine.scripts.for_mode(kind).scripts] if engine.scripts is not None else []
+
+
+def _follow_one(engine: Engine, job, key: tuple, token: object) -> Iterator[tuple]:
     started = time.time()
-    thread = threading.Thread(target=work, name=f"ui-{kind}", daemon=True)
-    thread.start()
+    queue = engine.visible_queue
     last_preview_step = -1
     last_line = None
     last_yield = 0.0
-    while thread.is_alive():
-        thread.join(POLL_SECONDS)
+    while job.status in ("queued", "running"):
+        queue.wait(job.id, timeout=POLL_SECONDS)
         state = engine.state
-        waiting = not state.active or state.job != req.mode
+        waiting = job.status == "queued" or not state.active or state.job != job.mode
         before, after = TAB_RUNS.position(key, token)
         if before:  # an earlier run of this tab is still drawing the progress line; this one says it is alive
             if time.time() - last_yield >= KEEPALIVE_SECONDS:
@@ -225,25 +264,52 @@ def _run(engine: Engine, req, kind: str, script_args, key: tuple, token: object)
         if not waiting and state.current_image is not None and state.current_image_step != last_preview_step:
             last_preview_step = state.current_image_step
             preview = gr.update(value=state.current_image, visible=True)
-        line = progress_html(engine, waiting, after)
+        ahead = queue.position(job) if job.status == "queued" else None
+        line = progress_html(engine, waiting, after, ahead)
         if line == last_line and preview == gr.update():
+            if time.time() - last_yield >= KEEPALIVE_SECONDS * 10:  # a long wait still shows the page is alive
+                last_yield = time.time()
+                yield gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
             continue
         last_line, last_yield = line, time.time()
         yield gr.update(), gr.update(), gr.update(), line, preview, gr.update()
-    if "error" in box:
-        yield gr.update(), gr.update(), error_html(box["error"]), "", gr.update(visible=False), gr.update()
+    if job.status == "cancelled":
+        job.delivered = True
+        yield gr.update(), gr.update(), error_html("Cancelled in the queue."), "", gr.update(visible=False), \
+            gr.update()
         return
-    result = box["result"]
+    result = job.result
+    if job.status == "failed" or result is None:
+        e = job.exception
+        message = str(e) if isinstance(e, USER_ERRORS) else (f"{type(e).__name__}: {e}" if e is not None
+                                                               else job.error or "the job failed")
+        yield gr.update(), gr.update(), error_html(message), "", gr.update(visible=False), gr.update()
+        job.delivered = True
+        return
     note = ""
     if result.interrupted:
         note = "<div class='sd-note'>Interrupted: kept the finished images.</div>"
     for w in getattr(result, "warnings", []) or []:
         note += f"<div class='sd-note'>⚠ {html.escape(w)}</div>"
     memory = engine.memory.summary() if getattr(engine, "memory", None) is not None else ""
-    elapsed = f"<div class='sd-time'>Time taken: {time.time() - started:.1f}s" + (
+    took = (job.finished or time.time()) - (job.started or started)
+    elapsed = f"<div class='sd-time'>Time taken: {took:.1f}s" + (
         f" · {html.escape(memory)}" if memory else "") + "</div>"
     first = result.infotexts[result.index_of_first_image] if len(result.infotexts) > result.index_of_first_image \
         else (result.infotexts[0] if result.infotexts else "")
     gallery = list(result.images)
     yield (gallery, result.infotexts, info_html(first, note + elapsed), "", gr.update(visible=False),
            result.seed)
+    job.delivered = True  # shown (Gradio resumed us after the yield); the queue lets go of the pictures later
+
+
+def reattach(engine: Engine, client: str, kind: str, request=None) -> Iterator[tuple]:
+    """A page (re)loaded: follow this browser's jobs of this tab that no page has shown yet."""
+    queue = engine.visible_queue
+    if queue is None or not client:
+        return
+    key = session_key(request, kind)
+    for job in queue.undelivered(client, kind):
+        if job.delivered:  # another page of the same browser showed it meanwhile
+            continue
+        yield from follow(engine, job, key)

@@ -466,13 +466,22 @@ class Api:
         if overrides:
             data["override_settings"] = overrides
 
-    def _run(self, req):
+    def _run(self, req, request: Request | None = None):
+        """The generation, as a job of the visible queue (listed while it waits and runs), answered when done."""
+        from modules.job_queue import QueueError, request_summary
+
+        queue = self.engine.visible_queue
+        client = request.client.host if request is not None and request.client else ""
         try:
-            return self.engine.generate(req)
+            if queue is None:
+                return self.engine.generate(req)
+            return queue.call(req.mode, request_summary(req), lambda: self.engine.generate(req), "api", client)
         except ModelNotFoundError as e:
             raise ApiError(400, str(e), "ModelNotFound") from None
         except RequestError as e:
             raise ApiError(422, str(e), "RequestError") from None
+        except QueueError as e:
+            raise ApiError(e.status, str(e)) from None
 
     def _response(self, req, result, echo_images: dict | None = None) -> dict:
         params = req.to_dict()
@@ -491,16 +500,16 @@ class Api:
         return {"images": images, "parameters": jsonable_encoder(params),
                 "info": json.dumps(jsonable_encoder(result.js()))}
 
-    def txt2img(self, body: models.StableDiffusionTxt2ImgProcessingAPI):
+    def txt2img(self, body: models.StableDiffusionTxt2ImgProcessingAPI, request: Request = None):
         req, _ = self._build(Txt2ImgRequest, body, ())
-        return self._response(req, self._run(req))
+        return self._response(req, self._run(req, request))
 
-    def img2img(self, body: models.StableDiffusionImg2ImgProcessingAPI):
+    def img2img(self, body: models.StableDiffusionImg2ImgProcessingAPI, request: Request = None):
         if not body.init_images:
             raise ApiError(404, "Init image not found", "NotFound")
         req, raw = self._build(Img2ImgRequest, body, ("init_images", "mask"))
         echo = raw if req.include_init_images else {"init_images": None, "mask": None}
-        return self._response(req, self._run(req), echo)
+        return self._response(req, self._run(req, request), echo)
 
     # -- progress and control ------------------------------------------------------------------------------------
 

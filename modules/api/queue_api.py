@@ -1,6 +1,7 @@
 """`/sdapi/v1/queue`: generations submitted without waiting (modules/job_queue.py). A queued job runs exactly as
 the blocking `/sdapi/v1/txt2img` / `img2img` call with the same body, whose answer it keeps (`result`). A1111's
-routes themselves keep their blocking behaviour, so existing clients are unchanged."""
+routes themselves keep their blocking behaviour (their jobs are listed here while they wait and run), so existing
+clients are unchanged."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,7 +12,7 @@ from starlette.convertors import StringConvertor, register_url_convertor
 
 from modules.api import models
 from modules.api.api import ApiError, _errors
-from modules.job_queue import JobStore, QueueError, QueuedJob, VisibleQueue, public
+from modules.job_queue import QueueError, QueuedJob, ensure_queue, public
 
 PREFIX = "/sdapi/v1/queue"
 
@@ -30,13 +31,8 @@ BODIES = {"txt2img": models.StableDiffusionTxt2ImgProcessingAPI, "img2img": mode
 class QueueApi:
     def __init__(self, app: FastAPI, api, engine, auth=None):
         self.api, self.engine = api, engine
-        settings = engine.settings
-        store = JobStore(engine.history) if engine.history is not None else None
-        self.queue = VisibleQueue(self._run, store, max_per_client=int(settings.get("queue_max_per_client", 20)),
-                                  max_total=int(settings.get("queue_max_total", 100)),
-                                  resume=bool(settings.get("queue_resume_after_restart", True)),
-                                  interrupt=engine.interrupt)
-        engine.visible_queue = self.queue
+        self.queue = ensure_queue(engine)
+        self.queue.register("api", self._run)
         deps = [Depends(auth)] if auth is not None else []
         extra = _errors(401) if auth is not None else {}
         add = app.add_api_route
