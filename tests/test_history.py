@@ -128,6 +128,24 @@ def test_request_fields_recreate_the_picture_from_its_infotext():
     assert fields["override_settings"]["sd_model_checkpoint"] == "6ce0161689"  # the model by its hash, as A1111
 
 
+def test_history_tab_rerun_says_what_it_queues_and_why_it_cannot(engine):
+    from modules.history import HistoryError
+    from webui import history_tab
+
+    folder = engine.paths.outputs_dir / "txt2img-images"
+    a1111 = engine.history.add(path := a1111_png(folder, 1, "a fox"), Image.open(path).info["parameters"])
+    bare = engine.history.add(a1111_png(folder, 2, "no words"), None)
+    body, note = history_tab.rerun_request(engine, engine.history.get(a1111))
+    assert (body["prompt"], body["seed"], body["steps"], body["save_images"]) == ("a fox", 1001, 21, True)
+    assert "sd_model_checkpoint" not in body.get("override_settings", {})  # not here: the current model is used
+    assert "its model v1-5-pruned-emaonly is not here" in note
+    with pytest.raises(HistoryError, match="no infotext"):
+        history_tab.rerun_request(engine, engine.history.get(bare))
+    assert "Pick a picture first." in history_tab.rerun(engine, {}, "")[0]
+    engine.visible_queue = None  # the API (and with it the queue) is not mounted
+    assert "launch with --api" in history_tab.rerun(engine, {"selected": a1111}, "")[0]
+
+
 def test_reconcile_imports_an_a1111_outputs_folder_marks_missing_and_rebuilds(tmp_path):
     out = tmp_path / "outputs"
     words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()

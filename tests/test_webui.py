@@ -47,7 +47,7 @@ def ui_data(tmp_path_factory, tiny_models) -> Path:
 
 @pytest.fixture(scope="module")
 def server(ui_data, tmp_path_factory):
-    srv = Server(ui_data, tmp_path_factory.mktemp("logs") / "server.log").start()
+    srv = Server(ui_data, tmp_path_factory.mktemp("logs") / "server.log").start("--api")  # the visible queue too
     yield srv
     srv.stop()
 
@@ -391,3 +391,110 @@ def test_history_tab_finds_stars_and_sends_a_picture(page, server, ui_data):
     page.get_by_role("tab", name="History", exact=True).click()
     page.click("#history_send_to_extras")  # the picture itself goes to Extras
     expect(page.locator("#extras_image img")).to_be_visible()
+
+
+def _lantern_png(folder: Path) -> Path:
+    """A picture bigger than a thumbnail whose infotext asks for a quick 64x64 generation on the test's model."""
+    from PIL import PngImagePlugin
+
+    folder.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a lantern on a pier\nSteps: 3, Sampler: Euler a, CFG scale: 7, Seed: 4242, "
+                                "Size: 64x64, Model: sd1")
+    path = folder / "00960-4242.png"
+    Image.new("RGB", (320, 240), (200, 150, 0)).save(path, pnginfo=info)
+    return path
+
+
+def test_history_selects_trashes_restores_files_keys_reuses_and_reruns(page, server, ui_data, artifacts):
+    from modules.history import Query
+    from tests.test_history import a1111_png
+
+    store = server.ctx.engine.history
+    folder = ui_data / "outputs" / "txt2img-images" / "2023-07-01"
+    harbors = [a1111_png(folder, n, "a harbor at noon") for n in (950, 951, 952)]  # seeds 1950..1952
+    _lantern_png(folder)
+    store.reconcile()
+    page.get_by_role("tab", name="History", exact=True).click()
+    expect(page.locator("#history_page")).to_contain_text("picture(s)")
+
+    # the picked picture at full size (320 px wide; its thumbnail is 256)
+    _history_search(page, "Page 1: 1 picture(s)", search="lantern")
+    _pick_first_history_picture(page, "Seed: 4242")
+    full = page.locator("#history_full img")
+    expect(full).to_be_visible()
+    assert full.evaluate("img => img.complete && [img.naturalWidth, img.naturalHeight]") == [320, 240]
+
+    # keys: → and ← move the pick, "s" stars it; ♻️ puts its seed into txt2img
+    _history_search(page, "Page 1: 3 picture(s)", search="harbor noon")
+    _pick_first_history_picture(page, "Seed: 1952")
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#history_info")).to_contain_text("Seed: 1951")
+    expect(page.locator("#history_gallery .thumbnail-item").nth(1)).to_have_class(re.compile(r"\bselected\b"))
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator("#history_info")).to_contain_text("Seed: 1952")
+    page.keyboard.press("s")
+    expect(page.locator("#history_info")).to_contain_text("★ starred")
+    assert store.search(Query(q="harbor", starred=True))[0][0]["seed"] == 1952
+    page.click("#history_reuse_seed")
+    expect(page.locator("#txt2img_seed input")).to_have_value("1952")
+    page.get_by_role("tab", name="History", exact=True).click()
+
+    # Select mode: two pictures to the trash, one of them back
+    page.locator("#history_multiselect input").check()
+    thumbs = page.locator("#history_gallery .thumbnail-item")
+    thumbs.nth(0).click()
+    expect(page.locator("#history_selection")).to_contain_text("1 selected")
+    thumbs.nth(1).click()
+    expect(page.locator("#history_selection")).to_contain_text("2 selected")
+    expect(page.locator("#history_gallery .history-checked")).to_have_count(2)
+    page.screenshot(path=str(artifacts / "history-select.png"), full_page=True)
+    page.click("#history_delete_selected")
+    expect(page.locator("#history_selection")).to_contain_text("Moved 2 picture(s) to the trash")
+    expect(page.locator("#history_page")).to_contain_text("Page 1: 1 picture(s)")
+    assert not harbors[2].exists() and not harbors[1].exists() and harbors[0].exists()
+    assert (ui_data / "outputs" / ".trash" / "txt2img-images" / "2023-07-01" / harbors[2].name).is_file()
+    page.locator("#history_show_trash input").check()
+    expect(page.locator("#history_page")).to_contain_text("Page 1: 2 picture(s) in the trash")
+    expect(page.locator("#history_delete_selected")).to_be_hidden()
+    thumbs.nth(0).click()  # the newest deleted: seed 1952
+    expect(page.locator("#history_selection")).to_contain_text("1 selected")
+    page.click("#history_restore")
+    expect(page.locator("#history_selection")).to_contain_text("Restored 1 picture(s)")
+    expect(page.locator("#history_page")).to_contain_text("Page 1: 1 picture(s) in the trash")
+    assert harbors[2].is_file() and not harbors[1].exists()
+    page.locator("#history_show_trash input").uncheck()
+    expect(page.locator("#history_page")).to_contain_text("Page 1: 2 picture(s)")
+
+    # Move selected to board, then the board filter finds them
+    thumbs.nth(0).click()
+    thumbs.nth(1).click()
+    expect(page.locator("#history_selection")).to_contain_text("2 selected")
+    page.fill("#history_move_board textarea", "harbors")
+    page.click("#history_move_selected")
+    expect(page.locator("#history_selection")).to_contain_text("Put 2 picture(s) on board “harbors”")
+    _history_search(page, "Page 1: 2 picture(s)", search="", board_filter="harbors")
+    assert sorted(row["seed"] for row in store.search(Query(board="harbors"))[0]) == [1950, 1952]
+    page.locator("#history_multiselect input").uncheck()
+    expect(page.locator("#history_selection")).to_contain_text("0 selected")
+
+    # Rerun: the same generation again through the visible queue; its picture shows up in the history
+    _history_search(page, "Page 1: 1 picture(s)", search="lantern", board_filter="")
+    _pick_first_history_picture(page, "Seed: 4242")
+    page.click("#history_rerun")
+    expect(page.locator("#history_status")).to_contain_text("Queued as job")
+    expect(page.locator("#history_status")).to_contain_text("is done", timeout=120_000)
+    expect(page.locator("#history_page")).to_contain_text("Page 1: 2 picture(s)")
+    expect(thumbs.nth(1)).to_have_class(re.compile(r"\bselected\b"))  # the pick is marked where it is now
+    lanterns, _ = store.search(Query(q="lantern"))
+    assert [row["seed"] for row in lanterns] == [4242, 4242] and "00960-4242.png" in lanterns[1]["path"]
+    assert Image.open(lanterns[0]["path"]).size == (64, 64)  # made now, at the infotext's size
+    page.screenshot(path=str(artifacts / "history-tab.png"), full_page=True)
+
+    # the Delete key: the picked (new) picture to the trash
+    _pick_first_history_picture(page, "Seed: 4242")
+    page.keyboard.press("Delete")
+    expect(page.locator("#history_info")).to_contain_text("Moved")
+    expect(page.locator("#history_page")).to_contain_text("Page 1: 1 picture(s)")
+    assert store.get(lanterns[0]["id"])["deleted"]
+

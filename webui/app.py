@@ -311,6 +311,14 @@ def _wire_history_sending(history: dict, t2i, i2i, extras, tabs) -> None:
     history["to_extras"].click(lambda nav: (history["picture"](nav), gr.Tabs(selected="extras")), history["nav"],
                                [extras["image"], tabs])
 
+    def reuse_seed(nav):  # A1111's ♻️: the picked picture's seed into txt2img, which is then shown
+        seed = history["seed"](nav)
+        if seed is None:
+            return gr.update(), gr.update(), "<div class='sd-note'>Pick a picture (with a seed) first.</div>"
+        return seed, gr.Tabs(selected="txt2img"), ""
+
+    history["reuse_seed"].click(reuse_seed, history["nav"], [t2i.seed, tabs, history["status"]])
+
 
 def auth_pairs(args) -> list[tuple[str, str]] | None:
     """The UI's logins as Gradio takes them, [(user, pass), ...], from --gradio-auth, --gradio-auth-path, --auth and
@@ -338,7 +346,7 @@ def mount(app, engine: Engine, args, runtime=None) -> None:
     file_route.add(app, engine.paths, engine.settings, gradio_app=lambda: mounted.get("ui"))
 
     def head() -> str:
-        text = CTRL_ENTER_JS + page_globals(engine) + _asset_script("queue.js")
+        text = CTRL_ENTER_JS + page_globals(engine) + _asset_script("queue.js") + _asset_script("history_keys.js")
         if runtime is not None:
             text += "".join(f'\n<link rel="stylesheet" href="{html.escape(file_route.web_path(path, engine.paths))}">'
                             for path in runtime.css_files())
