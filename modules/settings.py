@@ -400,6 +400,12 @@ _section("memory", {
     "forge_unet_storage_dtype": _O("Automatic", "Diffusion in Low Bits (weights kept in fp8, computed in fp16/32)",
                                    choices=["Automatic", "float8-e4m3fn", "float8-e5m2"]),
     "low_bits_text_encoders": _O(False, "Low bits for the text encoders too"),
+    # Forge's "Swap Method" and "Swap Location" (its keys): how offloaded weights travel to the GPU
+    "forge_async_loading": _O("Queue", "Swap Method: Async copies the next block on a side CUDA stream while the "
+                                       "current one computes (sequential offload)", choices=["Queue", "Async"]),
+    "forge_pin_shared_memory": _O("CPU", "Swap Location: Shared keeps offloaded weights in pinned host memory "
+                                         "(faster copies, less free RAM; --pin-shared-memory)",
+                                  choices=["CPU", "Shared"]),
 })
 
 _section("compatibility", {

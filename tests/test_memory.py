@@ -387,7 +387,7 @@ def test_pinned_memory_and_sdp_flags_reach_what_acts_on_a_gpu(engine, monkeypatc
     engine.memory.flags = MemoryFlags(pin_shared_memory=True)
     model = engine.models.get("sd1.safetensors")
     engine.memory.apply(model, "sequential")
-    assert seen == {"pin": True} and offloader_of(model).pin is False  # no CUDA here: plain host memory
+    assert seen == {"pin": True, "prefetch": False} and offloader_of(model).pin is False  # no CUDA: plain memory
     engine.memory.apply(model, "resident")
 
     calls = []
@@ -396,3 +396,44 @@ def test_pinned_memory_and_sdp_flags_reach_what_acts_on_a_gpu(engine, monkeypatc
     assert devices.from_flags(sdp_no_mem=True).device.type == "cuda" and calls == [False]
     devices.from_flags()
     assert calls == [False]  # without the flag the kernels stay as they are
+
+
+def test_async_swap_prefetches_the_next_block_in_the_order_it_ran(engine, monkeypatch):
+    """Swap Method: Async (Forge's setting): under sequential offload each block, once the order is known from a
+    first job, is already on its way when it is needed; at most two blocks are on the device; same picture."""
+    from modules.memory import offload as offload_mod
+
+    req = dict(REQ, override_settings={"sd_model_checkpoint": "sd1.safetensors"})
+    resident = np.array(engine.txt2img(req).images[0])
+    engine.settings.set("forge_async_loading", "Async")
+    engine.settings.set("forge_pin_shared_memory", "Shared")
+    engine.settings.set("memory_mode", "Sequential offload (--lowvram)")
+    try:
+        first = np.array(engine.txt2img(req).images[0])  # learns the order
+        off = offloader_of(engine.models.current)
+        assert off.prefetch and "block by block), async swap" in engine.memory.summary()
+        counts = {"started": 0, "used": 0, "brought": 0}
+        peak = [0]
+        real_start, real_finish, real_bring = off._prefetcher.start, off._prefetcher.finish, off.bring
+        monkeypatch.setattr(off._prefetcher, "start", lambda stored: counts.__setitem__(
+            "started", counts["started"] + 1) or real_start(stored))
+        monkeypatch.setattr(off._prefetcher, "finish", lambda pending: counts.__setitem__(
+            "used", counts["used"] + 1) or real_finish(pending))
+
+        def bring(unit):
+            counts["brought"] += not unit.on_device
+            real_bring(unit)
+            peak[0] = max(peak[0], off.resident_bytes())
+
+        monkeypatch.setattr(off, "bring", bring)  # the hooks call it through the instance
+        second = np.array(engine.txt2img(req).images[0])
+    finally:
+        for name, value in (("forge_async_loading", "Queue"), ("forge_pin_shared_memory", "CPU"),
+                            ("memory_mode", "Automatic")):
+            engine.settings.set(name, value)
+    assert np.array_equal(first, resident) and np.array_equal(second, resident)
+    assert counts["brought"] > 20 and counts["used"] >= 0.9 * counts["brought"], counts  # nearly all were ahead
+    assert counts["started"] - counts["used"] <= 2, counts  # hardly any copy made for nothing
+    block = max(u.nbytes for u in off.units)
+    assert peak[0] <= 2 * block * 1.10, (peak[0], block)  # the one computing and the one on its way
+    assert offload_mod.Prefetcher(torch.device("cpu")).stream is None  # a side stream only on CUDA

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -103,5 +104,22 @@ def test_settings_sections_use_a1111_titles(browser, settings_server):
                       "API"):
             assert title in titles, titles
         assert not {"Sd", "Vae", "Api", "Sdxl"} & set(titles)
+
+        # Forge's memory controls under the checkpoint bar are the settings of the same name, saved at once
+        page.get_by_role("tab", name="txt2img", exact=True).click()
+        page.locator("#setting_forge_async_loading").get_by_text("Async", exact=True).click()
+        page.locator("#setting_forge_pin_shared_memory").get_by_text("Shared", exact=True).click()
+        pick(page, "setting_forge_unet_storage_dtype", "float8-e4m3fn")
+        expect(page.locator("#setting_forge_unet_storage_dtype input")).to_have_value("float8-e4m3fn")
+        engine = settings_server.ctx.engine
+        deadline = time.time() + 30
+        while engine.settings.get("forge_unet_storage_dtype") != "float8-e4m3fn" and time.time() < deadline:
+            time.sleep(0.1)
+        assert (engine.settings.get("forge_async_loading"), engine.settings.get("forge_pin_shared_memory"),
+                engine.settings.get("forge_unet_storage_dtype")) == ("Async", "Shared", "float8-e4m3fn")
+        assert engine.memory.swap() == (True, True)
+        for name, value in (("forge_async_loading", "Queue"), ("forge_pin_shared_memory", "CPU"),
+                            ("forge_unet_storage_dtype", "Automatic")):
+            engine.settings.set(name, value)
     finally:
         page.close()

@@ -55,6 +55,7 @@ def _quicksettings(engine: Engine):
                                  "models/VAE)")
         clip = gr.Slider(1, 12, value=engine.settings.get("CLIP_stop_at_last_layers", 1), step=1, label="Clip skip",
                          elem_id="setting_CLIP_stop_at_last_layers", scale=2)
+    memory = _memory_quicksettings(engine)
     status = gr.HTML(elem_id="quicksettings_status")
 
     def switch(title, progress=gr.Progress()):
@@ -91,7 +92,44 @@ def _quicksettings(engine: Engine):
     clip.release(set_option("CLIP_stop_at_last_layers"), clip, status, queue=False)
     parts.input(set_option("forge_additional_modules"), parts, status, queue=False)
     refresh.click(do_refresh, None, [ckpt, vae, parts], queue=False)
+    for name, control in memory.items():
+        event = control.release if isinstance(control, gr.Slider) else control.input
+        event(set_option(name), control, status, queue=False)
     return ckpt
+
+
+def _memory_quicksettings(engine: Engine) -> dict:
+    """Forge's memory controls under the checkpoint bar: Diffusion in Low Bits, Swap Method, Swap Location and
+    GPU Weights, each the setting of the same name (the next job plans with them)."""
+    from modules.settings import OPTIONS
+
+    def choices(name):
+        return list(OPTIONS[name].get_choices() or [])
+
+    total_mb = 16384
+    if engine.memory is not None and engine.memory.on_gpu:
+        import torch
+
+        total_mb = int(torch.cuda.get_device_properties(engine.memory.device).total_memory >> 20)
+    get = engine.settings.get
+    with gr.Row(elem_id="quicksettings_memory", equal_height=True):
+        controls = {
+            "forge_unet_storage_dtype": gr.Dropdown(
+                choices("forge_unet_storage_dtype"), value=get("forge_unet_storage_dtype", "Automatic"),
+                label="Diffusion in Low Bits", elem_id="setting_forge_unet_storage_dtype", scale=2),
+            "forge_async_loading": gr.Radio(
+                choices("forge_async_loading"), value=get("forge_async_loading", "Queue"), label="Swap Method",
+                elem_id="setting_forge_async_loading", scale=1),
+            "forge_pin_shared_memory": gr.Radio(
+                choices("forge_pin_shared_memory"), value=get("forge_pin_shared_memory", "CPU"),
+                label="Swap Location", elem_id="setting_forge_pin_shared_memory", scale=1),
+            "gpu_weights_mb": gr.Slider(
+                0, total_mb, value=min(int(get("gpu_weights_mb", 0) or 0), total_mb), step=64,
+                label="GPU Weights (MB, 0: automatic)", elem_id="setting_gpu_weights_mb", scale=3),
+        }
+    return controls
+
+
 
 
 def _picked_parts(engine: Engine) -> list[str]:

@@ -196,10 +196,17 @@ class MemoryManager:
                 vae.tile_latent_min_size = plan.vae_tile // scale
                 vae.tile_overlap_factor = planner.TILE_OVERLAP
 
+    def swap(self) -> tuple[bool, bool]:
+        """(pinned host memory, prefetch on a side stream): Forge's Swap Location and Swap Method."""
+        pin = self.flags.pin_shared_memory or str(self._setting("forge_pin_shared_memory", "CPU")) == "Shared"
+        return pin, str(self._setting("forge_async_loading", "Queue")) == "Async"
+
     def apply(self, model, mode: str) -> None:
         parts = parts_of(model)
         off = offloader_of(model)
-        if off is not None and off.mode == mode and off.parts == parts:
+        pin, prefetch = self.swap()
+        if off is not None and off.mode == mode and off.parts == parts and (off.pin, off.prefetch) == (
+                pin and self.on_gpu, prefetch and mode == "sequential"):
             return
         if off is not None:
             off.release()
@@ -209,7 +216,7 @@ class MemoryManager:
                 if not _on(part, self.device):
                     part.to(self.device)
             return
-        model.extra["offloader"] = Offloader(parts, mode, self.device, pin=self.flags.pin_shared_memory)
+        model.extra["offloader"] = Offloader(parts, mode, self.device, pin=pin, prefetch=prefetch)
 
     def finish(self) -> None:
         """After a job: its peak device memory (shown under the pictures)."""
@@ -220,6 +227,8 @@ class MemoryManager:
         if self.last_plan is None or (not self.on_gpu and self.last_plan.mode == "resident"):
             return ""  # on the CPU the weights are simply in RAM: nothing to say
         text = f"Memory: {planner.MODE_NAMES[self.last_plan.mode]}"
+        if self.last_plan.mode == "sequential" and self.swap()[1]:
+            text += ", async swap"
         if self.last_plan.vae_tiled:
             text += f", VAE in {self.last_plan.vae_tiles} tiles"
         if self.last_peak is not None:

@@ -7,6 +7,10 @@ on the execution device just before it computes; in ``model`` mode it stays ther
 room, in ``sequential`` mode a forward hook drops it again at once. The execution device is a parameter: on CPU
 (the tests) "bringing in" hands back the stored tensors themselves, so the picture is bit-identical to the resident
 run while the meta tensors show exactly what was resident when.
+
+With ``prefetch`` (Forge's "Swap Method: Async") sequential offload copies the block that ran next last time onto
+the device on a side CUDA stream while the current block computes (from pinned memory the copy is truly
+asynchronous), so the transfer hides behind the compute; at most two blocks are then on the device.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ class Unit:
     slots: list[tuple[torch.nn.Module, str, bool]]
     store: list[torch.Tensor] = field(default_factory=list)
     on_device: bool = False
+    pending: tuple | None = None  # (device tensors being copied, the copy's event) once prefetched
 
     @classmethod
     def of(cls, label: str, module: torch.nn.Module, recurse: bool = True) -> "Unit":
@@ -83,15 +88,47 @@ def _meta(t: torch.Tensor) -> torch.Tensor:
     return torch.empty(t.shape, dtype=t.dtype, device="meta")
 
 
+class Prefetcher:
+    """Copies tensors to the device on a side stream, and hands them to the compute stream once copied.
+
+    Off CUDA the copy is made at once (the bookkeeping is the same, which is what the tests check)."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    def start(self, stored: list[torch.Tensor]) -> tuple:
+        if self.stream is None:
+            return [t.to(self.device) for t in stored], None
+        with torch.cuda.stream(self.stream):
+            moved = [t.to(self.device, non_blocking=True) for t in stored]
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return moved, event
+
+    def finish(self, pending: tuple) -> list[torch.Tensor]:
+        moved, event = pending
+        if event is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(event)
+            for t in moved:  # used on the compute stream: the allocator must not reuse it before that is done
+                t.record_stream(current)
+        return moved
+
+
 class Offloader:
     """Carries out ``model`` or ``sequential`` offload of a model's parts ({"unet": module, ...}) onto `device`."""
 
     def __init__(self, parts: dict[str, torch.nn.Module], mode: str, device: torch.device, *, pin: bool = False,
-                 block_fraction: int = 16):
+                 block_fraction: int = 16, prefetch: bool = False):
         if mode not in ("model", "sequential"):
             raise ValueError(f"offload mode {mode!r}: expected 'model' or 'sequential'")
         self.mode, self.device = mode, torch.device(device)
         self.pin = pin and self.device.type == "cuda"
+        self.prefetch = prefetch and mode == "sequential"
+        self._prefetcher = Prefetcher(self.device) if self.prefetch else None
+        self._after: dict[str, Unit] = {}  # the unit brought in after each one last time (what to prefetch)
+        self._previous: Unit | None = None
         self.parts = {name: part for name, part in parts.items() if part is not None}
         self.units: list[Unit] = []
         self.units_of: dict[str, list[Unit]] = {}
@@ -128,8 +165,8 @@ class Offloader:
         return max((u.nbytes for u in self.units_of.get(name, [])), default=0)
 
     def resident_bytes(self) -> int:
-        """Bytes of managed weights on the execution device now."""
-        return sum(u.nbytes for u in self.units if u.on_device)
+        """Bytes of managed weights on the execution device now (prefetched ones included)."""
+        return sum(u.nbytes for u in self.units if u.on_device or u.pending is not None)
 
     # -- moving ------------------------------------------------------------------------------------------------
 
@@ -148,11 +185,26 @@ class Offloader:
 
     def bring(self, unit: Unit) -> None:
         self.last_part = unit.label.split("[", 1)[0]
+        if self._prefetcher is not None:
+            self._learn(unit)
         if unit.on_device:
             return
-        for (mod, name, is_param), stored in zip(unit.slots, unit.store):
-            _put(mod, name, is_param, stored.to(self.device, non_blocking=self.pin))
+        if unit.pending is not None:
+            tensors, unit.pending = self._prefetcher.finish(unit.pending), None
+        else:
+            tensors = [stored.to(self.device, non_blocking=self.pin) for stored in unit.store]
+        for (mod, name, is_param), t in zip(unit.slots, tensors):
+            _put(mod, name, is_param, t)
         unit.on_device = True
+        nxt = self._after.get(unit.label)
+        if nxt is not None and not nxt.on_device and nxt.pending is None and not self._materialized:
+            nxt.pending = self._prefetcher.start(nxt.store)
+
+    def _learn(self, unit: Unit) -> None:
+        """Remember which unit followed which: the next job prefetches in the order this one ran."""
+        if self._previous is not None and self._previous is not unit:
+            self._after[self._previous.label] = unit
+        self._previous = unit
 
     def drop(self, unit: Unit) -> None:
         if not unit.on_device:
@@ -164,6 +216,7 @@ class Offloader:
     def drop_all(self) -> None:
         for unit in self.units:
             self.drop(unit)
+            unit.pending = None
 
     def _activator(self, unit: Unit):
         def hook(module, args):
@@ -215,7 +268,7 @@ class Offloader:
         for unit in self.units:
             for (mod, name, is_param), stored in zip(unit.slots, unit.store):
                 _put(mod, name, is_param, stored)
-            unit.store, unit.on_device = [], False
+            unit.store, unit.on_device, unit.pending = [], False, None
         self.units, self.units_of = [], {}
 
 
