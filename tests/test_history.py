@@ -130,20 +130,28 @@ def test_request_fields_recreate_the_picture_from_its_infotext():
 
 def test_history_tab_rerun_says_what_it_queues_and_why_it_cannot(engine):
     from modules.history import HistoryError
+    from modules.job_queue import ensure_queue
     from webui import history_tab
 
     folder = engine.paths.outputs_dir / "txt2img-images"
     a1111 = engine.history.add(path := a1111_png(folder, 1, "a fox"), Image.open(path).info["parameters"])
     bare = engine.history.add(a1111_png(folder, 2, "no words"), None)
     body, note = history_tab.rerun_request(engine, engine.history.get(a1111))
-    assert (body["prompt"], body["seed"], body["steps"], body["save_images"]) == ("a fox", 1001, 21, True)
-    assert "sd_model_checkpoint" not in body.get("override_settings", {})  # not here: the current model is used
+    assert (body["prompt"], body["seed"], body["steps"], body["do_not_save_samples"]) == ("a fox", 1001, 21, False)
+    assert body["override_settings"]["samples_save"] is True  # saved, so it lands in the history
+    assert "sd_model_checkpoint" not in body["override_settings"]  # not here: the current model is used
     assert "its model v1-5-pruned-emaonly is not here" in note
     with pytest.raises(HistoryError, match="no infotext"):
         history_tab.rerun_request(engine, engine.history.get(bare))
     assert "Pick a picture first." in history_tab.rerun(engine, {}, "")[0]
-    engine.visible_queue = None  # the API (and with it the queue) is not mounted
-    assert "launch with --api" in history_tab.rerun(engine, {"selected": a1111}, "")[0]
+    queue = ensure_queue(engine)
+    queue.pause()  # listed, not run: this test is about what is queued
+    status, job_id, _ = history_tab.rerun(engine, {"selected": a1111}, "127.0.0.1")
+    assert f"Queued as job {job_id} (txt2img, seed 1001; its model" in status
+    job = queue.get(job_id)
+    assert (job.mode, job.source, job.status, job.body["prompt"]) == ("txt2img", "ui", "queued", "a fox")
+    queue.cancel(job_id)
+    queue.shutdown()
 
 
 def test_reconcile_imports_an_a1111_outputs_folder_marks_missing_and_rebuilds(tmp_path):

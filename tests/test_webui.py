@@ -47,7 +47,7 @@ def ui_data(tmp_path_factory, tiny_models) -> Path:
 
 @pytest.fixture(scope="module")
 def server(ui_data, tmp_path_factory):
-    srv = Server(ui_data, tmp_path_factory.mktemp("logs") / "server.log").start("--api")  # the visible queue too
+    srv = Server(ui_data, tmp_path_factory.mktemp("logs") / "server.log").start()
     yield srv
     srv.stop()
 
@@ -491,10 +491,12 @@ def test_history_selects_trashes_restores_files_keys_reuses_and_reruns(page, ser
     assert Image.open(lanterns[0]["path"]).size == (64, 64)  # made now, at the infotext's size
     page.screenshot(path=str(artifacts / "history-tab.png"), full_page=True)
 
-    # the Delete key: the picked (new) picture to the trash
-    _pick_first_history_picture(page, "Seed: 4242")
+    # the Delete key right after a click on another thumbnail: the one just clicked goes to the trash
+    thumbs.nth(1).click()
+    expect(page.locator("#history_info")).to_contain_text("00960-4242.png")
+    thumbs.nth(0).click()
     page.keyboard.press("Delete")
-    expect(page.locator("#history_info")).to_contain_text("Moved")
+    expect(page.locator("#history_info")).to_contain_text(f"Moved {Path(lanterns[0]['path']).name}")
     expect(page.locator("#history_page")).to_contain_text("Page 1: 1 picture(s)")
-    assert store.get(lanterns[0]["id"])["deleted"]
+    assert store.get(lanterns[0]["id"])["deleted"] and not store.get(lanterns[1]["id"])["deleted"]
 

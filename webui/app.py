@@ -355,7 +355,7 @@ def _wire_history_sending(history: dict, t2i, i2i, extras, tabs) -> None:
             return gr.update(), gr.update(), "<div class='sd-note'>Pick a picture (with a seed) first.</div>"
         return seed, gr.Tabs(selected="txt2img"), ""
 
-    history["reuse_seed"].click(reuse_seed, history["nav"], [t2i.seed, tabs, history["status"]])
+    history["reuse_seed"].click(reuse_seed, history["nav"], [t2i.seed, tabs, history["status"]], **history_tab.LANE)
 
 
 def auth_pairs(args) -> list[tuple[str, str]] | None:

@@ -1,7 +1,7 @@
 """The History tab: every saved picture (modules/history.py) found by the words of its prompt, filtered by model,
 board, star, sampler, dates and size, a page at a time (keyset pages: as fast at 50 000 pictures as at 50); for the
 picked one the picture at full size, its infotext, a star, a rating, a board, delete (to the trash folder,
-restorable), reuse its seed, rerun it through the visible queue and "send to" txt2img/img2img/inpaint/extras.
+restorable), reuse its seed, rerun it (a job of the visible queue) and "send to" txt2img/img2img/inpaint/extras.
 In Select mode clicks gather pictures for Delete selected / Move selected to board / Restore (from the trash view).
 Keys (webui/assets/history_keys.js): ←/→ pick the previous/next picture, Delete deletes it, "s" stars it."""
 from __future__ import annotations
@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 PAGE = 48
 THUMB = 256  # px: the gallery shows thumbnails; the full-size view and "send to" read the file itself
 PICK_FIRST = "Pick a picture first."
+# Every History event runs in one lane, in the order the page sent them: a Delete key pressed right after a click on
+# another thumbnail must act on that picture, not on the one picked before (whose pick the server still holds).
+LANE = {"show_progress": "hidden", "concurrency_id": "history", "concurrency_limit": 1}
 SELECT_FIRST = "Select pictures first (tick Select, then click them), or pick one."
 
 
@@ -287,12 +290,11 @@ def move_to_board(engine: Engine, nav: dict, board: str):
 
 
 def rerun_request(engine: Engine, row: dict) -> tuple[dict, str]:
-    """The A1111 txt2img request that makes the picture again (its infotext's parameters, the same seed), saved so
-    that the new picture lands in the history, and a note for the user. A model that is not here is left out: the
-    current one is used, and the note says so. img2img pictures are rerun as txt2img: their init image is not kept."""
-    from pydantic import ValidationError
-
-    from modules.api import models
+    """The txt2img request fields that make the picture again (its infotext's parameters, the same seed), saved
+    whatever "Always save all generated images" says, so that the new picture lands in the history; and a note for
+    the user. A model that is not here is left out (the current one is used, and the note says so). img2img
+    pictures are rerun as txt2img: their init image is not kept."""
+    from modules.request_types import RequestError, Txt2ImgRequest
 
     if not row["infotext"]:
         raise HistoryError("This picture has no infotext: there are no parameters to rerun it with.")
@@ -305,30 +307,26 @@ def rerun_request(engine: Engine, row: dict) -> tuple[dict, str]:
         overrides["sd_model_checkpoint"] = info.title
     note = f"; its model {row['model'] or wanted} is not here, so the current one is used" if (
         wanted or row["model"]) and info is None else ""
-    body = {**fields, "save_images": True} | ({"override_settings": overrides} if overrides else {})
+    body = {**fields, "do_not_save_samples": False, "override_settings": {**overrides, "samples_save": True}}
     try:
-        checked = models.StableDiffusionTxt2ImgProcessingAPI(**body)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise HistoryError(f"Its parameters are not a valid request: {'.'.join(map(str, first['loc']))}: "
-                           f"{first['msg']}") from None
-    return checked.model_dump(exclude_unset=True, mode="json"), note
+        Txt2ImgRequest.from_dict(body)  # a bad value is said now, not as a failed job later
+    except RequestError as e:
+        raise HistoryError(f"Its parameters are not a valid request: {e}") from None
+    return body, note
 
 
 def rerun(engine: Engine, nav: dict, client: str):
-    """Queue the picked picture's generation again: (status line, job id to follow, the follow timer)."""
-    from modules.job_queue import QueueError
+    """Queue the picked picture's generation again as a job of the visible queue (listed in the Queue panel, run
+    after a restart like any UI job): (status line, job id to follow, the follow timer)."""
+    from modules.job_queue import QueueError, ensure_queue
 
     stop = gr.Timer(active=False)
     row = _selected(engine, nav)
     if row is None:
         return _note(PICK_FIRST), "", stop
-    queue = engine.visible_queue
-    if queue is None:
-        return _note("Rerun needs the visible queue, which starts with the API: launch with --api."), "", stop
     try:
         body, note = rerun_request(engine, row)
-        job = queue.submit("txt2img", body, "ui", client)
+        job = ensure_queue(engine).submit("txt2img", body, "ui", client)
     except (HistoryError, QueueError) as e:
         return _note(f"⚠ {e}"), "", stop
     return _note(f"Queued as job {job.id} (txt2img, seed {body.get('seed', -1)}{note})."), job.id, gr.Timer(
@@ -416,36 +414,36 @@ def build_history(engine: Engine) -> dict:
         return page(engine, *values, 0)[:3]
 
     for trigger, move_by in ((search.click, 0), (q.submit, 0), (older.click, 1), (newer.click, -1)):
-        trigger(lambda *a, m=move_by: page(engine, *a, m), filters, outs, show_progress="hidden")
+        trigger(lambda *a, m=move_by: page(engine, *a, m), filters, outs, **LANE)
     trash.change(lambda *a: page(engine, *a, 0) + _trash_buttons(a[4]), filters,
-                 outs + [remove, delete_many, restore], show_progress="hidden")
+                 outs + [remove, delete_many, restore], **LANE)
 
     def on_select(n: dict, multi: bool, evt: gr.SelectData):  # Gradio passes the event by this annotation
         return select(engine, n, multi, evt)
 
     gallery.select(on_select, [nav, multiselect], [nav, info, text, star, rating, full, selection],
-                   show_progress="hidden")
+                   **LANE)
     multiselect.change(lambda n: (dict(n or {}, checked=[]), _selection({})), [nav], [nav, selection],
-                       show_progress="hidden")
-    star.click(lambda n: toggle_star(engine, n), [nav], [info, star], show_progress="hidden")
-    rating.release(lambda n, r: rate(engine, n, r), [nav, rating], [info], show_progress="hidden")
-    board_set.submit(lambda n, b: set_board(engine, n, b), [nav, board_set], [info], show_progress="hidden")
-    remove.click(lambda n: delete(engine, n), [nav], [info, full], show_progress="hidden").then(
-        relist, filters, listing, show_progress="hidden")
+                       **LANE)
+    star.click(lambda n: toggle_star(engine, n), [nav], [info, star], **LANE)
+    rating.release(lambda n, r: rate(engine, n, r), [nav, rating], [info], **LANE)
+    board_set.submit(lambda n, b: set_board(engine, n, b), [nav, board_set], [info], **LANE)
+    remove.click(lambda n: delete(engine, n), [nav], [info, full], **LANE).then(
+        relist, filters, listing, **LANE)
     delete_many.click(lambda n: delete_selected(engine, n), [nav], [nav, selection, info, full],
-                      show_progress="hidden").then(relist, filters, listing, show_progress="hidden")
+                      **LANE).then(relist, filters, listing, **LANE)
     restore.click(lambda n: restore_selected(engine, n), [nav], [nav, selection, info, full],
-                  show_progress="hidden").then(relist, filters, listing, show_progress="hidden")
+                  **LANE).then(relist, filters, listing, **LANE)
     for trigger in (move.click, move_board.submit):
         trigger(lambda n, b: move_to_board(engine, n, b), [nav, move_board], [nav, selection, info],
-                show_progress="hidden")
+                **LANE)
 
     def on_rerun(n: dict, request: gr.Request):
         return rerun(engine, n, request.client.host if request and request.client else "")
 
-    rerun_button.click(on_rerun, [nav], [status, job, timer], show_progress="hidden")
+    rerun_button.click(on_rerun, [nav], [status, job, timer], **LANE)
     timer.tick(lambda j, *a: follow(engine, j, *a), [job] + filters, [timer, status, job] + listing,
-               show_progress="hidden")
+               **LANE)
     return {"nav": nav, "text": text, "status": status, "reuse_seed": reuse_seed, "to_txt2img": to_txt2img,
             "to_img2img": to_img2img, "to_inpaint": to_inpaint, "to_extras": to_extras,
             "picture": lambda n: selected_picture(engine, n), "seed": lambda n: picked_seed(engine, n),
