@@ -31,9 +31,12 @@ import bench_txt2img as bt  # noqa: E402
 OURS = [("resident", {"memory_mode": "Everything on the GPU"}),
         ("model offload", {"memory_mode": "Model offload (--medvram)"}),
         ("sequential offload", {"memory_mode": "Sequential offload (--lowvram)"}),
+        ("sequential, async swap, pinned", {"memory_mode": "Sequential offload (--lowvram)",
+                                             "forge_async_loading": "Async", "forge_pin_shared_memory": "Shared"}),
         ("fp8 weights", {"memory_mode": "Everything on the GPU", "forge_unet_storage_dtype": "float8-e4m3fn"}),
         ("tiled VAE", {"memory_mode": "Everything on the GPU", "vae_tiling": "Always"})]
-DEFAULTS = {"memory_mode": "Automatic", "forge_unet_storage_dtype": "Automatic", "vae_tiling": "Automatic"}
+DEFAULTS = {"memory_mode": "Automatic", "forge_unet_storage_dtype": "Automatic", "vae_tiling": "Automatic",
+            "forge_async_loading": "Queue", "forge_pin_shared_memory": "CPU"}
 
 
 def sync(device: torch.device) -> None:
