@@ -130,8 +130,6 @@ def _memory_quicksettings(engine: Engine) -> dict:
     return controls
 
 
-
-
 def _picked_parts(engine: Engine) -> list[str]:
     choices = set(engine.models.part_choices())
     return [p for p in engine.settings.get("forge_additional_modules", []) or [] if p in choices]
