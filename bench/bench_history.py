@@ -27,10 +27,13 @@ INFOTEXT = ("{prompt}\nNegative prompt: lowres, bad anatomy\nSteps: 20, Sampler:
             "CFG scale: 7, Seed: {seed}, Size: 512x768, Model hash: 6ce0161689, Model: {model}, Version: v1.10.1")
 
 
-def write_folder(root: Path, n: int) -> None:
+def write_folder(root: Path, n: int, side: int) -> None:
+    """`n` PNGs of side × 1.5 side noise (A1111's pictures compress little: ~3 bytes a pixel, as noise does)."""
+    import numpy as np
     from PIL import Image, PngImagePlugin
 
     rng = random.Random(0)
+    noise = np.random.default_rng(0).integers(0, 256, (side * 3 // 2, side, 3), dtype=np.uint8)
     for i in range(n):
         folder = root / "txt2img-images" / f"2024-0{1 + i % 9}-1{i % 10}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -38,21 +41,25 @@ def write_folder(root: Path, n: int) -> None:
         info.add_text("parameters", INFOTEXT.format(
             prompt=" ".join(rng.choice(WORDS) for _ in range(8)), sampler=rng.choice(["Euler a", "DPM++ 2M"]),
             seed=i, model=rng.choice(["v1-5-pruned-emaonly", "sd_xl_base_1.0"])))
-        Image.new("RGB", (64, 96), (i % 255, 0, 0)).save(folder / f"{i:05d}-{i}.png", pnginfo=info)
+        noise[0, 0] = (i % 256, i // 256 % 256, 0)  # every file different (its sha256 too)
+        Image.fromarray(noise).save(folder / f"{i:05d}-{i}.png", pnginfo=info, compress_level=1)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pictures", type=int, default=2000)
     p.add_argument("--rows", type=int, default=50000)
+    p.add_argument("--side", type=int, default=256, help="picture width (height 1.5x), noise")
     args = p.parse_args(argv)
     from modules.history import HistoryStore, Query, picture_row
 
     with tempfile.TemporaryDirectory(prefix="sdbench-history-") as tmp:
         root = Path(tmp)
         t = time.perf_counter()
-        write_folder(root / "outputs", args.pictures)
-        print(f"wrote {args.pictures} A1111 pictures in {time.perf_counter() - t:.1f} s (not part of the import)")
+        write_folder(root / "outputs", args.pictures, args.side)
+        size = sum(p.stat().st_size for p in (root / "outputs").rglob("*.png"))
+        print(f"wrote {args.pictures} A1111 pictures ({args.side}x{args.side * 3 // 2} noise, {size / 2**20:.0f} MiB) "
+              f"in {time.perf_counter() - t:.1f} s (not part of the import)")
         store = HistoryStore(root / "history.sqlite3", root / "outputs")
         t = time.perf_counter()
         counts = store.reconcile()

@@ -9,6 +9,7 @@ deleted database is rebuilt from the files; a database file that is not one is m
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sqlite3
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".avif")
 SKIPPED_DIRS = {".trash"}  # deleted pictures wait here, restorable
 FIELDS = ("path", "size", "width", "height", "seed", "model", "model_hash", "sampler", "steps", "cfg", "prompt",
-          "negative_prompt", "infotext", "created", "kind")
+          "negative_prompt", "infotext", "created", "kind", "sha256")
 EDITABLE = {"starred": bool, "rating": int, "board": str}
 
 SCHEMA = """
@@ -35,7 +36,7 @@ CREATE TABLE IF NOT EXISTS images (
     prompt TEXT NOT NULL DEFAULT '', negative_prompt TEXT NOT NULL DEFAULT '', infotext TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL, kind TEXT NOT NULL DEFAULT '',
     starred INTEGER NOT NULL DEFAULT 0, rating INTEGER NOT NULL DEFAULT 0, board TEXT NOT NULL DEFAULT '',
-    deleted INTEGER NOT NULL DEFAULT 0, missing INTEGER NOT NULL DEFAULT 0
+    deleted INTEGER NOT NULL DEFAULT 0, missing INTEGER NOT NULL DEFAULT 0, sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS images_model ON images(model);
 CREATE INDEX IF NOT EXISTS images_board ON images(board);
@@ -89,13 +90,19 @@ def _fts_phrase(text: str) -> str:
     return " ".join(f'"{w}"' for w in words)
 
 
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def picture_row(path: Path, infotext: str | None, kind: str = "") -> dict[str, Any]:
     """The row for a picture file from its infotext (A1111's format, as written by A1111 or by us)."""
     from modules import infotext as infotext_mod
 
     stat = path.stat()
     row: dict[str, Any] = {"path": str(path), "size": stat.st_size, "created": stat.st_mtime, "kind": kind,
-                           "infotext": infotext or "", "prompt": "", "negative_prompt": ""}
+                           "infotext": infotext or "", "prompt": "", "negative_prompt": "",
+                           "sha256": file_sha256(path)}
     if infotext:
         params = infotext_mod.parse_generation_parameters(infotext, fill_defaults=False)
         row["prompt"] = str(params.get("Prompt", "") or "")
@@ -147,6 +154,7 @@ class HistoryStore:
         try:
             conn = self._connect()
             conn.executescript(SCHEMA)
+            _migrate(conn)
             ok = conn.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise sqlite3.DatabaseError(ok)
@@ -160,6 +168,7 @@ class HistoryStore:
                       "pictures in %s", self.path, e, aside.name, self.outputs_dir)
             conn = self._connect()
             conn.executescript(SCHEMA)
+            _migrate(conn)
         self._writer = conn
 
     def _reader(self) -> sqlite3.Connection:
@@ -346,8 +355,9 @@ class HistoryStore:
                     yield Path(root) / name
 
     def reconcile(self, batch: int = 500) -> dict[str, int]:
-        """Rows whose file is gone → missing (and back when it returns); pictures without a row → imported from
-        their infotext. Returns counts."""
+        """Rows whose file is gone → missing (and back when it returns); a picture moved to another folder keeps its
+        row (star, rating, board), found by its sha256; other pictures without a row → imported from their
+        infotext; rows from before the sha256 column get theirs. Returns counts."""
         from PIL import Image
 
         from modules.images import read_infotext
@@ -363,29 +373,63 @@ class HistoryStore:
                     chunk = ids[i:i + batch]
                     self._writer.execute(f"UPDATE images SET missing = {flag} WHERE id IN "
                                          f"({', '.join('?' * len(chunk))})", chunk)
+        self._fill_hashes(batch)
+        lost = {r["sha256"]: r["id"] for r in self._reader().execute(
+            "SELECT id, sha256 FROM images WHERE missing = 1 AND sha256 IS NOT NULL")}
         new, rows = sorted(p for p in on_disk if p not in known), []
-        imported = 0
+        imported, moved = 0, set()
         for name in new:
             path = Path(name)
             try:
                 with Image.open(path) as im:
                     text = read_infotext(im)
-                rows.append(picture_row(path, text))
+                row = picture_row(path, text)
             except (OSError, ValueError, SyntaxError) as e:  # not a picture after all: skipped, said once
                 log.warning("history: %s is not a readable picture (%s); not indexed", path, e)
                 continue
+            if row["sha256"] in lost:  # the same picture somewhere else: its row follows it
+                image_id = lost.pop(row["sha256"])
+                with self._lock:
+                    self._writer.execute("UPDATE images SET path = ?, missing = 0 WHERE id = ?",
+                                         (row["path"], image_id))
+                moved.add(image_id)
+                continue
+            rows.append(row)
             if len(rows) >= batch:
                 imported += len(self._insert(rows))
                 rows = []
         if rows:
             imported += len(self._insert(rows))
-        if imported or gone:
-            log.info("history: %d picture(s) indexed from %s, %d marked missing", imported, self.outputs_dir,
-                     len(gone))
-        return {"imported": imported, "missing": len(gone), "returned": len(back)}
+        missing = len(set(gone) - moved)
+        if imported or missing or moved:
+            log.info("history: %d picture(s) indexed from %s, %d moved, %d marked missing", imported,
+                     self.outputs_dir, len(moved), missing)
+        return {"imported": imported, "missing": missing, "returned": len(back), "moved": len(moved)}
+
+    def _fill_hashes(self, batch: int) -> None:
+        """The sha256 of rows indexed before the column existed (files still there)."""
+        todo = self._reader().execute(
+            "SELECT id, path, deleted FROM images WHERE sha256 IS NULL AND missing = 0").fetchall()
+        for i in range(0, len(todo), batch):
+            values = []
+            for row in todo[i:i + batch]:
+                try:
+                    values.append((file_sha256(self.file_path(dict(row))), row["id"]))
+                except OSError:
+                    continue
+            with self._lock:
+                self._writer.executemany("UPDATE images SET sha256 = ? WHERE id = ?", values)
 
     def integrity(self) -> str:
         return self._reader().execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Columns added since a database was made (its rows get their values at the next reconcile)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(images)")}
+    if "sha256" not in columns:
+        conn.execute("ALTER TABLE images ADD COLUMN sha256 TEXT")
+    conn.execute("CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256)")
 
 
 def _checked_changes(changes: dict[str, Any]) -> dict[str, Any]:

@@ -164,7 +164,7 @@ def test_reconcile_imports_an_a1111_outputs_folder_marks_missing_and_rebuilds(tm
     (out / "txt2img-grids" / "grid-0001.png").write_bytes(paths[1].read_bytes())  # grids are not indexed
     db = tmp_path / "history.sqlite3"
     store = HistoryStore(db, out)
-    assert store.reconcile() == {"imported": 12, "missing": 0, "returned": 0}
+    assert store.reconcile() == {"imported": 12, "missing": 0, "returned": 0, "moved": 0}
     (row,) = store.search(Query(q="picture foxtrot"))[0]
     assert (row["model"], row["sampler"], row["seed"], row["width"]) == ("v1-5-pruned-emaonly", "DPM++ 2M", 1005, 512)
     paths[0].unlink()
@@ -174,6 +174,35 @@ def test_reconcile_imports_an_a1111_outputs_folder_marks_missing_and_rebuilds(tm
         Path(str(db) + suffix).unlink(missing_ok=True)
     again = HistoryStore(db, out)
     assert again.reconcile()["imported"] == 11 and again.count() == 11
+    again.close()
+
+
+def test_a_moved_picture_keeps_its_star_and_an_old_database_gets_its_hashes(tmp_path):
+    """Pictures are known by their sha256 too: one moved to another folder keeps its row (star, board) instead of
+    becoming "missing" plus a new row; a database from before the column gets the hashes at the next start."""
+    import hashlib
+
+    out = tmp_path / "outputs"
+    first, second = a1111_png(out / "day1", 1, "a lighthouse"), a1111_png(out / "day1", 2, "a harbor")
+    db = tmp_path / "history.sqlite3"
+    store = HistoryStore(db, out)
+    store.reconcile()
+    (row,) = store.search(Query(q="lighthouse"))[0]
+    assert row["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    store.update(row["id"], {"starred": True, "board": "coast"})
+    (out / "kept").mkdir()
+    first.rename(out / "kept" / first.name)
+    assert store.reconcile() == {"imported": 0, "missing": 0, "returned": 0, "moved": 1}
+    moved = store.get(row["id"])
+    assert moved["path"] == str(out / "kept" / first.name) and moved["starred"] and moved["board"] == "coast"
+    assert store.count() == 2
+    store.close()
+    with sqlite3.connect(db) as conn:  # as a database made before the column: no hashes
+        conn.execute("UPDATE images SET sha256 = NULL")
+    again = HistoryStore(db, out)
+    again.reconcile()
+    (harbor,) = again.search(Query(q="harbor"))[0]
+    assert harbor["sha256"] == hashlib.sha256(second.read_bytes()).hexdigest()
     again.close()
 
 
