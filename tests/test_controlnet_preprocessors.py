@@ -306,10 +306,10 @@ def test_a_file_holding_another_network_is_refused_by_name(annotator_dir, tmp_pa
 
 
 def test_listed_but_not_runnable_says_so_once_its_file_is_there(tmp_path):
-    (tmp_path / "zoedepth").mkdir()
-    (tmp_path / "zoedepth" / "ZoeD_M12_N.pt").write_bytes(b"")
-    with pytest.raises(pp.AnnotatorUnavailableError, match="depth_zoe"):
-        pp.get("depth_zoe").run(_square(), annotator_dir=tmp_path)
+    (tmp_path / "normal_dsine").mkdir()
+    (tmp_path / "normal_dsine" / "dsine.pt").write_bytes(b"")
+    with pytest.raises(pp.AnnotatorUnavailableError, match="normal_dsine"):
+        pp.get("normal_dsine").run(_square(), annotator_dir=tmp_path)
 
 
 @pytest.mark.slow  # full-size annotator networks
@@ -522,3 +522,163 @@ def test_inpaint_only_lama_fills_the_masked_part_and_keeps_the_rest(tmp_path):
     outside = mask == 0
     assert np.array_equal(out[:, :, :3][outside], picture[outside])  # untouched where not masked
     assert not np.array_equal(out[30:70, 40:90, :3], picture[30:70, 40:90])  # filled where masked
+
+
+# --- depth_zoe / depth_leres / depth_leres++ ---
+
+def test_zoe_and_leres_name_the_missing_file(tmp_path):
+    with pytest.raises(pp.MissingAnnotatorError) as err:
+        pp.get("depth_zoe").run(_square(), annotator_dir=tmp_path)
+    assert err.value.file == "ZoeD_M12_N.pt" and err.value.folder == tmp_path / "zoedepth"
+    with pytest.raises(pp.MissingAnnotatorError, match="res101.pth"):
+        pp.get("depth_leres").run(_square(), annotator_dir=tmp_path)
+    (tmp_path / "leres").mkdir()
+    (tmp_path / "leres" / "res101.pth").write_bytes(b"")
+    with pytest.raises(pp.MissingAnnotatorError) as err:  # ++ needs the merge network as well
+        pp.get("depth_leres++").run(_square(), annotator_dir=tmp_path)
+    assert err.value.file == "latest_net_G.pth" and err.value.folder == tmp_path / "leres"
+
+
+def test_leres_sliders_are_the_extensions():
+    for name in ("depth_leres", "depth_leres++"):
+        p = pp.get(name)
+        assert p.tags == ("Depth",) and p.resolution == pp.Slider("Resolution", 512, 64, 2048, 8)
+        assert p.slider_1 == pp.Slider("Remove Near %", 0, 0, 100, 0.1)
+        assert p.slider_2 == pp.Slider("Remove Background %", 0, 0, 100, 0.1)
+    assert pp.get("depth_zoe").slider_1 is None and pp.get("depth_zoe").tags == ("Depth",)
+
+
+@pytest.fixture(scope="module")
+def leres_dir(tmp_path_factory):
+    """res101.pth as AdelaiDepth released it (the depth network's DataParallel weights under "depth_model", next to
+    the point-cloud networks) and the merge network's latest_net_G.pth (a bare state dict), random, fp16."""
+    from modules.controlnet import annotators
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    annotators.import_controlnet_aux()
+    folder = tmp_path_factory.mktemp("ControlNetPreprocessor")
+    (folder / "leres").mkdir()
+    depth = {"module." + k: v for k, v in _random_weights(annotators._leres_net, seed=1).items()}
+    others = {"module.pcd.weight": torch.zeros(4, 3)}
+    torch.save({"depth_model": depth, "shift_model": others, "focal_model": dict(others)}, folder / "leres/res101.pth")
+    torch.save(_random_weights(annotators._merge_net, seed=2), folder / "leres/latest_net_G.pth")
+    yield folder
+    annotators.unload_all()
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow  # the full-size LeReS network (ResNeXt-101, 116 M parameters)
+def test_depth_leres_gives_a_grey_depth_map_whose_sliders_remove_near_and_background(leres_dir):
+    leres, img = pp.get("depth_leres"), _circle()[:, :150]
+    depth = leres.run(img, resolution=64, annotator_dir=leres_dir, device="cpu")
+    assert depth.shape == (82, 64, 3) and depth.dtype == np.uint8 and (depth[..., 0] == depth[..., 2]).all()
+    assert int(depth.max()) - int(depth.min()) > 64  # scaled to 0-255 over the padded picture, then cropped
+    assert np.array_equal(leres.run(img, 64, 0, -1, leres_dir, device="cpu"), depth)
+    near = leres.run(img, 64, 50, 0, leres_dir, device="cpu")
+    far = leres.run(img, 64, 0, 50, leres_dir, device="cpu")
+    assert np.array_equal(near, np.where(depth >= 128, 255, depth))  # the nearest half made flat white
+    assert np.array_equal(far, np.where(depth > 127, depth, 0))  # the farthest half removed (black)
+    assert (near == 255).sum() > (depth == 255).sum() and (far == 0).sum() > (depth == 0).sum()
+
+
+@pytest.mark.slow  # LeReS and the merge network (80 M parameters, at 1024 px)
+def test_depth_leres_plus_plus_merges_two_estimates_into_a_map_of_the_right_size(leres_dir):
+    out = pp.get("depth_leres++").run(_circle()[:, :150], resolution=64, annotator_dir=leres_dir, device="cpu")
+    assert out.shape == (82, 64, 3) and out.dtype == np.uint8 and (out[..., 0] == out[..., 1]).all()
+    assert len(np.unique(out)) > 16
+
+
+@pytest.mark.slow  # full-size annotator networks
+def test_zoe_and_leres_refuse_a_file_of_another_network_by_name(leres_dir, tmp_path):
+    for relative, other in (("zoedepth/ZoeD_M12_N.pt", "leres/latest_net_G.pth"),
+                            ("leres/res101.pth", "leres/latest_net_G.pth")):
+        (tmp_path / relative).parent.mkdir(exist_ok=True)
+        (tmp_path / relative).write_bytes((leres_dir / other).read_bytes())
+    (tmp_path / "leres" / "latest_net_G.pth").write_bytes((leres_dir / "leres/latest_net_G.pth").read_bytes())
+    with pytest.raises(RuntimeError, match="ZoeD_M12_N.pt"):
+        pp.get("depth_zoe").run(_square(), resolution=64, annotator_dir=tmp_path, device="cpu")
+    with pytest.raises(RuntimeError, match="res101.pth"):
+        pp.get("depth_leres++").run(_square(), resolution=64, annotator_dir=tmp_path, device="cpu")
+
+
+def _ramp(h: int, w: int) -> np.ndarray:
+    return np.tile(np.linspace(0.0, 1.0, w, dtype=np.float32), (h, 1))
+
+
+def _detailed(h: int, w: int) -> np.ndarray:
+    """A picture with a few sharp shapes on a flat background (edges in some places only)."""
+    img = Image.new("RGB", (w, h), (90, 90, 90))
+    draw = ImageDraw.Draw(img)
+    for i in range(6):
+        draw.rectangle((20 + 12 * i, 30 + 10 * i, 60 + 12 * i, 50 + 10 * i), outline=(250, 250, 250), width=2)
+    return np.array(img)
+
+
+def _agreeing_estimates():
+    """A depth network that always sees the same ramp, and a merge network that averages what it is given."""
+    from modules.controlnet.annotators import _min_max
+
+    calls = {"estimate": 0, "merge": 0}
+
+    def estimate(img, w, h):
+        calls["estimate"] += 1
+        return _ramp(*img.shape[:2])
+
+    def merge(outer, inner):
+        calls["merge"] += 1
+        return (_min_max(outer) + _min_max(inner)) / 2
+
+    return estimate, merge, calls
+
+
+def test_boost_merges_local_patches_and_keeps_a_depth_every_estimate_agrees_on():
+    from modules.controlnet.annotators import boost
+
+    estimate, merge, calls = _agreeing_estimates()
+    img = _detailed(512, 640)
+    depth = boost(img, estimate, merge, max_res=640)
+    assert depth.shape == (512, 640) and np.isfinite(depth).all()
+    # the whole picture's double estimate (2 estimates, 1 merge), then per patch its own and its merge into the whole
+    assert calls["merge"] >= 3 and calls["estimate"] == calls["merge"] + 1
+    assert np.corrcoef(depth.ravel(), _ramp(512, 640).ravel())[0, 1] > 0.99
+
+
+def test_boost_on_a_picture_smaller_than_the_receptive_field_is_the_double_estimate():
+    """The extension's search for R_x fails on such a picture (it never tries a size); here it is the receptive
+    field's, and with no room for patches the whole picture's double estimate is the map."""
+    from modules.controlnet.annotators import _processing_resolution, boost
+
+    assert _processing_resolution(_detailed(128, 64), 448)[0] == 448
+    estimate, merge, calls = _agreeing_estimates()
+    depth = boost(_detailed(128, 64), estimate, merge, max_res=128)
+    assert depth.shape == (128, 64) and calls == {"estimate": 2, "merge": 1}
+    assert np.corrcoef(depth.ravel(), _ramp(128, 64).ravel())[0, 1] > 0.99
+
+
+@pytest.fixture(scope="module")
+def zoe_dir(tmp_path_factory):
+    """ZoeD_M12_N.pt as released: a training checkpoint ({"model": ...}) written with timm 0.6, whose BEiT blocks
+    also saved their relative position index. Random and fp16 (345 M parameters: 690 MB instead of 1.4 GB)."""
+    from modules.controlnet import annotators
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    annotators.import_controlnet_aux()
+    folder = tmp_path_factory.mktemp("ControlNetPreprocessor")
+    sd = _random_weights(annotators._zoe_net, seed=4)
+    for key in [k for k in sd if k.endswith("attn.qkv.weight")]:  # 24×24 patches at 384 px: 577 tokens
+        sd[key.replace("qkv.weight", "relative_position_index")] = torch.zeros(577, 577, dtype=torch.long)
+    (folder / "zoedepth").mkdir()
+    torch.save({"model": sd}, folder / "zoedepth/ZoeD_M12_N.pt")
+    del sd
+    yield folder
+    annotators.unload_all()
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow  # the full-size ZoeDepth (BEiT-L 384 core, 345 M parameters), run twice (mirrored)
+def test_depth_zoe_gives_a_grey_map_spread_between_its_percentiles(zoe_dir):
+    out = pp.get("depth_zoe").run(_circle()[:, :150], resolution=64, annotator_dir=zoe_dir, device="cpu")
+    assert out.shape == (82, 64, 3) and out.dtype == np.uint8 and (out[..., 0] == out[..., 2]).all()
+    assert out.min() == 0 and out.max() == 255 and len(np.unique(out)) > 16  # 2nd/85th percentiles, clipped

@@ -603,6 +603,276 @@ def _depth_anything(img, res, a, b, ctx, relative):
     return hwc3(p.crop(depth_anything.depth_map(load(ctx, relative), p.image)))
 
 
+# --- ZoeDepth (depth_zoe: ZoeD_M12_N, metric depth on a BEiT-L 384 MiDaS core) ---
+
+def _zoe_net():
+    """ZoeD_M12_N as its "infer" config builds it. controlnet_aux's ZoeDepth.load_state_dict drops keys and loads
+    non-strictly under timm 1.x: the network here takes torch's strict load instead, and its BEiT blocks get the
+    buffers the file does not hold (timm 1.x computes them: zero key biases, the relative position index)."""
+    from timm.models.beit import Attention, gen_relative_position_index
+
+    from controlnet_aux.zoe.zoedepth.models.zoedepth.zoedepth_v1 import ZoeDepth
+    from controlnet_aux.zoe.zoedepth.utils.config import get_config
+
+    net = ZoeDepth.build_from_config(get_config("zoedepth", "infer"))
+    net.load_state_dict = functools.partial(torch.nn.Module.load_state_dict, net)
+    for module in net.modules():
+        if isinstance(module, Attention):
+            if getattr(module, "k_bias", None) is not None:
+                module.register_buffer("k_bias", torch.zeros(module.k_bias.shape, device="cpu"), persistent=False)
+            if getattr(module, "window_size", None):
+                module.register_buffer("relative_position_index",
+                                       gen_relative_position_index(module.window_size, device="cpu"),
+                                       persistent=False)
+    return net
+
+
+def _zoe_keys(net: torch.nn.Module, sd: dict) -> dict:
+    """The release is a training checkpoint ({"model": ...}) written with timm 0.6, which also saved each BEiT
+    block's relative position index; timm 1.x computes it (for any picture size), so those are left out."""
+    return fit_keys(net, {k: v for k, v in sd.items() if not k.endswith("attn.relative_position_index")})
+
+
+def _depth_zoe(img, res, a, b, ctx):
+    """The extension's ZoeDetector: RGB in [0, 1] through ZoeDepth's infer (reflect-padded, averaged with the
+    mirrored picture), the metric depth scaled between its 2nd and 85th percentiles and inverted (near is white)."""
+    p = resize_with_pad(img, res)
+    net = load(ctx, "zoedepth/ZoeD_M12_N.pt")
+    with torch.no_grad():
+        depth = net.infer(_tensor(p.image / 255.0, _param_device(net)))[0, 0].float().cpu().numpy()
+    low, high = np.percentile(depth, 2), np.percentile(depth, 85)
+    depth = 1.0 - (depth - low) / max(float(high - low), 1e-8)
+    return hwc3(p.crop((depth * 255.0).clip(0, 255).astype(np.uint8)))
+
+
+# --- LeReS (depth_leres) and its boosted variant (depth_leres++: BoostingMonocularDepth's pix2pix merge) ---
+
+def _leres_net():
+    from controlnet_aux.leres.leres.multi_depth_model_woauxi import RelDepthModel
+
+    return RelDepthModel(backbone="resnext101")
+
+
+def _leres_keys(net: torch.nn.Module, sd: dict) -> dict:
+    """res101.pth is AdelaiDepth's checkpoint: the depth network's DataParallel weights under "depth_model" (next
+    to the point-cloud shift/focal networks, not used here); a bare state dict is read as it is."""
+    expected = set(net.state_dict())
+    inner = {k[len("depth_model."):].removeprefix("module."): v for k, v in sd.items()
+             if k.startswith("depth_model.")}
+    for candidate in (sd, inner):
+        if expected <= set(candidate):
+            return {k: candidate[k] for k in expected}
+    return inner or sd
+
+
+def _merge_net():
+    """The pix2pix generator that merges two depth estimates (a 10-level U-Net, no normalisation, 2 -> 1)."""
+    from controlnet_aux.leres.pix2pix.models.networks import UnetGenerator, get_norm_layer
+
+    return UnetGenerator(2, 1, 10, 64, norm_layer=get_norm_layer("none"), use_dropout=False)
+
+
+def _leres_estimate(net: torch.nn.Module, img: np.ndarray, w: int, h: int) -> np.ndarray:
+    """The extension's estimateleres: the RGB picture's channels reversed, resized (bilinear) to w×h, its 0-255
+    values through ImageNet's mean/std (torchvision's ToTensor leaves float input unscaled), the depth (larger is
+    farther) resized back to the picture (cubic)."""
+    device = _param_device(net)
+    x = cv2.resize(np.ascontiguousarray(img[:, :, ::-1]), (w, h)).astype(np.float32)
+    mean = torch.tensor(_IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(_IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    with torch.no_grad():
+        depth = net.depth_model((_tensor(x, device) - mean) / std).squeeze().float().cpu().numpy()
+    return cv2.resize(depth, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_CUBIC)
+
+
+def _min_max(x):
+    return (x - x.min()) / max(float(x.max() - x.min()), 1e-12)
+
+
+def _merge_estimates(net: torch.nn.Module, outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The merge network on two estimates (each min-max scaled to [-1, 1]); its output mapped to [0, 1]."""
+    device = _param_device(net)
+    pair = np.stack([_min_max(outer.astype(np.float32)), _min_max(inner.astype(np.float32))], axis=2) * 2.0 - 1.0
+    with torch.no_grad():
+        fake = net(_tensor(pair, device))
+    return ((fake + 1.0) / 2.0).squeeze().float().cpu().numpy()
+
+
+BOOST_RECEPTIVE_FIELD = 448  # LeReS's receptive field: the low resolution of every double estimate
+BOOST_MERGE_SIZE = 1024  # the merge network's input size
+BOOST_MAX_SIZE = 1600  # R_max: the largest whole-picture estimate
+
+
+def _max_pool(x: np.ndarray, size: int) -> np.ndarray:
+    """skimage's block_reduce(x, (n, n), np.max) with n = side // size (zero-padded to whole blocks)."""
+    n = max(1, x.shape[0] // size)
+    h, w = -(-x.shape[0] // n) * n, -(-x.shape[1] // n) * n
+    padded = np.zeros((h, w), dtype=x.dtype)
+    padded[:x.shape[0], :x.shape[1]] = x
+    return padded.reshape(h // n, n, w // n, n).max(axis=(1, 3))
+
+
+def _gradient(img: np.ndarray) -> np.ndarray:
+    gray = img[..., :3].astype(np.float64) @ np.array([0.2989, 0.5870, 0.1140])
+    return np.abs(cv2.Sobel(gray, cv2.CV_64F, 0, 1, ksize=3)) + np.abs(cv2.Sobel(gray, cv2.CV_64F, 1, 0, ksize=3))
+
+
+def _processing_resolution(img: np.ndarray, base: int, confidence: float = 0.2, scale_threshold: float = 3,
+                           max_size: int = BOOST_MAX_SIZE) -> tuple[int, float]:
+    """R_x of the boosting paper (section 5): the largest resolution at which at most `confidence` of the picture
+    is further than the receptive field from an edge, searched in steps of 1/32 on the edge map; and the share of
+    the picture near edges (the patch scale K of section 6)."""
+    speed = 32
+    side = int(min(img.shape[:2]))
+    grad = cv2.resize(_gradient(img), (side, side))  # the extension's INTER_AREA lands in `dst`: bilinear
+    middle = grad.min() + 0.4 * (grad.max() - grad.min())
+    grad = (grad >= middle).astype(np.float64)
+    kernel = np.ones((base // speed, base // speed))
+    quarter = np.ones((int(base / (4 * speed)), int(base / (4 * speed))))
+    limit = min(max_size, scale_threshold * max(img.shape[:2]))
+    best, pooled = base / speed, None
+
+    def edges_at(size):
+        small = cv2.resize(_max_pool(grad, size), (size, size))
+        return (small >= 0.5).astype(np.float64)
+
+    for size in range(int(base / speed), int(limit / speed), int(base / (2 * speed))):
+        pooled = edges_at(size)
+        if (1 - cv2.dilate(pooled, kernel, iterations=1)).mean() > confidence:
+            break
+        best = size
+    if pooled is None:  # a picture under R_x's first step (the extension fails here): the receptive field
+        pooled = edges_at(int(base / speed))
+    return int(best * speed), float(cv2.dilate(pooled, quarter, iterations=1).mean())
+
+
+def _region_density(integral: np.ndarray, rect) -> float:
+    x, y, w, h = rect
+    return float(integral[y + h, x + w] - integral[y, x + w] - integral[y + h, x] + integral[y, x]) / (w * h)
+
+
+def _select_patches(img: np.ndarray, base: int, factor: float) -> list[list[int]]:
+    """Section 6's local patches (x, y, w, h): a grid of receptive-field-sized squares with a stride of 3/4, kept
+    where the edge density is at least the picture's, each grown while it stays so; the largest first."""
+    grad = _gradient(img)
+    if (grad > 0).any():
+        grad[grad < grad[grad > 0].mean()] = 0
+    density = grad.sum() / grad.size
+    integral = cv2.integral(grad)
+    height, width = integral.shape
+    half, step = int(round(base / 2)), int(32 / factor)
+    stride = int(round(half * 0.75))
+    grid = [[k - half, j - half, 2 * half, 2 * half] for k in range(half, img.shape[1] - half, stride)
+            for j in range(half, img.shape[0] - half, stride)]
+    chosen = []
+    for rect in grid:
+        if _region_density(integral, rect) < density:
+            continue
+        while True:
+            grown = [rect[0] - step // 2, rect[1] - step // 2, rect[2] + step, rect[3] + step]
+            if grown[0] < 0 or grown[1] < 0 or grown[1] + grown[3] >= height or grown[0] + grown[2] >= width:
+                break
+            if _region_density(integral, grown) < density:
+                break
+            rect = grown
+        chosen.append(rect)
+    return sorted(chosen, key=lambda r: r[2], reverse=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _blend_mask() -> np.ndarray:
+    """The mask that blends a patch into the whole estimate, as the extension makes it (at 3000 px, resized to each
+    patch): a square of ones 15 % in from the edges, Gaussian-blurred (sigma 1/16 of the side), scaled to [0, 1].
+    The blur is separable and so is the square, so it is the outer product of one blurred line (the same to
+    ~1e-6, in milliseconds instead of the 2-D blur's seconds)."""
+    size = 3000
+    edge = int(0.15 * size)
+    line = np.zeros((1, size), dtype=np.float32)
+    line[0, edge:size - edge] = 1
+    k = int(2 * np.ceil(2 * int(size / 16)) + 1)
+    gauss = cv2.getGaussianKernel(k, int(size / 16), cv2.CV_32F)
+    v = cv2.sepFilter2D(line, -1, gauss, np.ones((1, 1), np.float32), borderType=cv2.BORDER_REFLECT_101)[0]
+    return _min_max(np.outer(v.astype(np.float64), v)).astype(np.float32)
+
+
+def boost(img: np.ndarray, estimate: Callable[[np.ndarray, int, int], np.ndarray],
+          merge: Callable[[np.ndarray, np.ndarray], np.ndarray], max_res: int) -> np.ndarray:
+    """BoostingMonocularDepth as the extension runs it for LeReS (its estimateboost): a double estimate of the
+    whole picture (at the receptive field and at R_x, merged); if R_x is within `max_res`, local patches of a
+    larger picture are double-estimated too and merged into it. Returns the depth at the picture's size."""
+    def double(x, low, high):
+        e1 = cv2.resize(estimate(x, low, low), (BOOST_MERGE_SIZE,) * 2, interpolation=cv2.INTER_CUBIC)
+        e2 = cv2.resize(estimate(x, high, high), (BOOST_MERGE_SIZE,) * 2, interpolation=cv2.INTER_CUBIC)
+        return _min_max(merge(e1, e2))
+
+    h_in, w_in = img.shape[:2]
+    field = BOOST_RECEPTIVE_FIELD
+    size, patch_scale = _processing_resolution(img, field)
+    whole = double(img, field, size)
+    if max_res < size:
+        return cv2.resize(whole, (w_in, h_in), interpolation=cv2.INTER_CUBIC)
+    factor = max(min(1.0, 4 * patch_scale * size / BOOST_MAX_SIZE), 0.2)
+    if h_in > w_in:
+        a, b = 2 * size, round(2 * size * w_in / h_in)
+    else:
+        a, b = round(2 * size * h_in / w_in), 2 * size
+    big = cv2.resize(img, (int(round(b / factor)), int(round(a / factor))), interpolation=cv2.INTER_CUBIC)
+    patches = _select_patches(big, 2 * field, factor)
+    scale = h_in / big.shape[0]
+    out_size = (round(big.shape[1] * scale), round(big.shape[0] * scale))
+    rgb = cv2.resize(big, out_size, interpolation=cv2.INTER_CUBIC)
+    base = cv2.resize(whole, out_size, interpolation=cv2.INTER_CUBIC)
+    updated = base.copy()
+    for rect in patches:
+        x, y, w, h = np.round(np.array(rect) * scale).astype(int)
+        region = (slice(max(y, 0), y + h), slice(max(x, 0), x + w))
+        base_patch = base[region]
+        if base_patch.size == 0:
+            continue
+        found = double(rgb[region], field, 2 * field)
+        base_big = cv2.resize(base_patch, (BOOST_MERGE_SIZE,) * 2, interpolation=cv2.INTER_CUBIC)
+        mapped = merge(base_big, found)
+        fitted = np.polyval(np.polyfit(mapped.reshape(-1), base_big.reshape(-1), deg=1), mapped)
+        ph, pw = base_patch.shape
+        merged = cv2.resize(fitted, (pw, ph), interpolation=cv2.INTER_CUBIC)
+        mask = cv2.resize(_blend_mask(), (pw, ph), interpolation=cv2.INTER_LINEAR)
+        updated[region] = updated[region] * (1 - mask) + merged * mask
+    return cv2.resize(updated, (w_in, h_in), interpolation=cv2.INTER_CUBIC)
+
+
+def leres_map(depth: np.ndarray, remove_near: float, remove_background: float) -> np.ndarray:
+    """The extension's apply_leres output: depth (larger is farther) scaled to 16 bits and then to 8, "Remove
+    Near %" zeroes the depths at or below that share before inverting (so the nearest part turns flat white),
+    inverted (near is white), then "Remove Background %" zeroes what is at or below that share (the far part)."""
+    low, high = float(depth.min()), float(depth.max())
+    if high - low > np.finfo("float").eps:
+        out = 65535.0 * (depth - low) / (high - low)
+    else:
+        out = np.zeros(depth.shape)
+    image = cv2.convertScaleAbs(out.astype(np.uint16), alpha=255.0 / 65535.0)
+    if remove_near:
+        image = cv2.threshold(image, remove_near / 100 * 255, 255, cv2.THRESH_TOZERO)[1]
+    image = cv2.bitwise_not(image)
+    if remove_background:
+        image = cv2.threshold(image, remove_background / 100 * 255, 255, cv2.THRESH_TOZERO)[1]
+    return image
+
+
+def _leres(img, res, remove_near, remove_background, ctx, boosted=False):
+    """depth_leres / depth_leres++: run on the padded picture at its own size (boosted: up to R_max, with the
+    merge network), mapped as the extension maps it, cropped back."""
+    p = resize_with_pad(img, res)
+    net = load(ctx, "leres/res101.pth")
+    h, w = p.image.shape[:2]
+    if boosted:
+        merger = load(ctx, "leres/latest_net_G.pth")
+        depth = boost(p.image, functools.partial(_leres_estimate, net),
+                      functools.partial(_merge_estimates, merger), max(w, h))
+    else:
+        depth = _leres_estimate(net, p.image, w, h)
+    return hwc3(p.crop(leres_map(depth, remove_near or 0, remove_background or 0)))
+
+
 # --- LaMa (inpaint_only+lama: the masked part filled first, big-lama as spandrel builds it) ---
 
 def _lama_keys(net, sd: dict) -> dict:
@@ -666,6 +936,9 @@ NETWORKS: dict[str, tuple[Callable[[], torch.nn.Module], Convert | None]] = {
     "lama/ControlNetLama.pth": (_lama_net, _lama_keys),
     "depth_anything/depth_anything_vitl14.pth": (depth_anything.build("v1"), depth_anything.convert),
     "depth_anything_v2/depth_anything_v2_vitl.safetensors": (depth_anything.build("v2"), depth_anything.convert),
+    "zoedepth/ZoeD_M12_N.pt": (_zoe_net, _zoe_keys),
+    "leres/res101.pth": (_leres_net, _leres_keys),
+    "leres/latest_net_G.pth": (_merge_net, None),
 }
 
 
@@ -691,6 +964,9 @@ RUNNERS: dict[str, Runner] = {
     "normal_map": _normal_midas,
     "normal_bae": _normal_bae,
     "inpaint_only+lama": _lama,
+    "depth_zoe": _depth_zoe,
+    "depth_leres": _leres,
+    "depth_leres++": functools.partial(_leres, boosted=True),
     "depth_anything": functools.partial(_depth_anything, relative="depth_anything/depth_anything_vitl14.pth"),
     "depth_anything_v2": functools.partial(_depth_anything,
                                            relative="depth_anything_v2/depth_anything_v2_vitl.safetensors"),
