@@ -194,6 +194,14 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
     add("--freeze-settings", action="store_true", help="do not allow settings to be changed")
     add("--test-server", action="store_true", help="configure the server for the test suite")
 
+    # Several GPUs or machines (modules/cluster, needs requirements-cluster.txt)
+    g = p.add_argument_group("cluster")
+    g.add_argument("--cluster", type=str, default=None, metavar="auto|ray://HOST:PORT|address=HOST:PORT",
+                   help="run the queue's jobs on Ray workers: 'auto' starts one per GPU on this machine (or "
+                        "--cluster-workers CPU workers); an address joins an existing Ray cluster")
+    g.add_argument("--cluster-workers", type=_non_negative_int, default=0, metavar="N",
+                   help="how many workers --cluster starts (default: one per GPU; 2 on a machine without one)")
+
     # Devices, memory, precision
     g = p.add_argument_group("devices, memory and precision")
     add = g.add_argument
@@ -287,6 +295,34 @@ def parse_args(argv: Sequence[str] | None = None, env: dict | None = None,
 
         ns.hide_ui_dir_config = is_exposed(ns)
     return ns
+
+
+# What a cluster's worker does not take from the head's flags: serving, logins and the cluster itself.
+NOT_FOR_WORKERS = ("port", "listen", "share", "server_name", "api", "nowebui", "cluster", "cluster_workers",
+                   "api_auth", "api_auth_path", "gradio_auth", "gradio_auth_path", "auth", "auth_path",
+                   "api_server_stop", "cors_allow_origins", "cors_allow_origins_regex", "tls_keyfile", "tls_certfile",
+                   "hide_ui_dir_config", "enable_insecure_extension_access", "subpath")
+
+
+def worker_argv(ns: argparse.Namespace) -> list[str]:
+    """The flags of `ns` a cluster worker is started with (those that differ from the defaults: data folder,
+    model folders, device, precision, memory), without the serving, login and cluster ones."""
+    out: list[str] = []
+    for action in build_parser()._actions:
+        dest = action.dest
+        if not action.option_strings or dest in NOT_FOR_WORKERS or not hasattr(ns, dest):
+            continue
+        value = getattr(ns, dest)
+        if value == action.default or value is None:
+            continue
+        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            out.append(flag)
+        elif isinstance(value, (list, tuple)):
+            out += [flag, *map(str, value)]
+        else:
+            out += [flag, str(value)]
+    return out
 
 
 def __getattr__(name: str):

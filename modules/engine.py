@@ -64,11 +64,14 @@ class Engine:
     hypernetworks: Any = None  # modules.networks.hypernetworks.HypernetworkRegistry (models/hypernetworks)
     memory: MemoryManager = None  # type: ignore[assignment]  where weights live per job (modules/memory/)
     history: Any = None  # modules.history.HistoryStore: the index of saved pictures (history.sqlite3)
-    visible_queue: Any = None  # modules.job_queue.VisibleQueue, once the API mounts it (/sdapi/v1/queue)
+    visible_queue: Any = None  # modules.job_queue.VisibleQueue (made by create_app: every generation is a job)
+    control_hooks: list = None  # type: ignore[assignment]  called with "interrupt"/"skip" (a cluster's workers)
 
     @classmethod
     def create(cls, paths: Paths, settings: Settings | None = None, device_config: devices.DeviceConfig | None = None,
-               no_hashing: bool = False, threads: int = 0, memory: MemoryFlags | None = None) -> "Engine":
+               no_hashing: bool = False, threads: int = 0, memory: MemoryFlags | None = None,
+               history: bool = True) -> "Engine":
+        """`history=False`: no index of its own (a cluster worker: the head indexes what it saves)."""
         paths.ensure_dirs()
         _sweep_temp_files(paths)
         settings = settings if settings is not None else Settings.load(paths.config_file)
@@ -80,7 +83,8 @@ class Engine:
         loras.refresh()
         engine = cls(paths, settings, device_config, registry, models, JobState(), JobQueue(), loras)
         engine.memory = models.memory = MemoryManager(memory or MemoryFlags(), device_config.device, settings)
-        engine.history = HistoryStore(paths.data_dir / "history.sqlite3", paths.outputs_dir)
+        if history:
+            engine.history = HistoryStore(paths.data_dir / "history.sqlite3", paths.outputs_dir)
         engine.embeddings = EmbeddingDatabase(paths.embeddings_dir)
         engine.hypernetworks = HypernetworkRegistry.from_paths(paths)
         engine.hypernetworks.refresh()
@@ -93,7 +97,7 @@ class Engine:
         return engine
 
     @classmethod
-    def from_args(cls, ns, paths: Paths | None = None) -> "Engine":
+    def from_args(cls, ns, paths: Paths | None = None, history: bool = True) -> "Engine":
         dc = devices.from_flags(use_cpu=ns.use_cpu, no_half=ns.no_half, no_half_vae=ns.no_half_vae,
                                 precision=ns.precision, xformers=ns.xformers or ns.force_enable_xformers,
                                 split_attention=(ns.opt_split_attention or ns.opt_sub_quad_attention)
@@ -101,7 +105,7 @@ class Engine:
                                 channels_last=ns.opt_channelslast, sdp_no_mem=ns.opt_sdp_no_mem_attention,
                                 device_id=ns.device_id)
         return cls.create(paths or Paths.from_args(ns), device_config=dc, no_hashing=ns.no_hashing,
-                          threads=getattr(ns, "threads", 0) or 0, memory=MemoryFlags.from_args(ns))
+                          threads=getattr(ns, "threads", 0) or 0, memory=MemoryFlags.from_args(ns), history=history)
 
     # -- generation ------------------------------------------------------------------------------------------------
 
@@ -264,9 +268,13 @@ class Engine:
 
     def interrupt(self) -> None:
         self.state.interrupt()
+        for hook in self.control_hooks or []:
+            hook("interrupt")
 
     def skip(self) -> None:
         self.state.skip()
+        for hook in self.control_hooks or []:
+            hook("skip")
 
 
 def _is_oom(error: BaseException) -> bool:

@@ -66,6 +66,12 @@ class QueuedJob:
     next_id: str | None = None  # the job "Generate forever" queued after this one
     exception: BaseException | None = field(default=None, repr=False)  # why it failed, for a caller waiting on it
     delivered: bool = False  # a page has shown its result (a reload re-attaches to those not yet shown)
+    request: Any = field(default=None, repr=False)  # the typed request, for running it on a cluster worker
+    script_args: list | None = field(default=None, repr=False)  # the UI's script arguments, with `request`
+    worker: str = ""  # the cluster worker running or that ran it
+    retried: int = 0  # requeued after its worker was lost
+    progress: dict | None = None  # a cluster worker's JobState while it runs (the page reads it)
+    convert: Callable[[Any], Any] | None = field(default=None, repr=False)  # a worker's result → this job's answer
 
     def summary(self) -> dict:
         body = self.body
@@ -73,7 +79,8 @@ class QueuedJob:
                 "client": self.client, "prompt": str(body.get("prompt", ""))[:200],
                 "width": body.get("width", 512), "height": body.get("height", 512), "steps": body.get("steps", 20),
                 "batch_size": body.get("batch_size", 1), "n_iter": body.get("n_iter", 1), "created": self.created,
-                "started": self.started, "finished": self.finished, "error": self.error, "forever": self.forever}
+                "started": self.started, "finished": self.finished, "error": self.error, "forever": self.forever,
+                "worker": self.worker, "retried": self.retried}
 
 
 class JobStore:
@@ -144,8 +151,10 @@ class VisibleQueue:
         self.runners: dict[str, Runner] = {}
         self.default_runner = run  # for jobs whose source has no runner of its own
         self.max_per_client, self.max_total = max_per_client, max_total
+        self.executor = None  # a cluster's workers (modules/cluster), else jobs run in the worker thread
         self._jobs: dict[str, QueuedJob] = {}
         self._cond = threading.Condition()
+        self._in_job = threading.local()
         self.paused = False
         self._stop = False
         if store is not None:
@@ -180,7 +189,9 @@ class VisibleQueue:
     # -- submitting and looking ----------------------------------------------------------------------------------
 
     def submit(self, mode: str, body: dict, source: str = "api", client: str = "", *,
-               work: Callable[[], Any] | None = None, resumable: bool = True, forever: bool = False) -> QueuedJob:
+               work: Callable[[], Any] | None = None, resumable: bool = True, forever: bool = False,
+               request: Any = None, script_args: list | None = None,
+               convert: Callable[[Any], Any] | None = None) -> QueuedJob:
         """Queue a job (429 past the limits). `work` runs it now; without it, its source's runner runs `body`."""
         with self._cond:
             waiting = [j for j in self._jobs.values() if j.status == "queued"]
@@ -190,7 +201,8 @@ class VisibleQueue:
                 raise QueueError(429, f"{self.max_per_client} of your jobs are already waiting; wait for one "
                                       "to start")
             return self._add(QueuedJob(id=uuid.uuid4().hex[:16], mode=mode, body=body, source=source,
-                                       client=client, work=work, resumable=resumable, forever=forever))
+                                       client=client, work=work, resumable=resumable, forever=forever,
+                                       request=request, script_args=script_args, convert=convert))
 
     def _add(self, job: QueuedJob) -> QueuedJob:
         job.position = max((j.position for j in self._jobs.values()), default=0.0) + 1
@@ -199,13 +211,14 @@ class VisibleQueue:
         self._cond.notify_all()
         return job
 
-    def call(self, mode: str, body: dict, work: Callable[[], Any], source: str = "api", client: str = "") -> Any:
+    def call(self, mode: str, body: dict, work: Callable[[], Any], source: str = "api", client: str = "",
+             request: Any = None) -> Any:
         """Run `work` as a listed job and wait for it (A1111's blocking routes): its result, or its exception.
 
-        Called from the worker itself (a queued API job running the blocking path) it simply runs."""
-        if threading.current_thread() is self._worker:
+        Called from within a job (a queued API job running the blocking path) it simply runs."""
+        if getattr(self._in_job, "running", False):
             return work()
-        job = self.submit(mode, body, source, client, work=work, resumable=False)
+        job = self.submit(mode, body, source, client, work=work, resumable=False, request=request)
         with self._cond:
             while job.status not in FINISHED:
                 self._cond.wait(timeout=1.0)
@@ -320,43 +333,85 @@ class VisibleQueue:
         run = self.runners.get(job.source, self.default_runner)
         return (lambda: run(job)) if run is not None else None
 
-    def _next(self) -> QueuedJob | None:
+    def _next(self) -> tuple[QueuedJob | None, Any]:
+        """The next job to start and where (None: in this thread; else the executor's slot), or (None, None)."""
         if self.paused:
-            return None
-        queued = [j for j in self._jobs.values() if j.status == "queued" and self._runner(j) is not None]
-        return min(queued, key=lambda j: j.position) if queued else None
+            return None, None
+        queued = sorted((j for j in self._jobs.values() if j.status == "queued"), key=lambda j: j.position)
+        if self.executor is not None:  # which job starts next, and on which worker, is the executor's choice
+            return self.executor.assign(queued, self) or (None, None)
+        for job in queued:
+            if self._runner(job) is not None:
+                return job, None
+        return None, None
 
     def _serve(self) -> None:
         while True:
             with self._cond:
-                job = self._next()
+                job, slot = self._next()
                 while job is None and not self._stop:
                     self._cond.wait(timeout=1.0)
-                    job = self._next()
+                    job, slot = self._next()
                 if self._stop:
                     return
                 job.status, job.started = "running", time.time()
-                run = self._runner(job)
+                run = self._runner(job) if slot is None else None
                 self._persist(job)
                 self._cond.notify_all()
-            exception = None
-            try:
-                result = run()
-                status, error = ("interrupted" if job.error == "interrupted by request" else "done"), job.error
-            except Exception as e:  # noqa: BLE001 - a job's failure is its own; the queue goes on
-                result, status, error, exception = None, "failed", str(getattr(e, "detail", None) or e) or \
-                    type(e).__name__, e
-            with self._cond:
-                job.result, job.status, job.error, job.finished = result, status, error, time.time()
-                job.exception = exception
-                if job.forever and status == "done" and not getattr(result, "interrupted", False) and not self._stop:
-                    again = self._add(QueuedJob(id=uuid.uuid4().hex[:16], mode=job.mode, body=job.body,
-                                                source=job.source, client=job.client, work=job.work,
-                                                resumable=job.resumable, forever=True))
-                    job.next_id, job.forever = again.id, False
-                self._persist(job)
-                self._trim()
-                self._cond.notify_all()
+            if slot is not None:
+                self.executor.launch(job, slot, self)
+            else:
+                self._run_here(job, run)
+
+    def run_here(self, job: QueuedJob) -> None:
+        """Run a job in the calling thread (a cluster's local lane: what a worker cannot run)."""
+        self._run_here(job, self._runner(job))
+
+    def _run_here(self, job: QueuedJob, run: Callable[[], Any]) -> None:
+        self._in_job.running = True
+        try:
+            result = run()
+        except Exception as e:  # noqa: BLE001 - a job's failure is its own; the queue goes on
+            self.finish(job, None, e)
+        else:
+            self.finish(job, result, None)
+        finally:
+            self._in_job.running = False
+
+    def finish(self, job: QueuedJob, result: Any, exception: BaseException | None) -> None:
+        """A job has ended (here or on a cluster worker): its result or error, and "Generate forever"'s next."""
+        if exception is None:
+            status, error = ("interrupted" if job.error == "interrupted by request" else "done"), job.error
+        else:
+            status = "failed"
+            error = str(getattr(exception, "detail", None) or exception) or type(exception).__name__
+        with self._cond:
+            job.result, job.status, job.error, job.finished = result, status, error, time.time()
+            job.exception, job.progress = exception, None
+            if job.forever and status == "done" and not getattr(result, "interrupted", False) and not self._stop:
+                again = self._add(QueuedJob(id=uuid.uuid4().hex[:16], mode=job.mode, body=job.body,
+                                            source=job.source, client=job.client, work=job.work,
+                                            resumable=job.resumable, forever=True, request=job.request,
+                                            script_args=job.script_args))
+                job.next_id, job.forever = again.id, False
+            self._persist(job)
+            self._trim()
+            self._cond.notify_all()
+
+    def requeue(self, job: QueuedJob, reason: str) -> None:
+        """A cluster worker was lost while running `job`: it goes first in line again, once."""
+        with self._cond:
+            job.status, job.started, job.progress, job.worker = "queued", None, None, ""
+            job.retried += 1
+            job.position = min((j.position for j in self._jobs.values()), default=1.0) - 1
+            log.warning("queue: job %s requeued (%s)", job.id, reason)
+            self._persist(job)
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Something the dispatch depends on changed (a cluster worker became free)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def _trim(self) -> None:
         finished = sorted((j for j in self._jobs.values() if j.status in FINISHED), key=lambda j: j.finished or 0)
@@ -411,6 +466,17 @@ def ensure_queue(engine) -> VisibleQueue:
     queue.register("ui", lambda job: run_stored_ui_job(engine, job))
     engine.visible_queue = queue
     return queue
+
+
+def workers_of(engine) -> list[dict]:
+    """Who runs the jobs: this process ("local") and, with a cluster, each worker."""
+    executor = getattr(engine.visible_queue, "executor", None)
+    if executor is not None:
+        return executor.workers()
+    running = any(j.status == "running" for j in engine.visible_queue.jobs()) if engine.visible_queue else False
+    return [{"name": "local", "device": str(engine.device_config.device), "loaded": [
+        str(m.filename) for m in engine.models.loaded], "busy": running, "alive": True, "jobs_done": None,
+        "job": None, "it_s": None, "memory": ""}]
 
 
 def request_summary(req) -> dict:

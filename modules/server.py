@@ -151,7 +151,12 @@ def create_app(ctx: AppContext | None) -> FastAPI:
     if ctx is not None:  # every generation is a job of the one visible queue; jobs from before a restart whose
         from modules.job_queue import ensure_queue  # source nothing here can run fail now, saying why
 
-        ensure_queue(ctx.engine).fail_unrunnable()
+        queue = ensure_queue(ctx.engine)
+        if getattr(ctx.args, "cluster", None):
+            from modules.cluster.executor import start_cluster
+
+            start_cluster(ctx.engine, ctx.args)
+        queue.fail_unrunnable()
     return app
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import html
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from modules.job_queue import QueueError, QueuedJob, ensure_queue
+from modules.job_queue import QueueError, QueuedJob, ensure_queue, workers_of
 
 REFRESH_SECONDS = 1.5
 CLIENT_JS = "() => window.sdClientId ? window.sdClientId() : ''"
@@ -38,7 +39,8 @@ def job_label(job: QueuedJob, place: int, client: str, progress: float | None = 
                                                                                else "")
     who = "this browser" if client and job.client == client else ("API" if job.source == "api" else "another page")
     if job.status == "running":
-        state = "▶ running" + (f" {int(progress * 100)}%" if progress is not None else "")
+        state = "▶ running" + (f" {int(progress * 100)}%" if progress is not None else "") + (
+            f" on {job.worker}" if job.worker else "")
     elif job.status == "queued":
         state = f"#{place} queued"
     else:
@@ -48,20 +50,44 @@ def job_label(job: QueuedJob, place: int, client: str, progress: float | None = 
 
 
 def listing(engine, client: str, picked: str | None, finished: int = 5):
-    """(radio update, status html): running and queued jobs, then the last few finished ones."""
+    """(radio update, status html): running and queued jobs, then the last few finished ones; with a cluster, the
+    workers under the status line."""
     queue = ensure_queue(engine)
     jobs = queue.jobs()
     active = [j for j in jobs if j.status in ("queued", "running")]
     done = [j for j in jobs if j.status not in ("queued", "running")][:finished]
     progress = engine.state.progress() if engine.state.active else None
-    choices = [(job_label(j, (queue.queued_index(j) or 0) + 1, client, progress if j.status == "running" else None),
-                j.id) for j in active + done]
+
+    def progress_of(job):
+        if job.status != "running":
+            return None
+        return float(job.progress.get("progress", 0.0)) if job.progress is not None else progress
+
+    choices = [(job_label(j, (queue.queued_index(j) or 0) + 1, client, progress_of(j)), j.id) for j in active + done]
     ids = [job_id for _, job_id in choices]
     running = sum(1 for j in active if j.status == "running")
     text = (f"{len(active) - running} queued · {running} running" + (" · ⏸ paused" if queue.paused else "")
             if active else "The queue is empty." + (" ⏸ paused" if queue.paused else ""))
     return (gr.update(choices=choices, value=picked if picked in ids else None),
-            f"<span class='sd-queue-status'>{html.escape(text)}</span>")
+            f"<span class='sd-queue-status'>{html.escape(text)}</span>{workers_html(engine)}")
+
+
+def workers_html(engine) -> str:
+    """The Workers view (with --cluster): who runs what, with what loaded, how fast."""
+    queue = ensure_queue(engine)
+    if queue.executor is None:
+        return ""
+    rows = []
+    for w in workers_of(engine):
+        state = ("lost" if not w["alive"] else f"running {w['job'] or ''}".strip() if w["busy"] else "idle")
+        loaded = ", ".join(Path(p).stem for p in w["loaded"]) or "—"
+        speed = f"{w['it_s']:.2f} it/s" if w.get("it_s") else ""
+        done = "" if w.get("jobs_done") is None else f"{w['jobs_done']} done"
+        cells = [w["name"], w["device"] + (f" ({w['memory']})" if w.get("memory") else ""), state, loaded, done,
+                 speed]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("Worker", "Device", "Now", "Loaded", "Jobs", "Speed"))
+    return f"<table class='sd-workers'><tr>{head}</tr>{''.join(rows)}</table>"
 
 
 def act(engine, action: str, job_id: str | None, client: str):

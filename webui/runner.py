@@ -40,17 +40,36 @@ class Outcome:
     message: str = ""
 
 
-def progress_html(engine: Engine, waiting: bool, queued_behind: int = 0, ahead: int | None = None) -> str:
+class _RemoteState:
+    """A cluster worker's JobState as the head last read it (modules/cluster/executor.py), read as a JobState."""
+
+    def __init__(self, snap: dict):
+        self.snap = snap
+        self.active, self.job, self.textinfo = snap.get("active"), snap.get("job"), snap.get("textinfo")
+        self.sampling_step, self.sampling_steps = snap.get("sampling_step", 0), snap.get("sampling_steps", 0)
+        self.job_no, self.job_count = snap.get("job_no", 0), snap.get("job_count", 0)
+        self.current_image, self.current_image_step = snap.get("image"), snap.get("preview_step", -1)
+
+    def progress(self) -> float:
+        return float(self.snap.get("progress", 0.0))
+
+    def eta(self) -> float:
+        return float(self.snap.get("eta", 0.0))
+
+
+def progress_html(engine: Engine, waiting: bool, queued_behind: int = 0, ahead: int | None = None,
+                  state=None) -> str:
     """The progress line: waiting (and behind how many jobs), loading the model, preparing, or
     step/batch/percent/ETA (from measured steps).
 
-    `queued_behind`: this tab's own runs waiting after this one (said on the line, so a second click shows)."""
-    s = engine.state
+    `queued_behind`: this tab's own runs waiting after this one (said on the line, so a second click shows);
+    `state`: a cluster worker's state for this job, else the engine's."""
+    s = state or engine.state
     more = f" · {queued_behind} more queued" if queued_behind > 0 else ""
     if waiting or not s.active:
         place = f" ({ahead} job{'s' if ahead != 1 else ''} ahead)" if ahead else ""
         return f"<div class='sd-progress'>Waiting in queue{place}…{html.escape(more)}</div>" if waiting else ""
-    loading = getattr(engine.models, "loading", None)
+    loading = getattr(engine.models, "loading", None) if state is None else None
     if loading:
         text = f"Loading model {loading} …"
         pct = 0
@@ -192,12 +211,12 @@ def run_streaming(engine: Engine, build: Callable[[], dict], kind: str, script_a
     try:
         fields = build()
         cls = Img2ImgRequest if kind == "img2img" else Txt2ImgRequest
-        cls.from_dict(fields)
+        req = cls.from_dict(fields)
         queue = ensure_queue(engine)
         body = _stored_body(engine, kind, fields, script_args)
         job = queue.submit(kind, body or {**fields_summary(fields)}, "ui", client or _anonymous(request),
                            work=lambda: engine.generate(cls.from_dict(fields), script_args),
-                           resumable=body is not None, forever=forever)
+                           resumable=body is not None, forever=forever, request=req, script_args=script_args)
     except (*USER_ERRORS, QueueError) as e:
         yield gr.update(), gr.update(), error_html(str(e)), "", gr.update(visible=False), gr.update()
         return
@@ -252,7 +271,7 @@ def _follow_one(engine: Engine, job, key: tuple, token: object) -> Iterator[tupl
     last_yield = 0.0
     while job.status in ("queued", "running"):
         queue.wait(job.id, timeout=POLL_SECONDS)
-        state = engine.state
+        state = _RemoteState(job.progress) if job.progress is not None else engine.state  # a cluster worker's
         waiting = job.status == "queued" or not state.active or state.job != job.mode
         before, after = TAB_RUNS.position(key, token)
         if before:  # an earlier run of this tab is still drawing the progress line; this one says it is alive
@@ -265,7 +284,7 @@ def _follow_one(engine: Engine, job, key: tuple, token: object) -> Iterator[tupl
             last_preview_step = state.current_image_step
             preview = gr.update(value=state.current_image, visible=True)
         ahead = queue.position(job) if job.status == "queued" else None
-        line = progress_html(engine, waiting, after, ahead)
+        line = progress_html(engine, waiting, after, ahead, state if job.progress is not None else None)
         if line == last_line and preview == gr.update():
             if time.time() - last_yield >= KEEPALIVE_SECONDS * 10:  # a long wait still shows the page is alive
                 last_yield = time.time()

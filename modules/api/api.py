@@ -475,7 +475,8 @@ class Api:
         try:
             if queue is None:
                 return self.engine.generate(req)
-            return queue.call(req.mode, request_summary(req), lambda: self.engine.generate(req), "api", client)
+            return queue.call(req.mode, request_summary(req), lambda: self.engine.generate(req), "api", client,
+                              request=req)
         except ModelNotFoundError as e:
             raise ApiError(400, str(e), "ModelNotFound") from None
         except RequestError as e:

@@ -12,7 +12,7 @@ from starlette.convertors import StringConvertor, register_url_convertor
 
 from modules.api import models
 from modules.api.api import ApiError, _errors
-from modules.job_queue import QueueError, QueuedJob, ensure_queue, public
+from modules.job_queue import QueueError, QueuedJob, ensure_queue, public, workers_of
 
 PREFIX = "/sdapi/v1/queue"
 
@@ -49,6 +49,7 @@ class QueueApi:
             responses={**extra, **_errors(404, 409, 422)})
         add(PREFIX + "/{job_id:jobid}/move", self.move, methods=["POST"], dependencies=deps, tags=["queue"],
             responses={**extra, **_errors(404, 409, 422)})
+        add("/sdapi/v1/workers", self.workers, methods=["GET"], dependencies=deps, tags=["queue"], responses=extra)
 
     # -- running a job -----------------------------------------------------------------------------------------
 
@@ -62,11 +63,13 @@ class QueueApi:
         from modules.request_types import Img2ImgRequest, Txt2ImgRequest
 
         # the same checks as the blocking call, now: a bad request is a 422 here, not a failed job later
-        self.api._build(Txt2ImgRequest if mode == "txt2img" else Img2ImgRequest, body,
-                        ("init_images", "mask") if mode == "img2img" else ())
+        req, raw = self.api._build(Txt2ImgRequest if mode == "txt2img" else Img2ImgRequest, body,
+                                   ("init_images", "mask") if mode == "img2img" else ())
+        echo = None if mode == "txt2img" else (raw if req.include_init_images else {"init_images": None, "mask": None})
         client = request.client.host if request.client else ""
         try:
-            job = self.queue.submit(mode, body.model_dump(exclude_unset=True, mode="json"), "api", client)
+            job = self.queue.submit(mode, body.model_dump(exclude_unset=True, mode="json"), "api", client,
+                                    request=req, convert=lambda result: self.api._response(req, result, echo))
         except QueueError as e:
             raise ApiError(e.status, str(e)) from None
         return {"id": job.id, "status": job.status, "position": self.queue.position(job)}
@@ -123,6 +126,11 @@ class QueueApi:
         except QueueError as e:
             raise ApiError(e.status, str(e)) from None
         return public(job, self.queue.position(job), with_result=False)
+
+    async def workers(self):
+        """Who runs the jobs: this process ("local") and, with --cluster, each worker: device, memory, loaded
+        checkpoints, current job, jobs done, it/s, whether it is alive."""
+        return {"workers": workers_of(self.engine)}
 
     async def pause(self):
         """The running job finishes; queued ones wait until resume."""

@@ -1,0 +1,263 @@
+"""The visible queue's jobs on a Ray cluster: one actor per device (modules/cluster/worker.py), dispatched with model
+affinity (modules/cluster/dispatch.py), followed while they run, requeued once when their worker is lost.
+
+`start_cluster(engine, args)` connects (`--cluster auto`: a local Ray instance with one worker per GPU, or
+`--cluster-workers` CPU workers; `--cluster ray://HOST:PORT` or `address=HOST:PORT`: an existing cluster) and sets
+itself as the queue's executor. A job whose typed request a worker can run alone goes to a worker; one that needs
+the head's extension scripts runs on the head (the local lane). Each running remote job is followed from a thread
+of its own: its worker's JobState is read a few times a second into the job (the page's progress line and
+preview) and into the head's JobState (`/sdapi/v1/progress`); Interrupt and Skip on the head reach the workers."""
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from typing import Any
+
+from modules.cluster.dispatch import WorkerView, assign
+
+log = logging.getLogger(__name__)
+
+LOCAL = "local"  # the head's own lane
+POLL_S = 0.2  # how often a running job's progress is read from its worker
+
+
+class ClusterExecutor:
+    def __init__(self, engine, handles: dict[str, Any]):
+        import ray
+
+        self.ray = ray
+        self.engine = engine
+        self.handles = handles
+        self.views = {name: WorkerView(name=name) for name in handles}
+        self.local_busy = False
+        self._lock = threading.Lock()
+        for name, handle in handles.items():
+            self._refresh(name, ray.get(handle.info.remote()))
+        engine.control_hooks = [*(engine.control_hooks or []), self.control]
+
+    # -- choosing --------------------------------------------------------------------------------------------------
+
+    def runs_remotely(self, job) -> bool:
+        """A worker runs a job from its typed request alone: not one whose extension scripts only the head has."""
+        req = job.request
+        if req is None or getattr(req, "script_name", None) or req.external_alwayson_scripts():
+            return False
+        args = job.script_args
+        if not args:
+            return True
+        scripts = self.engine.scripts.for_mode(job.mode) if self.engine.scripts is not None else None
+        return args[0] in (0, None) and not getattr(scripts, "alwayson_scripts", None)
+
+    def checkpoint_of(self, job) -> str | None:
+        """The checkpoint file the job will use (its override, else the head's current setting)."""
+        name = (getattr(job.request, "override_settings", None) or {}).get("sd_model_checkpoint")
+        try:
+            return str(self.engine.models.resolve(name or None).filename)
+        except LookupError:
+            return None
+
+    def assign(self, queued: list, queue) -> tuple[Any, str] | None:
+        """The next (job, lane) to start: affinity for the jobs workers can run, the head's lane for the others,
+        in queue order between the two."""
+        with self._lock:
+            remote = [j for j in queued if self.runs_remotely(j)]
+            local = next((j for j in queued if not self.runs_remotely(j)), None)
+            picked = assign([(j.id, self.checkpoint_of(j)) for j in remote], list(self.views.values()))
+            job = next((j for j in remote if picked and j.id == picked[0]), None)
+            if local is not None and not self.local_busy and (job is None or local.position < job.position):
+                self.local_busy = True
+                return local, LOCAL
+            if job is None:
+                return None
+            view = picked[1]
+            view.busy, view.job, view.last_used = True, job.id, time.time()
+            checkpoint = self.checkpoint_of(job)
+            if checkpoint and checkpoint not in view.loaded:  # it will hold it once this job has loaded it
+                view.loaded = (*view.loaded, checkpoint)
+            job.worker = view.name
+            return job, view.name
+
+    def launch(self, job, lane: str, queue) -> None:
+        target = self._run_local if lane == LOCAL else self._run_remote
+        threading.Thread(target=target, args=(job, lane, queue), name=f"cluster job {job.id}", daemon=True).start()
+
+    # -- running ---------------------------------------------------------------------------------------------------
+
+    def _run_local(self, job, lane: str, queue) -> None:
+        try:
+            queue.run_here(job)
+        finally:
+            self.local_busy = False
+            queue.wake()
+
+    def _run_remote(self, job, name: str, queue) -> None:
+        ray = self.ray
+        handle = self.handles[name]
+        view = self.views[name]
+        settings = _plain(self.engine.settings.as_dict())
+        try:
+            ref = handle.run.remote(job.request, settings, None)
+            while True:
+                ready, _ = ray.wait([ref], timeout=POLL_S)
+                if ready:
+                    out = ray.get(ref)
+                    break
+                self._follow(job, handle)
+        except ray.exceptions.RayActorError as e:
+            self._lost(name)
+            if job.retried == 0:
+                queue.requeue(job, f"worker {name} was lost ({type(e).__name__})")
+            else:
+                queue.finish(job, None, RuntimeError(f"worker {name} was lost while running the job again"))
+        except ray.exceptions.RayTaskError as e:  # the job's own error, raised in the worker
+            queue.finish(job, None, _cause(e))
+        except Exception as e:  # noqa: BLE001 - reaching the cluster failed: the job fails, the queue goes on
+            queue.finish(job, None, e)
+        else:
+            result = out["result"]
+            self.engine._index(result)  # the head indexes the pictures the worker saved
+            with self._lock:
+                self._refresh(name, out)
+                view.jobs_done += 1
+                view.its = out["steps"] / out["seconds"] if out.get("seconds") else None
+            queue.finish(job, job.convert(result) if job.convert is not None else result, None)
+        finally:
+            with self._lock:
+                view.busy, view.job = False, ""
+            self._end_mirror()
+            queue.wake()
+
+    def _follow(self, job, handle) -> None:
+        """The worker's progress into the job and the head's JobState."""
+        try:
+            snap = self.ray.get(handle.state.remote(), timeout=5)
+        except Exception:  # noqa: BLE001 - a slow or lost worker: the run's own result says what happened
+            return
+        preview = snap.pop("preview", None)
+        if preview is not None:
+            from PIL import Image
+
+            with Image.open(io.BytesIO(preview)) as im:
+                snap["image"] = im.copy()
+        elif job.progress is not None:
+            snap["image"] = job.progress.get("image")
+        job.progress = snap
+        st = self.engine.state
+        st.job, st.job_count, st.job_no = snap["job"], snap["job_count"], snap["job_no"]
+        st.sampling_steps, st.sampling_step = snap["sampling_steps"], snap["sampling_step"]
+        st.textinfo = snap["textinfo"]
+        if snap["active"] and st.time_start is None:
+            st.time_start = time.time()
+        if snap.get("image") is not None:
+            st.current_image, st.current_image_step = snap["image"], snap["preview_step"]
+
+    def _end_mirror(self) -> None:
+        if not any(v.busy for v in self.views.values()) and not self.local_busy:
+            self.engine.state.end()
+            self.engine.state.interrupted = self.engine.state.skipped = False
+
+    def control(self, what: str) -> None:
+        """Interrupt or Skip on the head: every worker running a job gets it."""
+        for name, view in list(self.views.items()):
+            if view.busy and view.alive:
+                getattr(self.handles[name], what).remote()
+
+    def _lost(self, name: str) -> None:
+        """A worker died: out of the dispatch until Ray has restarted it (then it takes jobs again)."""
+        view = self.views[name]
+        with self._lock:
+            view.alive, view.loaded = False, ()
+
+        def wait_for_restart():
+            try:
+                info = self.ray.get(self.handles[name].info.remote(), timeout=300)
+            except Exception:  # noqa: BLE001 - it stays lost
+                log.warning("cluster: worker %s did not come back", name)
+                return
+            with self._lock:
+                self._refresh(name, info)
+                view.alive = True
+            log.info("cluster: worker %s is back", name)
+            queue = getattr(self.engine, "visible_queue", None)
+            if queue is not None:
+                queue.wake()
+
+        log.warning("cluster: worker %s was lost", name)
+        threading.Thread(target=wait_for_restart, daemon=True, name=f"cluster restart {name}").start()
+
+    def _refresh(self, name: str, info: dict) -> None:
+        view = self.views[name]
+        view.device = info.get("device", view.device)
+        view.memory = info.get("memory", view.memory)
+        view.loaded = tuple(info.get("loaded", view.loaded))
+
+    def workers(self) -> list[dict]:
+        """What `GET /sdapi/v1/workers` and the Queue panel show."""
+        with self._lock:
+            local = {"name": LOCAL, "device": str(self.engine.device_config.device), "loaded": [
+                str(m.filename) for m in self.engine.models.loaded], "busy": self.local_busy, "alive": True,
+                "jobs_done": None, "job": None, "it_s": None, "memory": ""}
+            return [local] + [v.public() for v in self.views.values()]
+
+
+def _plain(settings: dict) -> dict:
+    """The settings a worker can take (plain values)."""
+    import json
+
+    out = {}
+    for name, value in settings.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        out[name] = value
+    return out
+
+
+def _cause(error) -> BaseException:
+    try:
+        return error.as_instanceof_cause()
+    except Exception:  # noqa: BLE001 - Ray could not rebuild the original type
+        return RuntimeError(str(error))
+
+
+def start_cluster(engine, args, argv: list[str] | None = None):
+    """Connect to (or start) Ray, start the workers (with the head's flags, `cmd_args.worker_argv`, unless `argv`
+    is given), and make them the queue's executor. Returns the executor."""
+    try:
+        import ray
+    except ImportError as e:
+        raise SystemExit(f"--cluster needs Ray: pip install -r requirements-cluster.txt ({e})") from None
+    from modules.job_queue import ensure_queue
+
+    address = str(args.cluster)
+    if address.startswith("address="):
+        address = address.split("=", 1)[1]
+    init = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    if address == "auto":
+        import torch
+
+        gpus = torch.cuda.device_count()
+        count = int(args.cluster_workers or gpus or 2)
+        ray.init(num_cpus=max(count, 1), num_gpus=gpus, _node_ip_address="127.0.0.1", **init)
+    else:
+        ray.init(address=address, **init)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        count = int(args.cluster_workers or gpus or 1)
+    Worker = ray.remote(max_concurrency=4, max_restarts=-1)(
+        __import__("modules.cluster.worker", fromlist=["EngineWorker"]).EngineWorker)
+    options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+    threads = [] if gpus else ["--threads", "1"]  # CPU workers split the cores
+    from modules import cmd_args
+
+    base = list(argv) if argv is not None else cmd_args.worker_argv(args)
+    handles = {f"worker-{i + 1}": Worker.options(**options).remote(base + threads, f"worker-{i + 1}")
+               for i in range(count)}
+    executor = ClusterExecutor(engine, handles)
+    queue = ensure_queue(engine)
+    queue.executor = executor
+    queue.wake()
+    log.info("cluster: %d worker(s) on %s", count, address)
+    return executor

@@ -1,0 +1,128 @@
+"""The cluster test's scenario (tests/test_cluster.py runs it as a process of its own, in a network namespace that
+has only `lo`): a head engine and two CPU workers on Ray over one data folder with the tiny models X and Y.
+
+Prints one JSON object: per job its worker, retries, and whether its picture equals the head's in-process picture
+of the same request; the workers' model loads; progress seen; the interrupt; the lost worker's job."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(data_dir: str) -> dict:
+    import argparse
+
+    import numpy as np
+
+    from modules.cluster.executor import start_cluster
+    from modules import cmd_args
+    from modules.engine import Engine
+    from modules.job_queue import ensure_queue
+    from modules.request_types import Txt2ImgRequest
+
+    argv = ["--data-dir", data_dir, "--skip-install", "--threads", "1"]
+    head = Engine.from_args(cmd_args.parse_args(argv, env={}))
+    queue = ensure_queue(head)
+    started = time.time()
+    executor = start_cluster(head, argparse.Namespace(cluster="auto", cluster_workers=2), argv)
+    out: dict = {"start_s": round(time.time() - started, 1)}
+
+    def request(model: str, seed: int, steps: int = 3, size: int = 64) -> Txt2ImgRequest:
+        return Txt2ImgRequest.from_dict({"prompt": f"a red circle on {model}", "steps": steps, "width": size,
+                                         "height": size, "seed": seed, "sampler_name": "Euler",
+                                         "override_settings": {"sd_model_checkpoint": model},
+                                         "do_not_save_grid": True})
+
+    def submit(req):
+        return queue.submit("txt2img", {"prompt": req.prompt}, "test", "scenario", request=req,
+                            work=lambda: head.generate(req))
+
+    def picture(result) -> np.ndarray:
+        return np.asarray(result.images[0])
+
+    # X, Y, X, Y, X: each model loads once per worker that needs it, X always where X is loaded
+    queue.pause()
+    plan = [("X", 1), ("Y", 2), ("X", 3), ("Y", 4), ("X", 5)]
+    jobs = [submit(request(m, s)) for m, s in plan]
+    queue.resume()
+    for job in jobs:
+        queue.wait(job.id, timeout=300)
+    executor_workers = {w["name"]: w for w in executor.workers()}
+    loads = {name: executor.ray.get(executor.handles[name].info.remote())["loads"] for name in executor.handles}
+    same = []
+    for (model, seed), job in zip(plan, jobs):
+        reference = head.generate(request(model, seed))  # the head's own in-process run
+        same.append(bool(job.status == "done" and np.array_equal(picture(job.result), picture(reference))))
+    out["affinity"] = {"workers": [j.worker for j in jobs], "statuses": [j.status for j in jobs],
+                       "loads": {n: {Path(k).stem: v for k, v in d.items()} for n, d in loads.items()},
+                       "same_as_in_process": same,
+                       "saved_indexed": sum(1 for _ in head.history.pictures_on_disk()) == head.history.count(),
+                       "listed": sorted(executor_workers)}
+
+    # progress while a longer job runs on a worker, then an interrupt after a step
+    job = submit(request("X", 11, steps=40, size=192))
+    seen: list[int] = []
+    at, asked, last_step = None, time.time(), None
+    deadline = time.time() + 120
+    while job.status in ("queued", "running") and time.time() < deadline:
+        p = job.progress
+        if p and p.get("sampling_step") and (not seen or seen[-1] != p["sampling_step"]):
+            seen.append(p["sampling_step"])
+            if at is not None:
+                last_step = p["sampling_step"]
+        if len(seen) >= 3 and not head.state.interrupted:
+            at = seen[-1]
+            asked = time.time()
+            head.interrupt()
+        time.sleep(0.02)
+    out["interrupt"] = {"status": job.status, "steps_seen": seen[:6], "interrupted": bool(
+        job.result is not None and job.result.interrupted), "returned_s": round(time.time() - asked, 2),
+        "asked_at_step": at, "worker": job.worker, "progress_head_after": head.state.active,
+        "last": last_step if last_step is not None else at}
+    again = submit(request("X", 12))
+    queue.wait(again.id, timeout=120)
+    out["after_interrupt"] = {"status": again.status, "worker": again.worker}
+
+    # SIGKILL the worker running a job: it runs again on the other, retried once, the queue answers throughout
+    job = submit(request("Y", 21, steps=30, size=192))
+    deadline = time.time() + 120
+    while not (job.progress or {}).get("sampling_step") and time.time() < deadline:
+        time.sleep(0.02)
+    victim = job.worker
+    pid = executor.ray.get(executor.handles[victim].pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    answers = []
+    stop = threading.Event()
+
+    def keep_asking():
+        while not stop.is_set():
+            t = time.time()
+            queue.jobs()
+            answers.append(time.time() - t)
+            time.sleep(0.05)
+
+    asker = threading.Thread(target=keep_asking, daemon=True)
+    asker.start()
+    queue.wait(job.id, timeout=300)
+    stop.set()
+    asker.join()
+    reference = head.generate(request("Y", 21, steps=30, size=192))
+    out["failover"] = {"status": job.status, "victim": victim, "ran_on": job.worker, "retried": job.retried,
+                       "same_as_in_process": bool(job.status == "done" and np.array_equal(
+                           picture(job.result), picture(reference))),
+                       "slowest_listing_s": round(max(answers or [0]), 3)}
+    queue.shutdown()
+    executor.ray.shutdown()
+    return out
+
+
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(main(sys.argv[1])), flush=True)

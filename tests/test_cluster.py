@@ -1,0 +1,116 @@
+"""The job queue on a Ray cluster (modules/cluster, `--cluster`): a head and two CPU workers in a network namespace
+that has only `lo` (so nothing leaves the machine and Ray registers its workers on loopback). The scenario runs as
+a process of its own (tests/cluster_scenario.py); this test checks what it reports. Skipped without Ray or without
+the rights to make a namespace."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modules.cluster.dispatch import WorkerView, assign, pick_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _views(*specs) -> list[WorkerView]:
+    return [WorkerView(name=n, loaded=tuple(loaded), busy=busy, last_used=used) for n, loaded, busy, used in specs]
+
+
+def test_dispatch_prefers_the_worker_holding_the_model_and_looks_down_the_queue_for_one():
+    a_x, b_y = _views(("a", ["X"], False, 1.0), ("b", ["Y"], False, 2.0))
+    assert pick_worker("X", [a_x, b_y]) is a_x and pick_worker("Y", [a_x, b_y]) is b_y
+    assert pick_worker("Z", [a_x, b_y]) is a_x  # nobody holds it: the least recently used loads it
+    a_x.busy = True
+    assert pick_worker("X", [a_x, b_y], holders_only=True) is None
+    # the X worker is busy: the Y worker takes the Y job further down rather than loading X
+    assert assign([("j1", "X"), ("j2", "Y")], [a_x, b_y]) == ("j2", b_y)
+    # no job fits an idle holder: the first in line goes to the idle worker, which loads its model
+    assert assign([("j1", "X"), ("j3", "X")], [a_x, b_y]) == ("j1", b_y)
+    b_y.busy = True
+    assert assign([("j1", "X")], [a_x, b_y]) is None  # all busy: it waits
+    a_x.busy, a_x.alive = False, False
+    assert assign([("j1", "X")], [a_x, b_y]) is None  # a lost worker takes nothing
+
+
+def test_a_worker_gets_the_heads_flags_but_not_its_logins_ports_or_cluster(tmp_path):
+    from modules import cmd_args
+
+    ns = cmd_args.parse_args(["--data-dir", str(tmp_path), "--cluster", "auto", "--cluster-workers=2", "--threads", "1",
+                              "--no-half-vae", "--api-auth", "alice:s3cret", "--port", "7000", "--listen",
+                              "--medvram", "--use-cpu", "all"], env={})
+    argv = cmd_args.worker_argv(ns)
+    assert "s3cret" not in " ".join(argv) and "--port" not in argv and "--cluster" not in argv
+    again = cmd_args.parse_args(argv, env={})
+    assert (str(again.data_dir), again.threads, again.no_half_vae, again.medvram, again.use_cpu) == (
+        str(tmp_path), 1, True, True, ["all"])
+
+
+def _namespace_ok() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow  # a Ray head and two workers: about a minute on 2 cores
+def test_two_workers_affinity_identical_pictures_progress_interrupt_and_failover(tmp_path, tiny_models):
+    pytest.importorskip("ray")
+    if not _namespace_ok():
+        pytest.skip("cannot make a network namespace here (unshare -n needs root or user namespaces)")
+    ckpt = tmp_path / "models" / "Stable-diffusion"
+    ckpt.mkdir(parents=True)
+    for name in ("X", "Y"):
+        shutil.copy(tiny_models.path("sd1.safetensors"), ckpt / f"{name}.safetensors")
+    script = f"ip link set lo up && exec {sys.executable} {ROOT / 'tests' / 'cluster_scenario.py'} {tmp_path}"
+    proc = subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, timeout=420,
+                          env={**__import__("os").environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line is not None, (proc.stdout[-3000:], proc.stderr[-5000:])
+    out = json.loads(line[len("RESULT "):])
+
+    aff = out["affinity"]
+    assert aff["statuses"] == ["done"] * 5 and all(aff["same_as_in_process"]), aff  # the queue is transparent
+    x_workers = {w for w, m in zip(aff["workers"], "XYXYX") if m == "X"}
+    y_workers = {w for w, m in zip(aff["workers"], "XYXYX") if m == "Y"}
+    assert len(x_workers) == 1 and len(y_workers) == 1 and x_workers != y_workers, aff  # X always where X is
+    assert all(count == 1 for loads in aff["loads"].values() for count in loads.values()), aff  # loaded once
+    assert aff["saved_indexed"] and aff["listed"] == ["local", "worker-1", "worker-2"]
+
+    stop = out["interrupt"]
+    assert stop["status"] == "done" and stop["interrupted"], stop
+    assert len(set(stop["steps_seen"])) >= 3, stop  # progress streamed from the worker
+    assert stop["last"] <= stop["asked_at_step"] + 2 or stop["returned_s"] < 2, stop  # within ~2 steps
+    assert out["after_interrupt"]["status"] == "done"  # the worker kept its model and goes on
+
+    lost = out["failover"]
+    assert lost["status"] == "done" and lost["retried"] == 1 and lost["ran_on"] != lost["victim"], lost
+    assert lost["same_as_in_process"] and lost["slowest_listing_s"] < 1.0, lost
+
+
+def test_the_workers_view_lists_this_process_and_a_clusters_workers(engine):
+    from modules.job_queue import ensure_queue, workers_of
+    from webui import queue_panel
+
+    queue = ensure_queue(engine)
+    (local,) = workers_of(engine)
+    assert local["name"] == "local" and local["device"] == "cpu" and local["alive"]
+    assert queue_panel.workers_html(engine) == ""  # one process: nothing more to show
+
+    class Cluster:  # what ClusterExecutor.workers() answers
+        def workers(self):
+            return [local, WorkerView("worker-1", "cuda:0", ("/m/X.safetensors",), busy=True, job="abc",
+                                      jobs_done=3, its=12.5, memory="3.1/24.0 GiB").public(),
+                    WorkerView("worker-2", "cuda:1", alive=False).public()]
+
+    queue.executor = Cluster()
+    try:
+        table = queue_panel.workers_html(engine)
+    finally:
+        queue.executor = None
+    assert "worker-1" in table and "running abc" in table and "X" in table and "12.50 it/s" in table
+    assert "3 done" in table and "3.1/24.0 GiB" in table and "lost" in table
