@@ -63,10 +63,14 @@ class HistoryError(ValueError):
     """A bad filter or value (the API answers 422)."""
 
 
+ORDERS = ("newest", "oldest", "rating")
+_ID_BITS = 40  # a "rating" page's cursor packs (rating, id) into one number: rating << 40 | id
+
+
 @dataclass(frozen=True)
 class Query:
-    """What the History view and `GET /sdapi/v1/history` filter by; `cursor` is the last id of the previous page
-    (keyset pagination: newest first)."""
+    """What the History view and `GET /sdapi/v1/history` filter by; `cursor` is where the previous page ended
+    (keyset pagination, in `order`: newest or oldest first, or best rated first and newest among equals)."""
 
     q: str = ""
     model: str = ""
@@ -81,6 +85,7 @@ class Query:
     trash: bool = False  # only the deleted pictures (the trash), to restore them
     cursor: int | None = None
     limit: int = 50
+    order: str = "newest"
 
 
 def _fts_phrase(text: str) -> str:
@@ -292,9 +297,11 @@ class HistoryStore:
         return self._reader().execute("SELECT count(*) FROM images WHERE deleted = 0 AND missing = 0").fetchone()[0]
 
     def search(self, query: Query) -> tuple[list[dict], int | None]:
-        """A page of pictures, newest first, and the cursor for the next page (None at the end)."""
+        """A page of pictures in the query's order, and the cursor for the next page (None at the end)."""
         if not 1 <= query.limit <= 500:
             raise HistoryError("limit: from 1 to 500")
+        if query.order not in ORDERS:
+            raise HistoryError(f"order: one of {', '.join(ORDERS)}")
         for name in ("cursor", "min_width", "min_height"):
             value = getattr(query, name)
             if value is not None and not 0 <= value < 2**62:
@@ -336,12 +343,21 @@ class HistoryStore:
             where.append("created < ?")
             args.append(query.until)
         if query.cursor is not None:
-            where.append("id < ?")
-            args.append(query.cursor)
-        sql = "SELECT * FROM images" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
+            if query.order == "rating":
+                rating, last = query.cursor >> _ID_BITS, query.cursor & ((1 << _ID_BITS) - 1)
+                where.append("(rating < ? OR (rating = ? AND id < ?))")
+                args += [rating, rating, last]
+            else:
+                where.append("id > ?" if query.order == "oldest" else "id < ?")
+                args.append(query.cursor)
+        order = {"newest": "id DESC", "oldest": "id ASC", "rating": "rating DESC, id DESC"}[query.order]
+        sql = "SELECT * FROM images" + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order} LIMIT ?"
         rows = self._reader().execute(sql, [*args, query.limit + 1]).fetchall()
         items = [_public(r) for r in rows[:query.limit]]
-        return items, (items[-1]["id"] if len(rows) > query.limit else None)
+        if len(rows) <= query.limit:
+            return items, None
+        last = items[-1]
+        return items, (last["rating"] << _ID_BITS | last["id"]) if query.order == "rating" else last["id"]
 
     # -- the files ---------------------------------------------------------------------------------------------
 

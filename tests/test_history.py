@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from modules import fileio
-from modules.history import HistoryStore, Query
+from modules.history import HistoryError, HistoryStore, Query
 
 ROOT = Path(__file__).resolve().parent.parent
 A1111_INFOTEXT = ("{prompt}\nNegative prompt: lowres, watermark\nSteps: {steps}, Sampler: {sampler}, Schedule type: "
@@ -76,6 +76,23 @@ def test_search_filters_and_pages(store, tmp_path):
     assert [i["id"] for i in store.search(Query(starred=True))[0]] == [ids[0]]
     assert store.search(Query(board="keepers"))[0][0]["rating"] == 4
     assert store.search(Query(q='"; DROP TABLE images; --'))[0] == []  # a user's punctuation is never syntax
+
+    # oldest first, and best rated first (newest among equals), page by page
+    oldest, cursor = store.search(Query(limit=4, order="oldest"))
+    rest, end = store.search(Query(limit=4, order="oldest", cursor=cursor))
+    assert [i["id"] for i in oldest + rest] == sorted(ids) and end is None
+    for image_id, rating in ((ids[3], 5), (ids[5], 4), (ids[6], 5)):
+        store.update(image_id, {"rating": rating})
+    ranked, cursor = [], None
+    while True:
+        items, cursor = store.search(Query(limit=2, order="rating", cursor=cursor))
+        ranked += items
+        if cursor is None:
+            break
+    assert [(i["rating"], i["id"]) for i in ranked][:4] == [(5, ids[3]), (5, ids[6]), (4, ids[0]), (4, ids[5])]
+    assert len(ranked) == 7 and sorted(i["id"] for i in ranked) == sorted(ids)  # every picture once
+    with pytest.raises(HistoryError, match="order: one of newest, oldest, rating"):
+        store.search(Query(order="random"))
 
 
 def test_delete_goes_to_the_trash_and_restores(store, tmp_path):
@@ -312,6 +329,9 @@ def test_history_api(api, engine):
     assert api.get("/sdapi/v1/history/999999").status_code == 404
     assert api.get("/sdapi/v1/history", params={"limit": 0}).status_code == 422
     assert api.get("/sdapi/v1/history", params={"since": "yesterday"}).status_code == 422
+    bad_order = api.get("/sdapi/v1/history", params={"order": "random"})
+    assert bad_order.status_code == 422 and "newest, oldest, rating" in bad_order.json()["detail"]
+    assert api.get("/sdapi/v1/history", params={"order": "oldest"}).status_code == 200
     bad = api.patch(f"/sdapi/v1/history/{image_id}", json={"rating": 9})
     assert bad.status_code == 422 and "rating" in bad.json()["detail"]
     assert api.patch(f"/sdapi/v1/history/{image_id}", json={"path": "/etc/passwd"}).status_code == 422

@@ -380,6 +380,10 @@ def test_history_tab_finds_stars_and_sends_a_picture(page, server, ui_data):
     expect(page.locator("#history_info")).to_contain_text("starred")
     starred, _ = server.ctx.engine.history.search(Query(starred=True))
     assert [row["prompt"] for row in starred] == ["a glacier at dawn"]
+    pick(page, "history_sort", "Oldest first")  # the first glacier picture of the folder (902) comes first now
+    expect(page.locator("#history_gallery .thumbnail-item").first).to_be_visible()
+    _pick_first_history_picture(page, "Seed: 1902")
+    pick(page, "history_sort", "Newest first")
     page.locator("#history_more_filters").click()
     _history_search(page, "From: a date as YYYY-MM-DD", since="tomorrow")  # said on the page, not an error box
     _history_search(page, "No pictures match.", since="", sampler="Euler a")  # the folder's are DPM++ 2M

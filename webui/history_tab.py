@@ -57,8 +57,11 @@ def _page_text(text: str) -> str:
     return f"<span id='history_page_text'>{html.escape(text)}</span>"
 
 
+SORTS = {"Newest first": "newest", "Oldest first": "oldest", "Best rated first": "rating"}
+
+
 def page(engine: Engine, q: str, model: str, board: str, starred: bool, trash: bool, sampler: str, since: str,
-         until: str, min_size: float, nav: dict, move: int):
+         until: str, min_size: float, sort: str, nav: dict, move: int):
     """The page `move` pages from `nav`'s (0: again from the newest), as (gallery, nav, page text, info, full-size
     picture, selection line). The pick and the selection are kept for the pictures still shown."""
     nav = dict(nav or {})
@@ -69,7 +72,7 @@ def page(engine: Engine, q: str, model: str, board: str, starred: bool, trash: b
         query = Query(q=q or "", model=model or "", board=(board or None), starred=True if starred else None,
                       trash=bool(trash), sampler=sampler or "", since=_day(since, "From"),
                       until=_day(until, "Until"), min_width=int(min_size or 0), min_height=int(min_size or 0),
-                      cursor=cursors[index], limit=PAGE)
+                      cursor=cursors[index], limit=PAGE, order=SORTS.get(sort or "", "newest"))
         items, next_cursor = engine.history.search(query)
     except HistoryError as e:
         return gr.update(), nav, _page_text(f"⚠ {e}"), "", gr.update(), gr.update()
@@ -362,6 +365,7 @@ def build_history(engine: Engine) -> dict:
         board = gr.Textbox(label="Board", placeholder="any", elem_id="history_board_filter", scale=1)
         starred = gr.Checkbox(label="Starred only", elem_id="history_starred_only", scale=1)
         trash = gr.Checkbox(label="In trash", elem_id="history_show_trash", scale=1)
+        sort = gr.Dropdown(list(SORTS), value="Newest first", label="Sort", elem_id="history_sort", scale=1)
         search = gr.Button("Search", variant="primary", elem_id="history_search_button", scale=1)
     with gr.Accordion("More filters", open=False, elem_id="history_more_filters"):
         with gr.Row():
@@ -406,7 +410,7 @@ def build_history(engine: Engine) -> dict:
     nav = gr.State({})
     job = gr.State("")
     timer = gr.Timer(1.0, active=False)
-    filters = [q, model, board, starred, trash, sampler, since, until, min_size, nav]
+    filters = [q, model, board, starred, trash, sampler, since, until, min_size, sort, nav]
     outs = [gallery, nav, page_text, info, full, selection]
     listing = [gallery, nav, page_text]
 
@@ -417,6 +421,7 @@ def build_history(engine: Engine) -> dict:
         trigger(lambda *a, m=move_by: page(engine, *a, m), filters, outs, **LANE)
     trash.change(lambda *a: page(engine, *a, 0) + _trash_buttons(a[4]), filters,
                  outs + [remove, delete_many, restore], **LANE)
+    sort.input(lambda *a: page(engine, *a, 0), filters, outs, **LANE)
 
     def on_select(n: dict, multi: bool, evt: gr.SelectData):  # Gradio passes the event by this annotation
         return select(engine, n, multi, evt)

@@ -57,14 +57,14 @@ class HistoryApi:
     async def search(self, q: str = "", model: str = "", sampler: str = "", starred: bool | None = None,
                      board: str | None = None, min_width: int = 0, min_height: int = 0, since: str | None = None,
                      until: str | None = None, cursor: int | None = None, limit: int = 50,
-                     include_deleted: bool = False, trash: bool = False):
-        """Pictures newest first; `next_cursor` (when there are more) is the `cursor` of the next page; `trash`:
-        only the deleted ones (restorable)."""
+                     include_deleted: bool = False, trash: bool = False, order: str = "newest"):
+        """Pictures newest first (`order`: newest, oldest, rating); `next_cursor` (when there are more) is the
+        `cursor` of the next page; `trash`: only the deleted ones (restorable)."""
         if min_width < 0 or min_height < 0:
             raise ApiError(422, "min_width/min_height: not negative")
         query = Query(q=q, model=model, sampler=sampler, starred=starred, board=board, min_width=min_width,
                       min_height=min_height, since=_date(since, "since"), until=_date(until, "until"),
-                      include_deleted=include_deleted, trash=trash, cursor=cursor, limit=limit)
+                      include_deleted=include_deleted, trash=trash, cursor=cursor, limit=limit, order=order)
         items, next_cursor = await self._call(self.store.search, query)
         return {"items": items, "next_cursor": next_cursor}
 
