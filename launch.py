@@ -183,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     if hint:
         print(hint, flush=True)
 
+    if ns.worker:
+        from modules.cluster.node import join_as_node
+
+        return join_as_node(ns)
+
     from modules import server
 
     return server.serve(ns, paths=paths)

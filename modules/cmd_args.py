@@ -201,6 +201,9 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
                         "--cluster-workers CPU workers); an address joins an existing Ray cluster")
     g.add_argument("--cluster-workers", type=_non_negative_int, default=0, metavar="N",
                    help="how many workers --cluster starts (default: one per GPU; 2 on a machine without one)")
+    g.add_argument("--worker", action="store_true",
+                   help="make this machine a node of the Ray cluster at --cluster address=HOST:PORT (its GPUs take "
+                        "the head's jobs) instead of serving the UI; runs until stopped")
 
     # Devices, memory, precision
     g = p.add_argument_group("devices, memory and precision")
@@ -298,7 +301,7 @@ def parse_args(argv: Sequence[str] | None = None, env: dict | None = None,
 
 
 # What a cluster's worker does not take from the head's flags: serving, logins and the cluster itself.
-NOT_FOR_WORKERS = ("port", "listen", "share", "server_name", "api", "nowebui", "cluster", "cluster_workers",
+NOT_FOR_WORKERS = ("port", "listen", "share", "server_name", "api", "nowebui", "cluster", "cluster_workers", "worker",
                    "api_auth", "api_auth_path", "gradio_auth", "gradio_auth_path", "auth", "auth_path",
                    "api_server_stop", "cors_allow_origins", "cors_allow_origins_regex", "tls_keyfile", "tls_certfile",
                    "hide_ui_dir_config", "enable_insecure_extension_access", "subpath")
