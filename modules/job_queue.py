@@ -33,7 +33,8 @@ JOBS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, mode TEXT NOT NULL, body TEXT NOT NULL, source TEXT NOT NULL, client TEXT NOT NULL,
     status TEXT NOT NULL, position REAL NOT NULL, created REAL NOT NULL, started REAL, finished REAL,
-    error TEXT NOT NULL DEFAULT '', resumable INTEGER NOT NULL DEFAULT 1
+    error TEXT NOT NULL DEFAULT '', resumable INTEGER NOT NULL DEFAULT 1, worker TEXT NOT NULL DEFAULT '',
+    retried INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -91,18 +92,21 @@ class JobStore:
         with history._lock:
             history._writer.executescript(JOBS_SCHEMA)
             columns = {row[1] for row in history._writer.execute("PRAGMA table_info(jobs)")}
-            if "resumable" not in columns:  # a database from before blocking calls were listed
-                history._writer.execute("ALTER TABLE jobs ADD COLUMN resumable INTEGER NOT NULL DEFAULT 1")
+            for name, kind in (("resumable", "INTEGER NOT NULL DEFAULT 1"), ("worker", "TEXT NOT NULL DEFAULT ''"),
+                               ("retried", "INTEGER NOT NULL DEFAULT 0")):
+                if name not in columns:  # a database from before the column
+                    history._writer.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def save(self, job: QueuedJob) -> None:
         with self.history._lock:
             self.history._writer.execute(
                 "INSERT INTO jobs (id, mode, body, source, client, status, position, created, started, finished, "
-                "error, resumable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-                "status = excluded.status, position = excluded.position, started = excluded.started, finished = "
-                "excluded.finished, error = excluded.error",
+                "error, resumable, worker, retried) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) "
+                "DO UPDATE SET status = excluded.status, position = excluded.position, started = excluded.started, "
+                "finished = excluded.finished, error = excluded.error, worker = excluded.worker, retried = "
+                "excluded.retried",
                 (job.id, job.mode, json.dumps(job.body), job.source, job.client, job.status, job.position,
-                 job.created, job.started, job.finished, job.error, int(job.resumable)))
+                 job.created, job.started, job.finished, job.error, int(job.resumable), job.worker, job.retried))
 
     def recover(self) -> tuple[list[QueuedJob], list[QueuedJob]]:
         """(queued jobs in order, jobs that stopped with the process — now failed or cancelled).

@@ -70,22 +70,24 @@ def main(data_dir: str) -> dict:
     # progress while a longer job runs on a worker, then an interrupt after a step
     job = submit(request("X", 11, steps=40, size=192))
     seen: list[int] = []
-    at, asked, last_step = None, time.time(), None
+    at, asked, last_step, previews = None, time.time(), None, 0
     deadline = time.time() + 120
     while job.status in ("queued", "running") and time.time() < deadline:
         p = job.progress
+        if p and p.get("image") is not None:
+            previews += 1
         if p and p.get("sampling_step") and (not seen or seen[-1] != p["sampling_step"]):
             seen.append(p["sampling_step"])
             if at is not None:
                 last_step = p["sampling_step"]
-        if len(seen) >= 3 and not head.state.interrupted:
+        if len(seen) >= 3 and previews and not head.state.interrupted:
             at = seen[-1]
             asked = time.time()
             head.interrupt()
         time.sleep(0.02)
     out["interrupt"] = {"status": job.status, "steps_seen": seen[:6], "interrupted": bool(
         job.result is not None and job.result.interrupted), "returned_s": round(time.time() - asked, 2),
-        "asked_at_step": at, "worker": job.worker, "progress_head_after": head.state.active,
+        "asked_at_step": at, "worker": job.worker, "previews": previews, "progress_head_after": head.state.active,
         "last": last_step if last_step is not None else at}
     again = submit(request("X", 12))
     queue.wait(again.id, timeout=120)
@@ -115,7 +117,10 @@ def main(data_dir: str) -> dict:
     stop.set()
     asker.join()
     reference = head.generate(request("Y", 21, steps=30, size=192))
+    with head.history._lock:
+        stored = head.history._writer.execute("SELECT worker, retried FROM jobs WHERE id = ?", (job.id,)).fetchone()
     out["failover"] = {"status": job.status, "victim": victim, "ran_on": job.worker, "retried": job.retried,
+                       "stored": [stored[0], stored[1]],
                        "same_as_in_process": bool(job.status == "done" and np.array_equal(
                            picture(job.result), picture(reference))),
                        "slowest_listing_s": round(max(answers or [0]), 3)}

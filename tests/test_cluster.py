@@ -84,12 +84,13 @@ def test_two_workers_affinity_identical_pictures_progress_interrupt_and_failover
 
     stop = out["interrupt"]
     assert stop["status"] == "done" and stop["interrupted"], stop
-    assert len(set(stop["steps_seen"])) >= 3, stop  # progress streamed from the worker
+    assert len(set(stop["steps_seen"])) >= 3 and stop["previews"], stop  # progress and previews from the worker
     assert stop["last"] <= stop["asked_at_step"] + 2 or stop["returned_s"] < 2, stop  # within ~2 steps
     assert out["after_interrupt"]["status"] == "done"  # the worker kept its model and goes on
 
     lost = out["failover"]
     assert lost["status"] == "done" and lost["retried"] == 1 and lost["ran_on"] != lost["victim"], lost
+    assert lost["stored"] == [lost["ran_on"], 1]  # the jobs table records where it ran and that it was retried
     assert lost["same_as_in_process"] and lost["slowest_listing_s"] < 1.0, lost
 
 
