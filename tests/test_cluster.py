@@ -126,3 +126,38 @@ def test_worker_flag_joins_the_heads_cluster_with_this_machines_gpus(tmp_path, c
     assert cmd[1:] == ["start", "--address=10.0.0.5:6379", "--block", "--disable-usage-stats", "--num-gpus=2"]
     ns = cmd_args.parse_args(["--data-dir", str(tmp_path), "--worker"], env={})
     assert join_as_node(ns) == 2 and "--cluster address=HOST:PORT" in capsys.readouterr().err
+
+
+def test_a_job_goes_to_a_worker_unless_a_script_of_the_heads_acts_on_it():
+    """The page always sends script arguments: a job with no script picked, whose always-on scripts have no hook
+    into the generation (the built-in ControlNet shim), still runs on a worker."""
+    from types import SimpleNamespace
+
+    from modules import scripts
+    from modules.cluster.executor import ClusterExecutor
+    from modules.request_types import Txt2ImgRequest
+
+    class Shim(scripts.Script):
+        def title(self):
+            return "ControlNet"
+
+    class Watermark(scripts.Script):
+        def postprocess_image(self, p, pp, *args):
+            pass
+
+    always = [Shim()]
+    engine = SimpleNamespace(scripts=SimpleNamespace(for_mode=lambda mode: SimpleNamespace(alwayson_scripts=always)))
+    executor = ClusterExecutor.__new__(ClusterExecutor)
+    executor.engine = engine
+
+    def job(args, **fields):
+        return SimpleNamespace(request=Txt2ImgRequest.from_dict({"prompt": "x", **fields}), script_args=args,
+                               mode="txt2img")
+
+    assert executor.runs_remotely(job([0, 1, 2]))  # no script picked; the shim does nothing to the generation
+    assert executor.runs_remotely(job(None))  # an API call
+    assert not executor.runs_remotely(job([3, "X/Y/Z args"]))  # X/Y/Z plot picked: it runs on the head
+    assert not executor.runs_remotely(job(None, script_name="x/y/z plot"))
+    always.append(Watermark())
+    assert not executor.runs_remotely(job([0]))  # an extension's always-on hook: the head runs it
+    assert not executor.runs_remotely(SimpleNamespace(request=None, script_args=None, mode="txt2img"))

@@ -40,15 +40,16 @@ class ClusterExecutor:
     # -- choosing --------------------------------------------------------------------------------------------------
 
     def runs_remotely(self, job) -> bool:
-        """A worker runs a job from its typed request alone: not one whose extension scripts only the head has."""
+        """A worker runs a job from its typed request alone: not one with a script selected, nor one an always-on
+        extension script acts on (those run where the extensions are loaded: the head)."""
         req = job.request
         if req is None or getattr(req, "script_name", None) or req.external_alwayson_scripts():
             return False
         args = job.script_args
-        if not args:
-            return True
+        if args and args[0] not in (0, None):
+            return False
         scripts = self.engine.scripts.for_mode(job.mode) if self.engine.scripts is not None else None
-        return args[0] in (0, None) and not getattr(scripts, "alwayson_scripts", None)
+        return not any(acts_on_generation(s) for s in getattr(scripts, "alwayson_scripts", None) or [])
 
     def checkpoint_of(self, job) -> str | None:
         """The checkpoint file the job will use (its override, else the head's current setting)."""
@@ -200,6 +201,20 @@ class ClusterExecutor:
                 str(m.filename) for m in self.engine.models.loaded], "busy": self.local_busy, "alive": True,
                 "jobs_done": None, "job": None, "it_s": None, "memory": ""}
             return [local] + [v.public() for v in self.views.values()]
+
+
+SCRIPT_HOOKS = ("setup", "before_process", "process", "before_process_batch", "after_extra_networks_activate",
+                "process_before_every_sampling", "process_batch", "postprocess_batch", "postprocess_batch_list",
+                "on_mask_blend", "postprocess_image", "postprocess_maskoverlay", "postprocess_image_after_composite",
+                "postprocess", "before_hr")
+
+
+def acts_on_generation(script) -> bool:
+    """Whether an always-on script has a hook into the generation (the built-in ControlNet script, a shim whose
+    units travel in the request, has none)."""
+    from modules import scripts
+
+    return any(getattr(type(script), hook, None) is not getattr(scripts.Script, hook, None) for hook in SCRIPT_HOOKS)
 
 
 def _plain(settings: dict) -> dict:
