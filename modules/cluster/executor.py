@@ -241,6 +241,11 @@ def _cause(error) -> BaseException:
 def start_cluster(engine, args, argv: list[str] | None = None):
     """Connect to (or start) Ray, start the workers (with the head's flags, `cmd_args.worker_argv`, unless `argv`
     is given), and make them the queue's executor. Returns the executor."""
+    import os
+
+    # Ray's C++ crash handler would take SIGTERM from the server (a stack dump instead of a graceful stop)
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
     try:
         import ray
     except ImportError as e:
