@@ -408,6 +408,12 @@ _section("memory", {
                                   choices=["CPU", "Shared"]),
 })
 
+_section("cluster", {
+    # modules/cluster (--cluster): how the head spreads work over its workers
+    "cluster_fan_out": _O(False, "Batch count: a request's batches run on several idle workers at once (each "
+                                 "picture as a single worker would make it)"),
+})
+
 _section("compatibility", {
     "auto_backcompat": _O(True, "Automatic backward compatibility"),
     "use_old_emphasis_implementation": _O(False, "Use old emphasis implementation", infotext="Old emphasis"),
@@ -555,6 +561,7 @@ SECTION_TITLES = {
     "sdxl": "Stable Diffusion XL",
     "vae": "VAE",
     "memory": "Memory",
+    "cluster": "Cluster",
     "img2img": "img2img",
     "optimizations": "Optimizations",
     "compatibility": "Compatibility",

@@ -67,6 +67,28 @@ def main(data_dir: str) -> dict:
                        "saved_indexed": sum(1 for _ in head.history.pictures_on_disk()) == head.history.count(),
                        "listed": sorted(executor_workers)}
 
+    # "Batch count" fanned out over both workers: the pictures, seeds, infotexts and grid of a single run
+    head.settings.set("cluster_fan_out", True)
+    done_before = {w["name"]: w["jobs_done"] for w in executor.workers()}
+    fanned = Txt2ImgRequest.from_dict({"prompt": "a blue square", "steps": 3, "width": 64, "height": 64, "seed": 31,
+                                       "n_iter": 4, "sampler_name": "Euler",
+                                       "override_settings": {"sd_model_checkpoint": "X"}})
+    job = submit(fanned)
+    queue.wait(job.id, timeout=300)
+    head.settings.set("cluster_fan_out", False)
+    single = head.generate(Txt2ImgRequest.from_dict({**{k: getattr(fanned, k) for k in (
+        "prompt", "steps", "width", "height", "seed", "n_iter", "sampler_name")},
+        "override_settings": {"sd_model_checkpoint": "X"}}))
+    result = job.result
+    out["fan_out"] = {"status": job.status, "images": len(result.images) if result else 0,
+                      "same_pictures": bool(result and len(result.images) == len(single.images) and all(
+                          np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(result.images, single.images))),
+                      "same_infotexts": bool(result and result.infotexts == single.infotexts),
+                      "seeds": result.all_seeds if result else None, "grid_first": bool(
+                          result and result.index_of_first_image == 1),
+                      "workers_used": sorted(w["name"] for w in executor.workers()
+                                             if w["jobs_done"] is not None and w["jobs_done"] > done_before[w["name"]])}
+
     # progress while a longer job runs on a worker, then an interrupt after a step
     job = submit(request("X", 11, steps=40, size=192))
     seen: list[int] = []

@@ -82,6 +82,11 @@ def test_two_workers_affinity_identical_pictures_progress_interrupt_and_failover
     assert sum(len(loads) for loads in aff["loads"].values()) <= 3, aff
     assert aff["saved_indexed"] and aff["listed"] == ["local", "worker-1", "worker-2"]
 
+    fan = out["fan_out"]  # Batch count 4 over both workers: exactly the single run, grid first
+    assert fan["status"] == "done" and fan["images"] == 5 and fan["grid_first"], fan
+    assert fan["same_pictures"] and fan["same_infotexts"] and fan["seeds"] == [31, 32, 33, 34], fan
+    assert fan["workers_used"] == ["worker-1", "worker-2"], fan
+
     stop = out["interrupt"]
     assert stop["status"] == "done" and stop["interrupted"], stop
     assert len(set(stop["steps_seen"])) >= 3 and stop["previews"], stop  # progress and previews from the worker

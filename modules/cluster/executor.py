@@ -15,12 +15,17 @@ import threading
 import time
 from typing import Any
 
+from modules.cluster import fan_out
 from modules.cluster.dispatch import WorkerView, assign
 
 log = logging.getLogger(__name__)
 
 LOCAL = "local"  # the head's own lane
 POLL_S = 0.2  # how often a running job's progress is read from its worker
+
+
+class _Lost(Exception):
+    """The worker (named) died while running a request."""
 
 
 class ClusterExecutor:
@@ -32,6 +37,7 @@ class ClusterExecutor:
         self.handles = handles
         self.views = {name: WorkerView(name=name) for name in handles}
         self.local_busy = False
+        self._borrowed: dict[str, list[str]] = {}  # a fanned-out job's other workers
         self._lock = threading.Lock()
         for name, handle in handles.items():
             self._refresh(name, ray.get(handle.info.remote()))
@@ -74,6 +80,12 @@ class ClusterExecutor:
                 return None
             view = picked[1]
             view.busy, view.job, view.last_used = True, job.id, time.time()
+            idle = [v for v in self.views.values() if v.alive and not v.busy]
+            if fan_out.eligible(job.request, bool(self.engine.settings.get("cluster_fan_out", False)), len(idle) + 1):
+                extra = idle[:job.request.n_iter - 1]  # the batches also go to the other idle workers
+                for other in extra:
+                    other.busy, other.job, other.last_used = True, job.id, time.time()
+                self._borrowed[job.id] = [v.name for v in extra]
             checkpoint = self.checkpoint_of(job)
             if checkpoint and checkpoint not in view.loaded:  # it will hold it once this job has loaded it
                 view.loaded = (*view.loaded, checkpoint)
@@ -95,47 +107,103 @@ class ClusterExecutor:
 
     def _run_remote(self, job, name: str, queue) -> None:
         ray = self.ray
-        handle = self.handles[name]
-        view = self.views[name]
+        names = [name] + self._borrowed.pop(job.id, [])
         settings = _plain(self.engine.settings.as_dict())
         try:
-            ref = handle.run.remote(job.request, settings, None)
-            while True:
-                ready, _ = ray.wait([ref], timeout=POLL_S)
-                if ready:
-                    out = ray.get(ref)
-                    break
-                self._follow(job, handle)
-        except ray.exceptions.RayActorError as e:
-            self._lost(name)
-            if job.retried == 0:
-                queue.requeue(job, f"worker {name} was lost ({type(e).__name__})")
+            if len(names) > 1:
+                result = self._fan_out(job, names, settings)
             else:
-                queue.finish(job, None, RuntimeError(f"worker {name} was lost while running the job again"))
+                result = self._on(name, job, job.request, settings, lambda: self._follow(job, self.handles[name]))
+        except _Lost as e:
+            if job.retried == 0:
+                queue.requeue(job, f"worker {e.args[0]} was lost")
+            else:
+                queue.finish(job, None, RuntimeError(f"worker {e.args[0]} was lost while running the job again"))
         except ray.exceptions.RayTaskError as e:  # the job's own error, raised in the worker
             queue.finish(job, None, _cause(e))
         except Exception as e:  # noqa: BLE001 - reaching the cluster failed: the job fails, the queue goes on
             queue.finish(job, None, e)
         else:
-            result = out["result"]
-            self.engine._index(result)  # the head indexes the pictures the worker saved
-            with self._lock:
-                self._refresh(name, out)
-                view.jobs_done += 1
-                view.its = out["steps"] / out["seconds"] if out.get("seconds") else None
+            self.engine._index(result)  # the head indexes the pictures the workers saved
             queue.finish(job, job.convert(result) if job.convert is not None else result, None)
         finally:
             with self._lock:
-                view.busy, view.job = False, ""
+                for n in names:
+                    self.views[n].busy, self.views[n].job = False, ""
             self._end_mirror()
             queue.wake()
 
-    def _follow(self, job, handle) -> None:
-        """The worker's progress into the job and the head's JobState."""
+    def _on(self, name: str, job, request, settings: dict, follow):
+        """Run `request` on worker `name` and wait, following its progress; its result (or _Lost)."""
+        ray = self.ray
+        try:
+            ref = self.handles[name].run.remote(request, settings, None)
+            while True:
+                ready, _ = ray.wait([ref], timeout=POLL_S)
+                if ready:
+                    out = ray.get(ref)
+                    break
+                follow()
+        except ray.exceptions.RayActorError:
+            self._lost(name)
+            raise _Lost(name) from None
+        self._done(name, out)
+        return out["result"]
+
+    def _done(self, name: str, out: dict) -> None:
+        with self._lock:
+            view = self.views[name]
+            self._refresh(name, out)
+            view.jobs_done += 1
+            view.its = out["steps"] / out["seconds"] if out.get("seconds") else None
+
+    def _fan_out(self, job, names: list[str], settings: dict):
+        """The request's batches over the workers `names` (each takes the next batch when it is free; a batch
+        whose worker is lost runs again on another, once), merged in batch order."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        parts = fan_out.split(job.request)
+        results: list = [None] * len(parts)
+        pending, free, again = list(range(len(parts))), list(names), set()
+        running: dict = {}
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            while pending or running:
+                while pending and free and not self.engine.state.interrupted:
+                    i, name = pending.pop(0), free.pop(0)
+                    running[pool.submit(self._on, name, job, parts[i], settings, lambda: None)] = (i, name)
+                if not running:
+                    break
+                done, _ = wait(list(running), timeout=POLL_S, return_when=FIRST_COMPLETED)
+                if not done:
+                    i, name = min(running.values())
+                    self._follow(job, self.handles[name], finished=sum(r is not None for r in results),
+                                 parts=len(parts))
+                    continue
+                for future in done:
+                    i, name = running.pop(future)
+                    try:
+                        results[i] = future.result()
+                    except _Lost:
+                        if i in again:
+                            raise
+                        again.add(i)
+                        pending.insert(0, i)
+                        continue
+                    free.append(name)
+                    if results[i].interrupted:
+                        pending.clear()
+        return fan_out.merge(job.request, [r for r in results if r is not None], self.engine)
+
+    def _follow(self, job, handle, finished: int = 0, parts: int = 1) -> None:
+        """The worker's progress into the job and the head's JobState (of a fanned-out job: its first running
+        batch's, counted among the `parts` batches of which `finished` are done)."""
         try:
             snap = self.ray.get(handle.state.remote(), timeout=5)
         except Exception:  # noqa: BLE001 - a slow or lost worker: the run's own result says what happened
             return
+        if parts > 1:
+            snap["job_count"], snap["job_no"] = parts, finished
+            snap["progress"] = (finished + float(snap.get("progress", 0.0))) / parts
         preview = snap.pop("preview", None)
         if preview is not None:
             from PIL import Image
