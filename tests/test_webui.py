@@ -87,8 +87,14 @@ def set_number(page, elem_id: str, value):
     """Type a number as a user does; returns once the page has had two frames to take it into the component's
     state (on a busy machine a click right after typing could still send the old value)."""
     box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(str(value))
-    box.press("Enter")
+    for _ in range(3):  # a control just drawn (an accordion or tab opened a moment ago) may still set its initial
+        box.fill(str(value))  # value over what was typed: then it is typed again, as a user would
+        box.press("Enter")
+        try:
+            expect(box).to_have_value(str(value), timeout=5000)
+            break
+        except AssertionError:
+            continue
     expect(box).to_have_value(str(value))
     page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
 
