@@ -166,3 +166,27 @@ def test_a_job_goes_to_a_worker_unless_a_script_of_the_heads_acts_on_it():
     always.append(Watermark())
     assert not executor.runs_remotely(job([0]))  # an extension's always-on hook: the head runs it
     assert not executor.runs_remotely(SimpleNamespace(request=None, script_args=None, mode="txt2img"))
+
+
+def test_gpus_that_join_the_cluster_later_get_workers_that_take_jobs():
+    from types import SimpleNamespace
+
+    from modules.cluster.executor import ClusterExecutor
+
+    gpus = {"GPU": 2.0}
+    fake_ray = SimpleNamespace(cluster_resources=lambda: dict(gpus), get=lambda ref, timeout=None: ref)
+
+    def make_worker(name):
+        return SimpleNamespace(info=SimpleNamespace(remote=lambda: {"device": "cuda:0", "loaded": []}))
+
+    woken = []
+    executor = ClusterExecutor.__new__(ClusterExecutor)
+    executor.ray, executor._lock = fake_ray, __import__("threading").Lock()
+    executor.handles = {"worker-1": make_worker("worker-1"), "worker-2": make_worker("worker-2")}
+    executor.views = {name: WorkerView(name=name) for name in executor.handles}
+    executor.engine = SimpleNamespace(visible_queue=SimpleNamespace(wake=lambda: woken.append(1)))
+    assert executor.grow(make_worker) == [] and not woken  # nothing new
+    gpus["GPU"] = 4.0  # a machine with two GPUs joined (launch.py --worker)
+    assert executor.grow(make_worker) == ["worker-3", "worker-4"] and woken
+    assert pick_worker(None, list(executor.views.values())).name == "worker-1"  # all idle: they can take jobs
+    assert executor.views["worker-3"].device == "cuda:0"

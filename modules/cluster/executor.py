@@ -262,6 +262,40 @@ class ClusterExecutor:
         view.memory = info.get("memory", view.memory)
         view.loaded = tuple(info.get("loaded", view.loaded))
 
+    def grow(self, make_worker, gpus_per_worker: int = 1) -> list[str]:
+        """Start a worker for each GPU the cluster has gained since the last look (a machine that joined with
+        `launch.py --worker`); they take jobs as soon as they have started. Returns their names."""
+        total = int(self.ray.cluster_resources().get("GPU", 0))
+        with self._lock:
+            missing = total // gpus_per_worker - len(self.handles)
+            names = [f"worker-{len(self.handles) + i + 1}" for i in range(max(missing, 0))]
+        started = []
+        for name in names:
+            handle = make_worker(name)
+            info = self.ray.get(handle.info.remote(), timeout=600)
+            with self._lock:
+                self.handles[name] = handle
+                self.views[name] = WorkerView(name=name)
+                self._refresh(name, info)
+            started.append(name)
+            log.info("cluster: %s started on a GPU that joined the cluster", name)
+        queue = getattr(self.engine, "visible_queue", None)
+        if started and queue is not None:
+            queue.wake()
+        return started
+
+    def watch(self, make_worker, every_s: float = 15.0) -> None:
+        """Look for joined GPUs every `every_s` seconds (a daemon thread)."""
+        def loop():
+            while True:
+                time.sleep(every_s)
+                try:
+                    self.grow(make_worker)
+                except Exception as e:  # noqa: BLE001 - the cluster went away: the next look tries again
+                    log.warning("cluster: could not look for new GPUs (%s)", e)
+
+        threading.Thread(target=loop, daemon=True, name="cluster watch").start()
+
     def workers(self) -> list[dict]:
         """What `GET /sdapi/v1/workers` and the Queue panel show."""
         with self._lock:
@@ -341,9 +375,13 @@ def start_cluster(engine, args, argv: list[str] | None = None):
     from modules import cmd_args
 
     base = list(argv) if argv is not None else cmd_args.worker_argv(args)
-    handles = {f"worker-{i + 1}": Worker.options(**options).remote(base + threads, f"worker-{i + 1}")
-               for i in range(count)}
+    def make_worker(name: str):
+        return Worker.options(**options).remote(base + threads, name)
+
+    handles = {f"worker-{i + 1}": make_worker(f"worker-{i + 1}") for i in range(count)}
     executor = ClusterExecutor(engine, handles)
+    if gpus and not args.cluster_workers:  # one worker per GPU: GPUs that join later get theirs too
+        executor.watch(make_worker)
     queue = ensure_queue(engine)
     queue.executor = executor
     queue.wake()
