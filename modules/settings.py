@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -412,6 +412,8 @@ _section("cluster", {
     # modules/cluster (--cluster): how the head spreads work over its workers
     "cluster_fan_out": _O(False, "Batch count: a request's batches run on several idle workers at once (each "
                                  "picture as a single worker would make it)"),
+    "cluster_copy_models": _O(False, "Copy the checkpoint and LoRAs a job needs to a worker that lacks them "
+                                     "(sha256 checked), for workers without the head's models folder"),
 })
 
 _section("compatibility", {

@@ -146,6 +146,33 @@ def main(data_dir: str) -> dict:
                        "same_as_in_process": bool(job.status == "done" and np.array_equal(
                            picture(job.result), picture(reference))),
                        "slowest_listing_s": round(max(answers or [0]), 3)}
+    executor.ray.shutdown()
+
+    # a worker with a data folder of its own (no models, its own outputs): the checkpoint is copied to it (sha256
+    # checked) and the pictures it makes are saved and indexed on the head
+    import hashlib
+
+    own = Path(data_dir) / "worker-own"
+    own.mkdir()
+    head.settings.set("cluster_copy_models", True)
+    executor = start_cluster(head, argparse.Namespace(cluster="auto", cluster_workers=1),
+                             ["--data-dir", str(own), "--skip-install", "--threads", "1"])
+    before = set(head.history.pictures_on_disk())
+    job = submit(request("X", 41))
+    queue.wait(job.id, timeout=300)
+    copied = own / "models" / "Stable-diffusion" / "X.safetensors"
+    original = Path(data_dir) / "models" / "Stable-diffusion" / "X.safetensors"
+    new = set(head.history.pictures_on_disk()) - before
+    from modules.history import Query
+
+    newest = head.history.search(Query(q="circle X"))[0][0]["path"]
+    reference = head.generate(request("X", 41))
+    out["copy"] = {"status": job.status, "error": job.error, "copied": copied.is_file() and hashlib.sha256(
+        copied.read_bytes()).hexdigest() == hashlib.sha256(original.read_bytes()).hexdigest(),
+        "no_part_left": not list(own.rglob("*.part")),
+        "same_as_in_process": bool(job.status == "done" and np.array_equal(picture(job.result), picture(reference))),
+        "saved_on_head": len(new) == 1 and all(str(p).startswith(data_dir) for p in job.result.saved_paths),
+        "indexed": len(new) == 1 and newest == str(next(iter(new)))}
     queue.shutdown()
     executor.ray.shutdown()
     return out

@@ -93,6 +93,10 @@ def test_two_workers_affinity_identical_pictures_progress_interrupt_and_failover
     assert stop["last"] <= stop["asked_at_step"] + 2 or stop["returned_s"] < 2, stop  # within ~2 steps
     assert out["after_interrupt"]["status"] == "done"  # the worker kept its model and goes on
 
+    copy = out["copy"]  # a worker without the models folder: copied, checked, and the pictures kept on the head
+    assert copy["status"] == "done" and copy["copied"] and copy["no_part_left"], copy
+    assert copy["same_as_in_process"] and copy["saved_on_head"] and copy["indexed"], copy
+
     lost = out["failover"]
     assert lost["status"] == "done" and lost["retried"] == 1 and lost["ran_on"] != lost["victim"], lost
     assert lost["stored"] == [lost["ran_on"], 1]  # the jobs table records where it ran and that it was retried

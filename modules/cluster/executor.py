@@ -13,9 +13,10 @@ import io
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from modules.cluster import fan_out
+from modules.cluster import fan_out, files
 from modules.cluster.dispatch import WorkerView, assign
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class ClusterExecutor:
         except Exception as e:  # noqa: BLE001 - reaching the cluster failed: the job fails, the queue goes on
             queue.finish(job, None, e)
         else:
+            self._keep_pictures(job, result)
             self.engine._index(result)  # the head indexes the pictures the workers saved
             queue.finish(job, job.convert(result) if job.convert is not None else result, None)
         finally:
@@ -137,6 +139,8 @@ class ClusterExecutor:
         """Run `request` on worker `name` and wait, following its progress; its result (or _Lost)."""
         ray = self.ray
         try:
+            if settings.get("cluster_copy_models"):
+                self._send_files(name, request)
             ref = self.handles[name].run.remote(request, settings, None)
             while True:
                 ready, _ = ray.wait([ref], timeout=POLL_S)
@@ -149,6 +153,41 @@ class ClusterExecutor:
             raise _Lost(name) from None
         self._done(name, out)
         return out["result"]
+
+    def _send_files(self, name: str, request) -> None:
+        """The checkpoint and LoRAs the request needs, copied to the worker if it lacks them (sha256 checked)."""
+        handle = self.handles[name]
+        wanted = files.needed(self.engine, request)
+        lacking = {f.rel for f in self.ray.get(handle.missing.remote([f for f, _ in wanted]))}
+        for f, path in wanted:
+            if f.rel not in lacking:
+                continue
+            log.info("cluster: copying %s (%.1f MiB) to %s", f.rel, f.size / 2**20, name)
+            offset = 0
+            for data in files.chunks(path):
+                self.ray.get(handle.write.remote(f.rel, offset, data))
+                offset += len(data)
+            self.ray.get(handle.commit.remote(f.rel, f.sha256))
+
+    def _keep_pictures(self, job, result) -> None:
+        """A worker with outputs of its own (no shared data folder): the pictures it saved are saved here too, as
+        the head would have saved them, and those are the job's files."""
+        from modules import images as images_mod
+
+        outputs = self.engine._outputs(job.request)
+        here = Path(outputs.samples).resolve()
+        if not result.saved_paths or all(Path(p).resolve().parent == here for p in result.saved_paths):
+            return  # saved where the head saves (a shared data folder)
+        fmt = self.engine.settings.get("samples_format", "png")
+        first = result.index_of_first_image
+        kept = []
+        for i, text in enumerate(result.saved_infotexts):
+            seed = result.all_seeds[i] if i < len(result.all_seeds) else result.seed
+            kept.append(images_mod.save_image(result.images[first + i], outputs.samples, seed, text, fmt=fmt))
+        result.saved_paths = kept
+        if result.grid_path is not None and not Path(result.grid_path).is_file() and first == 1:
+            result.grid_path = images_mod.save_grid(result.images[0], outputs.grids, result.infotexts[0],
+                                                    self.engine.settings.get("grid_format", "png"))
 
     def _done(self, name: str, out: dict) -> None:
         with self._lock:

@@ -72,6 +72,26 @@ class EngineWorker:
             out["preview"] = buf.getvalue()
         return out
 
+    # -- files from the head (setting "cluster_copy_models"; modules/cluster/files.py) --------------------------
+
+    def missing(self, files: list) -> list:
+        from modules.cluster.files import Receiver
+
+        return Receiver(self.engine.paths.models_dir).missing(files)
+
+    def write(self, rel: str, offset: int, data: bytes) -> None:
+        from modules.cluster.files import Receiver
+
+        Receiver(self.engine.paths.models_dir).write(rel, offset, data)
+
+    def commit(self, rel: str, sha256: str) -> None:
+        """The file is in place (its sha256 checked): the checkpoint and LoRA lists know it now."""
+        from modules.cluster.files import Receiver
+
+        Receiver(self.engine.paths.models_dir).commit(rel, sha256)
+        self.engine.registry.refresh()
+        self.engine.loras.refresh()
+
     def interrupt(self) -> None:
         self.engine.interrupt()
 
