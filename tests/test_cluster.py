@@ -35,6 +35,11 @@ def test_dispatch_prefers_the_worker_holding_the_model_and_looks_down_the_queue_
     assert assign([("j1", "X")], [a_x, b_y]) is None  # all busy: it waits
     a_x.busy, a_x.alive = False, False
     assert assign([("j1", "X")], [a_x, b_y]) is None  # a lost worker takes nothing
+    # two workers hold X: the one whose weights carry the job's LoRAs already takes it
+    plain, styled = _views(("p", ["X"], False, 1.0), ("s", ["X"], False, 2.0))
+    styled.loras = ("ink",)
+    assert assign([("j", "X", ("ink",))], [plain, styled]) == ("j", styled)
+    assert assign([("j", "X", ())], [plain, styled]) == ("j", plain)
 
 
 def test_a_worker_gets_the_heads_flags_but_not_its_logins_ports_or_cluster(tmp_path):

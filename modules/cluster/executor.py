@@ -72,7 +72,8 @@ class ClusterExecutor:
         with self._lock:
             remote = [j for j in queued if self.runs_remotely(j)]
             local = next((j for j in queued if not self.runs_remotely(j)), None)
-            picked = assign([(j.id, self.checkpoint_of(j)) for j in remote], list(self.views.values()))
+            picked = assign([(j.id, self.checkpoint_of(j), loras_of(j.request)) for j in remote],
+                            list(self.views.values()))
             job = next((j for j in remote if picked and j.id == picked[0]), None)
             if local is not None and not self.local_busy and (job is None or local.position < job.position):
                 self.local_busy = True
@@ -90,6 +91,7 @@ class ClusterExecutor:
             checkpoint = self.checkpoint_of(job)
             if checkpoint and checkpoint not in view.loaded:  # it will hold it once this job has loaded it
                 view.loaded = (*view.loaded, checkpoint)
+            view.loras = loras_of(job.request)
             job.worker = view.name
             return job, view.name
 
@@ -342,6 +344,14 @@ class ClusterExecutor:
                 str(m.filename) for m in self.engine.models.loaded], "busy": self.local_busy, "alive": True,
                 "jobs_done": None, "job": None, "it_s": None, "memory": ""}
             return [local] + [v.public() for v in self.views.values()]
+
+
+def loras_of(req) -> tuple[str, ...]:
+    """The LoRA names a request's prompt asks for (what its worker's weights will carry after it)."""
+    from modules.networks import extra_networks
+
+    _, networks = extra_networks.parse_prompt(str(getattr(req, "prompt", "") or ""))
+    return tuple(sorted(p.items[0] for p in networks.get("lora", []) + networks.get("lyco", []) if p.items))
 
 
 SCRIPT_HOOKS = ("setup", "before_process", "process", "before_process_batch", "after_extra_networks_activate",
