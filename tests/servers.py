@@ -121,3 +121,20 @@ class SharedCache:
     def close(self) -> None:
         self.context.close()
         self.browser.close()
+
+
+def tiny_ui_data(data, tiny_models, steps: int = 3, checkpoints: tuple[str, ...] = ("sd1.safetensors",)):
+    """A data folder for a UI test server: the tiny checkpoints, the first one selected, and txt2img/img2img at
+    64×64 with `steps` steps by default (so every generation in the test is quick)."""
+    import json
+    import shutil
+
+    ckpt = data / "models" / "Stable-diffusion"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    for name in checkpoints:
+        shutil.copy(tiny_models.path(name), ckpt / name)
+    (data / "ui-config.json").write_text(json.dumps({
+        f"{tab}/{name}/value": value for tab in ("txt2img", "img2img")
+        for name, value in (("Width", 64), ("Height", 64), ("Sampling steps", steps))}))
+    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": checkpoints[0]}))
+    return data

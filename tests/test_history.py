@@ -336,3 +336,13 @@ def test_history_api(api, engine):
     assert bad.status_code == 422 and "rating" in bad.json()["detail"]
     assert api.patch(f"/sdapi/v1/history/{image_id}", json={"path": "/etc/passwd"}).status_code == 422
     assert api.put(f"/sdapi/v1/history/{image_id}").status_code == 405
+
+
+def test_delete_acts_on_the_thumbnail_the_page_shows_as_picked():
+    """The Delete key right after a click: the server's pick may still be the previous one; the page's own
+    highlighted thumbnail (its index) decides."""
+    from webui.history_tab import shown_pick
+
+    nav = {"ids": [30, 20, 10], "selected": 20}
+    assert shown_pick(nav, 0)["selected"] == 30
+    assert shown_pick(nav, -1) == nav and shown_pick(nav, 7) == nav and shown_pick(nav, None) == nav

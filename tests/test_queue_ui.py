@@ -18,20 +18,12 @@ from tests.test_webui import CHROMIUM, FLAGS, artifacts, open_ui  # noqa: E402,F
 
 expect = playwright_api.expect
 
-from tests.servers import Server, SharedCache  # noqa: E402
+from tests.servers import Server, SharedCache, tiny_ui_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_models):
-    import shutil
-
-    data = tmp_path_factory.mktemp("queue-ui")
-    ckpt = data / "models" / "Stable-diffusion"
-    ckpt.mkdir(parents=True)
-    shutil.copy(tiny_models.path("sd1.safetensors"), ckpt / "sd1.safetensors")
-    (data / "ui-config.json").write_text(json.dumps({"txt2img/Width/value": 64, "txt2img/Height/value": 64,
-                                                     "txt2img/Sampling steps/value": 3}))
-    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
+    data = tiny_ui_data(tmp_path_factory.mktemp("queue-ui"), tiny_models)
     srv = Server(data, tmp_path_factory.mktemp("logs") / "server.log").start("--api")
     yield srv
     srv.stop()

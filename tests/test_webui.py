@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +31,10 @@ from tests.servers import Server, SharedCache  # noqa: E402 - after the skips
 
 @pytest.fixture(scope="module")
 def ui_data(tmp_path_factory, tiny_models) -> Path:
-    data = tmp_path_factory.mktemp("ui-data")
-    ckpt = data / "models" / "Stable-diffusion"
-    ckpt.mkdir(parents=True)
-    for name in ("sd1.safetensors", "sd1-inpainting.safetensors"):
-        shutil.copy(tiny_models.path(name), ckpt / name)
-    # Small defaults so that every generation in these tests is quick.
-    (data / "ui-config.json").write_text(json.dumps({
-        "txt2img/Width/value": 64, "txt2img/Height/value": 64, "txt2img/Sampling steps/value": 3,
-        "img2img/Width/value": 64, "img2img/Height/value": 64, "img2img/Sampling steps/value": 3}))
-    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "sd1.safetensors"}))
-    return data
+    from tests.servers import tiny_ui_data
+
+    return tiny_ui_data(tmp_path_factory.mktemp("ui-data"), tiny_models,
+                        checkpoints=("sd1.safetensors", "sd1-inpainting.safetensors"))
 
 
 @pytest.fixture(scope="module")

@@ -223,6 +223,24 @@ def delete(engine: Engine, nav: dict):
     return _note(f"Moved {Path(row['path']).name} to {folder}."), None
 
 
+# The thumbnail the page shows as picked, read when Delete is pressed: the pick the server has may be a click behind
+# (a click's answer still on its way when the key follows it), and Delete must act on what the user sees.
+SHOWN_PICK_JS = """(nav, multi, i) => {
+  const items = [...document.querySelectorAll('#history_gallery .thumbnail-item')];
+  return [nav, multi, items.findIndex((e) => e.classList.contains('selected'))];
+}"""
+
+
+def shown_pick(nav: dict, index) -> dict:
+    """`nav` with the picture the page shows as picked (its index on the page), when there is one."""
+    ids = (nav or {}).get("ids") or []
+    try:
+        index = int(index)
+    except (TypeError, ValueError):
+        return nav
+    return dict(nav, selected=ids[index]) if 0 <= index < len(ids) else nav
+
+
 def _targets(nav: dict) -> list[int]:
     """What the selection bar's buttons act on: the selected pictures, else the picked one."""
     nav = nav or {}
@@ -249,30 +267,28 @@ def _after_bulk(nav: dict, ids: list[int], drop_pick: bool) -> dict:
     return nav
 
 
-def delete_selected(engine: Engine, nav: dict):
-    """The selection (or the picked picture) to the trash folder: (nav, selection line, info, full-size view)."""
+def _bulk(nav: dict, action, ids_note):
+    """`action` on each of the selection (or the picked picture), which then leaves the page: (nav, selection line,
+    info, full-size view); `ids_note(count)` says what was done."""
     ids = _targets(nav)
     if not ids:
         return nav, _selection(nav or {}, SELECT_FIRST), gr.update(), gr.update()
-    done = _each(engine.history.delete, ids)
-    picked_gone = (nav or {}).get("selected") in ids
+    done = _each(action, ids)
+    picked = (nav or {}).get("selected") in ids
     nav = _after_bulk(nav, ids, drop_pick=True)
-    note = (f"Moved {done} picture(s) to the trash ({engine.history.outputs_dir / '.trash'}); tick “In trash” to "
-            "see or restore them.")
-    return nav, _selection(nav, note), "" if picked_gone else gr.update(), None if picked_gone else gr.update()
+    return nav, _selection(nav, ids_note(done)), "" if picked else gr.update(), None if picked else gr.update()
+
+
+def delete_selected(engine: Engine, nav: dict):
+    """The selection (or the picked picture) to the trash folder."""
+    return _bulk(nav, engine.history.delete, lambda done: (
+        f"Moved {done} picture(s) to the trash ({engine.history.outputs_dir / '.trash'}); tick “In trash” to "
+        "see or restore them."))
 
 
 def restore_selected(engine: Engine, nav: dict):
-    """The selection (or the picked picture) back from the trash to its folder: (nav, selection line, info,
-    full-size view)."""
-    ids = _targets(nav)
-    if not ids:
-        return nav, _selection(nav or {}, SELECT_FIRST), gr.update(), gr.update()
-    done = _each(engine.history.restore, ids)
-    picked_back = (nav or {}).get("selected") in ids
-    nav = _after_bulk(nav, ids, drop_pick=True)
-    return (nav, _selection(nav, f"Restored {done} picture(s) to their folders."), "" if picked_back else gr.update(),
-            None if picked_back else gr.update())
+    """The selection (or the picked picture) back from the trash to its folder."""
+    return _bulk(nav, engine.history.restore, lambda done: f"Restored {done} picture(s) to their folders.")
 
 
 def move_to_board(engine: Engine, nav: dict, board: str):
@@ -433,8 +449,9 @@ def build_history(engine: Engine) -> dict:
     star.click(lambda n: toggle_star(engine, n), [nav], [info, star], **LANE)
     rating.release(lambda n, r: rate(engine, n, r), [nav, rating], [info], **LANE)
     board_set.submit(lambda n, b: set_board(engine, n, b), [nav, board_set], [info], **LANE)
-    remove.click(lambda n: delete(engine, n), [nav], [info, full], **LANE).then(
-        relist, filters, listing, **LANE)
+    dom_pick = gr.Number(-1, visible=False, elem_id="history_dom_pick")
+    remove.click(lambda n, multi, i: delete(engine, n if multi else shown_pick(n, i)), [nav, multiselect, dom_pick],
+                 [info, full], js=SHOWN_PICK_JS, **LANE).then(relist, filters, listing, **LANE)
     delete_many.click(lambda n: delete_selected(engine, n), [nav], [nav, selection, info, full],
                       **LANE).then(relist, filters, listing, **LANE)
     restore.click(lambda n: restore_selected(engine, n), [nav], [nav, selection, info, full],
