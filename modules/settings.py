@@ -397,8 +397,9 @@ _section("memory", {
     "vae_tiling": _O("Automatic", "Decode and encode with the VAE in tiles",
                      choices=["Automatic", "Always", "Never"]),
     # Forge's key, so its API clients and extensions set the same thing
-    "forge_unet_storage_dtype": _O("Automatic", "Diffusion in Low Bits (weights kept in fp8, computed in fp16/32)",
-                                   choices=["Automatic", "float8-e4m3fn", "float8-e5m2"]),
+    "forge_unet_storage_dtype": _O("Automatic", "Diffusion in Low Bits (weights kept in fewer bits, computed in "
+                                   "the model's precision; Automatic: as the file stores them, GGUF included)",
+                                   choices=["Automatic", "float16", "bfloat16", "float8-e4m3fn", "float8-e5m2"]),
     "low_bits_text_encoders": _O(False, "Low bits for the text encoders too"),
     # Forge's "Swap Method" and "Swap Location" (its keys): how offloaded weights travel to the GPU
     "forge_async_loading": _O("Queue", "Swap Method: Async copies the next block on a side CUDA stream while the "

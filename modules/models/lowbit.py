@@ -144,9 +144,11 @@ def assign_quantized(model: torch.nn.Module, sd: Mapping, name: str, dtype: torc
         (module._parameters if attr in module._parameters else module._buffers)[attr] = value
 
 
-# "Diffusion in Low Bits" (Forge's setting `forge_unet_storage_dtype`): weights kept in fp8, computed in the model's
-# dtype layer by layer. "Automatic" keeps each file as it is stored (fp16, fp8, GGUF).
-LOW_BITS = {"Automatic": None, "float8-e4m3fn": torch.float8_e4m3fn, "float8-e5m2": torch.float8_e5m2}
+# "Diffusion in Low Bits" (Forge's setting `forge_unet_storage_dtype`): weights kept in fp8 (or 16 bits, where the
+# model computes in fp32: the CPU, --no-half), computed in the model's dtype layer by layer. "Automatic" keeps each
+# file as it is stored (fp16, fp8, GGUF quantized as stored).
+LOW_BITS = {"Automatic": None, "float16": torch.float16, "bfloat16": torch.bfloat16,
+            "float8-e4m3fn": torch.float8_e4m3fn, "float8-e5m2": torch.float8_e5m2}
 
 
 def apply_low_bits(model, choice: str, text_encoders: bool = False) -> None:
@@ -161,5 +163,7 @@ def apply_low_bits(model, choice: str, text_encoders: bool = False) -> None:
         if part is None or getattr(part, "storage_dtype", None) is not None:
             continue
         if any(type(p).__name__ == "GGUFParameter" for p in part.parameters()):
+            continue
+        if storage.itemsize >= model.dtype.itemsize:  # 16 bits for a model computing in 16 bits: nothing saved
             continue
         keep_storage(part, storage, model.dtype)
