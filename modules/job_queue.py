@@ -350,22 +350,32 @@ class VisibleQueue:
         return None, None
 
     def _serve(self) -> None:
-        while True:
-            with self._cond:
+        while not self._stop:
+            try:
+                self._serve_one()
+            except Exception:  # noqa: BLE001 - a bug here must not stop the queue: every generation waits on it
+                log.exception("queue: dispatching failed; going on")
+                time.sleep(1.0)
+
+    def _serve_one(self) -> None:
+        with self._cond:
+            job, slot = self._next()
+            while job is None and not self._stop:
+                self._cond.wait(timeout=1.0)
                 job, slot = self._next()
-                while job is None and not self._stop:
-                    self._cond.wait(timeout=1.0)
-                    job, slot = self._next()
-                if self._stop:
-                    return
-                job.status, job.started = "running", time.time()
-                run = self._runner(job) if slot is None else None
-                self._persist(job)
-                self._cond.notify_all()
-            if slot is not None:
-                self.executor.launch(job, slot, self)
-            else:
-                self._run_here(job, run)
+            if self._stop:
+                return
+            job.status, job.started = "running", time.time()
+            run = self._runner(job) if slot is None else None
+            self._persist(job)
+            self._cond.notify_all()
+        if slot is None:
+            self._run_here(job, run)
+            return
+        try:
+            self.executor.launch(job, slot, self)
+        except Exception as e:  # noqa: BLE001 - the job could not be started: it fails, saying why
+            self.finish(job, None, e)
 
     def run_here(self, job: QueuedJob) -> None:
         """Run a job in the calling thread (a cluster's local lane: what a worker cannot run)."""

@@ -308,3 +308,27 @@ def test_a_ui_job_is_stored_whole_with_its_pictures_and_runs_again_after_a_resta
     assert third.fail_unrunnable() == [api_job] and "--api" in api_job.error
     third.shutdown()
     history.close()
+
+
+def test_a_dispatch_bug_fails_no_more_than_its_job_and_the_queue_goes_on(caplog):
+    """Every generation waits on the queue's worker: an executor that raises must not stop it."""
+    class Broken:
+        calls = 0
+
+        def assign(self, queued, queue):
+            Broken.calls += 1
+            if Broken.calls == 1:
+                raise RuntimeError("a bug in choosing")
+            return (queued[0], "lane") if queued else None
+
+        def launch(self, job, lane, queue):
+            raise OSError("cannot reach the worker")
+
+    queue = VisibleQueue()
+    queue.executor = Broken()
+    job = queue.submit("txt2img", {"prompt": "x"}, work=lambda: "never")
+    assert queue.wait(job.id, timeout=10).status == "failed" and "cannot reach the worker" in job.error
+    assert "dispatching failed" in caplog.text
+    queue.executor = None
+    assert queue.wait(queue.submit("txt2img", {}, work=lambda: "ok").id, timeout=10).result == "ok"
+    queue.shutdown()
