@@ -65,6 +65,7 @@ class QueuedJob:
     work: Callable[[], Any] | None = field(default=None, repr=False)  # how to run it now (in memory only)
     forever: bool = False  # "Generate forever": when done, the same job is queued again
     next_id: str | None = None  # the job "Generate forever" queued after this one
+    previous: "QueuedJob | None" = field(default=None, repr=False)  # the forever job this one was queued after
     exception: BaseException | None = field(default=None, repr=False)  # why it failed, for a caller waiting on it
     delivered: bool = False  # a page has shown its result (a reload re-attaches to those not yet shown)
     request: Any = field(default=None, repr=False)  # the typed request, for running it on a cluster worker
@@ -402,12 +403,22 @@ class VisibleQueue:
         with self._cond:
             job.result, job.status, job.error, job.finished = result, status, error, time.time()
             job.exception, job.progress = exception, None
-            if job.forever and status == "done" and not getattr(result, "interrupted", False) and not self._stop:
+            # no page showed the result two jobs back either: nobody is watching (a closed tab), so the chain ends
+            # (a page shows each result within a moment of its end, long before the next job after it is done)
+            grand = job.previous.previous if job.previous is not None else None
+            unseen = grand is not None and not grand.delivered
+            if job.forever and unseen:
+                log.info("queue: Generate forever stopped after job %s: no page is following it", job.id)
+            if job.forever and status == "done" and not getattr(result, "interrupted", False) and not self._stop \
+                    and not unseen:
                 again = self._add(QueuedJob(id=uuid.uuid4().hex[:16], mode=job.mode, body=job.body,
                                             source=job.source, client=job.client, work=job.work,
                                             resumable=job.resumable, forever=True, request=job.request,
-                                            script_args=job.script_args))
-                job.next_id, job.forever = again.id, False
+                                            script_args=job.script_args, previous=job))
+                job.next_id = again.id
+            job.forever = False
+            if job.previous is not None:
+                job.previous.previous = None  # the chain keeps two links, no more
             self._persist(job)
             self._trim()
             self._cond.notify_all()

@@ -228,21 +228,41 @@ def test_generate_forever_queues_the_job_again_until_turned_off():
 
     runs = []
     queue = VisibleQueue()
-    first = queue.submit("txt2img", {"prompt": "again"}, "ui", "me", work=lambda: runs.append(1) or time.sleep(0.05) or "picture",
-                         forever=True)
+    watching = threading.Event()
+
+    def page():  # what a page following the chain does: shows each result once it is done
+        while not watching.is_set():
+            for j in queue.jobs():
+                if j.status == "done":
+                    j.delivered = True
+            time.sleep(0.01)
+
+    follower = threading.Thread(target=page)
+    follower.start()
+    first = queue.submit("txt2img", {"prompt": "again"}, "ui", "me",
+                         work=lambda: runs.append(1) or time.sleep(0.05) or "picture", forever=True)
     deadline = time.time() + 10
     while len(runs) < 3 and time.time() < deadline:
         time.sleep(0.01)
     assert queue.stop_forever("someone else") == 0
     assert queue.stop_forever("me", "txt2img") == 1  # the one waiting or running now is the last
     time.sleep(0.2)
+    watching.set()
+    follower.join()
     chain = [first]
     while chain[-1].next_id:
         chain.append(queue.wait(chain[-1].next_id))
     assert len(runs) == len(chain) >= 3 and all(j.status == "done" and j.result == "picture" for j in chain)
+    for j in chain:
+        j.delivered = False
     assert [j.id for j in queue.undelivered("me", "txt2img")] == [j.id for j in chain]  # no page showed them yet
     chain[0].delivered = True
     assert queue.undelivered("me", "txt2img")[0] is chain[1] and queue.undelivered("me", "img2img") == []
+    # nobody following (the tab was closed): the chain stops when a result two jobs back was never shown
+    alone = queue.submit("txt2img", {"prompt": "unseen"}, "ui", "gone", work=lambda: "picture", forever=True)
+    second = queue.wait(queue.wait(alone.id).next_id)
+    third = queue.wait(queue.wait(second.id).next_id)
+    assert queue.wait(third.id).status == "done" and third.next_id is None
     failing = queue.submit("txt2img", {}, "ui", "me", work=lambda: 1 / 0, forever=True)
     assert queue.wait(failing.id).status == "failed" and failing.next_id is None  # a failure ends the chain
     assert isinstance(failing.exception, ZeroDivisionError)
