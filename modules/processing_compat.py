@@ -263,6 +263,62 @@ def process_images(p: StableDiffusionProcessing) -> GenerationResult:
     return result
 
 
+def process_images_many(ps: list, before_each=None) -> list:
+    """Several `p` objects (the X/Y/Z plot's cells), in order: with a cluster whose Batch-count fan-out is on and
+    idle workers, at once on those workers — when nothing of the head's scripts acts on them (no always-on script
+    with a generation hook, no per-image lists) — else one after another here (`before_each(i)` before each;
+    stopping at an interrupt: the rest are None)."""
+    remote = _cluster_for(ps)
+    if remote is not None:
+        for p in ps:
+            if p.scripts is not None:
+                p.scripts.before_process(p)
+            fix_seed(p)
+            _take_controlnet_units_from_script_args(p)
+            _apply_controlnet_script_control(p)
+        state = ps[0].engine.state
+        from modules.request_types import BUILTIN_ALWAYSON_SCRIPTS
+
+        cells = [dataclasses.replace(  # the cell alone: the script that made it runs here, not on the worker
+            p.request, script_name=None, script_args=[], alwayson_scripts={
+                k: v for k, v in (p.request.alwayson_scripts or {}).items() if k.lower() in BUILTIN_ALWAYSON_SCRIPTS})
+            for p in ps]
+        results = remote.run_many(cells, on_done=lambda i: state.next_job())
+        if results is not None:
+            for p, result in zip(ps, results):
+                if result is not None and p.scripts is not None:
+                    p.scripts.postprocess(p, result)
+            return results
+    results = [None] * len(ps)
+    for i, p in enumerate(ps):
+        engine = p.engine
+        if engine is not None and engine.state.interrupted:
+            break
+        if before_each is not None:
+            before_each(i)
+        results[i] = process_images(p)
+    return results
+
+
+def _cluster_for(ps: list):
+    """The cluster executor that may run these `p` objects on its workers, or None."""
+    if not ps or ps[0].engine is None:
+        return None
+    engine = ps[0].engine
+    executor = getattr(getattr(engine, "visible_queue", None), "executor", None)
+    if executor is None or not hasattr(executor, "run_many") or not engine.settings.get("cluster_fan_out", False):
+        return None
+    from modules.cluster.executor import acts_on_generation
+
+    for p in ps:
+        runner = p.scripts
+        if runner is not None and any(acts_on_generation(s) for s in getattr(runner, "alwayson_scripts", []) or []):
+            return None
+        if any(isinstance(getattr(p, name, None), (list, tuple)) for name in _PER_IMAGE_FIELDS):
+            return None
+    return executor
+
+
 # The sd-webui-controlnet extension's "script control" attributes of `p` (what its X/Y/Z axes and other scripts set):
 # attribute → unit field. A list gives one value per unit; a single value applies to every unit ("enabled": unit 0).
 CONTROLNET_SCRIPT_FIELDS = {

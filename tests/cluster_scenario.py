@@ -89,6 +89,34 @@ def main(data_dir: str) -> dict:
                       "workers_used": sorted(w["name"] for w in executor.workers()
                                              if w["jobs_done"] is not None and w["jobs_done"] > done_before[w["name"]])}
 
+    # the X/Y/Z plot (a script: it runs on the head) with fan-out on: its cells on the idle workers at once, the
+    # plot the same as when the head draws every cell itself
+    from modules import extension_runtime
+    from webui import a1111 as ui_a1111
+    from webui import gradio_compat, script_ui
+    from tests.test_builtin_scripts import xyz_args
+
+    gradio_compat.install()
+    ui_a1111.install()
+    extension_runtime.start(head, cmd_args.parse_args(argv, env={}))
+    script_ui.compute_defaults(head.scripts)
+    plot = {"prompt": "a red circle", "steps": 2, "width": 64, "height": 64, "seed": 7, "sampler_name": "Euler",
+            "override_settings": {"sd_model_checkpoint": "X"}, "script_name": "X/Y/Z plot",
+            "script_args": xyz_args(x_type="Steps", x_values="1, 2", y_type="Seed", y_values="7, 8")}
+    head.settings.set("cluster_fan_out", True)
+    done_before = {w["name"]: w["jobs_done"] for w in executor.workers()}
+    plot_req = Txt2ImgRequest.from_dict(plot)
+    job = queue.submit("txt2img", {"prompt": plot_req.prompt}, "test", "scenario", request=plot_req,
+                       work=lambda: head.generate(Txt2ImgRequest.from_dict(plot)))
+    queue.wait(job.id, timeout=300)
+    head.settings.set("cluster_fan_out", False)
+    alone = head.generate(Txt2ImgRequest.from_dict(plot))
+    out["xyz"] = {"status": job.status, "error": job.error, "worker": job.worker or "local",
+                  "same": bool(job.result and len(job.result.images) == len(alone.images) and all(
+                      np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(job.result.images, alone.images))),
+                  "cells_on": sorted(w["name"] for w in executor.workers()
+                                     if w["jobs_done"] is not None and w["jobs_done"] > done_before[w["name"]])}
+
     # progress while a longer job runs on a worker, then an interrupt after a step
     job = submit(request("X", 11, steps=40, size=192))
     seen: list[int] = []

@@ -92,6 +92,10 @@ def test_two_workers_affinity_identical_pictures_progress_interrupt_and_failover
     assert fan["same_pictures"] and fan["same_infotexts"] and fan["seeds"] == [31, 32, 33, 34], fan
     assert fan["workers_used"] == ["worker-1", "worker-2"], fan
 
+    xyz = out["xyz"]  # the X/Y/Z plot runs on the head, its four cells on both workers: the same plot
+    assert xyz["status"] == "done" and xyz["worker"] == "local" and xyz["same"], xyz
+    assert xyz["cells_on"] == ["worker-1", "worker-2"], xyz
+
     stop = out["interrupt"]
     assert stop["status"] == "done" and stop["interrupted"], stop
     assert len(set(stop["steps_seen"])) >= 3 and stop["previews"], stop  # progress and previews from the worker

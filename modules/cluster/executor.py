@@ -127,7 +127,7 @@ class ClusterExecutor:
         except Exception as e:  # noqa: BLE001 - reaching the cluster failed: the job fails, the queue goes on
             queue.finish(job, None, e)
         else:
-            self._keep_pictures(job, result)
+            self._keep_pictures(job.request, result)
             self.engine._index(result)  # the head indexes the pictures the workers saved
             queue.finish(job, job.convert(result) if job.convert is not None else result, None)
         finally:
@@ -171,12 +171,12 @@ class ClusterExecutor:
                 offset += len(data)
             self.ray.get(handle.commit.remote(f.rel, f.sha256))
 
-    def _keep_pictures(self, job, result) -> None:
+    def _keep_pictures(self, request, result) -> None:
         """A worker with outputs of its own (no shared data folder): the pictures it saved are saved here too, as
         the head would have saved them, and those are the job's files."""
         from modules import images as images_mod
 
-        outputs = self.engine._outputs(job.request)
+        outputs = self.engine._outputs(request)
         here = Path(outputs.samples).resolve()
         if not result.saved_paths or all(Path(p).resolve().parent == here for p in result.saved_paths):
             return  # saved where the head saves (a shared data folder)
@@ -198,27 +198,51 @@ class ClusterExecutor:
             view.jobs_done += 1
             view.its = out["steps"] / out["seconds"] if out.get("seconds") else None
 
-    def _fan_out(self, job, names: list[str], settings: dict):
-        """The request's batches over the workers `names` (each takes the next batch when it is free; a batch
-        whose worker is lost runs again on another, once), merged in batch order."""
+    def run_many(self, requests: list, on_done=None) -> list | None:
+        """Requests made by a script running on the head (the X/Y/Z plot's cells) on the idle workers at once, in
+        order; None when no worker is idle (the script then runs them itself). `on_done(i)` after each."""
+        with self._lock:
+            idle = [v for v in self.views.values() if v.alive and not v.busy]
+            for view in idle:
+                view.busy, view.job, view.last_used = True, "cells", time.time()
+        if not idle:
+            return None
+        names = [v.name for v in idle]
+        settings = _plain(self.engine.settings.as_dict())
+        try:
+            results = self._spread(requests, names, settings, on_done)
+        finally:
+            with self._lock:
+                for name in names:
+                    self.views[name].busy, self.views[name].job = False, ""
+            queue = getattr(self.engine, "visible_queue", None)
+            if queue is not None:
+                queue.wake()
+        for request, result in zip(requests, results):
+            if result is not None:
+                self._keep_pictures(request, result)
+                self.engine._index(result)
+        return results
+
+    def _spread(self, requests: list, names: list[str], settings: dict, on_done=None, follow=None) -> list:
+        """Each request on the next free worker of `names` (a request whose worker is lost runs again on another,
+        once); the results in the requests' order (None for those an interrupt left out)."""
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        parts = fan_out.split(job.request)
-        results: list = [None] * len(parts)
-        pending, free, again = list(range(len(parts))), list(names), set()
+        results: list = [None] * len(requests)
+        pending, free, again = list(range(len(requests))), list(names), set()
         running: dict = {}
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
             while pending or running:
                 while pending and free and not self.engine.state.interrupted:
                     i, name = pending.pop(0), free.pop(0)
-                    running[pool.submit(self._on, name, job, parts[i], settings, lambda: None)] = (i, name)
+                    running[pool.submit(self._on, name, None, requests[i], settings, lambda: None)] = (i, name)
                 if not running:
                     break
                 done, _ = wait(list(running), timeout=POLL_S, return_when=FIRST_COMPLETED)
                 if not done:
-                    i, name = min(running.values())
-                    self._follow(job, self.handles[name], finished=sum(r is not None for r in results),
-                                 parts=len(parts))
+                    if follow is not None:
+                        follow(min(running.values()), sum(r is not None for r in results))
                     continue
                 for future in done:
                     i, name = running.pop(future)
@@ -231,8 +255,22 @@ class ClusterExecutor:
                         pending.insert(0, i)
                         continue
                     free.append(name)
+                    if on_done is not None:
+                        on_done(i)
                     if results[i].interrupted:
                         pending.clear()
+        return results
+
+    def _fan_out(self, job, names: list[str], settings: dict):
+        """The request's batches over the workers `names` (each takes the next batch when it is free; a batch
+        whose worker is lost runs again on another, once), merged in batch order."""
+        parts = fan_out.split(job.request)
+
+        def follow(running, finished):
+            i, name = running
+            self._follow(job, self.handles[name], finished=finished, parts=len(parts))
+
+        results = self._spread(parts, names, settings, follow=follow)
         return fan_out.merge(job.request, [r for r in results if r is not None], self.engine)
 
     def _follow(self, job, handle, finished: int = 0, parts: int = 1) -> None:

@@ -14,7 +14,8 @@ from PIL import Image
 from builtin_scripts.axis_values import AxisValueError, parse_values
 from modules import images, scripts, shared
 from modules.controlnet import preprocessors
-from modules.processing import Processed, fix_seed, process_images
+from modules.processing import Processed, fix_seed
+from modules.processing_compat import process_images_many
 from modules.request_types import RequestError
 from modules.sampling import samplers
 
@@ -336,11 +337,8 @@ class Script(scripts.Script):
         shared.state.job_count = cells * p.n_iter
         order = sorted(itertools.product(range(len(xs)), range(len(ys)), range(len(zs))),
                        key=lambda idx: [idx[k] for k in sorted(range(3), key=lambda k: -axes[k].opt.cost)])
-        results: dict[tuple[int, int, int], Any] = {}
+        made = []
         for ix, iy, iz in order:
-            if shared.state.interrupted:
-                break
-            shared.state.job = f"X/Y/Z plot: cell {len(results) + 1} out of {cells}"
             pc = copy.copy(p)
             pc.do_not_save_grid = True
             for axis, i, vary_seed in zip(axes, (ix, iy, iz), vary):
@@ -349,7 +347,14 @@ class Script(scripts.Script):
                     pc.seed = int(pc.seed) + i
             if (ix, iy, iz) == (0, 0, 0):
                 pc.extra_generation_params.update(self._grid_params(axes, no_fixed_seeds))
-            results[(ix, iy, iz)] = process_images(pc)
+            made.append(pc)
+
+        def announce(n: int) -> None:
+            shared.state.job = f"X/Y/Z plot: cell {n + 1} out of {cells}"
+
+        # one after another here; on a cluster with Batch-count fan-out on, on its idle workers at once
+        done = process_images_many(made, before_each=announce)
+        results = {key: res for key, res in zip(order, done) if res is not None}
         return self._assemble(p, axes, results, draw_legend, include_lone_images, include_sub_grids, margin)
 
     def _grid_params(self, axes: list[Axis], no_fixed_seeds) -> dict[str, str]:
