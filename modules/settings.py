@@ -413,7 +413,7 @@ _section("cluster", {
     # modules/cluster (--cluster): how the head spreads work over its workers
     "cluster_fan_out": _O(False, "Spread a request over the idle workers: its batches (Batch count) and the X/Y/Z "
                                  "plot's cells run at once (each picture as a single worker would make it)"),
-    "cluster_copy_models": _O(False, "Copy the checkpoint and LoRAs a job needs to a worker that lacks them "
+    "cluster_copy_models": _O(False, "Copy the checkpoint, LoRAs and embeddings a job needs to a worker that lacks them "
                                      "(sha256 checked), for workers without the head's models folder"),
 })
 

@@ -182,6 +182,11 @@ def main(data_dir: str) -> dict:
 
     own = Path(data_dir) / "worker-own"
     own.mkdir()
+    import torch
+    from safetensors.torch import save_file
+
+    (Path(data_dir) / "embeddings").mkdir(exist_ok=True)
+    save_file({"emb_params": torch.zeros(1, 128)}, str(Path(data_dir) / "embeddings" / "inkstyle.safetensors"))
     head.settings.set("cluster_copy_models", True)
     executor = start_cluster(head, argparse.Namespace(cluster="auto", cluster_workers=1),
                              ["--data-dir", str(own), "--skip-install", "--threads", "1"])
@@ -198,6 +203,8 @@ def main(data_dir: str) -> dict:
     out["copy"] = {"status": job.status, "error": job.error, "copied": copied.is_file() and hashlib.sha256(
         copied.read_bytes()).hexdigest() == hashlib.sha256(original.read_bytes()).hexdigest(),
         "no_part_left": not list(own.rglob("*.part")),
+        "embedding_copied": (own / "embeddings" / "inkstyle.safetensors").read_bytes() == (
+            Path(data_dir) / "embeddings" / "inkstyle.safetensors").read_bytes(),
         "same_as_in_process": bool(job.status == "done" and np.array_equal(picture(job.result), picture(reference))),
         "saved_on_head": len(new) == 1 and all(str(p).startswith(data_dir) for p in job.result.saved_paths),
         "indexed": len(new) == 1 and newest == str(next(iter(new)))}

@@ -103,7 +103,7 @@ def test_two_workers_affinity_identical_pictures_progress_interrupt_and_failover
     assert out["after_interrupt"]["status"] == "done"  # the worker kept its model and goes on
 
     copy = out["copy"]  # a worker without the models folder: copied, checked, and the pictures kept on the head
-    assert copy["status"] == "done" and copy["copied"] and copy["no_part_left"], copy
+    assert copy["status"] == "done" and copy["copied"] and copy["no_part_left"] and copy["embedding_copied"], copy
     assert copy["same_as_in_process"] and copy["saved_on_head"] and copy["indexed"], copy
 
     lost = out["failover"]

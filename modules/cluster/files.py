@@ -1,5 +1,5 @@
 """Workers without the head's models folder (setting "cluster_copy_models"): the files a request needs (its
-checkpoint and its LoRAs) are copied to a worker that lacks them, in chunks through Ray, written to a hidden
+checkpoint, its LoRAs, and the textual-inversion embeddings) are copied to a worker that lacks them, in chunks through Ray, written to a hidden
 temporary file, checked against the head's sha256 and only then put in place; the worker's lists are refreshed.
 
 `needed(engine, req)` is the head's side (which files, where under the models folder, their size and sha256);
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK = 32 << 20  # bytes per piece sent
+EMBEDDINGS = "embeddings/"  # a needed file under this prefix goes to the worker's embeddings folder
+EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png", ".webp")
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,8 @@ class NeededFile:
 
 
 def needed(engine, req) -> list[tuple[NeededFile, Path]]:
-    """The checkpoint and LoRA files `req` uses, as (what the worker must have, where the head has it)."""
+    """The checkpoint and LoRA files `req` uses, and the embeddings, as (what the worker must have, where the head
+    has it)."""
     from modules.networks import extra_networks
 
     models = Path(engine.paths.models_dir)
@@ -38,6 +41,12 @@ def needed(engine, req) -> list[tuple[NeededFile, Path]]:
         if lora is not None:
             found.append(("Lora", Path(lora.path)))
     out = []
+    emb_dir = Path(engine.paths.embeddings_dir)
+    if emb_dir.is_dir():  # small, and which ones a prompt uses is the embedding database's business: all of them
+        for path in sorted(emb_dir.rglob("*")):
+            if path.is_file() and path.suffix.lower() in EMBEDDING_SUFFIXES:
+                rel = EMBEDDINGS + path.relative_to(emb_dir).as_posix()
+                out.append((NeededFile(rel, path.stat().st_size, sha256_of(path)), path))
     for kind, path in found:
         if not path.is_file():  # a diffusers folder is not copied: the worker needs it in its own folder
             continue
@@ -74,13 +83,18 @@ def chunks(path: Path):
 class Receiver:
     """A worker's side: which of the files it lacks (or holds with other contents), and writing one safely."""
 
-    def __init__(self, models_dir: Path):
+    def __init__(self, models_dir: Path, embeddings_dir: Path | None = None):
         self.models_dir = Path(models_dir)
+        self.embeddings_dir = Path(embeddings_dir) if embeddings_dir is not None else None
 
     def _target(self, rel: str) -> Path:
-        target = (self.models_dir / rel).resolve()
-        if self.models_dir.resolve() not in target.parents:
-            raise ValueError(f"{rel}: not under the models folder")
+        root = self.models_dir
+        if rel.startswith(EMBEDDINGS) and self.embeddings_dir is not None:
+            root, rel = self.embeddings_dir, rel[len(EMBEDDINGS):]
+        target = (root / rel).resolve()
+        if root.resolve() not in target.parents:
+            raise ValueError(f"{rel}: not under the models or embeddings folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
     def missing(self, files: list[NeededFile]) -> list[NeededFile]:

@@ -77,18 +77,18 @@ class EngineWorker:
     def missing(self, files: list) -> list:
         from modules.cluster.files import Receiver
 
-        return Receiver(self.engine.paths.models_dir).missing(files)
+        return Receiver(self.engine.paths.models_dir, self.engine.paths.embeddings_dir).missing(files)
 
     def write(self, rel: str, offset: int, data: bytes) -> None:
         from modules.cluster.files import Receiver
 
-        Receiver(self.engine.paths.models_dir).write(rel, offset, data)
+        Receiver(self.engine.paths.models_dir, self.engine.paths.embeddings_dir).write(rel, offset, data)
 
     def commit(self, rel: str, sha256: str) -> None:
         """The file is in place (its sha256 checked): the checkpoint and LoRA lists know it now."""
         from modules.cluster.files import Receiver
 
-        Receiver(self.engine.paths.models_dir).commit(rel, sha256)
+        Receiver(self.engine.paths.models_dir, self.engine.paths.embeddings_dir).commit(rel, sha256)
         self.engine.registry.refresh()
         self.engine.loras.refresh()
 
