@@ -154,7 +154,10 @@ def test_listen_without_auth_warns_and_ctrl_c_stops_it_with_a_page_open(tmp_path
     try:
         assert srv.url == f"http://127.0.0.1:{port}", (srv.stdout, srv.stderr)
         assert get(srv.url + "/healthz")[0] == 200
-        assert any("WARNING" in line and "--gradio-auth" in line for line in srv.stderr)
+        deadline = time.time() + 30  # said once the app is built, which /healthz does not wait for
+        while not any("WARNING" in line and "--gradio-auth" in line for line in srv.stderr):
+            assert time.time() < deadline, srv.stderr
+            time.sleep(0.1)
         elapsed = stop_with_a_page_open(srv, signal.SIGINT)
     finally:
         srv.stop()
