@@ -159,6 +159,17 @@ def parse_with_extension_flags(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> int:
     ns = parse_with_extension_flags(argv)
     _setup_logging(ns)
+    if ns.version or ns.dump_sysinfo:  # before any install or import of the engine: these answer at once
+        from modules import diagnostics
+
+        if ns.version:
+            print(diagnostics.version_line(), flush=True)
+        if ns.dump_sysinfo:
+            import time
+
+            path = diagnostics.dump(Path(time.strftime("sysinfo-%Y-%m-%d-%H-%M.json")), ns)
+            print(f"Wrote {path.resolve()}", flush=True)
+        return 0
 
     if not ns.skip_install:
         rc = prepare_environment()

@@ -250,6 +250,9 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
     g = p.add_argument_group("start-up")
     add = g.add_argument
     add("--skip-install", action="store_true", help="do not check/install requirements at start-up")
+    add("--version", action="store_true", help="print the version (and commit, Python, torch) and exit")
+    add("--dump-sysinfo", action="store_true",
+        help="write versions, device, memory and flags (logins hidden) to sysinfo-<date>.json here and exit")
     add("--skip-prepare-environment", action="store_true", help="same as --skip-install")
     add("--skip-torch-cuda-test", action="store_true", help="do not check that torch can use a GPU")
     add("--skip-python-version-check", action="store_true", help="do not check the python version")
@@ -302,6 +305,7 @@ def parse_args(argv: Sequence[str] | None = None, env: dict | None = None,
 
 # What a cluster's worker does not take from the head's flags: serving, logins and the cluster itself.
 NOT_FOR_WORKERS = ("port", "listen", "share", "server_name", "api", "nowebui", "cluster", "cluster_workers", "worker",
+                   "version", "dump_sysinfo",
                    "api_auth", "api_auth_path", "gradio_auth", "gradio_auth_path", "auth", "auth_path",
                    "api_server_stop", "cors_allow_origins", "cors_allow_origins_regex", "tls_keyfile", "tls_certfile",
                    "hide_ui_dir_config", "enable_insecure_extension_access", "subpath")

@@ -18,8 +18,28 @@ def get_dict() -> dict:
         "Torch": torch.__version__, "CUDA": torch.cuda.is_available(),
         "Device": str(e.device_config.device) if e is not None else "unknown",
         "Extensions": [x.name for x in __import__("modules.a1111.extensions_names", fromlist=["x"]).extensions],
-        "Commandline": sys.argv,
+        "Commandline": hidden_logins(sys.argv),
     }
+
+
+def hidden_logins(argv: list[str]) -> list[str]:
+    """The command line with the values of the login flags hidden (A1111's sysinfo does the same)."""
+    from modules.diagnostics import SECRET_FLAGS
+
+    flags = {"--" + name.replace("_", "-") for name in SECRET_FLAGS}
+    out, hide = [], False
+    for arg in argv:
+        if hide:
+            out.append("<hidden>")
+            hide = False
+            continue
+        name, eq, _ = arg.partition("=")
+        if name in flags:
+            out.append(f"{name}=<hidden>" if eq else arg)
+            hide = not eq
+            continue
+        out.append(arg)
+    return out
 
 
 def get() -> str:

@@ -40,6 +40,7 @@ from modules.processing import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
 from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest, decode_image
 from modules.settings import DIRECTORY_OPTIONS
 from modules.sampling import samplers
+from modules.diagnostics import SECRET_FLAGS  # the flags whose values are logins
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ PREFIX = "/sdapi/v1"
 MAX_URL_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_DIM = 8192  # the largest width/height anything here will produce
 SEED_LIMIT = 2 ** 62
-SECRET_FLAGS = ("api_auth", "gradio_auth", "auth")
 
 
 class ApiError(Exception):
@@ -364,6 +364,7 @@ class Api:
         route("/options", self.get_options, "GET")
         route("/options", self.set_options, "POST", 400, 403, 422)
         route("/cmd-flags", self.cmd_flags, "GET")
+        route("/system-info", self.system_info, "GET")
         route("/samplers", self.samplers, "GET")
         route("/schedulers", self.schedulers, "GET")
         route("/upscalers", self.upscalers, "GET")
@@ -578,6 +579,12 @@ class Api:
             settings.update(checked, allow_unknown=True)
             settings.save()
         return None
+
+    def system_info(self):
+        """Versions, device and memory, flags (logins hidden), loaded model, extensions: what a bug report needs."""
+        from modules import diagnostics
+
+        return diagnostics.collect(self.args, self.engine)
 
     def cmd_flags(self):
         out = {}
