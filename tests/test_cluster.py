@@ -203,3 +203,18 @@ def test_gpus_that_join_the_cluster_later_get_workers_that_take_jobs():
     assert executor.grow(make_worker) == ["worker-3", "worker-4"] and woken
     assert pick_worker(None, list(executor.views.values())).name == "worker-1"  # all idle: they can take jobs
     assert executor.views["worker-3"].device == "cuda:0"
+
+
+def test_an_address_where_no_cluster_answers_is_a_clear_start_up_error_not_a_hang():
+    import socket
+
+    from modules.cluster.executor import ClusterUnreachable, check_reachable
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ClusterUnreachable, match=f"no Ray cluster answers at 127.0.0.1:{port}.*ray start --head"):
+        check_reachable(f"127.0.0.1:{port}", timeout_s=2)
+    with pytest.raises(ClusterUnreachable, match="expected auto, address=HOST:PORT"):
+        check_reachable("somewhere")
+    assert issubclass(ClusterUnreachable, OSError)  # the start-up reports it in one line, without a traceback

@@ -427,6 +427,26 @@ def _cause(error) -> BaseException:
         return RuntimeError(str(error))
 
 
+class ClusterUnreachable(ConnectionError):
+    """No Ray cluster answers at the address --cluster names."""
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """HOST:PORT (or ray://HOST:PORT) answers a TCP connection, else ClusterUnreachable saying what to do."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ClusterUnreachable(f"--cluster {address}: expected auto, address=HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ClusterUnreachable(
+            f"--cluster: no Ray cluster answers at {hostport} ({e.strerror or e}); start its head there with "
+            f"`ray start --head --port={port}`, or use --cluster auto for this machine's GPUs") from None
+
+
 def start_cluster(engine, args, argv: list[str] | None = None):
     """Connect to (or start) Ray, start the workers (with the head's flags, `cmd_args.worker_argv`, unless `argv`
     is given), and make them the queue's executor. Returns the executor."""
@@ -444,6 +464,8 @@ def start_cluster(engine, args, argv: list[str] | None = None):
     address = str(args.cluster)
     if address.startswith("address="):
         address = address.split("=", 1)[1]
+    if address != "auto":
+        check_reachable(address)  # Ray itself would retry an unreachable address for minutes
     init = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     if address == "auto":
         import torch
