@@ -266,7 +266,7 @@ def test_a_decode_too_big_for_the_budget_is_tiled_as_planned_without_a_seam(engi
     assert not model.vae.use_tiling  # a small job decodes whole again
 
 
-@pytest.mark.parametrize("choice", ["float8-e4m3fn", "float8-e5m2", "bfloat16"])
+@pytest.mark.parametrize("choice", ["float8-e4m3fn", "float8-e5m2", "bfloat16", "float16"])
 def test_diffusion_in_low_bits_keeps_the_denoiser_in_fp8(engine, choice):
     from modules.memory.offload import module_bytes
 
@@ -277,7 +277,7 @@ def test_diffusion_in_low_bits_keeps_the_denoiser_in_fp8(engine, choice):
     low = np.array(engine.txt2img(req).images[0]).astype(float)
     model = engine.models.current
     assert model.unet.storage_dtype == {"float8-e4m3fn": torch.float8_e4m3fn, "float8-e5m2": torch.float8_e5m2,
-                                        "bfloat16": torch.bfloat16}[choice]
+                                        "bfloat16": torch.bfloat16, "float16": torch.float16}[choice]
     assert module_bytes(model.unet) <= before * 0.55  # ≥ 45 % less (fp32 → fp8 here: 75 %; → bf16: 50 %)
     # the same picture up to fp8's rounding: on average within 4 of 255, nowhere more than 32
     assert np.abs(full - low).mean() <= 4 and np.abs(full - low).max() <= 32
@@ -438,3 +438,13 @@ def test_async_swap_prefetches_the_next_block_in_the_order_it_ran(engine, monkey
     block = max(u.nbytes for u in off.units)
     assert peak[0] <= 2 * block * 1.10, (peak[0], block)  # the one computing and the one on its way
     assert offload_mod.Prefetcher(torch.device("cpu")).stream is None  # a side stream only on CUDA
+
+
+def test_sixteen_bit_storage_leaves_a_model_that_computes_in_sixteen_bits_alone():
+    from types import SimpleNamespace
+
+    from modules.models.lowbit import apply_low_bits
+
+    unet = torch.nn.Linear(4, 4).half()
+    apply_low_bits(SimpleNamespace(unet=unet, dtype=torch.float16), "float16")
+    assert getattr(unet, "storage_dtype", None) is None and unet.weight.dtype == torch.float16  # nothing to save
