@@ -563,14 +563,18 @@ def request_from_body(mode: str, body: dict):
     return (Img2ImgRequest if mode == "img2img" else Txt2ImgRequest).from_dict(fields)
 
 
+def script_titles(engine, mode: str) -> list[str]:
+    """The scripts a mode's flat script arguments are laid out for (a stored job's arguments fit only those)."""
+    return [s.title() for s in engine.scripts.for_mode(mode).scripts] if engine.scripts is not None else []
+
+
 def run_stored_ui_job(engine, job: QueuedJob):
     """A UI job queued before a restart: its request, with its script arguments when the same scripts are loaded."""
     from modules.request_types import RequestError
 
     args = job.body.get("__script_args__")
     if args is not None:
-        loaded = [s.title() for s in engine.scripts.for_mode(job.mode).scripts] if engine.scripts is not None else []
-        if loaded != job.body.get("__scripts__"):
+        if script_titles(engine, job.mode) != job.body.get("__scripts__"):
             raise RequestError("the scripts have changed since this job was queued; generate it again")
         args = fields_from_body({"args": args})["args"]
     return engine.generate(request_from_body(job.mode, job.body), args)

@@ -206,7 +206,7 @@ def run_streaming(engine: Engine, build: Callable[[], dict], kind: str, script_a
     `build` makes the request's fields (raising RequestError on bad input); the request is built from them now, so
     that errors surface in the page before anything is queued. `request` (Gradio's) tells runs of the same browser
     tab apart; `client` is the browser's id, under which a reload finds the job again."""
-    from modules.job_queue import QueueError, ensure_queue
+    from modules.job_queue import QueueError, ensure_queue, request_summary
 
     try:
         fields = build()
@@ -214,7 +214,7 @@ def run_streaming(engine: Engine, build: Callable[[], dict], kind: str, script_a
         req = cls.from_dict(fields)
         queue = ensure_queue(engine)
         body = _stored_body(engine, kind, fields, script_args)
-        job = queue.submit(kind, body or {**fields_summary(fields)}, "ui", client or _anonymous(request),
+        job = queue.submit(kind, body or request_summary(req), "ui", client or _anonymous(request),
                            work=lambda: engine.generate(cls.from_dict(fields), script_args),
                            resumable=body is not None, forever=forever, request=req, script_args=script_args)
     except (*USER_ERRORS, QueueError) as e:
@@ -238,15 +238,10 @@ def _anonymous(request) -> str:
     return "session:" + str(getattr(request, "session_hash", None) or id(request))
 
 
-def fields_summary(fields: dict) -> dict:
-    return {k: v for k, v in fields.items() if k in ("prompt", "negative_prompt", "width", "height", "steps",
-                                                       "batch_size", "n_iter", "sampler_name", "seed")}
-
-
 def _stored_body(engine: Engine, kind: str, fields: dict, script_args: list | None) -> dict | None:
     """The job as JSON (its fields, pictures as PNG, the script arguments and which scripts they are for), so that
     a restart can run it again; None when something in it cannot be stored."""
-    from modules.job_queue import body_from_fields
+    from modules.job_queue import body_from_fields, script_titles
 
     body = body_from_fields(fields)
     if body is None or script_args is None:
@@ -257,10 +252,6 @@ def _stored_body(engine: Engine, kind: str, fields: dict, script_args: list | No
     body["__script_args__"] = args["args"]
     body["__scripts__"] = script_titles(engine, kind)
     return body
-
-
-def script_titles(engine: Engine, kind: str) -> list[str]:
-    return [s.title() for s in engine.scripts.for_mode(kind).scripts] if engine.scripts is not None else []
 
 
 def _follow_one(engine: Engine, job, key: tuple, token: object) -> Iterator[tuple]:
