@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from modules.controlnet import annotators_more as more
 from modules.controlnet import depth_anything
 from modules.models.loader import ModelLoadError
 from modules.controlnet.preprocessors import (ANNOTATOR_FOLDER, AnnotatorUnavailableError, MissingAnnotatorError,
@@ -939,6 +940,7 @@ NETWORKS: dict[str, tuple[Callable[[], torch.nn.Module], Convert | None]] = {
     "zoedepth/ZoeD_M12_N.pt": (_zoe_net, _zoe_keys),
     "leres/res101.pth": (_leres_net, _leres_keys),
     "leres/latest_net_G.pth": (_merge_net, None),
+    more.MANGA_LINE_FILE: (more.MangaLineNet, None),
 }
 
 
@@ -959,6 +961,7 @@ RUNNERS: dict[str, Runner] = {
     "lineart": _lineart,
     "lineart_coarse": functools.partial(_lineart, relative="lineart/sk_model2.pth"),
     "lineart_anime": _lineart_anime,
+    "lineart_anime_denoise": more.manga_line,
     "mlsd": _mlsd,
     "depth": _depth_midas,
     "normal_map": _normal_midas,

@@ -1,0 +1,134 @@
+"""More of the extension's model-based ControlNet preprocessors: manga line (lineart_anime_denoise), MobileSAM
+(mobile_sam), DSINE normals (normal_dsine) and DensePose (densepose, densepose_parula).
+
+Each network is built in torch (written here, or taken from controlnet_aux) and takes the user's released weight
+file through `annotators.load` (tensors only, strict key match: a file of another network is an error naming the
+file). DensePose's release is a TorchScript program rather than a weight file; see `load_torchscript`. Pre- and
+post-processing follow the extension's annotator code (`annotator/manga_line`, `annotator/mobile_sam`,
+`annotator/normaldsine`, `annotator/densepose`); where it deviates, the docstring says why.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+
+from modules.controlnet.preprocessors import RunContext, hwc3, resize_with_pad
+
+
+def _base():
+    """annotators.py (imported late: it registers the runners below, so importing it here at the top would be
+    circular)."""
+    from modules.controlnet import annotators
+
+    return annotators
+
+
+# --- manga line (lineart_anime_denoise: "erika", a residual U-Net on the grey picture) ---
+
+class _Wrapped(nn.Module):
+    """The release names every layer stack `<name>.model.<i>`."""
+
+    def __init__(self, *layers: nn.Module):
+        super().__init__()
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def _norm_act_conv(cin: int, cout: int, kernel: int, stride: int = 1, upsample: bool = False) -> _Wrapped:
+    """BatchNorm (eps 1e-3) -> LeakyReLU(0.2) -> conv, optionally followed by a 2x nearest upsampling."""
+    layers = [nn.BatchNorm2d(cin, eps=1e-3), nn.LeakyReLU(0.2),
+              nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)]
+    if upsample:
+        layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+    return _Wrapped(*layers)
+
+
+class _Shortcut(nn.Module):
+    """x + y, x projected by a 1x1 conv (and upsampled in the decoder) when the channels or the stride change."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, upsample: bool = False):
+        super().__init__()
+        projected = cin != cout or (stride != 1 and not upsample)
+        self.model = None
+        if projected:
+            layers = [nn.Conv2d(cin, cout, 1, stride=stride)]
+            if upsample:
+                layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            self.model = nn.Sequential(*layers)
+
+    def forward(self, x, y):
+        return (self.model(x) if self.model is not None else x) + y
+
+
+class _ResBlock(nn.Module):
+    """Two pre-activation convs and a shortcut; the decoder's first block of a stage upsamples 2x."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, upsample: bool = False):
+        super().__init__()
+        self.conv1 = _norm_act_conv(cin, cout, 3, stride, upsample)
+        self.residual = _norm_act_conv(cout, cout, 3)
+        self.shortcut = _Shortcut(cin, cout, stride, upsample)
+
+    def forward(self, x):
+        return self.shortcut(x, self.residual(self.conv1(x)))
+
+
+def _stage(cin: int, cout: int, repeat: int, down: bool = False, up: bool = False) -> _Wrapped:
+    """A stage of blocks: an encoder stage halves the size in its last block, a decoder stage doubles it first."""
+    blocks = []
+    for i in range(repeat):
+        stride = 2 if down and i == repeat - 1 else 1
+        blocks.append(_ResBlock(cin if i == 0 else cout, cout, stride, upsample=up and i == 0))
+    return _Wrapped(*blocks)
+
+
+class MangaLineNet(nn.Module):
+    """The manga line extractor ("erika.pth", the extension's `res_skip`): grey 0..255 in, a drawing out (white
+    paper near 255, lines dark). Encoder 24-48-96-192-384 (halving four times), decoder back up with the encoder's
+    maps added at each size."""
+
+    ENCODER = ((1, 24, 2), (24, 48, 3), (48, 96, 5), (96, 192, 7), (192, 384, 12))
+    DECODER = ((384, 192, 7), (192, 96, 5), (96, 48, 3), (48, 24, 2))
+
+    def __init__(self):
+        super().__init__()
+        for i, (cin, cout, repeat) in enumerate(self.ENCODER):
+            setattr(self, f"block{i}", _stage(cin, cout, repeat, down=i > 0))
+        for i, (cin, cout, repeat) in enumerate(self.DECODER):
+            setattr(self, f"block{i + 5}", _stage(cin, cout, repeat, up=True))
+            setattr(self, f"res{i + 1}", _Shortcut(cout, cout))
+        self.block9 = _stage(24, 16, 2)
+        self.conv15 = _norm_act_conv(16, 1, 1)
+
+    def forward(self, x):
+        skips = []
+        for i in range(5):
+            x = getattr(self, f"block{i}")(x)
+            skips.append(x)
+        for i in range(4):
+            x = getattr(self, f"res{i + 1}")(skips[3 - i], getattr(self, f"block{i + 5}")(x))
+        return self.conv15(self.block9(x))
+
+
+MANGA_LINE_FILE = "manga_line/erika.pth"
+
+
+def manga_line(img, res, a, b, ctx: RunContext):
+    """lineart_anime_denoise: the grey picture (0..255, not normalised) through the manga line network; its drawing
+    is inverted (white lines on black), as the extension returns it."""
+    base = _base()
+    p = resize_with_pad(img, res)
+    net = base.load(ctx, MANGA_LINE_FILE)
+    grey = _grey(p.image)
+    with torch.no_grad():
+        x = torch.from_numpy(grey).float()[None, None].to(base._param_device(net))
+        line = 255.0 - net(x)[0, 0].cpu().numpy()
+    return hwc3(p.crop(line.clip(0, 255).astype(np.uint8)))
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))

@@ -1,0 +1,84 @@
+"""lineart_anime_denoise, mobile_sam, normal_dsine and densepose(_parula) with weight files written in the released
+layout (the exact key names of the files users download; values made up), run as a user runs them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from modules.controlnet import preprocessors as pp
+
+W, H = 256, 192
+RESIZED = (64, 85)  # the short side at resolution 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    from modules.controlnet import annotators
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core: on a shared machine a second thread only waits
+    yield
+    annotators.unload_all()
+    torch.set_num_threads(threads)
+
+
+def _drawing() -> np.ndarray:
+    """Black line art on white: a rectangle outline and a diagonal stroke."""
+    img = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((80, 48, 176, 144), outline="black", width=4)
+    draw.line((20, 170, 230, 20), fill="black", width=4)
+    return np.array(img)
+
+
+def _shapes(build) -> dict:
+    with torch.device("meta"):
+        return build().state_dict()
+
+
+def _save(folder, relative: str, sd) -> None:
+    (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, folder / relative)
+
+
+def _another_network() -> dict:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 1, 1)).state_dict()
+
+
+# --- lineart_anime_denoise (manga_line/erika.pth) ---
+
+def _manga_line_that_copies_its_input() -> dict:
+    """erika.pth's keys (a bare state dict, as released) with weights that pass the grey picture straight through:
+    every conv zero except three 1x1 shortcuts carrying channel 0 from the input to the output, BatchNorm neutral.
+    The deep path then adds nothing, so the network 'draws' the picture itself."""
+    from modules.controlnet.annotators_more import MangaLineNet
+
+    shapes = _shapes(MangaLineNet)
+    sd = {}
+    for key, t in shapes.items():
+        norm = key.rsplit(".", 1)[0] + ".running_var" in shapes
+        one = key.endswith("running_var") or (norm and key.endswith(".weight"))
+        sd[key] = (torch.ones if one else torch.zeros)(t.shape, dtype=t.dtype if not t.dtype.is_floating_point
+                                                       else torch.float16)
+    for key in ("block0.model.0.shortcut.model.0.weight", "block9.model.0.shortcut.model.0.weight",
+                "conv15.model.2.weight"):
+        sd[key][0, 0] = 1.0
+    return sd
+
+
+def test_lineart_anime_denoise_returns_the_drawing_inverted_at_the_resized_size(tmp_path):
+    _save(tmp_path, "manga_line/erika.pth", _manga_line_that_copies_its_input())
+    out = pp.get("lineart_anime_denoise").run(_drawing(), resolution=64, annotator_dir=tmp_path, device="cpu")
+    assert out.shape == (*RESIZED, 3) and out.dtype == np.uint8
+    grey = pp.resize_with_pad(_drawing(), 64)
+    expected = 255 - grey.crop(grey.image)[:, :, 0].astype(int)
+    assert np.abs(out[:, :, 0].astype(int) - expected).max() <= 2  # white lines on black, where the drawing has them
+    assert out.mean() < 80 and out.max() > 200
+
+
+def test_lineart_anime_denoise_refuses_a_file_of_another_network_by_name(tmp_path):
+    _save(tmp_path, "manga_line/erika.pth", _another_network())
+    with pytest.raises(RuntimeError, match="erika.pth"):
+        pp.get("lineart_anime_denoise").run(_drawing(), resolution=64, annotator_dir=tmp_path, device="cpu")
