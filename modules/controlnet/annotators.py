@@ -25,6 +25,7 @@ import torch
 
 from modules.controlnet import annotators_more as more
 from modules.controlnet import depth_anything
+from modules.controlnet import segmentation
 from modules.models.loader import ModelLoadError
 from modules.controlnet.preprocessors import (ANNOTATOR_FOLDER, AnnotatorUnavailableError, MissingAnnotatorError,
                                                RunContext, get, hwc3, lineart_standard, resize_with_pad)
@@ -941,6 +942,7 @@ NETWORKS: dict[str, tuple[Callable[[], torch.nn.Module], Convert | None]] = {
     "leres/res101.pth": (_leres_net, _leres_keys),
     "leres/latest_net_G.pth": (_merge_net, None),
     more.MANGA_LINE_FILE: (more.MangaLineNet, None),
+    **segmentation.NETWORKS,  # seg_ufade20k, seg_ofade20k, seg_ofcoco, seg_anime_face
 }
 
 
@@ -980,6 +982,7 @@ RUNNERS: dict[str, Runner] = {
     "openpose_full": functools.partial(_openpose, hand=True, face=True),
     "dw_openpose_full": _dw_openpose,
     "animal_openpose": _animal_openpose,
+    **segmentation.RUNNERS,
 }
 
 
