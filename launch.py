@@ -1,8 +1,12 @@
 """Start the web UI: ``python launch.py [A1111 flags]`` (flags also come from ``$COMMANDLINE_ARGS``).
 
 1. parse the flags (a bad flag: one ``launch.py: error: ...`` line, exit status 2);
-2. unless ``--skip-install``: if a package named in requirements.txt is missing (or its installed version does
-   not satisfy the pin), run ``pip install -r requirements.txt`` once; nothing is run when all are present;
+2. unless ``--skip-install``: check the Python version (``--skip-python-version-check``); install the torch build
+   for this machine (modules/install_plan.py: CUDA / ROCm / MPS / CPU; ``$TORCH_COMMAND`` overrides it) when the
+   venv has none yet, ``$TORCH_COMMAND`` changed or ``--reinstall-torch``, then check it can use the GPU it was
+   chosen for (``--skip-torch-cuda-test``); if a package named in requirements.txt is missing (or its installed
+   version does not satisfy the pin), run ``pip install -r requirements.txt`` once; nothing is run when all are
+   present;
 3. ``HF_HUB_OFFLINE=1`` (models are never downloaded) unless the user set it;
 4. create the data folders; unless ``--skip-install``, run each enabled extension's ``install.py``;
 5. start the server (modules/server.py).
@@ -15,9 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
+import platform
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +116,97 @@ def prepare_environment(requirements: Path = REQUIREMENTS) -> int:
     return 0
 
 
+def _torch_record() -> Path | None:
+    """Where a venv remembers the torch command it was given (so later runs start at once); None outside a venv,
+    where torch counts as installed when it imports."""
+    return Path(sys.prefix) / "sd-webui-torch.json" if sys.prefix != sys.base_prefix else None
+
+
+def _recorded_torch(record: Path | None) -> dict | None:
+    try:
+        return json.loads(record.read_text(encoding="utf-8")) if record is not None else None
+    except (OSError, ValueError):
+        return None
+
+
+def apply_machine_defaults(environ=os.environ) -> None:
+    """Before the flags are parsed and torch is imported: A1111's Mac defaults (its webui-macos-env.sh: MPS has
+    no fp16 autocast and its fp16 VAE overflows) unless the user set COMMANDLINE_ARGS, PyTorch's CPU fallback for
+    operators MPS lacks, and what the installed build recorded (ROCm's HSA_OVERRIDE_GFX_VERSION)."""
+    from modules import install_plan
+
+    if platform.system() == "Darwin" and platform.machine() in ("arm64", "aarch64"):
+        environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+        if not environ.get("COMMANDLINE_ARGS", "").strip():
+            environ["COMMANDLINE_ARGS"] = " ".join(install_plan.MAC_ARGS)
+    for key, value in ((_recorded_torch(_torch_record()) or {}).get("env") or {}).items():
+        environ.setdefault(key, value)
+
+
+def _torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("torchvision") is not None
+
+
+def prepare_torch(ns) -> int:
+    """Install torch for this machine when needed (A1111's launch_utils: TORCH_COMMAND, --reinstall-torch,
+    --skip-torch-cuda-test). Returns 0, or 1 with a message."""
+    from modules import install_plan
+
+    record = _torch_record()
+    recorded = _recorded_torch(record)
+    override = os.environ.get("TORCH_COMMAND", "").strip()
+    if record is None:
+        needed = ns.reinstall_torch or not _torch_installed()
+    else:
+        needed = (ns.reinstall_torch or recorded is None or not _torch_installed()
+                  or bool(override and override != recorded.get("command")))
+    if not needed:
+        return 0
+    facts = install_plan.probe(sys.prefix)
+    plan = install_plan.choose(facts, reinstall=ns.reinstall_torch)
+    command = override or plan.command
+    print(f"Installing torch for this machine: {plan.reason}" if not override
+          else "Installing torch with TORCH_COMMAND", flush=True)
+    print(f"  {command}", flush=True)
+    for warning in plan.warnings:
+        print(f"  note: {warning}", flush=True)
+    problem = install_plan.disk_problem(plan, facts.free_gb, sys.prefix)
+    if problem:
+        print(f"launch.py: error: {problem}", file=sys.stderr)
+        return 1
+    args = shlex.split(command)
+    if args[:1] == ["pip"]:
+        args = [sys.executable, "-m", *args]
+    rc = subprocess.call(args)
+    if rc != 0:
+        print(f"launch.py: error: installing torch failed (exit status {rc}): {command}\n  Set TORCH_COMMAND in "
+              f"webui-user.sh / webui-user.bat to another build, or install torch by hand.", file=sys.stderr)
+        return 1
+    if plan.gpu_expected and not override and not ns.skip_torch_cuda_test:
+        check = subprocess.run([sys.executable, "-c", "import torch; assert torch.cuda.is_available()"],
+                               capture_output=True)
+        if check.returncode != 0:
+            print(f"launch.py: error: torch is not able to use the GPU ({plan.reason}). Check the driver, or add "
+                  f"--skip-torch-cuda-test to COMMANDLINE_ARGS to run on the CPU.", file=sys.stderr)
+            return 1
+    if record is not None:
+        with contextlib.suppress(OSError):
+            record.write_text(json.dumps({"command": command, "kind": plan.kind, "env": plan.env}), encoding="utf-8")
+    return 0
+
+
+def check_python(ns) -> int:
+    from modules import install_plan
+
+    problem = install_plan.python_problem(sys.version_info[:2], ns.skip_python_version_check)
+    if problem:
+        print(f"launch.py: error: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _run_extension_installers(ns, paths: Paths) -> None:
     """Each enabled extension's install.py (A1111 runs them at every launch); a failure is reported, not fatal."""
     from modules import extensions
@@ -157,6 +255,7 @@ def parse_with_extension_flags(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_machine_defaults()
     ns = parse_with_extension_flags(argv)
     _setup_logging(ns)
     if ns.version or ns.dump_sysinfo:  # before any install or import of the engine: these answer at once
@@ -172,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if not ns.skip_install:
-        rc = prepare_environment()
+        rc = check_python(ns) or prepare_torch(ns) or prepare_environment()
         if rc:
             return rc
 

@@ -254,10 +254,11 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
     add("--dump-sysinfo", action="store_true",
         help="write versions, device, memory and flags (logins hidden) to sysinfo-<date>.json here and exit")
     add("--skip-prepare-environment", action="store_true", help="same as --skip-install")
-    add("--skip-torch-cuda-test", action="store_true", help="do not check that torch can use a GPU")
-    add("--skip-python-version-check", action="store_true", help="do not check the python version")
+    add("--skip-torch-cuda-test", action="store_true", help="after installing a GPU build of torch, do not check that it can use the GPU")
+    add("--skip-python-version-check", action="store_true", help="start on a Python newer than the tested ones (3.10 to 3.13)")
     add("--skip-version-check", action="store_true", help="do not check torch/xformers versions")
-    add("--reinstall-torch", action="store_true", help="accepted for compatibility")
+    add("--reinstall-torch", action="store_true",
+        help="install torch again (the build for this machine, or $TORCH_COMMAND) before starting")
     add("--reinstall-xformers", action="store_true", help="accepted for compatibility")
     add("--update-check", action="store_true", help="accepted for compatibility (no network access)")
     add("--update-all-extensions", action="store_true", help="accepted for compatibility (no network access)")
