@@ -82,3 +82,63 @@ def test_lineart_anime_denoise_refuses_a_file_of_another_network_by_name(tmp_pat
     _save(tmp_path, "manga_line/erika.pth", _another_network())
     with pytest.raises(RuntimeError, match="erika.pth"):
         pp.get("lineart_anime_denoise").run(_drawing(), resolution=64, annotator_dir=tmp_path, device="cpu")
+
+
+# --- mobile_sam (mobile_sam/mobile_sam.pt) ---
+
+def _mobile_sam_that_finds_segments() -> dict:
+    """mobile_sam.pt's keys (a bare state dict of controlnet_aux's "vit_t" Sam, as released) with random weights,
+    made confident: the predicted IoU high and the mask logits far from 0, so the generator keeps what it finds."""
+    from modules.controlnet import annotators, annotators_more
+
+    annotators.import_controlnet_aux()
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for key, t in annotators_more.mobile_sam_net().state_dict().items():
+        if key.endswith("running_var"):
+            sd[key] = torch.ones(t.shape)
+        elif key.endswith("running_mean") or not t.dtype.is_floating_point:
+            sd[key] = torch.zeros(t.shape, dtype=t.dtype)
+        else:
+            sd[key] = (torch.randn(t.shape, generator=g) * 0.05).half()
+    sd["mask_decoder.iou_prediction_head.layers.2.bias"].fill_(5.0)
+    for i in range(4):
+        key = f"mask_decoder.output_hypernetworks_mlps.{i}.layers.2.weight"
+        sd[key] = sd[key].float() * 1e5
+    return sd
+
+
+def test_segments_are_coloured_largest_first_each_in_one_seeded_colour():
+    from modules.controlnet.annotators_more import colour_segments
+
+    big, small = np.zeros((8, 10), bool), np.zeros((8, 10), bool)
+    big[1:7, 1:9], small[3:5, 4:6] = True, True
+    masks = [{"segmentation": small, "area": int(small.sum())}, {"segmentation": big, "area": int(big.sum())}]
+    out = colour_segments(masks, 8, 10, np.random.RandomState(7))
+    rng = np.random.RandomState(7)
+    first, second = ([rng.randint(255, dtype=np.uint8) for _ in range(3)] for _ in range(2))
+    assert (out[~big] == 0).all()  # black where no segment is
+    assert (out[big & ~small] == first).all() and (out[small] == second).all()  # the smaller one painted on top
+    assert (colour_segments(masks, 8, 10, np.random.RandomState(7)) == out).all()
+    assert colour_segments([], 8, 10, np.random.RandomState(7)).max() == 0
+
+
+@pytest.mark.slow  # SAM encodes every picture at 1024 px (~2 s on one core), then decodes each prompt's masks
+def test_mobile_sam_colours_the_segments_it_finds_at_the_resized_size(tmp_path, monkeypatch):
+    from modules.controlnet import annotators_more
+
+    monkeypatch.setattr(annotators_more, "SAM_POINTS_PER_SIDE", 2)  # 4 prompts instead of 1024
+    _save(tmp_path, "mobile_sam/mobile_sam.pt", _mobile_sam_that_finds_segments())
+    run = pp.get("mobile_sam").run
+    out = run(_drawing(), resolution=64, annotator_dir=tmp_path, device="cpu", seed=1)
+    assert out.shape == (*RESIZED, 3) and out.dtype == np.uint8
+    colours = np.unique(out.reshape(-1, 3), axis=0)
+    assert 2 <= len(colours) <= 5  # a few segments (at most one per prompt), each in one flat colour
+    other = run(_drawing(), resolution=64, annotator_dir=tmp_path, device="cpu", seed=2)
+    assert ((other == 0).all(axis=2) == (out == 0).all(axis=2)).all() and (other != out).any()  # same segments
+
+
+def test_mobile_sam_refuses_a_file_of_another_network_by_name(tmp_path):
+    _save(tmp_path, "mobile_sam/mobile_sam.pt", _another_network())
+    with pytest.raises(RuntimeError, match="mobile_sam.pt"):
+        pp.get("mobile_sam").run(_drawing(), resolution=64, annotator_dir=tmp_path, device="cpu")

@@ -942,6 +942,7 @@ NETWORKS: dict[str, tuple[Callable[[], torch.nn.Module], Convert | None]] = {
     "leres/res101.pth": (_leres_net, _leres_keys),
     "leres/latest_net_G.pth": (_merge_net, None),
     more.MANGA_LINE_FILE: (more.MangaLineNet, None),
+    more.MOBILE_SAM_FILE: (more.mobile_sam_net, None),
     **segmentation.NETWORKS,  # seg_ufade20k, seg_ofade20k, seg_ofcoco, seg_anime_face
 }
 
@@ -982,6 +983,7 @@ RUNNERS: dict[str, Runner] = {
     "openpose_full": functools.partial(_openpose, hand=True, face=True),
     "dw_openpose_full": _dw_openpose,
     "animal_openpose": _animal_openpose,
+    "mobile_sam": more.mobile_sam,
     **segmentation.RUNNERS,
 }
 

@@ -132,3 +132,55 @@ def manga_line(img, res, a, b, ctx: RunContext):
 
 def _grey(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+
+
+# --- MobileSAM (mobile_sam: every segment SAM's automatic mask generator finds, each in a colour) ---
+
+MOBILE_SAM_FILE = "mobile_sam/mobile_sam.pt"
+SAM_POINTS_PER_SIDE = 32  # the generator's default grid (32 x 32 prompts), as the extension runs it
+
+
+def mobile_sam_net() -> nn.Module:
+    """MobileSAM as controlnet_aux builds it ("vit_t": a TinyViT-5M image encoder with SAM's prompt encoder and
+    mask decoder). TinyViT cannot be built on the meta device (it reads its drop-path rates with .item()), so it is
+    built on the CPU: 10 M parameters, a fraction of a second."""
+    import warnings
+
+    with torch.device("cpu"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TinyViT re-registers timm's tiny_vit names
+        from controlnet_aux.segment_anything import sam_model_registry
+
+        return sam_model_registry["vit_t"]()
+
+
+def colour_segments(masks: list[dict], height: int, width: int, rng: np.random.RandomState) -> np.ndarray:
+    """The extension's (controlnet_aux's SamDetector.show_anns) colouring: the largest segment first, each painted
+    over the map in one random colour (a red, green and blue level drawn in turn), so smaller segments stay on
+    top; black where none is. Colours come from `rng` (the extension draws from numpy's global state)."""
+    out = np.zeros((height, width, 3), dtype=np.uint8)
+    for mask in sorted(masks, key=lambda m: m["area"], reverse=True):
+        colour = [rng.randint(255, dtype=np.uint8) for _ in range(3)]
+        out[np.asarray(mask["segmentation"], dtype=bool)] = colour
+    return out
+
+
+def mobile_sam(img, res, a, b, ctx: RunContext):
+    """mobile_sam: SAM's automatic mask generator (its defaults: a 32 x 32 grid of point prompts) on the picture
+    resized so its short side is the resolution, and the segments coloured as the extension colours them (a seeded
+    generator: the same picture and seed give the same colours). controlnet_aux resizes to multiples of 64 first,
+    which stretches the picture; here it keeps its shape and the map comes back at the resized size. On a CPU the
+    grid's 1024 prompts take minutes (each mask is decoded at SAM's 1024 px)."""
+    import warnings
+
+    base = _base()
+    p = resize_with_pad(img, res)
+    picture = p.crop(p.image)
+    net = base.load(ctx, MOBILE_SAM_FILE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from controlnet_aux.segment_anything import SamAutomaticMaskGenerator
+
+        generator = SamAutomaticMaskGenerator(net, points_per_side=SAM_POINTS_PER_SIDE)
+    with torch.no_grad():
+        masks = generator.generate(picture)
+    return colour_segments(masks, p.height, p.width, np.random.RandomState(ctx.seed))
