@@ -142,3 +142,75 @@ def test_mobile_sam_refuses_a_file_of_another_network_by_name(tmp_path):
     _save(tmp_path, "mobile_sam/mobile_sam.pt", _another_network())
     with pytest.raises(RuntimeError, match="mobile_sam.pt"):
         pp.get("mobile_sam").run(_drawing(), resolution=64, annotator_dir=tmp_path, device="cpu")
+
+
+# --- normal_dsine (normal_dsine/dsine.pt) ---
+
+def _random(shapes: dict, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, t in shapes.items():
+        if key.endswith("running_var"):
+            out[key] = torch.ones(t.shape)
+        elif key.endswith("running_mean") or not t.dtype.is_floating_point:
+            out[key] = torch.zeros(t.shape, dtype=t.dtype)
+        else:
+            out[key] = (torch.randn(t.shape, generator=g) * 0.1).half()
+    return out
+
+
+def _as_dsine_release(sd: dict) -> dict:
+    """dsine.pt is a training checkpoint of a DataParallel model: {"model": {"module.<key>": ...}}."""
+    return {"model": {"module." + k: v for k, v in sd.items()}}
+
+
+def _small_dsine_file(folder) -> None:
+    """DSINE with an EfficientNet-B0 encoder and 64 decoder features (the release: B5 and 2048), read from the
+    file's shapes as the released size is."""
+    from modules.controlnet import annotators, annotators_more
+
+    annotators.import_controlnet_aux()
+    shapes = _shapes(lambda: annotators_more.DSINE("tf_efficientnet_b0_ap", (1280, 112, 40), 64))
+    _save(folder, "normal_dsine/dsine.pt", _as_dsine_release(_random(shapes)))
+
+
+def test_the_released_dsine_layout_builds_the_b5_network_with_2048_features():
+    from modules.controlnet import annotators, annotators_more
+
+    annotators.import_controlnet_aux()
+    full = _shapes(annotators_more.DSINE)
+    assert "encoder.original_model.blocks.6.2.conv_pwl.weight" in full  # B5: 3 blocks in the last stage
+    assert full["decoder.up1._net.0.weight"].shape == (1024, 2048 + 176 + 2, 3, 3)
+    flat = {"model.module." + k: v for k, v in full.items()}  # how the checkpoint reads (nested dicts flattened)
+    with torch.device("meta"):
+        net = annotators_more.dsine_net(flat)
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in full.items()}
+
+
+def _view_rays(h: int, w: int, fov: float) -> np.ndarray:
+    from modules.controlnet.annotators_more import intrinsics_from_fov
+
+    k = intrinsics_from_fov(fov, h, w).numpy()
+    x, y = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    rays = np.stack([(x - k[0, 2] - 0.5) / k[0, 0], (y - k[1, 2] - 0.5) / k[1, 1], np.ones_like(x)], axis=2)
+    return rays / np.linalg.norm(rays, axis=2, keepdims=True)
+
+
+def test_normal_dsine_gives_unit_normals_facing_along_the_view_rays_and_its_sliders_change_them(tmp_path):
+    _small_dsine_file(tmp_path)
+    run = pp.get("normal_dsine").run
+    out = run(_drawing(), resolution=64, annotator_dir=tmp_path, device="cpu")  # Fov 60, 5 iterations
+    assert out.shape == (*RESIZED, 3) and out.dtype == np.uint8
+    normal = out.astype(np.float32) / 255.0 * 2.0 - 1.0
+    assert np.abs(np.linalg.norm(normal, axis=2) - 1.0).max() < 0.03  # x, y, z of unit normals in [0, 255]
+    assert ((normal * _view_rays(*RESIZED, 60.0)).sum(axis=2) > -0.02).all()  # none turned away (its ray ReLU)
+    assert (run(_drawing(), resolution=64, slider_1=60, slider_2=5, annotator_dir=tmp_path, device="cpu")
+            == out).all()  # the sliders' defaults
+    assert (run(_drawing(), resolution=64, slider_1=20, annotator_dir=tmp_path, device="cpu") != out).any()
+    assert (run(_drawing(), resolution=64, slider_2=1, annotator_dir=tmp_path, device="cpu") != out).any()
+
+
+def test_normal_dsine_refuses_a_file_of_another_network_by_name(tmp_path):
+    _save(tmp_path, "normal_dsine/dsine.pt", {"model": _another_network()})
+    with pytest.raises(RuntimeError, match="dsine.pt"):
+        pp.get("normal_dsine").run(_drawing(), resolution=64, annotator_dir=tmp_path, device="cpu")

@@ -306,10 +306,10 @@ def test_a_file_holding_another_network_is_refused_by_name(annotator_dir, tmp_pa
 
 
 def test_listed_but_not_runnable_says_so_once_its_file_is_there(tmp_path):
-    (tmp_path / "normal_dsine").mkdir()
-    (tmp_path / "normal_dsine" / "dsine.pt").write_bytes(b"")
-    with pytest.raises(pp.AnnotatorUnavailableError, match="normal_dsine"):
-        pp.get("normal_dsine").run(_square(), annotator_dir=tmp_path)
+    (tmp_path / "densepose").mkdir()
+    (tmp_path / "densepose" / "densepose_r50_fpn_dl.torchscript").write_bytes(b"")
+    with pytest.raises(pp.AnnotatorUnavailableError, match="densepose_parula"):
+        pp.get("densepose_parula").run(_square(), annotator_dir=tmp_path)
 
 
 @pytest.mark.slow  # full-size annotator networks

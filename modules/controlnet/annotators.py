@@ -943,6 +943,7 @@ NETWORKS: dict[str, tuple[Callable[[], torch.nn.Module], Convert | None]] = {
     "leres/latest_net_G.pth": (_merge_net, None),
     more.MANGA_LINE_FILE: (more.MangaLineNet, None),
     more.MOBILE_SAM_FILE: (more.mobile_sam_net, None),
+    more.DSINE_FILE: (more.dsine_net, more.dsine_keys),
     **segmentation.NETWORKS,  # seg_ufade20k, seg_ofade20k, seg_ofcoco, seg_anime_face
 }
 
@@ -969,6 +970,7 @@ RUNNERS: dict[str, Runner] = {
     "depth": _depth_midas,
     "normal_map": _normal_midas,
     "normal_bae": _normal_bae,
+    "normal_dsine": more.normal_dsine,
     "inpaint_only+lama": _lama,
     "depth_zoe": _depth_zoe,
     "depth_leres": _leres,
