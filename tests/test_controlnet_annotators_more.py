@@ -214,3 +214,65 @@ def test_normal_dsine_refuses_a_file_of_another_network_by_name(tmp_path):
     _save(tmp_path, "normal_dsine/dsine.pt", {"model": _another_network()})
     with pytest.raises(RuntimeError, match="dsine.pt"):
         pp.get("normal_dsine").run(_drawing(), resolution=64, annotator_dir=tmp_path, device="cpu")
+
+
+# --- densepose / densepose_parula (densepose/densepose_r50_fpn_dl.torchscript) ---
+
+class _OnePerson(torch.nn.Module):
+    """DensePose's exported signature: a uint8 CHW picture in; boxes (N, 4, xyxy), coarse segmentation (N, 2, S, S),
+    fine segmentation, U and V (N, 25, S, S) out. One person in a fixed box: torso (part 2) on the left half,
+    part 14 on the right half, the box's outer quarter background."""
+
+    def forward(self, image: torch.Tensor):
+        assert image.dtype == torch.uint8 and image.shape[0] == 3
+        s = 16
+        boxes = torch.tensor([[10.0, 8.0, 50.0, 56.0]])
+        coarse = torch.zeros(1, 2, s, s)
+        coarse[0, 1, 4:12, :] = 1.0
+        fine = torch.zeros(1, 25, s, s)
+        fine[0, 2, :, :8] = 1.0
+        fine[0, 14, :, 8:] = 1.0
+        u = torch.zeros(1, 25, s, s)
+        return boxes, coarse, fine, u, u.clone()
+
+
+@pytest.fixture(scope="module")
+def densepose_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ControlNetPreprocessor")
+    (folder / "densepose").mkdir()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script's deprecation note
+        torch.jit.save(torch.jit.script(_OnePerson()), str(folder / "densepose" / "densepose_r50_fpn_dl.torchscript"))
+    return folder
+
+
+def _colour(value: int, colour_map: int) -> tuple:
+    import cv2
+
+    return tuple(int(c) for c in cv2.applyColorMap(np.array([[value]], np.uint8), colour_map)[0, 0, ::-1])
+
+
+@pytest.mark.parametrize("label,colour_map,background", [
+    ("densepose (pruple bg & purple torso)", "COLORMAP_VIRIDIS", (68, 1, 84)),
+    ("densepose_parula (black bg & blue torso)", "COLORMAP_PARULA", (0, 0, 0)),
+])
+def test_densepose_paints_each_body_part_in_the_colour_map_over_the_background(densepose_dir, label, colour_map,
+                                                                               background):
+    import cv2
+
+    out = pp.get(label).run(_drawing(), resolution=64, annotator_dir=densepose_dir, device="cpu")
+    assert out.shape == (*RESIZED, 3) and out.dtype == np.uint8
+    torso, part14 = _colour(int(2 * 255 / 24), getattr(cv2, colour_map)), _colour(int(14 * 255 / 24),
+                                                                                   getattr(cv2, colour_map))
+    assert tuple(out[32, 20]) == torso and tuple(out[32, 40]) == part14  # inside the box: left, right half
+    for y, x in ((2, 2), (60, 80), (10, 30), (53, 30)):  # outside the box, and the box's background rows
+        assert tuple(out[y, x]) == background
+    assert {tuple(c) for c in np.unique(out.reshape(-1, 3), axis=0)} == {torso, part14, background}
+
+
+def test_densepose_refuses_a_file_that_is_not_torchscript_by_name(tmp_path):
+    _save(tmp_path, "densepose/densepose_r50_fpn_dl.torchscript", _another_network())
+    with pytest.raises(RuntimeError, match="densepose_r50_fpn_dl.torchscript"):
+        pp.get("densepose").run(_drawing(), resolution=64, annotator_dir=tmp_path, device="cpu")

@@ -986,6 +986,8 @@ RUNNERS: dict[str, Runner] = {
     "dw_openpose_full": _dw_openpose,
     "animal_openpose": _animal_openpose,
     "mobile_sam": more.mobile_sam,
+    "densepose": more.densepose,
+    "densepose_parula": functools.partial(more.densepose, parula=True),
     **segmentation.RUNNERS,
 }
 

@@ -474,3 +474,102 @@ def normal_dsine(img, res, fov, iterations, ctx: RunContext):
         normal = net((x - mean) / std, intrins, int(iterations) if iterations is not None else 5)[-1]
     normal = ((normal + 1) * 0.5).clip(0, 1)[0].permute(1, 2, 0).cpu().numpy()
     return p.crop((normal * 255.0).clip(0, 255).astype(np.uint8))
+
+
+# --- DensePose (densepose, densepose_parula: body parts of each person, drawn in a colour map) ---
+
+DENSEPOSE_FILE = "densepose/densepose_r50_fpn_dl.torchscript"
+DENSEPOSE_PARTS = 24  # the chart's body parts (labels 1..24; 0 is background)
+
+
+def load_torchscript(ctx: RunContext, relative: str) -> torch.jit.ScriptModule:
+    """A TorchScript network from the annotator folder, cached with the other annotators (unload_all frees it).
+
+    DensePose is released only as TorchScript (detectron2's R50-FPN-DL exported with its box post-processing), so
+    there is no weight file to read into a network written here. Loading TorchScript is not unpickling: the archive
+    holds tensors and TorchScript code, a typed subset of Python compiled against torch's operator registry, which
+    cannot import modules or call arbitrary Python functions; torch.jit's loader rebuilds only tensors and
+    TorchScript objects from it. So, like a weights-only checkpoint, it cannot run code of the file's choosing
+    outside torch's operators. A file that is not TorchScript is refused naming it."""
+    import importlib
+
+    importlib.import_module("torchvision")  # registers torchvision::nms, which the exported network calls
+    base = _base()
+    path = base.locate(ctx, relative)
+    device = base._device(ctx)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, relative, str(device))
+    with base._lock:
+        if key in base._cache:
+            base._cache.move_to_end(key)
+            return base._cache[key]
+        try:
+            net = torch.jit.load(str(path), map_location="cpu").to(device).eval()
+        except (RuntimeError, ValueError) as e:
+            raise base.ModelLoadError(f"{path} is not the TorchScript network this preprocessor expects: "
+                                      f"{str(e)[:300]}") from e
+        base._cache[key] = net
+        while len(base._cache) > base.KEEP_LOADED:
+            base._cache.popitem(last=False)
+        return net
+
+
+def _part_labels(fine: torch.Tensor, coarse: torch.Tensor, h: int, w: int) -> np.ndarray:
+    """Each pixel of a h x w box: the fine part (argmax of the 25 part scores) where the coarse mask says person."""
+    resize = dict(size=(h, w), mode="bilinear", align_corners=False)
+    person = nn.functional.interpolate(coarse[None], **resize).argmax(dim=1) > 0
+    parts = nn.functional.interpolate(fine[None], **resize).argmax(dim=1)
+    return (parts * person)[0].cpu().numpy().astype(np.uint8)
+
+
+def draw_densepose(boxes, coarse, fine, height: int, width: int, colour_map: int) -> np.ndarray:
+    """The extension's DensePose picture (its masked colour-map visualiser, opaque): each person's box filled with
+    its part labels scaled to 0..255 through the colour map, the background left black; later people over earlier
+    ones. BGR, as OpenCV's colour maps are. Boxes are cut to the picture (the extension's slicing fails on a box
+    reaching past it)."""
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    for i in range(len(boxes)):
+        x0, y0, x1, y1 = (int(v) for v in boxes[i].long().tolist())
+        w, h = x1 - x0, y1 - y0
+        if w <= 0 or h <= 0:
+            continue
+        labels = _part_labels(fine[i], coarse[i], h, w)
+        scaled = (labels.astype(np.float32) * (255.0 / DENSEPOSE_PARTS)).clip(0, 255).astype(np.uint8)
+        coloured = cv2.applyColorMap(scaled, colour_map)
+        top, left = max(y0, 0), max(x0, 0)
+        bottom, right = min(y0 + h, height), min(x0 + w, width)
+        if bottom <= top or right <= left:
+            continue
+        inside = (slice(top - y0, bottom - y0), slice(left - x0, right - x0))
+        region = canvas[top:bottom, left:right]
+        person = labels[inside] > 0
+        region[person] = coloured[inside][person]
+    return canvas
+
+
+VIRIDIS_BACKGROUND = (68, 1, 84)  # viridis at 0: what the extension paints every channel left at 0
+
+
+def densepose(img, res, a, b, ctx: RunContext, parula: bool = False):
+    """densepose / densepose_parula: the TorchScript DensePose on the padded picture (uint8, CHW, as exported);
+    each person's body parts in viridis with the background purple, or in parula on black."""
+    base = _base()
+    p = resize_with_pad(img, res)
+    net = load_torchscript(ctx, DENSEPOSE_FILE)
+    device = base._device(ctx)
+    x = torch.from_numpy(p.image).permute(2, 0, 1).contiguous().to(device)
+    with torch.no_grad():
+        out = net(x)
+    if not (isinstance(out, (tuple, list)) and len(out) == 5 and all(isinstance(t, torch.Tensor) for t in out)
+            and out[0].ndim == 2 and out[0].shape[-1] == 4):
+        path = base.locate(ctx, DENSEPOSE_FILE)
+        raise base.ModelLoadError(f"{path} is not the DensePose network this preprocessor expects (it returns no "
+                                  f"boxes, coarse and fine segmentation, U and V)")
+    boxes, coarse, fine = (t.float().cpu() for t in out[:3])
+    h, w = p.image.shape[:2]
+    bgr = draw_densepose(boxes, coarse, fine, h, w, cv2.COLORMAP_PARULA if parula else cv2.COLORMAP_VIRIDIS)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if not parula:
+        for channel, value in enumerate(VIRIDIS_BACKGROUND):
+            rgb[:, :, channel][rgb[:, :, channel] == 0] = value
+    return p.crop(rgb)
