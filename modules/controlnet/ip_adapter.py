@@ -32,6 +32,8 @@ class IPAdapterWeights:
     plus: bool  # reads the encoder's penultimate hidden states (resampler) instead of its image embedding
     clip_width: int  # the encoder output it reads: projection width (plain) or hidden width (plus)
     config: Any  # cross_attention_dim, as the other control models' configs carry it
+    faceid: str | None = None  # "plain" | "plus": reads a face embedding (face_embed.py), "plus" also CLIP-H tokens
+    shortcut: bool = False  # FaceID Plus v2: the face tokens plus the resampler's output (set from the file name)
 
     @property
     def dtype(self):
@@ -50,16 +52,21 @@ def parse(sd: Mapping) -> tuple[IPAdapterWeights, str | None]:
     if key is None:
         raise ControlNetFileError("an IP-Adapter without to_k_ip layers")
     cross = int(layers[key].shape[1])
-    if "proj.weight" in image_proj:
+    faceid = None
+    if "perceiver_resampler.proj_in.weight" in image_proj:  # FaceID Plus (v1/v2): face embedding + CLIP-H tokens
+        plus, width, faceid = True, int(image_proj["perceiver_resampler.proj_in.weight"].shape[1]), "plus"
+    elif "norm.weight" in image_proj and "proj.2.weight" in image_proj and "proj.3.weight" not in image_proj:
+        plus, width, faceid = False, int(image_proj["proj.0.weight"].shape[1]), "plain"  # FaceID: an MLP on the face
+    elif "proj.weight" in image_proj:
         plus, width = False, int(image_proj["proj.weight"].shape[-1])
     elif "proj_in.weight" in image_proj:
         plus, width = True, int(image_proj["proj_in.weight"].shape[1])
     elif "proj.0.weight" in image_proj:  # "full" (face) adapters: an MLP on the image embedding
         plus, width = False, int(image_proj["proj.0.weight"].shape[1])
     else:
-        raise ControlNetFileError("an IP-Adapter whose image projection this program does not know (FaceID?)")
+        raise ControlNetFileError("an IP-Adapter whose image projection this program does not know")
     weights = IPAdapterWeights({"image_proj": image_proj, "ip_adapter": layers}, plus, width,
-                               SimpleNamespace(cross_attention_dim=cross))
+                               SimpleNamespace(cross_attention_dim=cross), faceid=faceid)
     # The released adapters' text widths name their family; another width is checked against the UNet's alone.
     return weights, {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(cross)
 
@@ -179,6 +186,10 @@ def attached(unet, adapters: list[IPAdapterWeights], average_pictures: bool = Tr
     projection, hid_type = unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
     try:
         unet._load_ip_adapter_weights([a.state_dict for a in adapters], low_cpu_mem_usage=False)
+        layers = unet.encoder_hid_proj.image_projection_layers
+        for i, adapter in enumerate(adapters):
+            if adapter.faceid == "plus":
+                layers[i] = PackedFaceIDPlusProjection(layers[i], adapter.shortcut)
         if average_pictures:
             unet.encoder_hid_proj = AveragedImageProjection(unet.encoder_hid_proj)
         yield
@@ -208,6 +219,39 @@ class AveragedImageProjection(torch.nn.Module):
             tokens = layer(embeds.reshape((batch * pictures,) + embeds.shape[2:]))
             out.append(tokens.reshape((batch, pictures) + tokens.shape[1:]).mean(dim=1, keepdim=True))
         return out
+
+
+class PackedFaceIDPlusProjection(torch.nn.Module):
+    """diffusers' IPAdapterFaceIDPlusImageProjection reading its CLIP tokens from its input, row by row: each row is
+    the face embedding (zero-padded, first) followed by the CLIP hidden states (pack_faceid_plus), so the negative
+    prompt's rows get their own (zero face, empty picture) pair. Unpacked face embeddings (diffusers' own call, with
+    `clip_embeds` set on the projection) pass straight through."""
+
+    def __init__(self, inner, shortcut: bool):
+        super().__init__()
+        self.inner = inner
+        inner.shortcut, inner.shortcut_scale = shortcut, 1.0  # the extension's v2: shortcut at scale 1
+
+    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
+        if embeds.ndim == 2:
+            return self.inner(embeds)
+        id_width = self.inner.proj.net[0].proj.in_features
+        clip_width = self.inner.proj_in.in_features
+        self.inner.clip_embeds = embeds[:, None, 1:, :clip_width]
+        try:
+            return self.inner(embeds[:, 0, :id_width])
+        finally:
+            self.inner.clip_embeds = None
+
+
+def pack_faceid_plus(face: torch.Tensor, clip_tokens: torch.Tensor) -> torch.Tensor:
+    """One FaceID Plus input: (..., id) face embedding and (..., tokens, width) CLIP hidden states as
+    (..., 1 + tokens, max(id, width)), the face first (PackedFaceIDPlusProjection reads it back)."""
+    width = max(face.shape[-1], clip_tokens.shape[-1])
+    out = clip_tokens.new_zeros(clip_tokens.shape[:-2] + (1 + clip_tokens.shape[-2], width))
+    out[..., 0, :face.shape[-1]] = face.to(out.dtype)
+    out[..., 1:, :clip_tokens.shape[-1]] = clip_tokens
+    return out
 
 
 def set_scales(unet, scales: list[float]) -> None:

@@ -86,7 +86,7 @@ def prepare(requests: list, *, library, model, width: int, height: int, init_ima
 
 def _prepare_one(index: int, req, library, model, width: int, height: int, init_image, init_mask,
                  annotator_dir: Path | None, crop=None, structure: bool = False):
-    from modules.controlnet import preprocessors, reference, revision
+    from modules.controlnet import faceid, preprocessors, reference, revision
     from modules.controlnet.models import ControlNetLoadError
 
     where = f"controlnet[{index}]"
@@ -98,7 +98,7 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
         return _reference_unit(where, req, pre, model, init_image, init_mask, crop)
     if pre.name in revision.MODULES:
         return _revision_unit(where, req, pre, library, model, init_image, init_mask), None
-    if "Instant-ID" in pre.tags or pre.name.startswith(("ip-adapter_face_id", "ip-adapter_pulid")):
+    if "Instant-ID" in pre.tags or pre.name.startswith("ip-adapter_pulid"):
         raise RequestError(f"{where}.module: {pre.name} is not supported yet (ControlNet, T2I-Adapter, "
                            "Control-LoRA and IP-Adapter models are)")
     if req.model in ("", "None") and not structure:
@@ -106,6 +106,8 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
     source, mask = _input(where, req, init_image, init_mask)
     if crop is not None and req.inpaint_crop_input_image and init_image is not None:
         source, mask = _crop(source, init_image.size, crop), _crop(mask, init_image.size, crop)
+    if faceid.is_faceid_module(pre.name):  # IP-Adapter FaceID (faceid.py): the face's embedding as the prompt
+        return faceid.unit(where, req, pre, library, model, source, width, height, annotator_dir), None
     if pre.name.startswith(("ip-adapter", "clip_vision")) or "IP-Adapter" in pre.tags:
         return _image_prompt(where, req, library, model, source, width, height), None
     resolution = req.processor_res

@@ -294,6 +294,13 @@ def _color_grid(img, res, a, b, ctx):
     return cv2.resize(small, (nw, nh), interpolation=cv2.INTER_NEAREST)
 
 
+def _face_id(img, res, a, b, ctx):
+    """IP-Adapter FaceID: the face the unit would use, drawn on the picture (faceid.py)."""
+    from modules.controlnet import faceid
+
+    return faceid.preview(img, res, a, b, ctx)
+
+
 def _network(img, res, a, b, ctx):
     """Model-based: runs from the user's annotator folder (annotators.py, imported only now)."""
     from modules.controlnet import annotators
@@ -368,6 +375,10 @@ def _weight_free() -> list[Preprocessor]:
         _free("ip-adapter_clip_sd15", _identity, ["IP-Adapter"], label="ip-adapter_clip_h", priority=100),
         _free("ip-adapter_clip_sdxl", _identity, ["IP-Adapter"], label="ip-adapter_clip_g"),
         _free("ip-adapter_clip_sdxl_plus_vith", _identity, ["IP-Adapter"]),
+        # IP-Adapter FaceID (faceid.py): InsightFace's buffalo_l files (insightface/models/buffalo_l/det_10g.onnx,
+        # w600k_r50.onnx) give the face's embedding; "plus" adds the picture's CLIP-H encoding. Detect: the face.
+        _free("ip-adapter_face_id", _face_id, ["IP-Adapter"]),
+        _free("ip-adapter_face_id_plus", _face_id, ["IP-Adapter"]),
     ]
 
 
