@@ -216,7 +216,9 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
              "the cores other programs leave free; see docs/architecture.md)")
     add("--no-half", action="store_true", help="do not switch the model to 16-bit floats")
     add("--no-half-vae", action="store_true", help="do not switch the VAE to 16-bit floats")
-    add("--upcast-sampling", action="store_true", help="upcast sampling (accepted for compatibility)")
+    add("--upcast-sampling", action="store_true",
+        help="with a 16-bit model, keep the sampler's latents and CFG in fp32 (the UNet still computes in 16 bits; "
+             "A1111's Mac default)")
     add("--precision", type=str, default="autocast", choices=["full", "half", "autocast"],
         help="evaluate at this precision")
     add("--opt-sdp-attention", action="store_true", help="use scaled dot product attention")

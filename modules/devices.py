@@ -13,6 +13,7 @@ class DeviceConfig:
     vae_dtype: torch.dtype
     attention: str = "sdpa"  # "sdpa" (PyTorch scaled_dot_product_attention), "xformers" or "sliced" (low memory)
     channels_last: bool = False  # --opt-channelslast: the UNet's convolutions in channels-last memory format
+    upcast_sampling: bool = False  # --upcast-sampling: 16-bit weights, the sampler's latents and CFG in fp32
 
     @property
     def is_cuda(self) -> bool:
@@ -29,6 +30,7 @@ def from_flags(
     channels_last: bool = False,
     sdp_no_mem: bool = False,
     device_id: str | None = None,
+    upcast_sampling: bool = False,
 ) -> DeviceConfig:
     """fp16 only on CUDA: half precision on CPU is slow and loses accuracy for no memory win that matters. (Where
     the weights live — --medvram, --lowvram — is the memory plan's: modules/memory/.)"""
@@ -48,7 +50,7 @@ def from_flags(
     if sdp_no_mem and device.type == "cuda":  # A1111's --opt-sdp-no-mem-attention: flash/math kernels only
         torch.backends.cuda.enable_mem_efficient_sdp(False)
     return DeviceConfig(device=device, dtype=dtype, vae_dtype=vae_dtype, attention=attention,
-                        channels_last=channels_last)
+                        channels_last=channels_last, upcast_sampling=upcast_sampling and dtype != torch.float32)
 
 
 def cpu() -> DeviceConfig:

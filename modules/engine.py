@@ -103,7 +103,7 @@ class Engine:
                                 split_attention=(ns.opt_split_attention or ns.opt_sub_quad_attention)
                                 and not ns.disable_opt_split_attention,
                                 channels_last=ns.opt_channelslast, sdp_no_mem=ns.opt_sdp_no_mem_attention,
-                                device_id=ns.device_id)
+                                device_id=ns.device_id, upcast_sampling=ns.upcast_sampling)
         return cls.create(paths or Paths.from_args(ns), device_config=dc, no_hashing=ns.no_hashing,
                           threads=getattr(ns, "threads", 0) or 0, memory=MemoryFlags.from_args(ns), history=history)
 

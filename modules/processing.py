@@ -546,6 +546,7 @@ class Generation:
             inpaint=inpaint_latents, on_step=self._on_step,
             conditioning_at=prompt_schedule.at if prompt_schedule.varies else None, hooks=self.hooks.sampling(),
             add_noise=add_noise if flow else None, controls=controls, control_latents=control_latents,
+            upcast=model.device_config.upcast_sampling and not flow,
         )
         if model.is_sdxl:
             aest = model.family == "sdxl_refiner"

@@ -87,6 +87,7 @@ class SamplingJob:
     add_noise: Callable | None = None  # (x0, noise, timesteps) → noised; default the scheduler's (flow: scale_noise)
     controls: list = field(default_factory=list)  # controlnet.units.ActiveControl: residuals added to the UNet
     control_latents: torch.Tensor | None = None  # (B, C, h, w) read next to the latents (Flux.1 Depth/Canny)
+    upcast: bool = False  # --upcast-sampling: latents, scheduler and CFG in fp32, the UNet's input cast to its dtype
 
     @property
     def use_cfg(self) -> bool:
@@ -117,7 +118,7 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
     embeds, added = _unet_inputs(job, cond, uncond)
     embeds, added = _revision(job, embeds, added, step, latents.shape[0] if job.use_cfg else 0)
     x = torch.cat([latents] * 2) if job.use_cfg else latents
-    x = _scale_input(job.scheduler, x, t)
+    x = _to_model(job, _scale_input(job.scheduler, x, t))
     batch = torch.arange(latents.shape[0], device=latents.device)
     control = _control(job, x, t, embeds, added, step, torch.cat([batch, batch]) if job.use_cfg else batch,
                        latents.shape[0] if job.use_cfg else 0)
@@ -130,7 +131,7 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
     if job.control_latents is not None:
         x = torch.cat([x, torch.cat([job.control_latents] * 2) if job.use_cfg else job.control_latents], dim=1)
     noise_pred = job.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False,
-                          **control)[0]
+                          **control)[0].to(latents.dtype)
     if job.hooks is not None:
         noise_pred = job.hooks.after_model(noise_pred, step, total)
     if job.use_cfg:
@@ -183,6 +184,11 @@ def _scale_input(scheduler, x: torch.Tensor, t) -> torch.Tensor:
     return scale(x, t) if scale is not None else x
 
 
+def _to_model(job: SamplingJob, x: torch.Tensor) -> torch.Tensor:
+    """The UNet's input in its own dtype (only differs under --upcast-sampling, where the latents are fp32)."""
+    return x.to(job.unet.dtype) if job.upcast else x
+
+
 def _sigma(job: SamplingJob, step: int, t):
     sigmas = getattr(job.scheduler, "sigmas", None)
     index = getattr(job.scheduler, "step_index", None)
@@ -213,7 +219,7 @@ def _denoise_multi(job: SamplingJob, latents: torch.Tensor, t, step: int, cond, 
         pooled.insert(0, uncond.pooled)
         if time_ids is not None:
             time_ids.insert(0, job.uncond_time_ids)
-    x = _scale_input(job.scheduler, torch.cat(rows), t)
+    x = _to_model(job, _scale_input(job.scheduler, torch.cat(rows), t))
     added = None if cond.pooled is None else {"text_embeds": torch.cat(pooled),
                                               "time_ids": None if time_ids is None else torch.cat(time_ids)}
     embeds, added = _revision(job, torch.cat(embeds), added, step, batch if use_cfg else 0)
@@ -231,7 +237,7 @@ def _denoise_multi(job: SamplingJob, latents: torch.Tensor, t, step: int, cond, 
         read = job.control_latents[owners]
         x = torch.cat([x, torch.cat([job.control_latents, read]) if use_cfg else read], dim=1)
     out = job.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False,
-                   **control)[0]
+                   **control)[0].to(latents.dtype)
     if use_cfg:
         noise_uncond, noise_cond = out[:batch], out[batch:]
         noise_pred = noise_uncond.clone()
@@ -254,7 +260,7 @@ def _denoise_multi(job: SamplingJob, latents: torch.Tensor, t, step: int, cond, 
 @torch.inference_mode()
 def sample(job: SamplingJob) -> torch.Tensor:
     """Run the scheduler over `job.timesteps` and return the final latents."""
-    latents = job.latents
+    latents = job.latents.float() if job.upcast else job.latents
     timesteps = job.timesteps
     total = len(timesteps)
     inpaint4 = job.inpaint is not None and job.inpaint.masked_image_latents is None
