@@ -207,6 +207,34 @@ def check_python(ns) -> int:
     return 0
 
 
+def update_extensions(ns, paths: Paths) -> None:
+    """--update-all-extensions: ``git pull --ff-only`` in every enabled extension that is a git checkout, before
+    their installers run (A1111 pulls them at launch); a failure (local changes, no network) is a warning."""
+    from modules import extensions
+    from modules.settings import Settings
+
+    found = extensions.discover_configured(paths, Settings.load(paths.config_file), ns)
+    for ext in extensions.active(found):
+        if ext.is_builtin or not ext.is_git:
+            continue
+        try:
+            print(extensions.update(ext), flush=True)
+        except extensions.ExtensionError as e:
+            print(f"launch.py: warning: {ext.name} not updated: {e}", file=sys.stderr)
+
+
+def update_check() -> str:
+    """--update-check: whether this checkout is behind its upstream branch (``git fetch``; A1111 asks GitHub)."""
+    from modules import extensions
+
+    state = extensions.check_for_updates(extensions.Extension("stable-diffusion-webui", ROOT, False))
+    if state == "latest":
+        return "You are up to date with the most recent version."
+    if state == "behind":
+        return "You are not up to date with the most recent version: run `git pull` in this folder to update."
+    return f"Could not check for updates ({state.removeprefix('unknown: ')})."
+
+
 def _run_extension_installers(ns, paths: Paths) -> None:
     """Each enabled extension's install.py (A1111 runs them at every launch); a failure is reported, not fatal."""
     from modules import extensions
@@ -286,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch.py: error: cannot create data folders: {e}", file=sys.stderr)
         return 1
 
+    if ns.update_check:
+        print(update_check(), flush=True)
+    if ns.update_all_extensions:
+        update_extensions(ns, paths)
     if not ns.skip_install:
         _run_extension_installers(ns, paths)
 

@@ -262,8 +262,10 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
     add("--reinstall-torch", action="store_true",
         help="install torch again (the build for this machine, or $TORCH_COMMAND) before starting")
     add("--reinstall-xformers", action="store_true", help="accepted for compatibility")
-    add("--update-check", action="store_true", help="accepted for compatibility (no network access)")
-    add("--update-all-extensions", action="store_true", help="accepted for compatibility (no network access)")
+    add("--update-check", action="store_true",
+        help="at start, say whether this checkout is behind its upstream branch (git fetch)")
+    add("--update-all-extensions", action="store_true",
+        help="at start, git pull every enabled extension installed from git (before their install.py run)")
     add("--do-not-download-clip", action="store_true", help="accepted for compatibility (models are never downloaded)")
     add("--loglevel", type=str, default=None, choices=["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"],
         help="log level")

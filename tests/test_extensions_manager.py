@@ -234,6 +234,42 @@ def test_check_for_updates_then_update_pulls_the_new_commit(tmp_path, paths):
         extensions.update(plain)
 
 
+def test_update_all_extensions_at_launch_pulls_each_git_extension_and_warns_for_one_that_cannot(
+        tmp_path, paths, capsys):
+    import launch
+
+    origin = make_repo(tmp_path / "pulled", {"scripts/u.py": "V = 1\n"})
+    stuck_origin = make_repo(tmp_path / "stuck", {"scripts/s.py": "V = 1\n"})
+    pulled = extensions.install_from_url(paths, origin.as_uri())
+    stuck = extensions.install_from_url(paths, stuck_origin.as_uri())
+    new = commit(origin, {"scripts/u.py": "V = 2\n"}, "second")
+    commit(stuck_origin, {"scripts/s.py": "V = 2\n"}, "second")
+    (stuck.path / "scripts" / "s.py").write_text("V = 'my own edit'\n")  # local changes: a pull must not lose them
+
+    ns = cmd_args.parse_args(["--data-dir", str(paths.data_dir), "--update-all-extensions"], env={})
+    launch.update_extensions(ns, paths)
+    out = capsys.readouterr()
+    assert "pulled updated from" in out.out and new[:8] in out.out
+    assert (pulled.path / "scripts" / "u.py").read_text() == "V = 2\n"
+    assert "warning: stuck not updated" in out.err
+    assert (stuck.path / "scripts" / "s.py").read_text() == "V = 'my own edit'\n"
+
+
+def test_update_check_says_whether_the_program_is_behind_its_upstream(tmp_path, monkeypatch):
+    import launch
+
+    origin = make_repo(tmp_path / "origin", {"launch.py": "\n"})
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", origin.as_uri(), str(clone))
+    monkeypatch.setattr(launch, "ROOT", clone)
+    assert launch.update_check() == "You are up to date with the most recent version."
+    commit(origin, {"launch.py": "# new\n"}, "second")
+    assert "not up to date" in launch.update_check() and "git pull" in launch.update_check()
+    monkeypatch.setattr(launch, "ROOT", tmp_path / "no-git")
+    (tmp_path / "no-git").mkdir()
+    assert launch.update_check() == "Could not check for updates (not a git repository)."
+
+
 # --- pip guard ------------------------------------------------------------------------------------------------------
 
 def test_run_pip_refuses_to_change_a_core_package(monkeypatch, capsys):
