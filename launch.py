@@ -197,6 +197,43 @@ def prepare_torch(ns) -> int:
     return 0
 
 
+def prepare_xformers(ns) -> None:
+    """--xformers with xformers missing, or --reinstall-xformers: install ``$XFORMERS_PACKAGE`` (default xformers)
+    from torch's index, with the installed torch pinned so pip cannot swap it for another build (A1111 installs
+    it at launch too). A failure is a warning: attention falls back to PyTorch's SDPA."""
+    import importlib.metadata as md
+    import importlib.util
+    import tempfile
+
+    if not ns.xformers or (importlib.util.find_spec("xformers") is not None and not ns.reinstall_xformers):
+        return
+    package = os.environ.get("XFORMERS_PACKAGE", "").strip() or "xformers"
+    args = [sys.executable, "-m", "pip", "install", *(["--force-reinstall", "--no-deps"]
+                                                     if ns.reinstall_xformers else []), *shlex.split(package)]
+    index = re.search(r"--(?:extra-)?index-url\s+(\S+)", (_recorded_torch(_torch_record()) or {}).get("command", ""))
+    if index:
+        args += ["--extra-index-url", index.group(1)]
+    with tempfile.TemporaryDirectory() as tmp:
+        pins = Path(tmp) / "torch-pin.txt"
+        with contextlib.suppress(md.PackageNotFoundError):
+            pins.write_text(f"torch=={md.version('torch')}\n", encoding="utf-8")
+            args += ["-c", str(pins)]
+        print(f"Installing xformers: {' '.join(args[3:])}", flush=True)
+        rc = subprocess.call(args)
+    if rc != 0:
+        print(f"launch.py: warning: installing {package} failed (pip exit status {rc}); attention uses PyTorch's "
+              f"SDPA instead. Set XFORMERS_PACKAGE to a build matching torch {_torch_version()}.", file=sys.stderr)
+
+
+def _torch_version() -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version("torch")
+    except md.PackageNotFoundError:
+        return "(not installed)"
+
+
 def check_python(ns) -> int:
     from modules import install_plan
 
@@ -302,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = check_python(ns) or prepare_torch(ns) or prepare_environment()
         if rc:
             return rc
+        prepare_xformers(ns)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

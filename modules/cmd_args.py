@@ -223,7 +223,7 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
         help="evaluate at this precision")
     add("--opt-sdp-attention", action="store_true", help="use scaled dot product attention")
     add("--opt-sdp-no-mem-attention", action="store_true", help="use scaled dot product attention without memory-efficient kernels")
-    add("--xformers", action="store_true", help="use xformers attention (when installed)")
+    add("--xformers", action="store_true", help="use xformers attention (installed at start when missing)")
     add("--force-enable-xformers", action="store_true", help="use xformers even if the check fails")
     add("--opt-split-attention", action="store_true",
         help="compute attention in slices (less memory, slower): the low-memory fallback")
@@ -261,7 +261,8 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
     add("--skip-version-check", action="store_true", help="do not check torch/xformers versions")
     add("--reinstall-torch", action="store_true",
         help="install torch again (the build for this machine, or $TORCH_COMMAND) before starting")
-    add("--reinstall-xformers", action="store_true", help="accepted for compatibility")
+    add("--reinstall-xformers", action="store_true",
+        help="with --xformers: install xformers again ($XFORMERS_PACKAGE, default xformers) before starting")
     add("--update-check", action="store_true",
         help="at start, say whether this checkout is behind its upstream branch (git fetch)")
     add("--update-all-extensions", action="store_true",

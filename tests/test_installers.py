@@ -250,3 +250,40 @@ def test_webui_sh_names_a_python_that_cannot_run_it(tmp_path):
     out = subprocess.run(["bash", str(ROOT / "webui.sh")], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "Python 2.7.18 cannot run the installer" in out.stderr
     assert "3.10 to 3.13" in out.stderr and not (tmp_path / "venv").exists()
+
+
+def test_xformers_is_installed_from_torchs_index_with_torch_pinned_and_a_failure_only_warns(
+        tmp_path, monkeypatch, capsys):
+    import importlib.metadata as md
+    import importlib.util
+
+    from modules import cmd_args
+
+    record = tmp_path / "sd-webui-torch.json"
+    record.write_text('{"command": "pip install torch torchvision --extra-index-url '
+                      'https://download.pytorch.org/whl/cu128"}')
+    monkeypatch.setattr(launch, "_torch_record", lambda: record)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xformers"
+                        else real_find_spec(name, *a))
+    calls = []
+
+    def fake_pip(args):
+        pins = args[args.index("-c") + 1]
+        calls.append((args, Path(pins).read_text()))
+        return 1
+
+    monkeypatch.setattr(launch.subprocess, "call", fake_pip)
+    launch.prepare_xformers(cmd_args.parse_args(["--skip-install"], env={}))
+    assert calls == [], "nothing is installed without --xformers"
+    launch.prepare_xformers(cmd_args.parse_args(["--xformers"], env={}))
+    args, pins = calls[-1]
+    assert args[3:6] == ["install", "xformers", "--extra-index-url"] and args[6].endswith("/whl/cu128")
+    assert pins == f"torch=={md.version('torch')}\n"
+    err = capsys.readouterr().err
+    assert "installing xformers failed" in err and "SDPA" in err
+
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    monkeypatch.setenv("XFORMERS_PACKAGE", "xformers==0.0.33")
+    launch.prepare_xformers(cmd_args.parse_args(["--xformers", "--reinstall-xformers"], env={}))
+    assert calls[-1][0][3:7] == ["install", "--force-reinstall", "--no-deps", "xformers==0.0.33"]
