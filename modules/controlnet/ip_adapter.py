@@ -22,6 +22,7 @@ import torch
 from modules.controlnet.detect import ControlNetFileError
 
 CLIP_VISION_EXTENSIONS = (".safetensors", ".bin", ".pth", ".pt")
+INSTANT_ID_FACE_WIDTH = 512  # a resampler this wide reads ArcFace's embedding, not a CLIP encoder's tokens
 
 
 @dataclass
@@ -34,6 +35,7 @@ class IPAdapterWeights:
     config: Any  # cross_attention_dim, as the other control models' configs carry it
     faceid: str | None = None  # "plain" | "plus": reads a face embedding (face_embed.py), "plus" also CLIP-H tokens
     shortcut: bool = False  # FaceID Plus v2: the face tokens plus the resampler's output (set from the file name)
+    instant_id: bool = False  # InstantID's adapter: its resampler reads a 512-wide face embedding (instant_id.py)
 
     @property
     def dtype(self):
@@ -66,7 +68,8 @@ def parse(sd: Mapping) -> tuple[IPAdapterWeights, str | None]:
     else:
         raise ControlNetFileError("an IP-Adapter whose image projection this program does not know")
     weights = IPAdapterWeights({"image_proj": image_proj, "ip_adapter": layers}, plus, width,
-                               SimpleNamespace(cross_attention_dim=cross), faceid=faceid)
+                               SimpleNamespace(cross_attention_dim=cross), faceid=faceid,
+                               instant_id="latents" in image_proj and width == INSTANT_ID_FACE_WIDTH)
     # The released adapters' text widths name their family; another width is checked against the UNet's alone.
     return weights, {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(cross)
 

@@ -68,7 +68,7 @@ def prepare(requests: list, *, library, model, width: int, height: int, init_ima
             continue
         try:
             unit, detected = _prepare_one(index, req, library, model, width, height, init_image, init_mask,
-                                          annotator_dir, crop)
+                                          annotator_dir, crop, previous=out.units[-1] if out.units else None)
         except RequestError as e:
             if not skip_failed:
                 raise
@@ -85,8 +85,9 @@ def prepare(requests: list, *, library, model, width: int, height: int, init_ima
 
 
 def _prepare_one(index: int, req, library, model, width: int, height: int, init_image, init_mask,
-                 annotator_dir: Path | None, crop=None, structure: bool = False):
-    from modules.controlnet import faceid, preprocessors, reference, revision
+                 annotator_dir: Path | None, crop=None, structure: bool = False, previous=None):
+    """`previous`: the unit prepared just before this one (an InstantID ControlNet reads its face tokens)."""
+    from modules.controlnet import faceid, instant_id, preprocessors, reference, revision
     from modules.controlnet.models import ControlNetLoadError
 
     where = f"controlnet[{index}]"
@@ -98,14 +99,19 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
         return _reference_unit(where, req, pre, model, init_image, init_mask, crop)
     if pre.name in revision.MODULES:
         return _revision_unit(where, req, pre, library, model, init_image, init_mask), None
-    if "Instant-ID" in pre.tags or pre.name.startswith("ip-adapter_pulid"):
+    if pre.name.startswith("ip-adapter_pulid"):
         raise RequestError(f"{where}.module: {pre.name} is not supported yet (ControlNet, T2I-Adapter, "
-                           "Control-LoRA and IP-Adapter models are)")
+                           "Control-LoRA, IP-Adapter and InstantID models are)")
+    if instant_id.is_instant_id_module(pre.name) and not structure:
+        instant_id.check_checkpoint(where, pre.name, model)
     if req.model in ("", "None") and not structure:
         raise RequestError(f"{where}.model: no ControlNet model chosen for preprocessor {pre.name}")
     source, mask = _input(where, req, init_image, init_mask)
     if crop is not None and req.inpaint_crop_input_image and init_image is not None:
         source, mask = _crop(source, init_image.size, crop), _crop(mask, init_image.size, crop)
+    if pre.name == instant_id.EMBEDDING:  # InstantID's face embedding through its adapter (instant_id.py)
+        return instant_id.embedding_unit(where, req, pre, library, model, source, width, height,
+                                         annotator_dir), None
     if faceid.is_faceid_module(pre.name):  # IP-Adapter FaceID (faceid.py): the face's embedding as the prompt
         return faceid.unit(where, req, pre, library, model, source, width, height, annotator_dir), None
     if pre.name.startswith(("ip-adapter", "clip_vision")) or "IP-Adapter" in pre.tags:
@@ -147,6 +153,8 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
         hr_option=req.hr_option.value, soft_in_hires=any(k in pre.name for k in SOFT_IN_HIRES),
         advanced_weighting=req.advanced_weighting, union_type=union, kind=loaded.kind,
         region_mask=_region(req.effective_region_mask), low_vram=req.low_vram)
+    if loaded.kind == "controlnet" and instant_id.reads_face_tokens(pre.name, loaded.title):
+        unit.context = instant_id.tokens_from(where, pre.name, loaded.title, previous)
     return unit, detected_image
 
 
@@ -227,6 +235,9 @@ def _image_prompt(where: str, req, library, model, picture: Image.Image, width: 
         if loaded.kind != "ip_adapter":
             raise RequestError(f"{where}.model: {loaded.title} is not an IP-Adapter (preprocessor {req.module} "
                                "makes image prompts)")
+        if loaded.model.instant_id:
+            raise RequestError(f"{where}.model: {loaded.title} is InstantID's adapter: it reads a face embedding, "
+                               f"pair it with preprocessor instant_id_face_embedding, not {req.module}")
         encoder = library.encoder(loaded.model, model.device, model.dtype)
     except ControlNetLoadError as e:
         raise RequestError(f"{where}.model: {e}") from None

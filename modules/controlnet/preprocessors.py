@@ -301,6 +301,13 @@ def _face_id(img, res, a, b, ctx):
     return faceid.preview(img, res, a, b, ctx)
 
 
+def _instant_id(img, res, a, b, ctx):
+    """InstantID (instant_id.py): the face keypoint map, or the face the embedding unit reads."""
+    from modules.controlnet import instant_id
+
+    return instant_id.run(img, res, a, b, ctx)
+
+
 def _network(img, res, a, b, ctx):
     """Model-based: runs from the user's annotator folder (annotators.py, imported only now)."""
     from modules.controlnet import annotators
@@ -379,6 +386,10 @@ def _weight_free() -> list[Preprocessor]:
         # w600k_r50.onnx) give the face's embedding; "plus" adds the picture's CLIP-H encoding. Detect: the face.
         _free("ip-adapter_face_id", _face_id, ["IP-Adapter"]),
         _free("ip-adapter_face_id_plus", _face_id, ["IP-Adapter"]),
+        # InstantID (instant_id.py): InsightFace's antelopev2 files (insightface/models/antelopev2/
+        # scrfd_10g_bnkps.onnx, glintr100.onnx); the extension still shows (and passes) the resolution slider.
+        _free("instant_id_face_embedding", _instant_id, ["Instant-ID"], _res()),
+        _free("instant_id_face_keypoints", _instant_id, ["Instant-ID"], _res()),
     ]
 
 

@@ -47,6 +47,7 @@ class ControlUnit:
     ip_embeds: tuple | None = None  # an IP-Adapter's (positive, negative) image tokens (ip_adapter.encode)
     region_mask: torch.Tensor | None = None  # (1, 1, H, W) in [0, 1]: where the unit acts (effective region mask)
     low_vram: bool = False  # the model waits on the CPU between steps (GPU only)
+    context: tuple | None = None  # (positive, negative) tokens a ControlNet reads instead of the prompt (InstantID)
 
     def in_region(self, residual: torch.Tensor) -> torch.Tensor:
         """The residual kept only inside the unit's region (the mask scaled bilinearly to the residual's size, as
@@ -150,7 +151,8 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
             features = _adapter_features(control, rows, uncond_rows, x.dtype)
             intra = features if intra is None else [a + b for a, b in zip(intra, features)]
             continue
-        d, m = _forward(control, control.image[rows], x, t, embeds, added)
+        context = embeds if unit.context is None else _token_rows(unit.context, len(rows), uncond_rows, x.dtype)
+        d, m = _forward(control, control.image[rows], x, t, context, added)
         scales = unit.block_scales(len(d) + 1, control.hires)
         outputs = [unit.in_region(r * s) for r, s in zip([*d, m], scales)]
         if uncond_rows and unit.cond_only():  # only the prompt's rows are guided
@@ -201,6 +203,14 @@ def _ip_rows(unit: ControlUnit, rows: torch.Tensor, uncond_rows: int, dtype) -> 
     positive, negative = unit.ip_embeds
     parts = [negative.expand(uncond_rows, *negative.shape[1:])] if uncond_rows else []
     parts.append(positive.expand(len(rows) - uncond_rows, *positive.shape[1:]))
+    return torch.cat(parts).to(dtype)
+
+
+def _token_rows(pair: tuple, count: int, uncond_rows: int, dtype) -> torch.Tensor:
+    """(positive, negative) tokens laid out per UNet row: the negative ones for the negative prompt's rows."""
+    positive, negative = pair
+    parts = [negative.expand(uncond_rows, *negative.shape[1:])] if uncond_rows else []
+    parts.append(positive.expand(count - uncond_rows, *positive.shape[1:]))
     return torch.cat(parts).to(dtype)
 
 
