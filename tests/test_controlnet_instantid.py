@@ -295,8 +295,10 @@ def test_instantid_units_match_the_sdxl_controlnet_pipeline_given_the_face(insta
                               controlnet_conditioning_scale=0.7).images
     finally:
         net.forward = original
-    assert _diff(ours, theirs) <= 2
-    assert _diff(ours, prompt_context) > 3  # the face tokens, not the prompt, guide the ControlNet
+    assert len(ours) == 2  # the picture and the keypoint unit's map (the embedding unit draws none)
+    np.testing.assert_array_equal(np.asarray(ours[1]), np.asarray(kps))
+    assert _diff(ours[:1], theirs) <= 2
+    assert _diff(ours[:1], prompt_context) > 3  # the face tokens, not the prompt, guide the ControlNet
 
 
 def test_instantid_requests_say_what_is_wrong(instantid, annotators, tmp_path, load_tiny):
@@ -311,5 +313,11 @@ def test_instantid_requests_say_what_is_wrong(instantid, annotators, tmp_path, l
         _run(model, library, annotators, _units(face, first=False))
     with pytest.raises(RequestError, match=r"controlnet\[0\]\.model: ip-adapter_sdxl.* is not the InstantID"):
         _run(model, library, annotators, _units(face, second=False, embed_model="ip-adapter_sdxl"))
+    from modules.controlnet.unit_request import ControlNetUnitRequest, UnitImage
+
+    clip_unit = ControlNetUnitRequest(module="ip-adapter_clip_sdxl", model="ip-adapter_instant_id_sdxl",
+                                      images=[UnitImage(face)])
+    with pytest.raises(RequestError, match=r"controlnet\[0\]\.model: .*InstantID's adapter.*instant_id_face_embedding"):
+        _run(model, library, annotators, [clip_unit])
     with pytest.raises(RequestError, match="works with SDXL checkpoints"):
         _run(load_tiny("sd1.safetensors"), library, annotators, _units(face))
