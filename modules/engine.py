@@ -124,6 +124,10 @@ class Engine:
 
         `script_args`: the UI's flat script-arguments list; API requests name scripts in `script_name` /
         `alwayson_scripts` instead. Bad requests raise RequestError before any work is done."""
+        from modules import img2img_batch
+
+        if img2img_batch.has_batch_units(req):  # the ControlNet extension's batch units: once per control picture
+            return img2img_batch.run_controlnet_batch(self, req, script_args)
         req.validate()
         if req.styles and self.styles is not None:
             self.styles.apply_to_request(req)

@@ -531,6 +531,8 @@ _section("control_net", {  # the sd-webui-controlnet extension's options (its se
     "control_net_detectedmap_dir": _O("detected_maps", "Directory for detected maps auto saving"),
     "controlnet_skip_failed_units": _O(False, "Skip a unit whose model or preprocessor fails instead of stopping "
                                               "the generation"),
+    "controlnet_show_batch_images_in_ui": _O(False, "Show batch images in gradio gallery output"),
+    "controlnet_increment_seed_during_batch": _O(False, "Increment seed after each controlnet batch iteration"),
 })
 
 _section("hidden", {

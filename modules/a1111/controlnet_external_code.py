@@ -64,7 +64,8 @@ _PICTURES = ("image", "mask", "effective_region_mask", "batch_images", "ipadapte
 _REQUEST_FIELDS = ("enabled", "module", "model", "weight", "image", "mask", "resize_mode", "low_vram",
                    "processor_res", "threshold_a", "threshold_b", "guidance_start", "guidance_end", "pixel_perfect",
                    "control_mode", "hr_option", "save_detected_map", "advanced_weighting", "union_control_type",
-                   "inpaint_crop_input_image", "effective_region_mask", "ipadapter_input")
+                   "inpaint_crop_input_image", "effective_region_mask", "ipadapter_input", "input_mode",
+                   "batch_images", "output_dir")
 
 
 def get_api_version() -> int:

@@ -427,6 +427,12 @@ class Api:
         except RequestError as e:
             raise ApiError(422, str(e), "RequestError") from None
         check_request(req, self.engine.settings, self.engine.upscalers.names(), self.engine.scripts)
+        if getattr(self.args, "hide_ui_dir_config", False) and any(
+                u.enabled and getattr(u.input_mode, "value", "") == "batch" and (isinstance(u.batch_images, str)
+                                                                                  or u.output_dir)
+                for u in req.controlnet_units):  # a folder of the server: as the output folders (403)
+            raise ApiError(403, "controlnet batch_images/output_dir: folders of the server cannot be read or "
+                                "written (--hide-ui-dir-config)", "Forbidden")
         return req, raw_images
 
     def _check_locked_options(self, values) -> None:

@@ -17,6 +17,9 @@ What is accepted (everything the extension accepts, current and pre-pydantic ver
   control_mode and hr_option 0-2) and the ``"HiResFixOption.LOW_RES_ONLY"`` form of its enums' ``str()``;
   also (beyond the extension) the member name alone, any case: ``"BALANCED"``, ``"inner_fit"``;
 - numbers as JSON numbers or numeric strings, booleans as JSON booleans, 0/1 or true/false/yes/no/on/off strings;
+- ``input_mode`` ``"simple"`` / ``"batch"`` / ``"merge"`` (the extension's ``InputMode``); a batch unit's
+  ``batch_images`` (a folder on the server, or a list of images) and ``output_dir`` are kept for
+  :mod:`modules.img2img_batch`, which runs it; other modes ignore them, as the extension does;
 - unknown fields are ignored (the extension's ``extra="ignore"``); ``null`` for a field means its default
   (except ``enabled: null``, which disables the unit, as the pre-pydantic extension did).
 
@@ -59,6 +62,7 @@ __all__ = [
     "ResizeMode",
     "ControlMode",
     "HiResFixOption",
+    "InputMode",
     "UNION_CONTROL_TYPES",
     "MODEL_FREE_MODULES",
     "UnitImage",
@@ -91,6 +95,14 @@ class HiResFixOption(str, Enum):
     BOTH = "Both"
     LOW_RES_ONLY = "Low res only"
     HIGH_RES_ONLY = "High res only"
+
+
+class InputMode(str, Enum):
+    """The extension's unit input tabs: one picture, a folder (one generation per picture of it; in img2img Batch,
+    picture k of the batch takes the folder's k-th), or several pictures for one generation ("Multi-Inputs")."""
+    SIMPLE = "simple"
+    BATCH = "batch"
+    MERGE = "merge"
 
 
 # The extension's aliases for resize modes (external_code.resize_mode_aliases; deforum sends these).
@@ -160,6 +172,11 @@ class ControlNetUnitRequest:
     union_control_type: str = "Unknown"
     inpaint_crop_input_image: bool = True
     effective_region_mask: Image.Image | None = None  # mode "L" (the extension reads the first channel)
+    input_mode: InputMode = InputMode.SIMPLE
+    # input_mode "batch": the unit's folder (a path on the server; "" or None: the img2img Batch input folder) or a
+    # list of pictures (decoded images, or paths of files the extension would read); ignored in the other modes
+    batch_images: Any = None
+    output_dir: str = ""  # input_mode "batch" outside img2img Batch: where each generation is saved, named as its map
 
     def __post_init__(self):
         # One type per field whatever the constructor got (the dataclass defaults -1 are ints): infotext writes
@@ -252,6 +269,13 @@ class ControlNetUnitRequest:
         if get("hr_option") is not None:
             kw["hr_option"] = _enum(name("hr_option"), get("hr_option"), HiResFixOption, {},
                                     ints=dict(enumerate(HiResFixOption)))
+        if get("input_mode") is not None:
+            kw["input_mode"] = _enum(name("input_mode"), get("input_mode"), InputMode, {},
+                                     ints=dict(enumerate(InputMode)))
+        if kw.get("input_mode") == InputMode.BATCH:
+            kw["batch_images"] = _batch_images(name("batch_images"), get("batch_images"), image_base)
+            if get("output_dir") is not None:
+                kw["output_dir"] = _str(name("output_dir"), get("output_dir"))
         if get("union_control_type") is not None:
             kw["union_control_type"] = _union_type(name("union_control_type"), get("union_control_type"))
         if get("advanced_weighting") is not None:
@@ -293,6 +317,8 @@ class ControlNetUnitRequest:
             if f.name in ("images", "effective_region_mask"):
                 continue
             v = getattr(self, f.name)
+            if f.name == "batch_images" and not (v is None or isinstance(v, str)):
+                v = [str(x) for x in v if isinstance(x, (str, Path))] or None  # decoded pictures are left out
             out[f.name] = v.value if isinstance(v, Enum) else (list(v) if isinstance(v, list) else v)
         return out
 
@@ -496,6 +522,24 @@ def _union_type(name: str, value: Any) -> str:
             if value.strip().lower() == t.lower():
                 return t
     raise RequestError(f"{name}: {value!r} is not one of {', '.join(map(repr, UNION_CONTROL_TYPES))}")
+
+
+def _batch_images(name: str, value: Any, image_base: Path | None) -> Any:
+    """A batch unit's `batch_images`: a folder path (str, kept as given, read when the unit runs), or a list of
+    pictures: base64 / data URIs / arrays decoded now, existing file paths kept (the extension reads those)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, (str, Path)):
+        return str(value).strip()
+    if not isinstance(value, (list, tuple)):
+        raise RequestError(f"{name}: must be a folder path or a list of images, got {_kind(value)}")
+    out: list[Any] = []
+    for i, item in enumerate(value):
+        if isinstance(item, Path) or (isinstance(item, str) and len(item) < 4096 and Path(item).is_file()):
+            out.append(Path(item))
+        else:
+            out.append(_to_rgb(decode_image(item, f"{name}[{i}]", image_base)))
+    return out or None
 
 
 def _has_model(model: str) -> bool:
