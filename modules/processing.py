@@ -579,7 +579,7 @@ class Generation:
 
         out = []
         for index, u in enumerate(self.control_units):
-            if u.kind == "structure" or not (u.used_in(plan.hires) or u.kind == "ip_adapter"):
+            if u.kind == "structure" or not (u.used_in(plan.hires) or u.kind in ("ip_adapter", "pulid")):
                 continue
             if u.kind == "reference":  # its picture's latents at this pass's size, and its own noise
                 noise = torch.Generator().manual_seed((plan.seeds[0] * 1_000_003 + 7919 * (index + 1)) % 2 ** 63)
@@ -615,9 +615,10 @@ class Generation:
     def image_prompts(self):
         """The IP-Adapter units' layers and the reference units' hooks on the UNet while this request runs
         (removed afterwards)."""
-        from modules.controlnet import ip_adapter, reference
+        from modules.controlnet import ip_adapter, pulid, reference
 
         with ip_adapter.attached(self.model.unet, [u.model for u in self.control_units if u.kind == "ip_adapter"]), \
+                pulid.attached(self.model.unet, [u.model for u in self.control_units if u.kind == "pulid"]), \
                 reference.attached(self.model, self.control_units) as injection:
             self._reference = injection
             try:

@@ -65,6 +65,8 @@ def parse(sd: Mapping) -> tuple[IPAdapterWeights, str | None]:
         plus, width = True, int(image_proj["proj_in.weight"].shape[1])
     elif "proj.0.weight" in image_proj:  # "full" (face) adapters: an MLP on the image embedding
         plus, width = False, int(image_proj["proj.0.weight"].shape[1])
+    elif "body.0.weight" in image_proj and "mapping_0.0.weight" in image_proj:  # PuLID's IDEncoder (pulid.py)
+        plus, width = False, int(image_proj["body.0.weight"].shape[1])
     else:
         raise ControlNetFileError("an IP-Adapter whose image projection this program does not know")
     weights = IPAdapterWeights({"image_proj": image_proj, "ip_adapter": layers}, plus, width,

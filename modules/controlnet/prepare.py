@@ -99,9 +99,6 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
         return _reference_unit(where, req, pre, model, init_image, init_mask, crop)
     if pre.name in revision.MODULES:
         return _revision_unit(where, req, pre, library, model, init_image, init_mask), None
-    if pre.name.startswith("ip-adapter_pulid"):
-        raise RequestError(f"{where}.module: {pre.name} is not supported yet (ControlNet, T2I-Adapter, "
-                           "Control-LoRA, IP-Adapter and InstantID models are)")
     if instant_id.is_instant_id_module(pre.name) and not structure:
         instant_id.check_checkpoint(where, pre.name, model)
     if req.model in ("", "None") and not structure:
@@ -109,6 +106,10 @@ def _prepare_one(index: int, req, library, model, width: int, height: int, init_
     source, mask = _input(where, req, init_image, init_mask)
     if crop is not None and req.inpaint_crop_input_image and init_image is not None:
         source, mask = _crop(source, init_image.size, crop), _crop(mask, init_image.size, crop)
+    if pre.name == "ip-adapter_pulid":  # PuLID (pulid.py): the face read three ways, its id tokens in attn2
+        from modules.controlnet import pulid
+
+        return pulid.unit(where, req, pre, library, model, source, width, height, annotator_dir)
     if pre.name == instant_id.EMBEDDING:  # InstantID's face embedding through its adapter (instant_id.py)
         return instant_id.embedding_unit(where, req, pre, library, model, source, width, height,
                                          annotator_dir), None
@@ -238,6 +239,9 @@ def _image_prompt(where: str, req, library, model, picture: Image.Image, width: 
         if loaded.model.instant_id:
             raise RequestError(f"{where}.model: {loaded.title} is InstantID's adapter: it reads a face embedding, "
                                f"pair it with preprocessor instant_id_face_embedding, not {req.module}")
+        if "body.0.weight" in loaded.model.state_dict["image_proj"]:  # PuLID's IDEncoder (pulid.py)
+            raise RequestError(f"{where}.model: {loaded.title} is a PuLID model: it reads a face three ways, pair "
+                               f"it with preprocessor ip-adapter_pulid, not {req.module}")
         encoder = library.encoder(loaded.model, model.device, model.dtype)
     except ControlNetLoadError as e:
         raise RequestError(f"{where}.model: {e}") from None

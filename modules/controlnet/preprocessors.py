@@ -308,6 +308,13 @@ def _instant_id(img, res, a, b, ctx):
     return instant_id.run(img, res, a, b, ctx)
 
 
+def _pulid(img, res, a, b, ctx):
+    """PuLID (pulid.py): the face features picture its EVA-CLIP reads."""
+    from modules.controlnet import pulid
+
+    return pulid.run(img, res, a, b, ctx)
+
+
 def _network(img, res, a, b, ctx):
     """Model-based: runs from the user's annotator folder (annotators.py, imported only now)."""
     from modules.controlnet import annotators
@@ -390,6 +397,10 @@ def _weight_free() -> list[Preprocessor]:
         # scrfd_10g_bnkps.onnx, glintr100.onnx); the extension still shows (and passes) the resolution slider.
         _free("instant_id_face_embedding", _instant_id, ["Instant-ID"], _res()),
         _free("instant_id_face_keypoints", _instant_id, ["Instant-ID"], _res()),
+        # PuLID (pulid.py): antelopev2 as above, facexlib/detection_Resnet50_Final.pth + parsing_bisenet.pth,
+        # EVA-CLIP/EVA02_CLIP_L_336_psz14_s6B.pt; `facexlib` alone gives the face features picture.
+        _free("ip-adapter_pulid", _pulid, ["IP-Adapter"]),
+        _free("facexlib", _pulid, []),
     ]
 
 

@@ -172,6 +172,7 @@ class ControlNetUnitRequest:
     union_control_type: str = "Unknown"
     inpaint_crop_input_image: bool = True
     effective_region_mask: Image.Image | None = None  # mode "L" (the extension reads the first channel)
+    pulid_mode: str = "Fidelity"  # PuLID's attention: "Fidelity" | "Extremely style" (pulid.py)
     input_mode: InputMode = InputMode.SIMPLE
     # input_mode "batch": the unit's folder (a path on the server; "" or None: the img2img Batch input folder) or a
     # list of pictures (decoded images, or paths of files the extension would read); ignored in the other modes

@@ -85,7 +85,7 @@ class ControlUnit:
     def tensor(self, width: int, height: int, batch: int, device, dtype) -> torch.Tensor | None:
         """The map as the ControlNet reads it: (batch, 3, H, W) in [0, 1], fitted to the pass's size (an
         IP-Adapter reads no map: None)."""
-        if self.kind in ("ip_adapter", "revision", "t2i_style"):
+        if self.kind in ("ip_adapter", "revision", "t2i_style", "pulid"):
             return None
         from modules.controlnet.control_map import fit, to_tensor
 
@@ -133,6 +133,11 @@ def residuals(controls: list[ActiveControl], x: torch.Tensor, t, embeds: torch.T
             continue
         if unit.kind in ("revision", "t2i_style"):  # applied to the prompt's embeddings before this (revision.py,
             continue                                # t2i_style.py)
+        if unit.kind == "pulid":  # its processors read this step's id tokens and weight (pulid.py)
+            from modules.controlnet import pulid
+
+            pulid.step_rows(unit, rows, uncond_rows, x.dtype, control.enabled and unit.active_at(step, total))
+            continue
         if unit.kind == "ip_adapter":  # every attached adapter needs its tokens; its scale says if it acts
             ip_embeds.append(_ip_rows(unit, rows, uncond_rows, x.dtype))
             on = control.enabled and unit.active_at(step, total)
