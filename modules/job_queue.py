@@ -74,6 +74,7 @@ class QueuedJob:
     retried: int = 0  # requeued after its worker was lost
     progress: dict | None = None  # a cluster worker's JobState while it runs (the page reads it)
     convert: Callable[[Any], Any] | None = field(default=None, repr=False)  # a worker's result → this job's answer
+    stage: str = ""  # where a job of several generations is ("picture 2 of 5: cat.png"), shown with its progress
 
     def summary(self) -> dict:
         body = self.body
@@ -82,7 +83,7 @@ class QueuedJob:
                 "width": body.get("width", 512), "height": body.get("height", 512), "steps": body.get("steps", 20),
                 "batch_size": body.get("batch_size", 1), "n_iter": body.get("n_iter", 1), "created": self.created,
                 "started": self.started, "finished": self.finished, "error": self.error, "forever": self.forever,
-                "worker": self.worker, "retried": self.retried}
+                "worker": self.worker, "retried": self.retried, "stage": self.stage}
 
 
 class JobStore:

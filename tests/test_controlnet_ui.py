@@ -328,3 +328,45 @@ def test_paste_restores_the_unit(page):
     expect(page.locator(f"#{U0}_controlnet_control_mode_radio input[value='My prompt is more important']")
            ).to_be_checked()
     expect(page.locator(f"#{U0}_controlnet_resize_mode_radio input[value='Just Resize']")).to_be_checked()
+
+
+@pytest.mark.slow
+def test_img2img_batch_tab_runs_a_folder_with_a_controlnet_batch_unit(page, cn_data, tmp_path):
+    """A1111's img2img Batch tab (From directory) with unit 0 in the extension's Batch tab (its own folder): one
+    queue job, the gallery shows every picture, the output folder has them under the inputs' names."""
+    import os
+
+    expect = _expect()
+    inp, maps, out = tmp_path / "in", tmp_path / "maps", tmp_path / "out"
+    inp.mkdir()
+    maps.mkdir()
+    for i, name in enumerate(("cat.png", "dog.png")):
+        Image.fromarray(np.full((64, 64, 3), 60 + 80 * i, np.uint8)).save(inp / name)
+        _square().rotate(90 * i).save(maps / f"{i}.png")
+    page.get_by_role("tab", name="img2img", exact=True).click()
+    page.locator("#mode_img2img").get_by_role("tab", name="Batch", exact=True).click()
+    expect(page.locator("#img2img_batch_input_dir")).to_be_visible()
+    expect(page.locator("#img2img_batch_inpaint_mask_dir")).to_be_visible()
+    page.fill("#img2img_batch_input_dir textarea, #img2img_batch_input_dir input", str(inp))
+    page.fill("#img2img_batch_output_dir textarea, #img2img_batch_output_dir input", str(out))
+    open_controlnet(page, "img2img")
+    u0 = "img2img_controlnet_ControlNet-0"
+    page.locator(f"#{u0}_controlnet_same_img2img_checkbox input").check()
+    page.locator(f"#{u0}_input_tabs").get_by_role("tab", name="Batch", exact=True).click()
+    page.fill(f"#{u0}_batch_image_dir textarea, #{u0}_batch_image_dir input", str(maps))
+    page.locator(f"#{u0}_controlnet_enable_checkbox input").check()
+    page.click(f"#{u0}_controlnet_model_dropdown input[role=combobox]")
+    page.get_by_role("option").filter(has_text=CANNY_FILE).first.click()
+    page.fill("#img2img_prompt textarea", "a batch")
+    text = generate(page, "img2img")
+    assert 'ControlNet 0: "Module: none, Model: ' + CANNY_FILE in text, text
+    expect(page.locator("#img2img_gallery").locator(".thumbnail-item img, .thumbnails img")).to_have_count(2)
+    assert sorted(p.name for p in out.iterdir()) == ["cat.png", "dog.png"]
+    page.locator("#img2img_settings").first.scroll_into_view_if_needed()
+    folder = os.environ.get("SD_TEST_ARTIFACTS", "/tmp")
+    page.screenshot(path=f"{folder}/img2img_batch.png", full_page=True)
+    # a folder that does not exist: said in the page, nothing queued
+    page.fill("#img2img_batch_input_dir textarea, #img2img_batch_input_dir input", str(tmp_path / "nope"))
+    page.click("#img2img_generate")
+    expect(page.locator("#html_info_img2img .sd-error")).to_contain_text("Input directory does not exist")
+

@@ -197,6 +197,7 @@ def _wire_demo_defaults(engine: Engine, cfg: UiConfig, ckpt, note, t2i, i2i, dem
 
 def create_ui(engine: Engine, args=None) -> gr.Blocks:
     cfg = UiConfig(engine.paths.ui_config_file)
+    hide_dirs = bool(getattr(args, "hide_ui_dir_config", False))  # A1111: no folder boxes for other computers
     gradio_compat.install()
     script_callbacks.before_ui_callback()
     extension_tabs = script_callbacks.ui_tabs_with_sources()
@@ -206,10 +207,10 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"), \
                     _current_scripts(engine, "txt2img"), gr.Column(elem_id="txt2img"):
-                t2i = generation_tabs.build_txt2img(engine, cfg)
+                t2i = generation_tabs.build_txt2img(engine, cfg, hide_dirs)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"), \
                     _current_scripts(engine, "img2img"), gr.Column(elem_id="img2img"):
-                i2i = generation_tabs.build_img2img(engine, cfg)
+                i2i = generation_tabs.build_img2img(engine, cfg, hide_dirs)
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 extras = other_tabs.build_extras(engine)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):

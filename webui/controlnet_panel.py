@@ -6,7 +6,10 @@ field names), so Generate, ↙ paste and "send to" reach them like every other c
 values into the extension's API units, `alwayson_scripts["controlnet"] = {"args": [unit, ...]}`, which the request
 parses (modules/controlnet/unit_request.py); `paste_fields` maps a pasted infotext's "ControlNet N" back to unit N.
 
-Differences from the extension: no Batch / Multi-Inputs tabs, webcam, canvas, Photopea or openpose editor; the
+Each unit has the extension's input tabs Single Image, Batch (a folder: in img2img Batch picture k of the batch takes
+the folder's k-th picture, empty: the "Controlnet input directory", then the batch's input folder; elsewhere one
+generation per picture of it; modules/img2img_batch.py) and Multi-Inputs. Differences from the extension: no
+webcam, canvas, Photopea or openpose editor, no loopback; the
 input's mask is a second upload (behind "Upload input mask") instead of a sketch on the picture; the model list is
 not filtered by the checkpoint's SD version.
 """
@@ -42,7 +45,7 @@ CSS = """<style>
 UNIT_FIELDS = ("enabled", "module", "model", "weight", "image", "mask", "resize_mode", "low_vram", "processor_res",
                "threshold_a", "threshold_b", "guidance_start", "guidance_end", "pixel_perfect", "control_mode",
                "hr_option")
-UI_FIELDS = ("control_type", "use_mask", "independent", "multi_images")
+UI_FIELDS = ("control_type", "use_mask", "independent", "multi_images", "input_mode", "batch_image_dir")
 
 
 def key(index: int, name: str) -> str:
@@ -162,6 +165,11 @@ def unit_dict(v: dict[str, Any], index: int = 0, is_img2img: bool = False) -> di
     }
     if v.get("hr_option"):
         unit["hr_option"] = v["hr_option"]
+    if v.get("input_mode") == "batch" and (not is_img2img or v.get("independent")):
+        # the unit's Batch tab: its folder (empty: in img2img Batch, the batch's ControlNet or input folder)
+        unit["input_mode"] = "batch"
+        unit["batch_images"] = (v.get("batch_image_dir") or "").strip()
+        return unit
     if image is not None:
         mask = v.get("mask") if v.get("use_mask") else None
         unit["image"] = {"image": image, "mask": mask} if mask is not None else image
@@ -294,6 +302,7 @@ class ControlNetPanel:
     is_img2img: bool
     units: list[UnitUi] = field(default_factory=list)
     accordion: Any = None
+    hide_dirs: bool = False  # --hide-ui-dir-config: the Batch tab's folder box is hidden (and refused)
 
     @property
     def count(self) -> int:
@@ -322,7 +331,11 @@ class ControlNetPanel:
         return paste_fields(params, self.count, self.titles(), self.find)
 
     def put_units(self, data: dict[str, Any]) -> dict[str, Any]:
-        return put_units(data, self.is_img2img)
+        data = put_units(data, self.is_img2img)
+        units = ((data.get("alwayson_scripts") or {}).get("controlnet") or {}).get("args") or []
+        if self.hide_dirs and any(u.get("input_mode") == "batch" and u.get("enabled") for u in units):
+            raise RequestError("ControlNet Batch: launched with --hide-ui-dir-config, folders cannot be used")
+        return data
 
     # -- wiring that needs the tab's other controls (built after the panel) ---------------------------------------
 
@@ -362,7 +375,8 @@ class ControlNetPanel:
 def build(c, engine, is_img2img: bool) -> ControlNetPanel:
     """The ControlNet group and accordion, one tab per unit; every unit's values are added to `c.fields`."""
     tab = "img2img" if is_img2img else "txt2img"
-    panel = ControlNetPanel(engine=engine, tab=tab, is_img2img=is_img2img)
+    panel = ControlNetPanel(engine=engine, tab=tab, is_img2img=is_img2img,
+                            hide_dirs=bool(c.extra.get("hide_dirs", False)))
     count = unit_count(engine)
     titles = panel.titles()
     elem_tab = f"{tab}_controlnet"
@@ -390,7 +404,7 @@ def _build_unit(c, panel: ControlNetPanel, index: int, prefix: str, titles: list
         return component
 
     with gr.Group(visible=not is_img2img) as image_panel, gr.Tabs(elem_id=f"{prefix}_input_tabs"):
-        with gr.Tab("Single Image", elem_id=f"{prefix}_single_image_tab"):
+        with gr.Tab("Single Image", elem_id=f"{prefix}_single_image_tab") as single_tab:
             with gr.Row(equal_height=True, elem_classes=["cnet-image-row"]):
                 add("image", gr.Image(label="Image", type="pil", format="png", image_mode=None,
                                       sources=["upload", "clipboard"], elem_id=f"{prefix}_input_image",
@@ -404,12 +418,20 @@ def _build_unit(c, panel: ControlNetPanel, index: int, prefix: str, titles: list
                                            "mask is used as the input, as a scribble)", type="pil", format="png",
                                      image_mode=None, sources=["upload", "clipboard"],
                                      elem_id=f"{prefix}_input_mask", height=200))
-        with gr.Tab("Multi-Inputs", elem_id=f"{prefix}_multi_inputs_tab"):
+        with gr.Tab("Batch", elem_id=f"{prefix}_batch_tab") as batch_tab:
+            add("batch_image_dir", gr.Textbox(label="Input Directory", visible=not panel.hide_dirs,
+                                              placeholder="Leave empty to use img2img batch controlnet input "
+                                                          "directory", elem_id=f"{prefix}_batch_image_dir"))
+        with gr.Tab("Multi-Inputs", elem_id=f"{prefix}_multi_inputs_tab") as merge_tab:
             # the extension's multi-inputs: several pictures for one unit (an IP-Adapter averages their tokens);
             # used when the single image is empty
             add("multi_images", gr.Gallery(label="Pictures", type="pil", interactive=True, file_types=["image"],
                                            columns=4, height=242, elem_id=f"{prefix}_multi_inputs_gallery"))
     u["image_panel"] = image_panel
+    # which input tab is open: the extension's `input_mode` (simple / batch / merge)
+    add("input_mode", gr.Textbox("simple", visible=False, elem_id=f"{prefix}_input_mode"))
+    for tab, mode in ((single_tab, "simple"), (batch_tab, "batch"), (merge_tab, "merge")):
+        tab.select(lambda m=mode: m, None, u["input_mode"], queue=False, show_progress="hidden")
     with gr.Row(elem_classes=["controlnet_main_options"]):
         add("enabled", gr.Checkbox(label="Enable", value=False, elem_id=f"{prefix}_controlnet_enable_checkbox",
                                    elem_classes=["cnet-unit-enabled"], min_width=80))

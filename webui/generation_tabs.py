@@ -22,13 +22,14 @@ from modules.resize import RESIZE_MODES
 from modules.sampling import samplers
 from webui import controlnet_panel, extra_networks_panel, queue_panel
 from webui import script_ui
-from webui.runner import guard_image_input, reattach, run_streaming
+from webui.runner import guard_image_input, reattach, run_batch_streaming, run_streaming
 from webui.ui_config import UiConfig
 
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
 INPAINT_AREAS = ["Whole picture", "Only masked"]
 MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
-INPAINT_MODES = ("inpaint", "inpaint_upload")  # the img2img sub-tabs that show the inpaint options
+INPAINT_MODES = ("inpaint", "inpaint_upload", "batch")  # img2img sub-tabs that show the inpaint options (Batch:
+# for its mask folder)
 _tokenizer = None
 
 
@@ -306,8 +307,9 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def build_txt2img(engine, cfg: UiConfig) -> Controls:
+def build_txt2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
     c = Controls(tab="txt2img")
+    c.extra["hide_dirs"] = hide_dirs
     c.extra["last_seed"] = gr.State(None)
     c.extra["engine"] = engine
     _prompt_row(c, cfg, engine)
@@ -345,8 +347,10 @@ def _script_args(controls, values) -> list | None:
     return script_ui.ui_values_to_args(controls, list(values)) if controls is not None else None
 
 
-def build_img2img(engine, cfg: UiConfig) -> Controls:
+def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
+    """`hide_dirs` (--hide-ui-dir-config): the Batch tab's folder boxes are hidden and refused, as in A1111."""
     c = Controls(tab="img2img")
+    c.extra["hide_dirs"] = hide_dirs
     c.extra["last_seed"] = gr.State(None)
     c.extra["engine"] = engine
     mode = gr.State("img2img")
@@ -372,6 +376,8 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
                                             sources=["upload", "clipboard"], height=240)
                     upload_mask = gr.Image(label="Mask", type="pil", format="png", elem_id="img_inpaint_mask",
                                            sources=["upload", "clipboard"], height=240)
+                with gr.Tab("Batch", id="batch_tab", elem_id="img2img_batch_tab") as t5:
+                    batch = _batch_tab(hide_dirs)
             c.add("resize_mode", gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index",
                                           label="Resize mode", elem_id="resize_mode"))
             with gr.Accordion("Inpaint options", open=True, elem_id="img2img_inpaint_controls",
@@ -389,7 +395,8 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
                                                                 elem_id="img2img_inpaint_full_res_padding"))
             # Only the inpaint sub-tabs use these (as in A1111). A sub-tab click sets both; "send to inpaint"
             # sets the mode, whose change shows them.
-            for tab, name in ((t1, "img2img"), (t2, "sketch"), (t3, "inpaint"), (t4, "inpaint_upload")):
+            for tab, name in ((t1, "img2img"), (t2, "sketch"), (t3, "inpaint"), (t4, "inpaint_upload"),
+                              (t5, "batch")):
                 tab.select(lambda n=name: (n, gr.update(visible=n in INPAINT_MODES)), None, [mode, inpaint_controls],
                            queue=False, show_progress="hidden")
             mode.change(lambda m: gr.update(visible=m in INPAINT_MODES), mode, inpaint_controls, queue=False,
@@ -432,12 +439,27 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
         data["mask"] = mask
         return data
 
+    batch_in = list(batch.values())
+
+    def batch_fields(values):
+        data = controlnet.put_units(_clean(c.values_to_dict(values)))
+        data["mask_blur"] = int(data.get("mask_blur") or 0)
+        data["inpaint_full_res_padding"] = int(data.get("inpaint_full_res_padding") or 0)
+        return data
+
     def run(request: gr.Request, *values):
         n = len(c.fields)
         client, forever = values[n], bool(values[n + 1])
         m = n + 2 + len(images_in)
+        b = m + len(batch_in)
+        script_args = _script_args(script_controls, values[b:])
+        if values[n + 2] == "batch":
+            options = lambda: _batch_options(dict(zip(batch, values[m:b])), hide_dirs)  # noqa: E731
+            yield from run_batch_streaming(engine, lambda: batch_fields(values[:n]), options, script_args, request,
+                                           client, forever)
+            return
         yield from run_streaming(engine, lambda: build_fields(values[:n], values[n + 2:m]), "img2img",
-                                 _script_args(script_controls, values[m:]), request, client, forever)
+                                 script_args, request, client, forever)
 
     def run_outpaint(request: gr.Request, *values):
         n = len(c.fields)
@@ -447,14 +469,67 @@ def build_img2img(engine, cfg: UiConfig) -> Controls:
                                  "img2img", request=request, client=client)
 
     c.extra["scripts"] = script_controls
-    _common_wiring(c, engine, run, images_in + (script_controls.inputs if script_controls else []))
+    _common_wiring(c, engine, run, images_in + batch_in + (script_controls.inputs if script_controls else []))
     outputs = [c.gallery, c.infotexts, c.info, c.progress, c.preview, c.extra["last_seed"]]
     outpaint_btn.click(run_outpaint, c.components + [c.extra["queue"].client] + images_in
                        + [out_left, out_right, out_up, out_down], outputs,
                        concurrency_id="generate", concurrency_limit=None, show_progress="hidden",
                        trigger_mode="multiple")
-    c.extra.update(init=init, sketch=sketch, inpaint=inpaint, subtabs=subtabs, mode=mode)
+    c.extra.update(init=init, sketch=sketch, inpaint=inpaint, subtabs=subtabs, mode=mode, batch=batch)
     return c
+
+
+def _batch_tab(hide_dirs: bool) -> dict[str, Any]:
+    """A1111's Batch sub-tab (its elem_ids): Upload or From directory (hidden with --hide-ui-dir-config), and the
+    "PNG info" accordion; the extension's "Controlnet input directory" under the mask folder, as it renders it."""
+    from modules.img2img_batch import PNG_INFO_PROPS
+
+    shown = not hide_dirs
+    b: dict[str, Any] = {"source": gr.State("upload" if hide_dirs else "from dir")}
+    with gr.Tabs(elem_id="img2img_batch_source", selected="batch_upload" if hide_dirs else "batch_from_dir"):
+        with gr.Tab("Upload", id="batch_upload", elem_id="img2img_batch_upload_tab") as upload_tab:
+            b["upload"] = gr.Files(label="Files", file_types=["image"], interactive=True,
+                                   elem_id="img2img_batch_upload")
+        with gr.Tab("From directory", id="batch_from_dir", elem_id="img2img_batch_from_dir_tab",
+                    visible=shown) as dir_tab:
+            hidden = "<br>Disabled when launched with --hide-ui-dir-config." if hide_dirs else ""
+            gr.HTML("<p style='padding-bottom: 1em;' class='text-gray-500'>Process images in a directory on the same "
+                    "machine where the server is running.<br>Use an empty output directory to save pictures normally "
+                    "instead of writing to the output directory.<br>Add inpaint batch mask directory to enable "
+                    f"inpaint batch processing.{hidden}</p>")
+            b["input_dir"] = gr.Textbox(label="Input directory", visible=shown, elem_id="img2img_batch_input_dir")
+            b["output_dir"] = gr.Textbox(label="Output directory", visible=shown, elem_id="img2img_batch_output_dir")
+            b["mask_dir"] = gr.Textbox(label="Inpaint batch mask directory (required for inpaint batch processing "
+                                             "only)", visible=shown, elem_id="img2img_batch_inpaint_mask_dir")
+            b["controlnet_dir"] = gr.Textbox(label="Controlnet input directory", visible=shown,
+                                             placeholder="Leave empty to use input directory",
+                                             elem_id="controlnet_batch_input_dir")
+    upload_tab.select(lambda: "upload", None, b["source"], queue=False, show_progress="hidden")
+    dir_tab.select(lambda: "from dir", None, b["source"], queue=False, show_progress="hidden")
+    with gr.Accordion("PNG info", open=False):
+        b["use_png_info"] = gr.Checkbox(label="Append png info to prompts", elem_id="img2img_batch_use_png_info")
+        b["png_info_dir"] = gr.Textbox(label="PNG info directory", visible=shown,
+                                       placeholder="Leave empty to use input directory",
+                                       elem_id="img2img_batch_png_info_dir")
+        b["png_info_props"] = gr.CheckboxGroup(list(PNG_INFO_PROPS), label="Parameters to take from png info",
+                                               info="Prompts from png info will be appended to prompts set in ui.",
+                                               elem_id="img2img_batch_png_info_props")
+    return b
+
+
+def _batch_options(v: dict[str, Any], hide_dirs: bool):
+    """The Batch tab's values → BatchOptions (the upload's files, or the folders)."""
+    from modules.img2img_batch import BatchOptions
+
+    files = None
+    if v.get("source") == "upload":
+        files = [getattr(f, "name", None) or str(f) for f in (v.get("upload") or [])]
+        if not files:
+            raise RequestError("Batch: upload pictures (or pick From directory)")
+    return BatchOptions(input_dir=v.get("input_dir") or "", output_dir=v.get("output_dir") or "",
+                        inpaint_mask_dir=v.get("mask_dir") or "", use_png_info=bool(v.get("use_png_info")),
+                        png_info_props=list(v.get("png_info_props") or []), png_info_dir=v.get("png_info_dir") or "",
+                        files=files, controlnet_dir=v.get("controlnet_dir") or "", hide_dirs=hide_dirs)
 
 
 def _mode_inputs(mode, init, sketch, inpaint, upload_image, upload_mask):

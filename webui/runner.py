@@ -58,7 +58,7 @@ class _RemoteState:
 
 
 def progress_html(engine: Engine, waiting: bool, queued_behind: int = 0, ahead: int | None = None,
-                  state=None) -> str:
+                  state=None, stage: str = "") -> str:
     """The progress line: waiting (and behind how many jobs), loading the model, preparing, or
     step/batch/percent/ETA (from measured steps).
 
@@ -82,6 +82,8 @@ def progress_html(engine: Engine, waiting: bool, queued_behind: int = 0, ahead: 
         batch = f" · batch {s.job_no + 1}/{s.job_count}" if s.job_count > 1 else ""
         eta_text = f"ETA {eta:.0f}s" if eta > 0 else "ETA …"
         text = f"Step {s.sampling_step}/{s.sampling_steps}{batch} · {pct}% · {eta_text}"
+    if stage:  # a job of several generations (img2img Batch): which one this is
+        text = f"{stage} · {text}"
     return (f"<div class='sd-progress'><div class='sd-progress-bar' style='width:{pct}%'></div>"
             f"<span class='sd-progress-text'>{html.escape(text + more)}</span></div>")
 
@@ -223,6 +225,34 @@ def run_streaming(engine: Engine, build: Callable[[], dict], kind: str, script_a
     yield from follow(engine, job, session_key(request, kind))
 
 
+def run_batch_streaming(engine: Engine, build: Callable[[], dict], options, script_args: list | None = None,
+                        request=None, client: str = "", forever: bool = False) -> Iterator[tuple]:
+    """img2img Batch (modules/img2img_batch.py): every picture of the folder as ONE job of the visible queue, its
+    progress line saying which picture ("Picture 2 of 5: cat.png"); a missing or empty folder is said at once."""
+    from modules import img2img_batch
+    from modules.job_queue import QueueError, ensure_queue
+
+    try:
+        options = options() if callable(options) else options  # the Batch tab's BatchOptions (or what makes them)
+        fields = build()
+        pictures = img2img_batch.check(engine, fields, options)
+        queue = ensure_queue(engine)
+        summary = {k: fields[k] for k in ("prompt", "negative_prompt", "width", "height", "steps", "batch_size",
+                                          "n_iter", "sampler_name", "seed") if isinstance(fields.get(k), (str, int, float))}
+        summary["batch"] = f"{len(pictures)} pictures" + (f" from {options.input_dir}" if not options.files else "")
+
+        def on_picture(k: int, n: int, name: str) -> None:  # the running job: this one, or its "forever" repeat
+            for running in (j for j in queue.jobs() if j.status == "running" and j.work is not None):
+                running.stage = f"Picture {k} of {n}: {name}"
+
+        job = queue.submit("img2img", summary, "ui", client or _anonymous(request), resumable=False, forever=forever,
+                           work=lambda: img2img_batch.run_batch(engine, fields, options, script_args, on_picture))
+    except (*USER_ERRORS, QueueError) as e:
+        yield gr.update(), gr.update(), error_html(str(e)), "", gr.update(visible=False), gr.update()
+        return
+    yield from follow(engine, job, session_key(request, "img2img"))
+
+
 def follow(engine: Engine, job, key: tuple) -> Iterator[tuple]:
     """Show a queued job's progress and then its result (and, under "Generate forever", the next one's)."""
     token = TAB_RUNS.add(key)
@@ -275,7 +305,8 @@ def _follow_one(engine: Engine, job, key: tuple, token: object) -> Iterator[tupl
             last_preview_step = state.current_image_step
             preview = gr.update(value=state.current_image, visible=True)
         ahead = queue.position(job) if job.status == "queued" else None
-        line = progress_html(engine, waiting, after, ahead, state if job.progress is not None else None)
+        line = progress_html(engine, waiting, after, ahead, state if job.progress is not None else None,
+                             stage=job.stage if job.status == "running" else "")
         if line == last_line and preview == gr.update():
             if time.time() - last_yield >= KEEPALIVE_SECONDS * 10:  # a long wait still shows the page is alive
                 last_yield = time.time()
