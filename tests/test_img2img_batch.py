@@ -4,6 +4,7 @@ ControlNet extension's batch units (`input_mode: "batch"`, `batch_images`)."""
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -202,3 +203,23 @@ def test_api_batch_units_run_once_per_control_picture(engine, tmp_path):
         _unit(engine, maps, output_dir=str(out))]}}})
     r = engine.generate(req)
     assert sorted(p.name for p in out.iterdir()) == ["pose0.png", "pose1.png"] and r.images == []
+
+
+def test_the_page_queues_the_folder_as_one_job_saying_which_picture(engine, folders):
+    from webui.runner import progress_html, run_batch_streaming
+
+    inp, _, out = folders
+    updates = list(run_batch_streaming(engine, lambda: dict(FIELDS), BatchOptions(input_dir=str(inp),
+                                                                                    output_dir=str(out)),
+                                       client="tester"))
+    jobs = [j for j in engine.visible_queue.jobs() if j.client == "tester"]
+    assert len(jobs) == 1 and jobs[0].status == "done" and jobs[0].summary()["stage"] == "Picture 3 of 3: c.jpg"
+    gallery = updates[-1][0]
+    assert len(gallery) == 3 and sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+    running = SimpleNamespace(active=True, sampling_steps=2, sampling_step=1, job_no=0, job_count=1, textinfo=None,
+                              progress=lambda: 0.5, eta=lambda: 1.0)
+    assert "Picture 2 of 3: b.png · Step 1/2" in progress_html(engine, False, state=running,
+                                                                stage="Picture 2 of 3: b.png")
+    bad = list(run_batch_streaming(engine, lambda: dict(FIELDS), BatchOptions(input_dir=str(inp / "nope"))))
+    assert len(bad) == 1 and "Input directory does not exist" in bad[0][2]
+    assert len([j for j in engine.visible_queue.jobs() if j.client == "tester"]) == 1  # nothing queued
