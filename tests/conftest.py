@@ -120,18 +120,20 @@ SERVER_FIXTURES = {"test_api.py": "api", "test_page_compat.py": "site", "test_se
                    "test_webui.py": "server", "test_openapi.py": "server", "test_controlnet_ui.py": "server"}
 
 
-# Seconds each long test file took in a whole run on 2 cores (3 workers). Only the order files are handed out in
-# depends on it: re-measure with `--durations=0` when a file's time changes a lot.
-FILE_SECONDS = {"test_webui.py": 92, "test_launch.py": 58, "test_ui_feedback_browser.py": 48,
-                "test_settings_ui.py": 35, "test_extensions_browser.py": 32, "test_security.py": 31,
-                "test_loading.py": 31, "test_demo_model.py": 30, "test_api.py": 29, "test_processing.py": 28,
-                "test_prompt_parser.py": 23, "test_training.py": 20, "test_openapi.py": 19, "test_extensions_ui.py": 16,
-                "test_page_compat.py": 15, "test_merge.py": 14, "test_extra_networks_ui.py": 14,
-                "test_extras_ui.py": 13, "test_flow_loading.py": 25, "test_flow_parity.py": 16,
-                "test_flow_lora.py": 12, "test_controlnet.py": 15, "test_demo_controlnet.py": 13,
-                "test_controlnet_preprocessors.py": 25, "test_controlnet_ui.py": 50,
-                "test_controlnet_reference.py": 8, "test_controlnet_external_code.py": 8, "test_sd3_controlnet.py": 5, "test_memory.py": 15,
-                "test_history.py": 12, "test_queue.py": 8}
+# Seconds each test file took in a whole run on 2 cores (3 workers; 2026-12-05, files over 4 s). Only the order
+# files are handed out in depends on it: re-measure with `--durations=0` when a file's time changes a lot.
+FILE_SECONDS = {"test_webui.py": 128, "test_cluster.py": 102, "test_settings_ui.py": 63,
+                "test_controlnet_preprocessors.py": 57, "test_launch.py": 46, "test_ui_feedback_browser.py": 44,
+                "test_memory.py": 38, "test_installers.py": 36, "test_controlnet_ui.py": 31, "test_security.py":
+                28, "test_queue_ui.py": 25, "test_api.py": 25, "test_processing.py": 25, "test_loading.py": 24,
+                "test_extensions_browser.py": 23, "test_openapi.py": 22, "test_prompt_parser.py": 17,
+                "test_demo_model.py": 15, "test_page_compat.py": 15, "test_flow_loading.py": 15,
+                "test_extra_networks_ui.py": 13, "test_controlnet.py": 12, "test_merge.py": 11,
+                "test_controlnet_annotators_more.py": 11, "test_extensions_ui.py": 11, "test_training.py": 11,
+                "test_lora.py": 10, "test_controlnet_segmentation.py": 10, "test_extras_ui.py": 8,
+                "test_controlnet_reference.py": 8, "test_flow_parity.py": 7, "test_demo_controlnet.py": 7,
+                "test_flux_controlnet.py": 5, "test_parity.py": 5, "test_demo_recipe.py": 5, "test_queue.py": 4,
+                "test_flow_lora.py": 4, "test_extensions_runtime.py": 4, "test_history.py": 4}
 
 
 def pytest_collection_modifyitems(session, config, items):
