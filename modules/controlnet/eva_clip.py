@@ -92,6 +92,13 @@ class EVAVision(nn.Module):
         hidden = int(sd["blocks.0.mlp.w1.weight"].shape[0])
         tokens = int(sd["pos_embed"].shape[1])
         self.grid = int(round((tokens - 1) ** 0.5))
+        # what would otherwise fail (or quietly give PuLID too few hidden states) only when a picture runs
+        if int(patch.shape[1]) != 3 or width % HEAD_WIDTH or self.grid ** 2 + 1 != tokens:
+            raise ValueError(f"a {int(patch.shape[1])}-channel patch embedding {width} wide with {tokens} positions "
+                             f"is not an RGB tower of {HEAD_WIDTH}-wide heads on a square grid")
+        if depth <= 20:
+            raise ValueError(f"its {depth} blocks give {(depth - 1) // 4} of the five hidden states "
+                             "PuLID reads (the inputs of blocks 4, 8, 12, 16 and 20)")
         self.image_size = self.grid * patch_size
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(int(patch.shape[1]), width, patch_size, patch_size)
@@ -167,7 +174,7 @@ def load(annotator_dir: Path | None, label: str) -> EVAVision:
         missing, _ = model.load_state_dict(visual, strict=False)
     except (KeyError, RuntimeError, ValueError) as e:
         raise FaceParsingError(f"{path.name}: not EVA02-CLIP's vision tower ({type(e).__name__}: "
-                               f"{str(e)[:120]})") from None
+                               f"{str(e)[:200]})") from None
     if missing:
         raise FaceParsingError(f"{path.name}: not EVA02-CLIP's vision tower ({len(missing)} tensors missing, e.g. "
                                f"visual.{missing[0]})")

@@ -353,6 +353,7 @@ def unit(where: str, req, pre, library, model, picture, width: int, height: int,
     weights = loaded.model
     encoder = IDEncoder(weights.state_dict["image_proj"])
     encoder.load_state_dict({k: v.float() for k, v in weights.state_dict["image_proj"].items()})
+    _check_faces(where, pre.label, loaded.title, encoder, faces)
     tokens = id_tokens(encoder, faces)
     region = None
     if req.effective_region_mask is not None:
@@ -367,6 +368,23 @@ def unit(where: str, req, pre, library, model, picture, width: int, height: int,
     return units_mod.ControlUnit(model=run_, image=picture, weight=req.weight, guidance_start=req.guidance_start,
                                  guidance_end=req.guidance_end, hr_option=req.hr_option.value, kind="pulid",
                                  ip_embeds=tokens), Image.fromarray(preview)
+
+
+def _check_faces(where: str, label: str, title: str, encoder: IDEncoder, faces: list[FaceInputs]) -> None:
+    """The face readings fit the file's encoder: an EVA-CLIP file of another size (or a smaller EVA-CLIP) loads and
+    runs, but gives other widths or fewer hidden states than the PuLID model reads."""
+    cond = int(encoder.body[0].in_features)
+    hidden = int(getattr(encoder, "mapping_0")[0].in_features)
+    for f in faces:
+        got_cond = int(f.id_embedding.shape[-1]) + int(f.eva_embedding.shape[-1])
+        widths = {int(h.shape[-1]) for h in f.hidden}
+        if got_cond != cond or len(f.hidden) != encoder.levels or widths != {hidden}:
+            from modules.controlnet import eva_clip
+
+            raise RequestError(
+                f"{where}.module: {label}: {title} reads a {cond}-number face embedding (antelopev2's 512 + "
+                f"EVA-CLIP's {cond - 512}) and {encoder.levels} EVA-CLIP hidden states {hidden} wide; the face files "
+                f"give {got_cond} and {len(f.hidden)} × {sorted(widths)} (is {eva_clip.FILE} EVA02-CLIP-L-14-336?)")
 
 
 def step_rows(unit_, rows: torch.Tensor, uncond_rows: int, dtype, on: bool) -> None:
