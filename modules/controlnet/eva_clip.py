@@ -178,7 +178,9 @@ def load(annotator_dir: Path | None, label: str) -> EVAVision:
     if missing:
         raise FaceParsingError(f"{path.name}: not EVA02-CLIP's vision tower ({len(missing)} tensors missing, e.g. "
                                f"visual.{missing[0]})")
-    model = model.float().eval()
+    from modules.controlnet.face_parsing import annotator_device
+
+    model = model.float().eval().to(annotator_device())
     _CACHE.clear()
     _CACHE[key] = model
     return model

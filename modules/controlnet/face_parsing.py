@@ -336,6 +336,11 @@ def folder(annotator_dir: Path | None) -> Path:
 _CACHE: dict = {}
 
 
+def annotator_device() -> torch.device:
+    """The GPU when there is one (as the other annotators; EVA-CLIP alone is 300M parameters), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load(annotator_dir: Path | None, label: str, name: str):
     """RetinaFace or BiSeNet from the user's facexlib folder; a missing file is a MissingAnnotatorError naming it
     and the folder."""
@@ -360,7 +365,7 @@ def load(annotator_dir: Path | None, label: str, name: str):
     if missing:
         raise FaceParsingError(f"{name}: not facexlib's {cls.__name__} weights ({len(missing)} tensors missing, "
                                f"e.g. {missing[0]})")
-    net = net.float().eval()
+    net = net.float().eval().to(annotator_device())
     if len(_CACHE) >= 2:
         _CACHE.clear()
     _CACHE[key] = net

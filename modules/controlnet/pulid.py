@@ -362,7 +362,7 @@ def unit(where: str, req, pre, library, model, picture, width: int, height: int,
     run_ = PuLIDRun(build_layers(model.unet, weights, model.device, model.dtype),
                     (tokens[0].to(model.device), tokens[1].to(model.device)), num_zero, ortho, region=region,
                     size=(height // 8, width // 8))
-    preview = faces[0].features[0].permute(1, 2, 0).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+    preview = faces[0].features[0].permute(1, 2, 0).clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
     from PIL import Image
 
     return units_mod.ControlUnit(model=run_, image=picture, weight=req.weight, guidance_start=req.guidance_start,
