@@ -250,6 +250,16 @@ def check(engine, fields: dict, options: BatchOptions) -> list[Picture]:
     return pictures
 
 
+def _save_all(engine, made: list, texts: list, directory: Path, stem: str, options: dict) -> list[Path]:
+    """A picture's results named after it (`stem`, `stem-1`, …), each indexed in the history."""
+    paths = []
+    for n, (image, text) in enumerate(zip(made, texts)):
+        path = _save_named(engine, image, text, directory, stem if n == 0 else f"{stem}-{n}", options)
+        _index(engine, path, text)
+        paths.append(path)
+    return paths
+
+
 def _save_named(engine, image: Image.Image, text: str, directory: Path, stem: str, options: dict) -> Path:
     from modules import images as images_mod
     from modules.fileio import atomic_write_bytes
@@ -398,12 +408,9 @@ def run_batch(engine, fields: dict, options: BatchOptions, script_args: list | N
             made = result.images[result.index_of_first_image:]
             texts = result.infotexts[result.index_of_first_image:]
             if out_root is not None:
-                for n, (im, text) in enumerate(zip(made, texts)):
-                    stem = picture.path.stem if n == 0 else f"{picture.path.stem}-{n}"
-                    path = _save_named(engine, im, text, out_root / picture.relative.parent, stem, save_options)
-                    saved.append(path)
-                    saved_texts.append(text)
-                    _index(engine, path, text)
+                saved += _save_all(engine, made, texts, out_root / picture.relative.parent, picture.path.stem,
+                                   save_options)
+                saved_texts += texts
             else:
                 saved += result.saved_paths
                 saved_texts += result.saved_infotexts
@@ -486,13 +493,9 @@ def run_controlnet_batch(engine, req, script_args: list | None = None, hide_dirs
             made = result.images[result.index_of_first_image:]
             texts = result.infotexts[result.index_of_first_image:]
             if output_dir:
-                stem = Path(names[k]).stem if names else f"{k:05}"
-                for n, (im, text) in enumerate(zip(made, texts)):
-                    path = _save_named(engine, im, text, Path(os.path.expanduser(output_dir)),
-                                       stem if n == 0 else f"{stem}-{n}", save_options)
-                    saved.append(path)
-                    saved_texts.append(text)
-                    _index(engine, path, text)
+                saved += _save_all(engine, made, texts, Path(os.path.expanduser(output_dir)),
+                                   Path(names[k]).stem if names else f"{k:05}", save_options)
+                saved_texts += texts
             else:
                 saved += result.saved_paths
                 saved_texts += result.saved_infotexts

@@ -217,3 +217,25 @@ def draw(rgb: np.ndarray, face: Face) -> np.ndarray:
     for (x, y), colour in zip(face.landmarks, colours):
         cv2.circle(out, (int(round(x)), int(round(y))), 3, colour, -1)
     return out
+
+
+def read_each(where: str, label: str, pictures: list, read, needs: str) -> list:
+    """`read(rgb)` for each of a unit's pictures; a missing or wrong file and a picture without a face are
+    RequestErrors naming the unit's field (`needs`: what wants the face, for the message)."""
+    from modules.controlnet.preprocessors import MissingAnnotatorError
+    from modules.models.loader import ModelLoadError
+    from modules.request_types import RequestError
+
+    out = []
+    for n, picture in enumerate(pictures):
+        try:
+            out.append(read(np.asarray(picture.convert("RGB"))))
+        except MissingAnnotatorError as e:
+            raise RequestError(f"{where}.module: {e}") from None
+        except (FaceNetworkError, ModelLoadError) as e:
+            raise RequestError(f"{where}.module: {label}: {e}") from None
+        except NoFaceError:
+            which = f" (picture {n + 1} of {len(pictures)})" if len(pictures) > 1 else ""
+            raise RequestError(f"{where}.image: {label} found no face in the unit's picture{which}; {needs} "
+                               "needs a picture with a visible face") from None
+    return out

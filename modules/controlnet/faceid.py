@@ -48,23 +48,8 @@ def preview(img: np.ndarray, res, a, b, ctx) -> np.ndarray:
 
 def embeddings(where: str, label: str, pictures: list, annotator_dir: Path | None) -> list[np.ndarray]:
     """Each picture's face embedding; what is missing or wrong as a RequestError naming the unit."""
-    from modules.controlnet.preprocessors import MissingAnnotatorError
-    from modules.models.loader import ModelLoadError
-
-    out = []
-    for n, picture in enumerate(pictures):
-        try:
-            embedding, _ = face_embed.face_embedding(np.asarray(picture.convert("RGB")), annotator_dir, label)
-        except MissingAnnotatorError as e:
-            raise RequestError(f"{where}.module: {e}") from None
-        except (face_embed.FaceNetworkError, ModelLoadError) as e:
-            raise RequestError(f"{where}.module: {label}: {e}") from None
-        except face_embed.NoFaceError:
-            which = f" (picture {n + 1} of {len(pictures)})" if len(pictures) > 1 else ""
-            raise RequestError(f"{where}.image: {label} found no face in the unit's picture{which}; FaceID needs a "
-                               "picture with a visible face") from None
-        out.append(embedding)
-    return out
+    return face_embed.read_each(where, label, pictures,
+                                lambda rgb: face_embed.face_embedding(rgb, annotator_dir, label)[0], "FaceID")
 
 
 def _check_pairing(where: str, pre_name: str, loaded) -> None:

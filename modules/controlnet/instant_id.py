@@ -167,22 +167,8 @@ def _resolution(req, pre, picture, width: int, height: int) -> int:
 
 
 def _face_embeddings(where: str, label: str, pictures: list, resolution: int, annotator_dir: Path | None):
-    from modules.controlnet.preprocessors import MissingAnnotatorError
-    from modules.models.loader import ModelLoadError
-
-    out = []
-    for n, picture in enumerate(pictures):
-        try:
-            out.append(embedding(np.asarray(picture.convert("RGB")), resolution, annotator_dir, label))
-        except MissingAnnotatorError as e:
-            raise RequestError(f"{where}.module: {e}") from None
-        except (face_embed.FaceNetworkError, ModelLoadError) as e:
-            raise RequestError(f"{where}.module: {label}: {e}") from None
-        except face_embed.NoFaceError:
-            which = f" (picture {n + 1} of {len(pictures)})" if len(pictures) > 1 else ""
-            raise RequestError(f"{where}.image: {label} found no face in the unit's picture{which}; InstantID "
-                               "needs a picture with a visible face") from None
-    return out
+    return face_embed.read_each(where, label, pictures,
+                                lambda rgb: embedding(rgb, resolution, annotator_dir, label), "InstantID")
 
 
 def projection(unet, weights, device, dtype):
