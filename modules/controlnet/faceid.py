@@ -96,12 +96,7 @@ def unit(where: str, req, pre, library, model, picture, width: int, height: int,
     else:
         face = face.to(model.device, model.dtype)
         embeds = (face, torch.zeros_like(face))
-    region = None
-    if req.effective_region_mask is not None:
-        from diffusers.image_processor import IPAdapterMaskProcessor
-
-        mask = IPAdapterMaskProcessor().preprocess([req.effective_region_mask], height=height, width=width)
-        region = mask.reshape(1, mask.shape[0], mask.shape[2], mask.shape[3])
+    region = ip_adapter.region_mask(req.effective_region_mask, width, height)
     return units_mod.ControlUnit(model=weights, image=picture, weight=req.weight, guidance_start=req.guidance_start,
                                  guidance_end=req.guidance_end, hr_option=req.hr_option.value, kind="ip_adapter",
                                  ip_embeds=embeds, region_mask=region)

@@ -193,6 +193,7 @@ def embedding_unit(where: str, req, pre, library, model, picture, width: int, he
                    annotator_dir: Path | None):
     """The ControlUnit of an instant_id_face_embedding unit: kind "ip_adapter" (the raw face embeddings in
     ip_embeds), its tokens kept in `context` for the keypoint unit that follows."""
+    from modules.controlnet import ip_adapter
     from modules.controlnet import units as units_mod
     from modules.controlnet.models import ControlNetLoadError
     from modules.memory.offload import weights_in_host_memory
@@ -219,12 +220,7 @@ def embedding_unit(where: str, req, pre, library, model, picture, width: int, he
     face = torch.from_numpy(np.stack(faces)).float().reshape(1, len(faces), 1, FACE_WIDTH)
     face = face.to(model.device, model.dtype)
     tokens = face_tokens(projection(model.unet, weights, model.device, model.dtype), face)
-    region = None
-    if req.effective_region_mask is not None:
-        from diffusers.image_processor import IPAdapterMaskProcessor
-
-        mask = IPAdapterMaskProcessor().preprocess([req.effective_region_mask], height=height, width=width)
-        region = mask.reshape(1, mask.shape[0], mask.shape[2], mask.shape[3])
+    region = ip_adapter.region_mask(req.effective_region_mask, width, height)
     return units_mod.ControlUnit(model=weights, image=picture, weight=req.weight, guidance_start=req.guidance_start,
                                  guidance_end=req.guidance_end, hr_option=req.hr_option.value, kind="ip_adapter",
                                  ip_embeds=(face, torch.zeros_like(face)), region_mask=region, context=tokens)

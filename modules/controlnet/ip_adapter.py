@@ -264,3 +264,13 @@ def set_scales(unet, scales: list[float]) -> None:
     for processor in unet.attn_processors.values():
         if hasattr(processor, "scale") and isinstance(processor.scale, list):
             processor.scale = list(scales)
+
+
+def region_mask(mask, width: int, height: int):
+    """A unit's effective region mask as diffusers' IP-Adapter attention reads it ((1, 1, H, W)); None: everywhere."""
+    if mask is None:
+        return None
+    from diffusers.image_processor import IPAdapterMaskProcessor
+
+    out = IPAdapterMaskProcessor().preprocess([mask], height=height, width=width)
+    return out.reshape(1, out.shape[0], out.shape[2], out.shape[3])

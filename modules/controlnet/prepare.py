@@ -247,12 +247,7 @@ def _image_prompt(where: str, req, library, model, picture: Image.Image, width: 
         raise RequestError(f"{where}.model: {e}") from None
     pictures = [im.image for im in req.images] if len(req.images) > 1 else [picture]  # "multi-inputs": averaged
     embeds = ip_adapter.encode_all(encoder, pictures, loaded.model.plus)
-    region = None
-    if req.effective_region_mask is not None:
-        from diffusers.image_processor import IPAdapterMaskProcessor
-
-        mask = IPAdapterMaskProcessor().preprocess([req.effective_region_mask], height=height, width=width)
-        region = mask.reshape(1, mask.shape[0], mask.shape[2], mask.shape[3])
+    region = ip_adapter.region_mask(req.effective_region_mask, width, height)
     return units_mod.ControlUnit(model=loaded.model, image=picture, weight=req.weight,
                                  guidance_start=req.guidance_start, guidance_end=req.guidance_end,
                                  hr_option=req.hr_option.value, kind="ip_adapter", ip_embeds=embeds,
