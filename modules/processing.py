@@ -244,10 +244,10 @@ def image_processor(model: LoadedModel):
     return VaeImageProcessor(vae_scale_factor=model.vae_scale_factor)
 
 
-def mask_processor(model: LoadedModel):
+def mask_processor(model: LoadedModel, binarize: bool = True):
     from diffusers.image_processor import VaeImageProcessor
 
-    return VaeImageProcessor(vae_scale_factor=model.vae_scale_factor, do_normalize=False, do_binarize=True,
+    return VaeImageProcessor(vae_scale_factor=model.vae_scale_factor, do_normalize=False, do_binarize=binarize,
                              do_convert_grayscale=True)
 
 
@@ -1079,7 +1079,12 @@ def _inpaint_tensors(gen: Generation, req: Img2ImgRequest, setup: InpaintSetup, 
     mask_condition = mask_processor(model).preprocess(setup.processing_mask, height=height, width=width)
     mask_condition = mask_condition.repeat(pixels.shape[0], 1, 1, 1)
     masked_pixels = pixels * (mask_condition < 0.5)
-    latent_mask = torch.nn.functional.interpolate(mask_condition, size=(height // f, width // f))
+    if req.mask_round:
+        latent_source = mask_condition
+    else:  # A1111's mask_round off: the blurred mask's soft edge blends the latents
+        latent_source = mask_processor(model, binarize=False).preprocess(setup.processing_mask, height=height,
+                                                                        width=width).repeat(pixels.shape[0], 1, 1, 1)
+    latent_mask = torch.nn.functional.interpolate(latent_source, size=(height // f, width // f))
 
     post = None
     if req.inpainting_fill in (2, 3):

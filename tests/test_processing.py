@@ -201,6 +201,29 @@ def test_inpaint_only_masked_keeps_everything_outside_the_mask(engine):
     assert "Inpaint area: Only masked" in r.infotexts[0] and "Masked content: fill" in r.infotexts[0]
 
 
+def test_mask_round_off_blends_the_blurred_edge_softly(engine, monkeypatch):
+    """A1111's mask_round (default on): the blurred mask is rounded to 0/1 for the latent blend; off, its soft edge
+    blends the latents and the picture changes along it."""
+    from modules import processing
+
+    masks = []
+    original = processing._inpaint_tensors
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        masks.append(out["latent_mask"])
+        return out
+
+    monkeypatch.setattr(processing, "_inpaint_tensors", recording)
+    request = {**BASE, "init_images": [_init()], "mask": _mask(), "mask_blur": 8, "inpainting_fill": 1,
+               "inpaint_full_res": False, "denoising_strength": 0.75, "seed": 5, "do_not_save_samples": True}
+    rounded = engine.img2img(dict(request)).images[0]
+    soft = engine.img2img({**request, "mask_round": False}).images[0]
+    assert set(masks[0].unique().tolist()) == {0.0, 1.0}
+    assert ((masks[1] > 0.05) & (masks[1] < 0.95)).any()
+    assert not np.array_equal(arr(rounded), arr(soft))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fill", [2, 3])
 def test_inpaint_latent_fill_modes_run(engine, fill):
