@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 
 def prepare_mask(mask: Image.Image, size: tuple[int, int], invert: bool, blur_x: int, blur_y: int) -> Image.Image:
@@ -110,6 +110,26 @@ def composite(original: Image.Image, generated: Image.Image, mask: Image.Image) 
     out = base.copy()
     out.paste(original.convert("RGB"), (0, 0), keep)
     return out
+
+
+def sketch_to_inpaint(original: Image.Image, sketch: Image.Image, mask_blur: int = 4,
+                      mask_alpha: float = 0) -> tuple[Image.Image, Image.Image]:
+    """A1111's "Inpaint sketch" (img2img mode 3): (init image, mask) from the picture and the picture painted over.
+
+    The mask is white wherever the sketch differs from the original, dimmed by "Mask transparency" (`mask_alpha`,
+    0–100: 50 gives a mask of 127). The init image is the original with the painted colours laid in through that
+    mask, both blurred by `mask_blur` (PIL's Gaussian, as A1111), so sampling starts from the colours. The mask is
+    returned unblurred: the inpaint step blurs it by `mask_blur` again, as A1111 does."""
+    orig = original.convert("RGB")
+    painted = sketch.convert("RGB")
+    if painted.size != orig.size:
+        painted = painted.resize(orig.size, Image.Resampling.LANCZOS)
+    differs = np.any(np.asarray(painted) != np.asarray(orig), axis=-1)
+    mask = Image.fromarray(differs.astype(np.uint8) * 255, "L")
+    mask = ImageEnhance.Brightness(mask).enhance(1 - float(mask_alpha or 0) / 100)
+    soften = ImageFilter.GaussianBlur(max(0, int(mask_blur or 0)))
+    init = Image.composite(painted.filter(soften), orig, mask.filter(soften))
+    return init.convert("RGB"), mask
 
 
 def __getattr__(name: str):
