@@ -84,3 +84,34 @@ def test_generation_repaints_the_blob_and_keeps_the_rest(engine):
     assert np.abs(out[blob] - np.asarray(init, np.int16)[blob]).max() > 0  # the model redrew the blob
     text = r.infotexts[0]
     assert "Mask blur: 4" in text and "Masked content: original" in text
+
+
+def test_the_tab_turns_its_editor_into_the_request_and_copies_pictures():
+    """The Inpaint sketch sub-tab's editor value (background + a stroke layer) → the same (init, mask) as above; the
+    "Copy image to" buttons carry the painted picture (the unmasked one from Inpaint)."""
+    from webui import generation_tabs as gt
+
+    picture = _picture()
+    sketch, blob = _sketch(picture)
+    layer = Image.new("RGBA", picture.size, (0, 0, 0, 0))
+    ImageDraw.Draw(layer).ellipse((24, 24, 40, 40), fill=RED + (255,))
+    value = {"background": picture.convert("RGBA"), "layers": [layer], "composite": None}
+    init, mask = gt._mode_inputs("inpaint_sketch", None, None, None, None, None, value, 0, mask_blur=0)
+    assert np.array_equal(np.asarray(mask) > 0, blob) and np.all(np.asarray(init)[blob] == RED)
+    assert gt._mode_inputs("inpaint_sketch", None, None, None, None, None, None, 0) == (None, None)
+    for alpha, message in ((0, "Paint over"), (100, "Mask transparency 100")):
+        unpainted = {"background": picture.convert("RGBA"), "layers": [], "composite": None}
+        try:
+            gt._mode_inputs("inpaint_sketch", None, None, None, None, None, unpainted, alpha)
+        except gt.RequestError as e:
+            assert message in str(e)
+        else:
+            raise AssertionError("an unpainted sketch was accepted")
+
+    copied = gt.copy_image(value, "inpaint_sketch", "img2img")
+    assert np.array_equal(np.asarray(copied), np.asarray(sketch))
+    to_editor = gt.copy_image(picture, "img2img", "inpaint_sketch")
+    assert to_editor["layers"] == [] and np.array_equal(np.asarray(to_editor["background"]), np.asarray(picture))
+    from_inpaint = gt.copy_image({"background": picture, "layers": [layer], "composite": None}, "inpaint", "sketch")
+    assert np.array_equal(np.asarray(from_inpaint["background"]), np.asarray(picture))
+    assert gt.INPAINT_MODES[:2] == ("inpaint", "inpaint_sketch")

@@ -14,7 +14,7 @@ import gradio as gr
 from PIL import Image
 
 from modules import infotext as infotext_mod
-from modules import outpaint, script_callbacks
+from modules import masking, outpaint, script_callbacks
 from modules.models.tokenizer import build_clip_tokenizer
 from modules.processing import LATENT_UPSCALE_MODES
 from modules.request_types import RequestError
@@ -28,7 +28,7 @@ from webui.ui_config import UiConfig
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
 INPAINT_AREAS = ["Whole picture", "Only masked"]
 MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
-INPAINT_MODES = ("inpaint", "inpaint_upload", "batch")  # img2img sub-tabs that show the inpaint options (Batch:
+INPAINT_MODES = ("inpaint", "inpaint_sketch", "inpaint_upload", "batch")  # img2img sub-tabs that show the inpaint options (Batch:
 # for its mask folder)
 _tokenizer = None
 
@@ -358,19 +358,31 @@ def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
     extra_networks_panel.build_extra_networks(engine, c.tab, c.prompt)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, elem_id="img2img_settings"):
+            copies: dict[str, Any] = {"buttons": [], "to": {}}
             with gr.Tabs(elem_id="mode_img2img") as subtabs:
                 with gr.Tab("img2img", id="img2img_tab", elem_id="img2img_img2img_tab") as t1:
                     init = gr.Image(label="Image for img2img", type="pil", format="png", elem_id="img2img_image",
                                     sources=["upload", "clipboard"], height=360, image_mode="RGBA")
+                    _copy_row("img2img", init, copies)
                 with gr.Tab("Sketch", id="sketch_tab", elem_id="img2img_img2img_sketch_tab") as t2:
                     sketch = gr.ImageEditor(label="Sketch", type="pil", format="png", elem_id="img2img_sketch",
                                             sources=["upload", "clipboard"], height=360, layers=False,
                                             brush=gr.Brush(default_size=12, color_mode="defaults"))
+                    _copy_row("sketch", sketch, copies)
                 with gr.Tab("Inpaint", id="inpaint_tab", elem_id="img2img_inpaint_tab") as t3:
                     inpaint = gr.ImageEditor(label="Image for inpainting with mask", type="pil", format="png",
                                              elem_id="img2maskimg", sources=["upload", "clipboard"], height=360,
                                              layers=False, transforms=(),
                                              brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"))
+                    _copy_row("inpaint", inpaint, copies)
+                with gr.Tab("Inpaint sketch", id="inpaint_sketch_tab", elem_id="img2img_inpaint_sketch_tab") as t3s:
+                    # A1111's colour-sketch inpainting: the painted area is the mask, its colours the starting point
+                    inpaint_sketch = gr.ImageEditor(label="Color sketch inpainting", type="pil", format="png",
+                                                    elem_id="inpaint_sketch", sources=["upload", "clipboard"],
+                                                    height=360, layers=False, transforms=(),
+                                                    brush=gr.Brush(default_size=12, colors=_sketch_colors(engine),
+                                                                   color_mode="defaults"))
+                    _copy_row("inpaint_sketch", inpaint_sketch, copies)
                 with gr.Tab("Inpaint upload", id="inpaint_upload_tab", elem_id="img2img_inpaint_upload_tab") as t4:
                     upload_image = gr.Image(label="Image", type="pil", format="png", elem_id="img_inpaint_base",
                                             sources=["upload", "clipboard"], height=240)
@@ -382,7 +394,12 @@ def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
                                           label="Resize mode", elem_id="resize_mode"))
             with gr.Accordion("Inpaint options", open=True, elem_id="img2img_inpaint_controls",
                               visible=False) as inpaint_controls:
-                c.add("mask_blur", gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur"))
+                with gr.Row():
+                    c.add("mask_blur", gr.Slider(0, 64, value=4, step=1, label="Mask blur",
+                                                 elem_id="img2img_mask_blur"))
+                    # Inpaint sketch only (A1111 shows it there): not a request field, it dims the sketch's mask
+                    mask_alpha = gr.Slider(0, 100, value=0, step=1, label="Mask transparency", visible=False,
+                                           elem_id="img2img_mask_alpha")
                 c.add("inpainting_mask_invert", gr.Radio(MASK_MODES, value=MASK_MODES[0], type="index",
                                                          label="Mask mode", elem_id="img2img_mask_mode"))
                 c.add("inpainting_fill", gr.Radio(MASKED_CONTENT, value="original", type="index",
@@ -395,12 +412,13 @@ def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
                                                                 elem_id="img2img_inpaint_full_res_padding"))
             # Only the inpaint sub-tabs use these (as in A1111). A sub-tab click sets both; "send to inpaint"
             # sets the mode, whose change shows them.
-            for tab, name in ((t1, "img2img"), (t2, "sketch"), (t3, "inpaint"), (t4, "inpaint_upload"),
-                              (t5, "batch")):
-                tab.select(lambda n=name: (n, gr.update(visible=n in INPAINT_MODES)), None, [mode, inpaint_controls],
+            for tab, name in ((t1, "img2img"), (t2, "sketch"), (t3, "inpaint"), (t3s, "inpaint_sketch"),
+                              (t4, "inpaint_upload"), (t5, "batch")):
+                tab.select(lambda n=name: (n,) + _inpaint_visibility(n), None, [mode, inpaint_controls, mask_alpha],
                            queue=False, show_progress="hidden")
-            mode.change(lambda m: gr.update(visible=m in INPAINT_MODES), mode, inpaint_controls, queue=False,
+            mode.change(_inpaint_visibility, mode, [inpaint_controls, mask_alpha], queue=False,
                         show_progress="hidden")
+            _wire_copies(copies, subtabs, mode)
             _sampling_params(c, cfg, engine, is_img2img=True)
             with gr.Accordion("Outpaint", open=False, elem_id="img2img_outpaint"):
                 with gr.Row():
@@ -415,8 +433,8 @@ def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
             _results(c)
     controlnet.wire(c)
 
-    images_in = [mode, init, sketch, inpaint, upload_image, upload_mask]
-    for image_input in images_in[1:]:
+    images_in = [mode, init, sketch, inpaint, upload_image, upload_mask, inpaint_sketch, mask_alpha]
+    for image_input in images_in[1:-1]:
         guard_image_input(image_input, c.info)
 
     def build_fields(values, images, outpaint_px=None):
@@ -424,7 +442,7 @@ def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
         data = controlnet.put_units(_clean(c.values_to_dict(values)))
         data["mask_blur"] = int(data.get("mask_blur") or 0)
         data["inpaint_full_res_padding"] = int(data.get("inpaint_full_res_padding") or 0)
-        image, mask = _mode_inputs(*images)
+        image, mask = _mode_inputs(*images, mask_blur=data["mask_blur"])
         if image is None:
             raise RequestError("No image: upload or paste an image first")
         if outpaint_px is not None:
@@ -475,7 +493,8 @@ def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
                        + [out_left, out_right, out_up, out_down], outputs,
                        concurrency_id="generate", concurrency_limit=None, show_progress="hidden",
                        trigger_mode="multiple")
-    c.extra.update(init=init, sketch=sketch, inpaint=inpaint, subtabs=subtabs, mode=mode, batch=batch)
+    c.extra.update(init=init, sketch=sketch, inpaint=inpaint, inpaint_sketch=inpaint_sketch, subtabs=subtabs,
+                   mode=mode, batch=batch)
     return c
 
 
@@ -532,10 +551,72 @@ def _batch_options(v: dict[str, Any], hide_dirs: bool):
                         files=files, controlnet_dir=v.get("controlnet_dir") or "", hide_dirs=hide_dirs)
 
 
-def _mode_inputs(mode, init, sketch, inpaint, upload_image, upload_mask):
+# A1111's "Copy image to:" rows: (title, sub-tab name) of the four picture sub-tabs, and their Tabs ids.
+COPY_TARGETS = (("img2img", "img2img"), ("sketch", "sketch"), ("inpaint", "inpaint"),
+                ("inpaint sketch", "inpaint_sketch"))
+SUBTAB_IDS = {"img2img": "img2img_tab", "sketch": "sketch_tab", "inpaint": "inpaint_tab",
+              "inpaint_sketch": "inpaint_sketch_tab"}
+
+
+def _inpaint_visibility(mode):
+    """The inpaint options on the inpaint sub-tabs; "Mask transparency" on Inpaint sketch only (as A1111)."""
+    return gr.update(visible=mode in INPAINT_MODES), gr.update(visible=mode == "inpaint_sketch")
+
+
+def _sketch_colors(engine) -> list[str]:
+    """Inpaint sketch's palette: A1111's "Inpaint sketch initial brush color" setting first, then Gradio's."""
+    settings = getattr(engine, "settings", None)
+    first = settings.get("img2img_inpaint_sketch_default_brush_color", "#ffffff") if settings is not None else None
+    return [first or "#ffffff"] + [c for c in gr.Brush().colors if c != first]
+
+
+def _copy_row(name: str, component, copies: dict) -> None:
+    """A1111's row under a picture sub-tab: "Copy image to:" and a button per other picture sub-tab."""
+    with gr.Row(elem_id=f"img2img_copy_to_{name}"):
+        gr.HTML("Copy image to: ", elem_id=f"img2img_label_copy_to_{name}")
+        for title, target in COPY_TARGETS:
+            if target == name:
+                gr.Button(title, interactive=False, size="sm")
+                copies["to"][name] = component
+                continue
+            copies["buttons"].append((gr.Button(title, size="sm"), name, target))
+
+
+def copy_image(value, source: str, target: str):
+    """The picture a copy button carries: the painted picture from Sketch and Inpaint sketch, the picture without
+    its mask from Inpaint; as the target holds it (an editor's background, or a plain image)."""
+    image = value
+    if isinstance(value, dict):
+        image = value.get("background") if source == "inpaint" else _editor_flat(value)
+    if image is None:
+        return gr.update()
+    if target == "img2img":
+        return image
+    return {"background": image.convert("RGB"), "layers": [], "composite": None}
+
+
+def _wire_copies(copies: dict, subtabs, mode) -> None:
+    for button, source, target in copies["buttons"]:
+        button.click(lambda v, s=source, t=target: (copy_image(v, s, t), gr.Tabs(selected=SUBTAB_IDS[t]), t),
+                     copies["to"][source], [copies["to"][target], subtabs, mode], show_progress="hidden")
+
+
+def _mode_inputs(mode, init, sketch, inpaint, upload_image, upload_mask, inpaint_sketch=None, mask_alpha=0,
+                 mask_blur=4):
     """(init image, mask or None) for the active img2img sub-tab."""
     if mode == "sketch":
         return _editor_composite(sketch), None
+    if mode == "inpaint_sketch":
+        if not inpaint_sketch or inpaint_sketch.get("background") is None:
+            return None, None
+        original = inpaint_sketch["background"].convert("RGB")
+        init_image, mask = masking.sketch_to_inpaint(original, _editor_flat(inpaint_sketch), mask_blur,
+                                                     mask_alpha or 0)
+        if mask.getbbox() is None:
+            if (mask_alpha or 0) >= 100:
+                raise RequestError("Mask transparency 100 leaves no mask: lower it to repaint what you painted")
+            raise RequestError("Paint over the part of the image to change (the brush, in a colour), then generate")
+        return init_image, mask
     if mode == "inpaint":
         if not inpaint or inpaint.get("background") is None:
             return None, None
@@ -559,6 +640,21 @@ def _editor_composite(value) -> Image.Image | None:
     if value.get("composite") is not None:
         return value["composite"]
     return value.get("background")
+
+
+def _editor_flat(value) -> Image.Image | None:
+    """An ImageEditor's picture with its strokes painted on (RGB), laid here from the background and the layers so
+    that unpainted pixels are exactly the background's."""
+    background = value.get("background")
+    if background is None:
+        return _editor_composite(value)
+    flat = background.convert("RGBA")
+    for layer in value.get("layers") or []:
+        if layer is None:
+            continue
+        layer = layer.convert("RGBA")
+        flat.alpha_composite(layer if layer.size == flat.size else layer.resize(flat.size))
+    return flat.convert("RGB")
 
 
 def _editor_mask(value, size) -> Image.Image | None:
