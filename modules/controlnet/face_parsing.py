@@ -172,8 +172,9 @@ def _nms(boxes: np.ndarray, scores: np.ndarray) -> list[int]:
 
 
 @torch.no_grad()
-def detect(net: RetinaFace, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(boxes N×4, landmarks N×5×2) of the faces RetinaFace finds in a BGR uint8 picture, best first."""
+def detect(net: RetinaFace, bgr: np.ndarray, threshold: float = SCORE_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes N×4, landmarks N×5×2) of the faces RetinaFace finds in a BGR uint8 picture, best first (scores above
+    `threshold`: 0.97 as the extension's facexlib preprocessor, facexlib's own default 0.8 for face restoration)."""
     h, w = bgr.shape[:2]
     x = torch.from_numpy(bgr.astype(np.float32).transpose(2, 0, 1))[None]
     x = x - torch.tensor(BGR_MEAN).reshape(1, 3, 1, 1)
@@ -194,7 +195,7 @@ def detect(net: RetinaFace, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     points = p[:, None, :2] + marks.reshape(-1, 5, 2) * v0 * p[:, None, 2:]
     points = points * torch.tensor([w, h])
     scores = conf[0, :, 1].double().cpu().numpy()
-    keep = np.where(scores > SCORE_THRESHOLD)[0]
+    keep = np.where(scores > threshold)[0]
     order = keep[np.argsort(-scores[keep], kind="stable")]
     boxes, points, scores = boxes.numpy()[order], points.numpy()[order], scores[order]
     kept = _nms(boxes, scores) if len(order) else []
@@ -345,16 +346,23 @@ def load(annotator_dir: Path | None, label: str, name: str):
     """RetinaFace or BiSeNet from the user's facexlib folder; a missing file is a MissingAnnotatorError naming it
     and the folder."""
     from modules.controlnet.preprocessors import MissingAnnotatorError
-    from modules.models.loader import read_state_dict
 
     path = folder(annotator_dir) / name
     if annotator_dir is None or not path.is_file():
         raise MissingAnnotatorError(label, name, folder(annotator_dir))
+    return load_file(path, RetinaFace if name == DETECTOR else BiSeNet)
+
+
+def load_file(path: Path, cls: type = RetinaFace):
+    """RetinaFace (or BiSeNet) from one facexlib file (face restoration reads the detector from its own folders
+    too); a file of another network is a FaceParsingError naming it. The last two networks read stay cached."""
+    from modules.models.loader import read_state_dict
+
+    path, name = Path(path), Path(path).name
     key = (str(path), path.stat().st_mtime_ns, path.stat().st_size)
     if key in _CACHE:
         return _CACHE[key]
     sd = {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
-    cls = RetinaFace if name == DETECTOR else BiSeNet
     try:
         net = cls(sd)
         missing, unexpected = net.load_state_dict(sd, strict=False)
