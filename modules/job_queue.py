@@ -75,6 +75,7 @@ class QueuedJob:
     progress: dict | None = None  # a cluster worker's JobState while it runs (the page reads it)
     convert: Callable[[Any], Any] | None = field(default=None, repr=False)  # a worker's result → this job's answer
     stage: str = ""  # where a job of several generations is ("picture 2 of 5: cat.png"), shown with its progress
+    task_id: str = ""  # A1111's id_task for it (the API's force_task_id), answered by POST /internal/progress
 
     def summary(self) -> dict:
         body = self.body
@@ -197,7 +198,7 @@ class VisibleQueue:
     def submit(self, mode: str, body: dict, source: str = "api", client: str = "", *,
                work: Callable[[], Any] | None = None, resumable: bool = True, forever: bool = False,
                request: Any = None, script_args: list | None = None,
-               convert: Callable[[Any], Any] | None = None) -> QueuedJob:
+               convert: Callable[[Any], Any] | None = None, task_id: str = "") -> QueuedJob:
         """Queue a job (429 past the limits). `work` runs it now; without it, its source's runner runs `body`."""
         with self._cond:
             waiting = [j for j in self._jobs.values() if j.status == "queued"]
@@ -208,7 +209,8 @@ class VisibleQueue:
                                       "to start")
             return self._add(QueuedJob(id=uuid.uuid4().hex[:16], mode=mode, body=body, source=source,
                                        client=client, work=work, resumable=resumable, forever=forever,
-                                       request=request, script_args=script_args, convert=convert))
+                                       request=request, script_args=script_args, convert=convert,
+                                       task_id=task_id))
 
     def _add(self, job: QueuedJob) -> QueuedJob:
         job.position = max((j.position for j in self._jobs.values()), default=0.0) + 1
@@ -218,13 +220,13 @@ class VisibleQueue:
         return job
 
     def call(self, mode: str, body: dict, work: Callable[[], Any], source: str = "api", client: str = "",
-             request: Any = None) -> Any:
+             request: Any = None, task_id: str = "") -> Any:
         """Run `work` as a listed job and wait for it (A1111's blocking routes): its result, or its exception.
 
         Called from within a job (a queued API job running the blocking path) it simply runs."""
         if getattr(self._in_job, "running", False):
             return work()
-        job = self.submit(mode, body, source, client, work=work, resumable=False, request=request)
+        job = self.submit(mode, body, source, client, work=work, resumable=False, request=request, task_id=task_id)
         with self._cond:
             while job.status not in FINISHED:
                 self._cond.wait(timeout=1.0)
@@ -242,6 +244,14 @@ class VisibleQueue:
         if job is None:
             raise QueueError(404, f"no job {job_id!r} in the queue")
         return job
+
+    def by_task(self, id_task: str) -> QueuedJob | None:
+        """The job with that id, or with that A1111 task id (the newest, if one was reused)."""
+        with self._cond:
+            if id_task in self._jobs:
+                return self._jobs[id_task]
+            found = [j for j in self._jobs.values() if id_task and j.task_id == id_task]
+        return max(found, key=lambda j: j.created) if found else None
 
     def jobs(self) -> list[QueuedJob]:
         """Running and queued jobs in the order they will run, then the finished ones, newest first."""

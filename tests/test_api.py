@@ -584,3 +584,37 @@ def test_flux_over_the_api(api):
         path.unlink()
         api.post("/options", json={"forge_additional_modules": []})
         api.post("/refresh-checkpoints")
+
+
+@pytest.mark.slow
+def test_internal_progress_follows_a_task_by_its_forced_id_as_a1111s_page_polls_it(api):
+    """A1111's requestProgress polls POST /internal/progress with the task's id; an API call names its task with
+    force_task_id. Waiting, running (fraction, ETA, live preview) and done are told apart; an unknown id waits."""
+    root = httpx.Client(base_url=api.root, timeout=60)
+    unknown = root.post("/internal/progress", json={"id_task": "task(nobody)"}).json()
+    assert unknown["active"] is False and unknown["completed"] is False and unknown["textinfo"] == "Waiting..."
+
+    answers = []
+    call = threading.Thread(target=lambda: answers.append(api.post("/txt2img", json={
+        **FAST, "steps": 24, "force_task_id": "task(mine)", "override_settings": {"show_progress_every_n_steps": 1}})))
+    call.start()
+    seen = []
+    deadline = time.time() + 120
+    while call.is_alive() and time.time() < deadline:
+        r = root.post("/internal/progress", json={"id_task": "task(mine)", "id_live_preview": -1,
+                                                  "live_preview": True})
+        assert r.status_code == 200
+        seen.append(r.json())
+        time.sleep(0.05)
+    call.join()
+    assert answers[0].status_code == 200
+    running = [s for s in seen if s["active"]]
+    assert running, seen[:3]
+    assert all(0 <= s["progress"] <= 1 for s in running)
+    assert any(s["progress"] > 0 for s in running)
+    previews = [s for s in running if s["live_preview"]]
+    assert previews and previews[0]["live_preview"].startswith("data:image/jpeg;base64,")
+    done = root.post("/internal/progress", json={"id_task": "task(mine)"}).json()
+    assert done["completed"] is True and done["active"] is False
+    assert root.get("/internal/pending-tasks").json() == {"size": 0, "tasks": []}
+    assert root.get("/internal/ping").json() == {}

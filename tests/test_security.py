@@ -90,12 +90,14 @@ def test_gradio_auth_path_protects_the_ui(servers):
         assert c.get("/config").status_code == 401
         assert c.post("/gradio_api/queue/join", json={}).status_code == 401
         assert c.get("/file=outputs/x.png").status_code == 401
+        assert c.post("/internal/progress", json={"id_task": "task(x)"}).status_code == 401
         assert ui_login(c, "alice", "wrong") == 400
         assert ui_login(c, "api-user", "api-pass") == 400  # the API's logins are not the UI's
     for user, password in (("alice", "wonder land"), ("bob", "pw:with:colons"), ("carol", "c")):
         with srv.client() as c:
             assert ui_login(c, user, password) == 200
             assert c.get("/config").status_code == 200
+            assert c.post("/internal/progress", json={"id_task": "task(x)"}).status_code == 200
 
 
 def test_api_auth_path_protects_the_api(servers):

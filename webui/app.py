@@ -374,13 +374,14 @@ def mount(app, engine: Engine, args, runtime=None) -> None:
     UI's catch-all; so is A1111's `/file=` route (webui/file_route.py). The page's head (our globals, the
     extensions' javascript inline in load order, their style.css linked as `file=<path>?<mtime>`) is rebuilt on
     every page load, so an edited extension file or a changed setting shows after a reload, as in A1111."""
-    from webui import file_route
+    from webui import file_route, internal_routes
 
     demo = create_ui(engine, args)
     demo.queue(default_concurrency_limit=1, max_size=64)
     script_callbacks.app_started_callback(demo, app)
     mounted = {}
     file_route.add(app, engine.paths, engine.settings, gradio_app=lambda: mounted.get("ui"))
+    internal_routes.add(app, engine, gradio_app=lambda: mounted.get("ui"))
 
     def head() -> str:
         text = CTRL_ENTER_JS + page_globals(engine) + _asset_script("queue.js") + _asset_script("history_keys.js")

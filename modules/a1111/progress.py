@@ -40,3 +40,20 @@ def record_results(id_task, res) -> None:
 
 def add_task_to_queue(id_job: str) -> None:
     pending_tasks[id_job] = time.time()
+
+
+def progressapi(req):
+    """A1111's handler of POST /internal/progress, for extensions that call it themselves (modules/task_progress)."""
+    from modules import shared, task_progress
+
+    return task_progress.ProgressResponse(**task_progress.progress(
+        shared.engine, getattr(req, "id_task", None) or "", getattr(req, "id_live_preview", -1),
+        getattr(req, "live_preview", True)))
+
+
+def __getattr__(name: str):
+    if name in ("ProgressRequest", "ProgressResponse"):
+        from modules import task_progress
+
+        return getattr(task_progress, name)
+    raise AttributeError(name)

@@ -483,7 +483,7 @@ class Api:
             if queue is None:
                 return self.engine.generate(req)
             return queue.call(req.mode, request_summary(req), lambda: self.engine.generate(req), "api", client,
-                              request=req)
+                              request=req, task_id=req.force_task_id or "")
         except ModelNotFoundError as e:
             raise ApiError(400, str(e), "ModelNotFound") from None
         except RequestError as e:

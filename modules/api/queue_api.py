@@ -69,7 +69,8 @@ class QueueApi:
         client = request.client.host if request.client else ""
         try:
             job = self.queue.submit(mode, body.model_dump(exclude_unset=True, mode="json"), "api", client,
-                                    request=req, convert=lambda result: self.api._response(req, result, echo))
+                                    request=req, convert=lambda result: self.api._response(req, result, echo),
+                                    task_id=req.force_task_id or "")
         except QueueError as e:
             raise ApiError(e.status, str(e)) from None
         return {"id": job.id, "status": job.status, "position": self.queue.position(job)}
