@@ -156,7 +156,7 @@ class Engine:
                                     embeddings=self.embeddings, upscalers=self.upscalers,
                                     upscale=self.upscalers.upscale_to if self.upscalers else None, hooks=hooks,
                                     controlnets=self.controlnets, annotator_dir=self.paths.annotator_dir,
-                                    hypernetworks=self.hypernetworks)
+                                    hypernetworks=self.hypernetworks, models=self.models)
             ctx.state = self.state
             result = self._within_memory(model, req, ctx)
         self._index(result)

@@ -8,6 +8,7 @@ image's noise from its own generator.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -31,7 +32,7 @@ from modules.sampling import conditioning as cond_mod
 from modules.sampling import samplers
 from modules.sampling import loop as loop_hooks
 from modules.sampling.flow_denoiser import denoiser_for
-from modules.sampling.loop import InpaintLatents, Interrupted, SamplingJob, Skipped, StepInfo, sample
+from modules.sampling.loop import InpaintLatents, Interrupted, ModelSwitch, SamplingJob, Skipped, StepInfo, sample
 from modules.version import VERSION
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class ProcessingContext:
     hypernetworks: Any = None  # modules.networks.hypernetworks.HypernetworkRegistry (models/hypernetworks)
     controlnets: Any = None  # modules.controlnet.models.ControlNetLibrary: the models request units name
     annotator_dir: Path | None = None  # ControlNet preprocessor weights (models/ControlNetPreprocessor)
+    models: Any = None  # modules.models.manager.ModelManager: where the refiner checkpoint is found and loaded
 
     def opt(self, name: str, default: Any = None) -> Any:
         return self.options.get(name, default)
@@ -367,6 +369,33 @@ class BatchPlan:
     hires: bool = False  # the hires fix's second pass
 
 
+def refiner_switch_step(scheduler, timesteps, switch_at: float, by_steps: bool = False) -> int | None:
+    """The 0-based step from which the refiner samples, or None (it never does). A1111 switches at the first
+    denoiser call whose completed fraction reaches `switch_at`: by default the fraction of the model's 1000
+    training timesteps already passed, `(999 - t) / 1000` with `t` the training timestep whose sigma is nearest
+    the step's; with "Switch to refiner by sampling steps", the steps done out of the steps run."""
+    n = len(timesteps)
+    sigmas = getattr(scheduler, "sigmas", None)
+    table = None
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    if sigmas is not None and alphas is not None and len(sigmas) >= len(scheduler.timesteps):
+        table = ((1 - alphas) / alphas) ** 0.5
+        begin = len(scheduler.timesteps) - n
+    for i in range(n):
+        if by_steps:
+            done = i / n
+        else:
+            if table is not None:
+                sigma = float(sigmas[begin + i])
+                index = int(torch.argmin((table.to(torch.float64) - sigma).abs()))
+            else:  # schedulers without a sigma table (DDIM): the timestep itself
+                index = int(round(float(timesteps[i])))
+            done = (999 - index) / 1000
+        if done >= switch_at:
+            return i
+    return None
+
+
 class Generation:
     """One request being processed; holds the per-request pieces shared by all its batches."""
 
@@ -397,6 +426,8 @@ class Generation:
         self.control_units = list(ctx.control_units)
         self._reference = None  # the reference units' hooks while the request runs (image_prompts)
         self._control_hooks: list = []  # hypernetwork hooks on the ControlNets while the request runs
+        self.refiner_info = self._refiner_checkpoint()  # A1111's refiner: found now, loaded when sampling reaches it
+        self.final_model = self.model  # the model that finished the last sampling (decodes it, as A1111)
 
     def prepare_controls(self, crop: tuple[int, int, int, int] | None = None) -> None:
         """The request's ControlNet units, preprocessed and loaded before any sampling (errors name the unit).
@@ -435,11 +466,20 @@ class Generation:
 
     # -- conditioning ------------------------------------------------------------------------------------------
 
-    def conditioning(self, prompts: list[str]) -> cond_mod.Conditioning:
-        key = (tuple(prompts), self.clip_skip)
+    def conditioning(self, prompts: list[str], model: LoadedModel | None = None) -> cond_mod.Conditioning:
+        """`model`: another model's text encoders (the refiner's); by default the request's model."""
+        model = model or self.model
+        key = (tuple(prompts), self.clip_skip, id(model))
         if key not in self._cond_cache:
-            encoded = cond_mod.encode(self.model, prompts, self.clip_skip, options=self.text_options,
-                                      embeddings=self.embeddings, used=self.used_embeddings)
+            other = model is not self.model and self.embeddings is not None
+            if other:
+                self.embeddings.load(model)  # the embeddings that fit the refiner's encoders
+            try:
+                encoded = cond_mod.encode(model, prompts, self.clip_skip, options=self.text_options,
+                                          embeddings=self.embeddings, used=self.used_embeddings)
+            finally:
+                if other:
+                    self.embeddings.load(self.model)
             self._cond_cache = {key: encoded, **self._cond_cache}
             if len(self._cond_cache) > 16:
                 self._cond_cache.pop(next(reversed(self._cond_cache)))
@@ -451,13 +491,15 @@ class Generation:
         rule; SD1/SDXL keep A1111's, which always encodes it)."""
         return not (self.model.is_flow and self.req.cfg_scale <= 1)
 
-    def prompt_schedule(self, prompts: list[str], negatives: list[str], hires: bool = False) -> cond_mod.PromptSchedule:
+    def prompt_schedule(self, prompts: list[str], negatives: list[str], hires: bool = False,
+                        model: LoadedModel | None = None) -> cond_mod.PromptSchedule:
         """Per-step conditioning for one batch: A1111's schedules over the request's steps (in the hires pass: the
         first pass's steps as base and the hires steps, so `[a:b:1.5]`-style fractions and step numbers past the first
         pass apply there)."""
         req = self.req
         hires_steps = (getattr(req, "hr_second_pass_steps", 0) or req.steps) if hires else None
-        return cond_mod.PromptSchedule(self.conditioning, prompts, negatives, req.steps, hires_steps,
+        encode = self.conditioning if model is None else functools.partial(self.conditioning, model=model)
+        return cond_mod.PromptSchedule(encode, prompts, negatives, req.steps, hires_steps,
                                        self.use_old_scheduling, with_uncond=self.uses_negative)
 
     # -- sampling ----------------------------------------------------------------------------------------------
@@ -548,19 +590,123 @@ class Generation:
             add_noise=add_noise if flow else None, controls=controls, control_latents=control_latents,
             upcast=model.device_config.upcast_sampling and not flow,
         )
-        if model.is_sdxl:
-            aest = model.family == "sdxl_refiner"
-            crop = (int(self.ctx.opt("sdxl_crop_top", 0) or 0), int(self.ctx.opt("sdxl_crop_left", 0) or 0))
-            job.time_ids = cond_mod.sdxl_time_ids(model, plan.width, plan.height, crop=crop,
-                                                  aesthetic=6.0 if aest else None, batch=len(plan.seeds))
-            job.uncond_time_ids = cond_mod.sdxl_time_ids(model, plan.width, plan.height, crop=crop,
-                                                         aesthetic=2.5 if aest else None, batch=len(plan.seeds))
+        job.time_ids, job.uncond_time_ids = self._time_ids(model, plan)
+        self.final_model = model
+        if self.refiner_info is not None and self._refiner_in_pass(hires):
+            job.switch = self._refiner_switch(plan, scheduler, timesteps, prompts, negatives, hires)
         state = self.ctx.state
         state.sampling_steps = len(timesteps)
         state.sampling_step = 0
         if len(timesteps) == 0:
             return image_latents if image_latents is not None else latents
         return sample(job)
+
+    def _time_ids(self, model: LoadedModel, plan: BatchPlan):
+        """SDXL's size/crop conditioning (cond, uncond); the refiner's carries the aesthetic scores instead of the
+        target size (A1111's SDXL high/low aesthetic score settings)."""
+        if not model.is_sdxl:
+            return None, None
+        aest = model.family == "sdxl_refiner"
+        crop = (int(self.ctx.opt("sdxl_crop_top", 0) or 0), int(self.ctx.opt("sdxl_crop_left", 0) or 0))
+        high = float(self.ctx.opt("sdxl_refiner_high_aesthetic_score", 6.0)) if aest else None
+        low = float(self.ctx.opt("sdxl_refiner_low_aesthetic_score", 2.5)) if aest else None
+        return (cond_mod.sdxl_time_ids(model, plan.width, plan.height, crop=crop, aesthetic=high, batch=len(plan.seeds)),
+                cond_mod.sdxl_time_ids(model, plan.width, plan.height, crop=crop, aesthetic=low, batch=len(plan.seeds)))
+
+    # -- the refiner (A1111 1.6: sd_samplers_common.apply_refiner) ----------------------------------------------
+
+    def _refiner_checkpoint(self):
+        """The refiner's CheckpointInfo, or None when the request has none: A1111 looks the title up before anything
+        runs (unknown → an error naming the field), then uses it only for a switch point inside (0, 1) and a
+        checkpoint other than the one in use."""
+        req = self.req
+        title = req.refiner_checkpoint
+        if title in (None, "", "None", "none"):
+            return None
+        if self.ctx.models is None:
+            raise RequestError("refiner_checkpoint: no checkpoints to load a refiner from here")
+        from modules.models.manager import ModelNotFoundError
+
+        try:
+            info = self.ctx.models.resolve(str(title))
+        except ModelNotFoundError as e:
+            raise RequestError(f"refiner_checkpoint: {e}") from None
+        at = req.refiner_switch_at
+        if at is not None and not 0 <= at <= 1:
+            raise RequestError(f"refiner_switch_at must be between 0 and 1, got {at}")
+        if at is None or at >= 1 or str(info.filename) == str(self.model.filename):
+            return None  # 1 never switches; the model in use needs no switch
+        if self.model.is_flow:
+            raise RequestError(f"refiner_checkpoint: {self.model.spec.label} models take no refiner here")
+        return info
+
+    def _refiner_in_pass(self, hires: bool) -> bool:
+        """With hires fix on, the setting "Hires fix: which pass to enable refiner for" picks the passes."""
+        req = self.req
+        if not (isinstance(req, Txt2ImgRequest) and req.enable_hr):
+            return True
+        which = self.ctx.opt("hires_fix_refiner_pass", "second pass") or "second pass"
+        return which == "both passes" or (which == "first pass") != hires
+
+    def _refiner_switch(self, plan: BatchPlan, scheduler, timesteps, prompts, negatives, hires: bool):
+        by_steps = bool(self.ctx.opt("refiner_switch_by_sample_steps", False))
+        at = refiner_switch_step(scheduler, timesteps, float(self.req.refiner_switch_at), by_steps)
+        if at is None:
+            return None
+
+        def swap(job: SamplingJob, latents: torch.Tensor):
+            refiner = self._load_refiner()
+            self._refiner_infotext(by_steps, hires)
+            schedule = self.prompt_schedule(prompts, negatives, hires=hires, model=refiner)
+            cond, uncond = schedule.at(0)
+            time_ids, uncond_time_ids = self._time_ids(refiner, plan)
+            new = dataclasses.replace(
+                job, unet=refiner.unet, cond=cond, uncond=uncond, time_ids=time_ids, uncond_time_ids=uncond_time_ids,
+                conditioning_at=schedule.at if schedule.varies else None, inpaint=self._refiner_inpaint(job, refiner,
+                                                                                                        plan),
+                controls=[], control_latents=None, switch=None,
+                upcast=refiner.device_config.upcast_sampling)
+            self.final_model = refiner
+            return new, latents if new.upcast else latents.to(device=refiner.device, dtype=refiner.dtype)
+
+        return ModelSwitch(at, swap)
+
+    def _load_refiner(self) -> LoadedModel:
+        """Through the model manager (its cache limit unloads the base as A1111 does); the next job loads its own
+        model again."""
+        state = self.ctx.state
+        previous, state.textinfo = state.textinfo, f"Loading refiner {self.refiner_info.title}"
+        try:
+            refiner = self.ctx.models.get(self.refiner_info.title, remember=False)
+        finally:
+            state.textinfo = previous
+        if refiner.is_flow:
+            raise RequestError(f"refiner_checkpoint: {refiner.title} is a {refiner.spec.label} model; "
+                               "a refiner must be an SD1.x/SD2.x/SDXL checkpoint")
+        return refiner
+
+    def _refiner_inpaint(self, job: SamplingJob, refiner: LoadedModel, plan: BatchPlan) -> InpaintLatents | None:
+        """What the refiner's UNet reads next to the latents: an inpainting refiner without a mask gets A1111's
+        "repaint everything" conditioning; with a mask both models must be of the same kind."""
+        base = self.model
+        if plan.inpaint is None:  # txt2img / plain img2img
+            if refiner.spec.inpainting:
+                return unmasked_conditioning(refiner, len(plan.seeds), plan.width, plan.height)
+            return None
+        if refiner.spec.inpainting != base.spec.inpainting:
+            raise RequestError(f"refiner_checkpoint: {refiner.title} and {base.title} must both be inpainting "
+                               "models, or neither, to inpaint with a mask")
+        return job.inpaint
+
+    def _refiner_infotext(self, by_steps: bool, hires: bool) -> None:
+        extra = self.run.extra if self.run is not None else {}
+        extra["Refiner"] = self.refiner_info.short_title
+        extra["Refiner switch at"] = self.req.refiner_switch_at
+        if by_steps:
+            extra["Refiner switch by sampling steps"] = True
+        which = self.ctx.opt("hires_fix_refiner_pass", "second pass") or "second pass"
+        if getattr(self.req, "enable_hr", False) and which != "second pass":
+            extra["Hires refiner"] = which
 
     def _controls(self, plan: BatchPlan, generators) -> list:
         """The ControlNet units used in this pass, with their maps at its size. A Flux ControlNet's map is encoded
@@ -859,7 +1005,7 @@ def txt2img(ctx: ProcessingContext, req: Txt2ImgRequest) -> GenerationResult:
         latents = gen.sample_batch(plan, prompts, negatives)
         if hires is not None:
             return hires.run(gen, latents, seeds, subseeds, prompts, negatives)
-        return _to_pil(model, decode(model, latents))
+        return _to_pil(model, decode(gen.final_model, latents))
 
     return _run(ctx, gen, batch, width, height, extra, hires.denoising if hires else None)
 
@@ -957,10 +1103,10 @@ class HiresPlan:
             plan.init_latents = self._resize_latents(latents, f)
             out = gen.sample_batch(plan, hr_prompts, hr_negatives, sampler, schedule)
         else:
-            first = _to_pil(model, decode(model, latents))
+            first = _to_pil(model, decode(gen.final_model, latents))
             pixels = image_processor(model).preprocess([self._resize_pixels(im, gen.ctx) for im in first])
             out = gen.sample_batch(plan, hr_prompts, hr_negatives, sampler, schedule, encode_pixels=pixels)
-        return _to_pil(model, decode(model, out))
+        return _to_pil(model, decode(gen.final_model, out))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1023,7 +1169,7 @@ def img2img(ctx: ProcessingContext, req: Img2ImgRequest) -> GenerationResult:
             if setup is not None:
                 plan.inpaint = _inpaint_tensors(gen, req, setup, pixels, seeds, width, height)
             latents = gen.sample_batch(plan, prompts, negatives, encode_pixels=pixels)
-        out = _to_pil(model, decode(model, latents))
+        out = _to_pil(model, decode(gen.final_model, latents))
         if setup is not None:
             out = [_apply_overlay(im, setup, (n * k + i) % len(setup.overlay_source)) for i, im in enumerate(out)]
         return out

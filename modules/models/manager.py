@@ -120,8 +120,10 @@ class ModelManager:
     def current(self) -> LoadedModel | None:
         return next(reversed(self._cache.values()), None)
 
-    def get(self, title: str | None = None) -> LoadedModel:
-        """Return a loaded model, loading (and evicting the least recently used beyond the limit) as needed."""
+    def get(self, title: str | None = None, remember: bool = True) -> LoadedModel:
+        """Return a loaded model, loading (and evicting the least recently used beyond the limit) as needed.
+        `remember=False` (the refiner, loaded part-way through a job): the model in use stays the one later jobs
+        fall back to when no checkpoint is configured."""
         info = self.resolve(title)
         with self._lock:
             key = str(info.filename)
@@ -146,7 +148,8 @@ class ModelManager:
                 self._cache.move_to_end(key)
                 _back_on_device(model)
             self.apply_vae(model, info)
-            self._last_used = key
+            if remember:
+                self._last_used = key
             return model
 
     def select(self, title: str) -> LoadedModel:

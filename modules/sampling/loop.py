@@ -68,6 +68,17 @@ class SamplingHooks:
 
 
 @dataclass
+class ModelSwitch:
+    """Go on with another model part-way through (A1111's refiner): before step `step` (0-based) the loop hands
+    the job and its latents to `swap`, which returns the job to continue with (another UNet, conditioning encoded by
+    that model's own text encoders, its time ids) and the latents in its dtype. Scheduler, generators, timesteps
+    and step callbacks carry on, so progress and interrupt see one run."""
+
+    step: int
+    swap: Callable[["SamplingJob", torch.Tensor], tuple["SamplingJob", torch.Tensor]]
+
+
+@dataclass
 class SamplingJob:
     unet: torch.nn.Module
     scheduler: object
@@ -88,6 +99,7 @@ class SamplingJob:
     controls: list = field(default_factory=list)  # controlnet.units.ActiveControl: residuals added to the UNet
     control_latents: torch.Tensor | None = None  # (B, C, h, w) read next to the latents (Flux.1 Depth/Canny)
     upcast: bool = False  # --upcast-sampling: latents, scheduler and CFG in fp32, the UNet's input cast to its dtype
+    switch: ModelSwitch | None = None  # the refiner: another model from a given step on
 
     @property
     def use_cfg(self) -> bool:
@@ -265,6 +277,8 @@ def sample(job: SamplingJob) -> torch.Tensor:
     total = len(timesteps)
     inpaint4 = job.inpaint is not None and job.inpaint.masked_image_latents is None
     for i, t in enumerate(timesteps):
+        if job.switch is not None and i == job.switch.step:
+            job, latents = job.switch.swap(job, latents)
         noise_pred = denoise(job, latents, t, i)
         latents = job.scheduler.step(noise_pred, t, latents, **job.step_kwargs, return_dict=False)[0]
         if inpaint4:
