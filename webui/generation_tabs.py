@@ -194,6 +194,39 @@ def _hires(c: Controls, cfg: UiConfig, engine):
                                            elem_id=f"{tab}_hr_resize_y"))
 
 
+def _refiner(c: Controls, engine):
+    """A1111's Refiner accordion (its elem_ids: `<tab>_enable`, `_checkpoint`, `_checkpoint_refresh`,
+    `_switch_at`): from "Switch at" (fraction of the sampling) on, the refiner checkpoint samples the rest."""
+    tab = c.tab
+    with gr.Group(elem_id=f"{tab}_refiner"):
+        with gr.Accordion("Refiner", open=False, elem_id=f"{tab}_enable"):
+            c.add("refiner_enable", gr.Checkbox(label="Enable refiner", value=False, elem_id=f"{tab}_enable-checkbox"))
+            with gr.Row():
+                checkpoint = c.add("refiner_checkpoint", gr.Dropdown(
+                    ["", *engine.registry.titles()], value="", label="Checkpoint", elem_id=f"{tab}_checkpoint",
+                    info="switch to another model in the middle of generation"))
+                refresh = gr.Button("🔄", elem_id=f"{tab}_checkpoint_refresh", size="sm", min_width=40, scale=0)
+                c.add("refiner_switch_at", gr.Slider(
+                    0.01, 1.0, value=0.8, step=0.01, label="Switch at", elem_id=f"{tab}_switch_at",
+                    info="fraction of sampling steps when the switch to refiner model should happen; 1=never, "
+                         "0.5=switch in the middle of generation"))
+
+    def refreshed():
+        engine.registry.refresh()
+        return gr.update(choices=["", *engine.registry.titles()])
+
+    refresh.click(refreshed, None, checkpoint, queue=False, show_progress="hidden")
+
+
+def _refiner_paste(c: Controls, fields: dict) -> None:
+    """A1111's paste: "Refiner" turns the accordion on and picks the checkpoint of that name (its title)."""
+    if "refiner_checkpoint" not in fields or not any(name == "refiner_enable" for name, _ in c.fields):
+        return
+    info = c.extra["engine"].registry.get(str(fields["refiner_checkpoint"]))
+    fields["refiner_enable"] = True
+    fields["refiner_checkpoint"] = info.title if info is not None else fields["refiner_checkpoint"]
+
+
 def _results(c: Controls):
     tab = c.tab
     c.progress = gr.HTML("", elem_id=f"{tab}_progress", elem_classes=["sd-progress-wrap"])
@@ -271,6 +304,7 @@ def paste_updates(c: Controls, text: str) -> list:
     params = infotext_mod.parse_generation_parameters(text)
     script_callbacks.infotext_pasted_callback(text, params)  # extensions may add or change parameters
     fields = infotext_mod.infotext_to_request_fields(params)
+    _refiner_paste(c, fields)
     if c.extra.get("controlnet") is not None:  # "ControlNet N" → unit N's controls (gr.update dicts)
         fields.update(c.extra["controlnet"].paste_fields(params))
     return [(fields[name] if _is_update(fields[name]) else gr.update(value=_ui_value(comp, fields[name])))
@@ -299,6 +333,8 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
                 "hr_resize_y", "seed_resize_from_w", "seed_resize_from_h"):
         if isinstance(out.get(key), float):
             out[key] = int(out[key])
+    if not out.pop("refiner_enable", True) or out.get("refiner_checkpoint") in ("", "None"):
+        out["refiner_checkpoint"] = out["refiner_switch_at"] = None  # A1111's setup: off → no refiner
     if out.get("scheduler") in (None, ""):
         out["scheduler"] = "Automatic"
     return out
@@ -318,6 +354,7 @@ def build_txt2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
         with gr.Column(scale=1, elem_id="txt2img_settings"):
             _sampling_params(c, cfg, engine, is_img2img=False)
             _hires(c, cfg, engine)
+            _refiner(c, engine)
             controlnet = controlnet_panel.build(c, engine, is_img2img=False)
             script_controls = _scripts(engine, is_img2img=False)
         with gr.Column(scale=1, elem_id="txt2img_results"):
@@ -420,6 +457,7 @@ def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
                         show_progress="hidden")
             _wire_copies(copies, subtabs, mode)
             _sampling_params(c, cfg, engine, is_img2img=True)
+            _refiner(c, engine)
             with gr.Accordion("Outpaint", open=False, elem_id="img2img_outpaint"):
                 with gr.Row():
                     out_left = gr.Number(value=0, precision=0, label="Left", elem_id="img2img_outpaint_left")
