@@ -139,6 +139,10 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
         help="extra directory with ControlNet models (besides <models-dir>/ControlNet)")
     add("--controlnet-annotator-models-path", type=_dir, default=None,
         help="directory with ControlNet preprocessor weights (default: <models-dir>/ControlNetPreprocessor)")
+    add("--gfpgan-models-path", type=_dir, default=None,
+        help="directory with GFPGAN model file(s) (default: <models-dir>/GFPGAN)")
+    add("--codeformer-models-path", type=_dir, default=None,
+        help="directory with CodeFormer model file(s) (default: <models-dir>/Codeformer)")
     add("--lora-dir", type=_dir, default=None, help="directory with LoRA networks (default: <models-dir>/Lora)")
     add("--embeddings-dir", type=_dir, default=None,
         help="directory with textual inversion embeddings (default: <data-dir>/embeddings)")

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from modules import cpu_threads, devices, images, processing, prompt_limits
+from modules import cpu_threads, devices, face_restoration, images, processing, prompt_limits
 from modules.hashes import HashCache
 from modules.history import HistoryStore
 from modules.jobs import JobQueue, JobState
@@ -66,6 +66,7 @@ class Engine:
     history: Any = None  # modules.history.HistoryStore: the index of saved pictures (history.sqlite3)
     visible_queue: Any = None  # modules.job_queue.VisibleQueue (made by create_app: every generation is a job)
     control_hooks: list = None  # type: ignore[assignment]  called with "interrupt"/"skip" (a cluster's workers)
+    face_restorers: Any = None  # modules.face_restoration.FaceRestorers (models/GFPGAN, models/Codeformer)
 
     @classmethod
     def create(cls, paths: Paths, settings: Settings | None = None, device_config: devices.DeviceConfig | None = None,
@@ -156,7 +157,8 @@ class Engine:
                                     embeddings=self.embeddings, upscalers=self.upscalers,
                                     upscale=self.upscalers.upscale_to if self.upscalers else None, hooks=hooks,
                                     controlnets=self.controlnets, annotator_dir=self.paths.annotator_dir,
-                                    hypernetworks=self.hypernetworks, models=self.models)
+                                    hypernetworks=self.hypernetworks, models=self.models,
+                                    face_restorers=face_restoration.for_engine(self))
             ctx.state = self.state
             result = self._within_memory(model, req, ctx)
         self._index(result)

@@ -6,6 +6,7 @@ Layout (``<data>`` is ``--data-dir``, default the program folder; ``<models>`` i
     <models>/Stable-diffusion   checkpoints (+ --ckpt-dir)         <models>/VAE   VAEs (+ --vae-dir)
     <models>/text_encoder       CLIP-L/CLIP-G/T5 files for Flux and SD3 (+ --text-encoder-dir)
     <models>/Lora               LoRA (or --lora-dir)                <models>/LyCORIS, <models>/hypernetworks
+    <models>/GFPGAN, <models>/Codeformer   face restoration (or --gfpgan-models-path, --codeformer-models-path)
     <data>/embeddings           textual inversion (or --embeddings-dir)
     <data>/outputs/{txt2img-images,txt2img-grids,img2img-images,img2img-grids,extras-images,init-images}
     <data>/extensions           extensions
@@ -62,6 +63,8 @@ class Paths:
     controlnet_dirs: list[Path] = field(default_factory=list)  # <models>/ControlNet, then --controlnet-dir
     annotator_dir: Path = None  # type: ignore[assignment]  ControlNet preprocessor weights (models/ControlNetPreprocessor)
     clip_vision_dir: Path = None  # type: ignore[assignment]  IP-Adapters' CLIP vision encoders (models/clip_vision)
+    gfpgan_dir: Path = None  # type: ignore[assignment]  GFPGANv1.4.pth (models/GFPGAN, --gfpgan-models-path)
+    codeformer_dir: Path = None  # type: ignore[assignment]  codeformer-v0.1.0.pth (models/Codeformer)
 
     def __post_init__(self):
         if self.hypernetwork_dir is None:
@@ -78,6 +81,10 @@ class Paths:
             object.__setattr__(self, "annotator_dir", self.models_dir / "ControlNetPreprocessor")
         if self.clip_vision_dir is None:
             object.__setattr__(self, "clip_vision_dir", self.models_dir / "clip_vision")
+        if self.gfpgan_dir is None:
+            object.__setattr__(self, "gfpgan_dir", self.models_dir / "GFPGAN")
+        if self.codeformer_dir is None:
+            object.__setattr__(self, "codeformer_dir", self.models_dir / "Codeformer")
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> "Paths":
@@ -128,6 +135,8 @@ class Paths:
             text_encoder_dirs=text_encoder_dirs,
             controlnet_dirs=controlnet_dirs,
             annotator_dir=_p(get("controlnet_annotator_models_path"), models / "ControlNetPreprocessor"),
+            gfpgan_dir=_p(get("gfpgan_models_path"), models / "GFPGAN"),
+            codeformer_dir=_p(get("codeformer_models_path"), models / "Codeformer"),
         )
 
     # --- derived locations -------------------------------------------------------------------------------------
@@ -181,7 +190,8 @@ class Paths:
     def ensure_dirs(self) -> None:
         """Create the folders the program writes to or that users are expected to fill (idempotent)."""
         dirs = [self.data_dir, self.models_dir, self.ckpt_dirs[0], self.vae_dirs[0], self.text_encoder_dirs[0],
-                self.lora_dir, self.controlnet_dirs[0], self.annotator_dir, self.clip_vision_dir,
+                self.lora_dir, self.controlnet_dirs[0], self.annotator_dir, self.clip_vision_dir, self.gfpgan_dir,
+                self.codeformer_dir,
                 self.embeddings_dir, self.outputs_dir, self.extensions_dir,
                 *(self.outputs_dir / sub for sub in OUTPUT_SUBDIRS.values()),
                 self.config_file.parent, self.cache_file.parent, self.ui_config_file.parent, self.styles_file.parent]

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from modules import images as images_mod
+from modules import face_restoration
 from modules import infotext as infotext_mod
 from modules import masking, preview, rng
 from modules.jobs import JobState
@@ -130,6 +131,7 @@ class ProcessingContext:
     controlnets: Any = None  # modules.controlnet.models.ControlNetLibrary: the models request units name
     annotator_dir: Path | None = None  # ControlNet preprocessor weights (models/ControlNetPreprocessor)
     models: Any = None  # modules.models.manager.ModelManager: where the refiner checkpoint is found and loaded
+    face_restorers: Any = None  # modules.face_restoration.FaceRestorers: restore_faces (GFPGAN, CodeFormer)
 
     def opt(self, name: str, default: Any = None) -> Any:
         return self.options.get(name, default)
@@ -889,6 +891,9 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
     run.extra.update(networks.infotext)
     run.extra.update(gen.controls.infotext)
     networks.warnings.extend(gen.controls.warnings)
+    faces = face_restoration.for_request(ctx, req)  # restore_faces: its files checked before sampling
+    if faces is not None:
+        run.extra.update(faces.infotext)
     if model.is_flow and not gen.uses_negative and any(n.strip() for n in all_negatives):
         networks.warnings.append(f"CFG scale {req.cfg_scale:g}: the negative prompt is not used ({model.spec.label} "
                                  "runs without real guidance at CFG scale 1; raise it above 1 to use the negative "
@@ -929,6 +934,13 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
         pictures = hooks.after_batch(run, pictures)
         for i, image in enumerate(pictures):
             index = lo + i
+            if faces is not None:  # A1111: after decoding, before postprocess_image and saving
+                if save and ctx.opt("save_images_before_face_restoration", False):
+                    before = infotext_mod.create_infotext(all_prompts[index], all_negatives[index], infotext_params(
+                        gen, index, run.all_seeds, run.all_subseeds, width, height, run.extra, denoising))
+                    images_mod.save_image(image, ctx.outputs.samples, run.all_seeds[index], before, fmt,
+                                          "-before-face-restoration")
+                image = faces(image)
             image = hooks.image(run, i, image)
             params = infotext_params(gen, index, run.all_seeds, run.all_subseeds, width, height, run.extra,
                                      denoising)
