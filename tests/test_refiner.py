@@ -256,3 +256,43 @@ def test_api_refiner_with_limit_one_unloads_the_base_and_the_next_job_reloads_it
     again = client.post("/sdapi/v1/txt2img", json=BODY).json()
     assert [m.name for m in models.loaded] == ["sdxl.safetensors"]
     assert again["images"] == plain["images"] and r.json()["images"] != plain["images"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The UI: the accordion's controls are request fields (Generate, paste, send-to use that one table)
+
+
+def test_refiner_accordion_fields_paste_and_request(engine, tiny_models, tmp_path):
+    import gradio as gr
+
+    from webui import generation_tabs as gt
+    from webui.ui_config import UiConfig
+
+    ckpt = engine.paths.ckpt_dirs[0]
+    os.symlink(tiny_models.path("sdxl-refiner.safetensors"), ckpt / "sdxl-refiner.safetensors")
+    engine.registry.refresh()
+    with gr.Blocks():
+        for build in (gt.build_txt2img, gt.build_img2img):
+            c = build(engine, UiConfig(tmp_path / "ui-config.json"))
+            names = dict(c.fields)
+            tab = c.tab
+            assert names["refiner_checkpoint"].elem_id == f"{tab}_checkpoint"
+            assert names["refiner_switch_at"].elem_id == f"{tab}_switch_at"
+            assert names["refiner_enable"].elem_id == f"{tab}_enable-checkbox"
+            slider = names["refiner_switch_at"]
+            assert (slider.minimum, slider.maximum, slider.value) == (0.01, 1.0, 0.8)
+            title = next(t for t in engine.registry.titles() if t.startswith("sdxl-refiner"))
+            assert title in [ch[0] for ch in names["refiner_checkpoint"].choices]
+
+            text = ("a red house\nSteps: 6, Sampler: Euler, CFG scale: 6, Seed: 7, Size: 64x64, "
+                    "Refiner: sdxl-refiner, Refiner switch at: 0.6")
+            updates = dict(zip([n for n, _ in c.fields], gt.paste_updates(c, text)))
+            assert updates["refiner_enable"]["value"] is True
+            assert updates["refiner_checkpoint"]["value"] == title
+            assert updates["refiner_switch_at"]["value"] == 0.6
+
+            values = {n: comp.value for n, comp in c.fields}
+            on = gt._clean({**values, "refiner_enable": True, "refiner_checkpoint": title, "refiner_switch_at": 0.6})
+            assert (on["refiner_checkpoint"], on["refiner_switch_at"]) == (title, 0.6) and "refiner_enable" not in on
+            off = gt._clean({**values, "refiner_enable": False, "refiner_checkpoint": title})
+            assert off["refiner_checkpoint"] is None and off["refiner_switch_at"] is None
