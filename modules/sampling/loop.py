@@ -97,7 +97,9 @@ class SamplingJob:
     hooks: SamplingHooks | None = None
     add_noise: Callable | None = None  # (x0, noise, timesteps) → noised; default the scheduler's (flow: scale_noise)
     controls: list = field(default_factory=list)  # controlnet.units.ActiveControl: residuals added to the UNet
-    control_latents: torch.Tensor | None = None  # (B, C, h, w) read next to the latents (Flux.1 Depth/Canny)
+    control_latents: torch.Tensor | None = None  # (B, C, h, w) read next to the latents (Flux.1 Depth/Canny,
+    # InstructPix2Pix's picture)
+    image_cfg_scale: float | None = None  # InstructPix2Pix's Image CFG scale (None or 1: the picture in every row)
     upcast: bool = False  # --upcast-sampling: latents, scheduler and CFG in fp32, the UNet's input cast to its dtype
     switch: ModelSwitch | None = None  # the refiner: another model from a given step on
 
@@ -105,12 +107,20 @@ class SamplingJob:
     def use_cfg(self) -> bool:
         return self.uncond is not None and self.cfg_scale > 1.0
 
+    @property
+    def edit_cfg(self) -> bool:
+        """InstructPix2Pix's three-way guidance (A1111's `is_edit_model`): a third row, the negative prompt without
+        the picture, whenever the Image CFG scale is not 1 (at 1 the result equals plain CFG)."""
+        return (self.image_cfg_scale is not None and self.image_cfg_scale != 1.0 and self.uncond is not None
+                and self.control_latents is not None)
+
 
 def _unet_inputs(job: SamplingJob, cond: Conditioning, uncond: Conditioning | None):
-    if job.use_cfg:
-        embeds = torch.cat([uncond.embeds, cond.embeds])
-        pooled = None if cond.pooled is None else torch.cat([uncond.pooled, cond.pooled])
-        time_ids = None if job.time_ids is None else torch.cat([job.uncond_time_ids, job.time_ids])
+    if job.use_cfg or job.edit_cfg:
+        n = 2 if job.edit_cfg else 1  # uncond rows per picture
+        embeds = torch.cat([uncond.embeds] * n + [cond.embeds])
+        pooled = None if cond.pooled is None else torch.cat([uncond.pooled] * n + [cond.pooled])
+        time_ids = None if job.time_ids is None else torch.cat([job.uncond_time_ids] * n + [job.time_ids])
     else:
         embeds, pooled, time_ids = cond.embeds, cond.pooled, job.time_ids
     added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
@@ -122,18 +132,21 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
     cond, uncond = job.conditioning_at(step) if job.conditioning_at else (job.cond, job.uncond)
     total = len(job.timesteps)
     if job.hooks is not None and not getattr(cond, "owners", None):
-        image_cond = job.inpaint.masked_image_latents if job.inpaint is not None else None
+        image_cond = job.inpaint.masked_image_latents if job.inpaint is not None else job.control_latents
         latents, cond, uncond = job.hooks.before_model(latents, _sigma(job, step, t), step, total, cond, uncond,
                                                        image_cond)
     if getattr(cond, "owners", None):
+        if job.edit_cfg:  # A1111's assertion
+            raise ValueError("AND is not supported for InstructPix2Pix checkpoint (unless using Image CFG scale = 1.0)")
         return _after_cfg(job, _denoise_multi(job, latents, t, step, cond, uncond), step)
+    rows = 3 if job.edit_cfg else 2 if job.use_cfg else 1  # [uncond(, uncond without the picture), cond]
+    uncond_rows = latents.shape[0] * (rows - 1)
     embeds, added = _unet_inputs(job, cond, uncond)
-    embeds, added = _revision(job, embeds, added, step, latents.shape[0] if job.use_cfg else 0)
-    x = torch.cat([latents] * 2) if job.use_cfg else latents
+    embeds, added = _revision(job, embeds, added, step, uncond_rows)
+    x = torch.cat([latents] * rows) if rows > 1 else latents
     x = _to_model(job, _scale_input(job.scheduler, x, t))
     batch = torch.arange(latents.shape[0], device=latents.device)
-    control = _control(job, x, t, embeds, added, step, torch.cat([batch, batch]) if job.use_cfg else batch,
-                       latents.shape[0] if job.use_cfg else 0)
+    control = _control(job, x, t, embeds, added, step, torch.cat([batch] * rows), uncond_rows)
     added = _with_image_prompts(job, control, added)
     if job.inpaint is not None and job.inpaint.masked_image_latents is not None:
         mask, masked = job.inpaint.mask, job.inpaint.masked_image_latents
@@ -141,12 +154,19 @@ def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tens
             mask, masked = torch.cat([mask] * 2), torch.cat([masked] * 2)
         x = torch.cat([x, *job.inpaint.channels(mask, masked)], dim=1)
     if job.control_latents is not None:
-        x = torch.cat([x, torch.cat([job.control_latents] * 2) if job.use_cfg else job.control_latents], dim=1)
+        read = [job.control_latents] * rows
+        if job.edit_cfg:
+            read[1] = torch.zeros_like(read[1])
+        x = torch.cat([x, torch.cat(read).to(x.dtype)], dim=1)
     noise_pred = job.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False,
                           **control)[0].to(latents.dtype)
     if job.hooks is not None:
         noise_pred = job.hooks.after_model(noise_pred, step, total)
-    if job.use_cfg:
+    if job.edit_cfg:  # diffusers' InstructPix2Pix order of arithmetic (A1111's combine_denoised_for_edit_model)
+        noise_image, noise_uncond, noise_cond = noise_pred.chunk(3)
+        noise_pred = (noise_uncond + job.cfg_scale * (noise_cond - noise_image)
+                      + job.image_cfg_scale * (noise_image - noise_uncond))
+    elif job.use_cfg:
         noise_uncond, noise_cond = noise_pred.chunk(2)
         noise_pred = noise_uncond + job.cfg_scale * (noise_cond - noise_uncond)
     for hook in job.cfg_hooks:
