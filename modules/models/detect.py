@@ -68,7 +68,13 @@ class ModelSpec:
         label = FAMILY_LABELS[self.family]
         if self.family == "sd2":
             label += " (v-prediction)" if self.prediction_type == "v_prediction" else " (epsilon)"
-        return label + (" inpainting" if self.inpainting else "")
+        return label + (" inpainting" if self.inpainting else " InstructPix2Pix" if self.instruct_pix2pix else "")
+
+    @property
+    def instruct_pix2pix(self) -> bool:
+        """An InstructPix2Pix model (A1111's "edit" models): an SD 1.x UNet reading the picture it edits as 4 more
+        input channels next to the latents (8 in all)."""
+        return self.family == "sd1" and self.unet.get("in_channels") == 8
 
     @property
     def is_sdxl(self) -> bool:
@@ -370,8 +376,9 @@ def _detect(sd: Mapping, prediction_hint: str | None) -> ModelSpec:
     convention = "fixed8" if family == "sd1" else "dim64"
     unet = unet_config_from_ldm(sd, load_template(family, "unet"), convention,
                                 num_time_ids=5 if family == "sdxl_refiner" else 6, pooled_dim=pooled_dim)
-    if unet["in_channels"] not in (4, 9):
-        raise UnsupportedModelError(f"UNet with {unet['in_channels']} input channels (only 4, or 9 for inpainting)")
+    if unet["in_channels"] not in (4, 9) and not (family == "sd1" and unet["in_channels"] == 8):
+        raise UnsupportedModelError(f"UNet with {unet['in_channels']} input channels (only 4, 9 for inpainting, or 8 "
+                                    "for SD 1.x InstructPix2Pix)")
     vp = vae_prefix(sd)
     if vp is None:
         raise UnsupportedModelError("no VAE (first_stage_model) in the file")

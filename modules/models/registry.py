@@ -367,7 +367,8 @@ class CheckpointRegistry:
 
 _PIPELINE_FAMILIES = {"StableDiffusionPipeline": "SD 1.x/2.x", "StableDiffusionXLPipeline": "SDXL",
                       "StableDiffusionXLImg2ImgPipeline": "SDXL refiner", "FluxPipeline": "Flux.1",
-                      "StableDiffusion3Pipeline": "SD3"}
+                      "StableDiffusion3Pipeline": "SD3",
+                      "StableDiffusionInstructPix2PixPipeline": "SD 1.x InstructPix2Pix"}
 
 
 def _folder_family(path: Path) -> str | None:
