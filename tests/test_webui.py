@@ -226,6 +226,78 @@ def test_inpaint_with_painted_mask_keeps_outside_pixels(page, ui_data, tmp_path)
     assert changed[0, 0] == False and changed[127, 127] == False  # noqa: E712 corners are outside the stroke
 
 
+def test_inpaint_sketch_repaints_only_around_the_coloured_stroke(page, ui_data, tmp_path, artifacts):
+    # A1111's Inpaint sketch: upload a picture, paint a stroke in a colour (the brush's first colour, white, over a
+    # dark picture); the stroke is the mask and its colour the starting point, the rest of the picture is kept.
+    xs, ys = np.meshgrid(np.linspace(20, 90, 128), np.linspace(10, 70, 128))
+    picture = Image.fromarray(np.stack([xs, ys, (xs + ys) / 2], -1).astype(np.uint8))
+    picture.save(tmp_path / "dark.png")
+    page.get_by_role("tab", name="img2img", exact=True).click()
+    page.locator("#mode_img2img [role=tab]").get_by_text("Inpaint sketch", exact=True).click()
+    editor = page.locator("#inpaint_sketch")
+    expect(page.locator("#img2img_mask_alpha")).to_be_visible()  # "Mask transparency": this sub-tab only
+    expect(page.locator("#img2img_copy_to_inpaint_sketch")).to_contain_text("Copy image to")
+    editor.locator("input[type=file]").first.set_input_files(str(tmp_path / "dark.png"))
+    expect(editor.get_by_text("Upload an image")).to_be_hidden()
+    canvas = editor.locator("canvas").first
+    expect(canvas).to_be_visible()
+    try:
+        page.wait_for_function("""() => {  // no running event on the editor for a whole second (as the Inpaint test)
+            const busy = /\\d+\\.\\ds/.test(document.querySelector('#inpaint_sketch').innerText),
+                now = performance.now();
+            if (busy || window.__sketchIdleSince === undefined) { window.__sketchIdleSince = busy ? undefined : now; }
+            return !busy && now - window.__sketchIdleSince > 1000; }""", polling=100, timeout=60000)
+    except playwright_api.TimeoutError:
+        page.screenshot(path=str(artifacts / "inpaint_sketch_busy.png"))
+        raise AssertionError("the Inpaint sketch editor never went a second without a running event; it shows: "
+                             + repr(editor.inner_text())) from None
+    page.fill("#img2img_prompt textarea", "a white stripe")
+    set_number(page, "img2img_width", 128)
+    set_number(page, "img2img_height", 128)
+    page.get_by_label("Whole picture").check()
+    set_number(page, "img2img_mask_blur", 0)
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    info = page.locator("#html_info_img2img")
+    page.mouse.move(box["x"] - 40, box["y"] - 40)
+    unpainted = editor.screenshot()
+
+    def paint():
+        for _ in range(20):  # a busy editor may not take strokes yet: paint until the stroke shows
+            page.mouse.move(cx - 20, cy)
+            page.mouse.down()
+            page.mouse.move(cx, cy + 1)
+            page.mouse.move(cx + 20, cy)
+            page.mouse.up()
+            page.mouse.move(box["x"] - 40, box["y"] - 40)
+            page.wait_for_timeout(250)
+            if editor.screenshot() != unpainted:
+                return
+        raise AssertionError("the brush stroke never showed in the Inpaint sketch editor")
+
+    paint()
+    page.click("#img2img_generate")
+    expect(info).to_contain_text(re.compile("Steps:|Paint over"), timeout=90000)
+    if "Paint over" in info.inner_text():  # the editor sent its value without the stroke (seen on a saturated box)
+        paint()
+        text = generate(page, "img2img")
+    else:
+        text = info.inner_text()
+    assert "Mask blur: 0" in text and "Masked content: original" in text
+    expect(page.locator("#img2img_gallery img").first).to_be_visible()
+    page.wait_for_timeout(1000)  # the gallery picture fades in
+    editor.scroll_into_view_if_needed()  # the stroke in the editor beside the result
+    page.screenshot(path=str(artifacts / "inpaint_sketch.png"))
+    out = np.asarray(Image.open(newest_output(ui_data, "img2img")).convert("RGB"), np.int16)
+    assert out.shape == (128, 128, 3)
+    changed = np.abs(out - np.asarray(picture, np.int16)).max(axis=2) > 0
+    assert changed.any(), "the stroke was repainted"
+    rows, cols = np.nonzero(changed)
+    assert rows.max() - rows.min() < 48 and abs((rows.max() + rows.min()) / 2 - 64) < 16  # a band around the stroke
+    assert cols.max() - cols.min() < 100 and not changed[:40].any() and not changed[90:].any()
+
+
 def test_outpaint_extends_the_canvas(page, ui_data):
     page.fill("#txt2img_prompt textarea", "a small picture")
     generate(page)

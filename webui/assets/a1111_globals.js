@@ -121,7 +121,7 @@ function switch_to_txt2img() {
 function switch_to_img2img_tab(no) {
     sdSelectTab('tab_img2img');
     const sub = ['img2img_img2img_tab', 'img2img_img2img_sketch_tab', 'img2img_inpaint_tab',
-        'img2img_inpaint_tab', 'img2img_inpaint_upload_tab'][no || 0];
+        'img2img_inpaint_sketch_tab', 'img2img_inpaint_upload_tab', 'img2img_batch_tab'][no || 0];
     if (sub) setTimeout(function() { sdSelectTab(sub); }, 0);
 }
 
