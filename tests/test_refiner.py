@@ -241,6 +241,8 @@ def test_api_unknown_refiner_is_422_naming_the_field(client):
     r = client.post("/sdapi/v1/txt2img", json={**BODY, "refiner_checkpoint": "sdxl-refiner",
                                                 "refiner_switch_at": 1.5})
     assert r.status_code == 422 and "refiner_switch_at" in r.text
+    queued = client.post("/sdapi/v1/queue/txt2img", json={**BODY, "refiner_checkpoint": "nope"})
+    assert queued.status_code == 422 and "refiner_checkpoint" in queued.text  # at once, not as a failed job
 
 
 def test_api_refiner_with_limit_one_unloads_the_base_and_the_next_job_reloads_it(client):

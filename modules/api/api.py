@@ -35,7 +35,7 @@ from modules import infotext as infotext_mod
 from modules.api import models
 from modules.models.manager import ModelNotFoundError
 from modules.models.registry import list_vaes
-from modules import postprocessing
+from modules import face_restoration, postprocessing
 from modules.processing import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
 from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest, decode_image
 from modules.settings import DIRECTORY_OPTIONS
@@ -372,7 +372,7 @@ class Api:
         route("/sd-models", self.sd_models, "GET")
         route("/sd-vae", self.sd_vae, "GET")
         route("/hypernetworks", self.hypernetworks, "GET")
-        route("/face-restorers", self.empty_list, "GET")
+        route("/face-restorers", self.face_restorers, "GET")
         route("/realesrgan-models", self.empty_list, "GET")
         route("/prompt-styles", self.prompt_styles, "GET")
         route("/loras", self.loras, "GET")
@@ -427,6 +427,7 @@ class Api:
         except RequestError as e:
             raise ApiError(422, str(e), "RequestError") from None
         check_request(req, self.engine.settings, self.engine.upscalers.names(), self.engine.scripts)
+        self._check_checkpoints(req)
         if getattr(self.args, "hide_ui_dir_config", False) and any(
                 u.enabled and getattr(u.input_mode, "value", "") == "batch" and (isinstance(u.batch_images, str)
                                                                                   or u.output_dir)
@@ -434,6 +435,19 @@ class Api:
             raise ApiError(403, "controlnet batch_images/output_dir: folders of the server cannot be read or "
                                 "written (--hide-ui-dir-config)", "Forbidden")
         return req, raw_images
+
+    def _check_checkpoints(self, req) -> None:
+        """Checkpoint titles a request names besides the model (the refiner), found now: a queued job with a typo
+        fails at once with a 422, not later as a failed job."""
+        from modules.models.manager import ModelNotFoundError
+
+        title = getattr(req, "refiner_checkpoint", None)
+        if title in (None, "", "None", "none") or self.engine.models is None:
+            return
+        try:
+            self.engine.models.resolve(str(title))
+        except ModelNotFoundError as e:
+            raise ApiError(422, f"refiner_checkpoint: {e}", "RequestError") from None
 
     def _check_locked_options(self, values) -> None:
         """With --hide-ui-dir-config (the default with --listen), output folders and file-name patterns may not be
@@ -614,6 +628,9 @@ class Api:
     def upscalers(self):
         return [u.to_api() for u in self.engine.upscalers.list()]
 
+    def face_restorers(self):
+        return face_restoration.for_engine(self.engine).list()
+
     def latent_upscale_modes(self):
         return [{"name": name} for name in LATENT_UPSCALE_MODES]
 
@@ -749,17 +766,18 @@ class Api:
     # -- extras and PNG info -------------------------------------------------------------------------------------
 
     def _upscale(self, image: Image.Image, req: models.ExtrasBaseRequest) -> tuple[Image.Image, str | None, str]:
-        if req.gfpgan_visibility > 0 or req.codeformer_visibility > 0:
-            raise ApiError(422, postprocessing.FACE_RESTORATION_NOTE)
         to_size = req.resize_mode == 1
+        restorers = face_restoration.for_engine(self.engine)
         try:
             with self.engine.queue.turn():  # one GPU job at a time, as A1111's queue_lock
                 done = postprocessing.upscale(
                     image, req.upscaler_1, req.upscaling_resize, req.upscaling_resize_w if to_size else 0,
                     req.upscaling_resize_h if to_size else 0, upscaler_2=req.upscaler_2,
                     upscaler_2_visibility=req.extras_upscaler_2_visibility, crop=req.upscaling_crop,
-                    registry=self.engine.upscalers)
-        except postprocessing.UnknownUpscalerError as e:
+                    registry=self.engine.upscalers, gfpgan_visibility=req.gfpgan_visibility,
+                    codeformer_visibility=req.codeformer_visibility, codeformer_weight=req.codeformer_weight,
+                    face_restorers=restorers)
+        except (postprocessing.UnknownUpscalerError, face_restoration.MissingFaceModelError) as e:
             raise ApiError(400, str(e)) from None
         except ValueError as e:  # bad sizes, and UpscalerLoadError: a model file that is not an upscaler
             raise ApiError(422, str(e)) from None
@@ -775,6 +793,12 @@ class Api:
 
     def extras_batch(self, req: models.ExtrasBatchImagesRequest):
         results, html = [], ""
+        opts = postprocessing.UpscaleOptions(gfpgan_visibility=req.gfpgan_visibility,
+                                             codeformer_visibility=req.codeformer_visibility)
+        try:  # a missing face-restoration file fails the batch before any work
+            postprocessing.check_face_files(opts, face_restoration.for_engine(self.engine))
+        except face_restoration.MissingFaceModelError as e:
+            raise ApiError(400, str(e)) from None
         for i, item in enumerate(req.imageList):
             image = decode_b64_image(item.data, f"imageList[{i}]")
             out, info, html = self._upscale(image, req)
@@ -858,6 +882,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     for cls in _users_file_errors():
         app.add_exception_handler(cls, users_file_error)
 
+    async def missing_face_file(request: Request, e: Exception):
+        """restore_faces without GFPGANv1.4.pth / codeformer-v0.1.0.pth / the face detector: 400 naming the file and
+        its folders (before any sampling)."""
+        return error_response(400, "FaceModelNotFound", str(e))
+
+    app.add_exception_handler(face_restoration.MissingFaceModelError, missing_face_file)
+
     async def out_of_memory(request: Request, e: Exception):
         """The GPU ran out of memory: 507 with the stage and the mode to try (not 503, which clients retry as is;
         the model stays loaded and the next request runs)."""
@@ -874,7 +905,7 @@ def _users_file_errors() -> tuple[type[Exception], ...]:
     from modules.models.loader import ModelLoadError
     from modules.upscaling.model import UpscalerLoadError
 
-    return ModelLoadError, UnsupportedModelError, UpscalerLoadError
+    return ModelLoadError, UnsupportedModelError, UpscalerLoadError, face_restoration.FaceRestorationError
 
 
 def mount(app: FastAPI, ctx) -> Api:
