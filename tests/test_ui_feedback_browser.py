@@ -176,10 +176,14 @@ def test_inpaint_options_show_only_on_inpaint_sub_tabs(page):
     subtab = page.locator("#mode_img2img [role=tab]")
     expect(page.locator("#img2img_image")).to_be_visible()
     expect(controls).to_be_hidden()
-    for name, shown in (("Sketch", False), ("Inpaint", True), ("Inpaint upload", True), ("img2img", False)):
+    alpha = page.locator("#img2img_mask_alpha")  # "Mask transparency": Inpaint sketch only, as A1111
+    for name, shown in (("Sketch", False), ("Inpaint", True), ("Inpaint sketch", True), ("Inpaint upload", True),
+                        ("img2img", False)):
         subtab.get_by_text(name, exact=True).click()
         if shown:
             expect(controls).to_be_visible()
             expect(page.locator("#img2img_mask_blur")).to_be_visible()
+            expect(alpha).to_be_visible() if name == "Inpaint sketch" else expect(alpha).to_be_hidden()
         else:
             expect(controls).to_be_hidden()
+    assert subtab.all_inner_texts()[:6] == ["img2img", "Sketch", "Inpaint", "Inpaint sketch", "Inpaint upload", "Batch"]
