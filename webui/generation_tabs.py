@@ -28,8 +28,8 @@ from webui.ui_config import UiConfig
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
 INPAINT_AREAS = ["Whole picture", "Only masked"]
 MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
-INPAINT_MODES = ("inpaint", "inpaint_sketch", "inpaint_upload", "batch")  # img2img sub-tabs that show the inpaint options (Batch:
-# for its mask folder)
+# img2img sub-tabs that show the inpaint options (Batch: for its mask folder)
+INPAINT_MODES = ("inpaint", "inpaint_sketch", "inpaint_upload", "batch")
 _tokenizer = None
 
 
