@@ -294,7 +294,8 @@ class FaceRestorers:
     def restore(self, image: Image.Image, name: str, *, codeformer_weight: float | None = None) -> Image.Image:
         """`image` with every face restored by `name` (GFPGAN or CodeFormer); without faces it comes back as is."""
         name = self.canonical(name)
-        detector, net = self.detector(), self.net(name)
+        net = self.net(name)  # the model file first, then the detector: the first missing one is named
+        detector = self.detector()
         if name == CODEFORMER:
             weight = float(self._setting("code_former_weight", 0.5) if codeformer_weight is None
                            else codeformer_weight)

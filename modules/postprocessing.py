@@ -1,5 +1,7 @@
-"""Extras: upscale images with one upscaler (or two blended), keep their generation parameters and add A1111's
-"Postprocess upscale by / to" and "Postprocess upscaler" keys; save to `outputs/extras-images` like A1111.
+"""Extras: upscale images with one upscaler (or two blended), then restore faces with GFPGAN and CodeFormer (each
+blended in by its visibility, A1111's order), keep their generation parameters and add A1111's "Postprocess upscale
+by / to", "Postprocess upscaler", "GFPGAN visibility", "CodeFormer visibility/weight" keys; save to
+`outputs/extras-images` like A1111.
 The Extras tab (single image, batch, batch from a folder) and the API's extra-single-image / extra-batch-images
 use this; the upscalers themselves are `modules.upscaling.UpscalerRegistry`'s.
 """
@@ -16,14 +18,13 @@ from modules import images as images_mod
 from modules.fileio import atomic_write_bytes
 from modules.upscaling import UnknownUpscalerError, UpscalerRegistry
 
-__all__ = ["FACE_RESTORATION_NOTE", "MAX_DIM", "UnknownUpscalerError", "Upscaled", "UpscaleOptions", "upscale",
+__all__ = ["MAX_DIM", "UnknownUpscalerError", "Upscaled", "UpscaleOptions", "upscale",
            "upscale_many", "save_upscaled", "images_in_folder", "read_image", "extras_output_dir"]
 
 log = logging.getLogger(__name__)
 
 MAX_DIM = 8192
 MAX_NAME_TRIES = 1000
-FACE_RESTORATION_NOTE = "Face restoration is not included (GFPGAN/CodeFormer have non-commercial licences)."
 _BUILTINS_ONLY = UpscalerRegistry()
 
 
@@ -38,6 +39,13 @@ class UpscaleOptions:
     upscaler_2: str = "None"
     upscaler_2_visibility: float = 0.0
     crop: bool = True
+    gfpgan_visibility: float = 0.0  # 0: no GFPGAN; else blended in by this much after the upscale
+    codeformer_visibility: float = 0.0  # 0: no CodeFormer; else blended in after GFPGAN
+    codeformer_weight: float = 0.0  # CodeFormer's w (0 = maximum effect)
+
+    @property
+    def restores_faces(self) -> bool:
+        return self.gfpgan_visibility > 0 or self.codeformer_visibility > 0
 
 
 @dataclass
@@ -78,19 +86,27 @@ def _target(image: Image.Image, opts: UpscaleOptions) -> tuple[tuple[int, int], 
 
 def upscale(image: Image.Image, upscaler: str = "Lanczos", scale: float | None = 2.0, width: int = 0,
             height: int = 0, *, upscaler_2: str = "None", upscaler_2_visibility: float = 0.0, crop: bool = True,
-            registry: UpscalerRegistry | None = None) -> Upscaled:
-    """Scale by `scale`, or (width and height given) cover width×height and crop to it, as A1111's Extras do.
-    Without a `registry` only the built-in resamplers are available."""
-    opts = UpscaleOptions(upscaler, scale, width, height, upscaler_2, upscaler_2_visibility, crop)
-    return upscale_with(registry or _BUILTINS_ONLY, image, opts)
+            registry: UpscalerRegistry | None = None, gfpgan_visibility: float = 0.0,
+            codeformer_visibility: float = 0.0, codeformer_weight: float = 0.0, face_restorers=None) -> Upscaled:
+    """Scale by `scale`, or (width and height given) cover width×height and crop to it, as A1111's Extras do, then
+    restore faces (`face_restorers` needed then). Without a `registry` only the built-in resamplers are available."""
+    opts = UpscaleOptions(upscaler, scale, width, height, upscaler_2, upscaler_2_visibility, crop, gfpgan_visibility,
+                          codeformer_visibility, codeformer_weight)
+    return upscale_with(registry or _BUILTINS_ONLY, image, opts, face_restorers)
 
 
-def upscale_with(registry: UpscalerRegistry, image: Image.Image, opts: UpscaleOptions) -> Upscaled:
+def upscale_with(registry: UpscalerRegistry, image: Image.Image, opts: UpscaleOptions,
+                 face_restorers=None) -> Upscaled:
+    """`face_restorers` (modules.face_restoration.FaceRestorers) is needed when the options restore faces."""
     first, second = registry.get(opts.upscaler), registry.get(opts.upscaler_2)
     original = images_mod.read_infotext(image)
     size, final, params = _target(image, opts)
     if first.name == "None":
-        return Upscaled(image, original)
+        if not opts.restores_faces:
+            return Upscaled(image, original)
+        params = {}
+        out = image if image.mode in ("RGB", "RGBA") else image.convert("RGB")
+        return _finish(image, _restore_faces(out, opts, face_restorers, params), original, params)
     work = image if image.mode in ("RGB", "RGBA") else image.convert("RGB")
     out = registry.upscale_to(work, first.name, *size)
     params["Postprocess upscaler"] = first.name
@@ -101,6 +117,32 @@ def upscale_with(registry: UpscalerRegistry, image: Image.Image, opts: UpscaleOp
     if opts.width and opts.height and opts.crop and size != final:
         left, top = (size[0] - final[0]) // 2, (size[1] - final[1]) // 2
         out = out.crop((left, top, left + final[0], top + final[1]))
+    out = _restore_faces(out, opts, face_restorers, params)
+    return _finish(image, out, original, params)
+
+
+def _restore_faces(image: Image.Image, opts: UpscaleOptions, face_restorers, params: dict) -> Image.Image:
+    """A1111's GFPGAN (order 2000) then CodeFormer (order 3000) postprocessing steps, each blended in by its
+    visibility."""
+    from modules import face_restoration
+
+    steps = ((face_restoration.GFPGAN, opts.gfpgan_visibility), (face_restoration.CODEFORMER,
+                                                                  opts.codeformer_visibility))
+    for name, visibility in steps:
+        if visibility <= 0:
+            continue
+        if face_restorers is None:
+            raise ValueError("face restoration is not available here")
+        weight = opts.codeformer_weight if name == face_restoration.CODEFORMER else None
+        restored = face_restorers.restore(image, name, codeformer_weight=weight)
+        image = face_restoration.blend(image, restored, visibility)
+        params[f"{name} visibility"] = round(visibility, 3)
+        if weight is not None:
+            params["CodeFormer weight"] = round(weight, 3)
+    return image
+
+
+def _finish(image: Image.Image, out: Image.Image, original: str | None, params: dict) -> Upscaled:
     # A1111 keeps the image's text chunks (`parameters` among them) and adds a `postprocessing` one.
     out.info = {**{k: v for k, v in (image.info or {}).items() if isinstance(v, str)},
                 "postprocessing": ", ".join(f"{k}: {v}" for k, v in params.items())}
@@ -108,14 +150,32 @@ def upscale_with(registry: UpscalerRegistry, image: Image.Image, opts: UpscaleOp
 
 
 def upscale_many(registry: UpscalerRegistry, named_images: Iterable[tuple[str | None, Image.Image]],
-                 opts: UpscaleOptions) -> Iterator[Upscaled]:
-    """Batch mode: the same options for every image, checked once up front so a bad name fails before any work."""
+                 opts: UpscaleOptions, face_restorers=None) -> Iterator[Upscaled]:
+    """Batch mode: the same options for every image, checked once up front (names, face-restoration files) so a
+    bad one fails before any work."""
     for upscaler in (opts.upscaler, opts.upscaler_2):
         registry.get(upscaler)
+    check_face_files(opts, face_restorers)
     for name, image in named_images:
-        done = upscale_with(registry, image, opts)
+        done = upscale_with(registry, image, opts, face_restorers)
         done.name = name
         yield done
+
+
+def check_face_files(opts: UpscaleOptions, face_restorers) -> None:
+    """The files the options' face restoration needs are there (a MissingFaceModelError naming the first missing
+    one otherwise)."""
+    from modules import face_restoration
+
+    if not opts.restores_faces:
+        return
+    if face_restorers is None:
+        raise ValueError("face restoration is not available here")
+    for name, visibility in ((face_restoration.GFPGAN, opts.gfpgan_visibility),
+                             (face_restoration.CODEFORMER, opts.codeformer_visibility)):
+        if visibility > 0:
+            face_restorers.model_file(name)
+    face_restorers.detector_file()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -237,12 +237,12 @@ def api_client(tmp_path_factory, tiny_models, upscaler_files):
         yield client
 
 
-def test_api_lists_upscalers_and_no_face_restorers(api_client):
+def test_api_lists_upscalers_and_the_face_restorers(api_client):
     ups = api_client.get("/sdapi/v1/upscalers").json()
     assert [u["name"] for u in ups][:3] == ["None", "Lanczos", "Nearest"]
     model = next(u for u in ups if u["name"] == ESRGAN_NAME)
     assert model["model_name"] == "ESRGAN" and model["model_path"].endswith(f"{ESRGAN_NAME}.pth")
-    assert api_client.get("/sdapi/v1/face-restorers").json() == []
+    assert [r["name"] for r in api_client.get("/sdapi/v1/face-restorers").json()] == ["CodeFormer", "GFPGAN"]
 
 
 def test_api_extras_with_model_upscalers(api_client):
@@ -262,7 +262,7 @@ def test_api_extras_with_model_upscalers(api_client):
 @pytest.mark.parametrize("body,status,message", [
     ({"upscaler_1": "R-ESRGAN 4x+"}, 400, "R-ESRGAN 4x+"),
     ({"upscaler_1": "broken"}, 422, "broken.pth"),
-    ({"upscaler_1": ESRGAN_NAME, "codeformer_visibility": 0.5}, 422, "Face restoration is not included"),
+    ({"upscaler_1": ESRGAN_NAME, "codeformer_visibility": 0.5}, 400, "codeformer-v0.1.0.pth"),  # not brought
 ])
 def test_api_extras_bad_input(api_client, body, status, message):
     r = api_client.post("/sdapi/v1/extra-single-image", json={"image": _b64(_picture()), **body})

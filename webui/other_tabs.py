@@ -10,7 +10,7 @@ import gradio as gr
 
 from modules import images as images_mod
 from modules import infotext as infotext_mod
-from modules import postprocessing
+from modules import face_restoration, postprocessing
 from modules import extension_faults
 from modules.settings import DIRECTORY_OPTIONS, OPTIONS, section_title
 from webui.runner import USER_ERRORS, error_html, guard_image_input, info_html, unreadable_upload
@@ -113,7 +113,15 @@ def build_extras(engine):
                 upscaler_2 = gr.Dropdown(names, value="None", label="Upscaler 2", elem_id="extras_upscaler_2")
                 visibility = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="Upscaler 2 visibility",
                                        elem_id="extras_upscaler_2_visibility")
-            gr.Markdown(postprocessing.FACE_RESTORATION_NOTE, elem_classes=["sd-note"])
+            with gr.Row():  # A1111's face restoration steps (0 = off); GFPGAN runs first, then CodeFormer
+                gfpgan_vis = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="GFPGAN visibility",
+                                       elem_id="extras_gfpgan_visibility")
+            with gr.Row():
+                codeformer_vis = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="CodeFormer visibility",
+                                           elem_id="extras_codeformer_visibility")
+                codeformer_w = gr.Slider(0.0, 1.0, value=0.0, step=0.001,
+                                         label="CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
+                                         elem_id="extras_codeformer_weight")
         with gr.Column():
             gallery = gr.Gallery(label="Result", format="png", elem_id="extras_gallery", interactive=False,
                                  height=420, object_fit="contain", columns=3)
@@ -124,17 +132,20 @@ def build_extras(engine):
     for tab, value in ((by_tab, "by"), (to_tab, "to")):
         tab.select(lambda v=value: v, None, resize_mode, queue=False, show_progress="hidden")
 
-    def go(mode, img, paths, in_dir, out_dir, show, resize, factor, w, h, crop, up1, up2, vis):
+    def go(mode, img, paths, in_dir, out_dir, show, resize, factor, w, h, crop, up1, up2, vis, gfpgan=0.0,
+           codeformer=0.0, codeformer_weight=0.0):
         to_size = resize == "to"
         opts = postprocessing.UpscaleOptions(up1, factor, int(w or 0) if to_size else 0,
-                                             int(h or 0) if to_size else 0, up2, vis, crop)
+                                             int(h or 0) if to_size else 0, up2, vis, crop, float(gfpgan or 0),
+                                             float(codeformer or 0), float(codeformer_weight or 0))
+        restorers = face_restoration.for_engine(engine)
         try:
             named = _extras_inputs(mode, img, paths, in_dir)
             outdir = (engine.paths.resolve_data_path(out_dir.strip()) if mode == "folder" and out_dir.strip()
                       else postprocessing.extras_output_dir(engine.paths, engine.settings))
             done = []
             with engine.queue.turn():
-                for item in postprocessing.upscale_many(engine.upscalers, named, opts):
+                for item in postprocessing.upscale_many(engine.upscalers, named, opts, restorers):
                     postprocessing.save_upscaled(item, outdir, engine.settings, upscaler_name=up1)
                     done.append(item if mode != "folder" or show else None)
         except (*USER_ERRORS, OSError) as e:
@@ -142,7 +153,7 @@ def build_extras(engine):
         return _extras_result(done, outdir)
 
     inputs = [mode, image, files, input_dir, output_dir, show_results, resize_mode, scale, to_w, to_h, crop,
-              upscaler_1, upscaler_2, visibility]
+              upscaler_1, upscaler_2, visibility, gfpgan_vis, codeformer_vis, codeformer_w]
     run.click(go, inputs, [gallery, info], concurrency_id="generate", concurrency_limit=None)  # engine queue orders
     guard_image_input(image, info)
     refresh.click(lambda: [gr.update(choices=engine.upscalers.names())] * 2, None, [upscaler_1, upscaler_2],

@@ -1,8 +1,8 @@
 """Load an upscaler model file with spandrel (architecture and scale read from the weights) and run it on pixels.
 
 `.pth` goes through spandrel's restricted unpickler (plain tensors and dicts only, no code runs); `.safetensors`
-holds no code at all. Face-restoration archs are refused: they are not upscalers, and the non-commercial ones
-(CodeFormer…) live in `spandrel_extra_arches`, which is not installed.
+holds no code at all. Face-restoration archs are refused: they are not upscalers (GFPGAN and CodeFormer run in
+Extras' face restoration steps, modules/face_restoration.py).
 """
 from __future__ import annotations
 
