@@ -296,6 +296,10 @@ def test_inpaint_sketch_repaints_only_around_the_coloured_stroke(page, ui_data, 
     rows, cols = np.nonzero(changed)
     assert rows.max() - rows.min() < 48 and abs((rows.max() + rows.min()) / 2 - 64) < 16  # a band around the stroke
     assert cols.max() - cols.min() < 100 and not changed[:40].any() and not changed[90:].any()
+    # "Copy image to: img2img" carries the painted picture to the img2img sub-tab, which is then shown.
+    page.locator("#img2img_copy_to_inpaint_sketch").get_by_role("button", name="img2img", exact=True).click()
+    expect(page.locator("#img2img_image img").first).to_be_visible()
+    expect(page.locator("#img2img_mask_alpha")).to_be_hidden()
 
 
 def test_outpaint_extends_the_canvas(page, ui_data):
