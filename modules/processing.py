@@ -539,6 +539,8 @@ class Generation:
         gens = image_rng.generators or [torch.Generator("cpu").manual_seed(s) for s in plan.seeds]
         controls = self._controls(plan, gens)
         control_latents = self._structure_latents(plan, gens)  # Flux.1 Depth/Canny: before the noise, as the pipeline
+        if model.spec.instruct_pix2pix:
+            control_latents = self._edit_latents(plan, encode_pixels)
 
         inpaint = plan.inpaint
         image_latents = plan.init_latents
@@ -590,7 +592,7 @@ class Generation:
             inpaint=inpaint_latents, on_step=self._on_step,
             conditioning_at=prompt_schedule.at if prompt_schedule.varies else None, hooks=self.hooks.sampling(),
             add_noise=add_noise if flow else None, controls=controls, control_latents=control_latents,
-            upcast=model.device_config.upcast_sampling and not flow,
+            upcast=model.device_config.upcast_sampling and not flow, image_cfg_scale=self.image_cfg_scale,
         )
         job.time_ids, job.uncond_time_ids = self._time_ids(model, plan)
         self.final_model = model
@@ -746,6 +748,25 @@ class Generation:
             out.append(ActiveControl(u, image, hires=plan.hires, enabled=u.used_in(plan.hires)))
         return out
 
+    @property
+    def image_cfg_scale(self) -> float | None:
+        """InstructPix2Pix's Image CFG scale: img2img's, on such a model only (A1111 sets it to None otherwise;
+        txt2img has none: plain CFG with the blank picture in both rows)."""
+        return getattr(self.req, "image_cfg_scale", None) if self.model.spec.instruct_pix2pix else None
+
+    def _edit_latents(self, plan: BatchPlan, pixels: torch.Tensor | None) -> torch.Tensor:
+        """What an InstructPix2Pix model reads next to the latents: the picture's VAE latents, the distribution's
+        mode, unscaled (as the model was trained, diffusers' pipeline and A1111 up to 1.5; A1111 1.6+ passes them
+        sampled and scaled, which the model never saw). txt2img (and a latent hires pass): A1111's blank mid-grey
+        picture."""
+        model = self.model
+        if pixels is None:
+            pixels = torch.zeros((len(plan.seeds), 3, plan.height, plan.width))
+        vae = model.vae
+        with torch.inference_mode():
+            latents = vae.encode(pixels.to(device=model.device, dtype=vae.dtype)).latent_dist.mode()
+        return latents.to(model.dtype)
+
     def _structure_latents(self, plan: BatchPlan, generators) -> torch.Tensor | None:
         """A Flux.1 Depth/Canny checkpoint's control image (its unit's map) as VAE latents at this pass's size,
         each image's encoded with its own generator (FluxControlPipeline), read next to the latents every step."""
@@ -819,6 +840,7 @@ def infotext_params(gen: Generation, index: int, all_seeds, all_subseeds, width:
         "Sampler": gen.sampler.name,
         "Schedule type": gen.schedule.label,
         "CFG scale": req.cfg_scale,
+        "Image CFG scale": gen.image_cfg_scale,
         "Seed": all_seeds[index],
         "Size": f"{width}x{height}",
         "Model hash": model.shorthash,
