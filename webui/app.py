@@ -195,6 +195,21 @@ def _wire_demo_defaults(engine: Engine, cfg: UiConfig, ckpt, note, t2i, i2i, dem
     demo.load(apply, [ckpt] + inputs, outputs, queue=False, show_progress="hidden")
 
 
+def _wire_image_cfg(engine: Engine, ckpt, i2i, demo: gr.Blocks) -> None:
+    """img2img's Image CFG Scale is shown while an InstructPix2Pix checkpoint is selected (A1111's rule)."""
+    slider = dict(i2i.fields)["image_cfg_scale"]
+
+    def show(title):
+        try:
+            info = engine.models.resolve(title or None)
+        except LookupError:
+            return gr.update(visible=False)
+        return gr.update(visible="InstructPix2Pix" in (info.family or ""))
+
+    ckpt.change(show, ckpt, slider, queue=False, show_progress="hidden")
+    demo.load(show, ckpt, slider, queue=False, show_progress="hidden")
+
+
 def create_ui(engine: Engine, args=None) -> gr.Blocks:
     cfg = UiConfig(engine.paths.ui_config_file)
     hide_dirs = bool(getattr(args, "hide_ui_dir_config", False))  # A1111: no folder boxes for other computers
@@ -235,6 +250,7 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
         if history is not None:
             _wire_history_sending(history, t2i, i2i, extras, tabs)
         _wire_demo_defaults(engine, cfg, ckpt, note, t2i, i2i, demo)
+        _wire_image_cfg(engine, ckpt, i2i, demo)
         for controls in (t2i, i2i):
             generation_tabs.wire_reattach(controls, engine, demo)
         demo.load(lambda: _current_checkpoint(engine), None, ckpt, queue=False, show_progress="hidden")

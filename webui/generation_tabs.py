@@ -153,7 +153,9 @@ def _sampling_params(c: Controls, cfg: UiConfig, engine, is_img2img: bool):
         0.0, 30.0, value=cfg.value(f"{tab}/Distilled CFG Scale", 3.5), step=0.1, label="Distilled CFG Scale",
         info="Flux dev only: its built-in guidance. Flux runs real CFG only above CFG Scale 1 (then the negative "
              "prompt is used, at twice the time per step)", elem_id=f"{tab}_distilled_cfg_scale"))
-    if is_img2img:
+    if is_img2img:  # A1111 shows it only while an InstructPix2Pix checkpoint is selected (webui/app.py)
+        c.add("image_cfg_scale", gr.Slider(0.0, 3.0, value=cfg.value(f"{tab}/Image CFG Scale", 1.5), step=0.05,
+                                           label="Image CFG Scale", elem_id=f"{tab}_image_cfg_scale", visible=False))
         c.add("denoising_strength", gr.Slider(0.0, 1.0, value=cfg.value(f"{tab}/Denoising strength", 0.75),
                                               step=0.01, label="Denoising strength",
                                               elem_id=f"{tab}_denoising_strength"))
