@@ -14,6 +14,7 @@ class DeviceConfig:
     attention: str = "sdpa"  # "sdpa" (PyTorch scaled_dot_product_attention), "xformers" or "sliced" (low memory)
     channels_last: bool = False  # --opt-channelslast: the UNet's convolutions in channels-last memory format
     upcast_sampling: bool = False  # --upcast-sampling: 16-bit weights, the sampler's latents and CFG in fp32
+    cpu_modules: tuple[str, ...] = ()  # --use-cpu: the parts A1111 names that run on the CPU (esrgan, gfpgan, all…)
 
     @property
     def is_cuda(self) -> bool:
@@ -50,7 +51,16 @@ def from_flags(
     if sdp_no_mem and device.type == "cuda":  # A1111's --opt-sdp-no-mem-attention: flash/math kernels only
         torch.backends.cuda.enable_mem_efficient_sdp(False)
     return DeviceConfig(device=device, dtype=dtype, vae_dtype=vae_dtype, attention=attention,
-                        channels_last=channels_last, upcast_sampling=upcast_sampling and dtype != torch.float32)
+                        channels_last=channels_last, upcast_sampling=upcast_sampling and dtype != torch.float32,
+                        cpu_modules=tuple(use_cpu or ()))
+
+
+def for_module(config: DeviceConfig, module: str) -> DeviceConfig:
+    """The device config for one of A1111's --use-cpu parts ("esrgan", "swinir", "scunet", "gfpgan",
+    "codeformer", "interrogate"): the CPU in fp32 when the flag names it or "all", else the engine's."""
+    if module in config.cpu_modules or "all" in config.cpu_modules:
+        return cpu()
+    return config
 
 
 def cpu() -> DeviceConfig:

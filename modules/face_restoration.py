@@ -213,13 +213,21 @@ class FaceRestorers:
     annotator_dir: Path | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     settings: Any = None
+    cpu_modules: tuple[str, ...] = ()  # --use-cpu gfpgan / codeformer / all
     _nets: dict = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     @classmethod
     def from_paths(cls, paths, device_config=None, settings=None) -> "FaceRestorers":
         device = device_config.device if device_config is not None else torch.device("cpu")
-        return cls([paths.gfpgan_dir], [paths.codeformer_dir], paths.annotator_dir, device, settings)
+        return cls([paths.gfpgan_dir], [paths.codeformer_dir], paths.annotator_dir, device, settings,
+                   cpu_modules=getattr(device_config, "cpu_modules", ()))
+
+    def device_for(self, name: str) -> torch.device:
+        """The engine's device, or the CPU where --use-cpu names this network (gfpgan, codeformer) or all."""
+        if name.lower() in self.cpu_modules or "all" in self.cpu_modules:
+            return torch.device("cpu")
+        return self.device
 
     def names(self) -> list[str]:
         return list(NAMES)
@@ -268,11 +276,11 @@ class FaceRestorers:
         with self._lock:
             cached = self._nets.get(name)
             if cached is not None and cached[0] == key:
-                cached[1].to(self.device)
+                cached[1].to(self.device_for(name))
                 return cached[1]
             sd = read_weights(path)
             net = (build_gfpgan if name == GFPGAN else build_codeformer)(sd, path.name)
-            net = net.float().eval().to(self.device)
+            net = net.float().eval().to(self.device_for(name))
             self._nets[name] = (key, net)
             return net
 
@@ -309,7 +317,7 @@ class FaceRestorers:
         rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
         try:
             with self._lock:
-                out, count = restore_rgb(rgb, detector, restore_face, self.device)
+                out, count = restore_rgb(rgb, detector, restore_face, self.device_for(name))
         except RuntimeError as e:
             raise FaceRestorationError(f"{self.model_file(name).name}: the network failed on a face "
                                        f"({str(e).splitlines()[0][:160]})") from None

@@ -6,6 +6,7 @@ Two tiny random-weight upscalers are written in real on-disk formats: an ESRGAN 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import os
 import pickle
@@ -279,3 +280,23 @@ def test_hires_fix_with_a_model_upscaler(api_client):
     assert f"Hires upscaler: {ESRGAN_NAME}" in r.json()["info"]
     r = api_client.post("/sdapi/v1/txt2img", json={**base, "hr_upscaler": "4x-missing"})
     assert r.status_code == 400 and ESRGAN_NAME in r.json()["detail"]
+
+
+def test_use_cpu_keeps_the_named_upscalers_and_face_restorers_on_the_cpu(upscaler_files):
+    """--use-cpu esrgan / gfpgan / all (A1111's names): those networks load on the CPU in fp32 whatever the
+    engine's device; others go to the engine's device (here a stand-in device, `meta`)."""
+    from modules import devices
+    from modules.face_restoration import FaceRestorers
+    from modules.upscaling.model import load_upscaler
+
+    path = upscaler_files[0] / "ESRGAN" / f"{ESRGAN_NAME}.pth"
+    gpu = devices.DeviceConfig(device=torch.device("meta"), dtype=torch.float16, vae_dtype=torch.float16)
+    assert load_upscaler(path, gpu).descriptor.device.type == "meta"
+    for flags in (("esrgan",), ("all",)):
+        kept = load_upscaler(path, dataclasses.replace(gpu, cpu_modules=flags)).descriptor
+        assert (kept.device.type, kept.dtype) == ("cpu", torch.float32)
+    assert load_upscaler(path, dataclasses.replace(gpu, cpu_modules=("swinir",))).descriptor.device.type == "meta"
+    assert devices.from_flags(use_cpu=["esrgan", "gfpgan"]).cpu_modules == ("esrgan", "gfpgan")
+
+    faces = FaceRestorers([], [], device=torch.device("meta"), cpu_modules=("gfpgan",))
+    assert faces.device_for("GFPGAN").type == "cpu" and faces.device_for("CodeFormer").type == "meta"

@@ -20,6 +20,8 @@ from modules import devices
 if TYPE_CHECKING:  # spandrel imports torchvision (2 s of start-up): only when an upscaler model is loaded
     from spandrel import ImageModelDescriptor
 
+#: A1111's --use-cpu names for upscaler architectures (every other one, as A1111's DAT/HAT, counts as "esrgan").
+ARCHITECTURE_MODULES = {"SwinIR": "swinir", "SCUNet": "scunet"}
 UPSCALER_PURPOSES = ("SR", "Restoration")  # Restoration: 1x models (SCUNet…), upscaled further with Lanczos
 
 
@@ -77,5 +79,7 @@ def load_upscaler(path: Path, device_config: devices.DeviceConfig) -> LoadedUpsc
         raise UpscalerLoadError(f"{path.name}: works on {descriptor.input_channels}-channel images; "
                                 f"only RGB upscalers are supported")
     descriptor.eval()
+    device_config = devices.for_module(device_config, ARCHITECTURE_MODULES.get(descriptor.architecture.name,
+                                                                               "esrgan"))
     descriptor.to(device_config.device, _dtype_for(descriptor, device_config))
     return LoadedUpscaler(path, descriptor)
