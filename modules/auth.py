@@ -94,7 +94,7 @@ def _extension_routes(app) -> list[str]:
         methods = getattr(route, "methods", None) or set()
         path = getattr(route, "path", "")
         changing = sorted(set(methods) & _STATE_CHANGING)
-        if changing and not path.startswith(PREFIX):
+        if changing and not path.startswith(PREFIX) and not getattr(route, "ui_route", False):
             found.append(f"{'/'.join(changing)} {path}")
     return found
 

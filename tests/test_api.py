@@ -263,9 +263,11 @@ def test_list_routes(api):
     assert {m["name"] for m in api.get("/latent-upscale-modes").json()} >= {"Latent", "Latent (nearest-exact)"}
     assert api.get("/sd-vae").json() == []
     assert api.get("/embeddings").json() == {"loaded": {}, "skipped": {}}
-    for route in ("hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles", "loras"):
+    for route in ("hypernetworks", "realesrgan-models", "prompt-styles", "loras"):
         r = api.get(f"/{route}")
         assert r.status_code == 200 and r.json() == [], route
+    faces = api.get("/face-restorers").json()  # listed with the folder their file goes in, as A1111
+    assert [f["name"] for f in faces] == ["CodeFormer", "GFPGAN"] and faces[1]["cmd_dir"].endswith("GFPGAN")
     scripts = api.get("/scripts").json()
     assert set(scripts) == {"txt2img", "img2img"} and all(t == t.lower() for t in scripts["txt2img"])
     info = api.get("/script-info").json()

@@ -32,3 +32,8 @@ def add(app: FastAPI, engine, gradio_app: Callable[[], object | None]) -> None:
     @app.get("/internal/ping", include_in_schema=False)
     async def ping(request: Request):
         return refused(request) or {}
+
+    for route in app.routes:  # the UI's own (behind its login): not an extension's open route for --listen's warning
+        if getattr(route, "path", "").startswith("/internal/") and getattr(route, "endpoint", None) in (
+                internal_progress, pending_tasks, ping):
+            route.ui_route = True
