@@ -429,6 +429,7 @@ class Generation:
         self._reference = None  # the reference units' hooks while the request runs (image_prompts)
         self._control_hooks: list = []  # hypernetwork hooks on the ControlNets while the request runs
         self.refiner_info = self._refiner_checkpoint()  # A1111's refiner: found now, loaded when sampling reaches it
+        self.hr_checkpoint_info = self._hr_checkpoint()  # A1111's hires checkpoint: found now, loaded for that pass
         self.final_model = self.model  # the model that finished the last sampling (decodes it, as A1111)
 
     def prepare_controls(self, crop: tuple[int, int, int, int] | None = None) -> None:
@@ -517,10 +518,12 @@ class Generation:
         )
 
     def sample_batch(self, plan: BatchPlan, prompts: list[str], negatives: list[str],
-                     sampler=None, schedule=None, encode_pixels: torch.Tensor | None = None) -> torch.Tensor:
+                     sampler=None, schedule=None, encode_pixels: torch.Tensor | None = None,
+                     model: LoadedModel | None = None) -> torch.Tensor:
         """Run one batch and return its final latents. `encode_pixels` (img2img) is encoded with each image's
-        generator before the noise is drawn, as diffusers' img2img/inpaint pipelines do."""
-        model, req = self.model, self.req
+        generator before the noise is drawn, as diffusers' img2img/inpaint pipelines do. `model`: another
+        checkpoint for this pass (the hires checkpoint: its UNet, text encoders and VAE), else the request's."""
+        model, req = model or self.model, self.req
         sampler, schedule = sampler or self.sampler, schedule or self.schedule
         f = model.vae_scale_factor
         channels = model.vae.config.latent_channels
@@ -583,7 +586,8 @@ class Generation:
 
         hires = isinstance(req, Txt2ImgRequest) and req.enable_hr and (
             plan.init_latents is not None or encode_pixels is not None)  # txt2img's second sampling is hires
-        prompt_schedule = self.prompt_schedule(prompts, negatives, hires=hires)
+        prompt_schedule = self.prompt_schedule(prompts, negatives, hires=hires,
+                                               model=model if model is not self.model else None)
         cond, uncond = prompt_schedule.at(0)
         job = SamplingJob(
             unet=denoiser_for(model, req.distilled_cfg_scale) if flow else model.unet, scheduler=scheduler,
@@ -676,18 +680,53 @@ class Generation:
         return ModelSwitch(at, swap)
 
     def _load_refiner(self) -> LoadedModel:
-        """Through the model manager (its cache limit unloads the base as A1111 does); the next job loads its own
-        model again."""
-        state = self.ctx.state
-        previous, state.textinfo = state.textinfo, f"Loading refiner {self.refiner_info.title}"
-        try:
-            refiner = self.ctx.models.get(self.refiner_info.title, remember=False)
-        finally:
-            state.textinfo = previous
+        refiner = self._load_checkpoint(self.refiner_info, "refiner")
         if refiner.is_flow:
             raise RequestError(f"refiner_checkpoint: {refiner.title} is a {refiner.spec.label} model; "
                                "a refiner must be an SD1.x/SD2.x/SDXL checkpoint")
         return refiner
+
+    def _load_checkpoint(self, info, what: str) -> LoadedModel:
+        """Another checkpoint for part of the job (the refiner, the hires checkpoint), through the model manager:
+        its cache limit unloads the base as A1111 does; the next job loads its own model again."""
+        state = self.ctx.state
+        previous, state.textinfo = state.textinfo, f"Loading {what} {info.title}"
+        try:
+            return self.ctx.models.get(info.title, remember=False)
+        finally:
+            state.textinfo = previous
+
+    # -- the hires checkpoint (A1111 1.6: StableDiffusionProcessingTxt2Img.hr_checkpoint_info) --------------------
+
+    def _hr_checkpoint(self):
+        """The hires pass's CheckpointInfo, or None ("Use same checkpoint"): looked up before anything runs, an
+        unknown title is an error naming the field (A1111 checks it only with hires fix on)."""
+        req = self.req
+        title = getattr(req, "hr_checkpoint_name", None)
+        if not getattr(req, "enable_hr", False) or title in (None, "", "None", "none", "Use same checkpoint"):
+            return None
+        if self.ctx.models is None:
+            raise RequestError("hr_checkpoint_name: no checkpoints to load a hires checkpoint from here")
+        from modules.models.manager import ModelNotFoundError
+
+        try:
+            return self.ctx.models.resolve(str(title))
+        except ModelNotFoundError as e:
+            raise RequestError(f"hr_checkpoint_name: {e}") from None
+
+    def hires_model(self) -> LoadedModel:
+        """The model of the hires pass: the request's, or the hires checkpoint loaded now (A1111 reloads weights
+        between the passes; its VAE then encodes and decodes the pass, its text encoders read the hires prompts)."""
+        info = self.hr_checkpoint_info
+        if info is None or str(info.filename) == str(self.model.filename):
+            return self.model
+        model = self._load_checkpoint(info, "hires checkpoint")
+        base = self.model
+        if model.is_flow != base.is_flow or (model.is_flow and model.family != base.family) or \
+                model.vae.config.latent_channels != base.vae.config.latent_channels:
+            raise RequestError(f"hr_checkpoint_name: {model.title} ({model.spec.label}) cannot take over from "
+                               f"{base.title} ({base.spec.label}): their latents differ")
+        return model
 
     def _refiner_inpaint(self, job: SamplingJob, refiner: LoadedModel, plan: BatchPlan) -> InpaintLatents | None:
         """What the refiner's UNet reads next to the latents: an inpainting refiner without a mask gets A1111's
@@ -1032,6 +1071,8 @@ def txt2img(ctx: ProcessingContext, req: Txt2ImgRequest) -> GenerationResult:
     extra: dict[str, Any] = {}
     hires = HiresPlan.from_request(req, width, height, m, ctx.upscalers) if req.enable_hr else None
     if hires is not None:
+        if gen.hr_checkpoint_info is not None:  # A1111 records it whenever one is named, first of the hires keys
+            extra["Hires checkpoint"] = gen.hr_checkpoint_info.short_title
         extra.update(hires.infotext())
 
     def batch(n, seeds, subseeds, prompts, negatives):
@@ -1131,15 +1172,18 @@ class HiresPlan:
         if req.hr_sampler_name or req.hr_scheduler:
             sampler, schedule = gen.resolve_sampler(req.hr_sampler_name or gen.sampler.name,
                                                     req.hr_scheduler or gen.schedule.label)
+        latent = self.upscaler in LATENT_UPSCALE_MODES
+        first = None if latent else _to_pil(model, decode(gen.final_model, latents))  # before any swap (A1111)
+        hr_model = gen.hires_model()
         gen.ctx.state.textinfo = "Hires pass"
         gen.hooks.before_hires(gen.run)
-        if self.upscaler in LATENT_UPSCALE_MODES:
-            plan.init_latents = self._resize_latents(latents, f)
-            out = gen.sample_batch(plan, hr_prompts, hr_negatives, sampler, schedule)
+        if latent:
+            plan.init_latents = self._resize_latents(latents, f).to(device=hr_model.device, dtype=hr_model.dtype)
+            out = gen.sample_batch(plan, hr_prompts, hr_negatives, sampler, schedule, model=hr_model)
         else:
-            first = _to_pil(model, decode(gen.final_model, latents))
-            pixels = image_processor(model).preprocess([self._resize_pixels(im, gen.ctx) for im in first])
-            out = gen.sample_batch(plan, hr_prompts, hr_negatives, sampler, schedule, encode_pixels=pixels)
+            pixels = image_processor(hr_model).preprocess([self._resize_pixels(im, gen.ctx) for im in first])
+            out = gen.sample_batch(plan, hr_prompts, hr_negatives, sampler, schedule, encode_pixels=pixels,
+                                   model=hr_model)
         return _to_pil(model, decode(gen.final_model, out))
 
 
