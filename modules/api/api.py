@@ -437,17 +437,23 @@ class Api:
         return req, raw_images
 
     def _check_checkpoints(self, req) -> None:
-        """Checkpoint titles a request names besides the model (the refiner), found now: a queued job with a typo
-        fails at once with a 422, not later as a failed job."""
+        """Checkpoint titles a request names besides the model (the refiner; the hires checkpoint when hires fix
+        is on, as A1111 checks it), found now: a queued job with a typo fails at once with a 422, not later as a
+        failed job."""
         from modules.models.manager import ModelNotFoundError
 
-        title = getattr(req, "refiner_checkpoint", None)
-        if title in (None, "", "None", "none") or self.engine.models is None:
+        if self.engine.models is None:
             return
-        try:
-            self.engine.models.resolve(str(title))
-        except ModelNotFoundError as e:
-            raise ApiError(422, f"refiner_checkpoint: {e}", "RequestError") from None
+        named = [("refiner_checkpoint", getattr(req, "refiner_checkpoint", None))]
+        if getattr(req, "enable_hr", False):
+            named.append(("hr_checkpoint_name", getattr(req, "hr_checkpoint_name", None)))
+        for field_name, title in named:
+            if title in (None, "", "None", "none", "Use same checkpoint"):
+                continue
+            try:
+                self.engine.models.resolve(str(title))
+            except ModelNotFoundError as e:
+                raise ApiError(422, f"{field_name}: {e}", "RequestError") from None
 
     def _check_locked_options(self, values) -> None:
         """With --hide-ui-dir-config (the default with --listen), output folders and file-name patterns may not be
