@@ -194,6 +194,39 @@ def _hires(c: Controls, cfg: UiConfig, engine):
                                            elem_id=f"{tab}_hr_resize_x"))
             c.add("hr_resize_y", gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
                                            elem_id=f"{tab}_hr_resize_y"))
+        # A1111's row 3, shown with the setting "Hires fix: show hires checkpoint and sampler selection"
+        show = bool(engine.settings.get("hires_fix_show_sampler", False))
+        with gr.Row(elem_id=f"{tab}_hires_fix_row3", visible=show):
+            checkpoint = c.add("hr_checkpoint_name", gr.Dropdown(
+                _hr_checkpoint_choices(engine), value=SAME_CHECKPOINT, label="Hires checkpoint",
+                elem_id="hr_checkpoint"))
+            refresh = gr.Button("🔄", elem_id="hr_checkpoint_refresh", size="sm", min_width=40, scale=0)
+
+    def refreshed():
+        engine.registry.refresh()
+        return gr.update(choices=_hr_checkpoint_choices(engine))
+
+    refresh.click(refreshed, None, checkpoint, queue=False, show_progress="hidden")
+
+
+SAME_CHECKPOINT = "Use same checkpoint"
+
+
+def _hr_checkpoint_choices(engine) -> list[str]:
+    """A1111's: "Use same checkpoint", then the checkpoints' short titles (`name [hash]`)."""
+    return [SAME_CHECKPOINT, *(i.short_title for i in engine.registry.list())]
+
+
+def _hr_checkpoint_paste(c: Controls, fields: dict) -> None:
+    """"Hires checkpoint" picks that checkpoint's entry (its short title); absent: "Use same checkpoint"."""
+    if not any(name == "hr_checkpoint_name" for name, _ in c.fields):
+        return
+    if "hr_checkpoint_name" not in fields:
+        fields["hr_checkpoint_name"] = SAME_CHECKPOINT
+        return
+    info = c.extra["engine"].registry.get(str(fields["hr_checkpoint_name"]))
+    if info is not None:
+        fields["hr_checkpoint_name"] = info.short_title
 
 
 def _refiner(c: Controls, engine):
@@ -307,6 +340,7 @@ def paste_updates(c: Controls, text: str) -> list:
     script_callbacks.infotext_pasted_callback(text, params)  # extensions may add or change parameters
     fields = infotext_mod.infotext_to_request_fields(params)
     _refiner_paste(c, fields)
+    _hr_checkpoint_paste(c, fields)
     if c.extra.get("controlnet") is not None:  # "ControlNet N" → unit N's controls (gr.update dicts)
         fields.update(c.extra["controlnet"].paste_fields(params))
     return [(fields[name] if _is_update(fields[name]) else gr.update(value=_ui_value(comp, fields[name])))
@@ -337,6 +371,8 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
             out[key] = int(out[key])
     if not out.pop("refiner_enable", True) or out.get("refiner_checkpoint") in ("", "None"):
         out["refiner_checkpoint"] = out["refiner_switch_at"] = None  # A1111's setup: off → no refiner
+    if out.get("hr_checkpoint_name") in ("", SAME_CHECKPOINT):
+        out["hr_checkpoint_name"] = None
     if out.get("scheduler") in (None, ""):
         out["scheduler"] = "Automatic"
     return out
