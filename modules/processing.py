@@ -692,9 +692,23 @@ class Generation:
         state = self.ctx.state
         previous, state.textinfo = state.textinfo, f"Loading {what} {info.title}"
         try:
-            return self.ctx.models.get(info.title, remember=False)
+            model = self.ctx.models.get(info.title, remember=False)
         finally:
             state.textinfo = previous
+        self._networks_onto(model, what)
+        return model
+
+    def _networks_onto(self, model: LoadedModel, what: str) -> None:
+        """The job's LoRAs onto a checkpoint that takes over (A1111 applies them to whichever model is loaded);
+        an empty set restores weights an earlier job left patched. What fits nothing is a warning."""
+        activation = getattr(self, "networks", None)
+        if activation is None:
+            return
+        from modules.networks import lora
+
+        copies = [dataclasses.replace(net, applied=True) for net in activation.networks]
+        for warning in lora.apply_networks(model, copies):
+            activation.warnings.append(f"{what} {model.title}: {warning}")
 
     # -- the hires checkpoint (A1111 1.6: StableDiffusionProcessingTxt2Img.hr_checkpoint_info) --------------------
 
@@ -948,6 +962,7 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
     save = ctx.outputs is not None and not req.do_not_save_samples and ctx.opt("samples_save", True)
     fmt = ctx.opt("samples_format", "png")
     networks = extra_networks.activate(ctx, model, all_prompts)  # tags stripped; LoRAs patched in (or removed)
+    gen.networks = networks  # a refiner / hires checkpoint taking over gets them too
     gen.hypernetworks_into_controls()
     run.extra.update(networks.infotext)
     run.extra.update(gen.controls.infotext)

@@ -298,3 +298,36 @@ def test_refiner_accordion_fields_paste_and_request(engine, tiny_models, tmp_pat
             assert (on["refiner_checkpoint"], on["refiner_switch_at"]) == (title, 0.6) and "refiner_enable" not in on
             off = gt._clean({**values, "refiner_enable": False, "refiner_checkpoint": title})
             assert off["refiner_checkpoint"] is None and off["refiner_switch_at"] is None
+
+
+def test_the_jobs_loras_also_patch_the_refiner_and_a_later_job_without_them_restores_it(
+        load_tiny, tiny_models, second_sd1, tmp_path):
+    """A1111 applies the prompt's LoRAs to whichever model is loaded: the refiner that takes over gets them (here a
+    LoRA written for the second model's UNet), and a refiner job without them puts its weights back."""
+    from modules.networks import lora
+    from tests.test_lora import Builder, weight
+
+    path, other = second_sd1
+    base = load_tiny("sd1.safetensors")
+    models = _Models(tiny_models, lambda name: other if name == path.name else load_tiny(name), {path.name: path})
+    target = "unet:down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    builder = Builder(other, seed=3, magnitude=1.0)
+    builder.lora(target)
+    builder.save(tmp_path / "Lora" / "house.safetensors")
+    registry = lora.LoraRegistry([tmp_path / "Lora"])
+    registry.refresh()
+    original = weight(other, target).clone()
+
+    def run(prompt):
+        req = Txt2ImgRequest(prompt=prompt, negative_prompt="blurry", seed=SEED, steps=10, width=SIZE, height=SIZE,
+                             sampler_name="Euler", cfg_scale=6.0, refiner_checkpoint="sd1-other",
+                             refiner_switch_at=0.5)
+        ctx = ProcessingContext(model=base, options={"return_grid": False}, outputs=None, models=models,
+                                loras=registry)
+        return txt2img(ctx, req)
+
+    with_lora = run("a red house <lora:house:1>")
+    assert torch.allclose(weight(other, target), original + builder.expected[target], atol=1e-5)
+    plain = run("a red house")
+    assert torch.equal(weight(other, target), original)
+    assert _diff(with_lora.images[0], plain.images[0]) > 2
