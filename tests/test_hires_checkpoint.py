@@ -226,3 +226,36 @@ def test_hires_checkpoint_dropdown_paste_and_request(engine, tmp_path, other_sd1
     values = {n: comp.value for n, comp in c.fields}
     assert gt._clean({**values, "hr_checkpoint_name": short})["hr_checkpoint_name"] == short
     assert gt._clean(values)["hr_checkpoint_name"] is None
+
+
+def test_hires_sampler_schedule_and_prompts_are_fields_that_paste_and_reset(engine, tmp_path):
+    """A1111's rows 3 and 4 of the Hires fix accordion (with their settings): the hires sampler / schedule type
+    ("Use same …" → the first pass's) and the hires prompts, pasted from infotext and reset when it has none."""
+    import gradio as gr
+
+    from webui import generation_tabs as gt
+    from webui.ui_config import UiConfig
+
+    engine.settings.set("hires_fix_show_sampler", True)
+    engine.settings.set("hires_fix_show_prompts", True)
+    with gr.Blocks():
+        c = gt.build_txt2img(engine, UiConfig(tmp_path / "ui-config.json"))
+    names = dict(c.fields)
+    assert (names["hr_sampler_name"].elem_id, names["hr_sampler_name"].value) == ("hr_sampler", "Use same sampler")
+    assert names["hr_scheduler"].value == "Use same scheduler" and names["hr_prompt"].elem_id == "hires_prompt"
+    assert names["hr_negative_prompt"].elem_id == "hires_neg_prompt"
+
+    text = ("a red house\nSteps: 6, Sampler: Euler, CFG scale: 6, Seed: 7, Size: 64x64, Denoising strength: 0.5, "
+            "Hires upscale: 2, Hires upscaler: Latent, Hires sampler: DPM++ 2M, Hires schedule type: Karras, "
+            'Hires prompt: "a blue house"')
+    order = [n for n, _ in c.fields]
+    updates = dict(zip(order, gt.paste_updates(c, text)))
+    assert updates["hr_sampler_name"]["value"] == "DPM++ 2M" and updates["hr_scheduler"]["value"] == "Karras"
+    assert updates["hr_prompt"]["value"] == "a blue house"
+    plain = dict(zip(order, gt.paste_updates(c, text.split(", Hires sampler")[0])))
+    assert plain["hr_sampler_name"]["value"] == "Use same sampler" and plain["hr_prompt"]["value"] == ""
+
+    values = {n: comp.value for n, comp in c.fields}
+    cleaned = gt._clean({**values, "hr_sampler_name": "DPM++ 2M"})
+    assert cleaned["hr_sampler_name"] == "DPM++ 2M" and cleaned["hr_scheduler"] is None
+    assert gt._clean(values)["hr_sampler_name"] is None

@@ -201,6 +201,20 @@ def _hires(c: Controls, cfg: UiConfig, engine):
                 _hr_checkpoint_choices(engine), value=SAME_CHECKPOINT, label="Hires checkpoint",
                 elem_id="hr_checkpoint"))
             refresh = gr.Button("🔄", elem_id="hr_checkpoint_refresh", size="sm", min_width=40, scale=0)
+            c.add("hr_sampler_name", gr.Dropdown([SAME_SAMPLER, *samplers.sampler_names()], value=SAME_SAMPLER,
+                                                 label="Hires sampling method", elem_id="hr_sampler"))
+            c.add("hr_scheduler", gr.Dropdown([SAME_SCHEDULER, *samplers.schedule_type_labels()],
+                                              value=SAME_SCHEDULER, label="Hires schedule type",
+                                              elem_id="hr_scheduler"))
+        # row 4, with the setting "Hires fix: show hires prompt and negative prompt"
+        with gr.Row(elem_id=f"{tab}_hires_fix_row4", visible=bool(engine.settings.get("hires_fix_show_prompts",
+                                                                                       False))):
+            c.add("hr_prompt", gr.Textbox(label="Hires prompt", elem_id="hires_prompt", lines=3,
+                                          placeholder="Prompt for hires fix pass.\nLeave empty to use the same "
+                                                      "prompt as in first pass."))
+            c.add("hr_negative_prompt", gr.Textbox(label="Hires negative prompt", elem_id="hires_neg_prompt",
+                                                   lines=3, placeholder="Negative prompt for hires fix pass.\n"
+                                                   "Leave empty to use the same negative prompt as in first pass."))
 
     def refreshed():
         engine.registry.refresh()
@@ -210,6 +224,7 @@ def _hires(c: Controls, cfg: UiConfig, engine):
 
 
 SAME_CHECKPOINT = "Use same checkpoint"
+SAME_SAMPLER, SAME_SCHEDULER = "Use same sampler", "Use same scheduler"  # A1111's first entries
 
 
 def _hr_checkpoint_choices(engine) -> list[str]:
@@ -218,9 +233,12 @@ def _hr_checkpoint_choices(engine) -> list[str]:
 
 
 def _hr_checkpoint_paste(c: Controls, fields: dict) -> None:
-    """"Hires checkpoint" picks that checkpoint's entry (its short title); absent: "Use same checkpoint"."""
+    """"Hires checkpoint" picks that checkpoint's entry (its short title); absent: "Use same checkpoint" (and the
+    hires sampler / schedule type: "Use same …")."""
     if not any(name == "hr_checkpoint_name" for name, _ in c.fields):
         return
+    fields.setdefault("hr_sampler_name", SAME_SAMPLER)  # absent from the infotext: the first pass's
+    fields.setdefault("hr_scheduler", SAME_SCHEDULER)
     if "hr_checkpoint_name" not in fields:
         fields["hr_checkpoint_name"] = SAME_CHECKPOINT
         return
@@ -373,6 +391,10 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
         out["refiner_checkpoint"] = out["refiner_switch_at"] = None  # A1111's setup: off → no refiner
     if out.get("hr_checkpoint_name") in ("", SAME_CHECKPOINT):
         out["hr_checkpoint_name"] = None
+    if out.get("hr_sampler_name") in ("", SAME_SAMPLER):
+        out["hr_sampler_name"] = None
+    if out.get("hr_scheduler") in ("", SAME_SCHEDULER):
+        out["hr_scheduler"] = None
     if out.get("scheduler") in (None, ""):
         out["scheduler"] = "Automatic"
     return out
