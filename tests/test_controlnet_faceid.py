@@ -13,6 +13,7 @@ from PIL import Image
 from modules.controlnet import face_embed
 from modules.processing import ProcessingContext, txt2img
 from modules.request_types import RequestError, Txt2ImgRequest
+from tests import tiny_faces
 
 SEED, SIZE, PICTURE = 77, 64, 320
 GAIN = 20.0  # score logit = table + GAIN × the input's mean: bright pictures have faces, dark ones none
@@ -22,16 +23,13 @@ SHIFT = np.array([48.0, 40.0])  # the big face's landmarks: ArcFace's template �
 BIG_BOX = np.array([50.0, 30.0, 270.0, 290.0])
 
 
-def _anchor(stride, gx, gy, a):
-    return (gy * (640 // stride) + gx) * 2 + a
+_anchor = tiny_faces.anchor
 
 
 def _det_tables():
     """The detector's outputs: the big face at stride 16 (landmarks exactly template × 2 + SHIFT in a 320 px
     picture, i.e. × 2 more in the 640 px canvas), a small better-scoring face at stride 8, nothing else."""
-    tables = {k: {s: np.zeros(((640 // s) ** 2 * 2, k)) for s in (8, 16, 32)} for k in (1, 4, 10)}
-    for s in (8, 16, 32):
-        tables[1][s][:] = -30.0
+    tables = tiny_faces.empty_tables()
     stride, gx, gy, a = BIG_FACE
     i, centre = _anchor(*BIG_FACE), np.array([gx, gy]) * stride
     box = BIG_BOX * 2
@@ -47,27 +45,7 @@ def _det_tables():
 
 
 def _det_onnx(path, tables):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    inits = [numpy_helper.from_array(np.array(GAIN, np.float32), "gain"),
-             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
-    nodes = [helper.make_node("ReduceMean", ["input.1"], ["mean"], keepdims=0),
-             helper.make_node("Mul", ["mean", "gain"], ["lift"]), helper.make_node("Mul", ["mean", "zero"], ["none"])]
-    outputs = []
-    for kind, width in (("score", 1), ("bbox", 4), ("kps", 10)):  # det_10g's output order
-        for s in (8, 16, 32):
-            name = f"{kind}_{s}"
-            inits.append(numpy_helper.from_array(tables[width][s].astype(np.float32), name + "_table"))
-            if kind == "score":
-                nodes += [helper.make_node("Add", [name + "_table", "lift"], [name + "_logit"]),
-                          helper.make_node("Sigmoid", [name + "_logit"], [name])]
-            else:
-                nodes.append(helper.make_node("Add", [name + "_table", "none"], [name]))
-            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(tables[width][s].shape)))
-    graph = helper.make_graph(nodes, "scrfd", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT,
-                                                                             [1, 3, 640, 640])], outputs, inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    tiny_faces.scrfd_onnx(path, tables, GAIN)
 
 
 def _rec_weight():
@@ -75,16 +53,7 @@ def _rec_weight():
 
 
 def _rec_onnx(path):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [helper.make_node("AveragePool", ["input.1"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]),
-             helper.make_node("Flatten", ["pooled"], ["flat"]), helper.make_node("Gemm", ["flat", "w"], ["683"])]
-    graph = helper.make_graph(nodes, "arcface", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT,
-                                                                               [1, 3, 112, 112])],
-                              [helper.make_tensor_value_info("683", TensorProto.FLOAT, [1, 512])],
-                              [numpy_helper.from_array(_rec_weight(), "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    tiny_faces.arcface_onnx(path, _rec_weight(), "683")
 
 
 @pytest.fixture

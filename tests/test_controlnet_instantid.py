@@ -18,6 +18,7 @@ from PIL import Image
 from modules.controlnet import face_embed, instant_id
 from modules.processing import ProcessingContext, txt2img
 from modules.request_types import RequestError, Txt2ImgRequest
+from tests import tiny_faces
 
 SEED, SIZE, PICTURE = 77, 64, 512
 GAIN = 20.0  # score logit = table + GAIN × the input's mean: bright pictures have faces, dark ones none
@@ -30,15 +31,12 @@ BIG_BOX = np.array([120.0, 100.0, 400.0, 420.0])
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255)]
 
 
-def _anchor(stride, gx, gy, a):
-    return (gy * (640 // stride) + gx) * 2 + a
+_anchor = tiny_faces.anchor
 
 
 def _det_tables():
     """The detector's outputs (canvas pixels): the big face at stride 16, a smaller better-scoring one at stride 8."""
-    tables = {k: {s: np.zeros(((640 // s) ** 2 * 2, k)) for s in (8, 16, 32)} for k in (1, 4, 10)}
-    for s in (8, 16, 32):
-        tables[1][s][:] = -30.0
+    tables = tiny_faces.empty_tables()
     stride, gx, gy, _ = BIG_FACE
     i, centre = _anchor(*BIG_FACE), np.array([gx, gy]) * stride
     box = BIG_BOX * CANVAS
@@ -54,28 +52,7 @@ def _det_tables():
 
 
 def _det_onnx(path):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    tables = _det_tables()
-    inits = [numpy_helper.from_array(np.array(GAIN, np.float32), "gain"),
-             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
-    nodes = [helper.make_node("ReduceMean", ["input.1"], ["mean"], keepdims=0),
-             helper.make_node("Mul", ["mean", "gain"], ["lift"]), helper.make_node("Mul", ["mean", "zero"], ["none"])]
-    outputs = []
-    for kind, width in (("score", 1), ("bbox", 4), ("kps", 10)):
-        for s in (8, 16, 32):
-            name = f"{kind}_{s}"
-            inits.append(numpy_helper.from_array(tables[width][s].astype(np.float32), name + "_table"))
-            if kind == "score":
-                nodes += [helper.make_node("Add", [name + "_table", "lift"], [name + "_logit"]),
-                          helper.make_node("Sigmoid", [name + "_logit"], [name])]
-            else:
-                nodes.append(helper.make_node("Add", [name + "_table", "none"], [name]))
-            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(tables[width][s].shape)))
-    graph = helper.make_graph(nodes, "scrfd", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT,
-                                                                             [1, 3, 640, 640])], outputs, inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    tiny_faces.scrfd_onnx(path, _det_tables(), GAIN)
 
 
 def _rec_weight():
@@ -83,16 +60,7 @@ def _rec_weight():
 
 
 def _rec_onnx(path):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [helper.make_node("AveragePool", ["input.1"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]),
-             helper.make_node("Flatten", ["pooled"], ["flat"]), helper.make_node("Gemm", ["flat", "w"], ["1333"])]
-    graph = helper.make_graph(nodes, "arcface", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT,
-                                                                               [1, 3, 112, 112])],
-                              [helper.make_tensor_value_info("1333", TensorProto.FLOAT, [1, 512])],
-                              [numpy_helper.from_array(_rec_weight(), "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    tiny_faces.arcface_onnx(path, _rec_weight(), "1333")
 
 
 @pytest.fixture(scope="module")
