@@ -230,10 +230,10 @@ def _prior(cell):
     return np.array([(j + 0.5) * 32, (i + 0.5) * 32]), 256.0  # stride 32, first anchor (min size 256)
 
 
-def tiny_detector_state_dict() -> dict:
+def tiny_detector_state_dict(cell=CELL, box=BOX, landmarks=LANDMARKS) -> dict:
     """Brightness (channel mean of BGR − mean, centre tap) through the stem, every block's downsample path (the
     residual branch's last BN at 0), FPN output3 and SSH3's 3×3 branch into channel 0; the stride-32 class head fires
-    on it, the box and landmark heads hold BOX and LANDMARKS relative to the prior in their biases."""
+    on it, the box and landmark heads hold `box` and `landmarks` relative to `cell`'s prior in their biases."""
     sd = retinaface_state_dict(stem=8, mids=(4, 4, 4, 4), blocks=(1, 1, 1, 1), out=8)
     sd["body.conv1.weight"][0, :, 3, 3] = 1 / 3
     for i in range(1, 5):
@@ -241,10 +241,10 @@ def tiny_detector_state_dict() -> dict:
         sd[f"body.layer{i}.0.downsample.0.weight"][0, 0] = 1.0
     sd["fpn.output3.0.weight"][0, 0] = 1.0
     sd["ssh3.conv3X3.0.weight"][0, 0, 1, 1] = 1.0
-    centre, size = _prior(CELL)
-    box_centre, box_size = (BOX[:2] + BOX[2:]) / 2, BOX[2:] - BOX[:2]
+    centre, size = _prior(cell)
+    box_centre, box_size = (box[:2] + box[2:]) / 2, box[2:] - box[:2]
     loc = np.concatenate([(box_centre - centre) / (0.1 * size), np.log(box_size / size) / 0.2])
-    marks = ((LANDMARKS - centre) / (0.1 * size)).reshape(-1)
+    marks = ((landmarks - centre) / (0.1 * size)).reshape(-1)
     for i in range(3):
         sd[f"ClassHead.{i}.conv1x1.bias"][:] = torch.tensor([0.0, -50.0, 0.0, -50.0])
         sd[f"BboxHead.{i}.conv1x1.bias"][:4] = torch.tensor(loc)

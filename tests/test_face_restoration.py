@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from modules import face_restoration as fr
-from tests.test_controlnet_pulid_face import BGR_MEAN, FIRE, TEMPLATE, retinaface_state_dict
+from tests import test_controlnet_pulid_face as pulid_face
+from tests.test_controlnet_pulid_face import BGR_MEAN, TEMPLATE
 
 PICTURE = 640  # facexlib scales pictures up to 640 on the short side: this one is seen as it is
 SCALE, SHIFT = 0.5, np.array([192.0, 192.0])
@@ -30,26 +31,8 @@ BACKGROUND_RGB = tuple(int(v) for v in BGR_MEAN[::-1])  # facexlib's mean: the d
 
 
 def tiny_detector_state_dict() -> dict:
-    """Brightness down the identity paths to the stride-32 class head, which fires on the marker; box and landmarks
-    in the heads' biases relative to that cell's prior (size 256)."""
-    sd = retinaface_state_dict(stem=8, mids=(4, 4, 4, 4), blocks=(1, 1, 1, 1), out=8)
-    sd["body.conv1.weight"][0, :, 3, 3] = 1 / 3
-    for i in range(1, 5):
-        sd[f"body.layer{i}.0.bn3.weight"].zero_()
-        sd[f"body.layer{i}.0.downsample.0.weight"][0, 0] = 1.0
-    sd["fpn.output3.0.weight"][0, 0] = 1.0
-    sd["ssh3.conv3X3.0.weight"][0, 0, 1, 1] = 1.0
-    centre, size = np.array([(CELL[1] + 0.5) * 32, (CELL[0] + 0.5) * 32]), 256.0
-    box_centre, box_size = (BOX[:2] + BOX[2:]) / 2, BOX[2:] - BOX[:2]
-    loc = np.concatenate([(box_centre - centre) / (0.1 * size), np.log(box_size / size) / 0.2])
-    marks = ((LANDMARKS - centre) / (0.1 * size)).reshape(-1)
-    for i in range(3):
-        sd[f"ClassHead.{i}.conv1x1.bias"][:] = torch.tensor([0.0, -50.0, 0.0, -50.0])
-        sd[f"BboxHead.{i}.conv1x1.bias"][:4] = torch.tensor(loc)
-        sd[f"LandmarkHead.{i}.conv1x1.bias"][:10] = torch.tensor(marks)
-    sd["ClassHead.2.conv1x1.weight"][1, 0] = 1.0
-    sd["ClassHead.2.conv1x1.bias"][1] = -FIRE
-    return sd
+    """The PuLID tests' tiny RetinaFace, firing on this test's marker cell with its box and landmarks."""
+    return pulid_face.tiny_detector_state_dict(CELL, BOX, LANDMARKS)
 
 
 def tiny_gfpgan_state_dict() -> dict:
