@@ -52,7 +52,11 @@ def test_settings_persist_and_apply_writes_only_what_changed(browser, settings_s
     stale = open_ui(browser, settings_server.url)
     page = open_ui(browser, settings_server.url)
     try:
+        # Two pages of one browser: the one behind gets an animation frame only every ~1.5 s, and Playwright waits
+        # for two before each click (~2-4 s a click), so the page acted on is brought to the front first.
+        stale.bring_to_front()
         open_section(stale, "Stable Diffusion")  # Settings opened before any change: its fields hold the old values
+        page.bring_to_front()
         open_section(page, "Saving images/grids")
         pick(page, "setting_samples_format", "jpg")
         page.click("#settings_submit")
@@ -66,6 +70,7 @@ def test_settings_persist_and_apply_writes_only_what_changed(browser, settings_s
         assert saved(settings_data)["samples_format"] == "jpg" and saved(settings_data)["save_txt"] is True
 
         # The stale page still shows the old values; it changes one field: only that one is written.
+        stale.bring_to_front()
         stale.get_by_role("tab", name="Saving images/grids", exact=True).click()
         expect(stale.locator("#setting_samples_format input[role=combobox]")).to_have_value("png")
         stale.get_by_role("tab", name="Stable Diffusion", exact=True).click()
