@@ -391,6 +391,9 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
         out["refiner_checkpoint"] = out["refiner_switch_at"] = None  # A1111's setup: off → no refiner
     if out.get("hr_checkpoint_name") in ("", SAME_CHECKPOINT):
         out["hr_checkpoint_name"] = None
+    for key in ("hr_prompt", "hr_negative_prompt"):  # a hidden row's textboxes send nothing
+        if out.get(key) is None:
+            out[key] = ""
     if out.get("hr_sampler_name") in ("", SAME_SAMPLER):
         out["hr_sampler_name"] = None
     if out.get("hr_scheduler") in ("", SAME_SCHEDULER):
