@@ -400,12 +400,14 @@ def mount(app, engine: Engine, args, runtime=None) -> None:
     internal_routes.add(app, engine, gradio_app=lambda: mounted.get("ui"))
 
     def head() -> str:
-        text = CTRL_ENTER_JS + page_globals(engine) + _asset_script("queue.js") + _asset_script("history_keys.js")
+        scripts = runtime.javascript_files() if runtime is not None else []
+        text = (CTRL_ENTER_JS + page_globals(engine, len(scripts)) + _asset_script("queue.js")
+                + _asset_script("history_keys.js"))
         if runtime is not None:
             text += "".join(f'\n<link rel="stylesheet" href="{html.escape(file_route.web_path(path, engine.paths))}">'
                             for path in runtime.css_files())
-            text += "".join(f"\n<script>/* {html.escape(path.name)} */\n{_script_text(_read(path))}\n</script>"
-                            for path in runtime.javascript_files())
+        text += "".join(f"\n<script>/* {html.escape(path.name)} */\n{_script_text(_read(path))}\n</script>"
+                        for path in scripts)
         return text
 
     logins = auth_pairs(args)
@@ -542,8 +544,10 @@ def _asset_script(name: str) -> str:
     return f"\n<script>/* {name} */\n{_script_text(_read(ASSETS / name))}\n</script>"
 
 
-def page_globals(engine: Engine) -> str:
-    """A1111's page-side globals extension scripts call: gradioApp(), onUiLoaded/onUiUpdate/…, opts."""
+def page_globals(engine: Engine, extension_scripts: int = 0) -> str:
+    """A1111's page-side globals extension scripts call: gradioApp(), onUiLoaded/onUiUpdate/…, opts.
+    `extension_scripts`: how many extension scripts the page carries (with none, the tabs A1111 builds at load are
+    left to be built when shown)."""
     options = {}
     for name, value in engine.settings.as_dict().items():
         try:
@@ -553,4 +557,5 @@ def page_globals(engine: Engine) -> str:
         options[name] = value
     script = (ASSETS / "a1111_globals.js").read_text(encoding="utf-8")
     script = script.replace("__OPTS__", json.dumps(options).replace("</", "<\\/"))
+    script = script.replace("__EXTENSION_SCRIPTS__", str(int(extension_scripts)))
     return f"\n<script>\n{script}\n</script>"
