@@ -4,7 +4,7 @@
 // shadow root, and a tab's contents are only built when it is first shown, so before onUiLoaded fires the img2img
 // tab and the extra-networks panels are shown once (out of sight) so that their elements exist, as in A1111 — on a
 // page with extension scripts only (`sdExtensionScripts`, set by the server): nothing else looks for them, and
-// building them costs a page load about a tenth of its time.
+// building them costs ~0.15 of a page load's ~3 CPU-seconds.
 var opts = __OPTS__;
 var titles = {};
 var localization = window.localization || {};
