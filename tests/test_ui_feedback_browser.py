@@ -34,8 +34,10 @@ def feedback_server(feedback_data, tmp_path_factory):
     srv.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def page(browser, feedback_server):
+    """One page for the module (a page load costs ~3 CPU seconds): each test opens the tab it uses, sets the fields
+    it relies on and waits for a result of its own (its own prompt or file name), not for whatever is shown."""
     pg = open_ui(browser, feedback_server.url)
     yield pg
     pg.close()
@@ -114,26 +116,33 @@ def test_a_checkpoint_switch_does_not_hold_back_later_clicks(feedback_server):
     assert [fn.name for fn in grouped if fn.concurrency_limit is not None] == []
 
 
-@pytest.mark.parametrize("width,height", [(192, 64), (64, 192), (64, 64)])
-def test_gallery_shows_the_whole_picture(page, artifacts, width, height):
-    page.fill("#txt2img_prompt textarea", f"shape {width}x{height}")
-    set_number(page, "txt2img_width", width)
-    set_number(page, "txt2img_height", height)
-    set_number(page, "txt2img_steps", 1)
-    page.click("#txt2img_generate")
-    expect(page.locator("#html_info_txt2img")).to_contain_text(f"Size: {width}x{height}", timeout=90000)
-    img = page.locator("#txt2img_gallery .thumbnail-lg img").first
-    expect(img).to_be_visible()
-    page.wait_for_function("() => document.querySelector('#txt2img_gallery .thumbnail-lg img').complete")
-    box = page.locator("#txt2img_gallery .grid-wrap").bounding_box()
-    shown = img.bounding_box()
-    assert shown["y"] >= box["y"] - 1 and shown["y"] + shown["height"] <= box["y"] + box["height"] + 1
-    assert shown["x"] >= box["x"] - 1 and shown["x"] + shown["width"] <= box["x"] + box["width"] + 1
-    assert img.evaluate("e => getComputedStyle(e).objectFit") == "contain"
-    natural = img.evaluate("e => [e.naturalWidth, e.naturalHeight]")
-    scale = min(shown["width"] / natural[0], shown["height"] / natural[1])  # what "contain" draws at
-    assert 1 <= scale <= 256 / min(natural) + 0.01  # enlarged, but not blown up to the column width
-    page.locator("#txt2img_gallery").screenshot(path=str(artifacts / f"gallery-{width}x{height}.png"))
+def test_gallery_shows_the_whole_picture_at_any_aspect_ratio(page, artifacts):
+    page.get_by_role("tab", name="txt2img", exact=True).click()
+    info = page.locator("#html_info_txt2img")
+    for width, height in ((192, 64), (64, 192), (64, 64)):
+        page.fill("#txt2img_prompt textarea", f"shape {width}x{height}")
+        set_number(page, "txt2img_width", width)
+        set_number(page, "txt2img_height", height)
+        set_number(page, "txt2img_steps", 1)
+        page.click("#txt2img_generate")
+        # this run's result: no case's prompt is part of another's, nor of the first test's
+        expect(info).to_contain_text(f"shape {width}x{height}", timeout=90000)
+        expect(info).to_contain_text(f"Size: {width}x{height}")
+        img = page.locator("#txt2img_gallery .thumbnail-lg img").first
+        expect(img).to_be_visible()
+        page.wait_for_function("""([w, h]) => {
+            const e = document.querySelector('#txt2img_gallery .thumbnail-lg img');  // this run's picture, loaded
+            return e && e.complete && e.naturalHeight > 0 && Math.abs(e.naturalWidth / e.naturalHeight - w / h) < 0.05;
+        }""", arg=[width, height])
+        box = page.locator("#txt2img_gallery .grid-wrap").bounding_box()
+        shown = img.bounding_box()
+        assert shown["y"] >= box["y"] - 1 and shown["y"] + shown["height"] <= box["y"] + box["height"] + 1
+        assert shown["x"] >= box["x"] - 1 and shown["x"] + shown["width"] <= box["x"] + box["width"] + 1
+        assert img.evaluate("e => getComputedStyle(e).objectFit") == "contain"
+        natural = img.evaluate("e => [e.naturalWidth, e.naturalHeight]")
+        scale = min(shown["width"] / natural[0], shown["height"] / natural[1])  # what "contain" draws at
+        assert 1 <= scale <= 256 / min(natural) + 0.01  # enlarged, but not blown up to the column width
+        page.locator("#txt2img_gallery").screenshot(path=str(artifacts / f"gallery-{width}x{height}.png"))
 
 
 def test_text_file_renamed_png_says_not_an_image_and_keeps_the_form(page, tmp_path, feedback_data):
