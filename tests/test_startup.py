@@ -162,3 +162,34 @@ def test_stopping_ends_open_streams_and_still_answers_requests_in_flight(startin
     asker.join(5)
     assert not reader.is_alive() and time.monotonic() - started < 1, "the stream did not end"
     assert chunks and answers == [{"answer": 42}]
+
+
+_BIND_PROBE = """
+import os, runpy, sys
+sys.path.insert(0, sys.argv[1])
+sys.argv = ["launch.py", "--skip-install", "--data-dir", sys.argv[2], "--port", "7860"]  # never bound
+import modules.server
+def bind(host, port):
+    print(" ".join(name for name in ("torch", "diffusers", "transformers", "gradio") if name in sys.modules) or "-")
+    os._exit(0)
+modules.server._bind = bind
+runpy.run_path(os.path.join(sys.path[0], "launch.py"), run_name="__main__")
+"""
+
+
+def test_the_page_answers_before_torch_is_imported_with_checkpoints_present(tmp_path, tiny_models):
+    """The start-up page needs no engine: launch.py binds before importing torch, diffusers or gradio, also when the
+    checkpoint folder holds models whose headers it reads for the no-checkpoint hint (a regression imported torch
+    there and the page answered ~1 s later)."""
+    import subprocess
+    import sys
+
+    from tests.test_launch import ROOT
+
+    ckpt = tmp_path / "models" / "Stable-diffusion"
+    ckpt.mkdir(parents=True)
+    (ckpt / "model.safetensors").symlink_to(tiny_models.path("sd1.safetensors"))
+    out = subprocess.run([sys.executable, "-c", _BIND_PROBE, str(ROOT), str(tmp_path)], capture_output=True,
+                         text=True, timeout=60, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "-", out.stdout

@@ -1,9 +1,11 @@
-"""Small helpers the transformer key converters and detectors share."""
+"""Small helpers the transformer key converters and detectors share. Imports no torch: the checkpoint list's
+header checks use `Shape` before the server answers (launch.py's no-checkpoint hint), and torch takes seconds."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def block_ids(sd: Mapping, prefix: str, infix: str = "") -> list[int]:
@@ -19,6 +21,8 @@ def block_ids(sd: Mapping, prefix: str, infix: str = "") -> list[int]:
 
 def swap_halves(t: torch.Tensor) -> torch.Tensor:
     """(shift, scale) ↔ (scale, shift): BFL/Stability and diffusers store a final modulation in opposite orders."""
+    import torch
+
     first, second = t.chunk(2, dim=0)
     return torch.cat([second, first], dim=0)
 
