@@ -40,6 +40,15 @@ def browsers():
         one.close()
 
 
+@pytest.fixture(scope="module")
+def page_a(server, browsers):
+    """The first browser's page, for both tests (a page load costs ~3 CPU seconds): each sets its own prompts and
+    waits for results that carry them."""
+    pg = open_ui(browsers[0], server.url)
+    yield pg
+    pg.close()
+
+
 def _jobs(server) -> list[dict]:
     with server.client() as c:
         return c.get("/sdapi/v1/queue").json()["jobs"]
@@ -65,11 +74,11 @@ def _open_panel(page) -> None:
     expect(page.locator("#txt2img_queue_status")).to_contain_text("queued")
 
 
-def test_two_browsers_queue_move_cancel_and_a_reload_re_attaches(server, browsers, artifacts):
-    one, two = browsers
+def test_two_browsers_queue_move_cancel_and_a_reload_re_attaches(server, browsers, page_a, artifacts):
+    _, two = browsers
     with server.client() as c:
         c.post("/sdapi/v1/queue/pause")
-    a = open_ui(one, server.url)
+    a = page_a
     page_b = two.new_page()
     page_b.goto(server.url)
     page_b.wait_for_selector("#txt2img_prompt textarea")
@@ -109,6 +118,7 @@ def test_two_browsers_queue_move_cancel_and_a_reload_re_attaches(server, browser
         expect(page_b.locator("#txt2img_progress")).to_contain_text("Waiting in queue", timeout=30000)
 
         a.click("#txt2img_queue_pause")  # resume from the page
+        expect(a.locator("#html_info_txt2img")).to_contain_text("alpha two", timeout=90000)
         expect(a.locator("#html_info_txt2img")).to_contain_text("Steps:", timeout=90000)
         expect(page_b.locator("#html_info_txt2img")).to_contain_text("Steps:", timeout=90000)
         assert a.locator("#html_info_txt2img").inner_text().startswith("alpha two")
@@ -120,49 +130,44 @@ def test_two_browsers_queue_move_cancel_and_a_reload_re_attaches(server, browser
         assert done["alpha two"]["status"] == done["beta"]["status"] == "done"
         assert done["alpha two"]["started"] < done["beta"]["started"]  # in the order the panel set
     finally:
-        a.close()
         page_b.close()
 
 
-def test_generate_forever_and_api_calls_interleave_each_served_once(server, browsers):
-    one, _ = browsers
-    page = open_ui(one, server.url)
-    try:
-        page.fill("#txt2img_prompt textarea", "forever circle")
-        page.click("#txt2img_generate", button="right")
-        page.locator("#sd-context-menu").get_by_text("Generate forever", exact=True).click()
-        expect(page.locator("#txt2img_generate_forever input")).to_be_checked()
+def test_generate_forever_and_api_calls_interleave_each_served_once(server, page_a):
+    page = page_a
+    page.fill("#txt2img_prompt textarea", "forever circle")
+    page.click("#txt2img_generate", button="right")
+    page.locator("#sd-context-menu").get_by_text("Generate forever", exact=True).click()
+    expect(page.locator("#txt2img_generate_forever input")).to_be_checked()
 
-        answers: dict[str, list] = {}
+    answers: dict[str, list] = {}
 
-        def call(prompt: str) -> None:
-            with server.client() as c:
-                r = c.post("/sdapi/v1/txt2img", json={"prompt": prompt, "steps": 2, "width": 64, "height": 64},
-                           timeout=120)
-            answers.setdefault(prompt, []).append(json.loads(r.json()["info"])["prompt"])
+    def call(prompt: str) -> None:
+        with server.client() as c:
+            r = c.post("/sdapi/v1/txt2img", json={"prompt": prompt, "steps": 2, "width": 64, "height": 64},
+                       timeout=120)
+        answers.setdefault(prompt, []).append(json.loads(r.json()["info"])["prompt"])
 
-        callers = [threading.Thread(target=call, args=(f"api {n}",)) for n in ("one", "two")]
-        for t in callers:
-            t.start()
-        ran = _wait_for(lambda: (done := [j for j in _jobs(server) if j["prompt"] == "forever circle"
-                                          and j["status"] == "done"]) and len(done) >= 3 and done,
-                        "three forever runs")
-        assert len({j["id"] for j in ran}) == len(ran)
-        for t in callers:
-            t.join(120)
-        assert answers == {"api one": ["api one"], "api two": ["api two"]}  # each answered once, with its own
-        api_jobs = [j for j in _jobs(server) if j["source"] == "api" and j["prompt"].startswith("api ")]
-        assert sorted(j["prompt"] for j in api_jobs) == ["api one", "api two"]  # listed while they ran
-        assert all(j["status"] == "done" for j in api_jobs)
+    callers = [threading.Thread(target=call, args=(f"api {n}",)) for n in ("one", "two")]
+    for t in callers:
+        t.start()
+    ran = _wait_for(lambda: (done := [j for j in _jobs(server) if j["prompt"] == "forever circle"
+                                      and j["status"] == "done"]) and len(done) >= 3 and done,
+                    "three forever runs")
+    assert len({j["id"] for j in ran}) == len(ran)
+    for t in callers:
+        t.join(120)
+    assert answers == {"api one": ["api one"], "api two": ["api two"]}  # each answered once, with its own
+    api_jobs = [j for j in _jobs(server) if j["source"] == "api" and j["prompt"].startswith("api ")]
+    assert sorted(j["prompt"] for j in api_jobs) == ["api one", "api two"]  # listed while they ran
+    assert all(j["status"] == "done" for j in api_jobs)
 
-        page.click("#txt2img_generate", button="right")
-        page.locator("#sd-context-menu").get_by_text("Cancel generate forever", exact=True).click()
-        expect(page.locator("#txt2img_generate_forever input")).not_to_be_checked()
-        _wait_for(lambda: not [j for j in _jobs(server) if j["prompt"] == "forever circle"
-                               and j["status"] in ("queued", "running")], "the forever chain to stop")
-        settled = len([j for j in _jobs(server) if j["prompt"] == "forever circle"])
-        time.sleep(1.0)
-        assert len([j for j in _jobs(server) if j["prompt"] == "forever circle"]) == settled
-        expect(page.locator("#html_info_txt2img")).to_contain_text("forever circle")
-    finally:
-        page.close()
+    page.click("#txt2img_generate", button="right")
+    page.locator("#sd-context-menu").get_by_text("Cancel generate forever", exact=True).click()
+    expect(page.locator("#txt2img_generate_forever input")).not_to_be_checked()
+    _wait_for(lambda: not [j for j in _jobs(server) if j["prompt"] == "forever circle"
+                           and j["status"] in ("queued", "running")], "the forever chain to stop")
+    settled = len([j for j in _jobs(server) if j["prompt"] == "forever circle"])
+    time.sleep(1.0)
+    assert len([j for j in _jobs(server) if j["prompt"] == "forever circle"]) == settled
+    expect(page.locator("#html_info_txt2img")).to_contain_text("forever circle")
