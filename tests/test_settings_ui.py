@@ -33,6 +33,15 @@ def settings_server(settings_data, tmp_path_factory):
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def page(browser, settings_server):
+    """A page for both browser tests (a page load costs ~3 CPU seconds): the Settings tab fills its fields from
+    what is saved each time it is opened, and the memory controls are set by the test that checks them."""
+    pg = open_ui(browser, settings_server.url)
+    yield pg
+    pg.close()
+
+
 def open_section(page, title: str):
     page.get_by_role("tab", name="Settings", exact=True).click()
     page.get_by_role("tab", name=title, exact=True).click()
@@ -48,9 +57,9 @@ def test_corrupt_config_is_backed_up_and_reported_once_per_start(settings_server
     assert settings_server.log.read_text().count("is unusable") == 1
 
 
-def test_settings_persist_and_apply_writes_only_what_changed(browser, settings_server, settings_data, artifacts):
+def test_settings_persist_and_apply_writes_only_what_changed(browser, page, settings_server, settings_data,
+                                                              artifacts):
     stale = open_ui(browser, settings_server.url)
-    page = open_ui(browser, settings_server.url)
     try:
         # Two pages of one browser: the one behind gets an animation frame only every ~1.5 s, and Playwright waits
         # for two before each click (~2-4 s a click), so the page acted on is brought to the front first.
@@ -93,35 +102,31 @@ def test_settings_persist_and_apply_writes_only_what_changed(browser, settings_s
         expect(stale.locator("#settings_result")).to_contain_text("Nothing changed")
         stale.screenshot(path=str(artifacts / "settings-stable-diffusion.png"), full_page=True)
     finally:
-        page.close()
         stale.close()
 
 
-def test_settings_sections_use_a1111_titles(browser, settings_server):
-    page = open_ui(browser, settings_server.url)
-    try:
-        page.get_by_role("tab", name="Settings", exact=True).click()
-        titles = page.locator("#settings [role=tab]").all_inner_texts()
-        for title in ("Saving images/grids", "Paths for saving", "Stable Diffusion", "Stable Diffusion XL", "VAE",
-                      "API"):
-            assert title in titles, titles
-        assert not {"Sd", "Vae", "Api", "Sdxl"} & set(titles)
+def test_settings_sections_use_a1111_titles(page, settings_server):
+    page.bring_to_front()
+    page.get_by_role("tab", name="Settings", exact=True).click()
+    titles = page.locator("#settings [role=tab]").all_inner_texts()
+    for title in ("Saving images/grids", "Paths for saving", "Stable Diffusion", "Stable Diffusion XL", "VAE",
+                  "API"):
+        assert title in titles, titles
+    assert not {"Sd", "Vae", "Api", "Sdxl"} & set(titles)
 
-        # Forge's memory controls under the checkpoint bar are the settings of the same name, saved at once
-        page.get_by_role("tab", name="txt2img", exact=True).click()
-        page.locator("#setting_forge_async_loading").get_by_text("Async", exact=True).click()
-        page.locator("#setting_forge_pin_shared_memory").get_by_text("Shared", exact=True).click()
-        pick(page, "setting_forge_unet_storage_dtype", "float8-e4m3fn")
-        expect(page.locator("#setting_forge_unet_storage_dtype input")).to_have_value("float8-e4m3fn")
-        engine = settings_server.ctx.engine
-        deadline = time.time() + 30
-        while engine.settings.get("forge_unet_storage_dtype") != "float8-e4m3fn" and time.time() < deadline:
-            time.sleep(0.1)
-        assert (engine.settings.get("forge_async_loading"), engine.settings.get("forge_pin_shared_memory"),
-                engine.settings.get("forge_unet_storage_dtype")) == ("Async", "Shared", "float8-e4m3fn")
-        assert engine.memory.swap() == (True, True)
-        for name, value in (("forge_async_loading", "Queue"), ("forge_pin_shared_memory", "CPU"),
-                            ("forge_unet_storage_dtype", "Automatic")):
-            engine.settings.set(name, value)
-    finally:
-        page.close()
+    # Forge's memory controls under the checkpoint bar are the settings of the same name, saved at once
+    page.get_by_role("tab", name="txt2img", exact=True).click()
+    page.locator("#setting_forge_async_loading").get_by_text("Async", exact=True).click()
+    page.locator("#setting_forge_pin_shared_memory").get_by_text("Shared", exact=True).click()
+    pick(page, "setting_forge_unet_storage_dtype", "float8-e4m3fn")
+    expect(page.locator("#setting_forge_unet_storage_dtype input")).to_have_value("float8-e4m3fn")
+    engine = settings_server.ctx.engine
+    deadline = time.time() + 30
+    while engine.settings.get("forge_unet_storage_dtype") != "float8-e4m3fn" and time.time() < deadline:
+        time.sleep(0.1)
+    assert (engine.settings.get("forge_async_loading"), engine.settings.get("forge_pin_shared_memory"),
+            engine.settings.get("forge_unet_storage_dtype")) == ("Async", "Shared", "float8-e4m3fn")
+    assert engine.memory.swap() == (True, True)
+    for name, value in (("forge_async_loading", "Queue"), ("forge_pin_shared_memory", "CPU"),
+                        ("forge_unet_storage_dtype", "Automatic")):
+        engine.settings.set(name, value)
