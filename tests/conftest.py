@@ -28,7 +28,14 @@ def pytest_configure(config):
         return  # the controller of parallel workers
     import torch
 
+    from modules import cpu_threads
+
     torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
+    # Engines made here see one usable core, so every job runs on one thread unless a test sets --threads or the
+    # setting: the automatic count follows other processes' load, which a parallel run changes from moment to
+    # moment, and the same picture computed on 1 and then 2 threads differed by 1 in some pixels (a bit-for-bit
+    # comparison failed ~1 run in 3); a second thread also only spins on cores the other workers keep busy.
+    cpu_threads.usable_cores = lambda: 1
 
 
 def pytest_xdist_auto_num_workers(config):
