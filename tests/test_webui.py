@@ -372,11 +372,14 @@ def test_png_info_reads_a_saved_file(ui, ui_data):
     page.locator("#txt2img_seed input").fill("777")
     generate(page, own="for png info")
     saved = newest_output(ui_data)
+    page.fill("#txt2img_prompt textarea", "")  # what "Send to txt2img" fills must come from the file
+    page.locator("#txt2img_seed input").fill("-1")
     page.get_by_role("tab", name="PNG Info").click()
     page.locator("#pnginfo_image input[type=file]").set_input_files(str(saved))
     expect(page.locator("#pnginfo_generation_info")).to_contain_text("Seed: 777", timeout=30000)
     page.click("#pnginfo_send_to_txt2img")
     expect(page.locator("#txt2img_prompt textarea")).to_have_value("for png info")
+    expect(page.locator("#txt2img_seed input")).to_have_value("777")
 
 
 def pick(page, elem_id: str, option: str):  # noqa: F811 - also matches titles with a hash suffix
