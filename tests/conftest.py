@@ -129,18 +129,18 @@ SERVER_FIXTURES = {"test_api.py": "api", "test_page_compat.py": "site", "test_se
 
 # Seconds each test file took in a whole run on 2 cores (3 workers; 2026-12-05, files over 4 s). Only the order
 # files are handed out in depends on it: re-measure with `--durations=0` when a file's time changes a lot.
-FILE_SECONDS = {"test_webui.py": 128, "test_cluster.py": 43, "test_settings_ui.py": 30,
-                "test_controlnet_preprocessors.py": 57, "test_launch.py": 46, "test_ui_feedback_browser.py": 44,
-                "test_memory.py": 38, "test_installers.py": 18, "test_controlnet_ui.py": 31, "test_security.py":
-                28, "test_queue_ui.py": 25, "test_api.py": 25, "test_processing.py": 25, "test_loading.py": 16,
-                "test_extensions_browser.py": 23, "test_openapi.py": 9, "test_prompt_parser.py": 17,
-                "test_demo_model.py": 15, "test_page_compat.py": 15, "test_flow_loading.py": 15,
-                "test_extra_networks_ui.py": 13, "test_controlnet.py": 12, "test_merge.py": 11,
-                "test_controlnet_annotators_more.py": 11, "test_extensions_ui.py": 11, "test_training.py": 11,
-                "test_lora.py": 10, "test_controlnet_segmentation.py": 10, "test_extras_ui.py": 8,
-                "test_controlnet_reference.py": 8, "test_flow_parity.py": 7, "test_demo_controlnet.py": 7,
-                "test_flux_controlnet.py": 5, "test_parity.py": 5, "test_demo_recipe.py": 5, "test_queue.py": 4,
-                "test_flow_lora.py": 4, "test_extensions_runtime.py": 4, "test_history.py": 4}
+FILE_SECONDS = {"test_webui.py": 134, "test_cluster.py": 52, "test_launch.py": 48,
+                "test_controlnet_preprocessors.py": 47, "test_ui_feedback_browser.py": 40, "test_controlnet_ui.py": 35,
+                "test_security.py": 31, "test_settings_ui.py": 31, "test_loading.py": 29, "test_installers.py": 27,
+                "test_api.py": 23, "test_queue_ui.py": 22, "test_prompt_parser.py": 19, "test_extensions_browser.py": 19,
+                "test_openapi.py": 19, "test_memory.py": 17, "test_processing.py": 17, "test_controlnet.py": 16,
+                "test_demo_model.py": 15, "test_flow_loading.py": 14, "test_page_compat.py": 13, "test_training.py": 13,
+                "test_controlnet_annotators_more.py": 12, "test_extra_networks_ui.py": 12,
+                "test_face_restoration.py": 11, "test_merge.py": 11, "test_extensions_ui.py": 10,
+                "test_controlnet_segmentation.py": 9, "test_lora.py": 9, "test_extras_ui.py": 8,
+                "test_controlnet_reference.py": 8, "test_flow_parity.py": 8, "test_hires_checkpoint.py": 8,
+                "test_demo_controlnet.py": 8, "test_refiner.py": 8, "test_queue.py": 5, "test_parity.py": 5,
+                "test_controlnet_pulid_face.py": 5}
 
 
 def pytest_collection_modifyitems(session, config, items):
