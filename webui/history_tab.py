@@ -442,8 +442,10 @@ def build_history(engine: Engine) -> dict:
     def on_select(n: dict, multi: bool, evt: gr.SelectData):  # Gradio passes the event by this annotation
         return select(engine, n, multi, evt)
 
+    # "multiple": a second thumbnail clicked while the first click's answer is on its way is queued, not dropped
+    # (Gradio's default for select ignores it: quick clicks in Select mode lost one)
     gallery.select(on_select, [nav, multiselect], [nav, info, text, star, rating, full, selection],
-                   **LANE)
+                   trigger_mode="multiple", **LANE)
     multiselect.change(lambda n: (dict(n or {}, checked=[]), _selection({})), [nav], [nav, selection],
                        **LANE)
     star.click(lambda n: toggle_star(engine, n), [nav], [info, star], **LANE)
