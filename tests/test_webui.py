@@ -110,8 +110,9 @@ def set_number(page, elem_id: str, value):
 
 
 def pick(page, elem_id: str, option: str):
+    """Pick a dropdown option by the start of its title (checkpoint titles carry a hash suffix)."""
     page.click(f"#{elem_id} input[role=combobox]")
-    page.get_by_role("option", name=option, exact=True).click()
+    page.get_by_role("option", name=re.compile("^" + re.escape(option))).first.click()
 
 
 def generate(page, tab="txt2img", *, own: str):
@@ -380,11 +381,6 @@ def test_png_info_reads_a_saved_file(ui, ui_data):
     page.click("#pnginfo_send_to_txt2img")
     expect(page.locator("#txt2img_prompt textarea")).to_have_value("for png info")
     expect(page.locator("#txt2img_seed input")).to_have_value("777")
-
-
-def pick(page, elem_id: str, option: str):  # noqa: F811 - also matches titles with a hash suffix
-    page.click(f"#{elem_id} input[role=combobox]")
-    page.get_by_role("option", name=re.compile("^" + re.escape(option))).first.click()
 
 
 def test_setting_survives_restart(ui_data, browser, tmp_path):
