@@ -5,7 +5,6 @@ StableDiffusionImg2ImgPipeline built from the second checkpoint's components), i
 the model cache (limit 1 unloads the base; the next job loads it again)."""
 from __future__ import annotations
 
-import gc
 import os
 from types import SimpleNamespace
 
@@ -25,18 +24,7 @@ HASH = "0123456789"
 OTHER = "sd1-other.safetensors"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _frozen_gc():
-    """The objects that exist before this file's tests (torch's, diffusers', pytest's: most of the process) are
-    moved out of the collector's sight, so the model manager's `gc.collect()` on each model it drops (limit 1:
-    the base for the second checkpoint and back) looks only at what the tests made: ~0.02 s instead of ~0.3 s.
-    The models are loaded after this, so they are freed as before; a frozen object can only keep garbage alive."""
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
+pytestmark = pytest.mark.usefixtures("frozen_gc_for_module")  # tests/conftest.py: gc_frozen
 
 
 @pytest.fixture(scope="module")

@@ -447,19 +447,6 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-@pytest.fixture
-def frozen_gc():
-    """The objects that exist before the test (torch's, diffusers', pytest's: most of the process) are moved out of
-    the collector's sight, so each `gc.collect()` (the model manager's on every switch, `_rss`'s) looks at what the
-    test made: ~0.02 s instead of ~0.3 s. The models are all made after this, so whether they are freed is judged
-    as before; a frozen object can only keep garbage alive (a failure), never free anything."""
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
 
 @pytest.mark.slow
 def test_switching_checkpoints_with_limit_1_does_not_grow_memory(engine, frozen_gc):

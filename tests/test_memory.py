@@ -3,7 +3,6 @@ by a residency meter: the parts' weights parked as `meta` tensors (as accelerate
 bytes were on the execution device at every layer of a whole txt2img, and the picture stays bit-identical."""
 from __future__ import annotations
 
-import gc
 
 import numpy as np
 import pytest
@@ -29,18 +28,7 @@ FLUX_Q4 = [PartSize("text_encoder", int(0.246 * GB), int(0.05 * GB)),  # CLIP-L
 FLUX_WIDTH = 24 * 128 // 4  # what the manager takes for a transformer of 24 heads × 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _frozen_gc():
-    """The objects that exist before this file's tests (torch's, diffusers', pytest's: most of the process) are
-    moved out of the collector's sight, so the `gc.collect()` of the model manager on every model dropped looks
-    only at what the tests made: ~0.02 s instead of ~0.3 s. Engines and models are all made after this, so they
-    are freed as before; a frozen object can only keep garbage alive, never free anything."""
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
+pytestmark = pytest.mark.usefixtures("frozen_gc_for_module")  # tests/conftest.py: gc_frozen
 
 
 @pytest.mark.parametrize("free_gib, mode, peak_gib", [

@@ -4,7 +4,6 @@ refiner `denoising_start` over the same components), an SD1 → SD1 switch again
 and prompt embeddings swapped at the same step, A1111's switch rule, infotext/paste, the API and the model cache."""
 from __future__ import annotations
 
-import gc
 import os
 from types import SimpleNamespace
 
@@ -23,18 +22,7 @@ SIZE = 64
 HASH = "0123456789"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _frozen_gc():
-    """The objects that exist before this file's tests (torch's, diffusers', pytest's: most of the process) are
-    moved out of the collector's sight, so the model manager's `gc.collect()` on each model it drops (limit 1:
-    the base for the second checkpoint and back) looks only at what the tests made: ~0.02 s instead of ~0.3 s.
-    The models are loaded after this, so they are freed as before; a frozen object can only keep garbage alive."""
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
+pytestmark = pytest.mark.usefixtures("frozen_gc_for_module")  # tests/conftest.py: gc_frozen
 
 
 class _Models:
