@@ -3,8 +3,6 @@ real on-disk formats (A1111 single-file `.safetensors` / `.ckpt`, a diffusers fo
 code a user's checkpoint goes through."""
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import sys
 from dataclasses import dataclass
@@ -104,23 +102,11 @@ def load_tiny(tiny_models):
     return load
 
 
-@contextlib.contextmanager
-def gc_frozen():
-    """The objects that exist now (torch's, diffusers', pytest's: most of a test process) are moved out of the
-    collector's sight, so each `gc.collect()` (the model manager's on every model it drops) looks only at what came
-    after: ~0.02 s instead of ~0.3 s. Models made after this are freed as before; a frozen object can only keep
-    garbage alive (a failure), never free anything."""
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
 @pytest.fixture
 def frozen_gc():
-    """`gc_frozen()` for one test."""
+    """`gc_frozen()` (tests/frozen_gc.py) for one test."""
+    from tests.frozen_gc import gc_frozen
+
     with gc_frozen():
         yield
 
@@ -128,6 +114,8 @@ def frozen_gc():
 @pytest.fixture(scope="module")
 def frozen_gc_for_module():
     """`gc_frozen()` for a whole file (`pytestmark = pytest.mark.usefixtures("frozen_gc_for_module")`)."""
+    from tests.frozen_gc import gc_frozen
+
     with gc_frozen():
         yield
 

@@ -24,7 +24,7 @@ HASH = "0123456789"
 OTHER = "sd1-other.safetensors"
 
 
-pytestmark = pytest.mark.usefixtures("frozen_gc_for_module")  # tests/conftest.py: gc_frozen
+pytestmark = pytest.mark.usefixtures("frozen_gc_for_module")  # tests/frozen_gc.py
 
 
 @pytest.fixture(scope="module")

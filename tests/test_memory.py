@@ -28,7 +28,7 @@ FLUX_Q4 = [PartSize("text_encoder", int(0.246 * GB), int(0.05 * GB)),  # CLIP-L
 FLUX_WIDTH = 24 * 128 // 4  # what the manager takes for a transformer of 24 heads × 128
 
 
-pytestmark = pytest.mark.usefixtures("frozen_gc_for_module")  # tests/conftest.py: gc_frozen
+pytestmark = pytest.mark.usefixtures("frozen_gc_for_module")  # tests/frozen_gc.py
 
 
 @pytest.mark.parametrize("free_gib, mode, peak_gib", [

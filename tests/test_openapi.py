@@ -6,7 +6,6 @@ This module is also the schemathesis hooks module of that run (``SCHEMATHESIS_HO
 from __future__ import annotations
 
 import base64
-import gc
 import io
 import json
 import os
@@ -19,6 +18,7 @@ import pytest
 import schemathesis
 from PIL import Image
 
+from tests.frozen_gc import gc_frozen
 from tests.servers import Server
 
 pytestmark = pytest.mark.slow  # servers, browsers or full-size parity runs: left out by -m "not slow"
@@ -71,18 +71,15 @@ def server(tmp_path_factory):
     ckpt.mkdir(parents=True)
     write_single_file(build_tiny("sd1"), "sd1", ckpt / "sd1.safetensors")
     srv = Server(data, data / "server.log").start("--api")
-    # The objects made so far (this process's torch, diffusers, pytest, the app) are moved out of the collector's
-    # sight: the gc.collect() with which the server frees a dropped model (unload/reload-checkpoint, ControlNet's
-    # annotators) then looks only at what came after, ~0.02 s instead of ~0.3 s. The model is made after this.
-    gc.collect()
-    gc.freeze()
+    # the app too is out of the collector's sight (unload/reload-checkpoint and ControlNet's annotators free
+    # models with gc.collect()); the model is made after this
     try:
-        # the model loads now, not inside the first generation schemathesis times
-        r = httpx.post(srv.url + "/sdapi/v1/txt2img", json=CHEAP, timeout=120)
-        assert r.status_code == 200, r.text
-        yield srv
+        with gc_frozen():
+            # the model loads now, not inside the first generation schemathesis times
+            r = httpx.post(srv.url + "/sdapi/v1/txt2img", json=CHEAP, timeout=120)
+            assert r.status_code == 200, r.text
+            yield srv
     finally:
-        gc.unfreeze()
         srv.stop()
 
 

@@ -22,7 +22,7 @@ SIZE = 64
 HASH = "0123456789"
 
 
-pytestmark = pytest.mark.usefixtures("frozen_gc_for_module")  # tests/conftest.py: gc_frozen
+pytestmark = pytest.mark.usefixtures("frozen_gc_for_module")  # tests/frozen_gc.py
 
 
 class _Models:
