@@ -165,9 +165,6 @@ def client(tmp_path_factory, tiny_models, other_sd1):
     ctx = server.build_context(ns)
     ctx.engine.settings.set("sd_model_checkpoint", "sd1.safetensors")
     ctx.engine.settings.set("sd_checkpoints_limit", 1)
-    # pictures compared bit for bit across jobs: not a thread count that follows other processes' load (1 or 2
-    # threads round the tiny model's pixels differently)
-    ctx.engine.settings.set("cpu_threads", 1)
     with TestClient(server.create_app(ctx)) as c:
         c.engine = ctx.engine
         yield c

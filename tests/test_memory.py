@@ -170,7 +170,6 @@ def flux_engine(engine, data_dir):
 def test_offload_keeps_only_a_part_or_a_block_resident_and_the_picture_identical(family, engine, request):
     if family == "flux":
         engine = request.getfixturevalue("flux_engine")
-    engine.settings.set("cpu_threads", 1)  # pictures compared bit for bit: not a thread count that follows the load
     name = {"sd1": "sd1.safetensors", "sdxl": "sdxl.safetensors", "flux": "flux.safetensors"}[family]
     req = dict(REQ, override_settings={"sd_model_checkpoint": name}, **({"cfg_scale": 1} if family == "flux" else {}))
     resident, meter, off = _metered(engine, "Everything on the GPU", req)
@@ -281,7 +280,6 @@ def test_a_decode_too_big_for_the_budget_is_tiled_as_planned_without_a_seam(engi
 def test_diffusion_in_low_bits_keeps_the_denoiser_in_fp8(engine, choice):
     from modules.memory.offload import module_bytes
 
-    engine.settings.set("cpu_threads", 1)  # pictures compared bit for bit: not a thread count that follows the load
     req = dict(REQ, override_settings={"sd_model_checkpoint": "sdxl.safetensors"})
     full = np.array(engine.txt2img(req).images[0]).astype(float)
     before = module_bytes(engine.models.current.unet)

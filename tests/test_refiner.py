@@ -229,9 +229,6 @@ def client(tmp_path_factory, tiny_models):
     ctx = server.build_context(ns)
     ctx.engine.settings.set("sd_model_checkpoint", "sdxl.safetensors")
     ctx.engine.settings.set("sd_checkpoints_limit", 1)
-    # pictures compared bit for bit across jobs: not a thread count that follows other processes' load (1 or 2
-    # threads round the tiny model's pixels differently)
-    ctx.engine.settings.set("cpu_threads", 1)
     with TestClient(server.create_app(ctx)) as c:
         c.engine = ctx.engine
         yield c
