@@ -219,6 +219,29 @@ def wait_for_idle_editor(page, elem_id: str, send_again) -> None:
             send_again()
 
 
+def paint_stroke(page, editor, box: dict, half_width: int, dip: int):
+    """A function that paints a short horizontal stroke through the middle of the editor's canvas `box` as a user
+    drags the brush, again until the editor shows it (a busy editor may not take strokes yet)."""
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] - 40, box["y"] - 40)
+    unpainted = editor.screenshot()
+
+    def paint():
+        for _ in range(20):
+            page.mouse.move(cx - half_width, cy)
+            page.mouse.down()
+            page.mouse.move(cx, cy + dip)
+            page.mouse.move(cx + half_width, cy)
+            page.mouse.up()
+            page.mouse.move(box["x"] - 40, box["y"] - 40)  # the brush's cursor circle is not a stroke
+            page.wait_for_timeout(250)
+            if editor.screenshot() != unpainted:
+                return
+        raise AssertionError(f"the brush stroke never showed in #{editor.get_attribute('id')}")
+
+    return paint
+
+
 def test_inpaint_with_painted_mask_keeps_outside_pixels(page, ui_data, tmp_path):
     # The picture reaches the inpaint editor the way a user sends one: generate, then "send to inpaint". At 128 px
     # the default brush (radius 24) leaves the corners well outside the stroke.
@@ -239,24 +262,8 @@ def test_inpaint_with_painted_mask_keeps_outside_pixels(page, ui_data, tmp_path)
     set_number(page, "img2img_mask_blur", 0)
     canvas.scroll_into_view_if_needed()  # the mouse only draws on what is inside the viewport
     box = canvas.bounding_box()
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     editor, info = page.locator("#img2maskimg"), page.locator("#html_info_img2img")
-    page.mouse.move(box["x"] - 40, box["y"] - 40)
-    unpainted = editor.screenshot()
-
-    def paint():
-        for _ in range(20):  # on a busy machine the editor may not take strokes yet: paint until the stroke shows
-            page.mouse.move(cx - 10, cy)
-            page.mouse.down()
-            page.mouse.move(cx, cy + 2)
-            page.mouse.move(cx + 10, cy)
-            page.mouse.up()
-            page.mouse.move(box["x"] - 40, box["y"] - 40)  # the brush's cursor circle is not a stroke
-            page.wait_for_timeout(250)
-            if editor.screenshot() != unpainted:
-                return
-        raise AssertionError("the brush stroke never showed in the inpaint editor")
-
+    paint = paint_stroke(page, editor, box, half_width=10, dip=2)
     paint()
     page.click("#img2img_generate")
     expect(info).to_contain_text(re.compile("Steps:|Paint a mask"), timeout=90000)
@@ -301,24 +308,8 @@ def test_inpaint_sketch_repaints_only_around_the_coloured_stroke(page, ui_data, 
     set_number(page, "img2img_mask_blur", 0)
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     info = page.locator("#html_info_img2img")
-    page.mouse.move(box["x"] - 40, box["y"] - 40)
-    unpainted = editor.screenshot()
-
-    def paint():
-        for _ in range(20):  # a busy editor may not take strokes yet: paint until the stroke shows
-            page.mouse.move(cx - 20, cy)
-            page.mouse.down()
-            page.mouse.move(cx, cy + 1)
-            page.mouse.move(cx + 20, cy)
-            page.mouse.up()
-            page.mouse.move(box["x"] - 40, box["y"] - 40)
-            page.wait_for_timeout(250)
-            if editor.screenshot() != unpainted:
-                return
-        raise AssertionError("the brush stroke never showed in the Inpaint sketch editor")
-
+    paint = paint_stroke(page, editor, box, half_width=20, dip=1)
     paint()
     page.click("#img2img_generate")
     expect(info).to_contain_text(re.compile("Steps:|Paint over"), timeout=90000)
