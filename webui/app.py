@@ -217,6 +217,8 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
     script_callbacks.before_ui_callback()
     extension_tabs = script_callbacks.ui_tabs_with_sources()
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False, fill_width=True) as demo:
+        # Set while the page is still empty: Gradio rebuilds its app (and the page's config) on each queue() call
+        demo.queue(default_concurrency_limit=1, max_size=64)
         ckpt = _quicksettings(engine)
         note = gr.HTML(_demo_note_html(engine.models.demo_note()), elem_id="quicksettings_demo_note")
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -393,7 +395,6 @@ def mount(app, engine: Engine, args, runtime=None) -> None:
     from webui import file_route, internal_routes
 
     demo = create_ui(engine, args)
-    demo.queue(default_concurrency_limit=1, max_size=64)
     script_callbacks.app_started_callback(demo, app)
     mounted = {}
     file_route.add(app, engine.paths, engine.settings, gradio_app=lambda: mounted.get("ui"))
