@@ -346,7 +346,22 @@ _block_get_config = Block.get_config
 
 
 def _get_config(self, cls=None):
-    return _block_get_config(self, cls if cls is not None else _config_class(type(self)))
+    cls = cls if cls is not None else _config_class(type(self))
+    _keep_signature(cls.__init__)
+    return _block_get_config(self, cls)
+
+
+def _keep_signature(function) -> None:
+    """Gradio reads a component's constructor signature each time it describes the component: for every one of the
+    page's ~1,300 components five times while the app is built, and again for each new browser session. A
+    function's signature does not change, so it is kept on the function, where `inspect.signature` looks first
+    (~0.1 CPU-s less per page load and ~0.3 s less per start)."""
+    if "__signature__" in getattr(function, "__dict__", {"__signature__": None}):
+        return
+    try:
+        function.__signature__ = inspect.signature(function)
+    except (TypeError, ValueError):  # no signature to read: Gradio's own call meets the same
+        pass
 
 
 def _gradio_block_name(self) -> str:
