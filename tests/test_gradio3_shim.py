@@ -298,3 +298,18 @@ def test_unknown_arguments_are_dropped_with_one_warning_naming_the_extension(ext
     assert "sd-webui-g3-fixture" in warnings[0].getMessage()
     assert "show_copy_button_v3" in warnings[0].getMessage()
     assert any("randomize_v3" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+
+
+def test_only_named_events_are_described_as_api_and_unnamed_ones_still_run():
+    # Gradio 6 names every event after its function (/lambda_7); described, the UI's ~270 events were 2 MB of every
+    # page. An extension's api_name (keyword or positional) keeps its endpoint in the description, as in Gradio 3.
+    gradio_compat.install()
+    with gr.Blocks() as demo:
+        box = gr.Textbox()
+        out = gr.Textbox()
+        box.change(lambda v: v + "!", box, out)
+        gr.Button().click(lambda v: v.upper(), box, out, api_name="shout")
+        gr.Button().click(lambda v: v[::-1], box, out, "reverse")
+    assert set(demo.get_api_info()["named_endpoints"]) == {"/shout", "/reverse"}
+    result = _run(demo, _fn_index(demo, box, "change"), "hi")
+    assert result["data"] == ["hi!"]

@@ -230,3 +230,16 @@ def test_extension_javascript_uses_the_a1111_page_globals(site):
             assert result["seen"][0]["active"] is False and "progress" in result["seen"][0]
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_the_footer_links_the_api_docs_and_the_page_carries_no_event_api_description(site):
+    # A1111's footer "API" opens /docs (started with --api here); Gradio's description of the UI's own events is
+    # left out of the page (it made every page 2 MB heavier and was not an API anyone named).
+    status, page, _ = raw_get(site["url"], "/")
+    assert status == 200 and len(page) < 2_000_000
+    assert b'window.gradio_api_info = {"named_endpoints":{},"unnamed_endpoints":{}' in page
+    config = json.loads(raw_get(site["url"], "/config")[1])
+    footer = next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "footer")
+    assert '<a href="./docs"' in footer and "torch: " in footer and "python: " in footer
+    assert raw_get(site["url"], "/docs")[0] == 200

@@ -248,6 +248,7 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
                 other_tabs.build_settings(engine, args, settings_tab)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions") as extensions_tab_item:
                 extensions_tab.build_extensions(engine, args, extensions_tab_item)
+        gr.HTML(footer_html(args), elem_id="footer")
         _wire_sending(t2i, i2i, extras, png, tabs)
         if history is not None:
             _wire_history_sending(history, t2i, i2i, extras, tabs)
@@ -258,6 +259,19 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
         demo.load(lambda: _current_checkpoint(engine), None, ckpt, queue=False, show_progress="hidden")
     cfg.save()
     return demo
+
+
+def footer_html(args) -> str:
+    """A1111's footer: "API" opens the HTTP API's documentation (/docs, with --api; else the flag to start with),
+    then the versions in use. Gradio's own "Use via API" page is not shown: it describes only events someone named,
+    and the UI's are not meant as an API."""
+    from webui.a1111.ui import versions_html
+
+    if getattr(args, "api", False) or getattr(args, "nowebui", False):
+        api = '<a href="./docs" target="_blank">API</a>'
+    else:
+        api = '<span title="start with --api to serve /sdapi/v1 and its documentation at /docs">API: off</span>'
+    return f'<div class="sd-footer">{api} &#x2000;•&#x2000; Gradio</div><div class="versions">{versions_html()}</div>'
 
 
 @contextmanager
@@ -414,7 +428,7 @@ def mount(app, engine: Engine, args, runtime=None) -> None:
     logins = auth_pairs(args)
     gr.mount_gradio_app(app, demo, path="/", auth=logins,
                         css=(ASSETS / "style.css").read_text(encoding="utf-8"), head=head(),
-                        footer_links=["api", "settings"], run_history=False, show_error=True)
+                        footer_links=["settings"], run_history=False, show_error=True)
     mounted["ui"] = next((r.app for r in reversed(app.routes) if getattr(r, "app", None) is not None
                           and getattr(r.app, "get_blocks", None) is not None), None)
     app.add_middleware(_FreshHead, demo=demo, head=head)

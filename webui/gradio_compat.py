@@ -251,13 +251,25 @@ def _translating_init(cls, init):
 # --- event listeners -----------------------------------------------------------------------------------------------
 
 def _legacy_listener(method):
-    """A listener (`click`, `then`, `load`, `gr.on`, …) that also takes Gradio 3's arguments."""
+    """A listener (`click`, `then`, `load`, `gr.on`, …) that also takes Gradio 3's arguments.
+
+    An event nobody named (`api_name`) stays callable but is left out of the API description, as Gradio 3 left it:
+    Gradio 6 names every event after its function (`/lambda_7`), and describing our ~270 UI events put 2 MB of API
+    description into every page and cost the server ~0.2 CPU-s per page load. The HTTP API is /sdapi/v1 (/docs)."""
     if getattr(method, "_g3_listener", False):
         return method
     accepted, open_kwargs = _accepted(method)
+    positional = [p.name for p in inspect.signature(method).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    api_name_at = positional.index("api_name") if "api_name" in positional else None
 
     @functools.wraps(method)
     def listener(*args, **kwargs):
+        if "api_visibility" in accepted and "api_visibility" not in kwargs and "show_api" not in kwargs:
+            named = kwargs.get("api_name") or (api_name_at is not None and len(args) > api_name_at
+                                               and args[api_name_at])
+            if not named:
+                kwargs["api_visibility"] = "undocumented"
         if "_js" in kwargs:
             js = kwargs.pop("_js")
             kwargs.setdefault("js", js)
