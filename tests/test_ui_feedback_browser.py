@@ -186,13 +186,25 @@ def test_inpaint_options_show_only_on_inpaint_sub_tabs(page):
     expect(page.locator("#img2img_image")).to_be_visible()
     expect(controls).to_be_hidden()
     alpha = page.locator("#img2img_mask_alpha")  # "Mask transparency": Inpaint sketch only, as A1111
+
+    def check(name, shown, timeout):
+        if shown:
+            expect(controls).to_be_visible(timeout=timeout)
+            expect(page.locator("#img2img_mask_blur")).to_be_visible(timeout=timeout)
+            expect(alpha).to_be_visible(timeout=timeout) if name == "Inpaint sketch" else \
+                expect(alpha).to_be_hidden(timeout=timeout)
+        else:
+            expect(controls).to_be_hidden(timeout=timeout)
+
     for name, shown in (("Sketch", False), ("Inpaint", True), ("Inpaint sketch", True), ("Inpaint upload", True),
                         ("img2img", False)):
         subtab.get_by_text(name, exact=True).click()
-        if shown:
-            expect(controls).to_be_visible()
-            expect(page.locator("#img2img_mask_blur")).to_be_visible()
-            expect(alpha).to_be_visible() if name == "Inpaint sketch" else expect(alpha).to_be_hidden()
-        else:
-            expect(controls).to_be_hidden()
+        try:
+            check(name, shown, 15000)
+        except AssertionError:
+            # Gradio's page was seen, on a saturated machine, to select a sub-tab without sending its event (twice in
+            # ~35 loaded runs of the inpaint tests): a user clicks again, by way of another sub-tab
+            subtab.get_by_text("Batch", exact=True).click()
+            subtab.get_by_text(name, exact=True).click()
+            check(name, shown, 30000)
     assert subtab.all_inner_texts()[:6] == ["img2img", "Sketch", "Inpaint", "Inpaint sketch", "Inpaint upload", "Batch"]
