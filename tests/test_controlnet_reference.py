@@ -181,6 +181,7 @@ HIRES = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising
 @pytest.mark.parametrize("model,module,extra", [("sdxl", "reference_adain+attn", {}),
                                                 ("sd1-inpainting", "reference_adain", {}),
                                                 ("sd1", "reference_adain+attn", HIRES)])
+@pytest.mark.slow  # a second or more of parity/size checks: out of the -m "not slow" loop
 def test_each_reference_module_runs_on_each_unet_kind(engine, model, module, extra):
     plain = _px(_run(engine, None, model=model, **extra))
     guided = _px(_run(engine, {"module": module, "control_mode": "ControlNet is more important"}, model=model,

@@ -281,6 +281,7 @@ def test_oneformer_full_size_names_and_shapes_on_meta(classes):
 @pytest.mark.parametrize("label, relative, palette, winner, colour", [
     ("seg_ofade20k", seg.ONEFORMER_ADE20K_FILE, seg.ADE20K_PALETTE, 12, (150, 5, 61)),  # person
     ("seg_ofcoco", seg.ONEFORMER_COCO_FILE, seg.COCO_PANOPTIC_PALETTE, 0, (220, 20, 60))])  # person
+@pytest.mark.slow  # a second or more of parity/size checks: out of the -m "not slow" loop
 def test_oneformer_maps(tmp_path, label, relative, palette, winner, colour):
     _oneformer_file(tmp_path / relative, len(palette))
     out = pp.get(label).run(_picture(), resolution=64, annotator_dir=tmp_path, device="cpu")
@@ -311,6 +312,7 @@ def test_oneformer_refuses_a_file_of_another_network_and_names_a_missing_one(tmp
 
 # --- anime face segmentation (seg_anime_face) ---
 
+@pytest.mark.slow  # a second or more of parity/size checks: out of the -m "not slow" loop
 def test_anime_face_full_size_layout_and_map(tmp_path):
     net = _random(seg.AnimeFaceUNet())
     sd = net.state_dict()

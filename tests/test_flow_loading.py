@@ -50,6 +50,7 @@ def test_flux_all_in_one_loads_every_part(tmp_path, flux, layout):
 
 
 @pytest.mark.parametrize("layout", ["sai", "diffusers"])
+@pytest.mark.slow  # a second or more of parity/size checks: out of the -m "not slow" loop
 def test_sd3_transformer_only_takes_parts_from_the_folders(tmp_path, sd3, layout):
     tfm.write_parts(sd3, tmp_path)
     path = tfm.write_transformer_only(sd3, tmp_path / "Stable-diffusion" / "sd3.safetensors", layout)
@@ -155,6 +156,7 @@ def test_header_detection_shows_the_family(tmp_path, flux, sd3):
 
 
 @pytest.mark.parametrize("quant", ["Q8_0", "Q4_0"])
+@pytest.mark.slow  # a second or more of parity/size checks: out of the -m "not slow" loop
 def test_gguf_transformer_stays_quantized_with_the_files_values(tmp_path, flux, quant):
     """A GGUF Flux (city96's layout) keeps its linear weights quantized in memory; dequantized they are exactly
     what gguf's own reader makes of the file (to fp16 precision), through our BFL → diffusers conversion (fused
@@ -360,6 +362,7 @@ def _draw_with(model, options, prompt="a photo of a cat", cfg=1.0):
     return np.asarray(result.images[0], np.int16), result.infotexts[0]
 
 
+@pytest.mark.slow  # a second or more of parity/size checks: out of the -m "not slow" loop
 def test_shift_and_t5_settings_change_the_picture_and_say_so(tmp_path, flux, sd3):
     """`flow_shift` replaces the model's sampling shift (infotext "Shift"); `sd3_enable_t5` off drops T5 from SD3's
     conditioning (its part is zeros, infotext "T5: False")."""

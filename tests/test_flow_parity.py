@@ -92,6 +92,7 @@ CASES = [("flux-dev all-in-one", 1.0), ("flux-dev all-in-one", 3.0), ("flux-schn
 
 
 @pytest.mark.parametrize("name,cfg", CASES)
+@pytest.mark.slow  # a second or more of parity/size checks: out of the -m "not slow" loop
 def test_txt2img_matches_diffusers_pipeline(flow_models, name, cfg):
     model = flow_models[name]
     negative = "blurry, low quality"
@@ -127,6 +128,7 @@ def test_distilled_cfg_changes_flux_dev_and_is_ignored_by_schnell(flow_models):
     assert np.array_equal(run("flux-schnell bfl + parts", 3.5), run("flux-schnell bfl + parts", 1.0))
 
 
+@pytest.mark.slow  # a second or more of parity/size checks: out of the -m "not slow" loop
 def test_flux_fill_inpaint_matches_fluxfillpipeline(tmp_path):
     """Flux Fill (detected from its input width) inpaints as FluxFillPipeline does; A1111 pastes the original back
     outside the mask, so the reference gets the same paste."""

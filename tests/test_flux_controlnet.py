@@ -207,6 +207,7 @@ def test_flux_union_reads_the_mode_its_preprocessor_implies(flux, tmp_path):
     assert _diff(ours("none", "Tile"), theirs) > 0  # another mode draws otherwise
 
 
+@pytest.mark.slow  # a second or more of parity/size checks: out of the -m "not slow" loop
 def test_flux_depth_checkpoint_reads_its_units_map_as_the_control_pipeline(tmp_path):
     """Flux.1 Depth/Canny: the checkpoint itself reads a control image; a unit with a preprocessor (here a ready
     map, "none") and model None gives it, equal to FluxControlPipeline."""

@@ -85,6 +85,7 @@ def _scheduler(model):
 
 
 @pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+@pytest.mark.slow  # a second or more of parity/size checks: out of the -m "not slow" loop
 def test_hires_pass_runs_on_the_hires_checkpoint(load_tiny, tiny_models, other_sd1, upscaler):
     """Reference (diffusers): the base's StableDiffusionPipeline for the first pass, then an img2img pipeline made of
     the second checkpoint's UNet, text encoder and VAE (A1111's hires steps: 6 of a 12-step schedule at 0.5),

@@ -167,6 +167,7 @@ def flux_engine(engine, data_dir):
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl", "flux"])
+@pytest.mark.slow  # a second or more of parity/size checks: out of the -m "not slow" loop
 def test_offload_keeps_only_a_part_or_a_block_resident_and_the_picture_identical(family, engine, request):
     if family == "flux":
         engine = request.getfixturevalue("flux_engine")
@@ -277,6 +278,7 @@ def test_a_decode_too_big_for_the_budget_is_tiled_as_planned_without_a_seam(engi
 
 
 @pytest.mark.parametrize("choice", ["float8-e4m3fn", "float8-e5m2", "bfloat16", "float16"])
+@pytest.mark.slow  # a second or more of parity/size checks: out of the -m "not slow" loop
 def test_diffusion_in_low_bits_keeps_the_denoiser_in_fp8(engine, choice):
     from modules.memory.offload import module_bytes
 

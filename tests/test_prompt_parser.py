@@ -193,6 +193,7 @@ def test_linear_reader_equals_the_grammar(monkeypatch):
     assert not mismatches, mismatches[:5]
 
 
+@pytest.mark.slow  # a second or more of parity/size checks: out of the -m "not slow" loop
 def test_a_200_kb_prompt_parses_in_linear_time():
     """Ten times the text takes about ten times as long, not a hundred (a quadratic reader took minutes on a
     200 KB prompt). Compared as a ratio of best-of-5 times taken in alternation, so that a busy machine slows both

@@ -44,6 +44,7 @@ def sampled(monkeypatch):
     return seen
 
 
+@pytest.mark.slow  # a second or more of parity/size checks: out of the -m "not slow" loop
 def test_upcast_sampling_keeps_latents_in_fp32_and_feeds_the_unet_16_bits(data_dir, sampled):
     plain = _half_engine(data_dir, upcast=False).txt2img(dict(REQUEST)).images[0]
     upcast = _half_engine(data_dir, upcast=True).txt2img(dict(REQUEST)).images[0]
