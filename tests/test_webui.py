@@ -659,7 +659,10 @@ def test_history_selects_trashes_restores_files_keys_reuses_and_reruns(page, ser
     expect(page.locator("#history_info")).to_contain_text("00960-4242.png")
     thumbs.nth(0).click()
     page.keyboard.press("Delete")
-    expect(page.locator("#history_info")).to_contain_text(f"Moved {Path(lanterns[0]['path']).name}")
+    # the key's answer ("Moved …"), or that picture's own info saying it is in the trash when the click's answer
+    # lands after the key's (seen once in CI on a busy machine): either way the page says where it went
+    name = re.escape(Path(lanterns[0]["path"]).name)
+    expect(page.locator("#history_info")).to_contain_text(re.compile(rf"Moved {name}|{name}\s*in the trash"))
     expect(page.locator("#history_page")).to_contain_text("Page 1: 1 picture(s)")
     assert store.get(lanterns[0]["id"])["deleted"] and not store.get(lanterns[1]["id"])["deleted"]
 
