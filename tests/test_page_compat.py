@@ -3,6 +3,7 @@ serves, what it refuses, --gradio-auth), each extension's style.css linked with 
 next load), and in a browser the A1111 page globals a fixture extension's javascript calls."""
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import os
@@ -243,3 +244,7 @@ def test_the_footer_links_the_api_docs_and_the_page_carries_no_event_api_descrip
     footer = next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "footer")
     assert '<a href="./docs"' in footer and "torch: " in footer and "python: " in footer
     assert raw_get(site["url"], "/docs")[0] == 200
+    from webui.app import footer_html  # without --api there are no docs to open: the footer says how to get them
+
+    off = footer_html(argparse.Namespace(api=False, nowebui=False))
+    assert "API: off" in off and "--api" in off and "./docs" not in off

@@ -271,7 +271,7 @@ def footer_html(args) -> str:
         api = '<a href="./docs" target="_blank">API</a>'
     else:
         api = '<span title="start with --api to serve /sdapi/v1 and its documentation at /docs">API: off</span>'
-    return f'<div class="sd-footer">{api} &#x2000;•&#x2000; Gradio</div><div class="versions">{versions_html()}</div>'
+    return f'<div class="sd-footer">{api}</div><div class="versions">{versions_html()}</div>'
 
 
 @contextmanager

@@ -367,9 +367,9 @@ def _keep_signature(function) -> None:
     """Gradio reads a component's constructor signature each time it describes the component: for every one of the
     page's ~1,300 components five times while the app is built, and again for each new browser session. A
     function's signature does not change, so it is kept on the function, where `inspect.signature` looks first
-    (~0.1 CPU-s less per page load and ~0.3 s less per start)."""
-    if "__signature__" in getattr(function, "__dict__", {"__signature__": None}):
-        return
+    (measured: ~0.15 CPU-s less per app start, ~0.03 per page load)."""
+    if not hasattr(function, "__dict__") or "__signature__" in function.__dict__:
+        return  # a built-in (nothing to keep it on), or kept already
     try:
         function.__signature__ = inspect.signature(function)
     except (TypeError, ValueError):  # no signature to read: Gradio's own call meets the same
