@@ -98,6 +98,9 @@ def _engine(args):
     from modules.engine import Engine
     from modules.paths import Paths
 
+    from modules.models.loader import import_model_classes
+    from modules.startup_heap import long_lived
+
     flags = ["--skip-install"]
     if args.data_dir:
         flags += ["--data-dir", str(args.data_dir)]
@@ -105,7 +108,10 @@ def _engine(args):
         flags += ["--models-dir", str(args.models_dir)]
     ns = cmd_args.parse_args(flags, env={})
     dc = devices.from_flags(use_cpu=args.use_cpu, no_half=args.no_half, no_half_vae=args.no_half_vae)
-    return Engine.create(Paths.from_args(ns), device_config=dc)
+    with long_lived():  # the engine and the model code, before any checkpoint is read
+        engine = Engine.create(Paths.from_args(ns), device_config=dc)
+        import_model_classes()
+    return engine
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ to it from then on. Standard library only, so nothing heavy is imported before t
 from __future__ import annotations
 
 import asyncio
-import gc
 import html
 import json
 import logging
 import threading
 import time
 from typing import Any, Callable
+
+from modules.startup_heap import long_lived
 
 log = logging.getLogger(__name__)
 
@@ -218,32 +219,20 @@ async def _respond(send, status: int, body: bytes, content_type: str, headers: d
 
 def build_in_background(starting: StartingApp, build: Callable[[Callable[[str], None]], Any],
                         on_ready: Callable[[Any], None], on_error: Callable[[BaseException], None]) -> threading.Thread:
-    """Run ``build(set_stage)`` (returns the real app) in a daemon thread, then hand the app to `starting`.
-
-    The cyclic garbage collector waits while it runs: importing torch, diffusers and gradio and building the UI
-    makes ~700 000 objects that live as long as the process, and each time the heap had grown by a quarter the
-    collector walked all of it again (11 full passes, 1.6 CPU-s of an 8 s start on 2 cores). Once the app is ready
-    one pass frees what start-up left behind and what remains is frozen (`gc.freeze`): later passes (the model
-    manager's after a checkpoint switch, the automatic ones during jobs) look only at what came after it. No model
-    is loaded by then, so no model's memory can be held by the freeze."""
+    """Run ``build(set_stage)`` (returns the real app) in a daemon thread, then hand the app to `starting`. The
+    build runs without the garbage collector's passes and leaves what it built frozen (modules/startup_heap.py):
+    no model is loaded by then."""
 
     def run():
-        was_enabled = gc.isenabled()
-        gc.disable()
         try:
-            app = build(starting.set_stage)
-            starting.set_stage("starting the UI")
-            starting.ready(app)
+            with long_lived():
+                app = build(starting.set_stage)
+                starting.set_stage("starting the UI")
+                starting.ready(app)
         except BaseException as e:  # noqa: BLE001 - reported to the page and the console, then the server stops
-            if was_enabled:
-                gc.enable()
             starting.fail(f"{type(e).__name__}: {e}")
             on_error(e)
             return
-        gc.collect()
-        gc.freeze()
-        if was_enabled:
-            gc.enable()
         on_ready(app)
 
     thread = threading.Thread(target=run, name="startup", daemon=True)

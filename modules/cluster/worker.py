@@ -14,11 +14,16 @@ from typing import Any
 class EngineWorker:
     def __init__(self, argv: list[str], name: str):
         from modules import cmd_args
-        from modules.engine import Engine
+        from modules.startup_heap import long_lived
 
         self.name = name
         ns, _ = cmd_args.build_parser().parse_known_args(argv)  # extensions' flags mean nothing to a worker
-        self.engine = Engine.from_args(ns, history=False)
+        with long_lived():  # the engine and the model code, before any checkpoint is read
+            from modules.engine import Engine
+            from modules.models.loader import import_model_classes
+
+            self.engine = Engine.from_args(ns, history=False)
+            import_model_classes()
         self._preview_step = -1
         self.loads: dict[str, int] = {}  # how often each checkpoint was read from disk here
 
