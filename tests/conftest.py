@@ -135,15 +135,6 @@ def frozen_gc():
         yield
 
 
-@pytest.fixture(scope="module")
-def frozen_gc_for_module():
-    """`gc_frozen()` for a whole file (`pytestmark = pytest.mark.usefixtures("frozen_gc_for_module")`)."""
-    from tests.frozen_gc import gc_frozen
-
-    with gc_frozen():
-        yield
-
-
 @pytest.fixture
 def data_dir(tmp_path, tiny_models) -> Path:
     """A fresh A1111 data dir whose models/Stable-diffusion links to the session's tiny checkpoints."""

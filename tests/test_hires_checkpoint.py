@@ -24,9 +24,6 @@ HASH = "0123456789"
 OTHER = "sd1-other.safetensors"
 
 
-pytestmark = pytest.mark.usefixtures("frozen_gc_for_module")  # tests/frozen_gc.py
-
-
 @pytest.fixture(scope="module")
 def other_sd1(tmp_path_factory):
     """A second SD1 checkpoint: other random weights in every part (UNet, text encoder, VAE)."""

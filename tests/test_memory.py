@@ -28,9 +28,6 @@ FLUX_Q4 = [PartSize("text_encoder", int(0.246 * GB), int(0.05 * GB)),  # CLIP-L
 FLUX_WIDTH = 24 * 128 // 4  # what the manager takes for a transformer of 24 heads × 128
 
 
-pytestmark = pytest.mark.usefixtures("frozen_gc_for_module")  # tests/frozen_gc.py
-
-
 @pytest.mark.parametrize("free_gib, mode, peak_gib", [
     (24, "resident", (8.0, 10.5)),
     (8, "model", (6.0, 7.5)),

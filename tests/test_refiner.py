@@ -22,9 +22,6 @@ SIZE = 64
 HASH = "0123456789"
 
 
-pytestmark = pytest.mark.usefixtures("frozen_gc_for_module")  # tests/frozen_gc.py
-
-
 class _Models:
     """The model manager's face that processing uses for the refiner, over the session's tiny models."""
 
