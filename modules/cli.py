@@ -96,9 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 def _engine(args):
     from modules import cmd_args, devices
     from modules.engine import Engine
-    from modules.paths import Paths
-
     from modules.models.loader import import_model_classes
+    from modules.paths import Paths
     from modules.startup_heap import long_lived
 
     flags = ["--skip-install"]

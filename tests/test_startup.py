@@ -115,6 +115,8 @@ def test_start_up_leaves_its_garbage_freed_and_what_it_built_out_of_later_collec
         seen["garbage"] = weakref.ref(a)
         return _real_app([])
 
+    gc.unfreeze()  # what the test run froze before (tests/conftest.py): the count below is start-up's own
+    assert gc.get_freeze_count() == 0
     ready = threading.Event()
     build_in_background(starting, build, on_ready=lambda app: ready.set(), on_error=lambda e: None)
     assert ready.wait(20)
