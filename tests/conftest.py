@@ -18,7 +18,9 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+from tests.allocator import reuse_freed_memory  # noqa: E402 - the repository is on sys.path now
 
+reuse_freed_memory()  # here, in xdist's controller: the workers it starts next inherit it
 
 
 def pytest_configure(config):

@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from modules.hashes import sha256_file
+from tests.allocator import default_allocator_env
 from modules.models.merge import (ADD_DIFFERENCE, INPUT_CONV, NO_INTERPOLATION, WEIGHTED_SUM, MergeError,
                                   MergeOptions, merge_from_registry)
 
@@ -195,7 +196,7 @@ def test_peak_memory_stays_near_one_model(tmp_path, tiny_models, record_property
         del sd
     model_size = (tmp_path / "big_a.safetensors").stat().st_size
     proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(ROOT), str(tmp_path)], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=default_allocator_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     increase = json.loads(proc.stdout.strip().splitlines()[-1])["increase"]
     ratio = increase / model_size
