@@ -196,6 +196,8 @@ def test_extension_javascript_uses_the_a1111_page_globals(site):
             expect(page.locator("#tabs > .tabitem#tab_txt2img")).to_be_visible()
             outline = page.evaluate("getComputedStyle(document.querySelector('#txt2img_prompt')).outlineColor")
             assert outline in ("rgb(4, 5, 6)", "rgb(7, 8, 9)")  # the linked style.css applies
+            # Gradio's own footer: its Settings link alone, no separator left before it
+            assert page.locator("footer[aria-label='Gradio footer navigation']").inner_text().split() == ["Settings"]
 
             for element_id in ("tabs", "tab_txt2img", "txt2img", "img2img", "quicksettings", "txt2img_prompt",
                                "img2img_prompt", "txt2img_neg_prompt", "img2img_neg_prompt", "tab_img2img",
