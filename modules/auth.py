@@ -100,17 +100,20 @@ def _extension_routes(app) -> list[str]:
 
 
 def exposure_warnings(ns, host: str, port: int, app=None) -> list[str]:
-    """One warning per surface that anyone who can reach ``host`` may use without a password (none on loopback)."""
-    if is_loopback(host):
+    """One warning per surface that anyone who can reach ``host``, or who has the --share link, may use without a
+    password (none on loopback without --share)."""
+    share, local = bool(getattr(ns, "share", False)), not is_loopback(host)
+    if not (share or local):
         return []
-    where = f"{host}:{port}"
+    where = " and ".join(([f"{host}:{port}"] if local else []) + (["its public share link"] if share else []))
+    who = " or ".join((["can reach this computer"] if local else []) + (["has the share link"] if share else []))
     out = []
     if not getattr(ns, "nowebui", False) and not ui_logins(ns):
-        out.append(f"WARNING: the web UI on {where} needs no password: anyone who can reach this computer can "
+        out.append(f"WARNING: the web UI on {where} needs no password: anyone who {who} can "
                    f"generate, change settings and manage extensions. Set --gradio-auth user:password (or "
                    f"--gradio-auth-path FILE), or --auth user:password to protect the UI and the API.")
     if (getattr(ns, "api", False) or getattr(ns, "nowebui", False)) and not api_logins(ns):
-        out.append(f"WARNING: the API (/sdapi/v1) on {where} needs no password: anyone who can reach this computer "
+        out.append(f"WARNING: the API (/sdapi/v1) on {where} needs no password: anyone who {who} "
                    f"can generate, change settings and unload models. Set --api-auth user:password (or "
                    f"--api-auth-path FILE), or --auth user:password to protect the UI and the API.")
     routes = _extension_routes(app)

@@ -308,6 +308,8 @@ def serve(ns: argparse.Namespace, ctx: AppContext | None = None, paths: Paths | 
         print(f"Startup time: {time.perf_counter() - started:.1f}s (page answering: {built['answering']:.1f}s, "
               f"engine: {engine_s:.1f}s, extensions and UI: {app_s:.1f}s, model code: {built['model_code_s']:.1f}s)",
               flush=True)
+        if getattr(ns, "share", False):
+            print_share_link(host, port)
         if getattr(ns, "autolaunch", False):
             try:
                 import webbrowser
@@ -333,6 +335,21 @@ def serve(ns: argparse.Namespace, ctx: AppContext | None = None, paths: Paths | 
     finally:
         sock.close()
     return built["rc"]
+
+
+def print_share_link(host: str, port: int, setup=None) -> str | None:
+    """--share: open Gradio's tunnel and print the public URL (A1111's console line), or say why there is none;
+    the local server goes on either way. Returns the URL."""
+    from webui.share_link import open_share_link
+
+    try:
+        public = open_share_link(host, port, setup)
+    except Exception as e:  # noqa: BLE001 - no network, no tunnel client, a refused share server
+        print(f"launch.py: could not create a share link ({type(e).__name__}: {e}); the UI is still served on "
+              f"this computer", file=sys.stderr, flush=True)
+        return None
+    print(f"Running on public URL: {public}", flush=True)
+    return public
 
 
 def _process_age() -> float:
