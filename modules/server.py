@@ -340,13 +340,14 @@ def serve(ns: argparse.Namespace, ctx: AppContext | None = None, paths: Paths | 
 def print_share_link(host: str, port: int, setup=None) -> str | None:
     """--share: open Gradio's tunnel and print the public URL (A1111's console line), or say why there is none;
     the local server goes on either way. Returns the URL."""
-    from webui.share_link import open_share_link
+    from webui.share_link import missing_client_hint, open_share_link
 
     try:
         public = open_share_link(host, port, setup)
     except Exception as e:  # noqa: BLE001 - no network, no tunnel client, a refused share server
-        print(f"launch.py: could not create a share link ({type(e).__name__}: {e}); the UI is still served on "
-              f"this computer", file=sys.stderr, flush=True)
+        hint = missing_client_hint()
+        print(f"launch.py: could not create a share link ({type(e).__name__}: {e}{'; ' + hint if hint else ''}); "
+              f"the UI is still served on this computer", file=sys.stderr, flush=True)
         return None
     print(f"Running on public URL: {public}", flush=True)
     return public

@@ -32,6 +32,22 @@ def test_a_failed_tunnel_says_why_and_the_server_goes_on(capsys):
     assert "could not create a share link" in err and "Gradio API Server" in err and "still served" in err
 
 
+def test_a_missing_tunnel_client_is_named_with_where_it_comes_from(tmp_path, monkeypatch, capsys):
+    from gradio import tunneling
+
+    monkeypatch.setattr(tunneling, "BINARY_PATH", str(tmp_path / "frpc_linux_amd64_v0.3"))
+
+    def no_download(**kw):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    print_share_link("127.0.0.1", 7860, no_download)
+    err = capsys.readouterr().err
+    assert str(tmp_path / "frpc_linux_amd64_v0.3") in err and tunneling.BINARY_URL in err
+    (tmp_path / "frpc_linux_amd64_v0.3").write_bytes(b"client")
+    print_share_link("127.0.0.1", 7860, no_download)
+    assert "missing" not in capsys.readouterr().err
+
+
 def test_share_warns_for_each_surface_without_a_password():
     ns = cmd_args.parse_args(["--share", "--api"], env={})
     warnings = auth.exposure_warnings(ns, "127.0.0.1", 7860)

@@ -4,6 +4,7 @@ process exits. Anyone with the link reaches the UI, so start-up warns about ever
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse, urlunparse
 
@@ -22,3 +23,12 @@ def open_share_link(bind_host: str, port: int, setup: Callable[..., str] | None 
     address = setup(local_host=tunnel_host(bind_host), local_port=port, share_token=secrets.token_urlsafe(32),
                     share_server_address=None, share_server_tls_certificate=None)
     return urlunparse(("https",) + tuple(urlparse(address))[1:])
+
+
+def missing_client_hint() -> str:
+    """Where Gradio keeps its tunnel client, when it is not there yet (the first --share downloads it)."""
+    from gradio import tunneling
+
+    if Path(tunneling.BINARY_PATH).exists():
+        return ""
+    return f"Gradio's tunnel client {tunneling.BINARY_PATH} is missing; it is downloaded from {tunneling.BINARY_URL}"
