@@ -10,12 +10,13 @@ without facexlib:
 2. Every face's five landmarks map it onto facexlib's FFHQ 512×512 template (LMEDS similarity); the crop, RGB in
    [-1, 1], goes through the network (GFPGAN: `net(x, return_rgb=False)[0]`; CodeFormer:
    `net(x, weight=w, adain=True)[0]`, w = the CodeFormer weight, 0 = maximum effect).
-3. The restored face is warped back and pasted with facexlib's soft square mask (eroded by 1/10 of the face's side
-   and blurred), so pixels away from the faces are left exactly as they were. (A1111 asks facexlib for a face-parsing
-   mask, ParseNet's `parsing_parsenet.pth`, instead: that network is not read here.)
+3. The restored face is warped back and pasted with A1111's face-parsing mask when facexlib's ParseNet file
+   (`parsing_parsenet.pth`) is there (`modules/face_parse_mask.py`: only the face's own parts are blended in), else
+   with facexlib's soft square mask (eroded by 1/10 of the face's side and blurred). Pixels away from the faces are
+   left exactly as they were either way.
 
-The detection file is looked for in the face-restoration folders (where A1111 has facexlib download it) and in the
-ControlNet annotator folder's `facexlib/` (where PuLID reads it). GFPGAN's architecture is spandrel's (its widths read
+The detection and parsing files are looked for in the face-restoration folders (where A1111 has facexlib download
+them) and in the ControlNet annotator folder's `facexlib/` (where PuLID reads the detector). GFPGAN's architecture is spandrel's (its widths read
 from the file); CodeFormer's is in `spandrel_extra_arches`, imported only when a CodeFormer file is used. Licences:
 GFPGAN's code is Apache-2.0; CodeFormer's code and weights are under the S-Lab License 1.0 (non-commercial use) —
 the user brings the weights and decides.
@@ -105,9 +106,13 @@ def paste_face(bgr: np.ndarray, face_bgr: np.ndarray, inverse: np.ndarray) -> np
 
 
 def restore_rgb(rgb: np.ndarray, detector, restore_face: Callable[[torch.Tensor], torch.Tensor],
-                device: torch.device | None = None) -> tuple[np.ndarray, int]:
+                device: torch.device | None = None,
+                face_mask: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, int]:
     """(restored RGB uint8 picture, number of faces) — every face found restored by `restore_face` (1×3×512×512 RGB in
-    [-1, 1] in and out) and pasted back."""
+    [-1, 1] in and out) and pasted back: by `face_mask(restored BGR face)` (the parse mask) where given, else by the
+    soft square."""
+    from modules.face_parse_mask import paste_with_mask
+
     import cv2
 
     from modules.controlnet.face_parsing import FFHQ_TEMPLATE
@@ -129,7 +134,11 @@ def restore_rgb(rgb: np.ndarray, detector, restore_face: Callable[[torch.Tensor]
             y = restore_face(x.to(device or "cpu"))
         y = (y[0].detach().float().cpu().clamp(-1, 1) + 1) / 2
         face = (y.numpy().transpose(1, 2, 0)[:, :, ::-1] * 255.0).astype(np.uint8)
-        out = paste_face(out, np.ascontiguousarray(face), cv2.invertAffineTransform(matrix))
+        face, inverse = np.ascontiguousarray(face), cv2.invertAffineTransform(matrix)
+        if face_mask is not None:
+            out = paste_with_mask(out, face, inverse, face_mask(face))
+        else:
+            out = paste_face(out, face, inverse)
     return np.ascontiguousarray(out.astype(np.uint8)[:, :, ::-1]), len(faces)
 
 
@@ -284,6 +293,33 @@ class FaceRestorers:
             self._nets[name] = (key, net)
             return net
 
+    def parser_file(self) -> Path | None:
+        """facexlib's ParseNet file beside the detector, where A1111 keeps it; None: the soft square is used."""
+        from modules.face_parse_mask import PARSER_FILE
+
+        for folder in [*self.gfpgan_dirs, *self.codeformer_dirs]:
+            if (folder / PARSER_FILE).is_file():
+                return folder / PARSER_FILE
+        return None
+
+    def parser(self, device: torch.device):
+        """The ParseNet (loaded once, kept with the networks), or None without its file."""
+        from modules import face_parse_mask
+
+        path = self.parser_file()
+        if path is None:
+            return None
+        key = ("parser", str(path), path.stat().st_mtime_ns)
+        with self._lock:
+            cached = self._nets.get("parser")
+            if cached is None or cached[0] != key:
+                try:
+                    net = face_parse_mask.build(read_weights(path)).float()
+                except face_parse_mask.ParseNetError as e:
+                    raise FaceRestorationError(f"{path.name}: {e}") from None
+                cached = self._nets["parser"] = (key, net)
+            return cached[1].to(device)
+
     def detector(self):
         from modules.controlnet import face_parsing
 
@@ -313,11 +349,19 @@ class FaceRestorers:
         else:
             def restore_face(x):
                 return net(x, return_rgb=False)[0]
+        device = self.device_for(name)
+        parser = self.parser(device)
+        face_mask = None
+        if parser is not None:
+            from modules.face_parse_mask import face_mask as parse
+
+            def face_mask(face):
+                return parse(parser, face, device)
         alpha = image.getchannel("A") if image.mode == "RGBA" else None
         rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
         try:
             with self._lock:
-                out, count = restore_rgb(rgb, detector, restore_face, self.device_for(name))
+                out, count = restore_rgb(rgb, detector, restore_face, device, face_mask)
         except RuntimeError as e:
             raise FaceRestorationError(f"{self.model_file(name).name}: the network failed on a face "
                                        f"({str(e).splitlines()[0][:160]})") from None

@@ -1,5 +1,6 @@
 """Face restoration (GFPGAN, CodeFormer) from files, as A1111 runs it: facexlib's RetinaFace finds the face, the
-FFHQ-aligned crop goes through the network, the result is pasted back with a soft square mask.
+FFHQ-aligned crop goes through the network, the result is pasted back with the face-parsing mask when
+facexlib's ParseNet file is there (A1111's way), else with a soft square mask.
 
 The files are written here in the released layouts: GFPGAN tiny (spandrel's GFPGANv1Clean with small widths, which
 our loader reads from the file) and full size on the meta device; CodeFormer full size on meta (its widths are fixed
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,6 +179,70 @@ def test_missing_files_name_the_file_and_folders(tmp_path, models_dir):
     assert empty.detector_file().parent.name == "facexlib"
     with pytest.raises(fr.FaceRestorationError, match="not found"):
         empty.canonical("RestoreFormer")
+
+
+# --- A1111's face-parsing mask (facexlib's ParseNet) ---
+
+def test_full_size_parsenet_layout_loads_as_facexlib_builds_it():
+    import json
+
+    from modules import face_parse_mask as fpm
+
+    shapes = json.loads((Path(__file__).parent / "data" / "parsenet-keys.json").read_text())
+    sd = {k: torch.empty(shape, device="meta", dtype=torch.int64 if k.endswith("num_batches_tracked") else None)
+          for k, shape in shapes.items()}
+    with torch.device("meta"):
+        net = fpm.build(sd)
+    assert {k: list(v.shape) for k, v in net.state_dict().items()} == shapes
+    assert (len(net.encoder), len(net.body), len(net.decoder)) == (5, 10, 4)
+    with pytest.raises(fpm.ParseNetError, match="out_mask_conv.conv2d.weight is missing"):
+        fpm.build({k: v for k, v in sd.items() if not k.startswith("out_mask_conv")})
+
+
+def _parsenet_file(folder: Path, face_class: int) -> None:
+    """A tiny ParseNet (one block each way) that labels every pixel `face_class`."""
+    from modules.face_parse_mask import PARSER_FILE, ParseNet
+
+    torch.manual_seed(0)
+    net = ParseNet(8, [(8, 16)], [(16, 16)], [(16, 8)])
+    with torch.no_grad():
+        net.out_mask_conv.conv2d.weight.zero_()
+        net.out_mask_conv.conv2d.bias.copy_(torch.nn.functional.one_hot(torch.tensor(face_class), 19) * 10.0)
+    torch.save(net.state_dict(), str(folder / PARSER_FILE))
+
+
+def test_with_a_parsenet_file_only_what_it_calls_the_face_is_pasted(tmp_path, models_dir, spy):
+    """A1111 pastes by facexlib's parse mask: a face parsed as skin (class 1) is replaced inside the square but its
+    10-pixel rim, one parsed as background (class 0) is left as it was; without the file, the soft square."""
+    from modules.face_parse_mask import PARSER_FILE
+
+    before = np.asarray(face_picture()).astype(int)
+    square = np.asarray(restorers(models_dir).restore(face_picture(), "CodeFormer")).astype(int)
+    grey = round((0.2 + 1) / 2 * 255)  # the spy's face
+    lo, hi = FACE_SQUARE
+    models = tmp_path / "models"
+    for name in ("GFPGAN", "Codeformer"):
+        (models / name).mkdir(parents=True)
+        for f in (models_dir / name).iterdir():
+            os.symlink(f, models / name / f.name)
+
+    _parsenet_file(models / "GFPGAN", face_class=1)
+    r = restorers(models)
+    assert r.parser_file() == models / "GFPGAN" / PARSER_FILE
+    skin = np.asarray(r.restore(face_picture(), "CodeFormer")).astype(int)
+    inner = slice(lo + 40, hi - 40)
+    assert np.abs(skin[inner, inner] - grey).max() <= 1  # replaced where the parse mask is 1
+    assert np.abs(skin[lo + 2, inner] - before[lo + 2, inner]).max() <= 1  # the rim facexlib zeroes: kept
+    assert np.abs(skin[lo + 8, inner] - grey).max() <= 2  # replaced up to that rim, where the soft square still
+    assert np.abs(square[lo + 8, inner] - grey).max() > 10  # blends in most of the original
+    outside = np.ones(before.shape[:2], bool)
+    outside[lo - 2:hi + 2, lo - 2:hi + 2] = False
+    assert (skin[outside] == before[outside]).all()
+
+    _parsenet_file(models / "GFPGAN", face_class=0)
+    os.utime(models / "GFPGAN" / PARSER_FILE, ns=(1, 1))  # a new file: the cached parser is replaced
+    background = np.asarray(r.restore(face_picture(), "CodeFormer")).astype(int)
+    assert np.abs(background - before).max() <= 1
 
 
 # --- API and generation ---
