@@ -69,6 +69,8 @@ def site(tmp_path_factory, tiny_models):
     os.symlink(secret, ext / "leak.txt")
     os.symlink(secret.parent, ext / "leakdir")
     (paths.txt2img_samples_dir / "done.png").write_bytes(PNG[::-1])
+    (data / "ui-config.json").write_text(json.dumps({  # a user allowing 500 steps; a value beyond the range
+        "txt2img/Sampling steps/maximum": 500, "txt2img/Sampling steps/value": 400, "img2img/Sampling steps/value": 999}))
     paths.tmp_dir.mkdir(parents=True, exist_ok=True)
     (paths.tmp_dir / "extensionPaths.txt").write_text("written by an extension for its page script")
     srv = Server(data, root / "server.log").start("--api")
@@ -236,6 +238,15 @@ def test_extension_javascript_uses_the_a1111_page_globals(site):
 
 
 @pytest.mark.slow
+def test_ui_config_sets_a_sliders_range_and_value_as_in_a1111(site):
+    config = json.loads(raw_get(site["url"], "/config")[1])
+    props = {c["props"].get("elem_id"): c["props"] for c in config["components"]}
+    assert (props["txt2img_steps"]["maximum"], props["txt2img_steps"]["value"]) == (500, 400)
+    assert (props["img2img_steps"]["maximum"], props["img2img_steps"]["value"]) == (150, 150)  # brought into range
+    saved = json.loads((site["data"] / "ui-config.json").read_text())
+    assert saved["txt2img/Width/maximum"] == 2048 and saved["img2img/CFG Scale/step"] == 0.5  # there to be edited
+
+
 def test_the_footer_links_the_api_docs_and_the_page_carries_no_event_api_description(site):
     # A1111's footer "API" opens /docs (started with --api here); Gradio's description of the UI's own events is
     # left out of the page (it made every page 2 MB heavier and was not an API anyone named).

@@ -132,33 +132,32 @@ def _sampling_params(c: Controls, cfg: UiConfig, engine, is_img2img: bool):
                                           elem_id=f"{tab}_sampling"))
         c.add("scheduler", gr.Dropdown(samplers.schedule_type_labels(), value="Automatic", label="Schedule type",
                                        elem_id=f"{tab}_scheduler"))
-        c.add("steps", gr.Slider(1, 150, value=cfg.value(f"{tab}/Sampling steps", 20), step=1,
+        c.add("steps", gr.Slider(**cfg.slider(f"{tab}/Sampling steps", 1, 150, 20, 1),
                                  label="Sampling steps", elem_id=f"{tab}_steps"))
     with gr.Row():
         with gr.Column(scale=4):
-            width = c.add("width", gr.Slider(64, 2048, value=cfg.value(f"{tab}/Width", 512), step=8, label="Width",
+            width = c.add("width", gr.Slider(**cfg.slider(f"{tab}/Width", 64, 2048, 512, 8), label="Width",
                                              elem_id=f"{tab}_width"))
-            height = c.add("height", gr.Slider(64, 2048, value=cfg.value(f"{tab}/Height", 512), step=8,
+            height = c.add("height", gr.Slider(**cfg.slider(f"{tab}/Height", 64, 2048, 512, 8),
                                                label="Height", elem_id=f"{tab}_height"))
         swap = gr.Button("⇅", elem_id=f"{tab}_res_switch_btn", size="sm", min_width=40, scale=0)
         with gr.Column(scale=2):
-            c.add("n_iter", gr.Slider(1, 100, value=cfg.value(f"{tab}/Batch count", 1), step=1, label="Batch count",
+            c.add("n_iter", gr.Slider(**cfg.slider(f"{tab}/Batch count", 1, 100, 1, 1), label="Batch count",
                                       elem_id=f"{tab}_batch_count"))
-            c.add("batch_size", gr.Slider(1, 8, value=cfg.value(f"{tab}/Batch size", 1), step=1, label="Batch size",
+            c.add("batch_size", gr.Slider(**cfg.slider(f"{tab}/Batch size", 1, 8, 1, 1), label="Batch size",
                                           elem_id=f"{tab}_batch_size"))
     swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False, show_progress="hidden")
-    c.add("cfg_scale", gr.Slider(1.0, 30.0, value=cfg.value(f"{tab}/CFG Scale", 7.0), step=0.5, label="CFG Scale",
+    c.add("cfg_scale", gr.Slider(**cfg.slider(f"{tab}/CFG Scale", 1.0, 30.0, 7.0, 0.5), label="CFG Scale",
                                  elem_id=f"{tab}_cfg_scale"))
     c.add("distilled_cfg_scale", gr.Slider(
-        0.0, 30.0, value=cfg.value(f"{tab}/Distilled CFG Scale", 3.5), step=0.1, label="Distilled CFG Scale",
+        **cfg.slider(f"{tab}/Distilled CFG Scale", 0.0, 30.0, 3.5, 0.1), label="Distilled CFG Scale",
         info="Flux dev only: its built-in guidance. Flux runs real CFG only above CFG Scale 1 (then the negative "
              "prompt is used, at twice the time per step)", elem_id=f"{tab}_distilled_cfg_scale"))
     if is_img2img:  # A1111 shows it only while an InstructPix2Pix checkpoint is selected (webui/app.py)
-        c.add("image_cfg_scale", gr.Slider(0.0, 3.0, value=cfg.value(f"{tab}/Image CFG Scale", 1.5), step=0.05,
+        c.add("image_cfg_scale", gr.Slider(**cfg.slider(f"{tab}/Image CFG Scale", 0.0, 3.0, 1.5, 0.05),
                                            label="Image CFG Scale", elem_id=f"{tab}_image_cfg_scale", visible=False))
-        c.add("denoising_strength", gr.Slider(0.0, 1.0, value=cfg.value(f"{tab}/Denoising strength", 0.75),
-                                              step=0.01, label="Denoising strength",
-                                              elem_id=f"{tab}_denoising_strength"))
+        c.add("denoising_strength", gr.Slider(**cfg.slider(f"{tab}/Denoising strength", 0.0, 1.0, 0.75, 0.01),
+                                              label="Denoising strength", elem_id=f"{tab}_denoising_strength"))
     with gr.Row():
         c.seed = c.add("seed", gr.Number(value=-1, label="Seed", precision=0, elem_id=f"{tab}_seed", scale=4))
         rnd = gr.Button("🎲️", elem_id=f"{tab}_random_seed", size="sm", min_width=40, scale=0)

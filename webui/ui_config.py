@@ -40,6 +40,33 @@ class UiConfig:
                 return default
         return stored
 
+    def slider(self, key: str, minimum: float, maximum: float, default: float, step: float) -> dict[str, float]:
+        """A slider's `minimum`, `maximum`, `step` and `value` (gr.Slider's keyword arguments): A1111 keeps all four
+        in ui-config.json, so raising "Sampling steps/maximum" there allows more steps. A value outside the range
+        (a hand-edited file) is brought into it: Gradio would refuse every click of Generate otherwise."""
+        bounds = {}
+        for name, built_in in (("minimum", minimum), ("maximum", maximum), ("step", step)):
+            full = f"{key}/{name}"
+            stored = self.data.get(full)
+            if full not in self.data:
+                self.data[full], self.dirty = built_in, True
+            ok = isinstance(stored, (int, float)) and not isinstance(stored, bool)
+            if stored is not None and not ok:
+                log.warning("%s: %s is %r, not a number: %r is used", self.path, full, stored, built_in)
+            bounds[name] = stored if ok else built_in
+        if bounds["minimum"] > bounds["maximum"] or bounds["step"] <= 0:
+            log.warning("%s: %s has minimum %r, maximum %r, step %r: the built-in %r to %r by %r is used", self.path,
+                        key, bounds["minimum"], bounds["maximum"], bounds["step"], minimum, maximum, step)
+            bounds = {"minimum": minimum, "maximum": maximum, "step": step}
+        value = self.value(key, default)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            value = default
+        clamped = min(max(value, bounds["minimum"]), bounds["maximum"])
+        if clamped != value:
+            log.warning("%s: %s/value %r is outside %r to %r: %r is used", self.path, key, value,
+                        bounds["minimum"], bounds["maximum"], clamped)
+        return {**bounds, "value": clamped}
+
     def save(self) -> None:
         if self.dirty:
             try:
