@@ -245,6 +245,7 @@ def test_ui_config_sets_a_sliders_range_and_value_as_in_a1111(site):
     assert (props["img2img_steps"]["maximum"], props["img2img_steps"]["value"]) == (150, 150)  # brought into range
     saved = json.loads((site["data"] / "ui-config.json").read_text())
     assert saved["txt2img/Width/maximum"] == 2048 and saved["img2img/CFG Scale/step"] == 0.5  # there to be edited
+    assert saved["txt2img/Hires steps/maximum"] == 150 and saved["img2img/Mask blur/value"] == 4
 
 
 def test_the_footer_links_the_api_docs_and_the_page_carries_no_event_api_description(site):

@@ -167,12 +167,15 @@ def _sampling_params(c: Controls, cfg: UiConfig, engine, is_img2img: bool):
     with gr.Accordion("Extra", open=False, elem_id=f"{tab}_subseed_show"):
         with gr.Row():
             c.add("subseed", gr.Number(value=-1, label="Variation seed", precision=0, elem_id=f"{tab}_subseed"))
-            c.add("subseed_strength", gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
+            c.add("subseed_strength", gr.Slider(**cfg.slider(f"{tab}/Variation strength", 0.0, 1.0, 0.0, 0.01),
+                                                label="Variation strength",
                                                 elem_id=f"{tab}_subseed_strength"))
         with gr.Row():
-            c.add("seed_resize_from_w", gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+            c.add("seed_resize_from_w", gr.Slider(**cfg.slider(f"{tab}/Resize seed from width", 0, 2048, 0, 8),
+                                                  label="Resize seed from width",
                                                   elem_id=f"{tab}_seed_resize_from_w"))
-            c.add("seed_resize_from_h", gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+            c.add("seed_resize_from_h", gr.Slider(**cfg.slider(f"{tab}/Resize seed from height", 0, 2048, 0, 8),
+                                                  label="Resize seed from height",
                                                   elem_id=f"{tab}_seed_resize_from_h"))
 
 
@@ -183,16 +186,18 @@ def _hires(c: Controls, cfg: UiConfig, engine):
         c.add("enable_hr", gr.Checkbox(label="Enable hires. fix", value=False, elem_id=f"{tab}_enable_hr"))
         with gr.Row():
             c.add("hr_upscaler", gr.Dropdown(upscalers, value="Latent", label="Upscaler", elem_id=f"{tab}_hr_upscaler"))
-            c.add("hr_second_pass_steps", gr.Slider(0, 150, value=0, step=1, label="Hires steps",
-                                                    elem_id=f"{tab}_hires_steps"))
-            c.add("denoising_strength", gr.Slider(0.0, 1.0, value=0.7, step=0.01, label="Denoising strength",
+            c.add("hr_second_pass_steps", gr.Slider(**cfg.slider(f"{tab}/Hires steps", 0, 150, 0, 1),
+                                                    label="Hires steps", elem_id=f"{tab}_hires_steps"))
+            c.add("denoising_strength", gr.Slider(**cfg.slider(f"{tab}/Denoising strength", 0.0, 1.0, 0.7, 0.01),
+                                                  label="Denoising strength",
                                                   elem_id=f"{tab}_denoising_strength"))
         with gr.Row():
-            c.add("hr_scale", gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by", elem_id=f"{tab}_hr_scale"))
-            c.add("hr_resize_x", gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
-                                           elem_id=f"{tab}_hr_resize_x"))
-            c.add("hr_resize_y", gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
-                                           elem_id=f"{tab}_hr_resize_y"))
+            c.add("hr_scale", gr.Slider(**cfg.slider(f"{tab}/Upscale by", 1.0, 4.0, 2.0, 0.05), label="Upscale by",
+                                        elem_id=f"{tab}_hr_scale"))
+            c.add("hr_resize_x", gr.Slider(**cfg.slider(f"{tab}/Resize width to", 0, 2048, 0, 8),
+                                           label="Resize width to", elem_id=f"{tab}_hr_resize_x"))
+            c.add("hr_resize_y", gr.Slider(**cfg.slider(f"{tab}/Resize height to", 0, 2048, 0, 8),
+                                           label="Resize height to", elem_id=f"{tab}_hr_resize_y"))
         # A1111's row 3, shown with the setting "Hires fix: show hires checkpoint and sampler selection"
         show = bool(engine.settings.get("hires_fix_show_sampler", False))
         with gr.Row(elem_id=f"{tab}_hires_fix_row3", visible=show):
@@ -494,7 +499,7 @@ def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
             with gr.Accordion("Inpaint options", open=True, elem_id="img2img_inpaint_controls",
                               visible=False) as inpaint_controls:
                 with gr.Row():
-                    c.add("mask_blur", gr.Slider(0, 64, value=4, step=1, label="Mask blur",
+                    c.add("mask_blur", gr.Slider(**cfg.slider("img2img/Mask blur", 0, 64, 4, 1), label="Mask blur",
                                                  elem_id="img2img_mask_blur"))
                     # Inpaint sketch only (A1111 shows it there): not a request field, it dims the sketch's mask
                     mask_alpha = gr.Slider(0, 100, value=0, step=1, label="Mask transparency", visible=False,
@@ -506,8 +511,8 @@ def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
                 with gr.Row():
                     c.add("inpaint_full_res", gr.Radio(INPAINT_AREAS, value=INPAINT_AREAS[0], type="index",
                                                        label="Inpaint area", elem_id="img2img_inpaint_full_res"))
-                    c.add("inpaint_full_res_padding", gr.Slider(0, 256, value=32, step=4,
-                                                                label="Only masked padding, pixels",
+                    padding = cfg.slider("img2img/Only masked padding, pixels", 0, 256, 32, 4)
+                    c.add("inpaint_full_res_padding", gr.Slider(**padding, label="Only masked padding, pixels",
                                                                 elem_id="img2img_inpaint_full_res_padding"))
             # Only the inpaint sub-tabs use these (as in A1111). A sub-tab click sets both; "send to inpaint"
             # sets the mode, whose change shows them.
