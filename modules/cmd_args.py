@@ -182,7 +182,8 @@ def build_parser(add_help: bool = True) -> ArgumentParser:
     add("--cors-allow-origins", type=str, default=None, help="allowed CORS origins, comma-separated")
     add("--cors-allow-origins-regex", type=str, default=None, help="allowed CORS origins, as a regular expression")
     add("--timeout-keep-alive", type=_non_negative_int, default=30, help="HTTP keep-alive timeout in seconds")
-    add("--share", action="store_true", help="also serve at a public https://*.gradio.live address (Gradio's share tunnel; needs internet)")
+    add("--share", action="store_true",
+        help="also serve at a public https://*.gradio.live address (Gradio's share tunnel; needs internet)")
     add("--autolaunch", action="store_true", help="open the UI in the system's default browser at start-up")
     add("--theme", type=str, default=None, choices=["light", "dark"], help="force the UI's light or dark theme")
     add("--enable-insecure-extension-access", action="store_true",

@@ -16,10 +16,10 @@ without facexlib:
    left exactly as they were either way.
 
 The detection and parsing files are looked for in the face-restoration folders (where A1111 has facexlib download
-them) and in the ControlNet annotator folder's `facexlib/` (where PuLID reads the detector). GFPGAN's architecture is spandrel's (its widths read
-from the file); CodeFormer's is in `spandrel_extra_arches`, imported only when a CodeFormer file is used. Licences:
-GFPGAN's code is Apache-2.0; CodeFormer's code and weights are under the S-Lab License 1.0 (non-commercial use) —
-the user brings the weights and decides.
+them), then in the ControlNet annotator folder's `facexlib/` (where PuLID reads the detector). GFPGAN's architecture
+is spandrel's (its widths read from the file); CodeFormer's is in `spandrel_extra_arches`, imported only when a
+CodeFormer file is used. Licences: GFPGAN's code is Apache-2.0; CodeFormer's code and weights are under the S-Lab
+License 1.0 (non-commercial use) — the user brings the weights and decides.
 """
 from __future__ import annotations
 
@@ -111,11 +111,10 @@ def restore_rgb(rgb: np.ndarray, detector, restore_face: Callable[[torch.Tensor]
     """(restored RGB uint8 picture, number of faces) — every face found restored by `restore_face` (1×3×512×512 RGB in
     [-1, 1] in and out) and pasted back: by `face_mask(restored BGR face)` (the parse mask) where given, else by the
     soft square."""
-    from modules.face_parse_mask import paste_with_mask
-
     import cv2
 
     from modules.controlnet.face_parsing import FFHQ_TEMPLATE
+    from modules.face_parse_mask import paste_with_mask
 
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
     faces = find_faces(detector, bgr)
@@ -269,10 +268,15 @@ class FaceRestorers:
                 return found[-1]
         raise MissingFaceModelError(name, wanted, self._dirs(name))
 
-    def detector_file(self) -> Path:
+    def facexlib_folders(self) -> list[Path]:
+        """Where facexlib's detection and parsing files are looked for, in order."""
         folders = [*self.gfpgan_dirs, *self.codeformer_dirs]
         if self.annotator_dir is not None:
             folders.append(Path(self.annotator_dir) / "facexlib")
+        return folders
+
+    def detector_file(self) -> Path:
+        folders = self.facexlib_folders()
         for folder in folders:
             if (folder / DETECTOR_FILE).is_file():
                 return folder / DETECTOR_FILE
@@ -294,10 +298,10 @@ class FaceRestorers:
             return net
 
     def parser_file(self) -> Path | None:
-        """facexlib's ParseNet file beside the detector, where A1111 keeps it; None: the soft square is used."""
+        """facexlib's ParseNet file, looked for where the detector is; None: the soft square is used."""
         from modules.face_parse_mask import PARSER_FILE
 
-        for folder in [*self.gfpgan_dirs, *self.codeformer_dirs]:
+        for folder in self.facexlib_folders():
             if (folder / PARSER_FILE).is_file():
                 return folder / PARSER_FILE
         return None

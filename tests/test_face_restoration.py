@@ -245,6 +245,20 @@ def test_with_a_parsenet_file_only_what_it_calls_the_face_is_pasted(tmp_path, mo
     assert np.abs(background - before).max() <= 1
 
 
+def test_a_parsenet_file_that_is_not_one_is_named_and_the_picture_left_alone(tmp_path, models_dir, spy):
+    from modules.face_parse_mask import PARSER_FILE
+
+    annotators = tmp_path / "ControlNetPreprocessor"
+    (annotators / "facexlib").mkdir(parents=True)
+    torch.save({"encoder.0.conv2d.weight": torch.zeros(8, 3, 3, 3)}, str(annotators / "facexlib" / PARSER_FILE))
+    r = restorers(models_dir, annotator_dir=annotators)
+    assert r.parser_file() == annotators / "facexlib" / PARSER_FILE  # looked for where the detector is
+    picture = face_picture()
+    with pytest.raises(fr.FaceRestorationError, match=f"{PARSER_FILE}: not facexlib's ParseNet"):
+        r.restore(picture, "CodeFormer")
+    assert np.array_equal(np.asarray(picture), np.asarray(face_picture()))
+
+
 # --- API and generation ---
 
 def _b64(image: Image.Image) -> str:

@@ -70,7 +70,8 @@ def site(tmp_path_factory, tiny_models):
     os.symlink(secret.parent, ext / "leakdir")
     (paths.txt2img_samples_dir / "done.png").write_bytes(PNG[::-1])
     (data / "ui-config.json").write_text(json.dumps({  # a user allowing 500 steps; a value beyond the range
-        "txt2img/Sampling steps/maximum": 500, "txt2img/Sampling steps/value": 400, "img2img/Sampling steps/value": 999}))
+        "txt2img/Sampling steps/maximum": 500, "txt2img/Sampling steps/value": 400,
+        "img2img/Sampling steps/value": 999}))
     paths.tmp_dir.mkdir(parents=True, exist_ok=True)
     (paths.tmp_dir / "extensionPaths.txt").write_text("written by an extension for its page script")
     srv = Server(data, root / "server.log").start("--api")
