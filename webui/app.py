@@ -406,7 +406,7 @@ def mount(app, engine: Engine, args, runtime=None) -> None:
     UI's catch-all; so is A1111's `/file=` route (webui/file_route.py). The page's head (our globals, the
     extensions' javascript inline in load order, their style.css linked as `file=<path>?<mtime>`) is rebuilt on
     every page load, so an edited extension file or a changed setting shows after a reload, as in A1111."""
-    from webui import file_route, internal_routes
+    from webui import file_route, frontend_fixes, internal_routes, queue_polling
 
     demo = create_ui(engine, args)
     script_callbacks.app_started_callback(demo, app)
@@ -429,10 +429,12 @@ def mount(app, engine: Engine, args, runtime=None) -> None:
     gr.mount_gradio_app(app, demo, path="/", auth=logins,
                         css=(ASSETS / "style.css").read_text(encoding="utf-8"), head=head(),
                         footer_links=["settings"], run_history=False, show_error=True)
+    queue_polling.calm_when_idle(demo)
     mounted["ui"] = next((r.app for r in reversed(app.routes) if getattr(r, "app", None) is not None
                           and getattr(r.app, "get_blocks", None) is not None), None)
     app.add_middleware(_FreshHead, demo=demo, head=head)
     app.add_middleware(_ImmutableAssets)
+    app.add_middleware(frontend_fixes.FrontendFixes)
     if logins:
         app.add_middleware(_LoggedOutPage, gradio_app=lambda: mounted.get("ui"))
 
