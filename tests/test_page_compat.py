@@ -77,7 +77,7 @@ def site(tmp_path_factory, tiny_models):
     (paths.txt2img_samples_dir / "done.png").write_bytes(PNG[::-1])
     (data / "ui-config.json").write_text(json.dumps({  # a user allowing 500 steps; a value beyond the range
         "txt2img/Sampling steps/maximum": 500, "txt2img/Sampling steps/value": 400,
-        "img2img/Sampling steps/value": 999}))
+        "img2img/Sampling steps/value": 999, "customscript/refiner.py/txt2img/Switch at/value": 0.6}))
     paths.tmp_dir.mkdir(parents=True, exist_ok=True)
     (paths.tmp_dir / "extensionPaths.txt").write_text("written by an extension for its page script")
     srv = Server(data, root / "server.log").start("--api")
@@ -259,9 +259,12 @@ def test_ui_config_sets_a_sliders_range_and_value_as_in_a1111(site):
     props = {c["props"].get("elem_id"): c["props"] for c in config["components"]}
     assert (props["txt2img_steps"]["maximum"], props["txt2img_steps"]["value"]) == (500, 400)
     assert (props["img2img_steps"]["maximum"], props["img2img_steps"]["value"]) == (150, 150)  # brought into range
+    assert props["txt2img_switch_at"]["value"] == 0.6
     saved = json.loads((site["data"] / "ui-config.json").read_text())
     assert saved["txt2img/Width/maximum"] == 2048 and saved["img2img/CFG Scale/step"] == 0.5  # there to be edited
     assert saved["txt2img/Hires steps/maximum"] == 150 and saved["img2img/Mask blur/value"] == 4
+    assert saved["customscript/refiner.py/img2img/Switch at/value"] == 0.8  # A1111's key for its refiner script
+    assert saved["img2img/Mask transparency/maximum"] == 100
 
 
 def test_gradios_front_end_is_served_with_its_idle_loop_fixed(site):

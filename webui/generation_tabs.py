@@ -251,7 +251,7 @@ def _hr_checkpoint_paste(c: Controls, fields: dict) -> None:
         fields["hr_checkpoint_name"] = info.short_title
 
 
-def _refiner(c: Controls, engine):
+def _refiner(c: Controls, cfg: UiConfig, engine):
     """A1111's Refiner accordion (its elem_ids: `<tab>_enable`, `_checkpoint`, `_checkpoint_refresh`,
     `_switch_at`): from "Switch at" (fraction of the sampling) on, the refiner checkpoint samples the rest."""
     tab = c.tab
@@ -264,7 +264,9 @@ def _refiner(c: Controls, engine):
                     info="switch to another model in the middle of generation"))
                 refresh = gr.Button("🔄", elem_id=f"{tab}_checkpoint_refresh", size="sm", min_width=40, scale=0)
                 c.add("refiner_switch_at", gr.Slider(
-                    0.01, 1.0, value=0.8, step=0.01, label="Switch at", elem_id=f"{tab}_switch_at",
+                    # A1111's refiner is a script: its keys carry the script's file name
+                    **cfg.slider(f"customscript/refiner.py/{tab}/Switch at", 0.01, 1.0, 0.8, 0.01), label="Switch at",
+                    elem_id=f"{tab}_switch_at",
                     info="fraction of sampling steps when the switch to refiner model should happen; 1=never, "
                          "0.5=switch in the middle of generation"))
 
@@ -421,7 +423,7 @@ def build_txt2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
         with gr.Column(scale=1, elem_id="txt2img_settings"):
             _sampling_params(c, cfg, engine, is_img2img=False)
             _hires(c, cfg, engine)
-            _refiner(c, engine)
+            _refiner(c, cfg, engine)
             controlnet = controlnet_panel.build(c, engine, is_img2img=False)
             script_controls = _scripts(engine, is_img2img=False)
         with gr.Column(scale=1, elem_id="txt2img_results"):
@@ -502,8 +504,8 @@ def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
                     c.add("mask_blur", gr.Slider(**cfg.slider("img2img/Mask blur", 0, 64, 4, 1), label="Mask blur",
                                                  elem_id="img2img_mask_blur"))
                     # Inpaint sketch only (A1111 shows it there): not a request field, it dims the sketch's mask
-                    mask_alpha = gr.Slider(0, 100, value=0, step=1, label="Mask transparency", visible=False,
-                                           elem_id="img2img_mask_alpha")
+                    mask_alpha = gr.Slider(**cfg.slider("img2img/Mask transparency", 0, 100, 0, 1),
+                                           label="Mask transparency", visible=False, elem_id="img2img_mask_alpha")
                 c.add("inpainting_mask_invert", gr.Radio(MASK_MODES, value=MASK_MODES[0], type="index",
                                                          label="Mask mode", elem_id="img2img_mask_mode"))
                 c.add("inpainting_fill", gr.Radio(MASKED_CONTENT, value="original", type="index",
@@ -524,7 +526,7 @@ def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
                         show_progress="hidden")
             _wire_copies(copies, subtabs, mode)
             _sampling_params(c, cfg, engine, is_img2img=True)
-            _refiner(c, engine)
+            _refiner(c, cfg, engine)
             with gr.Accordion("Outpaint", open=False, elem_id="img2img_outpaint"):
                 with gr.Row():
                     out_left = gr.Number(value=0, precision=0, label="Left", elem_id="img2img_outpaint_left")
