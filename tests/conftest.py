@@ -178,17 +178,32 @@ FILE_SECONDS = {"test_webui.py": 134, "test_cluster.py": 52, "test_launch.py": 4
                 "test_controlnet_pulid_face.py": 5}
 
 
+# The same for the quick loop (`-m "not slow"`; 2 workers, 2026-12-05, files over 1.5 s).
+QUICK_SECONDS = {"test_controlnet.py": 12, "test_refiner.py": 7, "test_memory.py": 5, "test_flow_loading.py": 5,
+                 "test_startup.py": 4, "test_loading.py": 4, "test_hires_checkpoint.py": 4, "test_flow_parity.py": 4,
+                 "test_training.py": 3, "test_queue.py": 3, "test_face_restoration.py": 3,
+                 "test_extensions_runtime.py": 3, "test_extensions_compat.py": 3, "test_sd3_controlnet.py": 2,
+                 "test_processing.py": 2, "test_merge.py": 2, "test_ldm_export.py": 2, "test_instruct_pix2pix.py": 2,
+                 "test_img2img_batch.py": 2, "test_hypernetworks.py": 2, "test_flux_controlnet.py": 2,
+                 "test_flow_lora.py": 2, "test_demo_model.py": 2, "test_controlnet_pulid_face.py": 2,
+                 "test_controlnet_preprocessors.py": 2, "test_controlnet_instantid.py": 2,
+                 "test_controlnet_faceid.py": 2, "test_controlnet_external_code.py": 2, "test_controlnet_api.py": 2,
+                 "test_controlnet_annotators_more.py": 2, "test_cluster.py": 2, "test_builtin_scripts.py": 2}
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """Files in order of their measured time, longest first (the rest by their number of slow tests): xdist hands
-    out whole files in this order (pytest.ini turns off its own reordering by test count), so the long ones start
-    at once instead of finishing alone at the end."""
+    """Files in order of their measured time in this kind of run, longest first (in a whole run the rest by their
+    number of slow tests): xdist hands out whole files in this order (pytest.ini turns off its own reordering by
+    test count), so the long ones start at once instead of finishing alone at the end."""
     for item in items:  # a server behind a module fixture costs a second or two to start
         if SERVER_FIXTURES.get(item.fspath.basename) in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    quick = "not slow" in (config.getoption("markexpr", "") or "")
+    seconds = QUICK_SECONDS if quick else FILE_SECONDS
     weight: dict[str, float] = {}
     for item in items:
         key = item.fspath.strpath
-        weight.setdefault(key, float(FILE_SECONDS.get(item.fspath.basename, 0)))
-        if item.fspath.basename not in FILE_SECONDS and item.get_closest_marker("slow") is not None:
+        weight.setdefault(key, float(seconds.get(item.fspath.basename, 0)))
+        if not quick and item.fspath.basename not in seconds and item.get_closest_marker("slow") is not None:
             weight[key] += 0.5
     items.sort(key=lambda item: -weight[item.fspath.strpath])
