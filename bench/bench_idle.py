@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,13 +24,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import psutil
+from page_cpu import CHROMIUM, FLAGS, chromium_cpu, free_port, server_cpu  # bench/ is on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "models" / "Stable-diffusion" / "demo-shapes.safetensors"
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SETTLE_S = 8
 BARE_GRADIO = textwrap.dedent("""
     import sys
@@ -44,10 +40,6 @@ BARE_GRADIO = textwrap.dedent("""
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(url: str, proc: subprocess.Popen, ready: str) -> None:
@@ -88,24 +80,10 @@ def start_bare() -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-def cpu_of(procs) -> float:
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-        except psutil.Error:
-            pass
-    return total
 
 
-def chromium_cpu() -> float:
-    return cpu_of(p for p in psutil.process_iter(["name"]) if "chrom" in (p.info["name"] or ""))
 
 
-def server_cpu(proc: subprocess.Popen) -> float:
-    root = psutil.Process(proc.pid)
-    return cpu_of([root, *root.children(recursive=True)])
 
 
 def measure(proc, url: str, seconds: float, pw, ready_selector: str) -> tuple[float, float, float]:
