@@ -278,6 +278,7 @@ def test_gradios_front_end_is_served_with_its_idle_loop_fixed(site):
         assert "immutable" in resp.getheader("cache-control")
     status, body, _ = raw_get(site["url"], "/assets/" + next(frontend_fixes.GRADIO_ASSETS.glob("index-*.js")).name)
     assert status == 200 and body  # every other asset is Gradio's own
+    assert raw_get(site["url"], "/assets/statustracker-AAAAAAAA.js")[0] == 404  # a name Gradio lacks stays unknown
 
 
 def test_the_footer_links_the_api_docs_and_the_page_carries_no_event_api_description(site):

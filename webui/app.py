@@ -19,6 +19,7 @@ import gradio as gr  # noqa: E402
 from modules import script_callbacks, scripts  # noqa: E402
 from modules.engine import Engine  # noqa: E402
 from webui import gradio_compat, extensions_tab, generation_tabs, history_tab, models_tab, other_tabs, train_tab  # noqa: E402,E501
+from webui import frontend_fixes  # noqa: E402
 from webui.runner import USER_ERRORS, error_html  # noqa: E402
 from webui.ui_config import UiConfig  # noqa: E402
 
@@ -406,7 +407,7 @@ def mount(app, engine: Engine, args, runtime=None) -> None:
     UI's catch-all; so is A1111's `/file=` route (webui/file_route.py). The page's head (our globals, the
     extensions' javascript inline in load order, their style.css linked as `file=<path>?<mtime>`) is rebuilt on
     every page load, so an edited extension file or a changed setting shows after a reload, as in A1111."""
-    from webui import file_route, frontend_fixes, internal_routes, queue_polling
+    from webui import file_route, internal_routes, queue_polling
 
     demo = create_ui(engine, args)
     script_callbacks.app_started_callback(demo, app)
@@ -434,7 +435,6 @@ def mount(app, engine: Engine, args, runtime=None) -> None:
                           and getattr(r.app, "get_blocks", None) is not None), None)
     app.add_middleware(_FreshHead, demo=demo, head=head)
     app.add_middleware(_ImmutableAssets)
-    app.add_middleware(frontend_fixes.FrontendFixes)
     if logins:
         app.add_middleware(_LoggedOutPage, gradio_app=lambda: mounted.get("ui"))
 
@@ -448,10 +448,7 @@ class _FreshHead:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD"):
-            path = scope.get("path", "")
-            root = scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root):]
+            path = _app_path(scope)
             if path in ("/", "", "/config", "/config/") and isinstance(getattr(self.demo, "config", None), dict):
                 try:
                     self.demo.head = self.demo.config["head"] = self.head()
@@ -460,29 +457,41 @@ class _FreshHead:
         await self.app(scope, receive, send)
 
 
+def _app_path(scope) -> str:
+    """The request's path inside the app (without the `root_path` a proxy or `--subpath` puts before it)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 class _ImmutableAssets:
     """ASGI middleware: Gradio's front-end bundles (`/assets/<name>-<hash>.js|css`) carry their content hash in their
     name, so a browser may keep them for good; Gradio sends no Cache-Control, and every page load re-validated
-    ~120 scripts through Python (about a fifth of a page load's CPU on 2 cores)."""
+    ~120 scripts through Python (about a fifth of a page load's CPU on 2 cores). A bundle with a known bug is
+    answered with its fixed text (webui/frontend_fixes.py)."""
 
-    _HASHED = re.compile(r"^/assets/[^/]+-[A-Za-z0-9_-]{8}\.(?:js|css)$")
+    _HASHED = re.compile(r"^/assets/([^/]+-[A-Za-z0-9_-]{8}\.(?:js|css))$")
+    _FOREVER = (b"cache-control", b"public, max-age=31536000, immutable")
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root):]
-        if scope.get("method") not in ("GET", "HEAD") or not self._HASHED.match(path):
+        match = self._HASHED.match(_app_path(scope)) if scope["type"] == "http" else None
+        if scope.get("method") not in ("GET", "HEAD") or not match:
             await self.app(scope, receive, send)
+            return
+        fixed = frontend_fixes.fixed_asset(match.group(1))
+        if fixed is not None:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/javascript; charset=utf-8"), (b"content-length", str(len(fixed)).encode()),
+                self._FOREVER]})
+            await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else fixed})
             return
 
         async def cached(message):
             if message["type"] == "http.response.start" and message.get("status") == 200:
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
-                message = {**message, "headers": headers + [(b"cache-control", b"public, max-age=31536000, immutable")]}
+                message = {**message, "headers": headers + [self._FOREVER]}
             await send(message)
 
         await self.app(scope, receive, cached)

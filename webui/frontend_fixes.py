@@ -1,4 +1,5 @@
-"""Bug fixes to Gradio's front-end bundle, served in place of the files Gradio ships (an ASGI middleware).
+"""Bug fixes to Gradio's front-end bundle, served in place of the files Gradio ships (by webui/app.py's
+_ImmutableAssets).
 
 Gradio 6.31's page shows a loading tracker until the app is built, and removes it while the tracker still says
 "pending". That tracker's elapsed-time loop asks for an animation frame, and it is never told to stop. So every open
@@ -7,7 +8,7 @@ The fix stops the loop when the tracker is removed. Each fix names the exact tex
 no longer has that text, its file is served unchanged, and tests/test_page_compat.py says so."""
 from __future__ import annotations
 
-import re
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,44 +35,18 @@ FIXES = (
         "the elapsed-time loop of a tracker removed while pending ran forever"),
 )
 
-_ASSET = re.compile(r"^/assets/([A-Za-z0-9_.-]+\.js)$")
-
-
-def fixed_asset(name: str, folder: Path = GRADIO_ASSETS) -> bytes | None:
-    """The fixed text of Gradio's asset `name`, or None when no fix applies to it (or its text has changed)."""
+@functools.cache
+def _fixed_files() -> dict[str, bytes]:
+    """Each Gradio asset a fix applies to (its name, e.g. `statustracker-DQF-KcRT.js`) and its fixed text; read once."""
+    fixed = {}
     for fix in FIXES:
-        if name.startswith(fix.prefix):
-            try:
-                text = (folder / name).read_text(encoding="utf-8")
-            except OSError:
-                return None
-            return text.replace(fix.old, fix.new).encode() if text.count(fix.old) == 1 else None
-    return None
+        for path in GRADIO_ASSETS.glob(f"{fix.prefix}*.js"):
+            text = path.read_text(encoding="utf-8")
+            if text.count(fix.old) == 1:
+                fixed[path.name] = text.replace(fix.old, fix.new).encode()
+    return fixed
 
 
-class FrontendFixes:
-    """ASGI middleware: answers GET/HEAD `/assets/<name>.js` with the fixed file where a fix applies."""
-
-    def __init__(self, app, folder: Path = GRADIO_ASSETS):
-        self.app, self.folder = app, folder
-        self._cache: dict[str, bytes | None] = {}
-
-    async def __call__(self, scope, receive, send):
-        body = None
-        if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD"):
-            path, root = scope.get("path", ""), scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root):]
-            match = _ASSET.match(path)
-            if match and any(match.group(1).startswith(fix.prefix) for fix in FIXES):
-                name = match.group(1)
-                if name not in self._cache:
-                    self._cache[name] = fixed_asset(name, self.folder)
-                body = self._cache[name]
-        if body is None:
-            await self.app(scope, receive, send)
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/javascript; charset=utf-8"), (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"public, max-age=31536000, immutable")]})
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+def fixed_asset(name: str) -> bytes | None:
+    """The fixed text of Gradio's asset `name` (served as `/assets/<name>`), or None where no fix applies."""
+    return _fixed_files().get(name)
