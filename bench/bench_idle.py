@@ -40,8 +40,6 @@ BARE_GRADIO = textwrap.dedent("""
 """)
 
 
-
-
 def wait_for(url: str, proc: subprocess.Popen, ready: str) -> None:
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -78,12 +76,6 @@ def start_bare() -> tuple[subprocess.Popen, str]:
     url = f"http://127.0.0.1:{port}"
     wait_for(url, proc, "/")
     return proc, url
-
-
-
-
-
-
 
 
 def measure(proc, url: str, seconds: float, pw, ready_selector: str) -> tuple[float, float, float]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -222,7 +223,7 @@ SHOWN_LATER = ("generated_image", "controlnet_preprocessor_resolution_slider", "
 
 
 @pytest.mark.slow
-def test_accordion_with_three_units_and_the_extensions_ids(page):
+def test_accordion_with_three_units_and_the_extensions_ids(page, tmp_path):
     expect = _expect()
     expect(page.locator("#txt2img_controlnet #controlnet")).to_be_visible()
     expect(page.locator(f"#{U0}_controlnet_enable_checkbox")).to_be_hidden()  # closed by default
@@ -248,7 +249,8 @@ def test_accordion_with_three_units_and_the_extensions_ids(page):
     expect(page.locator(f"#{U0}_controlnet_threshold_A_slider")).to_contain_text("Low Threshold")
     page.locator("#txt2img_controlnet").first.scroll_into_view_if_needed()  # Gradio draws a Group as 2 divs, same id
     page.wait_for_timeout(500)
-    page.locator("#txt2img_settings").screenshot(path="/tmp/cn_ui.png")
+    folder = Path(os.environ.get("SD_TEST_ARTIFACTS") or tmp_path)
+    page.locator("#txt2img_settings").screenshot(path=str(folder / "cn_ui.png"))
     page.get_by_role("tab", name="ControlNet Unit 2").click()
     expect(page.locator("#txt2img_controlnet_ControlNet-2_controlnet_enable_checkbox")).to_be_visible()
     # img2img: its own accordion; the unit uses the img2img picture unless "Upload independent control image"
@@ -332,7 +334,6 @@ def _paste_restores_the_unit(page):
 def _img2img_batch_tab_runs_a_folder_with_a_controlnet_batch_unit(page, cn_data, tmp_path):
     """A1111's img2img Batch tab (From directory) with unit 0 in the extension's Batch tab (its own folder): one
     queue job, the gallery shows every picture, the output folder has them under the inputs' names."""
-    import os
 
     expect = _expect()
     inp, maps, out = tmp_path / "in", tmp_path / "maps", tmp_path / "out"
@@ -361,8 +362,8 @@ def _img2img_batch_tab_runs_a_folder_with_a_controlnet_batch_unit(page, cn_data,
     expect(page.locator("#img2img_gallery").locator(".thumbnail-item img, .thumbnails img")).to_have_count(2)
     assert sorted(p.name for p in out.iterdir()) == ["cat.png", "dog.png"]
     page.locator("#img2img_settings").first.scroll_into_view_if_needed()
-    folder = os.environ.get("SD_TEST_ARTIFACTS", "/tmp")
-    page.screenshot(path=f"{folder}/img2img_batch.png", full_page=True)
+    folder = Path(os.environ.get("SD_TEST_ARTIFACTS") or tmp_path)
+    page.screenshot(path=str(folder / "img2img_batch.png"), full_page=True)
     # a folder that does not exist: said in the page, nothing queued
     page.fill("#img2img_batch_input_dir textarea, #img2img_batch_input_dir input", str(tmp_path / "nope"))
     page.click("#img2img_generate")

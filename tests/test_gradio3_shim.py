@@ -258,9 +258,10 @@ def test_file_type_file_values_have_name(ui, ext):
     files = ext.seen["files"]
     assert files[0].name == path and files[0].orig_name == "prompts.txt"
     assert open(files[0].name).read() == "a cat\n"
-    with tempfile.NamedTemporaryFile(suffix=".txt", delete=False) as handle:
+    with tempfile.NamedTemporaryFile(suffix=".txt", dir=folder) as handle:
         handle.write(b"x")
-    assert c["files"].postprocess([handle]).root[0].path == handle.name  # a Gradio 3 file object as output
+        handle.flush()
+        assert c["files"].postprocess([handle]).root[0].path == handle.name  # a Gradio 3 file object as output
 
 
 def test_layout_and_style_arguments_take_effect(ui):
