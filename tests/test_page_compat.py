@@ -48,6 +48,34 @@ const askFrame = window.requestAnimationFrame;
 window.requestAnimationFrame = function(callback) { window.framesAsked += 1; return askFrame.call(window, callback); };
 """
 
+# Gradio's scan for a component's events and the fixed build's index, on this page's own config plus listeners that
+# name a component twice (only the first counts) or with no event name (dropped)
+ATTACHED_EVENTS_CHECK = """([scan, index]) => {
+    const Build = eval(`(class { ${scan} ${index} })`), build = new Build();
+    const [a, b] = window.gradio_config.components.slice(0, 2).map(c => c.id);
+    const deps = window.gradio_config.dependencies.concat([{targets: [[a, "focus"], [a, "blur"], [b, ""]]}]);
+    const indexed = build.attached_events_by_id(deps), ids = window.gradio_config.components.map(c => c.id);
+    const differ = ids.filter(id => {
+        const node = {id: id, props: {shared_props: {}}};
+        build.find_attached_events(node, deps);
+        return JSON.stringify(node.props.shared_props.attached_events) !== JSON.stringify(indexed.get(id) || []);
+    });
+    return {components: ids.length, differ: differ, with_events: ids.filter(id => indexed.has(id)).length};
+}"""
+
+
+def _method(source: str, name: str) -> str:
+    """`name(…){…}`: a method of a minified class (which follows the one before it), found by its braces (these two
+    hold no braces in strings)."""
+    start = source.index("}" + name + "(") + 1
+    depth, i = 0, source.index("{", start)
+    while True:
+        depth += {"{": 1, "}": -1}.get(source[i], 0)
+        if depth == 0:
+            return source[start:i + 1]
+        i += 1
+
+
 FILES = {
     "scripts/nothing.py": "X = 1\n",
     "javascript/page.js": PAGE_JS,
@@ -182,6 +210,7 @@ def test_file_route_needs_the_login_with_gradio_auth(site):
 def test_extension_javascript_uses_the_a1111_page_globals(site):
     playwright_api = pytest.importorskip("playwright.sync_api")
     from tests.test_webui import CHROMIUM, FLAGS, open_ui
+    from webui import frontend_fixes
 
     expect = playwright_api.expect
     with playwright_api.sync_playwright() as p:
@@ -241,6 +270,13 @@ def test_extension_javascript_uses_the_a1111_page_globals(site):
             })""")
             assert result["seen"] and result["barGone"]
             assert result["seen"][0]["active"] is False and "progress" in result["seen"][0]
+
+            # the fixed page build gives every component of this page the events Gradio's own scan gives it
+            core = next(frontend_fixes.GRADIO_ASSETS.glob("core-*.js"))
+            methods = [_method(frontend_fixes.fixed_asset(core.name).decode(), name)
+                       for name in ("find_attached_events", "attached_events_by_id")]
+            events = page.evaluate(ATTACHED_EVENTS_CHECK, methods)
+            assert events["components"] > 1000 and events["with_events"] > 100 and events["differ"] == [], events
 
             # an idle page soon draws nothing (Gradio's loader ends its last turn within ~4 s of the load); the
             # loading tracker Gradio removes had asked for 60 frames a second for as long as the page was open
