@@ -13,7 +13,6 @@ process, read with psutil before and after; reported per minute.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -21,13 +20,11 @@ import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
-from page_cpu import CHROMIUM, FLAGS, chromium_cpu, free_port, server_cpu  # bench/ is on sys.path
+from page_cpu import (CHROMIUM, FLAGS, chromium_cpu, free_port, server_cpu,  # bench/ is on sys.path
+                      start_demo_app, wait_for)
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "models" / "Stable-diffusion" / "demo-shapes.safetensors"
 SETTLE_S = 8
 BARE_GRADIO = textwrap.dedent("""
     import sys
@@ -40,32 +37,8 @@ BARE_GRADIO = textwrap.dedent("""
 """)
 
 
-def wait_for(url: str, proc: subprocess.Popen, ready: str) -> None:
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if urllib.request.urlopen(url + ready, timeout=5).status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"{url} did not start")
-
-
 def start_ours(root: Path) -> tuple[subprocess.Popen, str]:
-    data = root / "ours"
-    ckpt = data / "models" / "Stable-diffusion"
-    ckpt.mkdir(parents=True)
-    os.symlink(DEMO, ckpt / DEMO.name)
-    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": DEMO.name}))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "--skip-install", "--no-hashing",
-                             "--data-dir", str(data), "--port", str(port)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(url, proc, "/healthz")
-    return proc, url
+    return start_demo_app(root / "ours")
 
 
 def start_bare() -> tuple[subprocess.Popen, str]:

@@ -15,54 +15,18 @@ with its children, read with psutil before and after.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from page_cpu import CHROMIUM, FLAGS, chromium_cpu, free_port, server_cpu  # bench/ is on sys.path
-
-REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "models" / "Stable-diffusion" / "demo-shapes.safetensors"
-
-
+from page_cpu import CHROMIUM, FLAGS, chromium_cpu, server_cpu, start_demo_app  # bench/ is on sys.path
 
 
 def start_server(root: Path, period: int, steps: int) -> tuple[subprocess.Popen, str]:
-    data = root / f"period-{period}"
-    ckpt = data / "models" / "Stable-diffusion"
-    ckpt.mkdir(parents=True)
-    os.symlink(DEMO, ckpt / DEMO.name)
-    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": DEMO.name,
-                                                  "live_preview_refresh_period": period}))
-    (data / "ui-config.json").write_text(json.dumps({"txt2img/Width/value": 64, "txt2img/Height/value": 64,
-                                                     "txt2img/Sampling steps/value": steps}))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "--skip-install", "--no-hashing",
-                             "--data-dir", str(data), "--port", str(port)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(url + "/healthz", timeout=5).status == 200:
-                return proc, url
-        except OSError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"the server for period {period} did not start")
-
-
-
-
-
-
+    size = {"txt2img/Width/value": 64, "txt2img/Height/value": 64, "txt2img/Sampling steps/value": steps}
+    return start_demo_app(root / f"period-{period}", {"live_preview_refresh_period": period}, size)
 
 
 def click(page, prompt: str) -> None:
