@@ -202,14 +202,13 @@ def test_hires_checkpoint_dropdown_paste_and_request(engine, tmp_path, other_sd1
     import gradio as gr
 
     from webui import generation_tabs as gt
-    from webui.ui_config import UiConfig
 
     ckpt = engine.paths.ckpt_dirs[0]
     os.symlink(other_sd1[0], ckpt / OTHER)
     engine.registry.refresh()
     engine.settings.set("hires_fix_show_sampler", True)
     with gr.Blocks():
-        c = gt.build_txt2img(engine, UiConfig(tmp_path / "ui-config.json"))
+        c = gt.build_txt2img(engine)
     names = dict(c.fields)
     dropdown = names["hr_checkpoint_name"]
     assert dropdown.elem_id == "hr_checkpoint" and dropdown.value == "Use same checkpoint"
@@ -235,12 +234,11 @@ def test_hires_sampler_schedule_and_prompts_are_fields_that_paste_and_reset(engi
     import gradio as gr
 
     from webui import generation_tabs as gt
-    from webui.ui_config import UiConfig
 
     engine.settings.set("hires_fix_show_sampler", True)
     engine.settings.set("hires_fix_show_prompts", True)
     with gr.Blocks():
-        c = gt.build_txt2img(engine, UiConfig(tmp_path / "ui-config.json"))
+        c = gt.build_txt2img(engine)
     names = dict(c.fields)
     assert (names["hr_sampler_name"].elem_id, names["hr_sampler_name"].value) == ("hr_sampler", "Use same sampler")
     assert names["hr_scheduler"].value == "Use same scheduler" and names["hr_prompt"].elem_id == "hires_prompt"

@@ -268,14 +268,13 @@ def test_refiner_accordion_fields_paste_and_request(engine, tiny_models, tmp_pat
     import gradio as gr
 
     from webui import generation_tabs as gt
-    from webui.ui_config import UiConfig
 
     ckpt = engine.paths.ckpt_dirs[0]
     os.symlink(tiny_models.path("sdxl-refiner.safetensors"), ckpt / "sdxl-refiner.safetensors")
     engine.registry.refresh()
     with gr.Blocks():
         for build in (gt.build_txt2img, gt.build_img2img):
-            c = build(engine, UiConfig(tmp_path / "ui-config.json"))
+            c = build(engine)
             names = dict(c.fields)
             tab = c.tab
             assert names["refiner_checkpoint"].elem_id == f"{tab}_checkpoint"

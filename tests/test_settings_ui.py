@@ -130,3 +130,25 @@ def test_settings_sections_use_a1111_titles(page, settings_server):
     for name, value in (("forge_async_loading", "Queue"), ("forge_pin_shared_memory", "CPU"),
                         ("forge_unet_storage_dtype", "Automatic")):
         engine.settings.set(name, value)
+
+
+def test_defaults_section_writes_the_pages_values_to_ui_config(page, settings_data, artifacts):
+    """Settings → Defaults (A1111's): a control changed on the page is listed by "View changes" and written to
+    ui-config.json by "Apply", as the default from the next start on."""
+    import re
+
+    page.bring_to_front()
+    page.get_by_role("tab", name="txt2img", exact=True).click()
+    page.fill("#txt2img_neg_prompt textarea", "blurry, lowres")
+    page.get_by_role("tab", name="Settings", exact=True).click()
+    page.locator("#settings .overflow-menu button").first.click()  # the last sections: behind Gradio's "⋯" menu
+    page.locator("#settings .overflow-dropdown button").filter(has_text="Defaults").click()
+    page.click("#ui_defaults_view")
+    review = page.locator("#ui_defaults_review")
+    expect(review).to_contain_text("txt2img/Negative prompt/value")
+    expect(review).to_contain_text("blurry, lowres")
+    page.locator("#settings_tab_defaults").screenshot(path=str(artifacts / "settings-defaults.png"))
+    page.click("#ui_defaults_apply")
+    expect(review).to_contain_text(re.compile(r"Wrote \d+ changes"))
+    assert json.loads((settings_data / "ui-config.json").read_text())["txt2img/Negative prompt/value"] == \
+        "blurry, lowres"

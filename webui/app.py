@@ -19,6 +19,7 @@ import gradio as gr  # noqa: E402
 from modules import script_callbacks, scripts  # noqa: E402
 from modules.engine import Engine  # noqa: E402
 from webui import gradio_compat, extensions_tab, generation_tabs, history_tab, models_tab, other_tabs, train_tab  # noqa: E402,E501
+from webui import script_ui  # noqa: E402
 from webui import frontend_fixes  # noqa: E402
 from webui.runner import USER_ERRORS, error_html  # noqa: E402
 from webui.ui_config import UiConfig  # noqa: E402
@@ -223,13 +224,13 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
         ckpt = _quicksettings(engine)
         note = gr.HTML(_demo_note_html(engine.models.demo_note()), elem_id="quicksettings_demo_note")
         with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"), \
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img") as t2i_tab, \
                     _current_scripts(engine, "txt2img"), gr.Column(elem_id="txt2img"):
-                t2i = generation_tabs.build_txt2img(engine, cfg, hide_dirs)
-            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"), \
+                t2i = generation_tabs.build_txt2img(engine, hide_dirs)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img") as i2i_tab, \
                     _current_scripts(engine, "img2img"), gr.Column(elem_id="img2img"):
-                i2i = generation_tabs.build_img2img(engine, cfg, hide_dirs)
-            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                i2i = generation_tabs.build_img2img(engine, hide_dirs)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras") as extras_tab:
                 extras = other_tabs.build_extras(engine)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = other_tabs.build_pnginfo()
@@ -242,11 +243,11 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
                                         show_progress="hidden")
             with gr.Tab("Models", id="models", elem_id="tab_models"):
                 models_tab.build_models(engine, ckpt)
-            with gr.Tab("Train", id="train", elem_id="tab_train"):
+            with gr.Tab("Train", id="train", elem_id="tab_train") as train_tab_item:
                 train_tab.build_train(engine)
-            _extension_tabs(extension_tabs)
+            extension_tab_items = _extension_tabs(extension_tabs)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings") as settings_tab:
-                other_tabs.build_settings(engine, args, settings_tab)
+                settings = other_tabs.build_settings(engine, args, settings_tab)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions") as extensions_tab_item:
                 extensions_tab.build_extensions(engine, args, extensions_tab_item)
         gr.HTML(footer_html(args), elem_id="footer")
@@ -258,8 +259,23 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
         for controls in (t2i, i2i):
             generation_tabs.wire_reattach(controls, engine, demo)
         demo.load(lambda: _current_checkpoint(engine), None, ckpt, queue=False, show_progress="hidden")
-    cfg.save()
+        _apply_ui_config(cfg, engine, tabs, [(t2i_tab, "txt2img"), (i2i_tab, "img2img"), (extras_tab, "extras"),
+                                             (train_tab_item, "train"), *extension_tab_items])
+        other_tabs.wire_defaults(settings["defaults"], cfg)
     return demo
+
+
+def _apply_ui_config(cfg: UiConfig, engine: Engine, tabs: gr.Tabs, tab_items: list) -> None:
+    """ui-config.json over the built page, as A1111 applies it: each tab's controls under the tab's id (Settings
+    and Extensions keep theirs), the tab the page opens on; then the scripts' defaults for API requests follow the
+    values applied. The file gets the keys it lacks."""
+    for item, path in tab_items:
+        cfg.apply_block(item, path)
+    cfg.apply_tabs(tabs)
+    if engine.scripts is not None:
+        for runner in (engine.scripts.txt2img, engine.scripts.img2img):
+            script_ui.update_defaults(runner)
+    cfg.save()
 
 
 def footer_html(args) -> str:
@@ -286,16 +302,20 @@ def _current_scripts(engine: Engine, mode: str):
         scripts.scripts_current = previous
 
 
-def _extension_tabs(tabs: list) -> None:
-    """Tabs extensions returned from on_ui_tabs: ((blocks, title, elem_id), the file that registered it)."""
+def _extension_tabs(tabs: list) -> list:
+    """Tabs extensions returned from on_ui_tabs: ((blocks, title, elem_id), the file that registered it). Returns
+    each tab drawn with its id (its ui-config.json path)."""
+    drawn = []
     for item, source in tabs:
         title = str(item[1]) if isinstance(item, (list, tuple)) and len(item) > 1 else "?"
         try:
             blocks, elem_id = item[0], item[2]
-            with gr.Tab(title, id=elem_id, elem_id=f"tab_{elem_id}"):
+            with gr.Tab(title, id=elem_id, elem_id=f"tab_{elem_id}") as tab:
                 blocks.render()
+            drawn.append((tab, str(elem_id)))
         except Exception as e:  # noqa: BLE001 - a broken extension tab must not stop the page
             script_callbacks.report_error(f"tab {title!r}", source, e)
+    return drawn
 
 
 def _current_checkpoint(engine: Engine):

@@ -388,6 +388,10 @@ def build(c, engine, is_img2img: bool) -> ControlNetPanel:
                     with gr.Tab(f"ControlNet Unit {i}", id=f"{elem_tab}_unit_{i}", elem_classes=["cnet-unit-tab"]):
                         unit = _build_unit(c, panel, i, f"{elem_tab}_ControlNet-{i}", titles)
                         panel.units.append(unit)
+    for unit in panel.units:  # the extension's ui-config keys: customscript/controlnet.py/<tab>/<label>/…
+        for component in unit.c.values():
+            if isinstance(component, gr.components.Component):
+                component.custom_script_source = "controlnet.py"
     c.extra["controlnet"] = panel
     return panel
 

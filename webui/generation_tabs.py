@@ -23,7 +23,6 @@ from modules.sampling import samplers
 from webui import controlnet_panel, extra_networks_panel, queue_panel
 from webui import script_ui
 from webui.runner import guard_image_input, reattach, run_batch_streaming, run_streaming
-from webui.ui_config import UiConfig
 
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
 INPAINT_AREAS = ["Whole picture", "Only masked"]
@@ -70,7 +69,7 @@ class Controls:
         return {name: value for (name, _), value in zip(self.fields, values)}
 
 
-def _prompt_row(c: Controls, cfg: UiConfig, engine):
+def _prompt_row(c: Controls, engine):
     tab = c.tab
     with gr.Row(elem_id=f"{tab}_toprow"):
         with gr.Column(scale=6):
@@ -123,40 +122,39 @@ def _styles_row(c: Controls, engine):
     save.click(do_save, [name, c.prompt, c.negative], [styles, name], queue=False)
 
 
-def _sampling_params(c: Controls, cfg: UiConfig, engine, is_img2img: bool):
+def _sampling_params(c: Controls, engine, is_img2img: bool):
     tab = c.tab
     names = samplers.sampler_names()
-    default_sampler = cfg.value(f"{tab}/Sampling method", samplers.UI_DEFAULT_SAMPLER)
     with gr.Row():
-        c.add("sampler_name", gr.Dropdown(names, value=default_sampler, label="Sampling method",
+        c.add("sampler_name", gr.Dropdown(names, value=samplers.UI_DEFAULT_SAMPLER, label="Sampling method",
                                           elem_id=f"{tab}_sampling"))
         c.add("scheduler", gr.Dropdown(samplers.schedule_type_labels(), value="Automatic", label="Schedule type",
                                        elem_id=f"{tab}_scheduler"))
-        c.add("steps", gr.Slider(**cfg.slider(f"{tab}/Sampling steps", 1, 150, 20, 1),
+        c.add("steps", gr.Slider(minimum=1, maximum=150, value=20, step=1,
                                  label="Sampling steps", elem_id=f"{tab}_steps"))
     with gr.Row():
         with gr.Column(scale=4):
-            width = c.add("width", gr.Slider(**cfg.slider(f"{tab}/Width", 64, 2048, 512, 8), label="Width",
+            width = c.add("width", gr.Slider(minimum=64, maximum=2048, value=512, step=8, label="Width",
                                              elem_id=f"{tab}_width"))
-            height = c.add("height", gr.Slider(**cfg.slider(f"{tab}/Height", 64, 2048, 512, 8),
+            height = c.add("height", gr.Slider(minimum=64, maximum=2048, value=512, step=8,
                                                label="Height", elem_id=f"{tab}_height"))
         swap = gr.Button("⇅", elem_id=f"{tab}_res_switch_btn", size="sm", min_width=40, scale=0)
         with gr.Column(scale=2):
-            c.add("n_iter", gr.Slider(**cfg.slider(f"{tab}/Batch count", 1, 100, 1, 1), label="Batch count",
+            c.add("n_iter", gr.Slider(minimum=1, maximum=100, value=1, step=1, label="Batch count",
                                       elem_id=f"{tab}_batch_count"))
-            c.add("batch_size", gr.Slider(**cfg.slider(f"{tab}/Batch size", 1, 8, 1, 1), label="Batch size",
+            c.add("batch_size", gr.Slider(minimum=1, maximum=8, value=1, step=1, label="Batch size",
                                           elem_id=f"{tab}_batch_size"))
     swap.click(lambda w, h: (h, w), [width, height], [width, height], queue=False, show_progress="hidden")
-    c.add("cfg_scale", gr.Slider(**cfg.slider(f"{tab}/CFG Scale", 1.0, 30.0, 7.0, 0.5), label="CFG Scale",
+    c.add("cfg_scale", gr.Slider(minimum=1.0, maximum=30.0, value=7.0, step=0.5, label="CFG Scale",
                                  elem_id=f"{tab}_cfg_scale"))
     c.add("distilled_cfg_scale", gr.Slider(
-        **cfg.slider(f"{tab}/Distilled CFG Scale", 0.0, 30.0, 3.5, 0.1), label="Distilled CFG Scale",
+        minimum=0.0, maximum=30.0, value=3.5, step=0.1, label="Distilled CFG Scale",
         info="Flux dev only: its built-in guidance. Flux runs real CFG only above CFG Scale 1 (then the negative "
              "prompt is used, at twice the time per step)", elem_id=f"{tab}_distilled_cfg_scale"))
     if is_img2img:  # A1111 shows it only while an InstructPix2Pix checkpoint is selected (webui/app.py)
-        c.add("image_cfg_scale", gr.Slider(**cfg.slider(f"{tab}/Image CFG Scale", 0.0, 3.0, 1.5, 0.05),
+        c.add("image_cfg_scale", gr.Slider(minimum=0.0, maximum=3.0, value=1.5, step=0.05,
                                            label="Image CFG Scale", elem_id=f"{tab}_image_cfg_scale", visible=False))
-        c.add("denoising_strength", gr.Slider(**cfg.slider(f"{tab}/Denoising strength", 0.0, 1.0, 0.75, 0.01),
+        c.add("denoising_strength", gr.Slider(minimum=0.0, maximum=1.0, value=0.75, step=0.01,
                                               label="Denoising strength", elem_id=f"{tab}_denoising_strength"))
     with gr.Row():
         c.seed = c.add("seed", gr.Number(value=-1, label="Seed", precision=0, elem_id=f"{tab}_seed", scale=4))
@@ -167,36 +165,37 @@ def _sampling_params(c: Controls, cfg: UiConfig, engine, is_img2img: bool):
     with gr.Accordion("Extra", open=False, elem_id=f"{tab}_subseed_show"):
         with gr.Row():
             c.add("subseed", gr.Number(value=-1, label="Variation seed", precision=0, elem_id=f"{tab}_subseed"))
-            c.add("subseed_strength", gr.Slider(**cfg.slider(f"{tab}/Variation strength", 0.0, 1.0, 0.0, 0.01),
+            c.add("subseed_strength", gr.Slider(minimum=0.0, maximum=1.0, value=0.0, step=0.01,
                                                 label="Variation strength",
                                                 elem_id=f"{tab}_subseed_strength"))
         with gr.Row():
-            c.add("seed_resize_from_w", gr.Slider(**cfg.slider(f"{tab}/Resize seed from width", 0, 2048, 0, 8),
+            c.add("seed_resize_from_w", gr.Slider(minimum=0, maximum=2048, value=0, step=8,
                                                   label="Resize seed from width",
                                                   elem_id=f"{tab}_seed_resize_from_w"))
-            c.add("seed_resize_from_h", gr.Slider(**cfg.slider(f"{tab}/Resize seed from height", 0, 2048, 0, 8),
+            c.add("seed_resize_from_h", gr.Slider(minimum=0, maximum=2048, value=0, step=8,
                                                   label="Resize seed from height",
                                                   elem_id=f"{tab}_seed_resize_from_h"))
 
 
-def _hires(c: Controls, cfg: UiConfig, engine):
+def _hires(c: Controls, engine):
     tab = c.tab
     upscalers = list(LATENT_UPSCALE_MODES) + [u for u in engine.upscalers.names() if u != "None"]
     with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hr"):
-        c.add("enable_hr", gr.Checkbox(label="Enable hires. fix", value=False, elem_id=f"{tab}_enable_hr"))
+        enable = c.add("enable_hr", gr.Checkbox(label="Enable hires. fix", value=False, elem_id=f"{tab}_enable_hr"))
+        enable.ui_config_label = "Hires. fix"  # A1111's ui-config key: its accordion is the checkbox
         with gr.Row():
             c.add("hr_upscaler", gr.Dropdown(upscalers, value="Latent", label="Upscaler", elem_id=f"{tab}_hr_upscaler"))
-            c.add("hr_second_pass_steps", gr.Slider(**cfg.slider(f"{tab}/Hires steps", 0, 150, 0, 1),
+            c.add("hr_second_pass_steps", gr.Slider(minimum=0, maximum=150, value=0, step=1,
                                                     label="Hires steps", elem_id=f"{tab}_hires_steps"))
-            c.add("denoising_strength", gr.Slider(**cfg.slider(f"{tab}/Denoising strength", 0.0, 1.0, 0.7, 0.01),
+            c.add("denoising_strength", gr.Slider(minimum=0.0, maximum=1.0, value=0.7, step=0.01,
                                                   label="Denoising strength",
                                                   elem_id=f"{tab}_denoising_strength"))
         with gr.Row():
-            c.add("hr_scale", gr.Slider(**cfg.slider(f"{tab}/Upscale by", 1.0, 4.0, 2.0, 0.05), label="Upscale by",
+            c.add("hr_scale", gr.Slider(minimum=1.0, maximum=4.0, value=2.0, step=0.05, label="Upscale by",
                                         elem_id=f"{tab}_hr_scale"))
-            c.add("hr_resize_x", gr.Slider(**cfg.slider(f"{tab}/Resize width to", 0, 2048, 0, 8),
+            c.add("hr_resize_x", gr.Slider(minimum=0, maximum=2048, value=0, step=8,
                                            label="Resize width to", elem_id=f"{tab}_hr_resize_x"))
-            c.add("hr_resize_y", gr.Slider(**cfg.slider(f"{tab}/Resize height to", 0, 2048, 0, 8),
+            c.add("hr_resize_y", gr.Slider(minimum=0, maximum=2048, value=0, step=8,
                                            label="Resize height to", elem_id=f"{tab}_hr_resize_y"))
         # A1111's row 3, shown with the setting "Hires fix: show hires checkpoint and sampler selection"
         show = bool(engine.settings.get("hires_fix_show_sampler", False))
@@ -251,21 +250,21 @@ def _hr_checkpoint_paste(c: Controls, fields: dict) -> None:
         fields["hr_checkpoint_name"] = info.short_title
 
 
-def _refiner(c: Controls, cfg: UiConfig, engine):
+def _refiner(c: Controls, engine):
     """A1111's Refiner accordion (its elem_ids: `<tab>_enable`, `_checkpoint`, `_checkpoint_refresh`,
     `_switch_at`): from "Switch at" (fraction of the sampling) on, the refiner checkpoint samples the rest."""
     tab = c.tab
     with gr.Group(elem_id=f"{tab}_refiner"):
         with gr.Accordion("Refiner", open=False, elem_id=f"{tab}_enable"):
-            c.add("refiner_enable", gr.Checkbox(label="Enable refiner", value=False, elem_id=f"{tab}_enable-checkbox"))
+            enable = c.add("refiner_enable", gr.Checkbox(label="Enable refiner", value=False,
+                                                         elem_id=f"{tab}_enable-checkbox"))
             with gr.Row():
                 checkpoint = c.add("refiner_checkpoint", gr.Dropdown(
                     ["", *engine.registry.titles()], value="", label="Checkpoint", elem_id=f"{tab}_checkpoint",
                     info="switch to another model in the middle of generation"))
                 refresh = gr.Button("🔄", elem_id=f"{tab}_checkpoint_refresh", size="sm", min_width=40, scale=0)
-                c.add("refiner_switch_at", gr.Slider(
-                    # A1111's refiner is a script: its keys carry the script's file name
-                    **cfg.slider(f"customscript/refiner.py/{tab}/Switch at", 0.01, 1.0, 0.8, 0.01), label="Switch at",
+                switch = c.add("refiner_switch_at", gr.Slider(
+                    minimum=0.01, maximum=1.0, value=0.8, step=0.01, label="Switch at",
                     elem_id=f"{tab}_switch_at",
                     info="fraction of sampling steps when the switch to refiner model should happen; 1=never, "
                          "0.5=switch in the middle of generation"))
@@ -275,6 +274,10 @@ def _refiner(c: Controls, cfg: UiConfig, engine):
         return gr.update(choices=["", *engine.registry.titles()])
 
     refresh.click(refreshed, None, checkpoint, queue=False, show_progress="hidden")
+    # A1111's refiner is a script (its ui-config keys carry its file name) whose accordion is the checkbox
+    for component in (enable, checkpoint, switch):
+        component.custom_script_source = "refiner.py"
+    enable.ui_config_label = "Refiner"
 
 
 def _refiner_paste(c: Controls, fields: dict) -> None:
@@ -412,18 +415,18 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def build_txt2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
+def build_txt2img(engine, hide_dirs: bool = False) -> Controls:
     c = Controls(tab="txt2img")
     c.extra["hide_dirs"] = hide_dirs
     c.extra["last_seed"] = gr.State(None)
     c.extra["engine"] = engine
-    _prompt_row(c, cfg, engine)
+    _prompt_row(c, engine)
     extra_networks_panel.build_extra_networks(engine, c.tab, c.prompt)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, elem_id="txt2img_settings"):
-            _sampling_params(c, cfg, engine, is_img2img=False)
-            _hires(c, cfg, engine)
-            _refiner(c, cfg, engine)
+            _sampling_params(c, engine, is_img2img=False)
+            _hires(c, engine)
+            _refiner(c, engine)
             controlnet = controlnet_panel.build(c, engine, is_img2img=False)
             script_controls = _scripts(engine, is_img2img=False)
         with gr.Column(scale=1, elem_id="txt2img_results"):
@@ -453,14 +456,14 @@ def _script_args(controls, values) -> list | None:
     return script_ui.ui_values_to_args(controls, list(values)) if controls is not None else None
 
 
-def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
+def build_img2img(engine, hide_dirs: bool = False) -> Controls:
     """`hide_dirs` (--hide-ui-dir-config): the Batch tab's folder boxes are hidden and refused, as in A1111."""
     c = Controls(tab="img2img")
     c.extra["hide_dirs"] = hide_dirs
     c.extra["last_seed"] = gr.State(None)
     c.extra["engine"] = engine
     mode = gr.State("img2img")
-    _prompt_row(c, cfg, engine)
+    _prompt_row(c, engine)
     extra_networks_panel.build_extra_networks(engine, c.tab, c.prompt)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, elem_id="img2img_settings"):
@@ -501,10 +504,10 @@ def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
             with gr.Accordion("Inpaint options", open=True, elem_id="img2img_inpaint_controls",
                               visible=False) as inpaint_controls:
                 with gr.Row():
-                    c.add("mask_blur", gr.Slider(**cfg.slider("img2img/Mask blur", 0, 64, 4, 1), label="Mask blur",
+                    c.add("mask_blur", gr.Slider(minimum=0, maximum=64, value=4, step=1, label="Mask blur",
                                                  elem_id="img2img_mask_blur"))
                     # Inpaint sketch only (A1111 shows it there): not a request field, it dims the sketch's mask
-                    mask_alpha = gr.Slider(**cfg.slider("img2img/Mask transparency", 0, 100, 0, 1),
+                    mask_alpha = gr.Slider(minimum=0, maximum=100, value=0, step=1,
                                            label="Mask transparency", visible=False, elem_id="img2img_mask_alpha")
                 c.add("inpainting_mask_invert", gr.Radio(MASK_MODES, value=MASK_MODES[0], type="index",
                                                          label="Mask mode", elem_id="img2img_mask_mode"))
@@ -513,8 +516,8 @@ def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
                 with gr.Row():
                     c.add("inpaint_full_res", gr.Radio(INPAINT_AREAS, value=INPAINT_AREAS[0], type="index",
                                                        label="Inpaint area", elem_id="img2img_inpaint_full_res"))
-                    padding = cfg.slider("img2img/Only masked padding, pixels", 0, 256, 32, 4)
-                    c.add("inpaint_full_res_padding", gr.Slider(**padding, label="Only masked padding, pixels",
+                    c.add("inpaint_full_res_padding", gr.Slider(0, 256, value=32, step=4,
+                                                                label="Only masked padding, pixels",
                                                                 elem_id="img2img_inpaint_full_res_padding"))
             # Only the inpaint sub-tabs use these (as in A1111). A sub-tab click sets both; "send to inpaint"
             # sets the mode, whose change shows them.
@@ -525,8 +528,8 @@ def build_img2img(engine, cfg: UiConfig, hide_dirs: bool = False) -> Controls:
             mode.change(_inpaint_visibility, mode, [inpaint_controls, mask_alpha], queue=False,
                         show_progress="hidden")
             _wire_copies(copies, subtabs, mode)
-            _sampling_params(c, cfg, engine, is_img2img=True)
-            _refiner(c, cfg, engine)
+            _sampling_params(c, engine, is_img2img=True)
+            _refiner(c, engine)
             with gr.Accordion("Outpaint", open=False, elem_id="img2img_outpaint"):
                 with gr.Row():
                     out_left = gr.Number(value=0, precision=0, label="Left", elem_id="img2img_outpaint_left")

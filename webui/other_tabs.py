@@ -228,6 +228,8 @@ def build_settings(engine, args=None, tab=None):
                         continue
                     if comp is not None:
                         components.append((name, comp))
+        with gr.Tab("Defaults", id="defaults", elem_id="settings_tab_defaults"):
+            defaults = _defaults_section(engine)
     names = [name for name, _ in components]
     shown = gr.State({name: _page_value(engine, name)[0] for name in names})
 
@@ -268,7 +270,41 @@ def build_settings(engine, args=None, tab=None):
     apply.click(do_apply, [shown, *[c for _, c in components]], [result, shown])
     if tab is not None:
         tab.select(fill, None, [*[c for _, c in components], shown], queue=False, show_progress="hidden")
-    return {"apply": apply}
+    return {"apply": apply, "defaults": defaults}
+
+
+def _defaults_section(engine) -> dict:
+    """A1111's Settings → Defaults: the page's current values written to ui-config.json as the controls' defaults.
+    webui/app.py wires the buttons once every tab's controls are known (`wire_defaults`)."""
+    gr.HTML("<p>Change values in the other tabs, press <b>View changes</b> to review how they differ from the "
+            f"defaults in <code>{html.escape(str(engine.paths.ui_config_file))}</code>, then <b>Apply</b> to write "
+            "them there. The new defaults apply after a restart.</p>")
+    with gr.Row():
+        view = gr.Button("View changes", elem_id="ui_defaults_view", variant="secondary")
+        apply = gr.Button("Apply", elem_id="ui_defaults_apply", variant="primary")
+    return {"view": view, "apply": apply, "review": gr.HTML("", elem_id="ui_defaults_review")}
+
+
+def wire_defaults(defaults: dict, cfg) -> None:
+    """The Defaults buttons read every control ui-config.json has a `/value` key for (`cfg`: webui.ui_config)."""
+    inputs = list(cfg.components.values())
+
+    def view(*values):
+        rows = "".join(f"<tr><td>{html.escape(key)}</td><td>{html.escape(repr(old))}</td>"
+                       f"<td>{html.escape(repr(new))}</td></tr>" for key, old, new in cfg.changes(list(values)))
+        rows = rows or "<tr><td colspan=3>No changes</td></tr>"
+        return f"<table><thead><tr><th>Path</th><th>Old value</th><th>New value</th></tr></thead>{rows}</table>"
+
+    def apply(*values):
+        try:
+            count = cfg.write_changes(list(values))
+        except OSError as e:
+            return error_html(str(e))
+        return "<div class='sd-note'>No changes.</div>" if not count else \
+            f"<div class='sd-note'>Wrote {count} changes: they apply after a restart.</div>"
+
+    defaults["view"].click(view, inputs, defaults["review"], queue=False)
+    defaults["apply"].click(apply, inputs, defaults["review"], queue=False)
 
 
 # webui/app.py's bar

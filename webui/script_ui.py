@@ -3,6 +3,7 @@ the flat argument list (item 0 = selected script index + 1) that reaches `engine
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +43,10 @@ def _controls(script: scripts.Script, is_img2img: bool) -> list:
     if result is None:
         return []
     items = list(result.values()) if isinstance(result, dict) else list(result)
-    return [c for c in items if isinstance(c, gr.components.Component)]
+    controls = [c for c in items if isinstance(c, gr.components.Component)]
+    for control in controls:  # its ui-config keys: customscript/<file>/<tab>/<label>/… (A1111's)
+        control.custom_script_source = os.path.basename(script.filename) if script.filename else None
+    return controls
 
 
 def build(runner: scripts.ScriptRunner, is_img2img: bool) -> ScriptControls:
@@ -74,12 +78,19 @@ def build(runner: scripts.ScriptRunner, is_img2img: bool) -> ScriptControls:
     controls = [per_script.get(id(s), []) for s in runner.scripts]
     for script, group in zip(runner.scripts, controls):
         script.controls = group
-    runner.layout([len(c) for c in controls], [[_default(x) for x in c] for c in controls])
+    update_defaults(runner)
     inputs = [dropdown] + [c for group in controls for c in group]
     runner.inputs = inputs
     paste = [(comp, key) for script in runner.scripts for comp, key in (getattr(script, "infotext_fields", None) or [])
              if isinstance(comp, gr.components.Component)]
     return ScriptControls(inputs, paste)
+
+
+def update_defaults(runner: scripts.ScriptRunner) -> None:
+    """Each script's slice of the args list and its controls' values now: the defaults of an API request that
+    leaves a script's arguments out (ui-config.json's values, once applied)."""
+    controls = [getattr(s, "controls", None) or [] for s in runner.scripts]
+    runner.layout([len(c) for c in controls], [[_default(x) for x in c] for c in controls])
 
 
 class _nothing:
