@@ -266,9 +266,9 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
 
 
 def _apply_ui_config(cfg: UiConfig, engine: Engine, tabs: gr.Tabs, tab_items: list) -> None:
-    """ui-config.json over the built page, as A1111 applies it: each tab's controls under the tab's id (Settings
-    and Extensions keep theirs), the tab the page opens on; then the scripts' defaults for API requests follow the
-    values applied. The file gets the keys it lacks."""
+    """ui-config.json over the built page, as A1111 applies it: each tab's controls under the tab's id (not the
+    Settings and Extensions tabs', as in A1111), and the tab the page opens on; then the scripts' defaults for API
+    requests follow the values applied. The file gets the keys it lacks."""
     for item, path in tab_items:
         cfg.apply_block(item, path)
     cfg.apply_tabs(tabs)
