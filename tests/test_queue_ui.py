@@ -25,7 +25,9 @@ from tests.servers import Server, SharedCache, tiny_ui_data  # noqa: E402
 def server(tmp_path_factory, tiny_models):
     data = tiny_ui_data(tmp_path_factory.mktemp("queue-ui"), tiny_models)
     srv = Server(data, tmp_path_factory.mktemp("logs") / "server.log").start("--api")
+    _client[srv.url] = srv.client()  # one for the queue polls (a new client loads the CA store each time)
     yield srv
+    _client.pop(srv.url).close()
     srv.stop()
 
 
@@ -49,9 +51,11 @@ def page_a(server, browsers):
     pg.close()
 
 
+_client: dict = {}
+
+
 def _jobs(server) -> list[dict]:
-    with server.client() as c:
-        return c.get("/sdapi/v1/queue").json()["jobs"]
+    return _client[server.url].get("/sdapi/v1/queue").json()["jobs"]
 
 
 def _wait_for(predicate, what: str, timeout: float = 90):

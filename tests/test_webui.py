@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -225,10 +226,15 @@ def editor_settles(page, elem_id: str, timeout_ms: int = 30000) -> bool:
 
 def with_settled_editor(page, elem_id: str, bring):
     """`bring()` puts a picture into the editor (returning what the test needs); once more on a reloaded page if the
-    editor does not settle (see editor_settles)."""
-    result = bring()
-    if editor_settles(page, elem_id):
-        return result
+    editor does not settle (see editor_settles) or never shows the picture: on a saturated machine a fresh page's
+    editor was seen (once in ~10 full runs) to ignore a chosen file three times over a minute, as if its upload
+    handler never started; a user reloads the page, and so does the test."""
+    try:
+        result = bring()
+        if editor_settles(page, elem_id):
+            return result
+    except AssertionError:
+        pass
     page.reload()
     page.wait_for_selector("#txt2img_prompt textarea")
     result = bring()
@@ -240,16 +246,14 @@ def with_settled_editor(page, elem_id: str, bring):
 def upload_to_editor(editor, path: Path) -> None:
     """Choose a picture in an editor's upload box until the editor shows it: on a saturated machine a file chosen
     while the editor was still starting its canvas was seen ignored (once in ~35 runs of the editor tests beside two
-    busy loops; nothing reached the server). A user chooses the file again; so does the test."""
-    for _ in range(2):
-        editor.locator("input[type=file]").first.set_input_files(str(path))
-        try:
-            expect(editor.get_by_text("Upload an image")).to_be_hidden(timeout=15000)
-            return
-        except AssertionError:
-            pass
+    busy loops; nothing reached the server). A user chooses the file again; so does the test (and then reloads the
+    page: with_settled_editor)."""
     editor.locator("input[type=file]").first.set_input_files(str(path))
-    expect(editor.get_by_text("Upload an image")).to_be_hidden()
+    try:
+        expect(editor.get_by_text("Upload an image")).to_be_hidden(timeout=15000)
+    except AssertionError:
+        editor.locator("input[type=file]").first.set_input_files(str(path))
+        expect(editor.get_by_text("Upload an image")).to_be_hidden()
 
 
 def open_img2img_subtab(page, name: str, shows: str) -> None:
@@ -426,33 +430,35 @@ def test_png_info_reads_a_saved_file(ui, ui_data):
     expect(page.locator("#txt2img_seed input")).to_have_value("777")
 
 
-def test_setting_survives_restart(ui_data, browser, tmp_path):
-    srv = Server(ui_data, tmp_path / "restart.log").start()
+def test_setting_survives_restart(ui, server, ui_data, tmp_path):
+    """A setting applied on the page is in config.json, and a server started again on the folder serves the page
+    with it (the page's own config: what a fresh page draws). That a page draws the values it is served, after a
+    reload, is test_settings_ui's; this one spends no second page load on it."""
+    import httpx
+
+    def apply(fmt: str):
+        open_tab(ui, "Settings")
+        ui.get_by_role("tab", name="Saving images/grids", exact=True).click()
+        pick(ui, "setting_samples_format", fmt)
+        ui.click("#settings_submit")
+        saved = lambda: json.loads((ui_data / "config.json").read_text()).get("samples_format", "png")  # noqa: E731
+        deadline = time.time() + 60  # the result box still says "samples_format" from the first Apply
+        while saved() != fmt and time.time() < deadline:
+            time.sleep(0.1)
+        assert saved() == fmt
+
+    apply("jpg")
     try:
-        pg = browser.new_page(viewport={"width": 1280, "height": 900})
-        pg.goto(srv.url)
-        pg.get_by_role("tab", name="Settings").click()
-        pg.get_by_role("tab", name="Saving images").click()
-        pick(pg, "setting_samples_format", "jpg")
-        pg.click("#settings_submit")
-        expect(pg.locator("#settings_result")).to_contain_text("samples_format")
-        pg.close()
+        again = Server(ui_data, tmp_path / "restart.log").start()
+        try:
+            config = httpx.get(f"{again.url}/config", timeout=60).json()
+        finally:
+            again.stop()
+        shown = [c["props"].get("value") for c in config["components"]
+                 if c.get("props", {}).get("elem_id") == "setting_samples_format"]
+        assert shown == ["jpg"], shown
     finally:
-        srv.stop()
-    assert json.loads((ui_data / "config.json").read_text())["samples_format"] == "jpg"
-    srv = Server(ui_data, tmp_path / "restart2.log").start()
-    try:
-        pg = browser.new_page()
-        pg.goto(srv.url)
-        pg.get_by_role("tab", name="Settings").click()
-        pg.get_by_role("tab", name="Saving images").click()
-        expect(pg.locator("#setting_samples_format input[role=combobox]")).to_have_value("jpg")
-        pg.close()
-    finally:
-        srv.stop()
-        cfg = json.loads((ui_data / "config.json").read_text())
-        cfg["samples_format"] = "png"
-        (ui_data / "config.json").write_text(json.dumps(cfg))
+        apply("png")  # the tests after this one save PNGs
 
 
 @pytest.mark.parametrize("theme", ["light", "dark"])
