@@ -63,6 +63,7 @@ def test_the_page_takes_every_labelled_controls_keys_as_a1111_writes_them(tiny_m
     assert by_id["txt2img_neg_prompt"].value == "blurry" and by_id["txt2img_sampling"].value == "DPM++ 2M"
     assert by_id["txt2img_scheduler"].value == "Karras" and by_id["resize_mode"].value == "Crop and resize"
     assert by_id["txt2img_enable_hr"].value is True and by_id["txt2img_seed"].visible is False
+    assert by_id["txt2img_hr"].open is True  # A1111's hires checkbox is its accordion: checked, it is open
     assert by_id["txt2img_enable-checkbox"].value is True and by_id["img2img_enable-checkbox"].value is False
     weights = [b.value for i, b in by_id.items() if i.startswith("img2img_controlnet_") and i.endswith("_weight_slider")]
     assert weights and set(weights) == {0.5}
@@ -80,6 +81,24 @@ def test_the_page_takes_every_labelled_controls_keys_as_a1111_writes_them(tiny_m
     view = by_id["ui_defaults_view"]  # Settings → Defaults reads every control with a `/value` key
     inputs = next(len(fn.inputs) for fn in demo.fns.values() if any(t[0] == view._id for t in fn.targets))
     assert inputs >= sum(1 for key in written if key.endswith("/value") and not key.startswith("webui/")) > 200
+
+
+def test_a_checkbox_that_is_an_accordion_hides_the_whole_accordion(tmp_path):
+    """A1111's InputAccordion (Hires. fix; extensions' `InputAccordion`): `…/visible: false` hides the accordion,
+    not only its checkbox, which would leave an empty accordion on the page."""
+    import gradio as gr
+
+    path = tmp_path / "ui-config.json"
+    path.write_text(json.dumps({"t/Hires. fix/visible": False, "t/Hires. fix/value": False}))
+    with gr.Blocks():
+        with gr.Tab("t") as tab:
+            with gr.Accordion("Hires. fix", open=True) as accordion:
+                enable = gr.Checkbox(label="Enable hires. fix", value=True)
+                enable.ui_config_label, enable.accordion = "Hires. fix", accordion
+    cfg = UiConfig(path)
+    cfg.apply_block(tab, "t")
+    assert accordion.visible is False and enable.visible is True
+    assert enable.value is False and accordion.open is False
 
 
 def test_defaults_view_and_apply_write_the_pages_values_as_the_next_defaults(tmp_path):

@@ -180,9 +180,10 @@ def _sampling_params(c: Controls, engine, is_img2img: bool):
 def _hires(c: Controls, engine):
     tab = c.tab
     upscalers = list(LATENT_UPSCALE_MODES) + [u for u in engine.upscalers.names() if u != "None"]
-    with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hr"):
+    with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hr") as accordion:
         enable = c.add("enable_hr", gr.Checkbox(label="Enable hires. fix", value=False, elem_id=f"{tab}_enable_hr"))
-        enable.ui_config_label = "Hires. fix"  # A1111's ui-config key: its accordion is the checkbox
+        # A1111's ui-config keys: its accordion is the checkbox (`Hires. fix/value` opens it, `/visible` hides it)
+        enable.ui_config_label, enable.accordion = "Hires. fix", accordion
         with gr.Row():
             c.add("hr_upscaler", gr.Dropdown(upscalers, value="Latent", label="Upscaler", elem_id=f"{tab}_hr_upscaler"))
             c.add("hr_second_pass_steps", gr.Slider(minimum=0, maximum=150, value=0, step=1,

@@ -102,6 +102,8 @@ class UiConfig:
         accordion = getattr(x, "accordion", None)  # A1111's InputAccordion: a checkbox that opens its accordion
         if isinstance(x, _VISIBLE) and accordion is None and x.visible is True:
             x.visible = self._field(f"{key}/visible", True, lambda v: isinstance(v, bool))
+        elif accordion is not None and accordion.visible is True:  # A1111 hides the whole accordion
+            accordion.visible = self._field(f"{key}/visible", True, lambda v: isinstance(v, bool))
         if callable(getattr(x, "value", None)):
             return  # a value Gradio computes on each page load
         if isinstance(x, _VALUED):
