@@ -253,8 +253,8 @@ _NAMES_ELSEWHERE = ("options_templates", "listfiles", "walk_files", "face_restor
 def __getattr__(name: str):
     if name == "sd_upscalers":
         infos = engine.upscalers.list() if engine is not None and engine.upscalers is not None else []
-        return [UpscalerData(i.name, _EngineUpscaler(i.name), str(i.path) if i.path else None, i.scale)
-                for i in infos]
+        return [UpscalerData(i.name, _EngineUpscaler(i.name), i.url or (str(i.path) if i.path else None), i.scale)
+                for i in infos]  # A1111's data_path: the URL of a Real-ESRGAN model not downloaded yet
     if name == "sd_model":
         from modules.a1111.sd_model import view
 

@@ -263,9 +263,14 @@ def test_list_routes(api):
     assert {m["name"] for m in api.get("/latent-upscale-modes").json()} >= {"Latent", "Latent (nearest-exact)"}
     assert api.get("/sd-vae").json() == []
     assert api.get("/embeddings").json() == {"loaded": {}, "skipped": {}}
-    for route in ("hypernetworks", "realesrgan-models", "prompt-styles", "loras"):
+    for route in ("hypernetworks", "prompt-styles", "loras"):
         r = api.get(f"/{route}")
         assert r.status_code == 200 and r.json() == [], route
+    real = api.get("/realesrgan-models").json()  # A1111's six, each with its release URL
+    assert len(real) == 6 and {"name": "R-ESRGAN 4x+", "scale": 4, "path": "https://github.com/xinntao/Real-ESRGAN"
+                               "/releases/download/v0.1.0/RealESRGAN_x4plus.pth"} in real
+    listed = {u["name"]: u for u in ups}  # the two enabled by default are offered before their files are there
+    assert listed["R-ESRGAN 4x+"]["model_url"].endswith("/RealESRGAN_x4plus.pth") and "R-ESRGAN 2x+" not in listed
     faces = api.get("/face-restorers").json()  # listed with the folder their file goes in, as A1111
     assert [f["name"] for f in faces] == ["CodeFormer", "GFPGAN"] and faces[1]["cmd_dir"].endswith("GFPGAN")
     scripts = api.get("/scripts").json()

@@ -210,8 +210,70 @@ def test_bad_files_and_names_are_clear_errors(registry, upscaler_files):
     with pytest.raises(UpscalerLoadError, match="evil.pth"):
         registry.load("evil")
     assert not upscaler_files[2].exists()  # the pickle's payload never ran
-    with pytest.raises(UnknownUpscalerError, match=f"R-ESRGAN 4x\\+.*not found; available: .*{ESRGAN_NAME}"):
-        postprocessing.upscale(_picture(), "R-ESRGAN 4x+", 2.0, registry=registry)
+    with pytest.raises(UnknownUpscalerError, match=f"R-ESRGAN 8x.*not found; available: .*{ESRGAN_NAME}"):
+        postprocessing.upscale(_picture(), "R-ESRGAN 8x", 2.0, registry=registry)
+
+
+class _Settings(dict):
+    def get(self, key, default=None):
+        return super().get(key, default)
+
+
+def test_real_esrgan_models_are_offered_by_a1111s_names_and_downloaded_on_first_use(tmp_path, monkeypatch):
+    """A1111's Real-ESRGAN list: the enabled ones (setting `realesrgan_enabled_models`; default the two 4x+) are
+    offered before their files exist; the first use downloads the release file into models/RealESRGAN (here from a
+    loopback server standing in for GitHub), later uses and lists take the file; offline, the error says what to
+    download and where to put it."""
+    import http.server
+    import threading
+
+    from spandrel.architectures.Compact import Compact
+
+    from modules.upscaling import UpscalerDownloadError, realesrgan
+
+    site = tmp_path / "site" / "v0.1.0"
+    site.mkdir(parents=True)
+    torch.manual_seed(2)
+    torch.save({"params": Compact(num_feat=8, num_conv=2, upscale=4).state_dict()}, site / "RealESRGAN_x4plus.pth")
+    hits = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(tmp_path / "site"), **kw)
+
+        def do_GET(self):
+            hits.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(realesrgan, "RELEASES", f"http://127.0.0.1:{server.server_port}")
+        folder = tmp_path / "models" / "RealESRGAN"  # not made yet, as on a fresh install
+        registry = UpscalerRegistry([tmp_path / "models" / "ESRGAN", folder])
+        offered = {u.name: u for u in registry.list()}
+        assert [n for n in offered if n.startswith("R-ESRGAN")] == ["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"]
+        assert offered["R-ESRGAN 4x+"].to_api()["model_url"].endswith("/v0.1.0/RealESRGAN_x4plus.pth")
+
+        out = registry.upscale(_picture(), "R-ESRGAN 4x+", 2.0)
+        assert out.size == (80, 56) and (folder / "RealESRGAN_x4plus.pth").is_file()
+        assert hits == ["/v0.1.0/RealESRGAN_x4plus.pth"]
+        registry.upscale(_picture(), "R-ESRGAN 4x+", 2.0)
+        fresh = UpscalerRegistry([folder], settings=_Settings(realesrgan_enabled_models=["R-ESRGAN 2x+"]))
+        assert fresh.upscale(_picture(), "R-ESRGAN 4x+", 2.0).size == (80, 56) and len(hits) == 1  # never again
+        by_name = {u.name: u for u in fresh.list()}
+        assert by_name["R-ESRGAN 4x+"].url is None and by_name["R-ESRGAN 2x+"].url is not None
+        assert "R-ESRGAN 4x+ Anime6B" not in by_name  # not enabled, not there
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    monkeypatch.setattr(realesrgan, "RELEASES", f"http://127.0.0.1:{server.server_port}")  # nothing answers now
+    with pytest.raises(UpscalerDownloadError, match=f"R-ESRGAN 2x\\+ needs RealESRGAN_x2plus.pth.*{folder}"):
+        fresh.upscale(_picture(), "R-ESRGAN 2x+", 2.0)
 
 
 # -- through the engine and the HTTP API ---------------------------------------------------------------------------
@@ -261,7 +323,7 @@ def test_api_extras_with_model_upscalers(api_client):
 
 
 @pytest.mark.parametrize("body,status,message", [
-    ({"upscaler_1": "R-ESRGAN 4x+"}, 400, "R-ESRGAN 4x+"),
+    ({"upscaler_1": "R-ESRGAN 8x"}, 400, "R-ESRGAN 8x"),
     ({"upscaler_1": "broken"}, 422, "broken.pth"),
     ({"upscaler_1": ESRGAN_NAME, "codeformer_visibility": 0.5}, 400, "codeformer-v0.1.0.pth"),  # not brought
 ])
@@ -300,3 +362,15 @@ def test_use_cpu_keeps_the_named_upscalers_and_face_restorers_on_the_cpu(upscale
 
     faces = FaceRestorers([], [], device=torch.device("meta"), cpu_modules=("gfpgan",))
     assert faces.device_for("GFPGAN").type == "cpu" and faces.device_for("CodeFormer").type == "meta"
+
+
+def test_api_says_503_with_the_reason_when_a_real_esrgan_download_fails(api_client, monkeypatch):
+    """Offline, Extras with a listed Real-ESRGAN model not downloaded yet: 503 naming the file and its folder (the
+    server is fine; the network is not), nothing left behind."""
+    from modules.upscaling import realesrgan
+
+    monkeypatch.setattr(realesrgan, "RELEASES", "http://127.0.0.1:9/releases")  # the discard port: refused
+    r = api_client.post("/sdapi/v1/extra-single-image", json={"image": _b64(_picture()), "upscaler_1": "R-ESRGAN 4x+"})
+    assert r.status_code == 503, r.text
+    assert "RealESRGAN_x4plus.pth" in r.json()["detail"] and "RealESRGAN" in r.json()["detail"]
+    assert api_client.get("/sdapi/v1/upscalers").status_code == 200  # and it goes on answering

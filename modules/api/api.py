@@ -39,6 +39,7 @@ from modules import face_restoration, postprocessing
 from modules.processing import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
 from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest, decode_image
 from modules.settings import DIRECTORY_OPTIONS
+from modules.upscaling import UpscalerDownloadError
 from modules.sampling import samplers
 from modules.diagnostics import SECRET_FLAGS  # the flags whose values are logins
 
@@ -373,7 +374,7 @@ class Api:
         route("/sd-vae", self.sd_vae, "GET")
         route("/hypernetworks", self.hypernetworks, "GET")
         route("/face-restorers", self.face_restorers, "GET")
-        route("/realesrgan-models", self.empty_list, "GET")
+        route("/realesrgan-models", self.realesrgan_models, "GET")
         route("/prompt-styles", self.prompt_styles, "GET")
         route("/loras", self.loras, "GET")
         route("/embeddings", self.embeddings, "GET")
@@ -510,6 +511,8 @@ class Api:
             raise ApiError(422, str(e), "RequestError") from None
         except QueueError as e:
             raise ApiError(e.status, str(e)) from None
+        except UpscalerDownloadError as e:  # the hires upscaler's first use, offline
+            raise ApiError(503, str(e), "DownloadFailed") from None
 
     def _response(self, req, result, echo_images: dict | None = None) -> dict:
         params = req.to_dict()
@@ -648,8 +651,11 @@ class Api:
     def sd_vae(self):
         return [{"model_name": v.model_name, "filename": str(v.filename)} for v in list_vaes(self.engine.paths)]
 
-    def empty_list(self):
-        return []
+    def realesrgan_models(self):
+        """A1111's `[{"name", "path", "scale"}]`: every Real-ESRGAN model it knows, `path` the release URL."""
+        from modules.upscaling import realesrgan
+
+        return [{"name": m.name, "path": m.url, "scale": m.scale} for m in realesrgan.MODELS]
 
     def hypernetworks(self):
         """A1111's `[{"name", "path"}]` of `models/hypernetworks/**/*.pt` (the folder is read again each time)."""
@@ -785,6 +791,8 @@ class Api:
                     face_restorers=restorers)
         except (postprocessing.UnknownUpscalerError, face_restoration.MissingFaceModelError) as e:
             raise ApiError(400, str(e)) from None
+        except UpscalerDownloadError as e:
+            raise ApiError(503, str(e), "DownloadFailed") from None
         except ValueError as e:  # bad sizes, and UpscalerLoadError: a model file that is not an upscaler
             raise ApiError(422, str(e)) from None
         text = done.params_text

@@ -1,4 +1,5 @@
-"""The upscalers by name: built-in resamplers (None, Lanczos, Nearest) and model files in A1111's upscaler folders.
+"""The upscalers by name: built-in resamplers (None, Lanczos, Nearest), model files in A1111's upscaler folders, and
+A1111's Real-ESRGAN models, downloaded on first use (realesrgan.py).
 
 Extras, hires fix and (later) the SD upscale script all call `UpscalerRegistry.upscale` / `upscale_to`. Model
 upscalers follow A1111's `Upscaler.upscale`: run the model (at its native scale, up to three times) until the image
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from modules import devices
+from modules.upscaling import realesrgan
 from modules.upscaling.model import LoadedUpscaler, load_upscaler
 from modules.upscaling.tiling import run_tiled
 
@@ -36,17 +38,23 @@ class UnknownUpscalerError(ValueError):
     """The named upscaler is not available; the message lists the ones that are."""
 
 
+class UpscalerDownloadError(RuntimeError):
+    """A listed Real-ESRGAN model could not be downloaded (offline, the host refused); the message says why, and
+    where to put the file instead."""
+
+
 @dataclass(frozen=True)
 class UpscalerInfo:
     name: str
     model_name: str | None  # the folder kind ("ESRGAN", "DAT", …); None for the built-in resamplers
-    path: Path | None
+    path: Path | None  # for a Real-ESRGAN model not downloaded yet: where it will be
     scale: int  # from the file name ("4x-…", "…_x2") until the model is loaded; 4 when it does not say
+    url: str | None = None  # where a Real-ESRGAN model is downloaded from on first use
 
     def to_api(self) -> dict[str, Any]:
         """A1111's `/sdapi/v1/upscalers` item."""
         return {"name": self.name, "model_name": self.model_name, "model_path": str(self.path) if self.path else None,
-                "model_url": None, "scale": self.scale}
+                "model_url": self.url, "scale": self.scale}
 
 
 def _scale_from_name(stem: str) -> int:
@@ -74,15 +82,25 @@ class UpscalerRegistry:
     # -- listing ---------------------------------------------------------------------------------------------------
 
     def list(self) -> list[UpscalerInfo]:
+        """The resamplers, every model file in the folders (a released Real-ESRGAN file under A1111's name), then
+        the enabled Real-ESRGAN models not downloaded yet."""
         found = [UpscalerInfo(name, None, None, 4) for name in RESAMPLERS]  # A1111 reports 4 for these too
         taken = set(RESAMPLERS)
         for folder in self.folders:
             files = sorted(p for p in folder.glob("*") if p.suffix.lower() in MODEL_EXTENSIONS and p.is_file()) \
                 if folder.is_dir() else []
             for path in files:
-                name = path.stem if path.stem not in taken else f"{path.stem} ({folder.name})"
+                released = realesrgan.by_file(path.name) if folder.name == realesrgan.FOLDER else None
+                name = released.name if released is not None else path.stem
+                name = name if name not in taken else f"{name} ({folder.name})"
                 taken.add(name)
                 found.append(UpscalerInfo(name, folder.name, path, self._known_scale(path)))
+        target = next((f for f in self.folders if f.name == realesrgan.FOLDER), None)
+        if target is not None:
+            for model in realesrgan.enabled(self.settings):
+                if model.name not in taken:
+                    found.append(UpscalerInfo(model.name, realesrgan.FOLDER, target / model.file, model.scale,
+                                              model.url))
         return found
 
     def names(self) -> list[str]:
@@ -98,7 +116,8 @@ class UpscalerRegistry:
             if info.name == name:
                 return info
         for info in infos:  # "4x-UltraSharp.pth" or a different case also name the model
-            if info.path is not None and name.lower() in (info.name.lower(), info.path.name.lower()):
+            if info.path is not None and name.lower() in (info.name.lower(), info.path.name.lower(),
+                                                          info.path.stem.lower()):
                 return info
         raise UnknownUpscalerError(f"upscaler {name!r} not found; available: {', '.join(i.name for i in infos)}")
 
@@ -116,8 +135,10 @@ class UpscalerRegistry:
         info = self.get(name)
         if info.path is None:
             raise UnknownUpscalerError(f"{name!r} is a built-in resampler, not a model")
-        key = (info.path, info.path.stat().st_mtime_ns)
         with self._lock:
+            if info.url is not None and not info.path.is_file():
+                self._download(info)
+            key = (info.path, info.path.stat().st_mtime_ns)
             if key in self._loaded:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
@@ -128,6 +149,19 @@ class UpscalerRegistry:
                 self._loaded.popitem(last=False)
                 devices.torch_gc()
             return model
+
+    @staticmethod
+    def _download(info: UpscalerInfo) -> None:
+        """A1111's first use of a Real-ESRGAN model: its release file into models/RealESRGAN, with progress."""
+        from modules import downloads
+
+        log.info("Downloading %s for %s from %s", info.path.name, info.name, info.url)
+        try:
+            info.path.parent.mkdir(parents=True, exist_ok=True)
+            downloads.download(info.url, info.path.parent, kind="upscaler", filename=info.path.name)
+        except (downloads.DownloadError, OSError) as e:
+            raise UpscalerDownloadError(f"{info.name} needs {info.path.name}, and downloading it from {info.url} "
+                                        f"failed ({e}). Put the file in {info.path.parent} instead") from None
 
     def _known_scale(self, path: Path) -> int:
         for (p, _), model in self._loaded.items():
