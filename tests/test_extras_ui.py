@@ -28,7 +28,7 @@ def extras_server(tmp_path_factory, tiny_models):
     srv.stop()
 
 
-def test_extras_upscales_with_a_model(extras_server, tmp_path):
+def test_extras_upscales_with_a_model(extras_server, tmp_path, monkeypatch):
     source = tmp_path / "source.png"
     picture = _picture()
     picture.save(source, pnginfo=_pnginfo(INFOTEXT))
@@ -51,6 +51,17 @@ def test_extras_upscales_with_a_model(extras_server, tmp_path):
         page.wait_for_timeout(1000)  # images fade in
         page.screenshot(path=str(Path(os.environ.get("SD_TEST_ARTIFACTS") or tmp_path) / "extras.png"),
                         full_page=True)
+
+        # A1111's Real-ESRGAN models are offered before their files are there; offline, the page says what to
+        # download and where to put it (here the releases' host is the discard port: refused at once)
+        from modules.upscaling import realesrgan
+
+        monkeypatch.setattr(realesrgan, "RELEASES", "http://127.0.0.1:9/releases")
+        pick(page, "extras_upscaler_1", "R-ESRGAN 4x+")
+        page.click("#extras_generate")
+        expect(info).to_contain_text("R-ESRGAN 4x+ needs RealESRGAN_x4plus.pth", timeout=60000)
+        expect(info).to_contain_text("models/RealESRGAN")
+        pick(page, "extras_upscaler_1", ESRGAN_NAME)
 
         folder, out = tmp_path / "in", tmp_path / "out"
         folder.mkdir()

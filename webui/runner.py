@@ -26,8 +26,11 @@ from modules.models.detect import UnsupportedModelError
 from modules.models.loader import ModelLoadError
 from modules.models.manager import ModelNotFoundError
 from modules.request_types import Img2ImgRequest, RequestError, Txt2ImgRequest
+from modules.upscaling import UpscalerDownloadError
 
-USER_ERRORS = (RequestError, ModelNotFoundError, ModelLoadError, UnsupportedModelError, ValueError)
+# errors whose message is for the user as it is (a failed download says what to fetch and where to put it)
+USER_ERRORS = (RequestError, ModelNotFoundError, ModelLoadError, UnsupportedModelError, ValueError,
+               UpscalerDownloadError)
 POLL_SECONDS = 0.1  # how often the job's state is read; the page gets an update only when its line changes
 REFRESH_SETTING = "live_preview_refresh_period"  # A1111's "Progressbar and preview update period" (ms, default 1000)
 KEEPALIVE_SECONDS = 0.4  # a run waiting behind another of its tab still yields this often
