@@ -23,7 +23,7 @@ from PIL import Image
 from modules import images as images_mod
 from modules import face_restoration
 from modules import infotext as infotext_mod
-from modules import masking, preview, rng
+from modules import masking, preview, prompt_comments, rng
 from modules.jobs import JobState
 from modules.models.loader import LoadedModel
 from modules.networks import extra_networks
@@ -406,6 +406,7 @@ class Generation:
         self.flow_shift = float(ctx.opt("flow_shift", 0) or 0) or None  # 0: the model's own shift
         self.sampler, self.schedule = self.resolve_sampler(req.effective_sampler, req.scheduler)
         self.clip_skip = int(ctx.opt("CLIP_stop_at_last_layers", 1) or 1)
+        self.strip_comments = prompt_comments.enabled(ctx.opt)
         self.randn_source = ctx.opt("randn_source", "GPU")
         self.ensd = int(ctx.opt("eta_noise_seed_delta", 0) or 0)
         self._cond_cache: dict[tuple, cond_mod.Conditioning] = {}
@@ -957,6 +958,9 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
     run = RunState([req.prompt] * total, [req.negative_prompt] * total, all_seeds, all_subseeds, req.batch_size,
                    req.n_iter, dict(extra))
     hooks.process(run)
+    if gen.strip_comments:  # A1111's Comments script, in the same phase (scripts' `process`)
+        run.all_prompts = [prompt_comments.strip_comments(p) for p in run.all_prompts]
+        run.all_negative_prompts = [prompt_comments.strip_comments(p) for p in run.all_negative_prompts]
     gen.run = run
     all_prompts, all_negatives = run.all_prompts, run.all_negative_prompts
     save = ctx.outputs is not None and not req.do_not_save_samples and ctx.opt("samples_save", True)
@@ -1183,6 +1187,9 @@ class HiresPlan:
         plan = BatchPlan(seeds, subseeds, self.target_w, self.target_h, total, run, hires=True)
         hr_prompts = [req.hr_prompt] * len(prompts) if req.hr_prompt else prompts
         hr_negatives = [req.hr_negative_prompt] * len(negatives) if req.hr_negative_prompt else negatives
+        if gen.strip_comments:
+            hr_prompts = [prompt_comments.strip_comments(p) for p in hr_prompts]
+            hr_negatives = [prompt_comments.strip_comments(p) for p in hr_negatives]
         sampler, schedule = gen.sampler, gen.schedule
         if req.hr_sampler_name or req.hr_scheduler:
             sampler, schedule = gen.resolve_sampler(req.hr_sampler_name or gen.sampler.name,

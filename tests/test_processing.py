@@ -413,3 +413,28 @@ def test_styles_from_styles_csv_apply_to_requests(data_dir):
     r = eng.txt2img({**BASE, "prompt": "a cat", "negative_prompt": "ugly", "styles": ["film", "sharp"],
                      "do_not_save_samples": True})
     assert r.infotexts[0].startswith("analog film, a cat, grain, highly detailed\nNegative prompt: ugly, lowres\n")
+
+
+def test_prompt_comments_are_left_out_of_the_generation_and_the_infotext_as_in_a1111(engine):
+    """A1111's Comments script (setting "Enable comments", on by default): `#` to the end of a line, and lines that
+    are all comment, are not generated from nor written into the infotext; turned off, `#` is prompt text."""
+    from modules.prompt_comments import strip_comments
+
+    assert strip_comments("a red ball # a blue sky\n# draft notes") == "a red ball \n"  # A1111's two passes
+    assert strip_comments("first\n#c1\n#c2\nlast") == "first\n\nlast" and strip_comments("(red:1.2)") == "(red:1.2)"
+    job = {**BASE, "seed": 5, "do_not_save_samples": True, "do_not_save_grid": True}
+    commented = engine.txt2img({**job, "prompt": "a red ball # a blue sky\n# draft notes",
+                                "negative_prompt": "ugly # but keep this out"})
+    plain = engine.txt2img({**job, "prompt": "a red ball \n", "negative_prompt": "ugly \n"})
+    assert commented.all_prompts == ["a red ball \n"] and commented.all_negative_prompts == ["ugly \n"]
+    assert "blue sky" not in commented.info and "draft" not in commented.info and "keep this" not in commented.info
+    assert np.array_equal(np.asarray(commented.images[0]), np.asarray(plain.images[0]))
+    kept = engine.txt2img({**job, "prompt": "a red ball # a blue sky\n# draft notes",
+                           "negative_prompt": "ugly # but keep this out",
+                           "override_settings": {"enable_prompt_comments": False}})
+    assert "# a blue sky" in kept.info and not np.array_equal(np.asarray(kept.images[0]),
+                                                              np.asarray(plain.images[0]))
+    from webui.generation_tabs import token_count  # the page's counter counts what is generated
+
+    assert token_count("a cat # one two three", True) == token_count("a cat") == "2/75"
+    assert token_count("a cat # one two three", False) != "2/75"

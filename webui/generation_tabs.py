@@ -14,7 +14,7 @@ import gradio as gr
 from PIL import Image
 
 from modules import infotext as infotext_mod
-from modules import masking, outpaint, script_callbacks
+from modules import masking, outpaint, prompt_comments, script_callbacks
 from modules.models.tokenizer import build_clip_tokenizer
 from modules.processing import LATENT_UPSCALE_MODES
 from modules.request_types import RequestError
@@ -32,11 +32,14 @@ INPAINT_MODES = ("inpaint", "inpaint_sketch", "inpaint_upload", "batch")
 _tokenizer = None
 
 
-def token_count(text: str) -> str:
-    """A1111's counter: tokens used / capacity of the 75-token chunks needed."""
+def token_count(text: str, strip_comments: bool = False) -> str:
+    """A1111's counter: tokens used / capacity of the 75-token chunks needed (comments not counted where the
+    setting leaves them out of the generation)."""
     global _tokenizer
     if _tokenizer is None:
         _tokenizer = build_clip_tokenizer()
+    if strip_comments:
+        text = prompt_comments.strip_comments(text or "")
     n = max(0, len(_tokenizer(text or "", truncation=False).input_ids) - 2)
     return f"{n}/{max(1, math.ceil(n / 75)) * 75}"
 
@@ -90,8 +93,11 @@ def _prompt_row(c: Controls, engine):
                 c.extra["paste"] = gr.Button("↙️", elem_id=f"{tab}_paste", size="sm")
             c.extra["forever"] = queue_panel.forever_checkbox(tab)
     _styles_row(c, engine)
-    c.prompt.change(token_count, c.prompt, counter, show_progress="hidden", queue=False)
-    c.negative.change(token_count, c.negative, neg_counter, show_progress="hidden", queue=False)
+    def count(text: str) -> str:
+        return token_count(text, prompt_comments.enabled(engine.settings.get))
+
+    c.prompt.change(count, c.prompt, counter, show_progress="hidden", queue=False)
+    c.negative.change(count, c.negative, neg_counter, show_progress="hidden", queue=False)
 
 
 def _styles_row(c: Controls, engine):
