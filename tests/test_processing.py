@@ -438,3 +438,14 @@ def test_prompt_comments_are_left_out_of_the_generation_and_the_infotext_as_in_a
 
     assert token_count("a cat # one two three", True) == token_count("a cat") == "2/75"
     assert token_count("a cat # one two three", False) != "2/75"
+
+
+def test_save_txt_writes_the_parameters_next_to_each_picture(engine):
+    """A1111's "Create a text file next to every image with generation parameters" (`save_txt`, off by default)."""
+    off = engine.txt2img({**BASE, "seed": 8, "do_not_save_grid": True})
+    assert not off.saved_paths[0].with_suffix(".txt").exists()
+    on = engine.txt2img({**BASE, "seed": 9, "batch_size": 2, "do_not_save_grid": True,
+                         "override_settings": {"save_txt": True}})
+    for path, text in zip(on.saved_paths, on.infotexts):
+        assert path.with_suffix(".txt").read_text(encoding="utf-8") == text + "\n"
+    assert "Seed: 10" in on.saved_paths[1].with_suffix(".txt").read_text(encoding="utf-8")
