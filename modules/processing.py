@@ -898,11 +898,13 @@ def infotext_params(gen: Generation, index: int, all_seeds, all_subseeds, width:
         "Image CFG scale": gen.image_cfg_scale,
         "Seed": all_seeds[index],
         "Size": f"{width}x{height}",
-        "Model hash": model.shorthash,
-        "Model": Path(model.name).stem if not model.filename.is_dir() else model.name,
-        "VAE hash": model.vae_hash,
-        "VAE": model.vae_name,
     }
+    opt = gen.ctx.opt  # A1111's "Add … to generation information" settings (None: the key is left out)
+    params["Model hash"] = model.shorthash if opt("add_model_hash_to_info", True) else None
+    params["Model"] = (Path(model.name).stem if not model.filename.is_dir() else model.name) \
+        if opt("add_model_name_to_info", True) else None
+    params["VAE hash"] = model.vae_hash if opt("add_vae_hash_to_info", True) else None
+    params["VAE"] = model.vae_name if opt("add_vae_name_to_info", True) else None
     if req.subseed_strength > 0:
         params["Variation seed"] = all_subseeds[index]
         params["Variation seed strength"] = req.subseed_strength
@@ -928,7 +930,7 @@ def infotext_params(gen: Generation, index: int, all_seeds, all_subseeds, width:
 
         params["TI hashes"] = ti_hashes(gen.used_embeddings)
     params.update(gen.prompt_params)
-    params["Version"] = VERSION
+    params["Version"] = VERSION if opt("add_version_to_infotext", True) else None
     return params
 
 

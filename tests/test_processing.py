@@ -449,3 +449,16 @@ def test_save_txt_writes_the_parameters_next_to_each_picture(engine):
     for path, text in zip(on.saved_paths, on.infotexts):
         assert path.with_suffix(".txt").read_text(encoding="utf-8") == text + "\n"
     assert "Seed: 10" in on.saved_paths[1].with_suffix(".txt").read_text(encoding="utf-8")
+
+
+def test_add_to_generation_information_settings_leave_their_keys_out(engine):
+    """A1111's "Add model hash / model name / VAE hash / VAE name / program version to generation information"
+    (all on by default): turned off, the key is not written."""
+    job = {**BASE, "seed": 4, "do_not_save_samples": True, "do_not_save_grid": True}
+    full = engine.txt2img(job).info
+    assert "Model hash: " in full and "Model: " in full and "Version: " in full
+    off = {name: False for name in ("add_model_hash_to_info", "add_model_name_to_info", "add_vae_hash_to_info",
+                                    "add_vae_name_to_info", "add_version_to_infotext")}
+    short = engine.txt2img({**job, "override_settings": off}).info
+    assert "Model hash:" not in short and "Model:" not in short and "Version:" not in short
+    assert short.split("Steps: ")[1].startswith(full.split("Steps: ")[1][:40])  # the rest as before
