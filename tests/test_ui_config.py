@@ -137,3 +137,28 @@ def test_defaults_view_and_apply_write_the_pages_values_as_the_next_defaults(tmp
     with pytest.raises(OSError, match="could not be read"):
         broken.write_changes(page)
     assert path.read_text() == "{not json"
+
+
+def test_hidden_samplers_and_token_counters_settings_shape_the_page(tiny_models, tmp_path):
+    """A1111's "Hide samplers in user interface" (the sampling and hires dropdowns leave them out; the default falls
+    to the first shown) and "Disable prompt token counters" (no counters on the page)."""
+    from modules import script_callbacks
+    from modules.sampling import samplers
+    from tests import ext_fixtures
+    from webui import app as webui_app
+
+    engine, ns = ext_fixtures.extension_engine(tiny_models, tmp_path, {}, builtin=True)
+    hidden = [samplers.UI_DEFAULT_SAMPLER, "Euler a"]
+    engine.settings.set("hide_samplers", hidden)
+    engine.settings.set("disable_token_counters", True)
+    try:
+        demo = webui_app.create_ui(engine, ns)
+    finally:
+        script_callbacks.clear_callbacks()
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    offered = [c[0] if isinstance(c, (list, tuple)) else c for c in by_id["txt2img_sampling"].choices]
+    assert not set(hidden) & set(offered) and "Euler" in offered
+    assert by_id["txt2img_sampling"].value == offered[0]
+    hires = [c[0] if isinstance(c, (list, tuple)) else c for c in by_id["hr_sampler"].choices]
+    assert "Euler a" not in hires and "Euler" in hires
+    assert by_id["txt2img_token_counter"].visible is False and by_id["img2img_negative_token_counter"].visible is False

@@ -78,12 +78,14 @@ def _prompt_row(c: Controls, engine):
         with gr.Column(scale=6):
             c.prompt = c.add("prompt", gr.Textbox(label="Prompt", lines=3, placeholder="Prompt (Ctrl+Enter to generate)",
                                                   elem_id=f"{tab}_prompt", show_label=False))
-            counter = gr.HTML(token_count(""), elem_id=f"{tab}_token_counter", elem_classes=["token-counter"])
+            counters = not engine.settings.get("disable_token_counters", False)  # A1111's setting
+            counter = gr.HTML(token_count(""), elem_id=f"{tab}_token_counter", elem_classes=["token-counter"],
+                              visible=counters)
             c.negative = c.add("negative_prompt", gr.Textbox(label="Negative prompt", lines=2,
                                                              placeholder="Negative prompt", show_label=False,
                                                              elem_id=f"{tab}_neg_prompt"))
             neg_counter = gr.HTML(token_count(""), elem_id=f"{tab}_negative_token_counter",
-                                  elem_classes=["token-counter"])
+                                  elem_classes=["token-counter"], visible=counters)
         with gr.Column(scale=1, min_width=180):
             c.generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate")
             with gr.Row():
@@ -96,8 +98,9 @@ def _prompt_row(c: Controls, engine):
     def count(text: str) -> str:
         return token_count(text, prompt_comments.enabled(engine.settings.get))
 
-    c.prompt.change(count, c.prompt, counter, show_progress="hidden", queue=False)
-    c.negative.change(count, c.negative, neg_counter, show_progress="hidden", queue=False)
+    if counters:  # hidden counters are not kept up to date (A1111's setting saves that work too)
+        c.prompt.change(count, c.prompt, counter, show_progress="hidden", queue=False)
+        c.negative.change(count, c.negative, neg_counter, show_progress="hidden", queue=False)
 
 
 def _styles_row(c: Controls, engine):
@@ -128,11 +131,19 @@ def _styles_row(c: Controls, engine):
     save.click(do_save, [name, c.prompt, c.negative], [styles, name], queue=False)
 
 
+def shown_samplers(engine) -> list[str]:
+    """The samplers the dropdowns offer: all but those the setting "Hide samplers in user interface" names (A1111's
+    `hide_samplers`; the API and pasted infotexts still take them). Hiding every one hides none."""
+    hidden = set(engine.settings.get("hide_samplers", []) or [])
+    return [n for n in samplers.sampler_names() if n not in hidden] or samplers.sampler_names()
+
+
 def _sampling_params(c: Controls, engine, is_img2img: bool):
     tab = c.tab
-    names = samplers.sampler_names()
+    names = shown_samplers(engine)
+    default = samplers.UI_DEFAULT_SAMPLER if samplers.UI_DEFAULT_SAMPLER in names else names[0]
     with gr.Row():
-        c.add("sampler_name", gr.Dropdown(names, value=samplers.UI_DEFAULT_SAMPLER, label="Sampling method",
+        c.add("sampler_name", gr.Dropdown(names, value=default, label="Sampling method",
                                           elem_id=f"{tab}_sampling"))
         c.add("scheduler", gr.Dropdown(samplers.schedule_type_labels(), value="Automatic", label="Schedule type",
                                        elem_id=f"{tab}_scheduler"))
@@ -211,7 +222,7 @@ def _hires(c: Controls, engine):
                 _hr_checkpoint_choices(engine), value=SAME_CHECKPOINT, label="Hires checkpoint",
                 elem_id="hr_checkpoint"))
             refresh = gr.Button("🔄", elem_id="hr_checkpoint_refresh", size="sm", min_width=40, scale=0)
-            c.add("hr_sampler_name", gr.Dropdown([SAME_SAMPLER, *samplers.sampler_names()], value=SAME_SAMPLER,
+            c.add("hr_sampler_name", gr.Dropdown([SAME_SAMPLER, *shown_samplers(engine)], value=SAME_SAMPLER,
                                                  label="Hires sampling method", elem_id="hr_sampler"))
             c.add("hr_scheduler", gr.Dropdown([SAME_SCHEDULER, *samplers.schedule_type_labels()],
                                               value=SAME_SCHEDULER, label="Hires schedule type",
