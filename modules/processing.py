@@ -1201,6 +1201,10 @@ class HiresPlan:
                                                     req.hr_scheduler or gen.schedule.label)
         latent = self.upscaler in LATENT_UPSCALE_MODES
         first = None if latent else _to_pil(model, decode(gen.final_model, latents))  # before any swap (A1111)
+        ctx = gen.ctx
+        if ctx.outputs is not None and not req.do_not_save_samples and ctx.opt("samples_save", True) \
+                and ctx.opt("save_images_before_highres_fix", False):
+            self._save_first_pass(gen, first or _to_pil(model, decode(gen.final_model, latents)), seeds)
         hr_model = gen.hires_model()
         gen.ctx.state.textinfo = "Hires pass"
         gen.hooks.before_hires(gen.run)
@@ -1212,6 +1216,18 @@ class HiresPlan:
             out = gen.sample_batch(plan, hr_prompts, hr_negatives, sampler, schedule, encode_pixels=pixels,
                                    model=hr_model)
         return _to_pil(model, decode(gen.final_model, out))
+
+    def _save_first_pass(self, gen: Generation, pictures: list[Image.Image], seeds) -> None:
+        """A1111's "Save a copy of image before applying highres fix": NNNNN-SEED-before-highres-fix, with the
+        picture's own infotext."""
+        run = gen.run
+        for i, image in enumerate(pictures):
+            index = run.iteration * run.batch_size + i
+            params = infotext_params(gen, index, run.all_seeds, run.all_subseeds, self.target_w, self.target_h,
+                                     run.extra, self.denoising)
+            text = infotext_mod.create_infotext(run.all_prompts[index], run.all_negative_prompts[index], params)
+            images_mod.save_image(image, gen.ctx.outputs.samples, seeds[i], text,
+                                  gen.ctx.opt("samples_format", "png"), "-before-highres-fix")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -462,3 +462,20 @@ def test_add_to_generation_information_settings_leave_their_keys_out(engine):
     short = engine.txt2img({**job, "override_settings": off}).info
     assert "Model hash:" not in short and "Model:" not in short and "Version:" not in short
     assert short.split("Steps: ")[1].startswith(full.split("Steps: ")[1][:40])  # the rest as before
+
+
+def test_save_images_before_highres_fix_keeps_the_first_pass(engine):
+    """A1111's "Save a copy of image before applying highres fix" (off by default): the first pass is saved too,
+    at its own size, as NNNNN-SEED-before-highres-fix with the picture's infotext."""
+    job = {**BASE, "seed": 12, "batch_size": 2, "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent",
+           "denoising_strength": 0.5, "do_not_save_grid": True}
+    plain = engine.txt2img(job)
+    folder = plain.saved_paths[0].parent
+    assert not list(folder.glob("*-before-highres-fix.*"))
+    kept = engine.txt2img({**job, "override_settings": {"save_images_before_highres_fix": True}})
+    before = sorted(folder.glob("*-before-highres-fix.png"))
+    assert [p.name.split("-")[1] for p in before] == ["12", "13"]
+    for path, final, seed in zip(before, kept.saved_paths, (12, 13)):
+        with Image.open(path) as first, Image.open(final) as done:
+            assert first.size == (64, 64) and done.size == (128, 128)
+            assert "Hires upscale: 2" in first.info["parameters"] and f"Seed: {seed}," in first.info["parameters"]
