@@ -255,6 +255,7 @@ class HistoryStore:
         if src.exists():
             trash.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, trash)
+            _move_parameters_file(src, trash)
         with self._lock:
             self._writer.execute("UPDATE images SET deleted = 1 WHERE id = ?", (image_id,))
         return self.get(image_id)
@@ -266,6 +267,7 @@ class HistoryStore:
         if trash.exists() and not src.exists():
             src.parent.mkdir(parents=True, exist_ok=True)
             os.replace(trash, src)
+            _move_parameters_file(trash, src)
         with self._lock:
             self._writer.execute("UPDATE images SET deleted = 0, missing = ? WHERE id = ?",
                                  (0 if src.exists() else 1, image_id))
@@ -484,3 +486,11 @@ def _public(row: sqlite3.Row) -> dict:
     out["deleted"] = bool(out["deleted"])
     out["missing"] = bool(out["missing"])
     return out
+
+
+def _move_parameters_file(picture: Path, to: Path) -> None:
+    """The picture's `NAME.txt` (the setting save_txt) goes with it, as A1111's delete takes it too; one already at
+    the destination is left alone."""
+    text, dest = picture.with_suffix(".txt"), to.with_suffix(".txt")
+    if text.is_file() and not dest.exists():
+        os.replace(text, dest)

@@ -97,12 +97,15 @@ def test_search_filters_and_pages(store, tmp_path):
 
 def test_delete_goes_to_the_trash_and_restores(store, tmp_path):
     path = a1111_png(tmp_path / "outputs" / "txt2img-images", 1, "a cat")
+    path.with_suffix(".txt").write_text("a cat\nSteps: 20\n")  # the setting save_txt's parameters file
     image_id = store.add(path, None)
     row = store.delete(image_id)
     trash = tmp_path / "outputs" / ".trash" / "txt2img-images" / path.name
     assert row["deleted"] and not path.exists() and trash.exists()
+    assert trash.with_suffix(".txt").is_file() and not path.with_suffix(".txt").exists()  # it goes with it
     assert store.search(Query())[0] == [] and store.reconcile()["imported"] == 0  # the trash is not re-imported
     assert not store.restore(image_id)["deleted"] and path.exists() and not trash.exists()
+    assert path.with_suffix(".txt").read_text() == "a cat\nSteps: 20\n"
 
 
 def test_the_trash_lists_deleted_pictures_where_their_files_are_now(store, tmp_path):
