@@ -268,7 +268,8 @@ class Engine:
         maps = None
         if options.get("control_net_detectmap_autosaving", False):  # the extension's option and folder
             maps = self.paths.resolve_data_path(str(options.get("control_net_detectedmap_dir") or "detected_maps"))
-        return OutputDirs(samples=samples, grids=grids, detected_maps=maps)
+        inits = folder("outdir_init_images", default=root / "init-images")
+        return OutputDirs(samples=samples, grids=grids, detected_maps=maps, init_images=inits)
 
     # -- control ---------------------------------------------------------------------------------------------------
 

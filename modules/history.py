@@ -22,7 +22,8 @@ from typing import Any, Iterable
 log = logging.getLogger(__name__)
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".avif")
-SKIPPED_DIRS = {".trash"}  # deleted pictures wait here, restorable
+# deleted pictures wait in .trash, restorable; init-images holds img2img's inputs (setting save_init_img), not results
+SKIPPED_DIRS = {".trash", "init-images"}
 FIELDS = ("path", "size", "width", "height", "seed", "model", "model_hash", "sampler", "steps", "cfg", "prompt",
           "negative_prompt", "infotext", "created", "kind", "sha256")
 EDITABLE = {"starred": bool, "rating": int, "board": str}

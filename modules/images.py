@@ -294,6 +294,24 @@ def save_image(image: Image.Image, directory: str | os.PathLike, seed: int, info
     return _save_numbered(Path(directory), "", f"-{seed}{_clean_suffix(basename_suffix)}", ext, data)
 
 
+def save_init_image(image: Image.Image, directory: str | os.PathLike, fmt: str = "png") -> tuple[Path, str]:
+    """A1111's "Save init images when using img2img": ``directory/<md5 of the pixels>.ext`` (the same picture is
+    written once), keeping the picture's own parameters; returns the path and the hash (the infotext's "Init image
+    hash")."""
+    import hashlib
+
+    digest = hashlib.md5(image.tobytes()).hexdigest()
+    ext = _extension(fmt)
+    path = Path(directory) / f"{digest}.{ext}"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            atomic_write_bytes(path, encode_image(image, ext, image.info.get("parameters")), overwrite=False)
+        except FileExistsError:  # the same picture, saved by another job a moment ago
+            pass
+    return path, digest
+
+
 def save_grid(image: Image.Image, directory: str | os.PathLike, infotext: str | None, fmt: str = "png", *,
               quality: int = JPEG_QUALITY) -> Path:
     """Save a grid as ``directory/grid-NNNN.ext`` (4 digits, continuing from existing grids); returns the path."""

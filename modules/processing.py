@@ -56,6 +56,7 @@ class OutputDirs:
     samples: Path
     grids: Path
     detected_maps: Path | None = None  # ControlNet maps are saved here (per preprocessor) when the setting asks
+    init_images: Path | None = None  # img2img's init pictures, when the setting save_init_img asks
 
 
 @dataclass
@@ -1258,8 +1259,12 @@ def img2img(ctx: ProcessingContext, req: Img2ImgRequest) -> GenerationResult:
     m = model.size_multiple
     width, height = _round8(req.width, m), _round8(req.height, m)
     background = ctx.opt("img2img_background_color", "#ffffff")
-    inits = [_flatten(im, background) for im in req.init_images]
     extra: dict[str, Any] = {}
+    if ctx.outputs is not None and ctx.outputs.init_images is not None and ctx.opt("save_init_img", False):
+        for im in req.init_images:  # as A1111: each as given (before flattening), named by its hash
+            _, extra["Init image hash"] = images_mod.save_init_image(im, ctx.outputs.init_images,
+                                                                     ctx.opt("samples_format", "png"))
+    inits = [_flatten(im, background) for im in req.init_images]
     setup = None
     if req.mask is not None:
         setup = _inpaint_setup(req, inits, width, height)

@@ -479,3 +479,22 @@ def test_save_images_before_highres_fix_keeps_the_first_pass(engine):
         with Image.open(path) as first, Image.open(final) as done:
             assert first.size == (64, 64) and done.size == (128, 128)
             assert "Hires upscale: 2" in first.info["parameters"] and f"Seed: {seed}," in first.info["parameters"]
+
+
+def test_save_init_img_keeps_each_init_picture_once_by_its_hash(engine):
+    """A1111's "Save init images when using img2img" (off by default): the init picture, as given, in
+    outputs/init-images named by the md5 of its pixels (the same picture once), and "Init image hash" in the
+    infotext."""
+    import hashlib
+
+    init = _init()
+    folder = engine.paths.outputs_dir / "init-images"
+    req = {**BASE, "init_images": [init], "denoising_strength": 0.6, "do_not_save_samples": True}
+    assert "Init image hash" not in engine.img2img(req).info and not list(folder.glob("*"))
+    digest = hashlib.md5(init.tobytes()).hexdigest()
+    for seed in (1, 2):
+        r = engine.img2img({**req, "seed": seed, "override_settings": {"save_init_img": True}})
+        assert f"Init image hash: {digest}" in r.info
+    assert [p.name for p in folder.iterdir()] == [f"{digest}.png"]
+    with Image.open(folder / f"{digest}.png") as saved:
+        assert np.array_equal(np.asarray(saved.convert(init.mode)), np.asarray(init))
