@@ -1063,8 +1063,9 @@ def _detected_maps(ctx: ProcessingContext, gen: Generation, result: GenerationRe
 
 
 def _grid(ctx: ProcessingContext, req: GenerationRequest, result: GenerationResult) -> None:
-    """A1111 makes a grid for a multi-image job; returned first (index_of_first_image = 1) and saved."""
-    if len(result.images) < 2:
+    """A1111 makes a grid for a multi-image job (for any job where `grid_only_if_multiple` is off); returned first
+    (index_of_first_image = 1) and saved."""
+    if not result.images or (len(result.images) < 2 and ctx.opt("grid_only_if_multiple", True)):
         return
     if req.do_not_save_grid:  # A1111: neither saved nor returned (the API sets it unless save_images)
         return
@@ -1072,7 +1073,8 @@ def _grid(ctx: ProcessingContext, req: GenerationRequest, result: GenerationResu
     want_save = ctx.outputs is not None and ctx.opt("grid_save", True)
     if not (want_return or want_save):
         return
-    grid = images_mod.image_grid(result.images, batch_size=req.batch_size, n_rows=int(ctx.opt("n_rows", -1)))
+    grid = images_mod.image_grid(result.images, batch_size=req.batch_size, n_rows=int(ctx.opt("n_rows", -1)),
+                                 prevent_empty_spots=bool(ctx.opt("grid_prevent_empty_spots", False)))
     text = result.infotexts[0]
     if want_save:
         result.grid_path = images_mod.save_grid(grid, ctx.outputs.grids, text if ctx.opt("enable_pnginfo", True)

@@ -498,3 +498,16 @@ def test_save_init_img_keeps_each_init_picture_once_by_its_hash(engine):
     assert [p.name for p in folder.iterdir()] == [f"{digest}.png"]
     with Image.open(folder / f"{digest}.png") as saved:
         assert np.array_equal(np.asarray(saved.convert(init.mode)), np.asarray(init))
+
+
+def test_grid_settings_one_picture_grids_and_no_empty_spots(engine):
+    """A1111's "Do not save grids consisting of one picture" (on by default) and "Prevent empty spots in grid"."""
+    one = {**BASE, "seed": 21, "do_not_save_samples": True, "do_not_save_grid": False}
+    assert engine.txt2img(one).index_of_first_image == 0  # one picture: no grid
+    r = engine.txt2img({**one, "override_settings": {"grid_only_if_multiple": False}})
+    assert r.index_of_first_image == 1 and len(r.images) == 2 and r.grid_path is not None
+    assert r.images[0].size == r.images[1].size == (64, 64)
+    five = {**one, "seed": 22, "batch_size": 5}
+    assert engine.txt2img(five).images[0].size == (3 * 64, 2 * 64)  # round(sqrt(5)) rows: one spot empty
+    packed = engine.txt2img({**five, "override_settings": {"grid_prevent_empty_spots": True}})
+    assert packed.images[0].size == (5 * 64, 64)
