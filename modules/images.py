@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image, ImageColor, PngImagePlugin
 
-from modules.fileio import atomic_write_bytes
+from modules.fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "save_image",
@@ -292,6 +292,11 @@ def save_image(image: Image.Image, directory: str | os.PathLike, seed: int, info
     ext = _extension(fmt)
     data = encode_image(image, ext, infotext, quality=quality, webp_lossless=webp_lossless, pnginfo=pnginfo)
     return _save_numbered(Path(directory), "", f"-{seed}{_clean_suffix(basename_suffix)}", ext, data)
+
+
+def save_parameters_file(picture: str | os.PathLike, infotext: str) -> Path:
+    """A1111's setting save_txt: the picture's infotext in ``NAME.txt`` beside it."""
+    return atomic_write_text(Path(picture).with_suffix(".txt"), f"{infotext}\n")
 
 
 def save_init_image(image: Image.Image, directory: str | os.PathLike, fmt: str = "png") -> tuple[Path, str]:

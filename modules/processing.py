@@ -24,7 +24,6 @@ from modules import images as images_mod
 from modules import face_restoration
 from modules import infotext as infotext_mod
 from modules import masking, preview, prompt_comments, rng
-from modules.fileio import atomic_write_text
 from modules.jobs import JobState
 from modules.models.loader import LoadedModel
 from modules.networks import extra_networks
@@ -1036,7 +1035,7 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
                                         text if ctx.opt("enable_pnginfo", True) else None,
                                         directory=ctx.outputs.samples, seed=run.all_seeds[index], fmt=fmt)
                 if ctx.opt("save_txt", False):  # A1111: the parameters in a text file of the picture's name
-                    atomic_write_text(Path(path).with_suffix(".txt"), f"{text}\n")
+                    images_mod.save_parameters_file(path, text)
                 result.saved_paths.append(path)
                 result.saved_infotexts.append(text)
         state.next_job()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from modules.fileio import atomic_write_json
+from modules.upscaling import realesrgan
 
 __all__ = ["OptionInfo", "OPTIONS", "register_option", "Settings", "infotext_to_option", "section_title"]
 
@@ -258,9 +259,8 @@ _section("saving-to-dirs", {
 _section("upscaling", {
     "ESRGAN_tile": _O(192, "Tile size for ESRGAN upscalers (0 = no tiling)", minimum=0, maximum=512),
     "ESRGAN_tile_overlap": _O(8, "Tile overlap for ESRGAN upscalers", minimum=0, maximum=48),
-    "realesrgan_enabled_models": _O(["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"], "Real-ESRGAN models to show",
-                                    choices=lambda: __import__("modules.upscaling.realesrgan",
-                                                               fromlist=["NAMES"]).NAMES),
+    "realesrgan_enabled_models": _O(list(realesrgan.DEFAULT_ENABLED), "Real-ESRGAN models to show",
+                                    choices=list(realesrgan.NAMES)),
     "upscaler_for_img2img": _O(None, "Upscaler for img2img"),
     "upscaling_max_images_in_cache": _O(5, "Maximum number of images in upscaling cache", minimum=0, maximum=10),
 })

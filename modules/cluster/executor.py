@@ -18,7 +18,6 @@ from typing import Any
 
 from modules.cluster import fan_out, files
 from modules.cluster.dispatch import WorkerView, assign
-from modules.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +187,7 @@ class ClusterExecutor:
             seed = result.all_seeds[i] if i < len(result.all_seeds) else result.seed
             kept.append(images_mod.save_image(result.images[first + i], outputs.samples, seed, text, fmt=fmt))
             if self.engine.settings.get("save_txt", False):
-                atomic_write_text(kept[-1].with_suffix(".txt"), f"{text}\n")
+                images_mod.save_parameters_file(kept[-1], text)
         result.saved_paths = kept
         if result.grid_path is not None and not Path(result.grid_path).is_file() and first == 1:
             result.grid_path = images_mod.save_grid(result.images[0], outputs.grids, result.infotexts[0],
