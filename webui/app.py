@@ -19,7 +19,7 @@ import gradio as gr  # noqa: E402
 from modules import script_callbacks, scripts  # noqa: E402
 from modules.engine import Engine  # noqa: E402
 from webui import gradio_compat, extensions_tab, generation_tabs, history_tab, models_tab, other_tabs, train_tab  # noqa: E402,E501
-from webui import script_ui  # noqa: E402
+from webui import deferred_app, script_ui  # noqa: E402
 from webui import frontend_fixes  # noqa: E402
 from webui.runner import USER_ERRORS, error_html  # noqa: E402
 from webui.ui_config import UiConfig  # noqa: E402
@@ -213,13 +213,19 @@ def _wire_image_cfg(engine: Engine, ckpt, i2i, demo: gr.Blocks) -> None:
 
 
 def create_ui(engine: Engine, args=None) -> gr.Blocks:
+    """The page, built without the throwaway apps Gradio would make on the way (webui/deferred_app.py): the app
+    that serves it is made when `mount` mounts it."""
+    with deferred_app.app_made_at_mount():
+        return _build_page(engine, args)
+
+
+def _build_page(engine: Engine, args) -> gr.Blocks:
     cfg = UiConfig(engine.paths.ui_config_file)
     hide_dirs = bool(getattr(args, "hide_ui_dir_config", False))  # A1111: no folder boxes for other computers
     gradio_compat.install()
     script_callbacks.before_ui_callback()
     extension_tabs = script_callbacks.ui_tabs_with_sources()
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False, fill_width=True) as demo:
-        # Set while the page is still empty: Gradio rebuilds its app (and the page's config) on each queue() call
         demo.queue(default_concurrency_limit=1, max_size=64)
         ckpt = _quicksettings(engine)
         note = gr.HTML(_demo_note_html(engine.models.demo_note()), elem_id="quicksettings_demo_note")
