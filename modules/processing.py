@@ -23,7 +23,7 @@ from PIL import Image
 from modules import images as images_mod
 from modules import face_restoration
 from modules import infotext as infotext_mod
-from modules import masking, preview, prompt_comments, rng
+from modules import color_correction, masking, preview, prompt_comments, rng
 from modules.jobs import JobState
 from modules.models.loader import LoadedModel
 from modules.networks import extra_networks
@@ -99,6 +99,16 @@ class ProcessingHooks:
         return images
 
     def image(self, run: RunState, index: int, image: Image.Image) -> Image.Image:
+        """One decoded picture (faces restored), before img2img's colour correction and overlay; may return a
+        replacement."""
+        return image
+
+    def mask_overlay(self, run: RunState, index: int, mask: Image.Image | None,
+                     original: Image.Image | None) -> tuple[Image.Image | None, Image.Image | None]:
+        """Inpainting: the mask and the original composited over the picture; may return replacements."""
+        return mask, original
+
+    def after_composite(self, run: RunState, index: int, image: Image.Image) -> Image.Image:
         """One finished picture before it is saved; may return a replacement."""
         return image
 
@@ -946,13 +956,13 @@ def _seeds(req: GenerationRequest) -> tuple[int, int, list[int], list[int]]:
 
 
 def _run(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, height: int, extra: dict[str, Any],
-         denoising: float | None) -> GenerationResult:
+         denoising: float | None, finish: "Img2ImgFinish | None" = None) -> GenerationResult:
     with gen.image_prompts():
-        return _run_batches(ctx, gen, batch_fn, width, height, extra, denoising)
+        return _run_batches(ctx, gen, batch_fn, width, height, extra, denoising, finish)
 
 
 def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, height: int, extra: dict[str, Any],
-                 denoising: float | None) -> GenerationResult:
+                 denoising: float | None, finish: "Img2ImgFinish | None") -> GenerationResult:
     """The batch loop shared by txt2img and img2img: n_iter batches, progress, saving, interrupt/skip, grid."""
     req, model, state, hooks = gen.req, gen.model, ctx.state, ctx.hooks
     started = time.time()
@@ -1017,17 +1027,28 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
         pictures = hooks.after_batch(run, pictures)
         for i, image in enumerate(pictures):
             index = lo + i
+
+            def text_now() -> str:
+                return infotext_mod.create_infotext(all_prompts[index], all_negatives[index], infotext_params(
+                    gen, index, run.all_seeds, run.all_subseeds, width, height, run.extra, denoising))
+
             if faces is not None:  # A1111: after decoding, before postprocess_image and saving
                 if save and ctx.opt("save_images_before_face_restoration", False):
-                    before = infotext_mod.create_infotext(all_prompts[index], all_negatives[index], infotext_params(
-                        gen, index, run.all_seeds, run.all_subseeds, width, height, run.extra, denoising))
-                    images_mod.save_image(image, ctx.outputs.samples, run.all_seeds[index], before, fmt,
+                    images_mod.save_image(image, ctx.outputs.samples, run.all_seeds[index], text_now(), fmt,
                                           "-before-face-restoration")
                 image = faces(image)
             image = hooks.image(run, i, image)
-            params = infotext_params(gen, index, run.all_seeds, run.all_subseeds, width, height, run.extra,
-                                     denoising)
-            text = infotext_mod.create_infotext(all_prompts[index], all_negatives[index], params)
+            denoised = mask = None
+            if finish is not None:
+                mask, original = hooks.mask_overlay(run, i, *finish.mask_and_overlay(index))
+                if finish.corrections:
+                    if save and ctx.opt("save_images_before_color_correction", False):
+                        images_mod.save_image(finish.composite(image, mask, original)[0], ctx.outputs.samples,
+                                              run.all_seeds[index], text_now(), fmt, "-before-color-correction")
+                    image = finish.correct(index, image)
+                image, denoised = finish.composite(image, mask, original)
+            image = hooks.after_composite(run, i, image)
+            text = text_now()
             result.images.append(image)
             result.infotexts.append(text)
             if save:
@@ -1038,12 +1059,32 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
                     images_mod.save_parameters_file(path, text)
                 result.saved_paths.append(path)
                 result.saved_infotexts.append(text)
+            if mask is not None:
+                _mask_outputs(ctx, result, mask, denoised, text, run.all_seeds[index] if save else None)
         state.next_job()
 
     _grid(ctx, req, result)
     _detected_maps(ctx, gen, result)
     result.elapsed = time.time() - started
     return result
+
+
+def _mask_outputs(ctx: ProcessingContext, result: GenerationResult, mask: Image.Image, denoised: Image.Image,
+                  text: str, seed: int | None) -> None:
+    """Inpainting's mask and masked composite, as A1111: saved beside the picture (save_mask, save_mask_composite;
+    `seed` None when the job saves nothing) and shown after it (return_mask, return_mask_composite)."""
+    wanted = {"mask": ("save_mask", "return_mask"), "mask-composite": ("save_mask_composite", "return_mask_composite")}
+    for suffix, (save_key, return_key) in wanted.items():
+        to_save, to_return = seed is not None and ctx.opt(save_key, False), ctx.opt(return_key, False)
+        if not (to_save or to_return):
+            continue
+        picture = mask.convert("RGB") if suffix == "mask" else mask_composite(denoised, mask)
+        if to_save:
+            images_mod.save_image(picture, ctx.outputs.samples, seed, text, ctx.opt("samples_format", "png"),
+                                  f"-{suffix}")
+        if to_return:
+            result.images.append(picture)
+            result.infotexts.append(text)
 
 
 def _detected_maps(ctx: ProcessingContext, gen: Generation, result: GenerationResult) -> None:
@@ -1278,9 +1319,16 @@ def img2img(ctx: ProcessingContext, req: Img2ImgRequest) -> GenerationResult:
             extra["Mask mode"] = "Inpaint not masked"
     gen.prepare_controls(setup.paste_to if setup is not None else None)
     if req.resize_mode == LATENT_RESIZE and setup is None:
-        prepared = [im.resize((_round8(im.width, m), _round8(im.height, m)), Image.Resampling.LANCZOS) for im in inits]
+        fitted = [im.resize((_round8(im.width, m), _round8(im.height, m)), Image.Resampling.LANCZOS) for im in inits]
     else:
-        prepared = [_prepare_init(im, req, setup, width, height) for im in inits]
+        fitted = [_fit_init(im, req, setup, width, height) for im in inits]
+    prepared = fitted
+    if setup is not None and req.inpainting_fill == 0:
+        prepared = [masking.fill(im, setup.processing_mask) for im in fitted]
+    corrections = None
+    if ctx.opt("img2img_color_correction", False):  # towards the init as sampling starts from it, before any fill
+        corrections = [color_correction.target(im) for im in fitted]
+    finish = Img2ImgFinish(setup, corrections, bool(ctx.opt("overlay_inpaint", True)))
     total, run = img2img_steps(req.steps, req.denoising_strength, bool(ctx.opt("img2img_fix_steps", False)))
     processor = image_processor(model)
 
@@ -1296,12 +1344,9 @@ def img2img(ctx: ProcessingContext, req: Img2ImgRequest) -> GenerationResult:
             if setup is not None:
                 plan.inpaint = _inpaint_tensors(gen, req, setup, pixels, seeds, width, height)
             latents = gen.sample_batch(plan, prompts, negatives, encode_pixels=pixels)
-        out = _to_pil(model, decode(gen.final_model, latents))
-        if setup is not None:
-            out = [_apply_overlay(im, setup, (n * k + i) % len(setup.overlay_source)) for i, im in enumerate(out)]
-        return out
+        return _to_pil(model, decode(gen.final_model, latents))
 
-    return _run(ctx, gen, batch, width, height, extra, req.denoising_strength)
+    return _run(ctx, gen, batch, width, height, extra, req.denoising_strength, finish)
 
 
 def _latent_resize_init(gen: Generation, pixels, seeds, subseeds, width, height) -> torch.Tensor:
@@ -1332,16 +1377,14 @@ def _inpaint_setup(req: Img2ImgRequest, inits: list[Image.Image], width: int, he
     return InpaintSetup(overlay_mask, sources, resized, None)
 
 
-def _prepare_init(image: Image.Image, req: Img2ImgRequest, setup: InpaintSetup | None, width: int,
-                  height: int) -> Image.Image:
+def _fit_init(image: Image.Image, req: Img2ImgRequest, setup: InpaintSetup | None, width: int,
+              height: int) -> Image.Image:
+    """An init picture at the generation's size: resized by the resize mode, or its masked region for "Only
+    masked"."""
     if setup is not None and setup.paste_to is not None:
         x, y, w, h = setup.paste_to
-        image = resize_image(2, image.crop((x, y, x + w, y + h)), width, height)
-    else:
-        image = resize_image(req.resize_mode, image, width, height)
-    if setup is not None and req.inpainting_fill == 0:
-        image = masking.fill(image, setup.processing_mask)
-    return image
+        return resize_image(2, image.crop((x, y, x + w, y + h)), width, height)
+    return resize_image(req.resize_mode, image, width, height)
 
 
 def _inpaint_tensors(gen: Generation, req: Img2ImgRequest, setup: InpaintSetup, pixels: torch.Tensor,
@@ -1372,15 +1415,47 @@ def _inpaint_tensors(gen: Generation, req: Img2ImgRequest, setup: InpaintSetup, 
             "pixel_mask": (mask_condition >= 0.5).to(pixels.dtype)}
 
 
-def _apply_overlay(image: Image.Image, setup: InpaintSetup, index: int) -> Image.Image:
-    """Paste the generated picture back and composite the untouched original over it (A1111's apply_overlay)."""
-    original = setup.overlay_source[index]
-    if setup.paste_to is not None:
-        x, y, w, h = setup.paste_to
-        base = original.convert("RGB").copy()
-        base.paste(resize_image(1, image, w, h), (x, y))
-        image = base
-    return masking.composite(original, image, setup.mask_for_overlay)
+@dataclass
+class Img2ImgFinish:
+    """What img2img does to each picture after face restoration and the scripts' postprocess_image, in A1111's
+    order: colour correction (`corrections`: one target per init picture), then the inpainting overlay."""
+
+    setup: InpaintSetup | None
+    corrections: list[np.ndarray] | None = None
+    overlay: bool = True  # setting overlay_inpaint: the untouched original composited over the result
+
+    def mask_and_overlay(self, index: int) -> tuple[Image.Image | None, Image.Image | None]:
+        """(mask_for_overlay, the original under it) of picture `index`, as scripts' postprocess_maskoverlay get
+        them."""
+        if self.setup is None:
+            return None, None
+        original = self.setup.overlay_source[index % len(self.setup.overlay_source)] if self.overlay else None
+        return self.setup.mask_for_overlay, original
+
+    def correct(self, index: int, image: Image.Image) -> Image.Image:
+        return color_correction.apply(self.corrections[index % len(self.corrections)], image)
+
+    def composite(self, image: Image.Image, mask: Image.Image | None,
+                  original: Image.Image | None) -> tuple[Image.Image, Image.Image]:
+        """(the picture with the original over what was not to change, the picture before that) — A1111's
+        apply_overlay: an "Only masked" result is pasted back into the whole picture first; with no original
+        (overlay_inpaint off) the result is given as sampled."""
+        if original is None or mask is None or self.setup is None:
+            return image, image
+        if self.setup.paste_to is not None:
+            x, y, w, h = self.setup.paste_to
+            base = original.convert("RGB").copy()
+            base.paste(resize_image(1, image, w, h), (x, y))
+            image = base
+        return masking.composite(original, image, mask), image
+
+
+def mask_composite(denoised: Image.Image, mask: Image.Image) -> Image.Image:
+    """A1111's "masked composite": the generated picture where the mask is, transparent elsewhere."""
+    alpha = resize_image(2, mask, denoised.width, denoised.height).convert("L")
+    out = denoised.convert("RGBA")
+    out.putalpha(alpha)
+    return out
 
 
 def run_request(ctx: ProcessingContext, req: GenerationRequest) -> GenerationResult:

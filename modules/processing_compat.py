@@ -22,7 +22,7 @@ from modules import script_callbacks
 from modules.processing import GenerationResult, ProcessingHooks, RunState
 from modules.request_types import GenerationRequest, Img2ImgRequest, RequestError, Txt2ImgRequest
 from modules.sampling.loop import SamplingHooks
-from modules.scripts import PostprocessBatchListArgs, PostprocessImageArgs
+from modules.scripts import PostprocessBatchListArgs, PostprocessImageArgs, PostProcessMaskOverlayArgs
 
 _RUNTIME_DEFAULTS: dict[str, Any] = {
     "all_prompts": None, "all_negative_prompts": None, "all_seeds": None, "all_subseeds": None,
@@ -540,6 +540,20 @@ class ScriptHooks(ProcessingHooks):
         self.p.batch_index = index
         pp = PostprocessImageArgs(image)
         self.runner.postprocess_image(self.p, pp)
+        return pp.image
+
+    def mask_overlay(self, run: RunState, index: int, mask, original):
+        if self.runner is None or mask is None:
+            return mask, original
+        ppmo = PostProcessMaskOverlayArgs(index, mask, original)
+        self.runner.postprocess_maskoverlay(self.p, ppmo)
+        return ppmo.mask_for_overlay, ppmo.overlay_image
+
+    def after_composite(self, run: RunState, index: int, image: Image.Image) -> Image.Image:
+        if self.runner is None:
+            return image
+        self.p.batch_index = index
+        pp = PostprocessImageArgs(image)
         self.runner.postprocess_image_after_composite(self.p, pp)
         return pp.image
 

@@ -347,6 +347,9 @@ class ScriptRunner:
     def postprocess_image(self, p, pp: PostprocessImageArgs):
         self._each("postprocess_image", p, pp)
 
+    def postprocess_maskoverlay(self, p, ppmo: PostProcessMaskOverlayArgs):
+        self._each("postprocess_maskoverlay", p, ppmo)
+
     def postprocess_image_after_composite(self, p, pp: PostprocessImageArgs):
         self._each("postprocess_image_after_composite", p, pp)
 

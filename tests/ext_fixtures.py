@@ -34,6 +34,16 @@ class PromptSuffix(scripts.Script):
         if enabled and suffix == "invert":
             from PIL import ImageOps
             pp.image = ImageOps.invert(pp.image.convert("RGB"))
+
+    def postprocess_maskoverlay(self, p, ppmo, enabled, suffix):
+        if enabled and suffix == "keep everything":
+            from PIL import Image
+            ppmo.mask_for_overlay = Image.new("L", ppmo.mask_for_overlay.size, 0)
+
+    def postprocess_image_after_composite(self, p, pp, enabled, suffix):
+        if enabled and suffix == "invert after":
+            from PIL import ImageOps
+            pp.image = ImageOps.invert(pp.image.convert("RGB"))
 ''',
     "metadata.ini": "[Extension]\nName = prompt-suffix\n",
 }

@@ -53,6 +53,28 @@ def test_postprocess_image_replaces_the_picture(ext_engine):
     assert inverted.images[0].getpixel((0, 0)) != normal.getpixel((0, 0))
 
 
+def test_inpaint_hooks_run_in_a1111s_order_around_the_overlay(ext_engine):
+    """postprocess_image sees the sampled picture (the original then goes back over what was not masked),
+    postprocess_maskoverlay may change the mask the original is put back with, postprocess_image_after_composite
+    sees the finished picture."""
+    import numpy as np
+
+    init = Image.fromarray(np.random.RandomState(3).randint(0, 255, (64, 64, 3)).astype(np.uint8))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    req = {**BASE, "init_images": [init], "mask": Image.fromarray(mask), "mask_blur": 0, "denoising_strength": 0.9}
+
+    def run(suffix):
+        script = {"prompt suffix": {"args": [True, suffix]}}
+        return np.asarray(ext_engine.img2img({**req, "alwayson_scripts": script}).images[0].convert("RGB"))
+
+    original, outside = np.asarray(init), mask == 0
+    inverted_first = run("invert")
+    assert np.array_equal(inverted_first[outside], original[outside])
+    assert np.array_equal(run("keep everything"), original)
+    assert np.array_equal(run("invert after")[outside], 255 - original[outside])
+
+
 def test_cfg_callbacks_run_every_step_and_can_change_the_latents(ext_engine):
     seen = _callbacks_module_state()
     before = seen["steps"]

@@ -511,3 +511,87 @@ def test_grid_settings_one_picture_grids_and_no_empty_spots(engine):
     assert engine.txt2img(five).images[0].size == (3 * 64, 2 * 64)  # round(sqrt(5)) rows: one spot empty
     packed = engine.txt2img({**five, "override_settings": {"grid_prevent_empty_spots": True}})
     assert packed.images[0].size == (5 * 64, 64)
+
+
+def _inpaint_request(**extra) -> dict:
+    init = Image.fromarray(np.random.RandomState(5).randint(0, 255, (64, 64, 3)).astype(np.uint8))
+    return {**BASE, "init_images": [init], "mask": _mask(), "mask_blur": 0, "denoising_strength": 0.9, "seed": 4,
+            "inpaint_full_res": False, **extra}
+
+
+def test_img2img_color_correction_brings_back_the_init_colours(engine):
+    """A1111's "Apply color correction to img2img results to match original colors": the result's colours are
+    matched to the init picture's (the tiny random model drifts far from them), its luminosity kept; "Save a copy
+    of image before applying color correction" keeps the uncorrected picture too."""
+    import cv2
+
+    warm = np.zeros((64, 64, 3), np.uint8)
+    warm[..., 0] = np.linspace(120, 250, 64).astype(np.uint8)[None, :]
+    warm[..., 1] = 70
+    warm[..., 2] = 30
+    req = {**BASE, "init_images": [Image.fromarray(warm)], "denoising_strength": 0.9, "seed": 8}
+    plain = engine.img2img({**req, "do_not_save_samples": True}).images[0]
+    r = engine.img2img({**req, "override_settings": {"img2img_color_correction": True,
+                                                     "save_images_before_color_correction": True}})
+    corrected = r.images[0]
+
+    def colour(im):  # the mean a and b of LAB: the colour, whatever the lightness
+        return cv2.cvtColor(np.asarray(im.convert("RGB")), cv2.COLOR_RGB2LAB).reshape(-1, 3)[:, 1:].mean(0)
+
+    target = colour(Image.fromarray(warm))
+    assert np.abs(colour(corrected) - target).sum() < np.abs(colour(plain) - target).sum() / 4
+    grey = np.array([0.299, 0.587, 0.114])  # the detail (luminosity) is the sampled picture's
+    assert np.corrcoef((arr(corrected) @ grey).ravel(), (arr(plain) @ grey).ravel())[0, 1] > 0.9
+    before = sorted(engine.paths.outputs_dir.rglob("*-before-color-correction.png"))
+    assert len(before) == 1 and np.array_equal(arr(Image.open(before[0])), arr(plain))
+
+
+def test_inpaint_mask_and_masked_composite_are_returned_and_saved_when_asked(engine):
+    """save_mask / save_mask_composite / return_mask / return_mask_composite: the greyscale mask and the picture
+    where it was masked (transparent elsewhere), beside each picture and after it in the results."""
+    r = engine.img2img(_inpaint_request(override_settings={"return_mask": True, "return_mask_composite": True,
+                                                           "save_mask": True, "save_mask_composite": True}))
+    picture, mask, composite = r.images
+    assert len(r.infotexts) == 3 and r.infotexts[1] == r.infotexts[0]
+    assert np.array_equal(np.asarray(mask.convert("L")), np.asarray(_mask()))
+    assert composite.mode == "RGBA"
+    alpha = np.asarray(composite)[..., 3]
+    assert np.array_equal(alpha, np.asarray(_mask()))
+    inside = np.asarray(_mask()) == 255
+    assert np.array_equal(np.asarray(composite)[..., :3][inside], arr(picture)[inside])
+    folder = r.saved_paths[0].parent
+    assert len(list(folder.glob("*-mask.png"))) == 1 and len(list(folder.glob("*-mask-composite.png"))) == 1
+    assert len(engine.img2img(_inpaint_request(do_not_save_samples=True)).images) == 1  # off by default
+
+
+def test_overlay_inpaint_off_gives_the_picture_as_sampled(engine):
+    """"Overlay original for inpaint" (on by default) puts the original back outside the mask; off, the sampled
+    picture comes as it is."""
+    original = arr(_inpaint_request()["init_images"][0])
+    outside = np.asarray(_mask()) == 0
+    kept = arr(engine.img2img(_inpaint_request(do_not_save_samples=True)).images[0])
+    raw = arr(engine.img2img(_inpaint_request(do_not_save_samples=True,
+                                              override_settings={"overlay_inpaint": False})).images[0])
+    assert np.array_equal(kept[outside], original[outside])
+    assert not np.array_equal(raw[outside], original[outside])
+    inside = ~outside
+    assert np.array_equal(kept[inside], raw[inside])
+
+
+def test_restore_faces_on_an_inpaint_leaves_the_unmasked_part_alone(engine, monkeypatch):
+    """A1111 restores faces on the sampled picture, before the original is put back over what was not masked: a
+    face outside the mask is never touched."""
+    from modules import face_restoration
+
+    class Darken:
+        infotext = {"Face restoration": "CodeFormer"}
+
+        def __call__(self, image):
+            return Image.new("RGB", image.size, (0, 0, 0))
+
+    monkeypatch.setattr(face_restoration, "for_request", lambda ctx, req: Darken())
+    r = engine.img2img(_inpaint_request(do_not_save_samples=True, restore_faces=True))
+    out, original = arr(r.images[0]), arr(_inpaint_request()["init_images"][0])
+    outside = np.asarray(_mask()) == 0
+    assert np.array_equal(out[outside], original[outside])
+    assert (out[~outside] == 0).all()
