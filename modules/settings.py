@@ -447,9 +447,10 @@ _section("ui", {
     "do_not_show_images": _O(False, "Do not show any images in gallery"),
     "send_seed": _O(True, "Send seed when sending prompt or image to other interface"),
     "send_size": _O(True, "Send size when sending prompt or image to another interface"),
-    "quicksettings_list": _O(["sd_model_checkpoint"], "Quicksettings list"),
-    "ui_tab_order": _O([], "UI tab order"),
-    "hidden_tabs": _O([], "Hidden UI tabs"),
+    "quicksettings_list": _O(["sd_model_checkpoint"], "Quicksettings list: settings shown in the bar at the top "
+                             "(requires restart)", restart_required=True),
+    "ui_tab_order": _O([], "UI tab order (requires restart)", restart_required=True),
+    "hidden_tabs": _O([], "Hidden UI tabs (requires restart)", restart_required=True),
     "ui_reorder_list": _O([], "txt2img/img2img UI item order"),
     "hires_fix_show_sampler": _O(False, "Hires fix: show hires checkpoint and sampler selection"),
     "hires_fix_show_prompts": _O(False, "Hires fix: show hires prompt and negative prompt"),

@@ -57,6 +57,7 @@ def _quicksettings(engine: Engine):
                                  "models/VAE)")
         clip = gr.Slider(1, 12, value=engine.settings.get("CLIP_stop_at_last_layers", 1), step=1, label="Clip skip",
                          elem_id="setting_CLIP_stop_at_last_layers", scale=2)
+        listed = _listed_quicksettings(engine)
     memory = _memory_quicksettings(engine)
     status = gr.HTML(elem_id="quicksettings_status")
 
@@ -76,7 +77,7 @@ def _quicksettings(engine: Engine):
     def set_option(name):
         def apply(value):
             try:
-                engine.settings.set(name, value)
+                engine.settings.set(name, other_tabs.stored_value(name, value))
                 engine.settings.save()
             except (ValueError, OSError) as e:
                 return error_html(str(e))
@@ -94,10 +95,25 @@ def _quicksettings(engine: Engine):
     clip.release(set_option("CLIP_stop_at_last_layers"), clip, status, queue=False)
     parts.input(set_option("forge_additional_modules"), parts, status, queue=False)
     refresh.click(do_refresh, None, [ckpt, vae, parts], queue=False)
-    for name, control in memory.items():
+    for name, control in {**memory, **listed}.items():
         event = control.release if isinstance(control, gr.Slider) else control.input
         event(set_option(name), control, status, queue=False)
     return ckpt
+
+
+def _listed_quicksettings(engine: Engine) -> dict:
+    """The fields for the other settings A1111's "Quicksettings list" names (e.g. `sd_vae_decode_method`,
+    `img2img_color_correction`), each saved as soon as it changes, as A1111's bar does."""
+    fields = {}
+    for name in other_tabs.quick_settings(engine.settings)[len(other_tabs.FIXED_QUICK_SETTINGS):]:
+        try:
+            field = other_tabs.quick_setting_component(engine, name)
+        except Exception as e:  # noqa: BLE001 - one extension's bad setting must not stop the page
+            log.warning("quicksettings: %s: %s", name, e)
+            continue
+        if field is not None:
+            fields[name] = field
+    return fields
 
 
 def _memory_quicksettings(engine: Engine) -> dict:
@@ -221,7 +237,6 @@ def create_ui(engine: Engine, args=None) -> gr.Blocks:
 
 def _build_page(engine: Engine, args) -> gr.Blocks:
     cfg = UiConfig(engine.paths.ui_config_file)
-    hide_dirs = bool(getattr(args, "hide_ui_dir_config", False))  # A1111: no folder boxes for other computers
     gradio_compat.install()
     script_callbacks.before_ui_callback()
     extension_tabs = script_callbacks.ui_tabs_with_sources()
@@ -230,43 +245,19 @@ def _build_page(engine: Engine, args) -> gr.Blocks:
         ckpt = _quicksettings(engine)
         note = gr.HTML(_demo_note_html(engine.models.demo_note()), elem_id="quicksettings_demo_note")
         with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img") as t2i_tab, \
-                    _current_scripts(engine, "txt2img"), gr.Column(elem_id="txt2img"):
-                t2i = generation_tabs.build_txt2img(engine, hide_dirs)
-            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img") as i2i_tab, \
-                    _current_scripts(engine, "img2img"), gr.Column(elem_id="img2img"):
-                i2i = generation_tabs.build_img2img(engine, hide_dirs)
-            with gr.Tab("Extras", id="extras", elem_id="tab_extras") as extras_tab:
-                extras = other_tabs.build_extras(engine)
-            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
-                png = other_tabs.build_pnginfo()
-            history = None
-            if engine.history is not None:
-                with gr.Tab("History", id="history", elem_id="tab_history") as history_tab_item:
-                    history = history_tab.build_history(engine)
-                _, filters, outs = history["load"]
-                history_tab_item.select(lambda *a: history_tab.page(engine, *a, 0), filters, outs,
-                                        show_progress="hidden")
-            with gr.Tab("Models", id="models", elem_id="tab_models"):
-                models_tab.build_models(engine, ckpt)
-            with gr.Tab("Train", id="train", elem_id="tab_train") as train_tab_item:
-                train_tab.build_train(engine)
-            extension_tab_items = _extension_tabs(extension_tabs)
-            with gr.Tab("Settings", id="settings", elem_id="tab_settings") as settings_tab:
-                settings = other_tabs.build_settings(engine, args, settings_tab)
-            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions") as extensions_tab_item:
-                extensions_tab.build_extensions(engine, args, extensions_tab_item)
+            built, items = _build_tabs(engine, args, ckpt, extension_tabs)
+        t2i, i2i, extras, png = built["txt2img"], built["img2img"], built["extras"], built["pnginfo"]
+        history, settings = built.get("history"), built["settings"]
         gr.HTML(footer_html(args), elem_id="footer")
-        _wire_sending(t2i, i2i, extras, png, tabs)
+        _wire_sending(engine, t2i, i2i, extras, png, tabs)
         if history is not None:
-            _wire_history_sending(history, t2i, i2i, extras, tabs)
+            _wire_history_sending(engine, history, t2i, i2i, extras, tabs)
         _wire_demo_defaults(engine, cfg, ckpt, note, t2i, i2i, demo)
         _wire_image_cfg(engine, ckpt, i2i, demo)
         for controls in (t2i, i2i):
             generation_tabs.wire_reattach(controls, engine, demo)
         demo.load(lambda: _current_checkpoint(engine), None, ckpt, queue=False, show_progress="hidden")
-        _apply_ui_config(cfg, engine, tabs, [(t2i_tab, "txt2img"), (i2i_tab, "img2img"), (extras_tab, "extras"),
-                                             (train_tab_item, "train"), *extension_tab_items])
+        _apply_ui_config(cfg, engine, tabs, [(items[i], i) for i in items if i not in _NO_UI_CONFIG_TABS])
         other_tabs.wire_defaults(settings["defaults"], cfg)
     return demo
 
@@ -308,20 +299,59 @@ def _current_scripts(engine: Engine, mode: str):
         scripts.scripts_current = previous
 
 
-def _extension_tabs(tabs: list) -> list:
-    """Tabs extensions returned from on_ui_tabs: ((blocks, title, elem_id), the file that registered it). Returns
-    each tab drawn with its id (its ui-config.json path)."""
-    drawn = []
-    for item, source in tabs:
-        title = str(item[1]) if isinstance(item, (list, tuple)) and len(item) > 1 else "?"
+# ui-config.json keys are not applied under these tabs' ids (A1111 keeps settings and extensions out of it)
+_NO_UI_CONFIG_TABS = ("pnginfo", "history", "models", "settings", "extensions")
+
+
+def _build_tabs(engine: Engine, args, ckpt, extension_tabs: list) -> tuple[dict, dict]:
+    """The page's tabs in A1111's "UI tab order" (listed ones first, the rest as built), those in "Hidden UI
+    tabs" left hidden (built all the same: the send-to buttons and ui-config.json still reach their controls;
+    Settings is never hidden, so the setting can be taken back). Returns (what each tab's builder gave, the tab
+    items), both by tab id."""
+    hide_dirs = bool(getattr(args, "hide_ui_dir_config", False))  # A1111: no folder boxes for other computers
+
+    def generation(mode, build):
+        def tab(_item):
+            with _current_scripts(engine, mode), gr.Column(elem_id=mode):
+                return build(engine, hide_dirs)
+        return tab
+
+    def history(item):
+        built = history_tab.build_history(engine)
+        _, filters, outs = built["load"]
+        item.select(lambda *a: history_tab.page(engine, *a, 0), filters, outs, show_progress="hidden")
+        return built
+
+    specs = [("txt2img", "txt2img", generation("txt2img", generation_tabs.build_txt2img), None),
+             ("img2img", "img2img", generation("img2img", generation_tabs.build_img2img), None),
+             ("Extras", "extras", lambda _: other_tabs.build_extras(engine), None),
+             ("PNG Info", "pnginfo", lambda _: other_tabs.build_pnginfo(), None)]
+    if engine.history is not None:
+        specs.append(("History", "history", history, None))
+    specs += [("Models", "models", lambda _: models_tab.build_models(engine, ckpt), None),
+              ("Train", "train", lambda _: train_tab.build_train(engine), None)]
+    for item, source in extension_tabs:  # ((blocks, title, elem_id), the file that registered it)
+        if isinstance(item, (list, tuple)) and len(item) > 2:
+            specs.append((str(item[1]), str(item[2]), lambda _, blocks=item[0]: blocks.render(), source))
+        else:
+            script_callbacks.report_error(f"tab {item!r}", source, ValueError("on_ui_tabs must give "
+                                                                              "(blocks, title, elem_id)"))
+    specs += [("Settings", "settings", lambda item: other_tabs.build_settings(engine, args, item), None),
+              ("Extensions", "extensions", lambda item: extensions_tab.build_extensions(engine, args, item), None)]
+
+    order = {label: i for i, label in enumerate(engine.settings.get("ui_tab_order", []) or [])}
+    hidden = set(engine.settings.get("hidden_tabs", []) or []) - {"Settings"}
+    built, items = {}, {}
+    for label, tab_id, build, source in sorted(specs, key=lambda spec: order.get(spec[0], len(order))):
         try:
-            blocks, elem_id = item[0], item[2]
-            with gr.Tab(title, id=elem_id, elem_id=f"tab_{elem_id}") as tab:
-                blocks.render()
-            drawn.append((tab, str(elem_id)))
+            with gr.Tab(label, id=tab_id, elem_id=f"tab_{tab_id}", visible=label not in hidden) as item:
+                built[tab_id] = build(item)
+            items[tab_id] = item
         except Exception as e:  # noqa: BLE001 - a broken extension tab must not stop the page
-            script_callbacks.report_error(f"tab {title!r}", source, e)
-    return drawn
+            if source is None:
+                raise
+            script_callbacks.report_error(f"tab {label!r}", source, e)
+    return built, items
 
 
 def _current_checkpoint(engine: Engine):
@@ -350,22 +380,41 @@ def _selected_image(images, index):
         return im.copy()
 
 
-def _wire_sending(t2i, i2i, extras, png, tabs):
+def sent_updates(settings, target, text: str, image) -> list:
+    """What a "send to" button puts into the target tab's controls: the picture's parameters, with A1111's
+    settings "Send seed when sending prompt or image to other interface" (off: the target keeps its seeds) and
+    "Send size when sending prompt or image to another interface" (on: width and height become the sent
+    picture's own, a hires picture's full size; off: the target keeps its size)."""
+    updates = generation_tabs.paste_updates(target, text)
+    send_seed, send_size = settings.get("send_seed", True), settings.get("send_size", True)
+    for i, (name, _) in enumerate(target.fields):
+        if name in ("seed", "subseed") and not send_seed:
+            updates[i] = gr.update()
+        elif name in ("width", "height"):
+            if not send_size:
+                updates[i] = gr.update()
+            elif image is not None:
+                updates[i] = gr.update(value=image.width if name == "width" else image.height)
+    return updates
+
+
+def _wire_sending(engine: Engine, t2i, i2i, extras, png, tabs):
     """The "send to" buttons: the selected image (and its parameters) go to another tab, which is then shown."""
 
-    def params_updates(target, infotexts, index):
+    def params_updates(target, infotexts, index, image):
         text = infotexts[index] if infotexts and index < len(infotexts) else ""
-        return generation_tabs.paste_updates(target, text)
+        return sent_updates(engine.settings, target, text, image)
 
     def to_img2img(images, infotexts, index):
-        return [_selected_image(images, index), gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img_tab"),
-                "img2img"] + params_updates(i2i, infotexts, index)
+        image = _selected_image(images, index)
+        return [image, gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img_tab"),
+                "img2img"] + params_updates(i2i, infotexts, index, image)
 
     def to_inpaint(images, infotexts, index):
         image = _selected_image(images, index)
         editor = {"background": image, "layers": [], "composite": None} if image is not None else None
         return [editor, gr.Tabs(selected="img2img"), gr.Tabs(selected="inpaint_tab"),
-                "inpaint"] + params_updates(i2i, infotexts, index)
+                "inpaint"] + params_updates(i2i, infotexts, index, image)
 
     def to_extras(images, index):
         return _selected_image(images, index), gr.Tabs(selected="extras")
@@ -384,23 +433,25 @@ def _wire_sending(t2i, i2i, extras, png, tabs):
                             [png["image"], png["text"]], [tabs, i2i.extra["init"]] + i2i.components)
 
 
-def _wire_history_sending(history: dict, t2i, i2i, extras, tabs) -> None:
+def _wire_history_sending(engine: Engine, history: dict, t2i, i2i, extras, tabs) -> None:
     """History's "send to": the picked picture's parameters (and the picture, for img2img, inpaint and Extras)
     into that tab, as the generation tabs' own buttons do."""
     subtabs, mode = i2i.extra["subtabs"], i2i.extra["mode"]
     ins = [history["nav"], history["text"]]
 
     def to_img2img(nav, text):
-        return [history["picture"](nav), gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img_tab"),
-                "img2img"] + generation_tabs.paste_updates(i2i, text)
+        picture = history["picture"](nav)
+        return [picture, gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img_tab"),
+                "img2img"] + sent_updates(engine.settings, i2i, text, picture)
 
     def to_inpaint(nav, text):
         picture = history["picture"](nav)
         editor = {"background": picture, "layers": [], "composite": None} if picture is not None else None
         return [editor, gr.Tabs(selected="img2img"), gr.Tabs(selected="inpaint_tab"),
-                "inpaint"] + generation_tabs.paste_updates(i2i, text)
+                "inpaint"] + sent_updates(engine.settings, i2i, text, picture)
 
-    history["to_txt2img"].click(lambda text: [gr.Tabs(selected="txt2img")] + generation_tabs.paste_updates(t2i, text),
+    history["to_txt2img"].click(lambda text: [gr.Tabs(selected="txt2img")] + sent_updates(engine.settings, t2i, text,
+                                                                                           None),
                                 history["text"], [tabs] + t2i.components)
     history["to_img2img"].click(to_img2img, ins, [i2i.extra["init"], tabs, subtabs, mode] + i2i.components)
     history["to_inpaint"].click(to_inpaint, ins, [i2i.extra["inpaint"], tabs, subtabs, mode] + i2i.components)

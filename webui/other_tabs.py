@@ -251,7 +251,7 @@ def build_settings(engine, args=None, tab=None):
         for (name, _), value in zip(components, values):
             if name in page_was and _same(value, page_was[name]):
                 continue  # not touched on this page: whatever is saved stays
-            stored = _stored_value(name, value)
+            stored = stored_value(name, value)
             if not _same(stored, engine.settings.get(name, None)):
                 changed[name] = stored
         shown_now = dict(page_was)
@@ -307,8 +307,25 @@ def wire_defaults(defaults: dict, cfg) -> None:
     defaults["apply"].click(apply, inputs, defaults["review"], queue=False)
 
 
-# webui/app.py's bar
-QUICK_SETTINGS = ("sd_model_checkpoint", "sd_vae", "forge_additional_modules", "CLIP_stop_at_last_layers")
+# webui/app.py's bar: A1111's checkpoint, VAE and clip skip; Forge's parts and memory controls
+FIXED_QUICK_SETTINGS = ("sd_model_checkpoint", "sd_vae", "forge_additional_modules", "CLIP_stop_at_last_layers",
+                        "forge_unet_storage_dtype", "forge_async_loading", "forge_pin_shared_memory", "gpu_weights_mb")
+
+
+def quick_settings(settings) -> tuple[str, ...]:
+    """Every setting the bar at the top shows: the fixed ones, then the others A1111's "Quicksettings list" names
+    (read when the page is built, as A1111: a change shows after a restart). Their fields in the Settings tab are
+    copies with ids of their own."""
+    wanted = settings.get("quicksettings_list", []) or []
+    return FIXED_QUICK_SETTINGS + tuple(
+        name for name in dict.fromkeys(wanted)
+        if name in OPTIONS and name not in FIXED_QUICK_SETTINGS and OPTIONS[name].section != "hidden")
+
+
+def quick_setting_component(engine, name: str):
+    """A field of the bar for one of the Quicksettings list's settings: as the Settings tab makes it, labelled
+    without the setting's key, with A1111's `setting_<name>` id."""
+    return _setting_component(engine, name, quick=True)
 
 
 def _same(a, b) -> bool:
@@ -345,6 +362,11 @@ def _page_value(engine, name: str):
         return value, None
     kind = info.type or type(info.default)
     choices = info.get_choices() if hasattr(info, "get_choices") else None
+    if name == "quicksettings_list":  # offered, not enforced: an extension's key may be listed before it loads
+        choices = [n for n, option in OPTIONS.items() if option.section != "hidden"]
+    elif name in ("hidden_tabs", "ui_tab_order"):  # extensions' tab titles can be typed in
+        choices = ["txt2img", "img2img", "Extras", "PNG Info", "History", "Models", "Train", "Extensions"] + (
+            ["Settings"] if name == "ui_tab_order" else [])
     if kind is bool:
         return bool(value), None
     if kind is list:
@@ -360,7 +382,7 @@ def _page_value(engine, name: str):
     return value, None
 
 
-def _stored_value(name: str, value):
+def stored_value(name: str, value):
     """A field's value as the option stores it: an empty box of a nullable option is None."""
     info = OPTIONS.get(name)
     if info is not None and info.nullable and value in ("", None):
@@ -368,12 +390,12 @@ def _stored_value(name: str, value):
     return value
 
 
-def _setting_component(engine, name: str):
+def _setting_component(engine, name: str, quick: bool = False):
     info = OPTIONS[name]
     value, choices = _page_value(engine, name)
-    label = f"{info.label or name} ({name})"
+    label = info.label or name if quick else f"{info.label or name} ({name})"
     # The quick-settings bar has A1111's `setting_<name>` ids for its fields; the copies here get their own.
-    eid = f"setting_{name}" if name not in QUICK_SETTINGS else f"setting_{name}_settings_tab"
+    eid = f"setting_{name}" if quick or name not in quick_settings(engine.settings) else f"setting_{name}_settings_tab"
     if name in ("sd_model_checkpoint", "sd_vae"):  # the checkpoint / VAE lists, as in the quick settings
         return gr.Dropdown(choices, value=value, label=label, elem_id=eid)
     if getattr(info, "component", None) is not None:  # an extension's option: its own component, as A1111 builds it

@@ -1,0 +1,68 @@
+"""The "Send to img2img / inpaint" buttons' parameters, as A1111's settings `send_seed` and `send_size` ask."""
+from __future__ import annotations
+
+import gradio as gr
+from PIL import Image
+
+TEXT = "a red house\nSteps: 6, Sampler: Euler, CFG scale: 6, Seed: 7, Size: 64x64, Variation seed: 9"
+
+
+def _sent(engine, picture, **settings) -> dict:
+    from webui import generation_tabs
+    from webui.app import sent_updates
+
+    for key, value in settings.items():
+        engine.settings.set(key, value)
+    with gr.Blocks():
+        controls = generation_tabs.build_img2img(engine)
+    updates = sent_updates(engine.settings, controls, TEXT, picture)
+    return {name: update.get("value") for (name, _), update in zip(controls.fields, updates)}
+
+
+def test_send_seed_and_size_follow_the_settings(engine):
+    hires = Image.new("RGB", (128, 96))
+    sent = _sent(engine, hires)  # A1111's defaults: both on
+    assert (sent["seed"], sent["subseed"], sent["steps"], sent["prompt"]) == (7, 9, 6, "a red house")
+    assert (sent["width"], sent["height"]) == (128, 96)  # the picture's own size, not the first pass's 64x64
+    kept = _sent(engine, hires, send_seed=False, send_size=False)
+    assert kept["seed"] is None and kept["subseed"] is None and kept["width"] is None and kept["height"] is None
+    assert kept["steps"] == 6 and kept["prompt"] == "a red house"  # the rest is still sent
+
+
+def test_quicksettings_list_hidden_tabs_and_tab_order_shape_the_page(tiny_models, tmp_path):
+    """A1111's "Quicksettings list" (a listed setting gets a field in the bar at the top, saved as it changes; its
+    Settings-tab field gets an id of its own), "Hidden UI tabs" and "UI tab order", read when the page is built."""
+    from modules import script_callbacks
+    from tests import ext_fixtures
+    from webui import app as webui_app
+
+    engine, ns = ext_fixtures.extension_engine(tiny_models, tmp_path, {})
+    engine.settings.update({"quicksettings_list": ["sd_model_checkpoint", "img2img_color_correction",
+                                                   "eta_noise_seed_delta", "no_such_setting"],
+                            "hidden_tabs": ["Train", "Settings"], "ui_tab_order": ["Extras", "img2img"]})
+    try:
+        demo = webui_app.create_ui(engine, ns)
+    finally:
+        script_callbacks.clear_callbacks()
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+
+    def inside(block):
+        for child in getattr(block, "children", []):
+            yield child
+            yield from inside(child)
+
+    in_bar = {c.elem_id for c in inside(by_id["quicksettings"])}
+    assert {"setting_img2img_color_correction", "setting_eta_noise_seed_delta"} <= in_bar
+    assert "setting_no_such_setting" not in by_id
+    assert by_id["setting_img2img_color_correction_settings_tab"] is not by_id["setting_img2img_color_correction"]
+    assert by_id["setting_img2img_color_correction"].label == "Apply color correction to img2img results to " \
+                                                              "match original colors"
+    tab_ids = [c.elem_id for c in by_id["tabs"].children]
+    assert tab_ids[:3] == ["tab_extras", "tab_img2img", "tab_txt2img"]
+    assert by_id["tab_train"].visible is False and by_id["tab_settings"].visible is not False  # never hidden
+
+    field = by_id["setting_eta_noise_seed_delta"]
+    change = next(fn for fn in demo.fns.values() if fn.inputs == [field])
+    change.fn(31337)
+    assert engine.settings.get("eta_noise_seed_delta") == 31337
+    assert '"eta_noise_seed_delta": 31337' in engine.paths.config_file.read_text()
