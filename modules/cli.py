@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             if i < result.index_of_first_image:
                 continue
             seed = result.all_seeds[i - result.index_of_first_image]
-            written.append(str(images.save_image(image, args.out, seed, text)))
+            written.append(str(images.save_sample(image, args.out, seed, text)))
     info = result.js()
     info["images"] = written
     info["grid"] = str(result.grid_path) if result.grid_path else None

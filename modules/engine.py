@@ -4,6 +4,7 @@ Created once at start-up from the parsed flags; everything it holds is passed in
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ from modules.settings import Settings
 from modules.upscaling import UpscalerRegistry
 from modules.controlnet.models import ControlNetLibrary
 from modules.memory.manager import MemoryFlags, MemoryManager, OutOfMemory, job_of
+
+# a request's override_settings of these name its files (they count for that job, as the output folders do)
+_NAMING_OPTIONS = ("samples_filename_pattern", "save_images_add_number", "grid_extended_filename")
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +253,8 @@ class Engine:
         kind = "img2img" if isinstance(req, Img2ImgRequest) else "txt2img"
         options = self.settings.as_dict()
         options.update({k: v for k, v in (req.override_settings or {}).items()
-                        if k.startswith("outdir_") or k.endswith("save_to_dirs")})
+                        if k.startswith(("outdir_", "directories_")) or k.endswith("save_to_dirs")
+                        or k in _NAMING_OPTIONS})
 
         def folder(*names: str, default: Path) -> Path:
             for name in names:
@@ -261,15 +266,15 @@ class Engine:
         root = self.paths.outputs_dir
         samples = folder("outdir_samples", f"outdir_{kind}_samples", default=root / f"{kind}-images")
         grids = folder("outdir_grids", f"outdir_{kind}_grids", default=root / f"{kind}-grids")
-        if options.get("save_to_dirs", True):
-            samples = images.dated_dir(samples)
-        if options.get("grid_save_to_dirs", True):
-            grids = images.dated_dir(grids)
+        styles = tuple(self.styles.get_style_prompts(req.styles)) if req.styles and self.styles is not None else ()
+        naming = dataclasses.replace(images.FileNaming.from_options(options.get), style_prompts=styles)
+        grid_naming = dataclasses.replace(images.FileNaming.from_options(options.get, grid=True), style_prompts=styles)
         maps = None
         if options.get("control_net_detectmap_autosaving", False):  # the extension's option and folder
             maps = self.paths.resolve_data_path(str(options.get("control_net_detectedmap_dir") or "detected_maps"))
         inits = folder("outdir_init_images", default=root / "init-images")
-        return OutputDirs(samples=samples, grids=grids, detected_maps=maps, init_images=inits)
+        return OutputDirs(samples=samples, grids=grids, naming=naming, grid_naming=grid_naming, detected_maps=maps,
+                          init_images=inits)
 
     # -- control ---------------------------------------------------------------------------------------------------
 

@@ -27,9 +27,13 @@ from typing import Any, Mapping, Sequence
 from PIL import Image, ImageColor, PngImagePlugin
 
 from modules.fileio import atomic_write_bytes, atomic_write_text
+from modules.filename_pattern import NameFields
+from modules.filename_pattern import expand as expand_pattern
 
 __all__ = [
-    "save_image",
+    "save_sample",
+    "write_file",
+    "FileNaming",
     "save_grid",
     "dated_dir",
     "image_grid",
@@ -227,6 +231,45 @@ def image_to_png_bytes(image: Image.Image, infotext: str | None = None) -> bytes
 # Naming and saving
 
 
+@dataclass
+class FileNaming:
+    """A1111's naming settings for one job's files: the file name pattern (`samples_filename_pattern`; empty means
+    `[seed]`, or `[seed]-[prompt_spaces]` when pictures do not go to a subfolder), the subfolder pattern
+    (`directories_filename_pattern` when `save_to_dirs` / `grid_save_to_dirs` ask for one; empty means
+    `[prompt_words]`), `save_images_add_number`, `directories_max_prompt_words`; `short` for grids (named
+    `grid-NNNN` unless `grid_extended_filename`)."""
+
+    file_pattern: str = "[seed]"
+    folder_pattern: str | None = "[date]"
+    add_number: bool = True
+    max_prompt_words: int = 8
+    short: bool = False
+    style_prompts: tuple[str, ...] = ()  # the job's styles' prompts, which [prompt_no_styles] leaves out
+
+    @classmethod
+    def from_options(cls, get, grid: bool = False) -> "FileNaming":
+        """From a settings getter (`get(name, default)`)."""
+        to_dirs = bool(get("grid_save_to_dirs" if grid else "save_to_dirs", True))
+        pattern = str(get("samples_filename_pattern", "") or "") or (
+            "[seed]" if get("save_to_dirs", True) else "[seed]-[prompt_spaces]")
+        folder = (str(get("directories_filename_pattern", "") or "") or "[prompt_words]") if to_dirs else None
+        return cls(pattern, folder, bool(get("save_images_add_number", True)),
+                   int(get("directories_max_prompt_words", 8) or 8),
+                   short=grid and not get("grid_extended_filename", False))
+
+    def folder(self, root: str | os.PathLike, fields: NameFields) -> Path:
+        """`root`, or its subfolder the folder pattern names (never outside `root`)."""
+        root = Path(root)
+        if self.folder_pattern is None:
+            return root
+        name = expand_pattern(self.folder_pattern, fields, self.max_prompt_words).lstrip(" ").rstrip("\\ /")
+        parts = [p for p in re.split(r"[\\/]+", name) if p not in ("", ".", "..")]
+        return root.joinpath(*parts) if parts else root
+
+    def decoration(self, fields: NameFields) -> str:
+        return expand_pattern(self.file_pattern, fields, self.max_prompt_words)
+
+
 def dated_dir(root: str | os.PathLike, day: datetime.date | None = None) -> Path:
     """``root/YYYY-MM-DD`` (A1111's default ``[date]`` folder); today when ``day`` is None. Not created here."""
     day = day or datetime.date.today()
@@ -281,17 +324,49 @@ def _save_numbered(directory: Path, basename: str, decoration: str, ext: str, da
     raise FileExistsError(f"no free file name in {directory} after {_MAX_NAME_TRIES} tries")
 
 
-def save_image(image: Image.Image, directory: str | os.PathLike, seed: int, infotext: str | None,
-               fmt: str = "png", basename_suffix: str | None = None, *, quality: int = JPEG_QUALITY,
-               webp_lossless: bool = False, pnginfo: Mapping[str, Any] | None = None) -> Path:
-    """Save as ``directory/NNNNN-SEED[-suffix].ext`` with the infotext embedded; returns the path.
+def _save_named(directory: Path, stem: str, ext: str, data: bytes) -> Path:
+    """``stem.ext``; where that is taken, ``stem-1.ext``, … — A1111 would write over the earlier picture, a
+    finished picture is never lost here."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with _save_lock:
+        for i in range(_MAX_NAME_TRIES):
+            path = directory / (f"{stem}.{ext}" if i == 0 else f"{stem}-{i}.{ext}")
+            if path.exists():
+                continue
+            try:
+                return atomic_write_bytes(path, data, overwrite=False)
+            except FileExistsError:
+                continue
+    raise FileExistsError(f"no free file name for {stem} in {directory} after {_MAX_NAME_TRIES} tries")
 
-    The directory is created if missing. ``basename_suffix`` is appended after the seed, with a ``-`` added if it
+
+def write_file(directory: str | os.PathLike, basename: str, decoration: str, ext: str, data: bytes,
+               add_number: bool = True) -> Path:
+    """Encoded picture bytes as A1111 names files: ``NNNNN-decoration.ext`` (``basename-NNNN-…`` with a
+    basename), or ``decoration.ext`` alone without a number (save_images_add_number off)."""
+    decoration = _UNSAFE.sub("_", decoration).lstrip("-")
+    if add_number or not decoration:
+        return _save_numbered(Path(directory), basename, f"-{decoration}" if decoration else "", ext, data)
+    return _save_named(Path(directory), decoration, ext, data)
+
+
+def save_sample(image: Image.Image, directory: str | os.PathLike, seed: int, infotext: str | None,
+                fmt: str = "png", basename_suffix: str | None = None, *, naming: FileNaming | None = None,
+                fields: NameFields | None = None, quality: int = JPEG_QUALITY, webp_lossless: bool = False,
+                pnginfo: Mapping[str, Any] | None = None) -> Path:
+    """Save with the infotext embedded; returns the path. Named ``NNNNN-SEED[-suffix].ext`` in ``directory``, or
+    as the job's `naming` says (its subfolder and file name patterns over `fields`).
+
+    The directory is created if missing. ``basename_suffix`` is appended after the name, with a ``-`` added if it
     lacks one (A1111's ``-before-highres-fix`` style). The file appears complete or not at all.
     """
     ext = _extension(fmt)
     data = encode_image(image, ext, infotext, quality=quality, webp_lossless=webp_lossless, pnginfo=pnginfo)
-    return _save_numbered(Path(directory), "", f"-{seed}{_clean_suffix(basename_suffix)}", ext, data)
+    if naming is None:
+        return _save_numbered(Path(directory), "", f"-{seed}{_clean_suffix(basename_suffix)}", ext, data)
+    fields = fields if fields is not None else NameFields(seed=seed)
+    return write_file(naming.folder(directory, fields), "", naming.decoration(fields) + _clean_suffix(basename_suffix),
+                      ext, data, naming.add_number)
 
 
 def save_parameters_file(picture: str | os.PathLike, infotext: str) -> Path:
@@ -318,11 +393,17 @@ def save_init_image(image: Image.Image, directory: str | os.PathLike, fmt: str =
 
 
 def save_grid(image: Image.Image, directory: str | os.PathLike, infotext: str | None, fmt: str = "png", *,
+              naming: FileNaming | None = None, fields: NameFields | None = None,
               quality: int = JPEG_QUALITY) -> Path:
-    """Save a grid as ``directory/grid-NNNN.ext`` (4 digits, continuing from existing grids); returns the path."""
+    """Save a grid as ``directory/grid-NNNN.ext`` (4 digits, continuing from existing grids) — in the subfolder
+    and with the name pattern after the number that the job's grid `naming` asks for; returns the path."""
     ext = _extension(fmt)
     data = encode_image(image, ext, infotext, quality=quality)
-    return _save_numbered(Path(directory), "grid", "", ext, data)
+    if naming is None:
+        return _save_numbered(Path(directory), "grid", "", ext, data)
+    fields = fields if fields is not None else NameFields()
+    return write_file(naming.folder(directory, fields), "grid", "" if naming.short else naming.decoration(fields),
+                      ext, data, naming.add_number)
 
 
 # --------------------------------------------------------------------------------------------------------------------

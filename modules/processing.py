@@ -54,6 +54,8 @@ MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 class OutputDirs:
     samples: Path
     grids: Path
+    naming: images_mod.FileNaming | None = None  # the settings' subfolder and file name patterns for pictures
+    grid_naming: images_mod.FileNaming | None = None  # … and for grids
     detected_maps: Path | None = None  # ControlNet maps are saved here (per preprocessor) when the setting asks
     init_images: Path | None = None  # img2img's init pictures, when the setting save_init_img asks
 
@@ -1034,8 +1036,7 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
 
             if faces is not None:  # A1111: after decoding, before postprocess_image and saving
                 if save and ctx.opt("save_images_before_face_restoration", False):
-                    images_mod.save_image(image, ctx.outputs.samples, run.all_seeds[index], text_now(), fmt,
-                                          "-before-face-restoration")
+                    _save_sample(gen, index, image, text_now(), "-before-face-restoration", denoising)
                 image = faces(image)
             image = hooks.image(run, i, image)
             denoised = mask = None
@@ -1043,8 +1044,8 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
                 mask, original = hooks.mask_overlay(run, i, *finish.mask_and_overlay(index))
                 if finish.corrections:
                     if save and ctx.opt("save_images_before_color_correction", False):
-                        images_mod.save_image(finish.composite(image, mask, original)[0], ctx.outputs.samples,
-                                              run.all_seeds[index], text_now(), fmt, "-before-color-correction")
+                        _save_sample(gen, index, finish.composite(image, mask, original)[0], text_now(),
+                                     "-before-color-correction", denoising)
                     image = finish.correct(index, image)
                 image, denoised = finish.composite(image, mask, original)
             image = hooks.after_composite(run, i, image)
@@ -1052,15 +1053,17 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
             result.images.append(image)
             result.infotexts.append(text)
             if save:
-                path = hooks.save_image(images_mod.save_image, image,
+                path = hooks.save_image(images_mod.save_sample, image,
                                         text if ctx.opt("enable_pnginfo", True) else None,
-                                        directory=ctx.outputs.samples, seed=run.all_seeds[index], fmt=fmt)
+                                        directory=ctx.outputs.samples, seed=run.all_seeds[index], fmt=fmt,
+                                        naming=ctx.outputs.naming,
+                                        fields=name_fields(gen, index, image, denoising))
                 if ctx.opt("save_txt", False):  # A1111: the parameters in a text file of the picture's name
                     images_mod.save_parameters_file(path, text)
                 result.saved_paths.append(path)
                 result.saved_infotexts.append(text)
             if mask is not None:
-                _mask_outputs(ctx, result, mask, denoised, text, run.all_seeds[index] if save else None)
+                _mask_outputs(gen, result, index, mask, denoised, text, save, denoising)
         state.next_job()
 
     _grid(ctx, req, result)
@@ -1069,19 +1072,43 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
     return result
 
 
-def _mask_outputs(ctx: ProcessingContext, result: GenerationResult, mask: Image.Image, denoised: Image.Image,
-                  text: str, seed: int | None) -> None:
-    """Inpainting's mask and masked composite, as A1111: saved beside the picture (save_mask, save_mask_composite;
-    `seed` None when the job saves nothing) and shown after it (return_mask, return_mask_composite)."""
+def name_fields(gen: Generation, index: int, image: Image.Image | None, denoising: float | None = None):
+    """What picture `index` of the job can be named by (the settings' file and folder name patterns)."""
+    run, req, model = gen.run, gen.req, gen.model
+    return images_mod.NameFields(
+        seed=run.all_seeds[index], prompt=run.all_prompts[index], negative_prompt=run.all_negative_prompts[index],
+        styles=list(req.styles or []), style_prompts=list(gen.ctx.outputs.naming.style_prompts)
+        if gen.ctx.outputs is not None and gen.ctx.outputs.naming is not None else [],
+        steps=req.steps, cfg_scale=req.cfg_scale, width=req.width, height=req.height, sampler=gen.sampler.name,
+        scheduler=gen.schedule.label, model_name=Path(model.name).stem, model_hash=model.shorthash or "",
+        vae_name=model.vae_name, clip_skip=gen.clip_skip, denoising_strength=denoising, all_seeds=run.all_seeds,
+        batch_size=run.batch_size, n_iter=run.n_iter, batch_index=index % run.batch_size,
+        iteration=index // run.batch_size, job_timestamp=gen.ctx.state.job_timestamp, image=image)
+
+
+def _save_sample(gen: Generation, index: int, image: Image.Image, text: str, suffix: str,
+                 denoising: float | None) -> Path:
+    """One of picture `index`'s extra files (before face restoration, the mask, …): named as the picture is, with
+    A1111's suffix."""
+    ctx = gen.ctx
+    return images_mod.save_sample(image, ctx.outputs.samples, gen.run.all_seeds[index], text,
+                                  ctx.opt("samples_format", "png"), suffix, naming=ctx.outputs.naming,
+                                  fields=name_fields(gen, index, image, denoising))
+
+
+def _mask_outputs(gen: Generation, result: GenerationResult, index: int, mask: Image.Image, denoised: Image.Image,
+                  text: str, save: bool, denoising: float | None) -> None:
+    """Inpainting's mask and masked composite, as A1111: saved beside the picture (save_mask, save_mask_composite,
+    when the job saves) and shown after it (return_mask, return_mask_composite)."""
+    ctx = gen.ctx
     wanted = {"mask": ("save_mask", "return_mask"), "mask-composite": ("save_mask_composite", "return_mask_composite")}
     for suffix, (save_key, return_key) in wanted.items():
-        to_save, to_return = seed is not None and ctx.opt(save_key, False), ctx.opt(return_key, False)
+        to_save, to_return = save and ctx.opt(save_key, False), ctx.opt(return_key, False)
         if not (to_save or to_return):
             continue
         picture = mask.convert("RGB") if suffix == "mask" else mask_composite(denoised, mask)
         if to_save:
-            images_mod.save_image(picture, ctx.outputs.samples, seed, text, ctx.opt("samples_format", "png"),
-                                  f"-{suffix}")
+            _save_sample(gen, index, picture, text, f"-{suffix}", denoising)
         if to_return:
             result.images.append(picture)
             result.infotexts.append(text)
@@ -1095,7 +1122,7 @@ def _detected_maps(ctx: ProcessingContext, gen: Generation, result: GenerationRe
         return
     if ctx.outputs is not None and ctx.outputs.detected_maps is not None:
         for (module, image) in zip(gen.controls.map_modules, maps):
-            images_mod.save_image(image, ctx.outputs.detected_maps / module, result.seed, None)
+            images_mod.save_sample(image, ctx.outputs.detected_maps / module, result.seed, None)
     if ctx.opt("control_net_no_detectmap", False):
         return
     result.images.extend(maps)
@@ -1117,8 +1144,16 @@ def _grid(ctx: ProcessingContext, req: GenerationRequest, result: GenerationResu
                                  prevent_empty_spots=bool(ctx.opt("grid_prevent_empty_spots", False)))
     text = result.infotexts[0]
     if want_save:
+        fields = images_mod.NameFields(seed=result.all_seeds[0] if result.all_seeds else result.seed,
+                                       prompt=result.all_prompts[0] if result.all_prompts else req.prompt,
+                                       negative_prompt=req.negative_prompt, steps=req.steps,
+                                       cfg_scale=req.cfg_scale, width=result.width, height=result.height,
+                                       sampler=result.sampler_name, scheduler=result.scheduler or "",
+                                       model_name=result.sd_model_name or "", model_hash=result.sd_model_hash or "",
+                                       batch_size=result.batch_size, n_iter=result.n_iter, image=grid)
         result.grid_path = images_mod.save_grid(grid, ctx.outputs.grids, text if ctx.opt("enable_pnginfo", True)
-                                                else None, ctx.opt("grid_format", "png"))
+                                                else None, ctx.opt("grid_format", "png"),
+                                                naming=ctx.outputs.grid_naming, fields=fields)
     if want_return:
         result.images.insert(0, grid)
         result.infotexts.insert(0, text)
@@ -1247,7 +1282,7 @@ class HiresPlan:
         ctx = gen.ctx
         if ctx.outputs is not None and not req.do_not_save_samples and ctx.opt("samples_save", True) \
                 and ctx.opt("save_images_before_highres_fix", False):
-            self._save_first_pass(gen, first or _to_pil(model, decode(gen.final_model, latents)), seeds)
+            self._save_first_pass(gen, first or _to_pil(model, decode(gen.final_model, latents)))
         hr_model = gen.hires_model()
         gen.ctx.state.textinfo = "Hires pass"
         gen.hooks.before_hires(gen.run)
@@ -1260,7 +1295,7 @@ class HiresPlan:
                                    model=hr_model)
         return _to_pil(model, decode(gen.final_model, out))
 
-    def _save_first_pass(self, gen: Generation, pictures: list[Image.Image], seeds) -> None:
+    def _save_first_pass(self, gen: Generation, pictures: list[Image.Image]) -> None:
         """A1111's "Save a copy of image before applying highres fix": NNNNN-SEED-before-highres-fix, with the
         picture's own infotext."""
         run = gen.run
@@ -1269,8 +1304,7 @@ class HiresPlan:
             params = infotext_params(gen, index, run.all_seeds, run.all_subseeds, self.target_w, self.target_h,
                                      run.extra, self.denoising)
             text = infotext_mod.create_infotext(run.all_prompts[index], run.all_negative_prompts[index], params)
-            images_mod.save_image(image, gen.ctx.outputs.samples, seeds[i], text,
-                                  gen.ctx.opt("samples_format", "png"), "-before-highres-fix")
+            _save_sample(gen, index, image, text, "-before-highres-fix", self.denoising)
 
 
 # ---------------------------------------------------------------------------------------------------------------

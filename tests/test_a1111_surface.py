@@ -206,3 +206,37 @@ def test_names_the_real_extension_trial_found_missing(bound):
     assert callable(sd_vae_approx.cheap_approximation) and callable(sd_models_xl.extend_sdxl)
     with pytest.raises(NotImplementedError):
         sd_hijack_clip.FrozenCLIPEmbedderWithCustomWords(None, None)
+
+
+def test_images_save_image_takes_a1111s_arguments(bound, tmp_path):
+    """`modules.images.save_image` as 16 of the 78 extensions call it (`save_image(image, p.outpath_samples, "",
+    seed, prompt, opts.samples_format, info=infotext, p=p, suffix=…)`): the settings' folder and file name
+    patterns, the infotext inside, the image-saved callbacks, (file, parameters file) back."""
+    from PIL import Image
+
+    from modules import images, script_callbacks
+
+    seen = []
+
+    def saved(params):
+        seen.append(params.filename)
+
+    script_callbacks.on_image_saved(saved)
+    try:
+        bound.settings.update({"save_txt": True, "samples_filename_pattern": "[seed]-[prompt_words]"})
+        picture = Image.new("RGB", (8, 8), (200, 10, 10))
+        full, txt = images.save_image(picture, str(tmp_path), "", 77, "red square", "png",
+                                      info="red square\nSteps: 3, Seed: 77", suffix="-mask")
+        generator = images.FilenameGenerator(None, 5, "a blue sky", picture)
+        grid, _ = images.save_image(picture, str(tmp_path), "grid", 77, "red square", "png", grid=True,
+                                    short_filename=True)
+    finally:
+        script_callbacks.remove_callbacks_for_function(saved)
+        bound.settings.update({"save_txt": False, "samples_filename_pattern": ""})
+    path = Path(full)
+    assert path.parent.parent == tmp_path and path.name == "00000-77-red square-mask.png"  # [date] subfolder
+    with Image.open(path) as saved_picture:
+        assert images.read_infotext(saved_picture) == "red square\nSteps: 3, Seed: 77"
+    assert Path(txt).read_text().strip() == "red square\nSteps: 3, Seed: 77"
+    assert seen == [full, grid] and Path(grid).name == "grid-0000.png"
+    assert generator.apply("[seed]-[prompt_words]-[width]") == "5-a blue sky-8"

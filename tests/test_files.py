@@ -22,7 +22,7 @@ def test_saved_images_and_settings_honour_the_umask(tmp_path, umask, expected):
         "import os, sys; os.umask(int(sys.argv[2], 8)); sys.path.insert(0, sys.argv[3])\n"
         "from pathlib import Path\nfrom PIL import Image\nfrom modules import fileio, images\n"
         "d = Path(sys.argv[1])\n"
-        "images.save_image(Image.new('RGB', (8, 8)), d, 1, 'a cat')\n"
+        "images.save_sample(Image.new('RGB', (8, 8)), d, 1, 'a cat')\n"
         "fileio.atomic_write_json(d / 'config.json', {'a': 1})\n"
         "with fileio.atomic_path(d / 'model.safetensors') as p: p.write_bytes(b'x')\n")
     subprocess.run([sys.executable, "-c", code, str(tmp_path), oct(umask)[2:], str(ROOT)], check=True)

@@ -251,7 +251,7 @@ print("ready", flush=True)
 n = 0
 while True:  # save, then index: what a job does for each picture, as fast as it can
     text = f"burst picture {n}\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: {n}, Size: 8x8"
-    path = images.save_image(Image.new("RGB", (8, 8), (n % 255, 0, 0)), root / "outputs" / "burst", n, text)
+    path = images.save_sample(Image.new("RGB", (8, 8), (n % 255, 0, 0)), root / "outputs" / "burst", n, text)
     store.add(path, text)
     n += 1
 """

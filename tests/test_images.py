@@ -17,7 +17,7 @@ from modules.images import (
     image_to_png_bytes,
     read_infotext,
     save_grid,
-    save_image,
+    save_sample,
 )
 
 INFOTEXT = ("a cat, (masterpiece:1.2), 日本語 ünïcode\n"
@@ -36,7 +36,7 @@ def _files(directory):
 
 def test_first_image_is_00000_and_directory_is_created(tmp_path):
     out = tmp_path / "txt2img-images" / "2024-07-27"
-    path = save_image(_img(), out, 1234567890, INFOTEXT)
+    path = save_sample(_img(), out, 1234567890, INFOTEXT)
     assert path == out / "00000-1234567890.png"
     assert path.is_file()
 
@@ -46,18 +46,18 @@ def test_counter_continues_from_existing_files(tmp_path):
     (tmp_path / "00003-55-before-highres-fix.png").write_bytes(b"x")
     (tmp_path / "notes.txt").write_text("not numbered")
     (tmp_path / "grid-0042.png").write_bytes(b"x")  # a grid's number does not count for samples
-    path = save_image(_img(), tmp_path, 999, INFOTEXT)
+    path = save_sample(_img(), tmp_path, 999, INFOTEXT)
     assert path.name == "00008-999.png"
-    assert save_image(_img(), tmp_path, 1000, INFOTEXT).name == "00009-1000.png"
+    assert save_sample(_img(), tmp_path, 1000, INFOTEXT).name == "00009-1000.png"
 
 
 def test_suffix_and_format(tmp_path):
-    path = save_image(_img(), tmp_path, 5, INFOTEXT, fmt="jpg", basename_suffix="before-highres-fix")
+    path = save_sample(_img(), tmp_path, 5, INFOTEXT, fmt="jpg", basename_suffix="before-highres-fix")
     assert path.name == "00000-5-before-highres-fix.jpg"
 
 
 def test_png_infotext_round_trip(tmp_path):
-    path = save_image(_img(), tmp_path, 1234, INFOTEXT)
+    path = save_sample(_img(), tmp_path, 1234, INFOTEXT)
     with Image.open(path) as im:
         assert im.info["parameters"] == INFOTEXT
         assert read_infotext(im) == INFOTEXT
@@ -65,7 +65,7 @@ def test_png_infotext_round_trip(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["jpg", "jpeg", "webp"])
 def test_jpeg_and_webp_infotext_round_trip_via_exif(tmp_path, fmt):
-    path = save_image(_img(mode="RGBA", color=(10, 20, 30, 128)), tmp_path, 1234, INFOTEXT, fmt=fmt)
+    path = save_sample(_img(mode="RGBA", color=(10, 20, 30, 128)), tmp_path, 1234, INFOTEXT, fmt=fmt)
     with Image.open(path) as im:
         assert im.format == ("WEBP" if fmt == "webp" else "JPEG")
         assert read_infotext(im) == INFOTEXT
@@ -92,13 +92,13 @@ def test_decode_user_comment_variants():
 
 
 def test_gif_comment_read(tmp_path):
-    path = save_image(_img(), tmp_path, 1, INFOTEXT, fmt="gif")
+    path = save_sample(_img(), tmp_path, 1, INFOTEXT, fmt="gif")
     with Image.open(path) as im:
         assert read_infotext(im) == INFOTEXT
 
 
 def test_image_without_infotext_reads_none(tmp_path):
-    path = save_image(_img(), tmp_path, 1, None)
+    path = save_sample(_img(), tmp_path, 1, None)
     with Image.open(path) as im:
         assert read_infotext(im) is None
 
@@ -160,7 +160,7 @@ def test_racing_saves_get_distinct_numbers(tmp_path):
 
     def worker(seed):
         try:
-            paths.append(save_image(_img(size=(16, 16)), tmp_path, seed, INFOTEXT))
+            paths.append(save_sample(_img(size=(16, 16)), tmp_path, seed, INFOTEXT))
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -186,7 +186,7 @@ class _FailingImage:
 
 def test_failed_encode_leaves_no_file(tmp_path):
     with pytest.raises(OSError):
-        save_image(_FailingImage(), tmp_path, 1, INFOTEXT)
+        save_sample(_FailingImage(), tmp_path, 1, INFOTEXT)
     assert _files(tmp_path) == []
 
 
@@ -196,7 +196,7 @@ def test_failure_during_write_leaves_no_partial_and_no_temp_file(tmp_path, monke
 
     monkeypatch.setattr(fileio.os, "fsync", broken_fsync)
     with pytest.raises(OSError):
-        save_image(_img(), tmp_path, 1, INFOTEXT)
+        save_sample(_img(), tmp_path, 1, INFOTEXT)
     assert _files(tmp_path) == []
 
 
@@ -228,3 +228,27 @@ def test_atomic_write_no_overwrite_and_path_writer(tmp_path):
         tmp.write_bytes(b"weights")
     assert (tmp_path / "model.safetensors").read_bytes() == b"weights"
     assert _files(tmp_path) == ["a.bin", "model.safetensors"]
+
+
+def test_filename_patterns_expand_every_a1111_tag_a_user_writes():
+    import datetime as dt
+
+    from modules.filename_pattern import NameFields, expand
+
+    f = NameFields(seed=42, prompt="A cat: on a mat, with a hat!", negative_prompt="ugly", steps=20, cfg_scale=7.0,
+                   width=512, height=768, sampler="DPM++ 2M", scheduler="Karras", model_name="dream shaper",
+                   model_hash="abc123", all_seeds=[42, 43], batch_size=2, batch_index=1, styles=["Ink"])
+    assert expand("[seed]-[prompt_spaces]", f) == "42-A cat_ on a mat, with a hat!"
+    assert expand("[prompt]", f) == "A_cat__on_a_mat,_with_a_hat!"
+    assert expand("[prompt_words]", f, max_prompt_words=3) == "A cat on"
+    assert expand("[model_name]-[model_hash]-[steps]-[cfg]-[width]x[height]", f) == "dream shaper-abc123-20-7.0-512x768"
+    assert expand("[sampler_scheduler]/[styles]", f) == "DPM++ 2M Karras/Ink"
+    assert expand("[seed_first]-[seed_last]-[batch_number]", f) == "42-43-2"
+    assert expand("[prompt_hash<4>]", f) == __import__("hashlib").sha256(f.prompt.encode()).hexdigest()[:4]
+    assert expand("[hasprompt<cat><dog|nodog>]", f) == "catnodog"
+    assert expand("[datetime<%Y>]", f) == str(dt.datetime.now().year)
+    assert expand("[date]", f) == dt.date.today().isoformat()
+    assert expand("[no_such_tag]-[seed]", f) == "[no_such_tag]-42"
+    one = NameFields(seed=7, prompt="", batch_size=1)
+    assert expand("[seed]-[batch_number]-[denoising]", one) == "7"  # nothing to say: the dash before goes too
+    assert expand("[prompt_words]", one) == "empty"

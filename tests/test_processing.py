@@ -595,3 +595,22 @@ def test_restore_faces_on_an_inpaint_leaves_the_unmasked_part_alone(engine, monk
     outside = np.asarray(_mask()) == 0
     assert np.array_equal(out[outside], original[outside])
     assert (out[~outside] == 0).all()
+
+
+def test_filename_and_folder_patterns_name_the_saved_pictures(engine):
+    """A1111's "Images filename pattern", "Directory name pattern" (nested folders allowed, never outside the
+    outputs folder), "Add number to filename when saving" off (a taken name gets -1: a picture is never written
+    over) and "Add extended info (seed, prompt) to filename when saving grid"."""
+    engine.settings.update({"samples_filename_pattern": "[seed]-[prompt_words]-[steps]",
+                            "directories_filename_pattern": "[model_name]/../[prompt_words]",
+                            "directories_max_prompt_words": 2})
+    r = engine.txt2img({**BASE, "prompt": "a red fox, sitting", "seed": 31})
+    root = engine.paths.outputs_dir / "txt2img-images"
+    assert r.saved_paths[0].relative_to(root).as_posix() == "sd1/a red/00000-31-a red-3.png"
+    engine.settings.update({"save_images_add_number": False, "samples_filename_pattern": "[prompt_spaces]"})
+    paths = [engine.txt2img({**BASE, "prompt": "same name", "seed": s}).saved_paths[0] for s in (1, 2)]
+    assert [p.name for p in paths] == ["same name.png", "same name-1.png"]
+    grid = engine.txt2img({**BASE, "prompt": "two of them", "batch_size": 2, "do_not_save_grid": False,
+                           "override_settings": {"grid_extended_filename": True, "save_images_add_number": True}})
+    assert grid.grid_path.name == "grid-0000-two of them.png"
+    assert grid.grid_path.parent == engine.paths.outputs_dir / "txt2img-grids" / "sd1" / "two of"

@@ -158,7 +158,7 @@ store = HistoryStore(root / "history.sqlite3", root / "outputs")
 def run(job):  # what a generation does: pictures saved then indexed, one after another, until it is killed
     for n in range(1000):
         text = f"{job.body['prompt']} {n}\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: {n}, Size: 8x8"
-        path = images.save_image(Image.new("RGB", (8, 8), (n % 255, 0, 0)), root / "outputs" / job.id, n, text)
+        path = images.save_sample(Image.new("RGB", (8, 8), (n % 255, 0, 0)), root / "outputs" / job.id, n, text)
         store.add(path, text)
         time.sleep(0.01)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from PIL import Image
 
 __all__ = ["resize_image", "read_info_from_image", "flatten", "image_data", "sanitize_filename_part",
-           "FilenameGenerator", "save_image_with_geninfo", "IGNORED_INFO_KEYS", "LANCZOS", "NEAREST"]
+           "FilenameGenerator", "save_image", "save_image_with_geninfo", "IGNORED_INFO_KEYS", "LANCZOS", "NEAREST"]
 
 LANCZOS = Image.Resampling.LANCZOS
 NEAREST = Image.Resampling.NEAREST
@@ -64,32 +64,107 @@ def flatten(img: Image.Image, bgcolor) -> Image.Image:
 
 
 def sanitize_filename_part(text, replace_spaces=True):
-    if text is None:
-        return None
-    if replace_spaces:
-        text = text.replace(" ", "_")
-    text = text.translate({ord(x): "_" for x in '<>:"/\\|?*\n\r\t'})
-    return text.lstrip()[:128].rstrip(". ")
+    from modules.filename_pattern import sanitize_part
+
+    return sanitize_part(text, replace_spaces)
+
+
+def _fields(p, seed, prompt, image):
+    """A1111's `p` (or None) as what a file name can be made of (modules.filename_pattern)."""
+    from modules import shared
+    from modules.filename_pattern import NameFields
+
+    engine = shared.engine
+    model = engine.models.current if engine is not None and engine.models is not None else None
+    styles = list(getattr(p, "styles", None) or [])
+    style_prompts = []
+    if styles and engine is not None and engine.styles is not None:
+        style_prompts = list(engine.styles.get_style_prompts(styles))
+    return NameFields(
+        seed=seed, prompt=prompt or "", negative_prompt=getattr(p, "negative_prompt", "") or "", styles=styles,
+        style_prompts=style_prompts, steps=getattr(p, "steps", None), cfg_scale=getattr(p, "cfg_scale", None),
+        width=getattr(p, "width", None), height=getattr(p, "height", None),
+        sampler=getattr(p, "sampler_name", "") or "", scheduler=getattr(p, "scheduler", "") or "",
+        model_name=model.name.rsplit(".", 1)[0] if model is not None else "",
+        model_hash=(model.shorthash or "") if model is not None else "",
+        vae_name=model.vae_name if model is not None else None,
+        clip_skip=shared.opts.data.get("CLIP_stop_at_last_layers", 1),
+        denoising_strength=getattr(p, "denoising_strength", None), all_seeds=list(getattr(p, "all_seeds", []) or []),
+        batch_size=getattr(p, "batch_size", 1) or 1, n_iter=getattr(p, "n_iter", 1) or 1,
+        batch_index=getattr(p, "batch_index", 0) or 0, iteration=getattr(p, "iteration", 0) or 0,
+        job_timestamp=getattr(p, "job_timestamp", "") or getattr(shared.state, "job_timestamp", ""), user=getattr(p, "user", None),
+        image=image)
 
 
 class FilenameGenerator:
-    """A1111's [seed]/[prompt]/… pattern expander, for the few tags extensions use."""
+    """A1111's `[seed]`/`[prompt_words]`/`[datetime<…>]`/… pattern expander (modules/filename_pattern.py)."""
 
     def __init__(self, p, seed, prompt, image=None, zip=False, basename=""):  # noqa: A002 - A1111's name
-        self.p, self.seed, self.prompt, self.image, self.basename = p, seed, prompt, image, basename
+        self.p, self.seed, self.prompt, self.image, self.zip, self.basename = p, seed, prompt, image, zip, basename
 
     def apply(self, x: str) -> str:
-        import re
+        from modules import shared
+        from modules.filename_pattern import expand
 
-        values = {"seed": self.seed, "prompt": sanitize_filename_part(self.prompt or ""),
-                  "steps": getattr(self.p, "steps", ""), "cfg": getattr(self.p, "cfg_scale", ""),
-                  "width": getattr(self.p, "width", ""), "height": getattr(self.p, "height", ""),
-                  "sampler": getattr(self.p, "sampler_name", ""), "basename": self.basename}
+        fields = _fields(self.p, self.seed, self.prompt, self.image)
+        if self.zip:  # A1111: a zip's names leave the per-picture numbers out
+            fields.batch_size, fields.n_iter = 1, 1
+        x = x.replace("[basename]", self.basename or "img")
+        return expand(x, fields, int(shared.opts.data.get("directories_max_prompt_words", 8) or 8))
 
-        def sub(m):
-            return str(values.get(m.group(1).lower(), m.group(0)))
 
-        return re.sub(r"\[(\w+)\]", sub, x)
+def save_image(image, path, basename, seed=None, prompt=None, extension="png", info=None, short_filename=False,
+               no_prompt=False, grid=False, pnginfo_section_name="parameters", p=None, existing_info=None,
+               forced_filename=None, suffix="", save_to_dirs=None):
+    """A1111's images.save_image, as extensions call it: into `path` (its subfolder per `save_to_dirs` and the
+    settings' folder pattern), named by the settings' file name pattern (or `forced_filename`), the infotext `info`
+    inside, the image-saved callbacks around it and NAME.txt when save_txt; returns (file, parameters file or
+    None)."""
+    from pathlib import Path
+
+    from modules import images, script_callbacks, shared
+    from modules.filename_pattern import expand
+
+    opts = shared.opts.data
+    fields = _fields(p, seed, prompt, image)
+    words = int(opts.get("directories_max_prompt_words", 8) or 8)
+    if save_to_dirs is None:
+        save_to_dirs = (grid and opts.get("grid_save_to_dirs", True)) or (
+            not grid and opts.get("save_to_dirs", True) and not no_prompt)
+    folder = Path(path)
+    if save_to_dirs:
+        naming = images.FileNaming(folder_pattern=opts.get("directories_filename_pattern") or "[prompt_words]",
+                                   max_prompt_words=words)
+        folder = naming.folder(folder, fields)
+    params = script_callbacks.ImageSaveParams(image, p, str(folder), dict(existing_info or {}))
+    if info is not None:
+        params.pnginfo[pnginfo_section_name] = info
+    script_callbacks.before_image_saved_callback(params)
+    pnginfo = dict(params.pnginfo or {})
+    text = pnginfo.pop("parameters", None)
+    ext = str(extension or "png").lstrip(".").lower()
+    data = images.encode_image(params.image, ext, text, pnginfo={k: str(v) for k, v in pnginfo.items()} or None)
+    if forced_filename is not None:
+        target = folder / f"{forced_filename}.{ext}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        from modules.fileio import atomic_write_bytes
+
+        fullfn = atomic_write_bytes(target, data)
+    else:
+        if short_filename or seed is None:
+            pattern = ""
+        else:
+            pattern = opts.get("samples_filename_pattern") or (
+                "[seed]" if opts.get("save_to_dirs", True) else "[seed]-[prompt_spaces]")
+        decoration = expand(pattern, fields, words) + (suffix or "")
+        add_number = bool(opts.get("save_images_add_number", True)) or decoration == ""
+        fullfn = images.write_file(folder, basename or "", decoration, ext, data, add_number)
+    params.filename = str(fullfn)
+    script_callbacks.image_saved_callback(params)
+    txt_fullfn = None
+    if opts.get("save_txt", False) and info is not None:
+        txt_fullfn = str(images.save_parameters_file(fullfn, info))
+    return str(fullfn), txt_fullfn
 
 
 def save_image_with_geninfo(image, geninfo, filename, extension=None, existing_pnginfo=None, pnginfo_section_name="parameters"):

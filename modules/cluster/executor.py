@@ -178,20 +178,33 @@ class ClusterExecutor:
 
         outputs = self.engine._outputs(request)
         here = Path(outputs.samples).resolve()
-        if not result.saved_paths or all(Path(p).resolve().parent == here for p in result.saved_paths):
+        if not result.saved_paths or all(Path(p).resolve().is_relative_to(here) for p in result.saved_paths):
             return  # saved where the head saves (a shared data folder)
         fmt = self.engine.settings.get("samples_format", "png")
         first = result.index_of_first_image
         kept = []
         for i, text in enumerate(result.saved_infotexts):
             seed = result.all_seeds[i] if i < len(result.all_seeds) else result.seed
-            kept.append(images_mod.save_image(result.images[first + i], outputs.samples, seed, text, fmt=fmt))
+            picture = result.images[first + i]
+            fields = images_mod.NameFields(
+                seed=seed, prompt=result.all_prompts[i] if i < len(result.all_prompts) else result.prompt,
+                negative_prompt=result.negative_prompt, steps=result.steps, cfg_scale=result.cfg_scale,
+                width=result.width, height=result.height, sampler=result.sampler_name,
+                scheduler=result.scheduler or "", model_name=result.sd_model_name or "",
+                model_hash=result.sd_model_hash or "", all_seeds=list(result.all_seeds),
+                batch_size=result.batch_size, n_iter=result.n_iter, batch_index=i % max(result.batch_size, 1),
+                iteration=i // max(result.batch_size, 1), image=picture)
+            kept.append(images_mod.save_sample(picture, outputs.samples, seed, text, fmt=fmt, naming=outputs.naming,
+                                               fields=fields))
             if self.engine.settings.get("save_txt", False):
                 images_mod.save_parameters_file(kept[-1], text)
         result.saved_paths = kept
         if result.grid_path is not None and not Path(result.grid_path).is_file() and first == 1:
             result.grid_path = images_mod.save_grid(result.images[0], outputs.grids, result.infotexts[0],
-                                                    self.engine.settings.get("grid_format", "png"))
+                                                    self.engine.settings.get("grid_format", "png"),
+                                                    naming=outputs.grid_naming,
+                                                    fields=images_mod.NameFields(seed=result.seed,
+                                                                                 prompt=result.prompt))
 
     def _done(self, name: str, out: dict) -> None:
         with self._lock:
