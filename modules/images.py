@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import datetime
 import io
 import logging
 import math
@@ -35,7 +34,6 @@ __all__ = [
     "write_file",
     "FileNaming",
     "save_grid",
-    "dated_dir",
     "image_grid",
     "grid_rows",
     "read_infotext",
@@ -268,12 +266,6 @@ class FileNaming:
 
     def decoration(self, fields: NameFields) -> str:
         return expand_pattern(self.file_pattern, fields, self.max_prompt_words)
-
-
-def dated_dir(root: str | os.PathLike, day: datetime.date | None = None) -> Path:
-    """``root/YYYY-MM-DD`` (A1111's default ``[date]`` folder); today when ``day`` is None. Not created here."""
-    day = day or datetime.date.today()
-    return Path(root) / day.strftime("%Y-%m-%d")
 
 
 def get_next_sequence_number(directory: str | os.PathLike, basename: str = "") -> int:

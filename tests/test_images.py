@@ -1,6 +1,5 @@
 """Saving images: A1111 file names, infotext inside PNG/JPEG/WebP, grids, atomic writes."""
 
-import datetime
 import io
 import json
 import os
@@ -12,7 +11,6 @@ from PIL import Image
 
 from modules import fileio, images
 from modules.images import (
-    dated_dir,
     image_grid,
     image_to_png_bytes,
     read_infotext,
@@ -109,11 +107,6 @@ def test_png_bytes_for_api_carry_parameters():
     with Image.open(io.BytesIO(data)) as im:
         assert im.info["parameters"] == INFOTEXT
         assert im.size == (64, 64)
-
-
-def test_dated_dir():
-    assert dated_dir("/out/txt2img-images", datetime.date(2024, 7, 27)).as_posix() == "/out/txt2img-images/2024-07-27"
-    assert dated_dir("o").name == datetime.date.today().isoformat()
 
 
 def test_grid_names_continue(tmp_path):
