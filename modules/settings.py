@@ -193,6 +193,12 @@ def _section(section: str, options: Mapping[str, OptionInfo]) -> None:
         register_option(name, info)
 
 
+def _attention_choices() -> list[str]:
+    from modules.models.attention import CHOICES
+
+    return CHOICES
+
+
 _O = OptionInfo
 _IMAGE_FORMATS = ["png", "jpg", "jpeg", "webp", "avif", "gif", "tif", "tiff"]
 
@@ -376,7 +382,8 @@ _section("img2img", {
 })
 
 _section("optimizations", {
-    "cross_attention_optimization": _O("Automatic", "Cross attention optimization"),
+    "cross_attention_optimization": _O("Automatic", "Cross attention optimization (Automatic: as the flags say; "
+                                       "applies at the next generation)", choices=_attention_choices),
     "s_min_uncond": _O(0.0, "Negative Guidance minimum sigma", minimum=0.0, maximum=15.0, infotext="NGMS"),
     "s_min_uncond_all": _O(False, "Negative Guidance minimum sigma all steps", infotext="NGMS all steps"),
     "token_merging_ratio": _O(0.0, "Token merging ratio", minimum=0.0, maximum=0.9, infotext="Token merging ratio"),

@@ -337,17 +337,11 @@ def _finish(model: torch.nn.Module | None, device_config: DeviceConfig, dtype: t
 
 def _apply_attention(unet, device_config: DeviceConfig) -> None:
     """--xformers, --opt-split-attention (attention computed in slices: A1111's low-memory fallback) and
-    --opt-channelslast on the denoiser; SDPA otherwise."""
-    if device_config.attention == "xformers":
-        try:
-            unet.enable_xformers_memory_efficient_attention()
-        except Exception as e:  # xformers missing or built for another torch: SDPA still works
-            log.warning("xformers unavailable (%s); using PyTorch SDPA attention", e)
-    elif device_config.attention == "sliced":
-        if hasattr(unet, "set_attention_slice"):
-            unet.set_attention_slice("auto")
-        else:
-            log.info("sliced attention is for UNets; %s keeps PyTorch SDPA attention", type(unet).__name__)
+    --opt-channelslast on the denoiser; SDPA otherwise (modules/models/attention.py; the setting "Cross attention
+    optimization" may change it per generation)."""
+    from modules.models import attention
+
+    attention.apply(unet, device_config.attention)
     if device_config.channels_last:
         unet.to(memory_format=torch.channels_last)
 

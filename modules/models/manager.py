@@ -11,7 +11,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from modules.devices import DeviceConfig, torch_gc
-from modules.models import loader, lowbit
+from modules.models import attention, loader, lowbit
 from modules.models.flow_loader import PartSources
 from modules.models.loader import LoadedModel, ModelLoadError
 from modules.models.registry import CheckpointInfo, CheckpointRegistry, find_vae_for_checkpoint, list_vaes
@@ -148,6 +148,8 @@ class ModelManager:
                 self._cache.move_to_end(key)
                 _back_on_device(model)
             self.apply_vae(model, info)
+            attention.ensure(model, self.settings.get("cross_attention_optimization", "Automatic"),
+                             self.device_config.attention)
             if remember:
                 self._last_used = key
             return model
@@ -191,6 +193,7 @@ class ModelManager:
         if model.spec.is_demo:
             log.warning("%s is the %s", info.title, model.spec.embedded.get("description", "demo model"))
         model.extra["parts_key"] = self._parts_key()
+        model.extra["attention_asked"] = self.device_config.attention  # what the loader set up (the flags)
         choice, text_encoders = model.extra["low_bits"] = self._low_bits()
         lowbit.apply_low_bits(model, choice, text_encoders)
         return model
