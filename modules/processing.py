@@ -1341,9 +1341,10 @@ def img2img(ctx: ProcessingContext, req: Img2ImgRequest) -> GenerationResult:
             _, extra["Init image hash"] = images_mod.save_init_image(im, ctx.outputs.init_images,
                                                                      ctx.opt("samples_format", "png"))
     inits = [_flatten(im, background) for im in req.init_images]
+    upscale = _img2img_upscaler(ctx)
     setup = None
     if req.mask is not None:
-        setup = _inpaint_setup(req, inits, width, height)
+        setup = _inpaint_setup(req, inits, width, height, upscale)
         extra.update({"Mask blur": req.mask_blur_x})
         if setup.paste_to is not None:
             extra["Inpaint area"] = "Only masked"
@@ -1354,8 +1355,10 @@ def img2img(ctx: ProcessingContext, req: Img2ImgRequest) -> GenerationResult:
     gen.prepare_controls(setup.paste_to if setup is not None else None)
     if req.resize_mode == LATENT_RESIZE and setup is None:
         fitted = [im.resize((_round8(im.width, m), _round8(im.height, m)), Image.Resampling.LANCZOS) for im in inits]
+    elif setup is not None and setup.paste_to is None:
+        fitted = list(setup.overlay_source)  # the whole picture at the generation's size, resized once
     else:
-        fitted = [_fit_init(im, req, setup, width, height) for im in inits]
+        fitted = [_fit_init(im, req, setup, width, height, upscale) for im in inits]
     prepared = fitted
     if setup is not None and req.inpainting_fill == 0:
         prepared = [masking.fill(im, setup.processing_mask) for im in fitted]
@@ -1394,7 +1397,17 @@ def _latent_resize_init(gen: Generation, pixels, seeds, subseeds, width, height)
         model.dtype)
 
 
-def _inpaint_setup(req: Img2ImgRequest, inits: list[Image.Image], width: int, height: int) -> InpaintSetup:
+def _img2img_upscaler(ctx: ProcessingContext):
+    """A1111's "Upscaler for img2img": init pictures smaller than the generation grow through that upscaler
+    instead of Lanczos (None when unset or "None")."""
+    name = ctx.opt("upscaler_for_img2img", None)
+    if not name or name == "None" or ctx.upscale is None:
+        return None
+    return lambda image, w, h: ctx.upscale(image, name, w, h)
+
+
+def _inpaint_setup(req: Img2ImgRequest, inits: list[Image.Image], width: int, height: int,
+                   upscale=None) -> InpaintSetup:
     size = inits[0].size
     mask = masking.prepare_mask(req.mask, size, bool(req.inpainting_mask_invert), req.mask_blur_x, req.mask_blur_y)
     if req.inpaint_full_res:
@@ -1407,18 +1420,18 @@ def _inpaint_setup(req: Img2ImgRequest, inits: list[Image.Image], width: int, he
         log.warning("Only masked: the mask is blank, inpainting the whole picture")
     resized = resize_image(req.resize_mode, mask, width, height)
     overlay_mask = Image.fromarray(np.clip(np.asarray(resized, dtype=np.float32) * 2, 0, 255).astype(np.uint8))
-    sources = [resize_image(req.resize_mode, im, width, height) for im in inits]
+    sources = [resize_image(req.resize_mode, im, width, height, upscale) for im in inits]
     return InpaintSetup(overlay_mask, sources, resized, None)
 
 
 def _fit_init(image: Image.Image, req: Img2ImgRequest, setup: InpaintSetup | None, width: int,
-              height: int) -> Image.Image:
+              height: int, upscale=None) -> Image.Image:
     """An init picture at the generation's size: resized by the resize mode, or its masked region for "Only
     masked"."""
     if setup is not None and setup.paste_to is not None:
         x, y, w, h = setup.paste_to
-        return resize_image(2, image.crop((x, y, x + w, y + h)), width, height)
-    return resize_image(req.resize_mode, image, width, height)
+        return resize_image(2, image.crop((x, y, x + w, y + h)), width, height, upscale)
+    return resize_image(req.resize_mode, image, width, height, upscale)
 
 
 def _inpaint_tensors(gen: Generation, req: Img2ImgRequest, setup: InpaintSetup, pixels: torch.Tensor,

@@ -614,3 +614,26 @@ def test_filename_and_folder_patterns_name_the_saved_pictures(engine):
                            "override_settings": {"grid_extended_filename": True, "save_images_add_number": True}})
     assert grid.grid_path.name == "grid-0000-two of them.png"
     assert grid.grid_path.parent == engine.paths.outputs_dir / "txt2img-grids" / "sd1" / "two of"
+
+
+def test_upscaler_for_img2img_grows_a_small_init_picture(engine, monkeypatch):
+    """A1111's "Upscaler for img2img": an init picture smaller than the generation grows through that upscaler (a
+    picture of the right size, and the mask, do not)."""
+    calls = []
+    grow = engine.upscalers.upscale_to
+
+    def spy(image, name, width, height, **kw):
+        calls.append((name, image.size, (width, height), image.mode))
+        return grow(image, "Nearest", width, height)
+
+    monkeypatch.setattr(engine.upscalers, "upscale_to", spy)
+    small = _init().resize((32, 32))
+    req = {**BASE, "init_images": [small], "denoising_strength": 0.3, "do_not_save_samples": True}
+    engine.img2img(req)
+    assert calls == []  # unset: Lanczos, as before
+    engine.settings.set("upscaler_for_img2img", "ESRGAN_4x")
+    engine.img2img({**req, "mask": _mask().resize((32, 32)), "inpaint_full_res": False})
+    assert calls == [("ESRGAN_4x", (32, 32), (64, 64), "RGB")]  # once: the overlay is that picture too
+    calls.clear()
+    engine.img2img({**req, "init_images": [_init()]})
+    assert calls == []

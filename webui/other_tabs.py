@@ -364,6 +364,8 @@ def _page_value(engine, name: str):
     choices = info.get_choices() if hasattr(info, "get_choices") else None
     if name == "quicksettings_list":  # offered, not enforced: an extension's key may be listed before it loads
         choices = [n for n, option in OPTIONS.items() if option.section != "hidden"]
+    elif name == "upscaler_for_img2img" and engine.upscalers is not None:
+        choices = ["None", *engine.upscalers.names()]
     elif name in ("hidden_tabs", "ui_tab_order"):  # extensions' tab titles can be typed in
         choices = ["txt2img", "img2img", "Extras", "PNG Info", "History", "Models", "Train", "Extensions"] + (
             ["Settings"] if name == "ui_tab_order" else [])
