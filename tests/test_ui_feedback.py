@@ -246,3 +246,26 @@ def test_corrupt_settings_file_is_backed_up_and_warned_about_once(tmp_path, capl
             assert Settings.load(path).samples_format == "png"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json.bad"]
     assert caplog.text.count("is unusable") == 1
+
+
+def test_do_not_show_images_and_samples_log_stdout(capsys):
+    """A1111's "Do not show any images in gallery" (the parameters still show) and "Always print all generation
+    info to standard output" (the generation info, as JSON, once per generation)."""
+    import json
+
+    result = SimpleNamespace(images=[Image.new("RGB", (8, 8))], infotexts=["a cat\nSteps: 3, Seed: 9"],
+                             index_of_first_image=0, interrupted=False, warnings=[], seed=9,
+                             js=lambda: {"prompt": "a cat", "seed": 9})
+
+    def finish(**settings):
+        job = SimpleNamespace(id="j", status="done", result=result, progress=None, mode="txt2img", stage="",
+                              finished=2.0, started=1.0, delivered=False)
+        engine = SimpleNamespace(state=JobState(), settings=SimpleNamespace(get=lambda n, d: settings.get(n, d)),
+                                 visible_queue=SimpleNamespace(wait=lambda *a, **k: None), memory=None)
+        return list(runner._follow_one(engine, job, ("session", "txt2img"), object()))[-1]
+
+    shown = finish()
+    assert len(shown[0]) == 1 and capsys.readouterr().out == ""
+    hidden = finish(do_not_show_images=True, samples_log_stdout=True)
+    assert hidden[0] == [] and "Steps: 3" in hidden[2]
+    assert json.loads(capsys.readouterr().out) == {"prompt": "a cat", "seed": 9}

@@ -312,7 +312,8 @@ def _results(c: Controls):
     c.progress = gr.HTML("", elem_id=f"{tab}_progress", elem_classes=["sd-progress-wrap"])
     c.preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id=f"{tab}_live_preview",
                          format="png", height=160)
-    c.gallery = gr.Gallery(label="Output", columns=4, format="png", elem_id=f"{tab}_gallery", height=480,
+    c.gallery = gr.Gallery(label="Output", columns=4, format="png", elem_id=f"{tab}_gallery",
+                           height=_setting(c.extra["engine"], "gallery_height", "") or 480,  # A1111: a CSS height
                            interactive=False,
                            object_fit="contain", preview=True)
     c.infotexts = gr.State([])
@@ -483,30 +484,34 @@ def build_img2img(engine, hide_dirs: bool = False) -> Controls:
     mode = gr.State("img2img")
     _prompt_row(c, engine)
     extra_networks_panel.build_extra_networks(engine, c.tab, c.prompt)
+    editor_height = _editor_height(engine)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, elem_id="img2img_settings"):
             copies: dict[str, Any] = {"buttons": [], "to": {}}
             with gr.Tabs(elem_id="mode_img2img") as subtabs:
                 with gr.Tab("img2img", id="img2img_tab", elem_id="img2img_img2img_tab") as t1:
                     init = gr.Image(label="Image for img2img", type="pil", format="png", elem_id="img2img_image",
-                                    sources=["upload", "clipboard"], height=360, image_mode="RGBA")
+                                    sources=["upload", "clipboard"], height=editor_height, image_mode="RGBA")
                     _copy_row("img2img", init, copies)
                 with gr.Tab("Sketch", id="sketch_tab", elem_id="img2img_img2img_sketch_tab") as t2:
                     sketch = gr.ImageEditor(label="Sketch", type="pil", format="png", elem_id="img2img_sketch",
-                                            sources=["upload", "clipboard"], height=360, layers=False,
-                                            brush=gr.Brush(default_size=12, color_mode="defaults"))
+                                            sources=["upload", "clipboard"], height=editor_height, layers=False,
+                                            brush=gr.Brush(default_size=12, color_mode="defaults",
+                                                           colors=_sketch_colors(
+                                                               engine, "img2img_sketch_default_brush_color")))
                     _copy_row("sketch", sketch, copies)
                 with gr.Tab("Inpaint", id="inpaint_tab", elem_id="img2img_inpaint_tab") as t3:
                     inpaint = gr.ImageEditor(label="Image for inpainting with mask", type="pil", format="png",
-                                             elem_id="img2maskimg", sources=["upload", "clipboard"], height=360,
-                                             layers=False, transforms=(),
-                                             brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"))
+                                             elem_id="img2maskimg", sources=["upload", "clipboard"],
+                                             height=editor_height, layers=False, transforms=(),
+                                             brush=gr.Brush(default_size=24, color_mode="fixed", colors=[
+                                                 _setting(engine, "img2img_inpaint_mask_brush_color", "#ffffff")]))
                     _copy_row("inpaint", inpaint, copies)
                 with gr.Tab("Inpaint sketch", id="inpaint_sketch_tab", elem_id="img2img_inpaint_sketch_tab") as t3s:
                     # A1111's colour-sketch inpainting: the painted area is the mask, its colours the starting point
                     inpaint_sketch = gr.ImageEditor(label="Color sketch inpainting", type="pil", format="png",
                                                     elem_id="inpaint_sketch", sources=["upload", "clipboard"],
-                                                    height=360, layers=False, transforms=(),
+                                                    height=editor_height, layers=False, transforms=(),
                                                     brush=gr.Brush(default_size=12, colors=_sketch_colors(engine),
                                                                    color_mode="defaults"))
                     _copy_row("inpaint_sketch", inpaint_sketch, copies)
@@ -691,11 +696,24 @@ def _inpaint_visibility(mode):
     return gr.update(visible=mode in INPAINT_MODES), gr.update(visible=mode == "inpaint_sketch")
 
 
-def _sketch_colors(engine) -> list[str]:
-    """Inpaint sketch's palette: A1111's "Inpaint sketch initial brush color" setting first, then Gradio's."""
+def _sketch_colors(engine, setting: str = "img2img_inpaint_sketch_default_brush_color") -> list[str]:
+    """A sketch brush's palette: A1111's setting for its initial colour first ("Sketch initial brush color",
+    "Inpaint sketch initial brush color"), then Gradio's."""
+    first = _setting(engine, setting, "#ffffff") or "#ffffff"
+    return [first] + [c for c in gr.Brush().colors if c != first]
+
+
+def _setting(engine, name: str, default):
     settings = getattr(engine, "settings", None)
-    first = settings.get("img2img_inpaint_sketch_default_brush_color", "#ffffff") if settings is not None else None
-    return [first or "#ffffff"] + [c for c in gr.Brush().colors if c != first]
+    return settings.get(name, default) if settings is not None else default
+
+
+def _editor_height(engine) -> int:
+    """A1111's "Height of the image editor" (px), for img2img's picture and editors."""
+    try:
+        return max(80, int(_setting(engine, "img2img_editor_height", 720)))
+    except (TypeError, ValueError):
+        return 720
 
 
 def _copy_row(name: str, component, copies: dict) -> None:

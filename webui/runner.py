@@ -11,6 +11,7 @@ again each time it is done, until it is turned off.
 from __future__ import annotations
 
 import html
+import json
 import re
 import threading
 import time
@@ -364,7 +365,9 @@ def _follow_one(engine: Engine, job, key: tuple, token: object) -> Iterator[tupl
         f" · {html.escape(memory)}" if memory else "") + "</div>"
     first = result.infotexts[result.index_of_first_image] if len(result.infotexts) > result.index_of_first_image \
         else (result.infotexts[0] if result.infotexts else "")
-    gallery = list(result.images)
+    gallery = [] if engine.settings.get("do_not_show_images", False) else list(result.images)
+    if engine.settings.get("samples_log_stdout", False) and not job.delivered:  # A1111: the generation info
+        print(json.dumps(result.js(), default=str), flush=True)
     yield (gallery, result.infotexts, info_html(first, note + elapsed), "", gr.update(visible=False),
            result.seed)
     job.delivered = True  # shown (Gradio resumed us after the yield); the queue lets go of the pictures later

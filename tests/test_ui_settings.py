@@ -1,4 +1,5 @@
-"""The "Send to img2img / inpaint" buttons' parameters, as A1111's settings `send_seed` and `send_size` ask."""
+"""A1111's User interface settings that shape the page: what the "Send to" buttons send (`send_seed`,
+`send_size`), the quick settings bar, hidden and ordered tabs, gallery and editor heights, brush colours."""
 from __future__ import annotations
 
 import gradio as gr
@@ -66,3 +67,18 @@ def test_quicksettings_list_hidden_tabs_and_tab_order_shape_the_page(tiny_models
     change.fn(31337)
     assert engine.settings.get("eta_noise_seed_delta") == 31337
     assert '"eta_noise_seed_delta": 31337' in engine.paths.config_file.read_text()
+
+
+def test_gallery_and_editor_heights_and_brush_colours_follow_the_settings(engine):
+    from webui import generation_tabs
+
+    engine.settings.update({"gallery_height": "30em", "img2img_editor_height": 500,
+                            "img2img_sketch_default_brush_color": "#ff0000",
+                            "img2img_inpaint_mask_brush_color": "#00ff00"})
+    with gr.Blocks():
+        controls = generation_tabs.build_img2img(engine)
+    editors = {k: controls.extra[k] for k in ("init", "sketch", "inpaint", "inpaint_sketch")}
+    assert controls.gallery.height == "30em"
+    assert {e.height for e in editors.values()} == {500}
+    assert editors["sketch"].brush.colors[0] == "#ff0000"
+    assert editors["inpaint"].brush.colors == ["#00ff00"]
