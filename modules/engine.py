@@ -31,8 +31,9 @@ from modules.upscaling import UpscalerRegistry
 from modules.controlnet.models import ControlNetLibrary
 from modules.memory.manager import MemoryFlags, MemoryManager, OutOfMemory, job_of
 
-# a request's override_settings of these name its files (they count for that job, as the output folders do)
-_NAMING_OPTIONS = ("samples_filename_pattern", "save_images_add_number", "grid_extended_filename")
+# a request's override_settings of these name and write its files (for that job, as the output folders do)
+_SAVE_OPTIONS = ("samples_filename_pattern", "save_images_add_number", "grid_extended_filename", "jpeg_quality",
+                 "webp_lossless", "export_for_4chan", "img_downscale_threshold", "target_side_length")
 
 log = logging.getLogger(__name__)
 
@@ -252,9 +253,12 @@ class Engine:
         tab's `outdir_<kind>_samples`/`_grids`; the request's `override_settings` of them count for this job."""
         kind = "img2img" if isinstance(req, Img2ImgRequest) else "txt2img"
         options = self.settings.as_dict()
-        options.update({k: v for k, v in (req.override_settings or {}).items()
-                        if k.startswith(("outdir_", "directories_")) or k.endswith("save_to_dirs")
-                        or k in _NAMING_OPTIONS})
+        for k, v in (req.override_settings or {}).items():
+            if k.startswith(("outdir_", "directories_")) or k.endswith("save_to_dirs") or k in _SAVE_OPTIONS:
+                try:
+                    options[k] = self.settings.validate(k, v) if k in self.settings else v
+                except ValueError:  # the job's own check of its overrides says so (a 422 through the API)
+                    pass
 
         def folder(*names: str, default: Path) -> Path:
             for name in names:
@@ -267,13 +271,13 @@ class Engine:
         samples = folder("outdir_samples", f"outdir_{kind}_samples", default=root / f"{kind}-images")
         grids = folder("outdir_grids", f"outdir_{kind}_grids", default=root / f"{kind}-grids")
         styles = tuple(self.styles.get_style_prompts(req.styles)) if req.styles and self.styles is not None else ()
-        naming = dataclasses.replace(images.FileNaming.from_options(options.get), style_prompts=styles)
-        grid_naming = dataclasses.replace(images.FileNaming.from_options(options.get, grid=True), style_prompts=styles)
+        save = dataclasses.replace(images.SaveOptions.from_options(options.get), style_prompts=styles)
+        grid_save = dataclasses.replace(images.SaveOptions.from_options(options.get, grid=True), style_prompts=styles)
         maps = None
         if options.get("control_net_detectmap_autosaving", False):  # the extension's option and folder
             maps = self.paths.resolve_data_path(str(options.get("control_net_detectedmap_dir") or "detected_maps"))
         inits = folder("outdir_init_images", default=root / "init-images")
-        return OutputDirs(samples=samples, grids=grids, naming=naming, grid_naming=grid_naming, detected_maps=maps,
+        return OutputDirs(samples=samples, grids=grids, save=save, grid_save=grid_save, detected_maps=maps,
                           init_images=inits)
 
     # -- control ---------------------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ from modules.filename_pattern import expand as expand_pattern
 __all__ = [
     "save_sample",
     "write_file",
-    "FileNaming",
+    "large_copy",
+    "SaveOptions",
     "save_grid",
     "image_grid",
     "grid_rows",
@@ -230,12 +231,14 @@ def image_to_png_bytes(image: Image.Image, infotext: str | None = None) -> bytes
 
 
 @dataclass
-class FileNaming:
-    """A1111's naming settings for one job's files: the file name pattern (`samples_filename_pattern`; empty means
+class SaveOptions:
+    """A1111's saving settings for one job's files: the file name pattern (`samples_filename_pattern`; empty means
     `[seed]`, or `[seed]-[prompt_spaces]` when pictures do not go to a subfolder), the subfolder pattern
     (`directories_filename_pattern` when `save_to_dirs` / `grid_save_to_dirs` ask for one; empty means
     `[prompt_words]`), `save_images_add_number`, `directories_max_prompt_words`; `short` for grids (named
-    `grid-NNNN` unless `grid_extended_filename`)."""
+    `grid-NNNN` unless `grid_extended_filename`); `jpeg_quality`, `webp_lossless`; and "Save copy of large images
+    as JPG" (`export_for_4chan`: a picture over `img_downscale_threshold` MB or wider/taller than
+    `target_side_length` also gets a JPEG beside it, downscaled to that side)."""
 
     file_pattern: str = "[seed]"
     folder_pattern: str | None = "[date]"
@@ -243,9 +246,13 @@ class FileNaming:
     max_prompt_words: int = 8
     short: bool = False
     style_prompts: tuple[str, ...] = ()  # the job's styles' prompts, which [prompt_no_styles] leaves out
+    quality: int = JPEG_QUALITY
+    webp_lossless: bool = False
+    large_copy_mb: float | None = None  # None: no JPEG copy of large pictures
+    large_copy_side: int = 4000
 
     @classmethod
-    def from_options(cls, get, grid: bool = False) -> "FileNaming":
+    def from_options(cls, get, grid: bool = False) -> "SaveOptions":
         """From a settings getter (`get(name, default)`)."""
         to_dirs = bool(get("grid_save_to_dirs" if grid else "save_to_dirs", True))
         pattern = str(get("samples_filename_pattern", "") or "") or (
@@ -253,7 +260,11 @@ class FileNaming:
         folder = (str(get("directories_filename_pattern", "") or "") or "[prompt_words]") if to_dirs else None
         return cls(pattern, folder, bool(get("save_images_add_number", True)),
                    int(get("directories_max_prompt_words", 8) or 8),
-                   short=grid and not get("grid_extended_filename", False))
+                   short=grid and not get("grid_extended_filename", False),
+                   quality=int(get("jpeg_quality", JPEG_QUALITY) or JPEG_QUALITY),
+                   webp_lossless=bool(get("webp_lossless", False)),
+                   large_copy_mb=float(get("img_downscale_threshold", 4.0)) if get("export_for_4chan", True)
+                   else None, large_copy_side=int(get("target_side_length", 4000) or 4000))
 
     def folder(self, root: str | os.PathLike, fields: NameFields) -> Path:
         """`root`, or its subfolder the folder pattern names (never outside `root`)."""
@@ -343,22 +354,43 @@ def write_file(directory: str | os.PathLike, basename: str, decoration: str, ext
 
 
 def save_sample(image: Image.Image, directory: str | os.PathLike, seed: int, infotext: str | None,
-                fmt: str = "png", basename_suffix: str | None = None, *, naming: FileNaming | None = None,
-                fields: NameFields | None = None, quality: int = JPEG_QUALITY, webp_lossless: bool = False,
-                pnginfo: Mapping[str, Any] | None = None) -> Path:
+                fmt: str = "png", basename_suffix: str | None = None, *, options: SaveOptions | None = None,
+                fields: NameFields | None = None, pnginfo: Mapping[str, Any] | None = None) -> Path:
     """Save with the infotext embedded; returns the path. Named ``NNNNN-SEED[-suffix].ext`` in ``directory``, or
-    as the job's `naming` says (its subfolder and file name patterns over `fields`).
+    as the job's `options` say (subfolder and file name patterns over `fields`, quality, the JPEG copy).
 
     The directory is created if missing. ``basename_suffix`` is appended after the name, with a ``-`` added if it
     lacks one (A1111's ``-before-highres-fix`` style). The file appears complete or not at all.
     """
     ext = _extension(fmt)
-    data = encode_image(image, ext, infotext, quality=quality, webp_lossless=webp_lossless, pnginfo=pnginfo)
-    if naming is None:
+    if options is None:
+        data = encode_image(image, ext, infotext, pnginfo=pnginfo)
         return _save_numbered(Path(directory), "", f"-{seed}{_clean_suffix(basename_suffix)}", ext, data)
+    data = encode_image(image, ext, infotext, quality=options.quality, webp_lossless=options.webp_lossless,
+                        pnginfo=pnginfo)
     fields = fields if fields is not None else NameFields(seed=seed)
-    return write_file(naming.folder(directory, fields), "", naming.decoration(fields) + _clean_suffix(basename_suffix),
-                      ext, data, naming.add_number)
+    path = write_file(options.folder(directory, fields), "",
+                      options.decoration(fields) + _clean_suffix(basename_suffix), ext, data, options.add_number)
+    large_copy(image, path, len(data), infotext, options)
+    return path
+
+
+def large_copy(image: Image.Image, path: Path, size: int, infotext: str | None, save: SaveOptions) -> Path | None:
+    """A1111's "Save copy of large images as JPG": a picture over the size limit, or wider or taller than the side
+    limit (then downscaled to it), also as ``NAME.jpg`` beside it. A JPEG is never replaced by its smaller copy."""
+    if save.large_copy_mb is None or path.suffix.lower() in (".jpg", ".jpeg"):
+        return None
+    side = save.large_copy_side
+    oversize = image.width > side or image.height > side
+    if not oversize and size <= save.large_copy_mb * 1024 * 1024:
+        return None
+    if oversize:
+        ratio = image.width / image.height
+        target = (side, round(image.height * side / image.width)) if ratio > 1 else (
+            round(image.width * side / image.height), side)
+        image = image.resize(target, Image.Resampling.LANCZOS)
+    data = encode_image(image, "jpg", infotext, quality=save.quality)
+    return atomic_write_bytes(path.with_suffix(".jpg"), data, overwrite=False)
 
 
 def save_parameters_file(picture: str | os.PathLike, infotext: str) -> Path:
@@ -385,17 +417,19 @@ def save_init_image(image: Image.Image, directory: str | os.PathLike, fmt: str =
 
 
 def save_grid(image: Image.Image, directory: str | os.PathLike, infotext: str | None, fmt: str = "png", *,
-              naming: FileNaming | None = None, fields: NameFields | None = None,
-              quality: int = JPEG_QUALITY) -> Path:
-    """Save a grid as ``directory/grid-NNNN.ext`` (4 digits, continuing from existing grids) — in the subfolder
-    and with the name pattern after the number that the job's grid `naming` asks for; returns the path."""
+              options: SaveOptions | None = None, fields: NameFields | None = None) -> Path:
+    """Save a grid as ``directory/grid-NNNN.ext`` (4 digits, continuing from existing grids) — in the subfolder,
+    with the name pattern after the number and the quality the job's grid `options` ask for; returns the
+    path."""
     ext = _extension(fmt)
-    data = encode_image(image, ext, infotext, quality=quality)
-    if naming is None:
-        return _save_numbered(Path(directory), "grid", "", ext, data)
+    if options is None:
+        return _save_numbered(Path(directory), "grid", "", ext, encode_image(image, ext, infotext))
+    data = encode_image(image, ext, infotext, quality=options.quality, webp_lossless=options.webp_lossless)
     fields = fields if fields is not None else NameFields()
-    return write_file(naming.folder(directory, fields), "grid", "" if naming.short else naming.decoration(fields),
-                      ext, data, naming.add_number)
+    decoration = "" if options.short else options.decoration(fields)
+    path = write_file(options.folder(directory, fields), "grid", decoration, ext, data, options.add_number)
+    large_copy(image, path, len(data), infotext, options)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -54,8 +54,8 @@ MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 class OutputDirs:
     samples: Path
     grids: Path
-    naming: images_mod.FileNaming | None = None  # the settings' subfolder and file name patterns for pictures
-    grid_naming: images_mod.FileNaming | None = None  # … and for grids
+    save: images_mod.SaveOptions | None = None  # the settings' names, subfolders, quality… for pictures
+    grid_save: images_mod.SaveOptions | None = None  # … and for grids
     detected_maps: Path | None = None  # ControlNet maps are saved here (per preprocessor) when the setting asks
     init_images: Path | None = None  # img2img's init pictures, when the setting save_init_img asks
 
@@ -1056,7 +1056,7 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
                 path = hooks.save_image(images_mod.save_sample, image,
                                         text if ctx.opt("enable_pnginfo", True) else None,
                                         directory=ctx.outputs.samples, seed=run.all_seeds[index], fmt=fmt,
-                                        naming=ctx.outputs.naming,
+                                        options=ctx.outputs.save,
                                         fields=name_fields(gen, index, image, denoising))
                 if ctx.opt("save_txt", False):  # A1111: the parameters in a text file of the picture's name
                     images_mod.save_parameters_file(path, text)
@@ -1077,8 +1077,8 @@ def name_fields(gen: Generation, index: int, image: Image.Image | None, denoisin
     run, req, model = gen.run, gen.req, gen.model
     return images_mod.NameFields(
         seed=run.all_seeds[index], prompt=run.all_prompts[index], negative_prompt=run.all_negative_prompts[index],
-        styles=list(req.styles or []), style_prompts=list(gen.ctx.outputs.naming.style_prompts)
-        if gen.ctx.outputs is not None and gen.ctx.outputs.naming is not None else [],
+        styles=list(req.styles or []), style_prompts=list(gen.ctx.outputs.save.style_prompts)
+        if gen.ctx.outputs is not None and gen.ctx.outputs.save is not None else [],
         steps=req.steps, cfg_scale=req.cfg_scale, width=req.width, height=req.height, sampler=gen.sampler.name,
         scheduler=gen.schedule.label, model_name=Path(model.name).stem, model_hash=model.shorthash or "",
         vae_name=model.vae_name, clip_skip=gen.clip_skip, denoising_strength=denoising, all_seeds=run.all_seeds,
@@ -1092,7 +1092,7 @@ def _save_sample(gen: Generation, index: int, image: Image.Image, text: str, suf
     A1111's suffix."""
     ctx = gen.ctx
     return images_mod.save_sample(image, ctx.outputs.samples, gen.run.all_seeds[index], text,
-                                  ctx.opt("samples_format", "png"), suffix, naming=ctx.outputs.naming,
+                                  ctx.opt("samples_format", "png"), suffix, options=ctx.outputs.save,
                                   fields=name_fields(gen, index, image, denoising))
 
 
@@ -1153,7 +1153,7 @@ def _grid(ctx: ProcessingContext, req: GenerationRequest, result: GenerationResu
                                        batch_size=result.batch_size, n_iter=result.n_iter, image=grid)
         result.grid_path = images_mod.save_grid(grid, ctx.outputs.grids, text if ctx.opt("enable_pnginfo", True)
                                                 else None, ctx.opt("grid_format", "png"),
-                                                naming=ctx.outputs.grid_naming, fields=fields)
+                                                options=ctx.outputs.grid_save, fields=fields)
     if want_return:
         result.images.insert(0, grid)
         result.infotexts.insert(0, text)

@@ -110,6 +110,17 @@ def test_xyz_plot_rejects_unknown_samplers_with_the_valid_names(script_engine):
             x_type="Sampler", x_values="Euler, Nope")})
 
 
+def test_xyz_plot_refuses_a_grid_over_the_maximum_image_size(script_engine):
+    """A1111's "Maximum image size, in megapixels" (img_max_size_mp): checked before anything is sampled."""
+    script_engine.settings.set("img_max_size_mp", 1)
+    try:
+        with pytest.raises(RequestError, match=r"too large \(1 MPixels\) \(max configured size is 1 MPixels"):
+            script_engine.txt2img({**BASE, "width": 512, "height": 512, "script_name": "X/Y/Z plot",
+                                   "script_args": xyz_args(x_type="Steps", x_values="1, 2, 3, 4")})
+    finally:
+        script_engine.settings.set("img_max_size_mp", 200)
+
+
 def test_extensions_add_xyz_axes_as_in_a1111(script_engine):
     """ADetailer, FreeU and others find the X/Y/Z script's module in `scripts_data` and extend its `axis_options`
     list with A1111-style options: `prepare` parses the text, `confirm(p, xs)` raises on a bad value."""

@@ -637,3 +637,23 @@ def test_upscaler_for_img2img_grows_a_small_init_picture(engine, monkeypatch):
     calls.clear()
     engine.img2img({**req, "init_images": [_init()]})
     assert calls == []
+
+
+def test_jpeg_quality_and_the_jpeg_copy_of_large_pictures(engine):
+    """A1111's "Quality for saved jpeg images" for every saved picture, and "Save copy of large images as JPG"
+    (on by default): a picture over the size limit, or over the side limit (then downscaled to it), also as a
+    JPEG beside it."""
+    req = {**BASE, "prompt": "a noisy picture", "seed": 3}
+    low = engine.txt2img({**req, "override_settings": {"samples_format": "jpg", "jpeg_quality": 5}}).saved_paths[0]
+    high = engine.txt2img({**req, "override_settings": {"samples_format": "jpg", "jpeg_quality": 95}}).saved_paths[0]
+    assert low.stat().st_size < high.stat().st_size
+    assert not list(low.parent.glob("*.png"))  # a JPEG is not copied to itself
+    png = engine.txt2img({**req, "override_settings": {"target_side_length": 32}}).saved_paths[0]
+    copy = png.with_suffix(".jpg")
+    with Image.open(copy) as small:
+        assert small.size == (32, 32) and "a noisy picture" in images_mod.read_infotext(small)
+    heavy = engine.txt2img({**req, "override_settings": {"img_downscale_threshold": 0}}).saved_paths[0]
+    with Image.open(heavy.with_suffix(".jpg")) as same_size:
+        assert same_size.size == (64, 64)
+    plain = engine.txt2img({**req, "override_settings": {"img_downscale_threshold": 0, "export_for_4chan": False}})
+    assert not plain.saved_paths[0].with_suffix(".jpg").exists()

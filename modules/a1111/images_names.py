@@ -92,7 +92,8 @@ def _fields(p, seed, prompt, image):
         denoising_strength=getattr(p, "denoising_strength", None), all_seeds=list(getattr(p, "all_seeds", []) or []),
         batch_size=getattr(p, "batch_size", 1) or 1, n_iter=getattr(p, "n_iter", 1) or 1,
         batch_index=getattr(p, "batch_index", 0) or 0, iteration=getattr(p, "iteration", 0) or 0,
-        job_timestamp=getattr(p, "job_timestamp", "") or getattr(shared.state, "job_timestamp", ""), user=getattr(p, "user", None),
+        job_timestamp=getattr(p, "job_timestamp", "") or getattr(shared.state, "job_timestamp", ""),
+        user=getattr(p, "user", None),
         image=image)
 
 
@@ -123,19 +124,15 @@ def save_image(image, path, basename, seed=None, prompt=None, extension="png", i
     from pathlib import Path
 
     from modules import images, script_callbacks, shared
-    from modules.filename_pattern import expand
 
     opts = shared.opts.data
     fields = _fields(p, seed, prompt, image)
-    words = int(opts.get("directories_max_prompt_words", 8) or 8)
     if save_to_dirs is None:
         save_to_dirs = (grid and opts.get("grid_save_to_dirs", True)) or (
             not grid and opts.get("save_to_dirs", True) and not no_prompt)
-    folder = Path(path)
-    if save_to_dirs:
-        naming = images.FileNaming(folder_pattern=opts.get("directories_filename_pattern") or "[prompt_words]",
-                                   max_prompt_words=words)
-        folder = naming.folder(folder, fields)
+    save = images.SaveOptions.from_options(lambda name, default: opts.get(name, default), grid=grid)
+    save.folder_pattern = (opts.get("directories_filename_pattern") or "[prompt_words]") if save_to_dirs else None
+    folder = save.folder(Path(path), fields)
     params = script_callbacks.ImageSaveParams(image, p, str(folder), dict(existing_info or {}))
     if info is not None:
         params.pnginfo[pnginfo_section_name] = info
@@ -143,7 +140,8 @@ def save_image(image, path, basename, seed=None, prompt=None, extension="png", i
     pnginfo = dict(params.pnginfo or {})
     text = pnginfo.pop("parameters", None)
     ext = str(extension or "png").lstrip(".").lower()
-    data = images.encode_image(params.image, ext, text, pnginfo={k: str(v) for k, v in pnginfo.items()} or None)
+    data = images.encode_image(params.image, ext, text, quality=save.quality, webp_lossless=save.webp_lossless,
+                               pnginfo={k: str(v) for k, v in pnginfo.items()} or None)
     if forced_filename is not None:
         target = folder / f"{forced_filename}.{ext}"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -151,14 +149,9 @@ def save_image(image, path, basename, seed=None, prompt=None, extension="png", i
 
         fullfn = atomic_write_bytes(target, data)
     else:
-        if short_filename or seed is None:
-            pattern = ""
-        else:
-            pattern = opts.get("samples_filename_pattern") or (
-                "[seed]" if opts.get("save_to_dirs", True) else "[seed]-[prompt_spaces]")
-        decoration = expand(pattern, fields, words) + (suffix or "")
-        add_number = bool(opts.get("save_images_add_number", True)) or decoration == ""
-        fullfn = images.write_file(folder, basename or "", decoration, ext, data, add_number)
+        decoration = ("" if short_filename or seed is None else save.decoration(fields)) + (suffix or "")
+        fullfn = images.write_file(folder, basename or "", decoration, ext, data, save.add_number or not decoration)
+    images.large_copy(params.image, Path(fullfn), len(data), text, save)
     params.filename = str(fullfn)
     script_callbacks.image_saved_callback(params)
     txt_fullfn = None

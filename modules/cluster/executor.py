@@ -194,7 +194,7 @@ class ClusterExecutor:
                 model_hash=result.sd_model_hash or "", all_seeds=list(result.all_seeds),
                 batch_size=result.batch_size, n_iter=result.n_iter, batch_index=i % max(result.batch_size, 1),
                 iteration=i // max(result.batch_size, 1), image=picture)
-            kept.append(images_mod.save_sample(picture, outputs.samples, seed, text, fmt=fmt, naming=outputs.naming,
+            kept.append(images_mod.save_sample(picture, outputs.samples, seed, text, fmt=fmt, options=outputs.save,
                                                fields=fields))
             if self.engine.settings.get("save_txt", False):
                 images_mod.save_parameters_file(kept[-1], text)
@@ -202,7 +202,7 @@ class ClusterExecutor:
         if result.grid_path is not None and not Path(result.grid_path).is_file() and first == 1:
             result.grid_path = images_mod.save_grid(result.images[0], outputs.grids, result.infotexts[0],
                                                     self.engine.settings.get("grid_format", "png"),
-                                                    naming=outputs.grid_naming,
+                                                    options=outputs.grid_save,
                                                     fields=images_mod.NameFields(seed=result.seed,
                                                                                  prompt=result.prompt))
 

@@ -334,6 +334,11 @@ class Script(scripts.Script):
               no_fixed_seeds) -> Processed:
         xs, ys, zs = (a.values for a in axes)
         cells = len(xs) * len(ys) * len(zs)
+        grid_mp = round(cells * p.width * p.height / 1_000_000)  # A1111's check, before anything is sampled
+        if grid_mp >= shared.opts.img_max_size_mp:
+            raise RequestError(f"Resulting grid would be too large ({grid_mp} MPixels) (max configured size is "
+                               f"{shared.opts.img_max_size_mp:g} MPixels: Settings → Saving images → Maximum image "
+                               "size)")
         shared.state.job_count = cells * p.n_iter
         order = sorted(itertools.product(range(len(xs)), range(len(ys)), range(len(zs))),
                        key=lambda idx: [idx[k] for k in sorted(range(3), key=lambda k: -axes[k].opt.cost)])
