@@ -881,13 +881,24 @@ class Generation:
             return float(self.ctx.opt("eta_ddim", 0.0) or 0.0)
         return None
 
+    def _preview(self, latents: torch.Tensor) -> Image.Image:
+        """The live preview, as A1111's settings ask: "Live preview method" Full decodes with the model's VAE, the
+        others use the cheap per-family approximation (the Approx NN and TAESD weights are not bundled); "Show
+        previews of all images generated in a batch as a grid" shows every picture of the batch."""
+        picked = latents if self.ctx.opt("show_progress_grid", True) else latents[:1]
+        if self.ctx.opt("show_progress_type", "Approx NN") == "Full":
+            pictures = _to_pil(self.model, decode(self.model, picked))
+        else:
+            pictures = [preview.cheap_approximation(x, family=self.model.family) for x in picked]
+        return pictures[0] if len(pictures) == 1 else images_mod.image_grid(pictures, batch_size=len(pictures))
+
     def _on_step(self, info: StepInfo) -> None:
         state = self.ctx.state
         state.sampling_step = info.step
         state.current_latent = info.latents
         every = int(self.ctx.opt("show_progress_every_n_steps", 10) or 0)
         if self.ctx.opt("live_previews_enable", True) and every > 0 and info.step % every == 0:
-            state.current_image = preview.cheap_approximation(info.latents[0], family=self.model.family)
+            state.current_image = self._preview(info.latents)
             state.current_image_step = info.step
         if state.interrupted:
             raise Interrupted()

@@ -627,3 +627,18 @@ def test_internal_progress_follows_a_task_by_its_forced_id_as_a1111s_page_polls_
     assert done["completed"] is True and done["active"] is False
     assert root.get("/internal/pending-tasks").json() == {"size": 0, "tasks": []}
     assert root.get("/internal/ping").json() == {}
+
+
+def test_progress_previews_come_in_the_live_preview_file_format():
+    """A1111's "Live preview file format" (png, jpeg, webp) for the previews /sdapi/v1/progress hands out."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from modules.api.api import encode_preview
+
+    picture = Image.new("RGB", (8, 8), (10, 200, 30))
+    for fmt, pil_name in (("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")):
+        with Image.open(io.BytesIO(base64.b64decode(encode_preview(picture, fmt)))) as back:
+            assert back.format == pil_name and back.size == (8, 8)

@@ -384,6 +384,33 @@ def test_progress_and_live_preview_during_sampling(engine):
     assert engine.state.current_image is None or engine.state.current_image.size == (8, 8)
 
 
+def test_live_preview_method_and_batch_grid_follow_the_settings(engine, monkeypatch):
+    """A1111's "Live preview method" (Full: the VAE's own picture) and "Show previews of all images generated in a
+    batch as a grid"."""
+    import modules.processing as processing
+
+    previews = []
+    real_on_step = processing.Generation._on_step
+
+    def spy(self, info):
+        real_on_step(self, info)
+        previews.append(self.ctx.state.current_image)
+
+    monkeypatch.setattr(processing.Generation, "_on_step", spy)
+
+    def last_preview(**options):
+        previews.clear()
+        engine.txt2img({**BASE, "steps": 2, "batch_size": 2, "seed": 12, "do_not_save_samples": True,
+                        "override_settings": {"show_progress_every_n_steps": 1, **options}})
+        return previews[-1]
+
+    assert last_preview().size == (16, 8)  # two cheap 8x8 previews side by side
+    assert last_preview(show_progress_grid=False).size == (8, 8)
+    full = last_preview(show_progress_type="Full", show_progress_grid=False)
+    final = engine.txt2img({**BASE, "steps": 2, "batch_size": 2, "seed": 12, "do_not_save_samples": True}).images[0]
+    assert full.size == (64, 64) and np.abs(arr(full) - arr(final)).max() <= 2  # the last step is the picture
+
+
 @pytest.mark.slow
 def test_inpainting_model_also_does_txt2img_and_plain_img2img(tmp_path, tiny_models):
     """A 9-channel model without a mask is conditioned on "repaint everything", as A1111 does."""

@@ -74,6 +74,15 @@ def encode_png(image: Image.Image, infotext: str | None = None) -> str:
     return base64.b64encode(images_mod.image_to_png_bytes(image, infotext)).decode("ascii")
 
 
+def encode_preview(image: Image.Image, fmt: str) -> str:
+    """A live preview in the "Live preview file format" setting's format (jpeg, png, webp)."""
+    fmt = str(fmt or "png").lower()
+    if fmt == "png":
+        return encode_png(image)
+    return base64.b64encode(images_mod.encode_image(image.convert("RGB"), "jpg" if fmt == "jpeg" else fmt,
+                                                    None)).decode("ascii")
+
+
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are an IPv4 address
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: local-use translation, never public
 URL_TIMEOUT = 30
@@ -553,8 +562,8 @@ class Api:
         current = None
         image = st.current_image
         if not skip_current_image and isinstance(image, Image.Image):
-            try:
-                current = encode_png(image)
+            try:  # A1111's "Live preview file format"
+                current = encode_preview(image, self.engine.settings.get("live_previews_image_format", "png"))
             except Exception:  # a preview being replaced under us: skip it this time
                 current = None
         return {"progress": progress, "eta_relative": st.eta(), "state": self._state_dict(st),
