@@ -32,6 +32,7 @@ from modules.filename_pattern import expand as expand_pattern
 __all__ = [
     "save_sample",
     "write_file",
+    "safe_name",
     "large_copy",
     "SaveOptions",
     "save_grid",
@@ -302,6 +303,11 @@ def get_next_sequence_number(directory: str | os.PathLike, basename: str = "") -
 
 
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
+
+
+def safe_name(text: str) -> str:
+    """`text` with the characters a file name cannot hold replaced by `_`."""
+    return _UNSAFE.sub("_", text)
 
 
 def _clean_suffix(suffix: str | None) -> str:

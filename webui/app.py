@@ -250,6 +250,7 @@ def _build_page(engine: Engine, args) -> gr.Blocks:
         history, settings = built.get("history"), built["settings"]
         gr.HTML(footer_html(args), elem_id="footer")
         _wire_sending(engine, t2i, i2i, extras, png, tabs)
+        _wire_saving(engine, t2i, i2i)
         if history is not None:
             _wire_history_sending(engine, history, t2i, i2i, extras, tabs)
         _wire_demo_defaults(engine, cfg, ckpt, note, t2i, i2i, demo)
@@ -431,6 +432,30 @@ def _wire_sending(engine: Engine, t2i, i2i, extras, png, tabs):
     png["to_img2img"].click(lambda image, text: [gr.Tabs(selected="img2img"), image.convert("RGB") if image else None]
                             + generation_tabs.paste_updates(i2i, text),
                             [png["image"], png["text"]], [tabs, i2i.extra["init"]] + i2i.components)
+
+
+def _wire_saving(engine: Engine, *tabs) -> None:
+    """💾 Save and 🗃️ Zip under each gallery (modules/save_button.py): the files offered for download beside the
+    gallery, "Saved: NAME" under it."""
+    from modules import save_button
+
+    def run(make_zip):
+        def click(gallery, infotexts, index):
+            pictures = [_selected_image(gallery, i) for i in range(len(gallery or []))]
+            try:
+                saved = save_button.save(pictures, list(infotexts or []), index if isinstance(index, int) else -1,
+                                         getattr(infotexts, "first_image", 0), engine.settings, engine.paths,
+                                         make_zip)
+            except (ValueError, OSError) as e:
+                return gr.update(), error_html(str(e))
+            return (gr.update(value=[str(p) for p in saved.files], visible=True),
+                    f"<div class='sd-note'>Saved: {html.escape(saved.names[0])}</div>")
+        return click
+
+    for c in tabs:
+        for button, make_zip in ((c.extra["save"], False), (c.extra["zip"], True)):
+            button.click(run(make_zip), [c.gallery, c.infotexts, c.selected], [c.extra["download"], c.info],
+                         queue=False, show_progress="hidden")
 
 
 def _wire_history_sending(engine: Engine, history: dict, t2i, i2i, extras, tabs) -> None:

@@ -322,6 +322,11 @@ def _results(c: Controls):
         c.extra["send_img2img"] = gr.Button("🖼️ img2img", elem_id=f"{tab}_send_to_img2img", size="sm")
         c.extra["send_inpaint"] = gr.Button("🎨️ inpaint", elem_id=f"{tab}_send_to_inpaint", size="sm")
         c.extra["send_extras"] = gr.Button("📐 extras", elem_id=f"{tab}_send_to_extras", size="sm")
+        c.extra["save"] = gr.Button("💾", elem_id=f"save_{tab}", size="sm", min_width=40,
+                                    elem_classes=["tool"])
+        c.extra["zip"] = gr.Button("🗃️", elem_id=f"zip_{tab}", size="sm", min_width=40, elem_classes=["tool"])
+    c.extra["download"] = gr.File(None, file_count="multiple", interactive=False, show_label=False, visible=False,
+                                  elem_id=f"download_files_{tab}")
     c.info = gr.HTML("", elem_id=f"html_info_{tab}")
     c.extra["queue"] = queue_panel.build(tab, c.extra["engine"], c.extra["forever"])
 

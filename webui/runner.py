@@ -46,6 +46,14 @@ class Outcome:
     message: str = ""
 
 
+class GalleryTexts(list):
+    """The gallery's infotexts (the page's state), knowing where the job's own pictures start after its grid."""
+
+    def __init__(self, texts=(), first_image: int = 0):
+        super().__init__(texts)
+        self.first_image = first_image
+
+
 class _RemoteState:
     """A cluster worker's JobState as the head last read it (modules/cluster/executor.py), read as a JobState."""
 
@@ -368,8 +376,8 @@ def _follow_one(engine: Engine, job, key: tuple, token: object) -> Iterator[tupl
     gallery = [] if engine.settings.get("do_not_show_images", False) else list(result.images)
     if engine.settings.get("samples_log_stdout", False) and not job.delivered:  # A1111: the generation info
         print(json.dumps(result.js(), default=str), flush=True)
-    yield (gallery, result.infotexts, info_html(first, note + elapsed), "", gr.update(visible=False),
-           result.seed)
+    yield (gallery, GalleryTexts(result.infotexts, result.index_of_first_image), info_html(first, note + elapsed), "",
+           gr.update(visible=False), result.seed)
     job.delivered = True  # shown (Gradio resumed us after the yield); the queue lets go of the pictures later
 
 
