@@ -425,6 +425,7 @@ class Generation:
         self._cond_cache: dict[tuple, cond_mod.Conditioning] = {}
         self.text_options = cond_mod.TextOptions.from_options(ctx.opt)
         self.use_old_scheduling = bool(ctx.opt("use_old_scheduling", False))
+        self.skipped_uncond: dict[str, Any] = {}  # NGMS / Skip Early CFG when they left a negative pass out
         self.embeddings = ctx.embeddings
         self.hooks = ctx.hooks
         self.run: RunState | None = None
@@ -611,6 +612,11 @@ class Generation:
             conditioning_at=prompt_schedule.at if prompt_schedule.varies else None, hooks=self.hooks.sampling(),
             add_noise=add_noise if flow else None, controls=controls, control_latents=control_latents,
             upcast=model.device_config.upcast_sampling and not flow, image_cfg_scale=self.image_cfg_scale,
+            s_min_uncond=float(req.s_min_uncond if req.s_min_uncond is not None
+                               else self.ctx.opt("s_min_uncond", 0.0) or 0.0),
+            s_min_uncond_all=bool(self.ctx.opt("s_min_uncond_all", False)),
+            skip_early_cond=float(self.ctx.opt("skip_early_cond", 0.0) or 0.0),
+            skipped_uncond=self.skipped_uncond,
         )
         job.time_ids, job.uncond_time_ids = self._time_ids(model, plan)
         self.final_model = model
@@ -1037,6 +1043,7 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
         except Interrupted:
             result.interrupted = True
             break
+        run.extra.update(gen.skipped_uncond)
         pictures = hooks.after_batch(run, pictures)
         for i, image in enumerate(pictures):
             index = lo + i

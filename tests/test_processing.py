@@ -684,3 +684,19 @@ def test_jpeg_quality_and_the_jpeg_copy_of_large_pictures(engine):
         assert same_size.size == (64, 64)
     plain = engine.txt2img({**req, "override_settings": {"img_downscale_threshold": 0, "export_for_4chan": False}})
     assert not plain.saved_paths[0].with_suffix(".jpg").exists()
+
+
+def test_negative_guidance_minimum_sigma_and_skip_early_cfg_leave_the_negative_pass_out(engine):
+    """A1111's "Ignore negative prompt during early sampling" (all of it: the picture of CFG scale 1) and
+    "Negative Guidance minimum sigma" (every other step below that sigma), each named in the infotext."""
+    req = {**BASE, "sampler_name": "Euler", "seed": 44, "steps": 4, "do_not_save_samples": True}
+    plain = engine.txt2img(req)
+    no_cfg = engine.txt2img({**req, "cfg_scale": 1.0}).images[0]
+    early = engine.txt2img({**req, "override_settings": {"skip_early_cond": 1.0}})
+    assert np.array_equal(arr(early.images[0]), arr(no_cfg)) and "Skip Early CFG: 1," in early.infotexts[0]
+    ngms = engine.txt2img({**req, "s_min_uncond": 100.0})
+    assert "NGMS: 100," in ngms.infotexts[0] and "NGMS" not in plain.infotexts[0]
+    assert not np.array_equal(arr(ngms.images[0]), arr(plain.images[0]))
+    assert not np.array_equal(arr(ngms.images[0]), arr(no_cfg))  # only every other step
+    every = engine.txt2img({**req, "s_min_uncond": 100.0, "override_settings": {"s_min_uncond_all": True}})
+    assert "NGMS all steps: True" in every.infotexts[0]

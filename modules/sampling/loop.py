@@ -6,6 +6,7 @@ callback for progress and live previews, interrupt/skip, and hooks for per-step 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -102,6 +103,13 @@ class SamplingJob:
     image_cfg_scale: float | None = None  # InstructPix2Pix's Image CFG scale (None or 1: the picture in every row)
     upcast: bool = False  # --upcast-sampling: latents, scheduler and CFG in fp32, the UNet's input cast to its dtype
     switch: ModelSwitch | None = None  # the refiner: another model from a given step on
+    # A1111's ways to skip the negative prompt's pass on some steps (the picture is the prompt's prediction there):
+    # "Negative Guidance minimum sigma" (every other step below that sigma; all such steps with `s_min_uncond_all`)
+    # and "Ignore negative prompt during early sampling" (the first fraction of the steps)
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
+    skip_early_cond: float = 0.0
+    skipped_uncond: dict = field(default_factory=dict)  # the infotext keys of the rules that skipped a step
 
     @property
     def use_cfg(self) -> bool:
@@ -127,8 +135,27 @@ def _unet_inputs(job: SamplingJob, cond: Conditioning, uncond: Conditioning | No
     return embeds, added
 
 
+def _skips_uncond(job: SamplingJob, step: int, t) -> bool:
+    """Whether this step leaves the negative prompt out (A1111's skip_uncond: the CFG result is then the prompt's
+    own prediction, as if uncond = cond)."""
+    if not job.use_cfg or job.edit_cfg:
+        return False
+    if job.skip_early_cond and step / len(job.timesteps) <= job.skip_early_cond:
+        job.skipped_uncond["Skip Early CFG"] = job.skip_early_cond
+        return True
+    if job.s_min_uncond > 0 and (step % 2 or job.s_min_uncond_all) and float(_sigma(job, step, t)) < job.s_min_uncond:
+        job.skipped_uncond["NGMS"] = job.s_min_uncond
+        if job.s_min_uncond_all:
+            job.skipped_uncond["NGMS all steps"] = True
+        return True
+    return False
+
+
 def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tensor:
     """One classifier-free-guided UNet evaluation (diffusers' order: uncond + g * (cond - uncond))."""
+    if _skips_uncond(job, step, t):
+        cond = job.conditioning_at(step)[0] if job.conditioning_at else job.cond
+        job = dataclasses.replace(job, uncond=None, conditioning_at=lambda _step, _cond=cond: (_cond, None))
     cond, uncond = job.conditioning_at(step) if job.conditioning_at else (job.cond, job.uncond)
     total = len(job.timesteps)
     if job.hooks is not None and not getattr(cond, "owners", None):
