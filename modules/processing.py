@@ -23,7 +23,7 @@ from PIL import Image
 from modules import images as images_mod
 from modules import face_restoration
 from modules import infotext as infotext_mod
-from modules import color_correction, masking, preview, prompt_comments, rng
+from modules import color_correction, masking, preview, prompt_comments, rng, token_merging
 from modules.jobs import JobState
 from modules.models.loader import LoadedModel
 from modules.networks import extra_networks
@@ -601,6 +601,9 @@ class Generation:
 
         hires = isinstance(req, Txt2ImgRequest) and req.enable_hr and (
             plan.init_latents is not None or encode_pixels is not None)  # txt2img's second sampling is hires
+        merging = 0.0 if flow else token_merging.apply(model.unet, token_merging.ratio_for(req, self.ctx.opt, hires))
+        if merging:
+            self.run.extra["Token merging ratio hr" if hires else "Token merging ratio"] = merging
         prompt_schedule = self.prompt_schedule(prompts, negatives, hires=hires,
                                                model=model if model is not self.model else None)
         cond, uncond = prompt_schedule.at(0)
@@ -976,7 +979,8 @@ def _seeds(req: GenerationRequest) -> tuple[int, int, list[int], list[int]]:
 
 def _run(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, height: int, extra: dict[str, Any],
          denoising: float | None, finish: "Img2ImgFinish | None" = None) -> GenerationResult:
-    with gen.image_prompts():
+    loaded = (lambda: [gen.model, *ctx.models.loaded]) if ctx.models is not None else (lambda: [gen.model])
+    with gen.image_prompts(), token_merging.removed_after(loaded):
         return _run_batches(ctx, gen, batch_fn, width, height, extra, denoising, finish)
 
 

@@ -700,3 +700,18 @@ def test_negative_guidance_minimum_sigma_and_skip_early_cfg_leave_the_negative_p
     assert not np.array_equal(arr(ngms.images[0]), arr(no_cfg))  # only every other step
     every = engine.txt2img({**req, "s_min_uncond": 100.0, "override_settings": {"s_min_uncond_all": True}})
     assert "NGMS all steps: True" in every.infotexts[0]
+
+
+def test_token_merging_ratios_merge_tokens_for_their_pass_only(engine):
+    """A1111's "Token merging ratio" (ToMe for SD): the picture changes a little, the infotext names the ratio,
+    and afterwards the UNet computes as before (the next job without a ratio gives the plain picture)."""
+    req = {**BASE, "width": 128, "height": 128, "seed": 7, "do_not_save_samples": True}
+    plain = engine.txt2img(req)
+    merged = engine.txt2img({**req, "override_settings": {"token_merging_ratio": 0.5}})
+    assert "Token merging ratio: 0.5" in merged.infotexts[0] and "Token merging" not in plain.infotexts[0]
+    assert not np.array_equal(arr(merged.images[0]), arr(plain.images[0]))
+    assert np.array_equal(arr(engine.txt2img(req).images[0]), arr(plain.images[0]))
+    assert not getattr(engine.models.current.unet, "_token_merging_ratio", 0)
+    img2img = engine.img2img({**req, "init_images": [plain.images[0]], "denoising_strength": 0.5,
+                              "override_settings": {"token_merging_ratio_img2img": 0.3}})
+    assert "Token merging ratio: 0.3" in img2img.infotexts[0]

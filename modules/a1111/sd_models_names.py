@@ -77,7 +77,14 @@ def send_model_to_trash(m):
 
 
 def apply_token_merging(sd_model, token_merging_ratio):
-    """Token merging is not supported; ratios other than 0 are ignored with the model unchanged."""
+    """Merge tokens in the model's UNet at that ratio, 0 for none (modules/token_merging.py)."""
+    from modules import token_merging
+
+    unet = getattr(sd_model, "unet", None)
+    if unet is None and engine().models.current is not None:
+        unet = engine().models.current.unet
+    if unet is not None:
+        token_merging.apply(unet, float(token_merging_ratio or 0))
 
 
 def find_checkpoint_config(state_dict, info):
