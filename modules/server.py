@@ -310,7 +310,8 @@ def serve(ns: argparse.Namespace, ctx: AppContext | None = None, paths: Paths | 
               flush=True)
         if getattr(ns, "share", False):
             print_share_link(host, port)
-        if getattr(ns, "autolaunch", False):
+        engine = built["ctx"].engine if built["ctx"] is not None else None
+        if opens_browser(ns, engine.settings if engine is not None else None):
             try:
                 import webbrowser
                 webbrowser.open(url)
@@ -335,6 +336,18 @@ def serve(ns: argparse.Namespace, ctx: AppContext | None = None, paths: Paths | 
     finally:
         sock.close()
     return built["rc"]
+
+
+def opens_browser(ns: argparse.Namespace, settings) -> bool:
+    """--autolaunch, or A1111's "Automatically open webui in browser on startup": Local (its default) opens it
+    unless the server is for other computers (--listen, --share, --server-name), Remote always, Disable never."""
+    if getattr(ns, "autolaunch", False):
+        return True
+    choice = settings.get("auto_launch_browser", "Local") if settings is not None else "Disable"
+    if choice == "Remote":
+        return True
+    return choice == "Local" and not (getattr(ns, "listen", False) or getattr(ns, "share", False)
+                                      or getattr(ns, "server_name", None))
 
 
 def print_share_link(host: str, port: int, setup=None) -> str | None:

@@ -18,6 +18,9 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+# The servers the tests start would open the desktop's browser (A1111's auto_launch_browser is Local by default): the
+# `true` command stands in for it (Python's webbrowser runs $BROWSER)
+os.environ["BROWSER"] = "true"
 from tests.allocator import reuse_freed_memory  # noqa: E402 - the repository is on sys.path now
 
 reuse_freed_memory()  # here, in xdist's controller: the workers it starts next inherit it

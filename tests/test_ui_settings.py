@@ -82,3 +82,20 @@ def test_gallery_and_editor_heights_and_brush_colours_follow_the_settings(engine
     assert {e.height for e in editors.values()} == {500}
     assert editors["sketch"].brush.colors[0] == "#ff0000"
     assert editors["inpaint"].brush.colors == ["#00ff00"]
+
+
+def test_the_browser_opens_at_start_as_auto_launch_browser_says():
+    """A1111's "Automatically open webui in browser on startup": Local (the default) unless the server is for
+    other computers, Remote always, Disable never; --autolaunch always."""
+    from argparse import Namespace
+
+    from modules.server import opens_browser
+
+    local, listening = Namespace(listen=False, share=False, server_name=None), Namespace(listen=True)
+    setting = {"auto_launch_browser": "Local"}
+    get = type("S", (), {"get": lambda self, k, d=None: setting.get(k, d)})()
+    assert opens_browser(local, get) and not opens_browser(listening, get)
+    setting["auto_launch_browser"] = "Remote"
+    assert opens_browser(listening, get)
+    setting["auto_launch_browser"] = "Disable"
+    assert not opens_browser(local, get) and opens_browser(Namespace(autolaunch=True), get)
