@@ -289,6 +289,7 @@ def serve(ns: argparse.Namespace, ctx: AppContext | None = None, paths: Paths | 
         t = time.perf_counter()
         built["ctx"] = built["ctx"] or build_context(ns, paths)
         engine_s = time.perf_counter() - t
+        show_warnings(built["ctx"].engine.settings.get("show_warnings", False))
         stage("loading extensions and building the UI")
         t = time.perf_counter()
         app = create_app(built["ctx"])
@@ -336,6 +337,14 @@ def serve(ns: argparse.Namespace, ctx: AppContext | None = None, paths: Paths | 
     finally:
         sock.close()
     return built["rc"]
+
+
+def show_warnings(show: bool) -> None:
+    """A1111's "Show warnings in console" (off by default, read at start): the libraries' Python warnings
+    (deprecations, UserWarnings) in the console, or not."""
+    import warnings
+
+    warnings.simplefilter("default" if show else "ignore")
 
 
 def opens_browser(ns: argparse.Namespace, settings) -> bool:

@@ -282,7 +282,7 @@ _section("face-restoration", {
 _section("system", {
     "auto_launch_browser": _O("Local", "Automatically open webui in browser on startup",
                               choices=["Disable", "Local", "Remote"]),
-    "show_warnings": _O(False, "Show warnings in console"),
+    "show_warnings": _O(False, "Show warnings in console (requires restart)", restart_required=True),
     "memmon_poll_rate": _O(8, "VRAM usage polls per second during generation (0 = disable)", minimum=0, maximum=40),
     "samples_log_stdout": _O(False, "Always print all generation info to standard output"),
     "multiple_tqdm": _O(True, "Add a second progress bar to the console that shows progress for an entire job"),

@@ -99,3 +99,17 @@ def test_the_browser_opens_at_start_as_auto_launch_browser_says():
     assert opens_browser(listening, get)
     setting["auto_launch_browser"] = "Disable"
     assert not opens_browser(local, get) and opens_browser(Namespace(autolaunch=True), get)
+
+
+def test_show_warnings_lets_the_libraries_warnings_through_or_not():
+    """A1111's "Show warnings in console" (off by default)."""
+    import warnings
+
+    from modules.server import show_warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        show_warnings(False)
+        warnings.warn("a library's deprecation", DeprecationWarning)
+        show_warnings(True)
+        warnings.warn("a library's note", UserWarning)
+    assert [str(w.message) for w in seen] == ["a library's note"]
