@@ -113,3 +113,28 @@ def test_show_warnings_lets_the_libraries_warnings_through_or_not():
         show_warnings(True)
         warnings.warn("a library's note", UserWarning)
     assert [str(w.message) for w in seen] == ["a library's note"]
+
+
+def test_pasting_skips_the_listed_fields_and_infers_styles(engine):
+    """A1111's "Disregard fields from pasted infotext" and "Infer styles from prompts of pasted infotext" (Apply if
+    any, its default: a style whose text is in the prompt is picked and its text taken out)."""
+    from webui import generation_tabs
+
+    engine.paths.styles_file.write_text('name,prompt,negative_prompt\nInk,"{prompt}, ink drawing",\n')
+    engine.styles.reload()
+    with gr.Blocks():
+        controls = generation_tabs.build_txt2img(engine)
+    text = "a cat, ink drawing\nSteps: 5, Sampler: Euler, Seed: 3, Size: 64x64"
+
+    def pasted(**settings):
+        engine.settings.update(settings)
+        updates = generation_tabs.paste_updates(controls, text)
+        return {name: u.get("value") for (name, _), u in zip(controls.fields, updates)}
+
+    inferred = pasted()
+    assert inferred["prompt"] == "a cat" and inferred["styles"] == ["Ink"] and inferred["seed"] == 3
+    kept = pasted(infotext_styles="Ignore", infotext_skip_pasting=["Seed"])
+    assert kept["prompt"] == "a cat, ink drawing" and kept["styles"] is None and kept["seed"] is None
+    assert kept["steps"] == 5
+    discarded = pasted(infotext_styles="Discard", infotext_skip_pasting=[])
+    assert discarded["prompt"] == "a cat" and discarded["styles"] is None

@@ -389,13 +389,33 @@ def paste_updates(c: Controls, text: str) -> list:
         return [gr.update() for _ in c.fields]
     params = infotext_mod.parse_generation_parameters(text)
     script_callbacks.infotext_pasted_callback(text, params)  # extensions may add or change parameters
+    engine = c.extra.get("engine")
+    settings = getattr(engine, "settings", None)
+    for key in (settings.get("infotext_skip_pasting", []) if settings is not None else []) or []:
+        params.pop(key, None)  # A1111's "Disregard fields from pasted infotext"
     fields = infotext_mod.infotext_to_request_fields(params)
+    _paste_styles(engine, params, fields)
     _refiner_paste(c, fields)
     _hr_checkpoint_paste(c, fields)
     if c.extra.get("controlnet") is not None:  # "ControlNet N" → unit N's controls (gr.update dicts)
         fields.update(c.extra["controlnet"].paste_fields(params))
     return [(fields[name] if _is_update(fields[name]) else gr.update(value=_ui_value(comp, fields[name])))
             if name in fields else gr.update() for name, comp in c.fields]
+
+
+def _paste_styles(engine, params: dict, fields: dict) -> None:
+    """A1111's "Infer styles from prompts of pasted infotext": Apply takes the styles' texts out of the prompts
+    and picks those styles (none found: none picked), Apply if any picks them only when some were found, Discard
+    takes the texts out and leaves the Styles box, Ignore leaves both."""
+    settings, db = getattr(engine, "settings", None), getattr(engine, "styles", None)
+    mode = settings.get("infotext_styles", "Apply if any") if settings is not None else "Ignore"
+    if mode == "Ignore" or db is None or "prompt" not in fields:
+        return
+    found, prompt, negative = db.extract_styles_from_prompt(fields.get("prompt", ""),
+                                                            fields.get("negative_prompt", ""))
+    fields["prompt"], fields["negative_prompt"] = prompt, negative
+    if mode == "Apply" or (mode == "Apply if any" and found):
+        fields["styles"] = found
 
 
 def _is_update(value) -> bool:
