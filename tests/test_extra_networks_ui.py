@@ -32,6 +32,10 @@ def test_helpers(tmp_path):
     assert panel.filter_items(items, "") == items
     assert panel.insert_text("", " <lora:x:1>") == "<lora:x:1>"
     assert panel.insert_text("a cat ", "<lora:x:1>") == "a cat <lora:x:1>"
+    # A1111: a second click takes the network out again, whatever its weight; "Extra networks separator"
+    assert panel.insert_text("a cat <lora:x:0.5> dog", "<lora:x:1>") == "a cat dog"
+    assert panel.insert_text("a cat", "myemb", ", ") == "a cat, myemb"
+    assert panel.insert_text("a cat, myemb", "myemb", ", ") == "a cat"
 
 
 @pytest.fixture(scope="module")

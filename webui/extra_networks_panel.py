@@ -8,6 +8,7 @@ for extra networks", or the embedding's name) or, for a checkpoint, loads it.
 from __future__ import annotations
 
 import html
+import re
 import tempfile
 from pathlib import Path
 
@@ -95,18 +96,37 @@ def samples_for(items) -> list[list]:
 
 def hypernet_tag(name: str, multiplier) -> str:
     """A1111's hypernetwork card text: `<hypernet:NAME:M>` (M as the page's javascript prints the number)."""
-    try:
-        m = f"{float(multiplier):g}"
-    except (TypeError, ValueError):
-        m = "1"
-    return f"<hypernet:{name}:{m}>"
+    return f"<hypernet:{name}:{_multiplier_text(multiplier)}>"
 
 
-def insert_text(prompt: str, text: str) -> str:
-    prompt = prompt or ""
+_NETWORK = re.compile(r"<([^:^>]+:[^:]+):[\d.]+>")  # <lora:NAME:weight>: "lora:NAME" names it
+
+
+def insert_text(prompt: str, text: str, separator: str = " ") -> str:
+    """A card's click, as A1111's: its text is added after the prompt with the "Extra networks separator"
+    setting between them; a second click takes it out again (a network whatever its weight, with the separator
+    before it)."""
+    prompt, text = prompt or "", text.strip()
+    match = _NETWORK.fullmatch(text)
+    if match:
+        pattern = re.compile(re.escape(separator) + r"?<" + re.escape(match.group(1)) + r":[\d.]+>")
+    else:
+        pattern = re.compile(re.escape(separator) + r"?" + re.escape(text))
+    removed = pattern.sub("", prompt, count=1) if text else prompt
+    if removed != prompt:
+        return removed
     if not prompt.strip():
-        return text.strip()
-    return prompt.rstrip() + " " + text.strip()
+        return text
+    if not separator.strip():  # a blank separator: no double space after a prompt that ends in one
+        prompt = prompt.rstrip(" ")
+    return prompt + separator + text
+
+
+def _multiplier_text(value) -> str:
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return "1"
 
 
 # -- UI ------------------------------------------------------------------------------------------------------------
@@ -170,12 +190,13 @@ def _wire_click(engine, key: str, cards, state, prompt_textbox, message) -> None
         if index is None or not items or index >= len(items):
             return gr.update()
         value = items[index][2]
-        if key == "lora":
-            text = f"<lora:{value}:1>"
+        multiplier = engine.settings.get("extra_networks_default_multiplier", 1.0)
+        if key == "lora":  # A1111: "Default multiplier for extra networks" for LoRA cards too
+            text = f"<lora:{value}:{_multiplier_text(multiplier)}>"
         elif key == "hypernetworks":
-            text = hypernet_tag(value, engine.settings.get("extra_networks_default_multiplier", 1.0))
+            text = hypernet_tag(value, multiplier)
         else:
             text = value
-        return insert_text(prompt, text)
+        return insert_text(prompt, text, str(engine.settings.get("extra_networks_add_text_separator", " ")))
 
     cards.click(insert, [cards, state, prompt_textbox], [prompt_textbox], queue=False, show_progress="hidden")
