@@ -430,7 +430,8 @@ class Generation:
         self.hooks = ctx.hooks
         self.run: RunState | None = None
         if self.embeddings is not None:
-            self.embeddings.load(self.model)  # picks up new/changed files, checks them against this model
+            # new or changed files picked up and checked against this model
+            self.embeddings.load(self.model, bool(ctx.opt("textual_inversion_print_at_load", False)))
         self.used_embeddings: dict = {}  # name → Embedding, for "TI hashes"
         texts = [req.prompt or "", req.negative_prompt or "", getattr(req, "hr_prompt", "") or "",
                  getattr(req, "hr_negative_prompt", "") or ""]

@@ -297,7 +297,8 @@ _section("system", {
 
 _section("API", {
     "api_enable_requests": _O(True, "Allow http:// and https:// URLs for input images in API"),
-    "api_forbid_local_requests": _O(True, "Forbid URLs to local resources"),
+    "api_forbid_local_requests": _O(True, "Forbid URLs to local resources (always, here: a request's URL never "
+                                          "reaches this machine or its network)"),
     "api_useragent": _O("", "User agent for requests"),
     "api_max_steps": _O(150, "API: most sampling steps a request may ask for", minimum=1, maximum=1000),
     "api_max_batch_size": _O(8, "API: largest batch_size a request may ask for", minimum=1, maximum=64),

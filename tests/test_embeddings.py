@@ -61,6 +61,19 @@ def test_formats_and_skips_for_sd1(emb_dir, load_tiny):
     assert db.word_embeddings["cat"].step == 100
 
 
+def test_print_at_load_lists_the_usable_and_skipped_embeddings_once(emb_dir, load_tiny, capsys):
+    """A1111's "Print a list of Textual Inversion embeddings when loading model"."""
+    model = load_tiny("sd1.safetensors")
+    db = EmbeddingDatabase(emb_dir)
+    db.load(model)
+    assert capsys.readouterr().out == ""
+    db.load(model, announce=True)
+    out = capsys.readouterr().out
+    assert "Textual inversion embeddings loaded(4): " in out and "Textual inversion embeddings skipped(" in out
+    db.load(model, announce=True)  # nothing changed: nothing printed again
+    assert capsys.readouterr().out == ""
+
+
 def test_vectors_are_spliced_in_and_change_the_output(emb_dir, load_tiny):
     model = load_tiny("sd1.safetensors")
     db = EmbeddingDatabase(emb_dir)

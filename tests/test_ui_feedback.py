@@ -248,9 +248,9 @@ def test_corrupt_settings_file_is_backed_up_and_warned_about_once(tmp_path, capl
     assert caplog.text.count("is unusable") == 1
 
 
-def test_do_not_show_images_and_samples_log_stdout(capsys):
-    """A1111's "Do not show any images in gallery" (the parameters still show) and "Always print all generation
-    info to standard output" (the generation info, as JSON, once per generation)."""
+def test_do_not_show_images_samples_log_stdout_and_the_memory_line(capsys):
+    """A1111's "Do not show any images in gallery" (the parameters still show), "Always print all generation
+    info to standard output" (the generation info, as JSON, once per generation) and the memory line."""
     import json
 
     result = SimpleNamespace(images=[Image.new("RGB", (8, 8))], infotexts=["a cat\nSteps: 3, Seed: 9"],
@@ -261,11 +261,13 @@ def test_do_not_show_images_and_samples_log_stdout(capsys):
         job = SimpleNamespace(id="j", status="done", result=result, progress=None, mode="txt2img", stage="",
                               finished=2.0, started=1.0, delivered=False)
         engine = SimpleNamespace(state=JobState(), settings=SimpleNamespace(get=lambda n, d: settings.get(n, d)),
-                                 visible_queue=SimpleNamespace(wait=lambda *a, **k: None), memory=None)
+                                 visible_queue=SimpleNamespace(wait=lambda *a, **k: None),
+                                 memory=SimpleNamespace(summary=lambda: "Memory: everything on the GPU"))
         return list(runner._follow_one(engine, job, ("session", "txt2img"), object()))[-1]
 
     shown = finish()
-    assert len(shown[0]) == 1 and capsys.readouterr().out == ""
+    assert len(shown[0]) == 1 and capsys.readouterr().out == "" and "Memory: everything" in shown[2]
+    assert "Memory" not in finish(memmon_poll_rate=0)[2]  # A1111's "VRAM usage polls per second": 0 is off
     hidden = finish(do_not_show_images=True, samples_log_stdout=True)
     assert hidden[0] == [] and "Steps: 3" in hidden[2]
     assert json.loads(capsys.readouterr().out) == {"prompt": "a cat", "seed": 9}

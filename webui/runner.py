@@ -367,7 +367,8 @@ def _follow_one(engine: Engine, job, key: tuple, token: object) -> Iterator[tupl
         note = "<div class='sd-note'>Interrupted: kept the finished images.</div>"
     for w in getattr(result, "warnings", []) or []:
         note += f"<div class='sd-note'>⚠ {html.escape(w)}</div>"
-    memory = engine.memory.summary() if getattr(engine, "memory", None) is not None else ""
+    watched = engine.settings.get("memmon_poll_rate", 8)  # A1111: 0 turns the memory line off
+    memory = engine.memory.summary() if watched and getattr(engine, "memory", None) is not None else ""
     took = (job.finished or time.time()) - (job.started or started)
     elapsed = f"<div class='sd-time'>Time taken: {took:.1f}s" + (
         f" · {html.escape(memory)}" if memory else "") + "</div>"

@@ -128,6 +128,7 @@ class EmbeddingDatabase:
         self._failed: dict[str, str] = {}
         self._signature: tuple | None = None
         self._model_key: tuple | None = None
+        self._announced: tuple | None = None  # the names last printed (load's `announce`)
         self._ids_lookup: dict[int, dict[int, list[tuple[list[int], Embedding]]]] = {}
 
     # -- files -----------------------------------------------------------------------------------------------------
@@ -183,8 +184,10 @@ class EmbeddingDatabase:
         self._signature = None
         self.load(model)
 
-    def load(self, model=None) -> None:
-        """Rescan if files changed; re-check compatibility if the model's encoders changed."""
+    def load(self, model=None, announce: bool = False) -> None:
+        """Rescan if files changed; re-check compatibility if the model's encoders changed. `announce` (A1111's
+        "Print a list of Textual Inversion embeddings when loading model"): the usable and skipped names in the
+        console, each time they change."""
         files = self._files()
         signature = self._dir_signature(files)
         rescanned = signature != self._signature
@@ -195,6 +198,12 @@ class EmbeddingDatabase:
         if rescanned or key != self._model_key:
             self._check(model)
             self._model_key = key
+        shown = (tuple(self.word_embeddings), tuple(self.skipped_embeddings))
+        if announce and shown != self._announced:
+            self._announced = shown
+            print(f"Textual inversion embeddings loaded({len(shown[0])}): {', '.join(shown[0])}", flush=True)
+            if shown[1]:
+                print(f"Textual inversion embeddings skipped({len(shown[1])}): {', '.join(shown[1])}", flush=True)
 
     def _check(self, model) -> None:
         self.word_embeddings, self.skipped_embeddings = {}, {}
