@@ -489,9 +489,11 @@ def test_flux_checkpoint_from_the_page(page, ui_data, artifacts):
     comps = tfm.build_flux()
     tfm.write_parts(comps, ui_data / "models")
     tfm.write_transformer_only(comps, ui_data / "models" / "Stable-diffusion" / "flux-dev.safetensors", "bfl")
+    expect(page.locator("#txt2img_distilled_cfg_scale")).to_be_hidden()  # Forge: shown for Flux checkpoints only
     page.click("#refresh_sd_model_checkpoint")
     pick(page, "setting_sd_model_checkpoint", "flux-dev.safetensors")
     expect(page.locator("#quicksettings_status")).to_contain_text("Loaded flux-dev", timeout=60000)
+    expect(page.locator("#txt2img_distilled_cfg_scale")).to_be_visible()
     expect(page.locator("#txt2img_cfg_scale input[type=number]")).to_have_value("1")
     page.click("#setting_forge_additional_modules input[role=combobox]")
     for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):

@@ -213,19 +213,24 @@ def _wire_demo_defaults(engine: Engine, cfg: UiConfig, ckpt, note, t2i, i2i, dem
     demo.load(apply, [ckpt] + inputs, outputs, queue=False, show_progress="hidden")
 
 
-def _wire_image_cfg(engine: Engine, ckpt, i2i, demo: gr.Blocks) -> None:
-    """img2img's Image CFG Scale is shown while an InstructPix2Pix checkpoint is selected (A1111's rule)."""
-    slider = dict(i2i.fields)["image_cfg_scale"]
+def _wire_model_sliders(engine: Engine, ckpt, t2i, i2i, demo: gr.Blocks) -> None:
+    """Sliders that only mean something for some checkpoints follow the one selected: img2img's Image CFG Scale for
+    InstructPix2Pix (A1111's rule), Distilled CFG Scale for Flux.1 models with built-in guidance (Forge's; not
+    schnell; a checkpoint whose family is unknown keeps it)."""
+    image_cfg = dict(i2i.fields)["image_cfg_scale"]
+    distilled = [dict(c.fields)["distilled_cfg_scale"] for c in (t2i, i2i)]
 
     def show(title):
         try:
-            info = engine.models.resolve(title or None)
+            family = engine.models.resolve(title or None).family
         except LookupError:
-            return gr.update(visible=False)
-        return gr.update(visible="InstructPix2Pix" in (info.family or ""))
+            family = None
+        guided = family is None or (family.startswith("Flux") and "schnell" not in family)
+        return [gr.update(visible="InstructPix2Pix" in (family or ""))] + [gr.update(visible=guided)] * 2
 
-    ckpt.change(show, ckpt, slider, queue=False, show_progress="hidden")
-    demo.load(show, ckpt, slider, queue=False, show_progress="hidden")
+    outputs = [image_cfg, *distilled]
+    ckpt.change(show, ckpt, outputs, queue=False, show_progress="hidden")
+    demo.load(show, ckpt, outputs, queue=False, show_progress="hidden")
 
 
 def create_ui(engine: Engine, args=None) -> gr.Blocks:
@@ -254,7 +259,7 @@ def _build_page(engine: Engine, args) -> gr.Blocks:
         if history is not None:
             _wire_history_sending(engine, history, t2i, i2i, extras, tabs)
         _wire_demo_defaults(engine, cfg, ckpt, note, t2i, i2i, demo)
-        _wire_image_cfg(engine, ckpt, i2i, demo)
+        _wire_model_sliders(engine, ckpt, t2i, i2i, demo)
         for controls in (t2i, i2i):
             generation_tabs.wire_reattach(controls, engine, demo)
         demo.load(lambda: _current_checkpoint(engine), None, ckpt, queue=False, show_progress="hidden")

@@ -167,7 +167,8 @@ def _sampling_params(c: Controls, engine, is_img2img: bool):
     c.add("distilled_cfg_scale", gr.Slider(
         minimum=0.0, maximum=30.0, value=3.5, step=0.1, label="Distilled CFG Scale",
         info="Flux dev only: its built-in guidance. Flux runs real CFG only above CFG Scale 1 (then the negative "
-             "prompt is used, at twice the time per step)", elem_id=f"{tab}_distilled_cfg_scale"))
+             "prompt is used, at twice the time per step)", elem_id=f"{tab}_distilled_cfg_scale",
+        visible=False))  # shown while a Flux checkpoint is selected (webui/app.py)
     if is_img2img:  # A1111 shows it only while an InstructPix2Pix checkpoint is selected (webui/app.py)
         c.add("image_cfg_scale", gr.Slider(minimum=0.0, maximum=3.0, value=1.5, step=0.05,
                                            label="Image CFG Scale", elem_id=f"{tab}_image_cfg_scale", visible=False))
