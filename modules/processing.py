@@ -269,7 +269,8 @@ def mask_processor(model: LoadedModel, binarize: bool = True):
 
 
 def decode(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
-    """Latents → images in [-1, 1]; a fp16 VAE that overflows to NaN is retried in fp32 (as A1111 does)."""
+    """Latents → images in [-1, 1]; a fp16 VAE that overflows to NaN is retried in fp32 (bfloat16, or refused, as
+    A1111's settings say: the model manager puts their choice in `model.extra`)."""
     vae = model.vae
     scaled = latents / vae.config.scaling_factor
     if getattr(vae.config, "shift_factor", None):  # Flux/SD3 VAEs: latents are shifted, then scaled
@@ -277,11 +278,18 @@ def decode(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         out = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
         if vae.dtype == torch.float16 and torch.isnan(out).any():
+            retry = model.extra.get("vae_nan_retry", "float32")  # A1111's auto_vae_precision(_bfloat16) settings
+            if retry is None:
+                raise RequestError("A tensor with all NaNs was produced in VAE: its 16-bit weights overflowed. Turn "
+                                   "on the setting \"Automatically revert VAE to 32-bit floats\" or start with "
+                                   "--no-half-vae")
+            dtype = getattr(torch, retry)
             if not getattr(vae, "_nan_reported", False):  # said once per VAE, not on every picture
-                log.warning("VAE produced NaNs in fp16; decoding in fp32 when it does (--no-half-vae always does)")
+                log.warning("VAE produced NaNs in fp16; decoding in %s when it does (--no-half-vae: always fp32)",
+                            retry)
                 vae._nan_reported = True
-            vae.to(torch.float32)
-            out = vae.decode(scaled.to(torch.float32), return_dict=False)[0]
+            vae.to(dtype)
+            out = vae.decode(scaled.to(dtype), return_dict=False)[0]
             vae.to(torch.float16)
     return out.float()
 

@@ -715,3 +715,40 @@ def test_token_merging_ratios_merge_tokens_for_their_pass_only(engine):
     img2img = engine.img2img({**req, "init_images": [plain.images[0]], "denoising_strength": 0.5,
                               "override_settings": {"token_merging_ratio_img2img": 0.3}})
     assert "Token merging ratio: 0.3" in img2img.infotexts[0]
+
+
+def test_a_16_bit_vae_that_decodes_to_nan_is_retried_as_the_settings_say():
+    """A1111's "Automatically revert VAE to 32-bit floats" (on by default), "Automatically convert VAE to
+    bfloat16", and neither: a clear error instead of a black picture."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from modules.models.manager import vae_nan_retry
+    from modules.processing import decode
+
+    class HalfVae:
+        config = SimpleNamespace(scaling_factor=1.0, shift_factor=None)
+        dtype = torch.float16
+        tried: list = []
+
+        def to(self, dtype):
+            self.dtype = dtype
+            return self
+
+        def decode(self, x, return_dict=False):
+            self.tried.append(x.dtype)
+            return (torch.full((1, 3, 8, 8), float("nan") if x.dtype == torch.float16 else 0.5),)
+
+    def run(**settings):
+        HalfVae.tried = []
+        model = SimpleNamespace(vae=HalfVae(), extra={"vae_nan_retry": vae_nan_retry(SimpleNamespace(
+            get=lambda k, d=None: settings.get(k, d)))})
+        out = decode(model, torch.zeros(1, 4, 1, 1))
+        return out, HalfVae.tried, model.vae.dtype
+
+    out, tried, after = run()
+    assert tried == [torch.float16, torch.float32] and float(out.mean()) == 0.5 and after == torch.float16
+    assert run(auto_vae_precision_bfloat16=True)[1] == [torch.float16, torch.bfloat16]
+    with pytest.raises(RequestError, match="NaNs was produced in VAE"):
+        run(auto_vae_precision=False)

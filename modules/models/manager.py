@@ -54,6 +54,14 @@ class ModelNotFoundError(LookupError):
     """No checkpoint matches the requested title, name or hash."""
 
 
+def vae_nan_retry(settings) -> str | None:
+    """How a 16-bit VAE that decodes to NaN tries again: A1111's "Automatically convert VAE to bfloat16" first,
+    then "Automatically revert VAE to 32-bit floats" (on by default); None: it does not (an error says so)."""
+    if settings.get("auto_vae_precision_bfloat16", False):
+        return "bfloat16"
+    return "float32" if settings.get("auto_vae_precision", True) else None
+
+
 class ModelManager:
     def __init__(self, registry: CheckpointRegistry, settings, paths, device_config: DeviceConfig):
         self.registry, self.settings, self.paths, self.device_config = registry, settings, paths, device_config
@@ -150,6 +158,7 @@ class ModelManager:
             self.apply_vae(model, info)
             attention.ensure(model, self.settings.get("cross_attention_optimization", "Automatic"),
                              self.device_config.attention)
+            model.extra["vae_nan_retry"] = vae_nan_retry(self.settings)
             if remember:
                 self._last_used = key
             return model
