@@ -619,7 +619,7 @@ class Generation:
         job = SamplingJob(
             unet=denoiser_for(model, req.distilled_cfg_scale) if flow else model.unet, scheduler=scheduler,
             timesteps=timesteps, latents=latents, cond=cond, uncond=uncond, cfg_scale=req.cfg_scale,
-            step_kwargs=bundle.step_kwargs(generator=gens, eta=self._eta(bundle)),
+            step_kwargs=bundle.step_kwargs(generator=self._step_generators(gens), eta=self._eta(bundle)),
             inpaint=inpaint_latents, on_step=self._on_step,
             conditioning_at=prompt_schedule.at if prompt_schedule.varies else None, hooks=self.hooks.sampling(),
             add_noise=add_noise if flow else None, controls=controls, control_latents=control_latents,
@@ -640,6 +640,12 @@ class Generation:
         if len(timesteps) == 0:
             return image_latents if image_latents is not None else latents
         return sample(job)
+
+    def _step_generators(self, gens: list):
+        """The sampler's per-step noise: each picture's own generator, so a picture of a batch equals the one made
+        alone (A1111's "Make K-diffusion samplers produce same images in a batch as when making a single image",
+        on by default); off, the batch draws from its first picture's generator at once."""
+        return gens if len(gens) < 2 or self.ctx.opt("enable_batch_seeds", True) else gens[0]
 
     def _time_ids(self, model: LoadedModel, plan: BatchPlan):
         """SDXL's size/crop conditioning (cond, uncond); the refiner's carries the aesthetic scores instead of the

@@ -53,6 +53,11 @@ def test_batch_image_equals_single_run_with_seed_plus_i(engine):
     single = engine.txt2img({**BASE, "seed": 102, "do_not_save_samples": True})
     assert same_picture(imgs[2], single.images[0])
     assert not np.array_equal(arr(imgs[0]), arr(imgs[1]))
+    # A1111's "Make K-diffusion samplers produce same images in a batch as when making a single image" off: the
+    # ancestral sampler's step noise is drawn for the batch at once, so the third picture is no longer seed 102's
+    shared = engine.txt2img({**BASE, "seed": 100, "batch_size": 3, "do_not_save_samples": True,
+                             "override_settings": {"enable_batch_seeds": False}})
+    assert not same_picture(shared.images[shared.index_of_first_image + 2], single.images[0])
 
 
 @pytest.mark.slow
