@@ -557,7 +557,11 @@ class Generation:
             bundle = _flow_bundle(model, sampler.name, schedule.label, self.flow_shift)
             seq_len = (plan.height // f // 2) * (plan.width // f // 2)
         else:
-            bundle = samplers.build_scheduler(sampler, schedule, model.scheduler_config, seed=plan.seeds[0])
+            zero_snr = self.ctx.opt("sd_noise_schedule", "Default") == "Zero Terminal SNR"
+            bundle = samplers.build_scheduler(sampler, schedule, model.scheduler_config, seed=plan.seeds[0],
+                                              zero_terminal_snr=zero_snr)
+            if zero_snr and getattr(bundle.scheduler.config, "rescale_betas_zero_snr", False):
+                self.run.extra["Noise Schedule"] = "Zero Terminal SNR"  # (Heun, LMS, DPM++ SDE: not in diffusers)
             seq_len = None
         scheduler = bundle.scheduler
         timesteps = _timesteps(scheduler, plan.total_steps, plan.run_steps, model.device, seq_len, model.family)
@@ -591,6 +595,10 @@ class Generation:
         else:
             latent_timestep = timesteps[:1].repeat(len(plan.seeds))
             latents = add_noise(image_latents, noise, latent_timestep)
+            extra = float(self.ctx.opt("img2img_extra_noise", 0.0) or 0.0)
+            if extra > 0 and not flow:
+                latents = latents + noise * extra * _noise_scale(scheduler, timesteps[0])
+                self.run.extra["Extra noise"] = extra
 
         inpaint_latents = None
         if inpaint is not None:
@@ -1423,6 +1431,15 @@ def img2img(ctx: ProcessingContext, req: Img2ImgRequest) -> GenerationResult:
     return _run(ctx, gen, batch, width, height, extra, req.denoising_strength, finish)
 
 
+def _noise_scale(scheduler, t) -> float:
+    """How much of the noise one unit of A1111's "Extra noise multiplier" adds at timestep `t`: a unit of the
+    sigma scale for k-diffusion-style schedulers, sqrt(ᾱ_t) for the timestep ones (as A1111's DDIM/PLMS)."""
+    if getattr(scheduler, "sigmas", None) is not None and float(getattr(scheduler, "init_noise_sigma", 1.0)) > 1.0:
+        return 1.0
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    return float(alphas[int(t)].sqrt()) if alphas is not None else 1.0
+
+
 def _latent_resize_init(gen: Generation, pixels, seeds, subseeds, width, height) -> torch.Tensor:
     """Resize mode 3: encode at the image's own size, then resize the latents (bilinear, as A1111)."""
     model = gen.model
@@ -1479,6 +1496,10 @@ def _inpaint_tensors(gen: Generation, req: Img2ImgRequest, setup: InpaintSetup, 
     mask_condition = mask_processor(model).preprocess(setup.processing_mask, height=height, width=width)
     mask_condition = mask_condition.repeat(pixels.shape[0], 1, 1, 1)
     masked_pixels = pixels * (mask_condition < 0.5)
+    weight = float(gen.ctx.opt("inpainting_mask_weight", 1.0))
+    if weight != 1.0 and (model.spec.inpainting or is_flux_fill(model)):  # A1111's "Inpainting conditioning mask
+        masked_pixels = torch.lerp(pixels, masked_pixels, weight)  # strength": 0 shows the model the whole picture
+        gen.run.extra["Conditional mask weight"] = weight
     if req.mask_round:
         latent_source = mask_condition
     else:  # A1111's mask_round off: the blurred mask's soft edge blends the latents

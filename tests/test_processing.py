@@ -431,6 +431,11 @@ def test_inpainting_model_also_does_txt2img_and_plain_img2img(tmp_path, tiny_mod
     assert r.images[0].size == (64, 64)
     r = eng.img2img({**BASE, "init_images": [_init()], "do_not_save_samples": True})
     assert r.images[0].size == (64, 64)
+    # A1111's "Inpainting conditioning mask strength": below 1 the model sees some of the masked area's picture
+    req = {**BASE, "seed": 3, "init_images": [_init()], "mask": _mask(), "do_not_save_samples": True}
+    full, half = (eng.img2img({**req, "override_settings": {"inpainting_mask_weight": w}}) for w in (1.0, 0.5))
+    assert "Conditional mask weight: 0.5" in half.infotexts[0] and "Conditional mask" not in full.infotexts[0]
+    assert not np.array_equal(arr(full.images[0]), arr(half.images[0]))
 
 
 def test_styles_from_styles_csv_apply_to_requests(data_dir):
@@ -757,3 +762,21 @@ def test_a_16_bit_vae_that_decodes_to_nan_is_retried_as_the_settings_say():
     assert run(auto_vae_precision_bfloat16=True)[1] == [torch.float16, torch.bfloat16]
     with pytest.raises(RequestError, match="NaNs was produced in VAE"):
         run(auto_vae_precision=False)
+
+
+def test_zero_terminal_snr_and_extra_noise_change_the_sampling_and_say_so(engine):
+    """A1111's "Noise schedule for sampling: Zero Terminal SNR" (where diffusers' scheduler has it) and "Extra
+    noise multiplier for img2img and hires fix"."""
+    req = {**BASE, "sampler_name": "Euler", "seed": 9, "do_not_save_samples": True}
+    plain = engine.txt2img(req)
+    zero = engine.txt2img({**req, "override_settings": {"sd_noise_schedule": "Zero Terminal SNR"}})
+    assert "Noise Schedule: Zero Terminal SNR" in zero.infotexts[0] and "Noise Schedule" not in plain.infotexts[0]
+    assert not np.array_equal(arr(zero.images[0]), arr(plain.images[0]))
+    heun = engine.txt2img({**req, "sampler_name": "Heun",
+                           "override_settings": {"sd_noise_schedule": "Zero Terminal SNR"}})
+    assert "Noise Schedule" not in heun.infotexts[0]  # diffusers' Heun has no such schedule: not claimed
+    i2i = {**req, "init_images": [_init()], "denoising_strength": 0.5}
+    calm = engine.img2img(i2i)
+    noisy = engine.img2img({**i2i, "override_settings": {"img2img_extra_noise": 0.5}})
+    assert "Extra noise: 0.5" in noisy.infotexts[0] and "Extra noise" not in calm.infotexts[0]
+    assert not np.array_equal(arr(noisy.images[0]), arr(calm.images[0]))

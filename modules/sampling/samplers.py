@@ -461,6 +461,7 @@ def build_scheduler(
     *,
     seed: int | Sequence[int] | None = None,
     eta: float | None = None,
+    zero_terminal_snr: bool = False,
 ) -> SchedulerBundle:
     """A fresh diffusers scheduler for one job: ``cls.from_config(base_config, **kwargs)``.
 
@@ -474,6 +475,8 @@ def build_scheduler(
     latent batch size), else it would use the global RNG. Other schedulers take noise from the ``generator``
     passed to ``step()``. ``eta`` (negative → ValueError) is kept in the bundle and passed by
     ``bundle.step_kwargs()`` to schedulers whose ``step()`` takes it (DDIM, TCD); None keeps diffusers' default.
+    ``zero_terminal_snr``: A1111's "Noise schedule for sampling: Zero Terminal SNR" (the betas rescaled so the last
+    step is pure noise; diffusers' ``rescale_betas_zero_snr``, where the class has it).
     """
     if isinstance(spec, str):
         spec, schedule = resolve(spec, schedule if isinstance(schedule, str) or schedule is None else schedule.label)
@@ -499,6 +502,8 @@ def build_scheduler(
         kwargs["final_sigmas_type"] = "zero"
     kwargs.update(spec.kwargs)
     kwargs.update(schedule.kwargs)
+    if zero_terminal_snr and "rescale_betas_zero_snr" in params:
+        kwargs["rescale_betas_zero_snr"] = True
     if spec.scheduler_class == "DPMSolverSDEScheduler" and seed is not None:
         kwargs["noise_sampler_seed"] = [int(s) for s in seed] if isinstance(seed, (list, tuple)) else int(seed)
 
