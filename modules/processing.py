@@ -627,7 +627,8 @@ class Generation:
         job = SamplingJob(
             unet=denoiser_for(model, req.distilled_cfg_scale) if flow else model.unet, scheduler=scheduler,
             timesteps=timesteps, latents=latents, cond=cond, uncond=uncond, cfg_scale=req.cfg_scale,
-            step_kwargs=bundle.step_kwargs(generator=self._step_generators(gens), eta=self._eta(bundle)),
+            step_kwargs=bundle.step_kwargs(generator=self._step_generators(gens), eta=self._eta(bundle),
+                                           **self._churn(bundle)),
             inpaint=inpaint_latents, on_step=self._on_step,
             conditioning_at=prompt_schedule.at if prompt_schedule.varies else None, hooks=self.hooks.sampling(),
             add_noise=add_noise if flow else None, controls=controls, control_latents=control_latents,
@@ -648,6 +649,23 @@ class Generation:
         if len(timesteps) == 0:
             return image_latents if image_latents is not None else latents
         return sample(job)
+
+    def _churn(self, bundle) -> dict:
+        """A1111's sigma churn, tmin, tmax and noise (the request's, else the settings') for the samplers whose step
+        takes them (Euler here); named in the infotext when they differ from the defaults."""
+        defaults = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0}
+        labels = {"s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax", "s_noise": "Sigma noise"}
+        accepted = samplers.step_kwargs(bundle.scheduler, **{k: 0.0 for k in defaults})
+        out = {}
+        for key, default in defaults.items():
+            own = getattr(self.req, key, None)
+            value = float(own if own is not None else self.ctx.opt(key, default) or 0.0)
+            if key not in accepted:
+                continue
+            out[key] = float("inf") if key == "s_tmax" and value == 0 else value
+            if value != default:
+                self.run.extra[labels[key]] = value
+        return out
 
     def _step_generators(self, gens: list):
         """The sampler's per-step noise: each picture's own generator, so a picture of a batch equals the one made

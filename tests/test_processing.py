@@ -780,3 +780,16 @@ def test_zero_terminal_snr_and_extra_noise_change_the_sampling_and_say_so(engine
     noisy = engine.img2img({**i2i, "override_settings": {"img2img_extra_noise": 0.5}})
     assert "Extra noise: 0.5" in noisy.infotexts[0] and "Extra noise" not in calm.infotexts[0]
     assert not np.array_equal(arr(noisy.images[0]), arr(calm.images[0]))
+
+
+def test_sigma_churn_reaches_euler_and_the_infotext(engine):
+    """A1111's "sigma churn" / "sigma noise" (the request's fields, else the settings): Euler's step takes them
+    (diffusers' EulerDiscreteScheduler), the infotext names them; samplers without them are left as they are."""
+    req = {**BASE, "sampler_name": "Euler", "seed": 9, "do_not_save_samples": True}
+    plain = engine.txt2img(req)
+    churned = engine.txt2img({**req, "s_churn": 2.0, "s_noise": 1.003})
+    assert "Sigma churn: 2" in churned.infotexts[0] and "Sigma noise: 1.003" in churned.infotexts[0]
+    assert not np.array_equal(arr(churned.images[0]), arr(plain.images[0]))
+    assert "Sigma churn" not in plain.infotexts[0]
+    dpm = engine.txt2img({**req, "sampler_name": "DPM++ 2M", "override_settings": {"s_churn": 2.0}})
+    assert "Sigma churn" not in dpm.infotexts[0]
