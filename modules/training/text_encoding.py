@@ -22,9 +22,9 @@ class EmbeddingOverlay:
         self.embedding = embedding
         self.base = base
 
-    def load(self, model=None) -> None:
+    def load(self, model=None, announce: bool = False) -> None:
         if self.base is not None:
-            self.base.load(model)
+            self.base.load(model, announce)
 
     def lookup_for(self, tokenizer) -> dict:
         table = {k: [e for e in v if e[1].name != self.embedding.name]
