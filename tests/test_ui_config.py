@@ -52,7 +52,7 @@ def test_the_page_takes_every_labelled_controls_keys_as_a1111_writes_them(tiny_m
               "customscript/refiner.py/txt2img/Refiner/value": True,
               "customscript/controlnet.py/img2img/Control Weight/value": 0.5,
               "customscript/prompt_matrix.py/txt2img/Put variable parts at start of prompt/value": True,
-              "webui/Tabs@tabs/selected": "img2img"}
+              "webui/Tabs@tabs/selected": "img2img", "img2img/Tabs@mode_img2img/selected": "inpaint"}
     engine.paths.ui_config_file.write_text(json.dumps(stored))
     try:
         with caplog.at_level(logging.WARNING):
@@ -68,6 +68,8 @@ def test_the_page_takes_every_labelled_controls_keys_as_a1111_writes_them(tiny_m
     weights = [b.value for i, b in by_id.items() if i.startswith("img2img_controlnet_") and i.endswith("_weight_slider")]
     assert weights and set(weights) == {0.5}
     assert by_id["tabs"].selected == "img2img"
+    # img2img's sub-tab by A1111's id for it: Inpaint, with its options shown and the mode the page starts in
+    assert by_id["mode_img2img"].selected == "inpaint_tab" and by_id["img2img_inpaint_controls"].visible is True
     assert by_id["txt2img_hr_upscaler"].value == "Latent" and by_id["txt2img_cfg_scale"].value == 7.0
     assert "txt2img/Upscaler/value is 'No such upscaler'" in caplog.text and "CFG Scale/value is 'high'" in caplog.text
     runner = engine.scripts.txt2img  # an API request without the script's arguments gets the file's value

@@ -570,10 +570,24 @@ def build_img2img(engine, hide_dirs: bool = False) -> Controls:
                                                                 elem_id="img2img_inpaint_full_res_padding"))
             # Only the inpaint sub-tabs use these (as in A1111). A sub-tab click sets both; "send to inpaint"
             # sets the mode, whose change shows them.
-            for tab, name in ((t1, "img2img"), (t2, "sketch"), (t3, "inpaint"), (t3s, "inpaint_sketch"),
-                              (t4, "inpaint_upload"), (t5, "batch")):
+            modes = ((t1, "img2img"), (t2, "sketch"), (t3, "inpaint"), (t3s, "inpaint_sketch"),
+                     (t4, "inpaint_upload"), (t5, "batch"))
+            for tab, name in modes:
                 tab.select(lambda n=name: (n,) + _inpaint_visibility(n), None, [mode, inpaint_controls, mask_alpha],
                            queue=False, show_progress="hidden")
+            by_id = {tab.id: name for tab, name in modes}
+
+            def opens_on(tab_id):
+                """ui-config.json's `img2img/Tabs@mode_img2img/selected`: the mode and the inpaint controls
+                follow the sub-tab the page opens on."""
+                mode.value = by_id[tab_id]
+                inpaint_controls.visible = by_id[tab_id] in INPAINT_MODES
+                mask_alpha.visible = by_id[tab_id] == "inpaint_sketch"
+
+            subtabs.on_ui_config_selected = opens_on
+            subtabs.ui_config_aliases = {"img2img": "img2img_tab", "img2img_sketch": "sketch_tab",  # A1111's ids
+                                         "inpaint": "inpaint_tab", "inpaint_sketch": "inpaint_sketch_tab",
+                                         "inpaint_upload": "inpaint_upload_tab", "batch": "batch_tab"}
             mode.change(_inpaint_visibility, mode, [inpaint_controls, mask_alpha], queue=False,
                         show_progress="hidden")
             _wire_copies(copies, subtabs, mode)

@@ -80,6 +80,8 @@ class UiConfig:
         the control can take; a key not in the file is added with the control's built-in value."""
         children = getattr(block, "children", None)
         if children is not None and not isinstance(block, gr.components.Component):
+            if isinstance(block, gr.Tabs) and block.elem_id:
+                self._apply_selected(block, path)
             for child in children:
                 self.apply_block(child, path)
             return
@@ -93,6 +95,20 @@ class UiConfig:
         """`webui/Tabs@tabs/selected`: the tab the page opens on (by its id)."""
         ids = [getattr(item, "id", None) for item in tabs.children if isinstance(item, gr.Tab)]
         tabs.selected = self._field(f"webui/Tabs@{tabs.elem_id}/selected", tabs.selected, lambda v: v in ids)
+
+    def _apply_selected(self, tabs: gr.Tabs, path: str) -> None:
+        """A1111's `path/Tabs@<elem_id>/selected` for tabs inside a tab (img2img's sub-tabs): the one shown first,
+        by its id or by A1111's id for it (`tabs.ui_config_aliases`); `tabs.on_ui_config_selected(id)` lets the
+        page's state follow (img2img's mode)."""
+        ids = [getattr(item, "id", None) for item in tabs.children if isinstance(item, gr.Tab)]
+        aliases = getattr(tabs, "ui_config_aliases", {})
+        chosen = self._field(f"{path}/Tabs@{tabs.elem_id}/selected", tabs.selected or (ids[0] if ids else None),
+                             lambda v: v in ids or v in aliases, lambda v: aliases.get(v, v))
+        if chosen is not None and chosen != tabs.selected and chosen in ids:
+            tabs.selected = chosen
+            follow = getattr(tabs, "on_ui_config_selected", None)
+            if follow is not None:
+                follow(chosen)
 
     def _apply(self, path: str, x) -> None:
         if getattr(x, "do_not_save_to_config", False):
