@@ -1149,6 +1149,19 @@ def name_fields(gen: Generation, index: int, image: Image.Image | None, denoisin
         iteration=index // run.batch_size, job_timestamp=gen.ctx.state.job_timestamp, image=image)
 
 
+def result_name_fields(result: GenerationResult, index: int, image: Image.Image | None):
+    """What picture `index` of a finished job can be named by: its grid (index 0), or the pictures a cluster worker
+    made, saved again here."""
+    batch = max(result.batch_size, 1)
+    return images_mod.NameFields(
+        seed=result.all_seeds[index] if index < len(result.all_seeds) else result.seed,
+        prompt=result.all_prompts[index] if index < len(result.all_prompts) else result.prompt,
+        negative_prompt=result.negative_prompt, steps=result.steps, cfg_scale=result.cfg_scale, width=result.width,
+        height=result.height, sampler=result.sampler_name, scheduler=result.scheduler or "",
+        model_name=result.sd_model_name or "", model_hash=result.sd_model_hash or "", all_seeds=list(result.all_seeds),
+        batch_size=batch, n_iter=result.n_iter, batch_index=index % batch, iteration=index // batch, image=image)
+
+
 def _save_sample(gen: Generation, index: int, image: Image.Image, text: str, suffix: str,
                  denoising: float | None) -> Path:
     """One of picture `index`'s extra files (before face restoration, the mask, …): named as the picture is, with
@@ -1207,16 +1220,10 @@ def _grid(ctx: ProcessingContext, req: GenerationRequest, result: GenerationResu
                                  prevent_empty_spots=bool(ctx.opt("grid_prevent_empty_spots", False)))
     text = result.infotexts[0]
     if want_save:
-        fields = images_mod.NameFields(seed=result.all_seeds[0] if result.all_seeds else result.seed,
-                                       prompt=result.all_prompts[0] if result.all_prompts else req.prompt,
-                                       negative_prompt=req.negative_prompt, steps=req.steps,
-                                       cfg_scale=req.cfg_scale, width=result.width, height=result.height,
-                                       sampler=result.sampler_name, scheduler=result.scheduler or "",
-                                       model_name=result.sd_model_name or "", model_hash=result.sd_model_hash or "",
-                                       batch_size=result.batch_size, n_iter=result.n_iter, image=grid)
         result.grid_path = images_mod.save_grid(grid, ctx.outputs.grids, text if ctx.opt("enable_pnginfo", True)
                                                 else None, ctx.opt("grid_format", "png"),
-                                                options=ctx.outputs.grid_save, fields=fields)
+                                                options=ctx.outputs.grid_save,
+                                                fields=result_name_fields(result, 0, grid))
     if want_return:
         result.images.insert(0, grid)
         result.infotexts.insert(0, text)

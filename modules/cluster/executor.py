@@ -175,6 +175,7 @@ class ClusterExecutor:
         """A worker with outputs of its own (no shared data folder): the pictures it saved are saved here too, as
         the head would have saved them, and those are the job's files."""
         from modules import images as images_mod
+        from modules import processing
 
         outputs = self.engine._outputs(request)
         here = Path(outputs.samples).resolve()
@@ -186,14 +187,7 @@ class ClusterExecutor:
         for i, text in enumerate(result.saved_infotexts):
             seed = result.all_seeds[i] if i < len(result.all_seeds) else result.seed
             picture = result.images[first + i]
-            fields = images_mod.NameFields(
-                seed=seed, prompt=result.all_prompts[i] if i < len(result.all_prompts) else result.prompt,
-                negative_prompt=result.negative_prompt, steps=result.steps, cfg_scale=result.cfg_scale,
-                width=result.width, height=result.height, sampler=result.sampler_name,
-                scheduler=result.scheduler or "", model_name=result.sd_model_name or "",
-                model_hash=result.sd_model_hash or "", all_seeds=list(result.all_seeds),
-                batch_size=result.batch_size, n_iter=result.n_iter, batch_index=i % max(result.batch_size, 1),
-                iteration=i // max(result.batch_size, 1), image=picture)
+            fields = processing.result_name_fields(result, i, picture)
             kept.append(images_mod.save_sample(picture, outputs.samples, seed, text, fmt=fmt, options=outputs.save,
                                                fields=fields))
             if self.engine.settings.get("save_txt", False):
@@ -203,8 +197,7 @@ class ClusterExecutor:
             result.grid_path = images_mod.save_grid(result.images[0], outputs.grids, result.infotexts[0],
                                                     self.engine.settings.get("grid_format", "png"),
                                                     options=outputs.grid_save,
-                                                    fields=images_mod.NameFields(seed=result.seed,
-                                                                                 prompt=result.prompt))
+                                                    fields=processing.result_name_fields(result, 0, result.images[0]))
 
     def _done(self, name: str, out: dict) -> None:
         with self._lock:
