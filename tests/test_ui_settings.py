@@ -52,7 +52,7 @@ def test_quicksettings_list_hidden_tabs_and_tab_order_shape_the_page(tiny_models
             yield child
             yield from inside(child)
 
-    in_bar = {c.elem_id for c in inside(by_id["quicksettings"])}
+    in_bar = {c.elem_id for c in inside(by_id["quicksettings_listed"])}
     assert {"setting_img2img_color_correction", "setting_eta_noise_seed_delta"} <= in_bar
     assert "setting_no_such_setting" not in by_id
     assert by_id["setting_img2img_color_correction_settings_tab"] is not by_id["setting_img2img_color_correction"]

@@ -149,7 +149,8 @@ def test_generate_shows_image_and_infotext(ui, ui_data):
     with Image.open(saved) as im:
         assert "Seed: 4321" in im.info["parameters"]
     page.click("#save_txt2img")  # A1111's 💾: a copy in log/images, offered for download
-    expect(page.locator("#html_info_txt2img")).to_contain_text("Saved: 00000-4321.png")
+    expect(page.locator("#html_log_txt2img")).to_contain_text("Saved: 00000-4321.png")
+    expect(page.locator("#html_info_txt2img")).to_contain_text("Seed: 4321")  # the parameters stay
     expect(page.locator("#download_files_txt2img")).to_contain_text(re.compile(r"00000-4321\s*\.png"))
     assert (ui_data / "log" / "images" / "00000-4321.png").is_file()
 

@@ -57,7 +57,7 @@ def _quicksettings(engine: Engine):
                                  "models/VAE)")
         clip = gr.Slider(1, 12, value=engine.settings.get("CLIP_stop_at_last_layers", 1), step=1, label="Clip skip",
                          elem_id="setting_CLIP_stop_at_last_layers", scale=2)
-        listed = _listed_quicksettings(engine)
+    listed = _listed_quicksettings(engine)
     memory = _memory_quicksettings(engine)
     status = gr.HTML(elem_id="quicksettings_status")
 
@@ -103,16 +103,21 @@ def _quicksettings(engine: Engine):
 
 def _listed_quicksettings(engine: Engine) -> dict:
     """The fields for the other settings A1111's "Quicksettings list" names (e.g. `sd_vae_decode_method`,
-    `img2img_color_correction`), each saved as soon as it changes, as A1111's bar does."""
+    `img2img_color_correction`), in a row of their own under the bar, each saved as soon as it changes, as A1111's
+    bar does."""
+    names = other_tabs.quick_settings(engine.settings)[len(other_tabs.FIXED_QUICK_SETTINGS):]
     fields = {}
-    for name in other_tabs.quick_settings(engine.settings)[len(other_tabs.FIXED_QUICK_SETTINGS):]:
-        try:
-            field = other_tabs.quick_setting_component(engine, name)
-        except Exception as e:  # noqa: BLE001 - one extension's bad setting must not stop the page
-            log.warning("quicksettings: %s: %s", name, e)
-            continue
-        if field is not None:
-            fields[name] = field
+    if not names:
+        return fields
+    with gr.Row(elem_id="quicksettings_listed", equal_height=True):
+        for name in names:
+            try:
+                field = other_tabs.quick_setting_component(engine, name)
+            except Exception as e:  # noqa: BLE001 - one extension's bad setting must not stop the page
+                log.warning("quicksettings: %s: %s", name, e)
+                continue
+            if field is not None:
+                fields[name] = field
     return fields
 
 
@@ -441,7 +446,7 @@ def _wire_sending(engine: Engine, t2i, i2i, extras, png, tabs):
 
 def _wire_saving(engine: Engine, *tabs) -> None:
     """💾 Save and 🗃️ Zip under each gallery (modules/save_button.py): the files offered for download beside the
-    gallery, "Saved: NAME" under it."""
+    gallery, "Saved: NAME" under the parameters (A1111's html_log)."""
     from modules import save_button
 
     def run(make_zip):
@@ -459,7 +464,7 @@ def _wire_saving(engine: Engine, *tabs) -> None:
 
     for c in tabs:
         for button, make_zip in ((c.extra["save"], False), (c.extra["zip"], True)):
-            button.click(run(make_zip), [c.gallery, c.infotexts, c.selected], [c.extra["download"], c.info],
+            button.click(run(make_zip), [c.gallery, c.infotexts, c.selected], [c.extra["download"], c.extra["log"]],
                          queue=False, show_progress="hidden")
 
 

@@ -329,6 +329,7 @@ def _results(c: Controls):
     c.extra["download"] = gr.File(None, file_count="multiple", interactive=False, show_label=False, visible=False,
                                   elem_id=f"download_files_{tab}")
     c.info = gr.HTML("", elem_id=f"html_info_{tab}")
+    c.extra["log"] = gr.HTML("", elem_id=f"html_log_{tab}")  # A1111's: what 💾 / 🗃️ saved
     c.extra["queue"] = queue_panel.build(tab, c.extra["engine"], c.extra["forever"])
 
     def on_select(infotexts, evt: gr.SelectData):
