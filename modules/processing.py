@@ -931,6 +931,18 @@ class Generation:
             return float(self.ctx.opt("eta_ddim", 0.0) or 0.0)
         return None
 
+    def incomplete_pictures(self, latents: torch.Tensor) -> list[Image.Image]:
+        """An interrupted batch as far as it got (A1111 shows it, saved only with "Save incomplete images"): decoded
+        by the VAE, or with "Return image with chosen live preview method on interrupt" by the live preview's
+        cheap approximation."""
+        model = self.final_model
+        if self.ctx.opt("live_preview_fast_interrupt", False) and self.ctx.opt("show_progress_type",
+                                                                                "Approx NN") != "Full":
+            f = model.vae_scale_factor
+            return [preview.cheap_approximation(x, family=model.family).resize(
+                (x.shape[-1] * f, x.shape[-2] * f), Image.Resampling.BILINEAR) for x in latents]
+        return _to_pil(model, decode(model, latents.to(model.dtype)))
+
     def _preview(self, latents: torch.Tensor) -> Image.Image:
         """The live preview, as A1111's settings ask: "Live preview method" Full decodes with the model's VAE, the
         others use the cheap per-family approximation (the Approx NN and TAESD weights are not bundled); "Show
@@ -951,7 +963,7 @@ class Generation:
             state.current_image = self._preview(info.latents)
             state.current_image_step = info.step
         if state.interrupted:
-            raise Interrupted()
+            raise Interrupted(info.denoised if info.denoised is not None else info.latents)
         if state.skipped:
             raise Skipped()
 
@@ -1040,7 +1052,7 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
         run.all_negative_prompts = [prompt_comments.strip_comments(p) for p in run.all_negative_prompts]
     gen.run = run
     all_prompts, all_negatives = run.all_prompts, run.all_negative_prompts
-    save = ctx.outputs is not None and not req.do_not_save_samples and ctx.opt("samples_save", True)
+    saves = ctx.outputs is not None and not req.do_not_save_samples and ctx.opt("samples_save", True)
     fmt = ctx.opt("samples_format", "png")
     networks = extra_networks.activate(ctx, model, all_prompts)  # tags stripped; LoRAs patched in (or removed)
     gen.networks = networks  # a refiner / hires checkpoint taking over gets them too
@@ -1079,17 +1091,21 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
         if not run.prompts:
             break
         hooks.process_batch(run)
+        incomplete = False
         try:
             pictures = batch_fn(n, run.seeds, run.subseeds, run.prompts, run.negative_prompts)
         except Skipped:
             result.skipped_batches += 1
             state.next_job()
             continue
-        except Interrupted:
+        except Interrupted as e:
             result.interrupted = True
-            break
+            if e.latents is None:
+                break
+            pictures, incomplete = gen.incomplete_pictures(e.latents), True
         run.extra.update(gen.skipped_uncond)
         pictures = hooks.after_batch(run, pictures)
+        save = saves and (not incomplete or ctx.opt("save_incomplete_images", False))  # A1111's rule
         for i, image in enumerate(pictures):
             index = lo + i
 
@@ -1128,6 +1144,8 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
             if mask is not None:
                 _mask_outputs(gen, result, index, mask, denoised, text, save, denoising)
         state.next_job()
+        if incomplete:
+            break
 
     _grid(ctx, req, result)
     _detected_maps(ctx, gen, result)

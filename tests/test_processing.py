@@ -793,3 +793,32 @@ def test_sigma_churn_reaches_euler_and_the_infotext(engine):
     assert "Sigma churn" not in plain.infotexts[0]
     dpm = engine.txt2img({**req, "sampler_name": "DPM++ 2M", "override_settings": {"s_churn": 2.0}})
     assert "Sigma churn" not in dpm.infotexts[0]
+
+
+def test_interrupt_mid_batch_shows_the_incomplete_picture_saved_only_when_asked(engine):
+    """A1111: Interrupt while a batch samples gives that batch as far as it got (the sampler's estimate of the
+    finished picture), shown but not saved unless "Save incomplete images"; "Return image with chosen live preview
+    method on interrupt" gives the live preview's picture instead of the VAE's."""
+    import modules.processing as processing
+
+    real_on_step = processing.Generation._on_step
+
+    def interrupt_at_step_2(self, info):
+        if info.step == 2:
+            self.ctx.state.interrupt()
+        real_on_step(self, info)
+
+    processing.Generation._on_step = interrupt_at_step_2
+    try:
+        req = {**BASE, "sampler_name": "Euler", "steps": 6, "seed": 5, "n_iter": 2}
+        shown = engine.txt2img(req)
+        kept = engine.txt2img({**req, "override_settings": {"save_incomplete_images": True}})
+        fast = engine.txt2img({**req, "do_not_save_samples": True,
+                               "override_settings": {"live_preview_fast_interrupt": True}})
+    finally:
+        processing.Generation._on_step = real_on_step
+    full = engine.txt2img({**req, "n_iter": 1, "do_not_save_samples": True}).images[0]
+    assert shown.interrupted and len(shown.images) == 1 and shown.saved_paths == []
+    assert shown.images[0].size == (64, 64) and not np.array_equal(arr(shown.images[0]), arr(full))
+    assert len(kept.saved_paths) == 1 and kept.saved_paths[0].is_file()
+    assert fast.images[0].size == (64, 64) and not np.array_equal(arr(fast.images[0]), arr(shown.images[0]))

@@ -364,7 +364,7 @@ def _follow_one(engine: Engine, job, key: tuple, token: object) -> Iterator[tupl
         return
     note = ""
     if result.interrupted:
-        note = "<div class='sd-note'>Interrupted: kept the finished images.</div>"
+        note = "<div class='sd-note'>Interrupted: the finished pictures, and the last one as far as it got.</div>"
     for w in getattr(result, "warnings", []) or []:
         note += f"<div class='sd-note'>⚠ {html.escape(w)}</div>"
     watched = engine.settings.get("memmon_poll_rate", 8)  # A1111: 0 turns the memory line off

@@ -16,7 +16,12 @@ from modules.sampling.conditioning import Conditioning
 
 
 class Interrupted(Exception):
-    """The user pressed Interrupt: stop and keep what is finished."""
+    """The user pressed Interrupt: stop and keep what is finished. `latents`: the batch as far as it got (the
+    sampler's estimate of the finished picture where it gives one), which A1111 shows as the incomplete picture."""
+
+    def __init__(self, latents=None):
+        super().__init__("interrupted")
+        self.latents = latents
 
 
 class Skipped(Exception):
@@ -47,6 +52,7 @@ class StepInfo:
     total: int
     latents: torch.Tensor
     timestep: torch.Tensor
+    denoised: torch.Tensor | None = None  # the scheduler's estimate of the finished latents, where it gives one
 
 
 class SamplingHooks:
@@ -327,7 +333,8 @@ def sample(job: SamplingJob) -> torch.Tensor:
         if job.switch is not None and i == job.switch.step:
             job, latents = job.switch.swap(job, latents)
         noise_pred = denoise(job, latents, t, i)
-        latents = job.scheduler.step(noise_pred, t, latents, **job.step_kwargs, return_dict=False)[0]
+        stepped = job.scheduler.step(noise_pred, t, latents, **job.step_kwargs, return_dict=True)
+        latents = stepped.prev_sample
         if inpaint4:
             known = job.inpaint.image_latents
             if i < total - 1:
@@ -335,5 +342,6 @@ def sample(job: SamplingJob) -> torch.Tensor:
                 known = add_noise(known, job.inpaint.noise, torch.tensor([timesteps[i + 1]]))
             latents = (1 - job.inpaint.mask) * known + job.inpaint.mask * latents
         if job.on_step is not None:
-            job.on_step(StepInfo(step=i + 1, total=total, latents=latents, timestep=t))
+            job.on_step(StepInfo(step=i + 1, total=total, latents=latents, timestep=t,
+                                 denoised=getattr(stepped, "pred_original_sample", None)))
     return latents
