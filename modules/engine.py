@@ -82,10 +82,14 @@ class Engine:
         _sweep_temp_files(paths)
         settings = settings if settings is not None else Settings.load(paths.config_file)
         device_config = device_config or devices.cpu()
-        registry = CheckpointRegistry(paths, HashCache(paths.cache_file), no_hashing=no_hashing)
+        def list_hidden() -> bool:  # A1111's "Load models/files in hidden directories" (on by default)
+            return bool(settings.get("list_hidden_files", True))
+
+        registry = CheckpointRegistry(paths, HashCache(paths.cache_file), no_hashing=no_hashing,
+                                      list_hidden=list_hidden)
         registry.refresh()
         models = ModelManager(registry, settings, paths, device_config)
-        loras = LoraRegistry.from_paths(paths, registry.hash_cache)
+        loras = LoraRegistry.from_paths(paths, registry.hash_cache, list_hidden)
         loras.refresh()
         engine = cls(paths, settings, device_config, registry, models, JobState(), JobQueue(), loras)
         engine.memory = models.memory = MemoryManager(memory or MemoryFlags(), device_config.device, settings)

@@ -341,3 +341,25 @@ def test_hash_cache_addnet_section(tmp_path):
     assert data["hashes-addnet"]["lora/x"]["sha256"] == sha(b"tail")
     assert HashCache(tmp_path / "cache.json").sha256(f, "lora/x", use_addnet_hash=True) == sha(b"tail")
     assert cache.sha256(tmp_path / "gone", "lora/gone") is None
+
+
+def test_hidden_folders_are_listed_as_the_setting_says(tmp_path, tiny_models):
+    """A1111's "Load models/files in hidden directories" (on by default): checkpoints and LoRAs in `.folder`s."""
+    import argparse
+    import shutil
+
+    from modules.engine import Engine
+    from modules.paths import Paths
+
+    paths = Paths.from_args(argparse.Namespace(data_dir=str(tmp_path)))
+    paths.ensure_dirs()
+    write(paths.ckpt_dirs[0] / ".kept" / "h.safetensors", b"not read: listed only")
+    (paths.lora_dir / ".kept").mkdir(parents=True)
+    shutil.copy(tiny_models.path("sd1.safetensors"), paths.lora_dir / ".kept" / "style.safetensors")
+    engine = Engine.create(paths)
+    assert any(i.name == ".kept/h.safetensors" for i in engine.registry.list())
+    assert any(f.name == "style" for f in engine.loras.list())
+    engine.settings.set("list_hidden_files", False)
+    engine.registry.refresh()
+    engine.loras.refresh()
+    assert not any(".kept" in i.name for i in engine.registry.list()) and not engine.loras.list()

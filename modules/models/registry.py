@@ -43,7 +43,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from modules.hashes import HashCache, model_hash_legacy, sha256_file
 
@@ -135,8 +135,9 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _walk(root: Path) -> Iterator[tuple[Path, list[str], list[str]]]:
-    """os.walk following links, sorted, hidden entries dropped, link loops avoided."""
+def _walk(root: Path, hidden_dirs: bool = False) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """os.walk following links, sorted, link loops avoided; hidden files dropped, hidden folders too unless
+    `hidden_dirs` (A1111's "Load models/files in hidden directories")."""
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -144,7 +145,7 @@ def _walk(root: Path) -> Iterator[tuple[Path, list[str], list[str]]]:
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = sorted((d for d in dirnames if not _hidden(d)), key=natural_sort_key)
+        dirnames[:] = sorted((d for d in dirnames if hidden_dirs or not _hidden(d)), key=natural_sort_key)
         yield Path(dirpath), dirnames, sorted((f for f in filenames if not _hidden(f)), key=natural_sort_key)
 
 
@@ -177,8 +178,10 @@ def diffusers_folder_sha256(folder: str | os.PathLike) -> str:
 
 
 class CheckpointRegistry:
-    def __init__(self, paths, hash_cache: HashCache | None = None, no_hashing: bool = False):
+    def __init__(self, paths, hash_cache: HashCache | None = None, no_hashing: bool = False,
+                 list_hidden: Callable[[], bool] = lambda: False):
         self.paths = paths
+        self.list_hidden = list_hidden  # the setting list_hidden_files, read at each refresh
         self.hash_cache = hash_cache if hash_cache is not None else HashCache(getattr(paths, "cache_file", None))
         self.no_hashing = no_hashing
         self.cmd_ckpt: CheckpointInfo | None = None  # the --ckpt checkpoint, if any
@@ -221,7 +224,7 @@ class CheckpointRegistry:
             root = Path(root)
             if not root.is_dir():
                 continue
-            for dirpath, dirnames, filenames in _walk(root):
+            for dirpath, dirnames, filenames in _walk(root, self.list_hidden()):
                 if "model_index.json" in filenames and dirpath != root:
                     dirnames[:] = []
                     add(dirpath, dirpath.relative_to(root).as_posix(), True)

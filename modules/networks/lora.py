@@ -23,7 +23,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -93,24 +93,28 @@ class LoraRegistry:
     def __init__(self, dirs: Iterable[Path], hash_cache=None):
         self.dirs = [Path(d) for d in dirs if d is not None]
         self.hash_cache = hash_cache
+        self.list_hidden: Callable[[], bool] = lambda: False  # the setting list_hidden_files (the engine's)
         self._files: dict[str, LoraFile] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_paths(cls, paths, hash_cache=None) -> "LoraRegistry":
+    def from_paths(cls, paths, hash_cache=None, list_hidden: Callable[[], bool] = lambda: False) -> "LoraRegistry":
         dirs = [paths.lora_dir]
         lyco = getattr(paths, "lycoris_dir", None)
         if lyco is not None and Path(lyco) != Path(paths.lora_dir):
             dirs.append(lyco)
-        return cls(dirs, hash_cache)
+        registry = cls(dirs, hash_cache)
+        registry.list_hidden = list_hidden
+        return registry
 
     def refresh(self) -> list[LoraFile]:
         found: dict[str, LoraFile] = {}
         for root in self.dirs:
             if not root.is_dir():
                 continue
+            hidden = self.list_hidden()
             for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                dirnames[:] = sorted(d for d in dirnames if hidden or not d.startswith("."))
                 for fn in sorted(filenames):
                     p = Path(dirpath) / fn
                     if p.suffix.lower() not in EXTENSIONS or fn.startswith("."):
