@@ -353,10 +353,25 @@ def write_file(directory: str | os.PathLike, basename: str, decoration: str, ext
                add_number: bool = True) -> Path:
     """Encoded picture bytes as A1111 names files: ``NNNNN-decoration.ext`` (``basename-NNNN-…`` with a
     basename), or ``decoration.ext`` alone without a number (save_images_add_number off)."""
-    decoration = _UNSAFE.sub("_", decoration).lstrip("-")
+    decoration = _fit_name(_UNSAFE.sub("_", decoration).lstrip("-"), Path(directory),
+                           len(basename) + 2 * len(ext) + 30)  # "basename-NNNNN-", "-N", ".ext", the write's temp name
     if add_number or not decoration:
         return _save_numbered(Path(directory), basename, f"-{decoration}" if decoration else "", ext, data)
     return _save_named(Path(directory), decoration, ext, data)
+
+
+def _fit_name(text: str, directory: Path, reserve: int) -> str:
+    """`text` cut so the file name fits the file system's limit (A1111 cuts at statvfs' f_namemax too): a long
+    prompt in the name pattern must not cost the picture."""
+    try:
+        limit = os.statvfs(directory if directory.exists() else directory.parent).f_namemax
+    except (AttributeError, OSError):  # no statvfs (Windows) or no such folder yet
+        limit = 255
+    room = max(limit - reserve, 16)
+    encoded = text.encode("utf-8")
+    if len(encoded) <= room:
+        return text
+    return encoded[:room].decode("utf-8", errors="ignore").rstrip(" .")
 
 
 def save_sample(image: Image.Image, directory: str | os.PathLike, seed: int, infotext: str | None,

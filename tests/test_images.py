@@ -245,3 +245,15 @@ def test_filename_patterns_expand_every_a1111_tag_a_user_writes():
     one = NameFields(seed=7, prompt="", batch_size=1)
     assert expand("[seed]-[batch_number]-[denoising]", one) == "7"  # nothing to say: the dash before goes too
     assert expand("[prompt_words]", one) == "empty"
+
+
+def test_a_name_pattern_too_long_for_the_file_system_is_cut_and_the_picture_kept(tmp_path):
+    """A prompt of 500 characters in the file name pattern: the name is cut to the file system's limit (as A1111),
+    the picture saved."""
+    from modules.filename_pattern import NameFields
+    from modules.images import SaveOptions
+
+    long = "a very long prompt about a castle " * 15
+    options = SaveOptions(file_pattern="[seed]-[prompt_spaces]-[prompt_spaces]", folder_pattern=None)
+    path = save_sample(_img(), tmp_path, 7, INFOTEXT, options=options, fields=NameFields(seed=7, prompt=long))
+    assert path.is_file() and len(path.name.encode()) <= 255 and path.name.startswith("00000-7-a very long")
