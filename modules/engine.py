@@ -291,6 +291,13 @@ class Engine:
         for hook in self.control_hooks or []:
             hook("interrupt")
 
+    def stop_after_current(self) -> None:
+        """Finish the batch being made, then stop the job (A1111's first Interrupt click with "Don't Interrupt in
+        the middle" on)."""
+        self.state.stop_generating()
+        for hook in self.control_hooks or []:
+            hook("stop_generating")
+
     def skip(self) -> None:
         self.state.skip()
         for hook in self.control_hooks or []:

@@ -289,11 +289,17 @@ class _Stop:
     is cleared when each picture's generation starts, so the batch listens to the engine's control hooks too."""
 
     def __init__(self, engine):
-        self.engine, self.interrupted = engine, False
+        self.engine, self.interrupted, self.stopping = engine, False, False
 
     def __call__(self, what: str) -> None:
         if what == "interrupt":
             self.interrupted = True
+        elif what == "stop_generating":  # Interrupt with "Don't Interrupt in the middle": after this picture
+            self.stopping = True
+
+    @property
+    def stopping_generation(self) -> bool:
+        return self.interrupted or self.stopping
 
     def __enter__(self):
         if self.engine.control_hooks is None:
@@ -368,7 +374,7 @@ def run_batch(engine, fields: dict, options: BatchOptions, script_args: list | N
     interrupted = False
     with _Stop(engine) as stop:
         for k, picture in enumerate(pictures[:total]):
-            if stop.interrupted:
+            if stop.stopping_generation:
                 interrupted = True
                 break
             if on_picture is not None:
@@ -418,7 +424,7 @@ def run_batch(engine, fields: dict, options: BatchOptions, script_args: list | N
                 room = len(made) if limit < 0 else limit - len(images)
                 images += made[:room]
                 infotexts += texts[:room]
-            if result.interrupted or stop.interrupted:
+            if result.interrupted or stop.stopping_generation:
                 interrupted = True
                 if k + 1 < total:
                     warnings.append(f"Interrupted after picture {k + 1} of {total}")
@@ -474,7 +480,7 @@ def run_controlnet_batch(engine, req, script_args: list | None = None, hide_dirs
     interrupted = False
     with _Stop(engine) as stop:
         for k in range(total):
-            if stop.interrupted:
+            if stop.stopping_generation:
                 interrupted = True
                 break
             units = [dataclasses.replace(u) for u in req.controlnet_units]
@@ -502,7 +508,7 @@ def run_controlnet_batch(engine, req, script_args: list | None = None, hide_dirs
             if show:
                 images += made
                 infotexts += texts
-            if result.interrupted or stop.interrupted:
+            if result.interrupted or stop.stopping_generation:
                 interrupted = True
                 break
     return _combine(results, images, infotexts, saved, saved_texts, warnings, interrupted,

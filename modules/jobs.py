@@ -23,6 +23,7 @@ class JobState:
     sampling_steps: int = 0
     interrupted: bool = False
     skipped: bool = False
+    stopping: bool = False  # stop after the picture (batch) being made: A1111's stop_generating
     textinfo: str | None = None
     time_start: float | None = None
     current_latent: Any = None
@@ -41,7 +42,7 @@ class JobState:
             self.job, self.job_count, self.job_no = job, job_count, 0
             self.job_timestamp = time.strftime("%Y%m%d%H%M%S")
             self.sampling_step = self.sampling_steps = 0
-            self.interrupted = self.skipped = False
+            self.interrupted = self.skipped = self.stopping = False
             self.textinfo = None
             self.current_latent = self.current_image = None
             self.current_image_step = -1
@@ -69,10 +70,11 @@ class JobState:
 
     @property
     def stopping_generation(self) -> bool:
-        return self.interrupted
+        return self.stopping or self.interrupted
 
     def stop_generating(self) -> None:
-        self.interrupt()
+        """A1111's: finish the picture (batch) being made, then stop."""
+        self.stopping = True
 
     def nextjob(self) -> None:
         self.next_job()

@@ -1080,7 +1080,7 @@ def _run_batches(ctx: ProcessingContext, gen: Generation, batch_fn, width: int, 
     )
     state.job_count = max(state.job_count, state.job_no + run.n_iter)  # a script may have set the whole total
     for n in range(run.n_iter):
-        if state.interrupted:
+        if state.interrupted or state.stopping:  # stopping: asked to stop once the last batch finished
             result.interrupted = True
             break
         lo, hi = n * run.batch_size, (n + 1) * run.batch_size

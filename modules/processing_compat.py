@@ -292,7 +292,7 @@ def process_images_many(ps: list, before_each=None) -> list:
     results = [None] * len(ps)
     for i, p in enumerate(ps):
         engine = p.engine
-        if engine is not None and engine.state.interrupted:
+        if engine is not None and engine.state.stopping_generation:
             break
         if before_each is not None:
             before_each(i)

@@ -822,3 +822,38 @@ def test_interrupt_mid_batch_shows_the_incomplete_picture_saved_only_when_asked(
     assert shown.images[0].size == (64, 64) and not np.array_equal(arr(shown.images[0]), arr(full))
     assert len(kept.saved_paths) == 1 and kept.saved_paths[0].is_file()
     assert fast.images[0].size == (64, 64) and not np.array_equal(arr(fast.images[0]), arr(shown.images[0]))
+
+
+def test_interrupt_button_first_lets_the_batch_finish_then_stops_at_once(engine):
+    """A1111's Interrupt with "Don't Interrupt in the middle" (on by default): with batches still to make, the first
+    click finishes the batch being made and stops after it (a whole picture, not a half one), a second click stops
+    at once; off, or with one batch, it stops at once."""
+    import modules.processing as processing
+    from webui.generation_tabs import interrupt_click
+
+    clicks = []
+    real_on_step = processing.Generation._on_step
+
+    def click_at_step_2(self, info):
+        if info.step == 2 and not clicks:
+            clicks.append(interrupt_click(engine))
+        real_on_step(self, info)
+
+    processing.Generation._on_step = click_at_step_2
+    try:
+        r = engine.txt2img({**BASE, "sampler_name": "Euler", "steps": 4, "seed": 5, "n_iter": 3,
+                            "do_not_save_samples": True})
+    finally:
+        processing.Generation._on_step = real_on_step
+    alone = engine.txt2img({**BASE, "sampler_name": "Euler", "steps": 4, "seed": 5, "do_not_save_samples": True})
+    assert clicks == ["stopping"] and r.interrupted and len(r.images) == 1
+    assert np.array_equal(arr(r.images[0]), arr(alone.images[0]))  # finished, not half made
+    engine.state.begin("txt2img", 3)
+    try:
+        assert interrupt_click(engine) == "stopping" and interrupt_click(engine) == "interrupted"
+        engine.state.begin("txt2img", 3)
+        engine.settings.set("interrupt_after_current", False)
+        assert interrupt_click(engine) == "interrupted"
+    finally:
+        engine.state.end()
+        engine.settings.set("interrupt_after_current", True)

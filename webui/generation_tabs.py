@@ -342,6 +342,19 @@ def _results(c: Controls):
     c.gallery.select(on_select, [c.infotexts], [c.selected, c.info], queue=False, show_progress="hidden")
 
 
+def interrupt_click(engine) -> str:
+    """The Interrupt button, as A1111's: with "Don't Interrupt in the middle" (on by default) and more than one
+    batch to make, the first click lets the batch being made finish and stops after it, a second click stops at
+    once; returns which ("stopping" or "interrupted")."""
+    state = engine.state
+    if engine.settings.get("interrupt_after_current", True) and state.job_count > 1 and not state.stopping_generation:
+        engine.stop_after_current()
+        gr.Info("Generation will stop after finishing this image, click again to stop immediately.")
+        return "stopping"
+    engine.interrupt()
+    return "interrupted"
+
+
 def _common_wiring(c: Controls, engine, run_fn, extra_inputs: list):
     """Generate (the click and Enter in the prompt) with the fields, then the browser's id and "Generate forever",
     then the tab's own inputs; interrupt, skip, reuse seed and paste."""
@@ -353,7 +366,7 @@ def _common_wiring(c: Controls, engine, run_fn, extra_inputs: list):
                              concurrency_limit=None, show_progress="hidden", trigger_mode="multiple")
     c.prompt.submit(run_fn, inputs, outputs, concurrency_id="generate",
                     concurrency_limit=None, show_progress="hidden", trigger_mode="multiple")
-    c.extra["interrupt"].click(lambda: engine.interrupt(), None, None, queue=False)
+    c.extra["interrupt"].click(lambda: interrupt_click(engine), None, None, queue=False)
     c.extra["skip"].click(lambda: engine.skip(), None, None, queue=False)
     c.extra["reuse_seed"].click(lambda s: s if s is not None else -1, c.extra["last_seed"], c.seed, queue=False,
                                 show_progress="hidden")

@@ -242,7 +242,7 @@ class ClusterExecutor:
         running: dict = {}
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
             while pending or running:
-                while pending and free and not self.engine.state.interrupted:
+                while pending and free and not self.engine.state.stopping_generation:
                     i, name = pending.pop(0), free.pop(0)
                     running[pool.submit(self._on, name, None, requests[i], settings, lambda: None)] = (i, name)
                 if not running:
@@ -312,7 +312,7 @@ class ClusterExecutor:
     def _end_mirror(self) -> None:
         if not any(v.busy for v in self.views.values()) and not self.local_busy:
             self.engine.state.end()
-            self.engine.state.interrupted = self.engine.state.skipped = False
+            self.engine.state.interrupted = self.engine.state.skipped = self.engine.state.stopping = False
 
     def control(self, what: str) -> None:
         """Interrupt or Skip on the head: every worker running a job gets it."""

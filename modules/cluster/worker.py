@@ -100,5 +100,8 @@ class EngineWorker:
     def interrupt(self) -> None:
         self.engine.interrupt()
 
+    def stop_generating(self) -> None:
+        self.engine.stop_after_current()
+
     def skip(self) -> None:
         self.engine.skip()
