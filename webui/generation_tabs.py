@@ -366,7 +366,10 @@ def _common_wiring(c: Controls, engine, run_fn, extra_inputs: list):
                              concurrency_limit=None, show_progress="hidden", trigger_mode="multiple")
     c.prompt.submit(run_fn, inputs, outputs, concurrency_id="generate",
                     concurrency_limit=None, show_progress="hidden", trigger_mode="multiple")
-    c.extra["interrupt"].click(lambda: interrupt_click(engine), None, None, queue=False)
+    def interrupt() -> None:  # the page shows the outcome in the run's own result
+        interrupt_click(engine)
+
+    c.extra["interrupt"].click(interrupt, None, None, queue=False)
     c.extra["skip"].click(lambda: engine.skip(), None, None, queue=False)
     c.extra["reuse_seed"].click(lambda s: s if s is not None else -1, c.extra["last_seed"], c.seed, queue=False,
                                 show_progress="hidden")
