@@ -1500,6 +1500,9 @@ def _img2img_upscaler(ctx: ProcessingContext):
     name = ctx.opt("upscaler_for_img2img", None)
     if not name or name == "None" or ctx.upscale is None:
         return None
+    if ctx.upscalers is not None and name not in ctx.upscalers:  # said before sampling, as a bad request
+        raise RequestError(f"upscaler_for_img2img: upscaler {name!r} not found; available: "
+                           f"{', '.join(ctx.upscalers.names())}")
     return lambda image, w, h: ctx.upscale(image, name, w, h)
 
 

@@ -668,12 +668,14 @@ def test_upscaler_for_img2img_grows_a_small_init_picture(engine, monkeypatch):
     req = {**BASE, "init_images": [small], "denoising_strength": 0.3, "do_not_save_samples": True}
     engine.img2img(req)
     assert calls == []  # unset: Lanczos, as before
-    engine.settings.set("upscaler_for_img2img", "ESRGAN_4x")
+    engine.settings.set("upscaler_for_img2img", "R-ESRGAN 4x+")  # listed; the spy stands in for its download
     engine.img2img({**req, "mask": _mask().resize((32, 32)), "inpaint_full_res": False})
-    assert calls == [("ESRGAN_4x", (32, 32), (64, 64), "RGB")]  # once: the overlay is that picture too
+    assert calls == [("R-ESRGAN 4x+", (32, 32), (64, 64), "RGB")]  # once: the overlay is that picture too
     calls.clear()
     engine.img2img({**req, "init_images": [_init()]})
     assert calls == []
+    with pytest.raises(RequestError, match="upscaler_for_img2img: upscaler 'No such one' not found"):
+        engine.img2img({**req, "override_settings": {"upscaler_for_img2img": "No such one"}})
 
 
 def test_jpeg_quality_and_the_jpeg_copy_of_large_pictures(engine):
