@@ -3,13 +3,11 @@ where neighbouring ones are alike — faster at high resolutions, the picture ch
 
 The ratios are A1111's: "Token merging ratio" (`token_merging_ratio`), for img2img "…ratio for img2img" unless
 the job overrides the plain one, for the hires pass "…ratio for high-res pass" (else the plain one); a pasted
-infotext's ratios come back as the job's override_settings. tomesd patches UNets (SD 1.x/2.x/SDXL); Flux/SD3 transformers are left as they are."""
+infotext's ratios come back as the job's override_settings. tomesd patches UNets (SD 1.x/2.x/SDXL); Flux/SD3
+transformers are left as they are."""
 from __future__ import annotations
 
 import contextlib
-import logging
-
-log = logging.getLogger(__name__)
 
 
 def ratio_for(req, opt, hires: bool = False) -> float:

@@ -159,10 +159,9 @@ def _skips_uncond(job: SamplingJob, step: int, t) -> bool:
 
 def denoise(job: SamplingJob, latents: torch.Tensor, t, step: int) -> torch.Tensor:
     """One classifier-free-guided UNet evaluation (diffusers' order: uncond + g * (cond - uncond))."""
-    if _skips_uncond(job, step, t):
-        cond = job.conditioning_at(step)[0] if job.conditioning_at else job.cond
-        job = dataclasses.replace(job, uncond=None, conditioning_at=lambda _step, _cond=cond: (_cond, None))
     cond, uncond = job.conditioning_at(step) if job.conditioning_at else (job.cond, job.uncond)
+    if _skips_uncond(job, step, t):
+        job, uncond = dataclasses.replace(job, uncond=None), None
     total = len(job.timesteps)
     if job.hooks is not None and not getattr(cond, "owners", None):
         image_cond = job.inpaint.masked_image_latents if job.inpaint is not None else job.control_latents
